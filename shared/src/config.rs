@@ -1,0 +1,716 @@
+//! The pipeline configuration file (`baton.yaml`): apps, tag policies, ordered
+//! environments with approval policies and deploy targets, the test runner, reactions
+//! and bus settings. Validated at load; every error names the field (`apps[0].tags`)
+//! and says what is allowed. The commented reference is `examples/baton.yaml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::policy::{FilterPolicy, TagPolicy, TagPolicySpec};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; only `1` exists.
+    #[serde(default = "default_version")]
+    pub version: u32,
+    /// Named groups of approvers: `release-managers: [alice, bob]`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// The apps Baton deploys. A push starts a run only for a configured repository.
+    pub apps: Vec<AppConfig>,
+    /// Reactions: notifications attached to events by filter policy.
+    #[serde(default)]
+    pub reactions: Vec<ReactionConfig>,
+    /// Retry settings of the embedded bus.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// Directory relative paths in this file are resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_version() -> u32 {
+    1
+}
+
+/// One app: a repository, which of its tags start runs, how to test, where to deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Lowercase letters, digits and dashes; part of store keys and run subjects.
+    pub name: String,
+    /// Registry host the pushes must come from; any host when absent.
+    #[serde(default)]
+    pub registry: Option<String>,
+    /// Repository path in the registry (`team/web`), without tag or digest.
+    pub repository: String,
+    /// Which pushed tags start a run: `{semver: ">=1.0.0"}`, `{glob: "release-*"}` or
+    /// `{regex: "v[0-9]+"}`.
+    pub tags: TagPolicySpec,
+    /// How the image is tested, once per image, before the first environment.
+    pub test: TestConfig,
+    /// Environments in promotion order (e.g. staging, then production).
+    pub environments: Vec<EnvironmentConfig>,
+}
+
+/// Test runners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TestConfig {
+    /// Run a local command with the image reference in its environment.
+    Command(CommandTest),
+}
+
+impl TestConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TestConfig::Command(_) => "command",
+        }
+    }
+}
+
+/// The `command` test runner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandTest {
+    /// Program and arguments, e.g. `["sh", "-c", "make smoke"]`.
+    pub run: Vec<String>,
+    /// Kill the command and fail the tests after this long.
+    #[serde(default = "default_test_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Extra environment variables (no secrets: use the process environment for those).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory, relative to this file; the file's directory when absent.
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+}
+
+fn default_test_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// One environment of an app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    pub name: String,
+    /// `auto`, or `{approvers, groups, required, expires_after, allow_self_approval}`.
+    pub approval: ApprovalPolicy,
+    /// Where and how the image is deployed.
+    pub deploy: DeployConfig,
+    /// Retag the image with `promote_tag` after a successful deploy.
+    #[serde(default = "yes")]
+    pub promote: bool,
+    /// The tag promote writes; the environment's name when absent.
+    #[serde(default)]
+    pub promote_tag: Option<String>,
+    /// Put the previous image back when a deploy fails after changing the target.
+    #[serde(default = "yes")]
+    pub rollback_on_failure: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl EnvironmentConfig {
+    pub fn promote_tag(&self) -> &str {
+        self.promote_tag.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Who must approve a deploy to an environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ApprovalPolicy {
+    /// `approval: auto`: approved as soon as it is requested.
+    #[serde(serialize_with = "auto_str")]
+    Auto,
+    Manual(ManualApproval),
+}
+
+fn auto_str<S: serde::Serializer>(s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str("auto")
+}
+
+impl<'de> Deserialize<'de> for ApprovalPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ApprovalPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\" or a map with approvers, groups, required, expires_after")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                if v == "auto" {
+                    Ok(ApprovalPolicy::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "{v:?} is not an approval policy (allowed: \"auto\", or a map with approvers/groups)"
+                    )))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+                ManualApproval::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ApprovalPolicy::Manual)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A manual approval policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualApproval {
+    /// Approvers allowed by name.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Groups (from `groups:`) whose members may approve.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Distinct approvals needed (N of M).
+    #[serde(default = "one")]
+    pub required: u32,
+    /// The request expires after this long (`24h`, `30m`).
+    #[serde(default = "default_expiry", with = "duration")]
+    pub expires_after: Duration,
+    /// Let the person who pushed the image approve it. Off by default.
+    #[serde(default)]
+    pub allow_self_approval: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_expiry() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Deploy targets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeployConfig {
+    /// Rewrite image references in Kubernetes YAML manifests in a directory (GitOps).
+    Manifest(ManifestDeploy),
+}
+
+impl DeployConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeployConfig::Manifest(_) => "manifest",
+        }
+    }
+}
+
+/// The `manifest` deploy target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDeploy {
+    /// Directory of `.yaml`/`.yml` manifests, relative to this file.
+    pub dir: PathBuf,
+    /// The workloads and containers whose image Baton sets.
+    pub workloads: Vec<WorkloadRef>,
+}
+
+/// A container of a workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRef {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    #[serde(default = "deployment")]
+    pub kind: String,
+    pub name: String,
+    /// The container whose image is set.
+    pub container: String,
+    /// Namespace, when manifests declare several.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+fn deployment() -> String {
+    "Deployment".into()
+}
+
+/// The workload kinds whose pod template Baton knows how to edit.
+pub const WORKLOAD_KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
+
+/// A reaction: a notification attached to events by a filter policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactionConfig {
+    pub name: String,
+    /// SNS filter policy on the attributes `type`, `app`, `environment`, `attempt`.
+    pub on: FilterPolicy,
+    pub notify: NotifyConfig,
+}
+
+/// Where a reaction sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NotifyConfig {
+    /// POST the event as JSON to a URL (Slack-compatible `text` field included).
+    Webhook(WebhookConfig),
+    /// Append one line per event to a file under the state directory.
+    Log(LogConfig),
+}
+
+/// A webhook: the URL inline (not secret) or the name of the variable holding it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the URL (Slack URLs are secrets).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A log file reaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// File name under the state directory.
+    #[serde(default = "default_log_path")]
+    pub path: PathBuf,
+}
+
+fn default_log_path() -> PathBuf {
+    PathBuf::from("notifications.log")
+}
+
+/// Retry settings of the embedded bus (SQS's redrive policy in AWS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Deliveries before a message goes to the dead-letter list.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt.
+    #[serde(default = "default_initial_backoff", with = "duration")]
+    pub initial_backoff: Duration,
+    /// Upper bound of the retry delay.
+    #[serde(default = "default_max_backoff", with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            max_attempts: default_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `"10m"`, `"24h"`, `"500ms"` as [`Duration`].
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration ({e}); e.g. \"30s\", \"10m\", \"24h\""))
+        })
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid(
+                "configuration",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Config::from_yaml(&text, &base, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, base_dir: &Path, origin: &str) -> Result<Config> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.inner().to_string();
+            let reason = if path == "." { inner } else { format!("{path}: {inner}") };
+            Error::invalid(format!("configuration {origin}"), reason)
+        })?;
+        cfg.base_dir = base_dir.to_path_buf();
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(Error::invalid(
+                format!("configuration {origin}"),
+                problems.join("; "),
+            ))
+        }
+    }
+
+    /// Every semantic problem, each prefixed by the field it is about.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = vec![];
+        if self.version != 1 {
+            p.push(format!("version: {} is not supported (allowed: 1)", self.version));
+        }
+        for (g, members) in &self.groups {
+            if members.is_empty() {
+                p.push(format!("groups.{g}: a group needs at least one member"));
+            }
+        }
+        if self.apps.is_empty() {
+            p.push("apps: at least one app is required".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut repos = BTreeSet::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let at = format!("apps[{i}]");
+            if !is_dns_label(&app.name) {
+                p.push(format!(
+                    "{at}.name: {:?} must be lowercase letters, digits and dashes (at most 63)",
+                    app.name
+                ));
+            }
+            if !names.insert(app.name.clone()) {
+                p.push(format!("{at}.name: {:?} is declared twice", app.name));
+            }
+            if app.repository.is_empty()
+                || app.repository.contains('@')
+                || app.repository.rsplit('/').next().is_some_and(|last| last.contains(':'))
+            {
+                p.push(format!(
+                    "{at}.repository: {:?} must be a repository path without tag or digest (e.g. team/web)",
+                    app.repository
+                ));
+            }
+            if !repos.insert((app.registry.clone(), app.repository.clone())) {
+                p.push(format!(
+                    "{at}.repository: {:?} is already used by another app",
+                    app.repository
+                ));
+            }
+            if let Err(e) = TagPolicy::compile(&app.tags) {
+                let key = match app.tags {
+                    TagPolicySpec::Semver(_) => "semver",
+                    TagPolicySpec::Glob(_) => "glob",
+                    TagPolicySpec::Regex(_) => "regex",
+                };
+                p.push(format!("{at}.tags.{key}: {e}"));
+            }
+            match &app.test {
+                TestConfig::Command(c) => {
+                    if c.run.is_empty() || c.run[0].is_empty() {
+                        p.push(format!("{at}.test.command.run: needs a program, e.g. [\"sh\", \"-c\", \"make test\"]"));
+                    }
+                    if c.timeout.is_zero() {
+                        p.push(format!("{at}.test.command.timeout: must be more than 0"));
+                    }
+                }
+            }
+            if app.environments.is_empty() {
+                p.push(format!("{at}.environments: at least one environment is required"));
+            }
+            let mut envs = BTreeSet::new();
+            for (j, env) in app.environments.iter().enumerate() {
+                let at = format!("{at}.environments[{j}]");
+                if !is_dns_label(&env.name) {
+                    p.push(format!(
+                        "{at}.name: {:?} must be lowercase letters, digits and dashes",
+                        env.name
+                    ));
+                }
+                if !envs.insert(env.name.clone()) {
+                    p.push(format!("{at}.name: {:?} is declared twice", env.name));
+                }
+                if env.promote && env.promote_tag().is_empty() {
+                    p.push(format!("{at}.promote_tag: must not be empty"));
+                }
+                if let ApprovalPolicy::Manual(m) = &env.approval {
+                    self.check_manual(&format!("{at}.approval"), m, &mut p);
+                }
+                match &env.deploy {
+                    DeployConfig::Manifest(m) => {
+                        if m.dir.as_os_str().is_empty() {
+                            p.push(format!("{at}.deploy.manifest.dir: must name a directory"));
+                        }
+                        if m.workloads.is_empty() {
+                            p.push(format!("{at}.deploy.manifest.workloads: name at least one workload"));
+                        }
+                        for (k, w) in m.workloads.iter().enumerate() {
+                            check_workload(&format!("{at}.deploy.manifest.workloads[{k}]"), w, &mut p);
+                        }
+                    }
+                }
+            }
+        }
+        let mut reactions = BTreeSet::new();
+        for (i, r) in self.reactions.iter().enumerate() {
+            let at = format!("reactions[{i}]");
+            if !is_dns_label(&r.name) {
+                p.push(format!("{at}.name: {:?} must be lowercase letters, digits and dashes", r.name));
+            }
+            if !reactions.insert(r.name.clone()) {
+                p.push(format!("{at}.name: {:?} is declared twice", r.name));
+            }
+            if let NotifyConfig::Webhook(w) = &r.notify {
+                match (&w.url, &w.url_env) {
+                    (Some(_), Some(_)) | (None, None) => p.push(format!(
+                        "{at}.notify.webhook: set exactly one of url or url_env"
+                    )),
+                    (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        p.push(format!("{at}.notify.webhook.url: {u:?} must be an http(s) URL"))
+                    }
+                    (None, Some(v)) if v.is_empty() => {
+                        p.push(format!("{at}.notify.webhook.url_env: must name a variable"))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.bus.max_attempts == 0 {
+            p.push("bus.max_attempts: must be at least 1".into());
+        }
+        p
+    }
+
+    fn check_manual(&self, at: &str, m: &ManualApproval, p: &mut Vec<String>) {
+        if m.approvers.is_empty() && m.groups.is_empty() {
+            p.push(format!("{at}: list approvers or groups (or use `approval: auto`)"));
+        }
+        for (k, g) in m.groups.iter().enumerate() {
+            if !self.groups.contains_key(g) {
+                let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+                p.push(format!(
+                    "{at}.groups[{k}]: group {g:?} is not declared under groups: (declared: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ));
+            }
+        }
+        let eligible = self.eligible(m).len();
+        if m.required == 0 {
+            p.push(format!("{at}.required: must be at least 1"));
+        } else if eligible > 0 && m.required as usize > eligible {
+            p.push(format!(
+                "{at}.required: {} approvals needed but only {eligible} people may approve",
+                m.required
+            ));
+        }
+        if m.expires_after.is_zero() {
+            p.push(format!("{at}.expires_after: must be more than 0"));
+        }
+    }
+
+    /// Everyone who may approve under a manual policy (names and group members).
+    pub fn eligible(&self, m: &ManualApproval) -> BTreeSet<String> {
+        let mut all: BTreeSet<String> = m.approvers.iter().cloned().collect();
+        for g in &m.groups {
+            if let Some(members) = self.groups.get(g) {
+                all.extend(members.iter().cloned());
+            }
+        }
+        all
+    }
+
+    pub fn app(&self, name: &str) -> Result<&AppConfig> {
+        self.apps
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| Error::not_found("app", name))
+    }
+
+    /// The app whose repository (and registry, when set) matches a push.
+    pub fn app_for_repository(&self, registry: &str, repository: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| {
+            a.repository == repository && a.registry.as_deref().is_none_or(|r| r == registry)
+        })
+    }
+
+    /// Resolves a path from this file against its directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    pub fn reaction(&self, name: &str) -> Result<&ReactionConfig> {
+        self.reactions
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| Error::not_found("reaction", name))
+    }
+}
+
+impl AppConfig {
+    /// The compiled tag policy (validated at load).
+    pub fn tag_policy(&self) -> Result<TagPolicy> {
+        TagPolicy::compile(&self.tags)
+            .map_err(|e| Error::invalid(format!("app {} tag policy", self.name), e))
+    }
+
+    pub fn environment(&self, name: &str) -> Result<&EnvironmentConfig> {
+        self.environments.iter().find(|e| e.name == name).ok_or_else(|| {
+            Error::not_found(
+                "environment",
+                format!(
+                    "{name} (app {} has: {})",
+                    self.name,
+                    self.environments.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The environment after `name` in promotion order.
+    pub fn next_environment(&self, name: &str) -> Option<&EnvironmentConfig> {
+        let i = self.environments.iter().position(|e| e.name == name)?;
+        self.environments.get(i + 1)
+    }
+}
+
+fn check_workload(at: &str, w: &WorkloadRef, p: &mut Vec<String>) {
+    if !WORKLOAD_KINDS.contains(&w.kind.as_str()) {
+        p.push(format!(
+            "{at}.kind: {:?} is not supported (allowed: {})",
+            w.kind,
+            WORKLOAD_KINDS.join(", ")
+        ));
+    }
+    if w.name.is_empty() {
+        p.push(format!("{at}.name: must name the workload"));
+    }
+    if w.container.is_empty() {
+        p.push(format!("{at}.container: must name the container"));
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+groups:
+  release-managers: [bob, carol]
+apps:
+  - name: web
+    repository: team/web
+    tags: { semver: ">=1.0.0" }
+    test:
+      command: { run: ["true"], timeout: 1m }
+    environments:
+      - name: staging
+        approval: auto
+        deploy:
+          manifest: { dir: manifests/staging, workloads: [{ name: web, container: app }] }
+      - name: production
+        approval: { approvers: [alice], groups: [release-managers], required: 2, expires_after: 2h }
+        deploy:
+          manifest: { dir: manifests/production, workloads: [{ name: web, container: app }] }
+reactions:
+  - name: failures
+    on: { type: [deploy.failed] }
+    notify: { webhook: { url_env: SLACK_URL } }
+"#;
+
+    fn load(text: &str) -> Result<Config> {
+        Config::from_yaml(text, Path::new("/cfg"), "baton.yaml")
+    }
+
+    #[test]
+    fn loads_a_good_file() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.apps[0].environments.len(), 2);
+        let prod = &c.apps[0].environments[1];
+        let ApprovalPolicy::Manual(m) = &prod.approval else { panic!("manual") };
+        assert_eq!(m.required, 2);
+        assert_eq!(m.expires_after, Duration::from_secs(7200));
+        assert_eq!(c.eligible(m).len(), 3);
+        assert_eq!(c.apps[0].environments[0].approval, ApprovalPolicy::Auto);
+        assert_eq!(c.resolve(Path::new("manifests/staging")), PathBuf::from("/cfg/manifests/staging"));
+        assert_eq!(c.apps[0].next_environment("staging").unwrap().name, "production");
+        assert!(c.app_for_repository("any", "team/web").is_some());
+        assert!(c.app_for_repository("any", "team/api").is_none());
+    }
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = err(&GOOD.replace("semver: \">=1.0.0\"", "semver: \"~>1\""));
+        assert!(e.contains("apps[0].tags.semver"), "{e}");
+        let e = err(&GOOD.replace("tags: { semver: \">=1.0.0\" }", "tags: { wildcard: \"*\" }"));
+        assert!(e.contains("apps[0].tags") && e.contains("semver"), "{e}");
+        let e = err(&GOOD.replace("required: 2", "required: 5"));
+        assert!(e.contains("apps[0].environments[1].approval.required"), "{e}");
+        let e = err(&GOOD.replace("groups: [release-managers]", "groups: [admins]"));
+        assert!(e.contains("approval.groups[0]") && e.contains("admins"), "{e}");
+        let e = err(&GOOD.replace("approval: auto", "approval: sometimes"));
+        assert!(e.contains("apps[0].environments[0].approval") && e.contains("auto"), "{e}");
+        let e = err(&GOOD.replace("expires_after: 2h", "expires_after: soon"));
+        assert!(e.contains("expires_after") && e.contains("duration"), "{e}");
+        let e = err(&GOOD.replace("{ name: web, container: app }] }\n      - name: production", "{ name: web, container: app, colour: red }] }\n      - name: production"));
+        assert!(e.contains("workloads[0]") && e.contains("colour"), "{e}");
+        let e = err(&GOOD.replace("name: web\n", "name: Web_App\n"));
+        assert!(e.contains("apps[0].name"), "{e}");
+        let e = err(&GOOD.replace("url_env: SLACK_URL", "url: ftp://x"));
+        assert!(e.contains("reactions[0].notify.webhook.url"), "{e}");
+        let e = err(&GOOD.replace("type: [deploy.failed]", "type: deploy.failed"));
+        assert!(e.contains("reactions[0].on"), "{e}");
+        let e = err(&GOOD.replace("repository: team/web", "repository: team/web:1.0"));
+        assert!(e.contains("apps[0].repository"), "{e}");
+        let e = err(&GOOD.replace("environments:\n      - name: staging", "environments:\n      - name: production"));
+        assert!(e.contains("declared twice"), "{e}");
+        let e = err("apps: []");
+        assert!(e.contains("apps: at least one"), "{e}");
+    }
+
+    #[test]
+    fn ships_a_valid_example() {
+        let text = include_str!("../../examples/baton.yaml");
+        let c = load(text).unwrap();
+        assert!(!c.apps.is_empty());
+    }
+}

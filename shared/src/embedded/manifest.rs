@@ -1,0 +1,452 @@
+//! `ManifestTarget`: the embedded default deploy target (GitOps write-back). Sets the
+//! image of named containers in Kubernetes YAML manifests in a directory to
+//! `repo@sha256:…`, changing only that scalar: comments, order, quoting and every other
+//! byte stay as they were. Missing files, workloads or containers are permanent errors
+//! that name what is missing. The rollout is complete once the files are written (a
+//! GitOps controller applies them); history is kept by the deploy stage.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use saphyr_parser::{Event as YamlEvent, Parser, ScalarStyle};
+
+use crate::config::{ManifestDeploy, WorkloadRef};
+use crate::error::{Error, Result};
+use crate::ports::{Applied, DeployRequest, DeployTarget, Rollout, WorkloadImage};
+
+/// Rewrites manifests in a directory.
+#[derive(Debug, Clone)]
+pub struct ManifestTarget {
+    pub dir: PathBuf,
+    pub workloads: Vec<WorkloadRef>,
+}
+
+impl ManifestTarget {
+    pub fn from_config(cfg: &ManifestDeploy, resolve: impl Fn(&Path) -> PathBuf) -> ManifestTarget {
+        ManifestTarget {
+            dir: resolve(&cfg.dir),
+            workloads: cfg.workloads.clone(),
+        }
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| {
+            Error::permanent(
+                format!("manifest directory {}", self.dir.display()),
+                format!("cannot be read: {e}"),
+            )
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    /// Finds every configured container's image scalar.
+    fn locate(&self) -> Result<Vec<Located>> {
+        let files = self.files()?;
+        let mut parsed = vec![];
+        for f in &files {
+            let text = fs::read_to_string(f).map_err(|e| Error::io("read manifest", f, e))?;
+            let docs = parse_documents(&text).map_err(|e| {
+                Error::permanent(format!("manifest {}", f.display()), format!("is not valid YAML: {e}"))
+            })?;
+            parsed.push((f.clone(), text, docs));
+        }
+        let mut out = vec![];
+        for w in &self.workloads {
+            let mut seen = vec![];
+            let mut found = None;
+            for (file, text, docs) in &parsed {
+                for doc in docs {
+                    let kind = doc.get("kind").and_then(Node::as_str).unwrap_or("");
+                    let name = doc.path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("");
+                    let ns = doc.path(&["metadata", "namespace"]).and_then(Node::as_str);
+                    if !kind.is_empty() {
+                        seen.push(format!("{kind}/{name}"));
+                    }
+                    if kind != w.kind || name != w.name {
+                        continue;
+                    }
+                    if let Some(want) = &w.namespace
+                        && ns.unwrap_or("default") != want
+                    {
+                        continue;
+                    }
+                    let containers = doc
+                        .path(&["spec", "template", "spec", "containers"])
+                        .and_then(Node::as_seq)
+                        .unwrap_or(&[]);
+                    let container = containers
+                        .iter()
+                        .find(|c| c.get("name").and_then(Node::as_str) == Some(w.container.as_str()));
+                    let Some(container) = container else {
+                        let names: Vec<&str> = containers
+                            .iter()
+                            .filter_map(|c| c.get("name").and_then(Node::as_str))
+                            .collect();
+                        return Err(Error::permanent(
+                            format!("{}/{} in {}", w.kind, w.name, file.display()),
+                            format!(
+                                "has no container named {:?} (containers: {})",
+                                w.container,
+                                if names.is_empty() { "none".into() } else { names.join(", ") }
+                            ),
+                        ));
+                    };
+                    let Some(Node::Scalar { value, start, end, style }) = container.get("image") else {
+                        return Err(Error::permanent(
+                            format!("{}/{} in {}", w.kind, w.name, file.display()),
+                            format!("container {:?} has no image field", w.container),
+                        ));
+                    };
+                    found = Some(Located {
+                        workload: format!("{}/{}:{}", w.kind, w.name, w.container),
+                        file: file.clone(),
+                        start: char_to_byte(text, *start),
+                        end: char_to_byte(text, *end),
+                        quoted: *style != ScalarStyle::Plain,
+                        image: value.clone(),
+                    });
+                    break;
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            let Some(found) = found else {
+                return Err(Error::permanent(
+                    format!("manifest directory {}", self.dir.display()),
+                    format!(
+                        "no {} named {:?}{} in any .yaml file (found: {})",
+                        w.kind,
+                        w.name,
+                        w.namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default(),
+                        if seen.is_empty() { "nothing".into() } else { seen.join(", ") }
+                    ),
+                ));
+            };
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// Writes `images[i]` into each located container; returns the previous images.
+    fn write(&self, located: &[Located], images: &[String]) -> Result<()> {
+        let mut by_file: Vec<(PathBuf, Vec<(usize, usize, bool, String)>)> = vec![];
+        for (loc, new) in located.iter().zip(images) {
+            if &loc.image == new {
+                continue;
+            }
+            match by_file.iter_mut().find(|(f, _)| f == &loc.file) {
+                Some((_, edits)) => edits.push((loc.start, loc.end, loc.quoted, new.clone())),
+                None => by_file.push((loc.file.clone(), vec![(loc.start, loc.end, loc.quoted, new.clone())])),
+            }
+        }
+        for (file, mut edits) in by_file {
+            let mut text = fs::read_to_string(&file).map_err(|e| Error::io("read manifest", &file, e))?;
+            edits.sort_by_key(|e| std::cmp::Reverse(e.0));
+            for (start, end, quoted, new) in edits {
+                let (s, e) = if quoted { (start + 1, end - 1) } else { (start, end) };
+                if e < s || e > text.len() {
+                    return Err(Error::permanent(format!("manifest {}", file.display()), "image scalar out of range"));
+                }
+                text.replace_range(s..e, &new);
+            }
+            let tmp = file.with_extension("yaml.baton-tmp");
+            fs::write(&tmp, &text).map_err(|e| Error::io("write manifest", &tmp, e))?;
+            fs::rename(&tmp, &file).map_err(|e| Error::io("replace manifest", &file, e))?;
+        }
+        Ok(())
+    }
+
+    /// The images the configured containers run now, per workload.
+    pub fn current(&self) -> Result<Vec<WorkloadImage>> {
+        Ok(self
+            .locate()?
+            .into_iter()
+            .map(|l| WorkloadImage {
+                workload: l.workload,
+                image: l.image,
+            })
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Located {
+    workload: String,
+    file: PathBuf,
+    start: usize,
+    end: usize,
+    quoted: bool,
+    image: String,
+}
+
+impl DeployTarget for ManifestTarget {
+    fn kind(&self) -> &'static str {
+        "manifest"
+    }
+
+    async fn apply(&self, req: &DeployRequest) -> Result<Applied> {
+        let located = self.locate()?;
+        let new = req.image.reference();
+        let previous: Vec<WorkloadImage> = located
+            .iter()
+            .map(|l| WorkloadImage {
+                workload: l.workload.clone(),
+                image: l.image.clone(),
+            })
+            .collect();
+        let changed = located.iter().any(|l| l.image != new);
+        self.write(&located, &vec![new.clone(); located.len()])?;
+        let files: std::collections::BTreeSet<String> = located
+            .iter()
+            .filter_map(|l| l.file.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect();
+        Ok(Applied {
+            previous,
+            changed,
+            detail: if changed {
+                format!(
+                    "set {} container image(s) in {} ({})",
+                    located.len(),
+                    self.dir.display(),
+                    files.into_iter().collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                format!("{} already in {}", req.image.short_digest(), self.dir.display())
+            },
+        })
+    }
+
+    async fn rollout(&self, req: &DeployRequest) -> Result<Rollout> {
+        let want = req.image.reference();
+        let located = self.locate()?;
+        match located.iter().find(|l| l.image != want) {
+            None => Ok(Rollout::Complete {
+                detail: "manifests written".into(),
+            }),
+            Some(l) => Ok(Rollout::Failed {
+                reason: format!("{} was changed to {} behind Baton's back", l.workload, l.image),
+            }),
+        }
+    }
+
+    async fn restore(&self, _req: &DeployRequest, previous: &[WorkloadImage]) -> Result<()> {
+        let located = self.locate()?;
+        let images: Vec<String> = located
+            .iter()
+            .map(|l| {
+                previous
+                    .iter()
+                    .find(|p| p.workload == l.workload)
+                    .map(|p| p.image.clone())
+                    .unwrap_or_else(|| l.image.clone())
+            })
+            .collect();
+        self.write(&located, &images)
+    }
+}
+
+/// A YAML node with the character span of scalars.
+#[derive(Debug, Clone)]
+enum Node {
+    Scalar {
+        value: String,
+        start: usize,
+        end: usize,
+        style: ScalarStyle,
+    },
+    Map(Vec<(Node, Node)>),
+    Seq(Vec<Node>),
+    Other,
+}
+
+impl Node {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Scalar { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+    fn as_seq(&self) -> Option<&[Node]> {
+        match self {
+            Node::Seq(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn get(&self, key: &str) -> Option<&Node> {
+        match self {
+            Node::Map(pairs) => pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+    fn path(&self, keys: &[&str]) -> Option<&Node> {
+        keys.iter().try_fold(self, |n, k| n.get(k))
+    }
+}
+
+fn parse_documents(text: &str) -> std::result::Result<Vec<Node>, String> {
+    let mut parser = Parser::new_from_str(text);
+    let mut docs = vec![];
+    // Stack of containers under construction: (node, pending key for maps).
+    let mut stack: Vec<(Node, Option<Node>)> = vec![];
+    let mut root: Option<Node> = None;
+    while let Some(next) = parser.next_event() {
+        let (ev, span) = next.map_err(|e| e.to_string())?;
+        let node = match ev {
+            YamlEvent::StreamStart | YamlEvent::Nothing => continue,
+            YamlEvent::StreamEnd => break,
+            YamlEvent::DocumentStart(_) => {
+                root = None;
+                continue;
+            }
+            YamlEvent::DocumentEnd => {
+                if let Some(r) = root.take() {
+                    docs.push(r);
+                }
+                continue;
+            }
+            YamlEvent::MappingStart(..) => {
+                stack.push((Node::Map(vec![]), None));
+                continue;
+            }
+            YamlEvent::SequenceStart(..) => {
+                stack.push((Node::Seq(vec![]), None));
+                continue;
+            }
+            YamlEvent::MappingEnd | YamlEvent::SequenceEnd => match stack.pop() {
+                Some((n, _)) => n,
+                None => return Err("unbalanced YAML structure".into()),
+            },
+            YamlEvent::Scalar(value, style, _, _) => Node::Scalar {
+                value: value.into_owned(),
+                start: span.start.index(),
+                end: span.end.index(),
+                style,
+            },
+            YamlEvent::Alias(_) => Node::Other,
+        };
+        match stack.last_mut() {
+            None => root = Some(node),
+            Some((Node::Seq(items), _)) => items.push(node),
+            Some((Node::Map(pairs), pending)) => match pending.take() {
+                None => *pending = Some(node),
+                Some(key) => pairs.push((key, node)),
+            },
+            Some(_) => return Err("unexpected YAML structure".into()),
+        }
+    }
+    Ok(docs)
+}
+
+fn char_to_byte(text: &str, char_index: usize) -> usize {
+    text.char_indices().nth(char_index).map(|(b, _)| b).unwrap_or(text.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Image;
+
+    const MANIFEST: &str = r#"# web deployment — owned by the platform team
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web   # the app
+  namespace: shop
+spec:
+  replicas: 2
+  template:
+    spec:
+      initContainers:
+        - name: migrate
+          image: "registry.local/web:old"
+      containers:
+        - name: sidecar
+          image: envoyproxy/envoy:v1.30
+        - name: app
+          image: "registry.local/web:old"   # updated by baton
+          ports: [{containerPort: 8080}]
+"#;
+
+    fn target(dir: &Path, container: &str) -> ManifestTarget {
+        ManifestTarget {
+            dir: dir.to_path_buf(),
+            workloads: vec![WorkloadRef {
+                kind: "Deployment".into(),
+                name: "web".into(),
+                container: container.into(),
+                namespace: Some("shop".into()),
+            }],
+        }
+    }
+
+    fn req(hex: char) -> DeployRequest {
+        DeployRequest {
+            app: "web".into(),
+            environment: "staging".into(),
+            run: "r".into(),
+            image: Image {
+                registry: "registry.local".into(),
+                repository: "web".into(),
+                tag: "1.0.0".into(),
+                digest: format!("sha256:{}", hex.to_string().repeat(64)),
+            },
+            cause: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rewrites_only_the_named_container_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        fs::write(&file, MANIFEST).unwrap();
+        let t = target(dir.path(), "app");
+        let r = req('a');
+        let applied = t.apply(&r).await.unwrap();
+        assert!(applied.changed);
+        assert_eq!(applied.previous[0].image, "registry.local/web:old");
+        let after = fs::read_to_string(&file).unwrap();
+        let expected = MANIFEST.replacen(
+            "image: \"registry.local/web:old\"   # updated",
+            &format!("image: \"{}\"   # updated", r.image.reference()),
+            1,
+        );
+        assert_eq!(after, expected, "only the app container's image changed");
+        assert!(matches!(t.rollout(&r).await.unwrap(), Rollout::Complete { .. }));
+        // idempotent
+        assert!(!t.apply(&r).await.unwrap().changed);
+        // restore puts the previous value back byte for byte
+        t.restore(&r, &applied.previous).await.unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), MANIFEST);
+        // plain scalars too
+        let t2 = target(dir.path(), "sidecar");
+        t2.apply(&r).await.unwrap();
+        assert!(fs::read_to_string(&file).unwrap().contains(&format!("image: {}\n", r.image.reference())));
+    }
+
+    #[tokio::test]
+    async fn missing_things_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(&dir.path().join("nope"), "app");
+        let e = t.apply(&req('a')).await.unwrap_err();
+        assert_eq!(e.kind(), "permanent");
+        assert!(e.to_string().contains("nope"), "{e}");
+        fs::write(dir.path().join("web.yaml"), MANIFEST).unwrap();
+        let e = target(dir.path(), "worker").apply(&req('a')).await.unwrap_err().to_string();
+        assert!(e.contains("\"worker\"") && e.contains("sidecar, app"), "{e}");
+        let mut t = target(dir.path(), "app");
+        t.workloads[0].name = "api".into();
+        let e = t.apply(&req('a')).await.unwrap_err().to_string();
+        assert!(e.contains("\"api\"") && e.contains("Deployment/web"), "{e}");
+    }
+}

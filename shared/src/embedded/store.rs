@@ -1,0 +1,221 @@
+//! `DirStore`: the object store as a directory, with the same keys as S3 and atomic
+//! conditional writes. Create-if-absent links a fully written temp file into place (so a
+//! reader never sees half an object and two creators cannot both win); compare-and-swap
+//! runs under an exclusive file lock, so separate `baton` processes are safe too.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::ports::{Object, ObjectStore, Precondition};
+
+/// A directory-backed object store.
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn etag_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+impl DirStore {
+    /// Opens (and creates) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<DirStore> {
+        let root = root.into();
+        fs::create_dir_all(root.join(".locks")).map_err(|e| Error::io("create store", &root, e))?;
+        Ok(DirStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file behind a key (keys are `/`-separated relative paths).
+    pub fn path_of(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".tmp-"))
+            || key.starts_with(".locks")
+        {
+            return Err(Error::invalid("store key", format!("{key:?} is not a valid key")));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        Ok(tmp)
+    }
+
+    fn lock(&self, key: &str) -> Result<File> {
+        let name = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
+        let path = self.root.join(".locks").join(name);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open lock", &path, e))?;
+        f.lock().map_err(|e| Error::io("lock", &path, e))?;
+        Ok(f)
+    }
+
+    fn get_sync(&self, key: &str) -> Result<Option<Object>> {
+        let path = self.path_of(key)?;
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let etag = etag_of(&bytes);
+                Ok(Some(Object { bytes, etag }))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    fn put_sync(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
+        let path = self.path_of(key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let etag = etag_of(&bytes);
+        let tmp = self.write_temp(&dir, &bytes)?;
+        let result = match cond {
+            Precondition::IfNoneMatch => match fs::hard_link(&tmp, &path) {
+                Ok(()) => Ok(etag),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::Conflict { key: key.into() }),
+                Err(e) => Err(Error::io("create", &path, e)),
+            },
+            Precondition::None => fs::rename(&tmp, &path)
+                .map(|_| etag)
+                .map_err(|e| Error::io("replace", &path, e)),
+            Precondition::IfMatch(expected) => {
+                let _guard = self.lock(key)?;
+                match self.get_sync(key)? {
+                    Some(cur) if cur.etag == expected => fs::rename(&tmp, &path)
+                        .map(|_| etag)
+                        .map_err(|e| Error::io("replace", &path, e)),
+                    _ => Err(Error::Conflict { key: key.into() }),
+                }
+            }
+        };
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<String>> {
+        // Walk from the deepest directory the prefix names.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let mut out = vec![];
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("list", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".tmp-") || name == ".locks" {
+                    continue;
+                }
+                let path = entry.path();
+                let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    if key.starts_with(prefix) {
+                        out.push(key);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl ObjectStore for DirStore {
+    async fn get(&self, key: &str) -> Result<Option<Object>> {
+        self.get_sync(key)
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
+        self.put_sync(key, bytes, cond)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.list_sync(prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conditional_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let e1 = s.put("a/b.json", b"1".to_vec(), Precondition::IfNoneMatch).await.unwrap();
+        assert!(matches!(
+            s.put("a/b.json", b"2".to_vec(), Precondition::IfNoneMatch).await,
+            Err(Error::Conflict { .. })
+        ));
+        assert!(matches!(
+            s.put("a/b.json", b"2".to_vec(), Precondition::IfMatch("nope".into())).await,
+            Err(Error::Conflict { .. })
+        ));
+        let e2 = s.put("a/b.json", b"2".to_vec(), Precondition::IfMatch(e1.clone())).await.unwrap();
+        assert_ne!(e1, e2);
+        assert_eq!(s.get("a/b.json").await.unwrap().unwrap().bytes, b"2");
+        assert!(matches!(
+            s.put("a/b.json", b"3".to_vec(), Precondition::IfMatch(e1)).await,
+            Err(Error::Conflict { .. })
+        ));
+        assert!(s.get("a/missing").await.unwrap().is_none());
+        s.put("a/c/d.json", b"x".to_vec(), Precondition::None).await.unwrap();
+        s.put("ab.json", b"x".to_vec(), Precondition::None).await.unwrap();
+        assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json", "a/c/d.json"]);
+        assert_eq!(s.list("a").await.unwrap(), vec!["a/b.json", "a/c/d.json", "ab.json"]);
+        assert!(s.put("../x", vec![], Precondition::None).await.is_err());
+        // no temp files left behind
+        assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_creators_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let mut handles = vec![];
+        for i in 0..8 {
+            let s = s.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                s.put_sync("claim.json", format!("{i}").into_bytes(), Precondition::IfNoneMatch).is_ok()
+            }));
+        }
+        let mut wins = 0;
+        for h in handles {
+            if h.await.unwrap() {
+                wins += 1;
+            }
+        }
+        assert_eq!(wins, 1);
+    }
+}

@@ -1,0 +1,774 @@
+//! Baton's event contract: the CloudEvents 1.0 structured-JSON envelope and the typed
+//! `data` of every event type. Parsing rejects malformed input with an error that names
+//! the offending field (`data.image.digest: …`). Must not depend on any adapter.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The CloudEvents spec version Baton writes and accepts.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of every Baton event's `data`.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// Every event type Baton publishes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum EventType {
+    #[serde(rename = "image.built")]
+    ImageBuilt,
+    #[serde(rename = "tests.passed")]
+    TestsPassed,
+    #[serde(rename = "tests.failed")]
+    TestsFailed,
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    #[serde(rename = "approval.granted")]
+    ApprovalGranted,
+    #[serde(rename = "approval.rejected")]
+    ApprovalRejected,
+    #[serde(rename = "deploy.succeeded")]
+    DeploySucceeded,
+    #[serde(rename = "deploy.failed")]
+    DeployFailed,
+    #[serde(rename = "image.promoted")]
+    ImagePromoted,
+    #[serde(rename = "stage.failed")]
+    StageFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 10] = [
+        EventType::ImageBuilt,
+        EventType::TestsPassed,
+        EventType::TestsFailed,
+        EventType::ApprovalRequested,
+        EventType::ApprovalGranted,
+        EventType::ApprovalRejected,
+        EventType::DeploySucceeded,
+        EventType::DeployFailed,
+        EventType::ImagePromoted,
+        EventType::StageFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ImageBuilt => "image.built",
+            EventType::TestsPassed => "tests.passed",
+            EventType::TestsFailed => "tests.failed",
+            EventType::ApprovalRequested => "approval.requested",
+            EventType::ApprovalGranted => "approval.granted",
+            EventType::ApprovalRejected => "approval.rejected",
+            EventType::DeploySucceeded => "deploy.succeeded",
+            EventType::DeployFailed => "deploy.failed",
+            EventType::ImagePromoted => "image.promoted",
+            EventType::StageFailed => "stage.failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The `dataschema` URI of this type.
+    pub fn schema_uri(self) -> String {
+        format!("urn:baton:events:v1:{}", self.as_str())
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An image as Baton deploys it: always pinned by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Registry host (`123456789012.dkr.ecr.eu-west-1.amazonaws.com`, `localhost:5000`).
+    pub registry: String,
+    /// Repository path inside the registry (`team/web`).
+    pub repository: String,
+    /// The tag that was pushed (informational; never used to deploy).
+    pub tag: String,
+    /// Content digest, `sha256:` and 64 lowercase hex digits.
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    pub digest: String,
+}
+
+impl Image {
+    /// `registry/repository@sha256:…`: the only form Baton deploys.
+    pub fn reference(&self) -> String {
+        if self.registry.is_empty() {
+            format!("{}@{}", self.repository, self.digest)
+        } else {
+            format!("{}/{}@{}", self.registry, self.repository, self.digest)
+        }
+    }
+
+    /// `registry/repository:tag`, for display.
+    pub fn tagged(&self) -> String {
+        if self.registry.is_empty() {
+            format!("{}:{}", self.repository, self.tag)
+        } else {
+            format!("{}/{}:{}", self.registry, self.repository, self.tag)
+        }
+    }
+
+    /// The first 12 hex digits of the digest, for display.
+    pub fn short_digest(&self) -> &str {
+        short_digest(&self.digest)
+    }
+}
+
+/// The first 12 hex digits of a `sha256:` digest.
+pub fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// Checks that `digest` is `sha256:` followed by 64 lowercase hex digits.
+pub fn validate_digest(digest: &str) -> std::result::Result<(), String> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{digest:?} is not a digest (expected sha256: and 64 lowercase hex digits)"
+        )),
+    }
+}
+
+/// What every Baton event carries about its run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunContext {
+    /// Run id: deterministic from (app, image digest).
+    pub run: String,
+    /// The configured app this image belongs to.
+    pub app: String,
+    /// The environment the event applies to (approval, deploy, promote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    pub image: Image,
+    /// Id of the event (or registry notification) that caused this one.
+    pub causation: String,
+    /// Attempt of the stage that published this event (1 unless retried).
+    #[schemars(range(min = 1))]
+    pub attempt: u32,
+    /// Push sequence (milliseconds since the epoch of the push) for newer-wins checks.
+    pub sequence: u64,
+    /// Who pushed the image, when the registry says (used to refuse self-approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<String>,
+}
+
+/// `image.built`: a configured repository received an image under an allowed tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageBuilt {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// When the registry received the push.
+    pub pushed_at: DateTime<Utc>,
+    /// Which trigger announced it (`ecr`, `distribution`, …).
+    pub trigger: String,
+}
+
+/// `tests.passed` / `tests.failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TestReport {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// The runner that ran the tests (`command`, `kubernetes-job`, `lambda`).
+    pub runner: String,
+    /// One line on the outcome (`exit code 0`, `deadline exceeded after 10m`).
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    /// Store key of the captured output (bounded), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+}
+
+/// `approval.requested`: an environment waits for approvers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRequested {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// Approvers allowed by name.
+    pub approvers: Vec<String>,
+    /// Groups whose members may approve.
+    pub groups: Vec<String>,
+    /// How many distinct approvals are needed.
+    pub required: u32,
+    pub expires_at: DateTime<Utc>,
+    /// Where to decide, when an HTTP endpoint serves approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// How an approval was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantPolicy {
+    /// The environment's policy approves automatically.
+    Auto,
+    /// Enough listed approvers approved.
+    Manual,
+}
+
+/// `approval.granted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalGranted {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    pub policy: GrantPolicy,
+    /// Who approved (empty for `auto`).
+    pub approved_by: Vec<String>,
+}
+
+/// `approval.rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRejected {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// Who rejected (empty when the request expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_by: Option<String>,
+    pub reason: String,
+}
+
+/// `deploy.succeeded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeploySucceeded {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// Target kind (`manifest`, `kubernetes`, `lambda`).
+    pub target: String,
+    /// The image reference that was live before, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// False when the digest was already live and nothing was changed.
+    pub changed: bool,
+    /// True when an operator rolled back to this image.
+    #[serde(default)]
+    pub rollback: bool,
+    /// What the target did, in one line.
+    pub detail: String,
+}
+
+/// `deploy.failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployFailed {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    pub target: String,
+    /// Machine-readable cause: `superseded`, `rollout_failed`.
+    pub code: String,
+    /// What happened, in words.
+    pub reason: String,
+    /// Whether the previous image was put back.
+    pub rolled_back: bool,
+    /// The image live after this failure, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+}
+
+/// `image.promoted`: the image carries the environment's tag in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ImagePromoted {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// The tag now pointing at the digest.
+    pub promoted_tag: String,
+}
+
+/// `stage.failed`: a stage stopped on a permanent error and will not retry by itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageFailed {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// The stage that failed.
+    pub stage: String,
+    /// Stable error kind (`permanent`, `invalid_input`, `refused`).
+    pub error_kind: String,
+    /// What went wrong and what to fix.
+    pub reason: String,
+}
+
+/// The typed `data` of an event; the variant decides the envelope's `type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    ImageBuilt(ImageBuilt),
+    TestsPassed(TestReport),
+    TestsFailed(TestReport),
+    ApprovalRequested(ApprovalRequested),
+    ApprovalGranted(ApprovalGranted),
+    ApprovalRejected(ApprovalRejected),
+    DeploySucceeded(DeploySucceeded),
+    DeployFailed(DeployFailed),
+    ImagePromoted(ImagePromoted),
+    StageFailed(StageFailed),
+}
+
+impl Payload {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Payload::ImageBuilt(_) => EventType::ImageBuilt,
+            Payload::TestsPassed(_) => EventType::TestsPassed,
+            Payload::TestsFailed(_) => EventType::TestsFailed,
+            Payload::ApprovalRequested(_) => EventType::ApprovalRequested,
+            Payload::ApprovalGranted(_) => EventType::ApprovalGranted,
+            Payload::ApprovalRejected(_) => EventType::ApprovalRejected,
+            Payload::DeploySucceeded(_) => EventType::DeploySucceeded,
+            Payload::DeployFailed(_) => EventType::DeployFailed,
+            Payload::ImagePromoted(_) => EventType::ImagePromoted,
+            Payload::StageFailed(_) => EventType::StageFailed,
+        }
+    }
+
+    pub fn ctx(&self) -> &RunContext {
+        match self {
+            Payload::ImageBuilt(d) => &d.ctx,
+            Payload::TestsPassed(d) | Payload::TestsFailed(d) => &d.ctx,
+            Payload::ApprovalRequested(d) => &d.ctx,
+            Payload::ApprovalGranted(d) => &d.ctx,
+            Payload::ApprovalRejected(d) => &d.ctx,
+            Payload::DeploySucceeded(d) => &d.ctx,
+            Payload::DeployFailed(d) => &d.ctx,
+            Payload::ImagePromoted(d) => &d.ctx,
+            Payload::StageFailed(d) => &d.ctx,
+        }
+    }
+
+    pub fn ctx_mut(&mut self) -> &mut RunContext {
+        match self {
+            Payload::ImageBuilt(d) => &mut d.ctx,
+            Payload::TestsPassed(d) | Payload::TestsFailed(d) => &mut d.ctx,
+            Payload::ApprovalRequested(d) => &mut d.ctx,
+            Payload::ApprovalGranted(d) => &mut d.ctx,
+            Payload::ApprovalRejected(d) => &mut d.ctx,
+            Payload::DeploySucceeded(d) => &mut d.ctx,
+            Payload::DeployFailed(d) => &mut d.ctx,
+            Payload::ImagePromoted(d) => &mut d.ctx,
+            Payload::StageFailed(d) => &mut d.ctx,
+        }
+    }
+
+    fn to_value(&self) -> serde_json::Result<Value> {
+        match self {
+            Payload::ImageBuilt(d) => serde_json::to_value(d),
+            Payload::TestsPassed(d) | Payload::TestsFailed(d) => serde_json::to_value(d),
+            Payload::ApprovalRequested(d) => serde_json::to_value(d),
+            Payload::ApprovalGranted(d) => serde_json::to_value(d),
+            Payload::ApprovalRejected(d) => serde_json::to_value(d),
+            Payload::DeploySucceeded(d) => serde_json::to_value(d),
+            Payload::DeployFailed(d) => serde_json::to_value(d),
+            Payload::ImagePromoted(d) => serde_json::to_value(d),
+            Payload::StageFailed(d) => serde_json::to_value(d),
+        }
+    }
+
+    /// Parses `data` of the given type; errors name the field (`data.image.digest`).
+    pub fn from_value(ty: EventType, data: Value) -> Result<Payload> {
+        fn typed<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
+            serde_path_to_error::deserialize(data).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "data".to_string()
+                } else {
+                    format!("data.{path}")
+                };
+                Error::invalid("event", format!("{field}: {}", e.inner()))
+            })
+        }
+        let payload = match ty {
+            EventType::ImageBuilt => Payload::ImageBuilt(typed(data)?),
+            EventType::TestsPassed => Payload::TestsPassed(typed(data)?),
+            EventType::TestsFailed => Payload::TestsFailed(typed(data)?),
+            EventType::ApprovalRequested => Payload::ApprovalRequested(typed(data)?),
+            EventType::ApprovalGranted => Payload::ApprovalGranted(typed(data)?),
+            EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
+            EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
+            EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
+            EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
+            EventType::StageFailed => Payload::StageFailed(typed(data)?),
+        };
+        payload.validate()?;
+        Ok(payload)
+    }
+
+    /// Semantic checks serde cannot express.
+    fn validate(&self) -> Result<()> {
+        let ctx = self.ctx();
+        let bad = |field: &str, reason: String| Err(Error::invalid("event", format!("data.{field}: {reason}")));
+        if let Err(e) = validate_digest(&ctx.image.digest) {
+            return bad("image.digest", e);
+        }
+        if ctx.app.is_empty() {
+            return bad("app", "must not be empty".into());
+        }
+        if ctx.run.is_empty() {
+            return bad("run", "must not be empty".into());
+        }
+        if ctx.image.repository.is_empty() {
+            return bad("image.repository", "must not be empty".into());
+        }
+        if ctx.attempt == 0 {
+            return bad("attempt", "must be 1 or more".into());
+        }
+        let needs_env = !matches!(
+            self,
+            Payload::ImageBuilt(_)
+                | Payload::TestsPassed(_)
+                | Payload::TestsFailed(_)
+                | Payload::StageFailed(_)
+        );
+        if needs_env && ctx.environment.as_deref().unwrap_or("").is_empty() {
+            return bad(
+                "environment",
+                format!("{} events must name an environment", self.event_type()),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A Baton event: CloudEvents 1.0 envelope plus typed data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique per `source`; `source` + `id` is the dedup key.
+    pub id: String,
+    /// The publishing stage, `/baton/<stage>`.
+    pub source: String,
+    /// `<app>/<run>`.
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub payload: Payload,
+}
+
+/// The envelope as it travels (structured JSON mode).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope<D = Value> {
+    /// Always `1.0`.
+    pub specversion: String,
+    pub id: String,
+    /// The publishing stage, `/baton/<stage>`.
+    pub source: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `<app>/<run>`.
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// `urn:baton:events:v1:<type>`.
+    pub dataschema: String,
+    pub data: D,
+}
+
+impl Event {
+    /// Builds an event published by `stage` now.
+    pub fn new(id: String, stage: &str, time: DateTime<Utc>, payload: Payload) -> Event {
+        let ctx = payload.ctx();
+        Event {
+            id,
+            source: format!("/baton/{stage}"),
+            subject: format!("{}/{}", ctx.app, ctx.run),
+            time,
+            payload,
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.payload.event_type()
+    }
+
+    pub fn ctx(&self) -> &RunContext {
+        self.payload.ctx()
+    }
+
+    /// One line for humans and chat: type, app, environment, image, run, and why.
+    pub fn summary(&self) -> String {
+        let ctx = self.ctx();
+        let env = ctx.environment.as_deref().map(|e| format!(" {e}")).unwrap_or_default();
+        let detail = match &self.payload {
+            Payload::TestsPassed(r) | Payload::TestsFailed(r) => format!(": {}", r.summary),
+            Payload::ApprovalRequested(r) => format!(": {} approval(s) needed", r.required),
+            Payload::ApprovalGranted(g) if !g.approved_by.is_empty() => {
+                format!(": approved by {}", g.approved_by.join(", "))
+            }
+            Payload::ApprovalRejected(r) => format!(": {}", r.reason),
+            Payload::DeploySucceeded(d) => format!(": {}", d.detail),
+            Payload::DeployFailed(d) => format!(": {}", d.reason),
+            Payload::ImagePromoted(p) => format!(": tagged {}", p.promoted_tag),
+            Payload::StageFailed(f) => format!(": {} failed: {}", f.stage, f.reason),
+            _ => String::new(),
+        };
+        format!(
+            "{} {}{} {} ({}) run {}{}",
+            self.event_type(),
+            ctx.app,
+            env,
+            ctx.image.tag,
+            ctx.image.short_digest(),
+            ctx.run,
+            detail
+        )
+    }
+
+    /// The dedup key: `source` + `id`.
+    pub fn dedup_key(&self) -> String {
+        format!("{} {}", self.source, self.id)
+    }
+
+    /// The SNS message attributes subscriptions filter on.
+    pub fn attributes(&self) -> Attributes {
+        let ctx = self.ctx();
+        let mut a = Attributes::new();
+        a.insert("type".into(), AttrValue::String(self.event_type().as_str().into()));
+        a.insert("app".into(), AttrValue::String(ctx.app.clone()));
+        if let Some(env) = &ctx.environment {
+            a.insert("environment".into(), AttrValue::String(env.clone()));
+        }
+        a.insert("attempt".into(), AttrValue::Number(f64::from(ctx.attempt)));
+        a
+    }
+
+    pub fn to_envelope(&self) -> Envelope {
+        let ty = self.event_type();
+        Envelope {
+            specversion: SPEC_VERSION.into(),
+            id: self.id.clone(),
+            source: self.source.clone(),
+            ty: ty.as_str().into(),
+            subject: self.subject.clone(),
+            time: self.time,
+            datacontenttype: CONTENT_TYPE.into(),
+            dataschema: ty.schema_uri(),
+            // Serializing plain structs of strings and numbers cannot fail.
+            data: self.payload.to_value().unwrap_or(Value::Null),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.to_envelope()).unwrap_or_default()
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.to_envelope()).unwrap_or_default()
+    }
+
+    /// Parses a structured-mode CloudEvent; errors name the field.
+    pub fn from_json(text: &str) -> Result<Event> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let env: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                Error::invalid("event", e.inner().to_string())
+            } else {
+                Error::invalid("event", format!("{path}: {}", e.inner()))
+            }
+        })?;
+        Event::from_envelope(env)
+    }
+
+    pub fn from_value(value: Value) -> Result<Event> {
+        let env: Envelope = serde_path_to_error::deserialize(value).map_err(|e| {
+            Error::invalid("event", format!("{}: {}", e.path(), e.inner()))
+        })?;
+        Event::from_envelope(env)
+    }
+
+    fn from_envelope(env: Envelope) -> Result<Event> {
+        if env.specversion != SPEC_VERSION {
+            return Err(Error::invalid(
+                "event",
+                format!("specversion: {:?} is not supported (expected \"1.0\")", env.specversion),
+            ));
+        }
+        if env.id.is_empty() {
+            return Err(Error::invalid("event", "id: must not be empty"));
+        }
+        if env.source.is_empty() {
+            return Err(Error::invalid("event", "source: must not be empty"));
+        }
+        if env.datacontenttype != CONTENT_TYPE {
+            return Err(Error::invalid(
+                "event",
+                format!(
+                    "datacontenttype: {:?} is not supported (expected \"{CONTENT_TYPE}\")",
+                    env.datacontenttype
+                ),
+            ));
+        }
+        let ty = EventType::parse(&env.ty).ok_or_else(|| {
+            Error::invalid(
+                "event",
+                format!(
+                    "type: {:?} is not a Baton event type (allowed: {})",
+                    env.ty,
+                    EventType::ALL.map(|t| t.as_str()).join(", ")
+                ),
+            )
+        })?;
+        let payload = Payload::from_value(ty, env.data)?;
+        Ok(Event {
+            id: env.id,
+            source: env.source,
+            subject: env.subject,
+            time: env.time,
+            payload,
+        })
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_envelope().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let env = Envelope::<Value>::deserialize(d)?;
+        Event::from_envelope(env).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A message attribute value, as SNS types them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    String(String),
+    Number(f64),
+    StringArray(Vec<String>),
+}
+
+/// Message attributes: what filter policies match on.
+pub type Attributes = BTreeMap<String, AttrValue>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_ctx() -> RunContext {
+        RunContext {
+            run: "0123456789abcdef".into(),
+            app: "web".into(),
+            environment: Some("staging".into()),
+            image: Image {
+                registry: "localhost:5000".into(),
+                repository: "team/web".into(),
+                tag: "1.2.3".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+            },
+            causation: "cause-1".into(),
+            attempt: 1,
+            sequence: 1_700_000_000_000,
+            pushed_by: Some("ci-bot".into()),
+        }
+    }
+
+    fn sample_event() -> Event {
+        Event::new(
+            "id-1".into(),
+            "deploy",
+            Utc::now(),
+            Payload::DeploySucceeded(DeploySucceeded {
+                ctx: sample_ctx(),
+                target: "manifest".into(),
+                previous: None,
+                changed: true,
+                rollback: false,
+                detail: "rewrote 1 image".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let e = sample_event();
+        let back = Event::from_json(&e.to_json()).unwrap();
+        assert_eq!(back, e);
+        let v: Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["type"], "deploy.succeeded");
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["data"]["image"]["digest"], e.ctx().image.digest);
+        assert_eq!(v["dataschema"], "urn:baton:events:v1:deploy.succeeded");
+    }
+
+    #[test]
+    fn reference_is_digest_pinned() {
+        let ctx = sample_ctx();
+        assert_eq!(
+            ctx.image.reference(),
+            format!("localhost:5000/team/web@sha256:{}", "a".repeat(64))
+        );
+    }
+
+    fn mutate(f: impl FnOnce(&mut Value)) -> String {
+        let mut v: Value = serde_json::from_str(&sample_event().to_json()).unwrap();
+        f(&mut v);
+        match Event::from_value(v) {
+            Ok(_) => panic!("malformed event was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn malformed_events_name_the_field() {
+        let e = mutate(|v| v["data"]["image"]["digest"] = "sha256:xyz".into());
+        assert!(e.contains("data.image.digest"), "{e}");
+        let e = mutate(|v| {
+            v["data"].as_object_mut().unwrap().remove("run");
+        });
+        assert!(e.contains("run"), "{e}");
+        let e = mutate(|v| v["type"] = "image.exploded".into());
+        assert!(e.contains("type") && e.contains("image.exploded"), "{e}");
+        let e = mutate(|v| v["specversion"] = "0.3".into());
+        assert!(e.contains("specversion"), "{e}");
+        let e = mutate(|v| v["data"]["attempt"] = "one".into());
+        assert!(e.contains("data.attempt"), "{e}");
+        let e = mutate(|v| {
+            v["data"].as_object_mut().unwrap().remove("environment");
+        });
+        assert!(e.contains("data.environment"), "{e}");
+        let e = mutate(|v| {
+            v.as_object_mut().unwrap().remove("id");
+        });
+        assert!(e.contains("id"), "{e}");
+        let e = mutate(|v| v["data"]["image"]["colour"] = "red".into());
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn attributes_carry_filter_keys() {
+        let a = sample_event().attributes();
+        assert_eq!(a["type"], AttrValue::String("deploy.succeeded".into()));
+        assert_eq!(a["app"], AttrValue::String("web".into()));
+        assert_eq!(a["environment"], AttrValue::String("staging".into()));
+        assert_eq!(a["attempt"], AttrValue::Number(1.0));
+    }
+
+    #[test]
+    fn digests_are_validated() {
+        assert!(validate_digest(&format!("sha256:{}", "0".repeat(64))).is_ok());
+        assert!(validate_digest(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(validate_digest("sha256:abc").is_err());
+        assert!(validate_digest(&"a".repeat(71)).is_err());
+    }
+}

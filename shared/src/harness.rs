@@ -1,0 +1,603 @@
+//! The one stage harness every stage runs under: claim the stage record with a
+//! conditional create (dedupe), run the stage, derive output event ids from (input id,
+//! stage, output type, attempt), append them to the run log, publish, and record the
+//! outcome. Transient errors go back to the bus for a retry; permanent ones publish
+//! `stage.failed` with the reason. A stage that waits records its progress and asks the
+//! bus to deliver again later. Stages never copy any of this.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Payload, RunContext, StageFailed};
+use crate::ids::output_event_id;
+use crate::ports::{BusMessage, EventBus, Ports, Precondition};
+use crate::stages::{Pipeline, StageName};
+use crate::store::{event_key, get_json, put_json};
+use crate::triggers::Push;
+
+/// What a stage consumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Input {
+    /// A Baton event from the bus.
+    Event(Event),
+    /// A registry push (ingest), with the run context ingest computed for it.
+    Push(PushInput),
+    /// An event delivered to one reaction (notify).
+    Reaction(ReactionInput),
+}
+
+/// An event for a named reaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReactionInput {
+    pub reaction: String,
+    pub event: Event,
+}
+
+/// A push accepted by ingest's repository and tag checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushInput {
+    pub push: Push,
+    pub ctx: RunContext,
+}
+
+impl Input {
+    /// The id outputs are derived from and duplicates are recognised by.
+    pub fn id(&self) -> String {
+        match self {
+            Input::Event(e) => e.id.clone(),
+            Input::Push(p) => format!(
+                "push:{}:{}:{}",
+                p.push.trigger.as_str(),
+                p.push.notification_id,
+                p.ctx.image.digest
+            ),
+            Input::Reaction(r) => format!("{}:{}", r.reaction, r.event.id),
+        }
+    }
+
+    pub fn ctx(&self) -> &RunContext {
+        match self {
+            Input::Event(e) => e.ctx(),
+            Input::Push(p) => &p.ctx,
+            Input::Reaction(r) => r.event.ctx(),
+        }
+    }
+
+    pub fn event(&self) -> Option<&Event> {
+        match self {
+            Input::Event(e) => Some(e),
+            Input::Reaction(r) => Some(&r.event),
+            Input::Push(_) => None,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Event(e) => format!("{} {}", e.event_type(), e.id),
+            Input::Push(p) => format!("push of {}", p.ctx.image.tagged()),
+            Input::Reaction(r) => format!("{} {} for reaction {}", r.event.event_type(), r.event.id, r.reaction),
+        }
+    }
+}
+
+/// Where a stage record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    /// Claimed; the stage is running (until `lease_until`).
+    Running,
+    /// The stage asked to be checked again later (long test, rollout, approval).
+    Waiting,
+    /// A transient error; the bus will deliver again.
+    Retrying,
+    /// Outputs are decided and being published (a crash here republishes them).
+    Publishing,
+    Succeeded,
+    /// Stopped on a permanent error; `baton retry` re-runs it.
+    Failed,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Running => "running",
+            StageStatus::Waiting => "waiting",
+            StageStatus::Retrying => "retrying",
+            StageStatus::Publishing => "publishing",
+            StageStatus::Succeeded => "succeeded",
+            StageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, StageStatus::Succeeded | StageStatus::Failed)
+    }
+}
+
+/// A recorded error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl From<&Error> for RecordedError {
+    fn from(e: &Error) -> Self {
+        RecordedError {
+            kind: e.kind().into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One transition in a stage record's life, for the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: DateTime<Utc>,
+    pub attempt: u32,
+    pub status: StageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The stage record: claim, progress and outcome of one stage for one run (and
+/// environment). Stored at `runs/<app>/<run>/stages/<stage>[.<env>].json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: StageName,
+    pub app: String,
+    pub run: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    pub status: StageStatus,
+    pub attempt: u32,
+    /// The input this record was claimed for; `baton retry` re-runs from it.
+    pub input: Input,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Output events (ids fixed before publishing).
+    #[serde(default)]
+    pub outputs: Vec<Event>,
+    /// Stage-owned progress of a waiting stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RecordedError>,
+    #[serde(default)]
+    pub history: Vec<Transition>,
+}
+
+impl StageRecord {
+    fn transition(&mut self, status: StageStatus, now: DateTime<Utc>, note: Option<String>) {
+        self.status = status;
+        self.updated_at = now;
+        self.history.push(Transition {
+            at: now,
+            attempt: self.attempt,
+            status,
+            note: note.clone(),
+        });
+        if note.is_some() {
+            self.note = note;
+        }
+        if status.is_final() {
+            self.finished_at = Some(now);
+            self.lease_until = None;
+        }
+    }
+
+    /// Wall time from the first claim to the final outcome (or to `now`).
+    pub fn duration(&self, now: DateTime<Utc>) -> chrono::Duration {
+        self.finished_at.unwrap_or(now) - self.started_at
+    }
+}
+
+/// What a stage decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Publish these (possibly none) and finish.
+    Done {
+        outputs: Vec<Payload>,
+        note: Option<String>,
+    },
+    /// Not finished: record `progress` and deliver the input again after `after`.
+    Wait {
+        after: Duration,
+        progress: Value,
+        note: String,
+    },
+}
+
+impl Step {
+    pub fn publish(outputs: Vec<Payload>) -> Step {
+        Step::Done {
+            outputs,
+            note: None,
+        }
+    }
+}
+
+/// What a stage sees besides its input.
+#[derive(Debug, Clone)]
+pub struct StageCtx {
+    pub stage: StageName,
+    pub attempt: u32,
+    pub input_id: String,
+    /// Progress recorded by a previous `Step::Wait`.
+    pub progress: Option<Value>,
+    pub now: DateTime<Utc>,
+}
+
+impl StageCtx {
+    /// The id the harness will give this stage's output of type `ty`.
+    pub fn output_id(&self, ty: crate::event::EventType) -> String {
+        output_event_id(&self.input_id, self.stage.as_str(), ty.as_str(), self.attempt)
+    }
+}
+
+/// How a delivery reached the harness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A bus delivery (or a re-delivery).
+    Deliver,
+    /// `baton retry`: re-run a failed stage from its recorded input with a new attempt.
+    Retry,
+}
+
+/// What the bus should do with the delivery.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Acknowledge: done, a duplicate, or a permanent failure already reported.
+    Done,
+    /// Deliver again after this long (a waiting stage).
+    Later(Duration),
+    /// Deliver again with backoff (transient error).
+    Retry(Error),
+}
+
+/// The result of one harness invocation.
+#[derive(Debug)]
+pub struct Handled {
+    pub disposition: Disposition,
+    /// Record key, when the stage had work to do.
+    pub record: Option<String>,
+    pub status: Option<StageStatus>,
+    pub outputs: Vec<Event>,
+    /// True when the input was a duplicate and nothing ran.
+    pub duplicate: bool,
+    pub note: Option<String>,
+}
+
+impl Handled {
+    fn ack(note: impl Into<String>, duplicate: bool, record: Option<String>) -> Handled {
+        Handled {
+            disposition: Disposition::Done,
+            record,
+            status: None,
+            outputs: vec![],
+            duplicate,
+            note: Some(note.into()),
+        }
+    }
+}
+
+/// How long a claim holds before another worker may take it over.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+impl<P: Ports> Pipeline<P> {
+    /// Runs `stage` on `input` under the harness.
+    pub async fn handle(&self, stage: StageName, input: Input, mode: Mode) -> Result<Handled> {
+        let ctx = input.ctx().clone();
+        let Some(key) = self.record_key(stage, &input)? else {
+            return Ok(Handled::ack(
+                format!("{stage}: nothing to do for {}", input.describe()),
+                false,
+                None,
+            ));
+        };
+        let (mut rec, mut etag) = match self.claim(stage, &input, &key, mode).await? {
+            Claim::Claimed(rec, etag) => (rec, etag),
+            Claim::Skip(h) => return Ok(h),
+        };
+
+        // A crash after the outputs were fixed: publish them again, do not re-run.
+        if rec.status == StageStatus::Publishing {
+            return self.finish_publishing(&key, rec, etag).await;
+        }
+
+        let sctx = StageCtx {
+            stage,
+            attempt: rec.attempt,
+            input_id: input.id(),
+            progress: rec.progress.clone(),
+            now: self.ports.now(),
+        };
+        let span = tracing::info_span!("stage", stage = %stage, run = %ctx.run, app = %ctx.app,
+            env = ctx.environment.as_deref().unwrap_or("-"), attempt = rec.attempt);
+        let result = self.run_stage(stage, &input, &sctx).instrument(span).await;
+        let now = self.ports.now();
+        match result {
+            Ok(Step::Done { outputs, note }) => {
+                rec.outputs = outputs
+                    .into_iter()
+                    .map(|p| self.output_event(stage, &input, rec.attempt, p, now))
+                    .collect();
+                rec.error = None;
+                rec.progress = None;
+                rec.transition(StageStatus::Publishing, now, note);
+                etag = self.save(&key, &rec, etag).await?;
+                self.finish_publishing(&key, rec, etag).await
+            }
+            Ok(Step::Wait {
+                after,
+                progress,
+                note,
+            }) => {
+                rec.progress = Some(progress);
+                rec.lease_until = None;
+                rec.transition(StageStatus::Waiting, now, Some(note.clone()));
+                self.save(&key, &rec, etag).await?;
+                tracing::info!(%key, after_ms = after.as_millis() as u64, %note, "stage waiting");
+                Ok(Handled {
+                    disposition: Disposition::Later(after),
+                    record: Some(key),
+                    status: Some(StageStatus::Waiting),
+                    outputs: vec![],
+                    duplicate: false,
+                    note: Some(note),
+                })
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(%key, error = %e, kind = e.kind(), "stage failed transiently; will retry");
+                rec.error = Some((&e).into());
+                rec.lease_until = None;
+                rec.transition(StageStatus::Retrying, now, None);
+                self.save(&key, &rec, etag).await?;
+                Ok(Handled {
+                    disposition: Disposition::Retry(e),
+                    record: Some(key),
+                    status: Some(StageStatus::Retrying),
+                    outputs: vec![],
+                    duplicate: false,
+                    note: None,
+                })
+            }
+            Err(e) => {
+                tracing::error!(%key, error = %e, kind = e.kind(), "stage failed permanently");
+                rec.error = Some((&e).into());
+                rec.progress = None;
+                // Notifications report their own failures in their record only: a
+                // stage.failed from notify could trigger the same failing reaction again.
+                rec.outputs = if stage == StageName::Notify {
+                    vec![]
+                } else {
+                    let failed = Payload::StageFailed(StageFailed {
+                        ctx: ctx.clone(),
+                        stage: stage.as_str().into(),
+                        error_kind: e.kind().into(),
+                        reason: e.to_string(),
+                    });
+                    vec![self.output_event(stage, &input, rec.attempt, failed, now)]
+                };
+                rec.transition(StageStatus::Publishing, now, None);
+                etag = self.save(&key, &rec, etag).await?;
+                self.finish_publishing(&key, rec, etag).await
+            }
+        }
+    }
+
+    /// Builds an output event: id derived from the input, causation and attempt set.
+    fn output_event(
+        &self,
+        stage: StageName,
+        input: &Input,
+        attempt: u32,
+        mut payload: Payload,
+        now: DateTime<Utc>,
+    ) -> Event {
+        let input_id = input.id();
+        {
+            let ctx = payload.ctx_mut();
+            ctx.causation = input_id.clone();
+            ctx.attempt = attempt;
+        }
+        let id = output_event_id(&input_id, stage.as_str(), payload.event_type().as_str(), attempt);
+        Event::new(id, stage.as_str(), now, payload)
+    }
+
+    /// Appends events to their run logs and publishes them, in order.
+    pub async fn publish(&self, events: &[Event]) -> Result<()> {
+        for e in events {
+            let ctx = e.ctx();
+            let key = event_key(&ctx.app, &ctx.run, &e.id);
+            match put_json(self.ports.store(), &key, e, Precondition::IfNoneMatch).await {
+                Ok(_) | Err(Error::Conflict { .. }) => {}
+                Err(err) => return Err(err.context(format!("append {} to run log", e.id))),
+            }
+            self.ports
+                .bus()
+                .publish(&BusMessage::from_event(e))
+                .await
+                .map_err(|err| err.context(format!("publish {} {}", e.event_type(), e.id)))?;
+            tracing::info!(event = %e.event_type(), id = %e.id, run = %ctx.run, "published");
+        }
+        Ok(())
+    }
+
+    async fn finish_publishing(&self, key: &str, mut rec: StageRecord, etag: String) -> Result<Handled> {
+        if let Err(e) = self.publish(&rec.outputs).await {
+            // Leave the record in `publishing`: the next delivery republishes.
+            return Ok(Handled {
+                disposition: Disposition::Retry(e),
+                record: Some(key.to_string()),
+                status: Some(StageStatus::Publishing),
+                outputs: vec![],
+                duplicate: false,
+                note: None,
+            });
+        }
+        let now = self.ports.now();
+        let status = if rec.error.is_some() { StageStatus::Failed } else { StageStatus::Succeeded };
+        rec.transition(status, now, None);
+        self.save(key, &rec, etag).await?;
+        Ok(Handled {
+            disposition: Disposition::Done,
+            record: Some(key.to_string()),
+            status: Some(status),
+            outputs: rec.outputs,
+            duplicate: false,
+            note: rec.note,
+        })
+    }
+
+    async fn save(&self, key: &str, rec: &StageRecord, etag: String) -> Result<String> {
+        put_json(self.ports.store(), key, rec, Precondition::IfMatch(etag))
+            .await
+            .map_err(|e| match e {
+                // Someone else took the record over (an expired lease): let the bus retry.
+                Error::Conflict { key } => Error::transient(
+                    format!("stage record {key}"),
+                    crate::error::Message("changed by another worker".into()),
+                ),
+                other => other,
+            })
+    }
+
+    async fn claim(&self, stage: StageName, input: &Input, key: &str, mode: Mode) -> Result<Claim> {
+        let lease = self.settings.lease;
+        for _ in 0..5 {
+            let now = self.ports.now();
+            let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            let existing: Option<(StageRecord, String)> = get_json(self.ports.store(), key).await?;
+            let Some((mut rec, etag)) = existing else {
+                if mode == Mode::Retry {
+                    return Err(Error::not_found("stage record", key.to_string()));
+                }
+                let ctx = input.ctx();
+                let mut rec = StageRecord {
+                    stage,
+                    app: ctx.app.clone(),
+                    run: ctx.run.clone(),
+                    environment: self.record_env(stage, input)?,
+                    status: StageStatus::Running,
+                    attempt: 1,
+                    input: input.clone(),
+                    started_at: now,
+                    updated_at: now,
+                    finished_at: None,
+                    lease_until: Some(lease_until),
+                    outputs: vec![],
+                    progress: None,
+                    note: None,
+                    error: None,
+                    history: vec![],
+                };
+                rec.transition(StageStatus::Running, now, None);
+                match put_json(self.ports.store(), key, &rec, Precondition::IfNoneMatch).await {
+                    Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let lease_live = rec.lease_until.is_some_and(|l| l > now);
+            if mode == Mode::Retry {
+                match rec.status {
+                    StageStatus::Succeeded => {
+                        return Err(Error::Refused(format!(
+                            "{stage} already succeeded for run {} ({}); nothing to retry",
+                            rec.run,
+                            rec.environment.as_deref().unwrap_or("all environments")
+                        )));
+                    }
+                    StageStatus::Running | StageStatus::Publishing if lease_live => {
+                        return Err(Error::Refused(format!(
+                            "{stage} is running for run {} right now (lease until {}); retry after it ends",
+                            rec.run,
+                            rec.lease_until.map(|l| l.to_rfc3339()).unwrap_or_default()
+                        )));
+                    }
+                    _ => {}
+                }
+                rec.attempt += 1;
+                rec.outputs.clear();
+                rec.progress = None;
+                rec.error = None;
+                rec.finished_at = None;
+                rec.note = None;
+                rec.lease_until = Some(lease_until);
+                rec.transition(StageStatus::Running, now, Some("retried by operator".into()));
+                match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+                    Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if rec.input.id() != input.id() {
+                return Ok(Claim::Skip(Handled::ack(
+                    format!(
+                        "{stage}: run {} already handled by {}; {} is a duplicate",
+                        rec.run,
+                        rec.input.describe(),
+                        input.describe()
+                    ),
+                    true,
+                    Some(key.to_string()),
+                )));
+            }
+            match rec.status {
+                StageStatus::Succeeded | StageStatus::Failed => {
+                    return Ok(Claim::Skip(Handled::ack(
+                        format!("{stage}: duplicate delivery of {} ignored", input.describe()),
+                        true,
+                        Some(key.to_string()),
+                    )));
+                }
+                StageStatus::Running | StageStatus::Publishing if lease_live => {
+                    return Ok(Claim::Skip(Handled {
+                        disposition: Disposition::Retry(Error::transient(
+                            format!("{stage} for run {}", rec.run),
+                            crate::error::Message("in progress under another worker's lease".into()),
+                        )),
+                        record: Some(key.to_string()),
+                        status: Some(rec.status),
+                        outputs: vec![],
+                        duplicate: true,
+                        note: None,
+                    }));
+                }
+                _ => {}
+            }
+            // Waiting, retrying, or an expired lease: take it (same attempt).
+            rec.lease_until = Some(lease_until);
+            if rec.status != StageStatus::Publishing {
+                rec.transition(StageStatus::Running, now, None);
+            }
+            match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+                Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::transient(
+            format!("claim {key}"),
+            crate::error::Message("too much contention".into()),
+        ))
+    }
+}
+
+enum Claim {
+    Claimed(StageRecord, String),
+    Skip(Handled),
+}

@@ -1,0 +1,203 @@
+//! The local runtime: the pipeline on embedded adapters under one state directory
+//! (`.baton/` by default), and the dispatcher that delivers bus messages to stages.
+//! `baton demo`, the CLI commands and the tests use it; the stage code is the same as
+//! in AWS.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig};
+use crate::embedded::{
+    CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier, ManifestTarget,
+    StoreRegistry, Subscriber, WebhookNotifier,
+};
+use crate::error::{Error, Result};
+use crate::event::{AttrValue, Event};
+use crate::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::ports::{BusMessage, Notifier, Ports};
+use crate::stages::{Pipeline, Settings, StageName};
+use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
+use crate::triggers::Trigger;
+
+pub use crate::embedded::bus::DeliveryReport;
+
+/// Embedded notifiers.
+#[derive(Debug, Clone)]
+pub enum LocalNotifier {
+    Webhook(WebhookNotifier),
+    Log(LogNotifier),
+}
+
+impl Notifier for LocalNotifier {
+    async fn notify(&self, reaction: &str, event: &Event) -> Result<()> {
+        match self {
+            LocalNotifier::Webhook(n) => n.notify(reaction, event).await,
+            LocalNotifier::Log(n) => n.notify(reaction, event).await,
+        }
+    }
+}
+
+/// The embedded ports.
+pub struct LocalPorts {
+    pub state_dir: PathBuf,
+    pub bus: EmbeddedBus,
+    pub store: DirStore,
+    pub registry: StoreRegistry<DirStore>,
+    config: Arc<Config>,
+    http: reqwest::Client,
+}
+
+impl Ports for LocalPorts {
+    type Bus = EmbeddedBus;
+    type Store = DirStore;
+    type Registry = StoreRegistry<DirStore>;
+    type Tests = CommandRunner;
+    type Target = ManifestTarget;
+    type Notifier = LocalNotifier;
+
+    fn bus(&self) -> &EmbeddedBus {
+        &self.bus
+    }
+    fn store(&self) -> &DirStore {
+        &self.store
+    }
+    fn registry(&self) -> &StoreRegistry<DirStore> {
+        &self.registry
+    }
+    fn test_runner(&self, app: &AppConfig) -> Result<CommandRunner> {
+        match &app.test {
+            TestConfig::Command(c) => Ok(CommandRunner::from_config(c, &self.config.base_dir)),
+        }
+    }
+    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<ManifestTarget> {
+        match &env.deploy {
+            DeployConfig::Manifest(m) => Ok(ManifestTarget::from_config(m, |p| self.config.resolve(p))),
+        }
+    }
+    fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
+        match &reaction.notify {
+            NotifyConfig::Log(l) => Ok(LocalNotifier::Log(LogNotifier {
+                path: if l.path.is_absolute() { l.path.clone() } else { self.state_dir.join(&l.path) },
+            })),
+            NotifyConfig::Webhook(w) => {
+                let url = match (&w.url, &w.url_env) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        Error::permanent(
+                            format!("reaction {}", reaction.name),
+                            format!("environment variable {var} (notify.webhook.url_env) is not set"),
+                        )
+                    })?,
+                    (None, None) => {
+                        return Err(Error::invalid(format!("reaction {}", reaction.name), "webhook has no url"));
+                    }
+                };
+                Ok(LocalNotifier::Webhook(WebhookNotifier::new(self.http.clone(), url, w.timeout)))
+            }
+        }
+    }
+}
+
+/// The pipeline on embedded adapters, plus its dispatcher.
+pub struct Local {
+    pub pipeline: Pipeline<LocalPorts>,
+    subscriptions: Vec<Subscription>,
+}
+
+impl Local {
+    /// Opens the state directory (creating it) for this configuration.
+    pub fn open(config: Config, state_dir: &Path, settings: Settings) -> Result<Local> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(state_dir).map_err(|e| Error::io("create state directory", state_dir, e))?;
+        let subscriptions = all_subscriptions(&config);
+        let mut bus_subs: Vec<_> = subscriptions.iter().map(|s| (s.name.clone(), s.filter.clone())).collect();
+        bus_subs.push(("ingest".into(), crate::policy::FilterPolicy::types([REGISTRY_PUSH])));
+        let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
+        let store = DirStore::open(state_dir.join("store"))?;
+        let ports = LocalPorts {
+            state_dir: state_dir.to_path_buf(),
+            bus,
+            registry: StoreRegistry::new(store.clone()),
+            store,
+            config: config.clone(),
+            http: reqwest::Client::new(),
+        };
+        Ok(Local {
+            pipeline: Pipeline::new(ports, config, settings),
+            subscriptions,
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.pipeline.ports.state_dir
+    }
+
+    /// Queues a registry notification for ingest (durable once this returns).
+    pub fn submit(&self, trigger: &Trigger) -> Result<String> {
+        let body = serde_json::to_string(trigger).map_err(|e| Error::invalid("trigger", e))?;
+        let id = crate::ids::stable_id(&["trigger", &body]);
+        let mut attributes = crate::event::Attributes::new();
+        attributes.insert("type".into(), AttrValue::String(REGISTRY_PUSH.into()));
+        attributes.insert("trigger".into(), AttrValue::String(trigger.kind.as_str().into()));
+        self.pipeline.ports.bus.publish_message(&BusMessage {
+            id: id.clone(),
+            attributes,
+            body,
+        })?;
+        Ok(id)
+    }
+
+    /// Delivers queued messages to their stages until nothing is due.
+    pub async fn drain(&self, opts: &DrainOptions, progress: impl FnMut(&DeliveryReport)) -> Result<DrainReport> {
+        self.pipeline.ports.bus.drain(self, opts, progress).await
+    }
+
+    async fn deliver_event(&self, stage: StageName, reaction: Option<&str>, msg: &BusMessage) -> Delivery {
+        let event = match Event::from_json(&msg.body) {
+            Ok(e) => e,
+            Err(e) => return Delivery::Dead(format!("unreadable event {}: {e}", msg.id)),
+        };
+        let input = match reaction {
+            Some(r) => Input::Reaction(ReactionInput {
+                reaction: r.to_string(),
+                event,
+            }),
+            None => Input::Event(event),
+        };
+        match self.pipeline.handle(stage, input, Mode::Deliver).await {
+            Ok(h) => match h.disposition {
+                Disposition::Done => Delivery::Done,
+                Disposition::Later(d) => Delivery::Later(d),
+                Disposition::Retry(e) => Delivery::Retry(e.to_string()),
+            },
+            Err(e) if e.is_retryable() => Delivery::Retry(e.to_string()),
+            Err(e) => Delivery::Dead(e.to_string()),
+        }
+    }
+}
+
+impl Subscriber for Local {
+    async fn deliver(&self, subscription: &str, msg: &BusMessage) -> Delivery {
+        if subscription == "ingest" {
+            let trigger: Trigger = match serde_json::from_str(&msg.body) {
+                Ok(t) => t,
+                Err(e) => return Delivery::Dead(format!("unreadable registry notification: {e}")),
+            };
+            return match self.pipeline.ingest(&trigger).await {
+                Ok(report) => {
+                    for reason in &report.ignored {
+                        tracing::info!(%reason, "ignored");
+                    }
+                    Delivery::Done
+                }
+                Err(e) if e.is_retryable() => Delivery::Retry(e.to_string()),
+                // Malformed notifications are kept in the dead-letter list, not lost.
+                Err(e) => Delivery::Dead(e.to_string()),
+            };
+        }
+        let Some(sub) = self.subscriptions.iter().find(|s| s.name == subscription) else {
+            return Delivery::Dead(format!("no subscriber named {subscription} in this configuration"));
+        };
+        self.deliver_event(sub.stage, sub.reaction.as_deref(), msg).await
+    }
+}

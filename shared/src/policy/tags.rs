@@ -1,0 +1,191 @@
+//! Tag policies (which pushed tags start runs) and newer-wins ordering (which of two
+//! images is newer). Pure functions with exhaustive tests.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+/// A tag policy as written in the configuration: exactly one of the three.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum TagPolicySpec {
+    /// A semver range (`>=1.0.0`, `^2`, `*`); a leading `v` on tags is accepted.
+    Semver(String),
+    /// A glob over the whole tag (`release-*`, `v1.?.*`).
+    Glob(String),
+    /// A regular expression that must match the whole tag (`release-[0-9]+`).
+    Regex(String),
+}
+
+/// A compiled tag policy.
+#[derive(Debug, Clone)]
+pub struct TagPolicy {
+    spec: TagPolicySpec,
+    matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    Semver(semver::VersionReq),
+    Glob(globset::GlobMatcher),
+    Regex(regex::Regex),
+}
+
+impl TagPolicy {
+    /// Compiles the policy; the error says what is wrong with the pattern.
+    pub fn compile(spec: &TagPolicySpec) -> Result<TagPolicy, String> {
+        let matcher = match spec {
+            TagPolicySpec::Semver(r) => Matcher::Semver(semver::VersionReq::parse(r).map_err(
+                |e| format!("{r:?} is not a semver range ({e}); e.g. \">=1.2.0, <2\" or \"*\""),
+            )?),
+            TagPolicySpec::Glob(g) => Matcher::Glob(
+                globset::GlobBuilder::new(g)
+                    .literal_separator(false)
+                    .build()
+                    .map_err(|e| format!("{g:?} is not a glob ({e}); e.g. \"release-*\""))?
+                    .compile_matcher(),
+            ),
+            TagPolicySpec::Regex(r) => Matcher::Regex(
+                regex::Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| format!("{r:?} is not a regular expression: {e}"))?,
+            ),
+        };
+        Ok(TagPolicy {
+            spec: spec.clone(),
+            matcher,
+        })
+    }
+
+    pub fn spec(&self) -> &TagPolicySpec {
+        &self.spec
+    }
+
+    /// Whether a push of `tag` may start a run.
+    pub fn matches(&self, tag: &str) -> bool {
+        match &self.matcher {
+            Matcher::Semver(req) => parse_version(tag).is_some_and(|v| req.matches(&v)),
+            Matcher::Glob(g) => g.is_match(tag),
+            Matcher::Regex(r) => r.is_match(tag),
+        }
+    }
+
+    /// The version used for newer-wins ordering: only under a semver policy.
+    pub fn version_of(&self, tag: &str) -> Option<semver::Version> {
+        match self.matcher {
+            Matcher::Semver(_) => parse_version(tag),
+            _ => None,
+        }
+    }
+
+    /// Human description for messages.
+    pub fn describe(&self) -> String {
+        match &self.spec {
+            TagPolicySpec::Semver(r) => format!("semver {r}"),
+            TagPolicySpec::Glob(g) => format!("glob {g}"),
+            TagPolicySpec::Regex(r) => format!("regex {r}"),
+        }
+    }
+}
+
+/// Parses `1.2.3` or `v1.2.3` as a semantic version.
+pub fn parse_version(tag: &str) -> Option<semver::Version> {
+    let t = tag.strip_prefix('v').unwrap_or(tag);
+    semver::Version::parse(t).ok()
+}
+
+/// What newer-wins compares: the semantic version when the app's tag policy is semver
+/// and both tags parse, otherwise the push sequence (push time in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderKey {
+    pub version: Option<semver::Version>,
+    pub sequence: u64,
+}
+
+impl OrderKey {
+    pub fn compare(&self, other: &OrderKey) -> Ordering {
+        match (&self.version, &other.version) {
+            (Some(a), Some(b)) => a.cmp(b).then(self.sequence.cmp(&other.sequence)),
+            _ => self.sequence.cmp(&other.sequence),
+        }
+    }
+}
+
+/// Whether `candidate` may replace `live` without an explicit rollback.
+pub fn may_replace(candidate: &OrderKey, live: &OrderKey) -> bool {
+    candidate.compare(live) != Ordering::Less
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn semver(r: &str) -> TagPolicy {
+        TagPolicy::compile(&TagPolicySpec::Semver(r.into())).unwrap()
+    }
+
+    #[test]
+    fn semver_ranges() {
+        let p = semver(">=1.0.0, <2");
+        assert!(p.matches("1.0.0"));
+        assert!(p.matches("v1.9.3"));
+        assert!(!p.matches("2.0.0"));
+        assert!(!p.matches("0.9.0"));
+        assert!(!p.matches("latest"));
+        assert!(!p.matches("1.0"), "not a full version");
+        assert!(!p.matches("1.5.0-rc.1"), "pre-releases need an explicit range");
+        assert!(semver("*").matches("3.1.4"));
+        assert_eq!(p.version_of("v1.2.3"), Some(semver::Version::new(1, 2, 3)));
+    }
+
+    #[test]
+    fn glob_policy() {
+        let p = TagPolicy::compile(&TagPolicySpec::Glob("release-*".into())).unwrap();
+        assert!(p.matches("release-42"));
+        assert!(p.matches("release-2024/01"), "a tag is one segment; * spans it all");
+        assert!(!p.matches("hotfix-1"));
+        assert!(!p.matches("xrelease-1"));
+        assert_eq!(p.version_of("release-1"), None);
+    }
+
+    #[test]
+    fn regex_policy_matches_whole_tag() {
+        let p = TagPolicy::compile(&TagPolicySpec::Regex("v[0-9]+".into())).unwrap();
+        assert!(p.matches("v12"));
+        assert!(!p.matches("v12-dirty"));
+        assert!(!p.matches("xv12"));
+    }
+
+    #[test]
+    fn bad_patterns_explain() {
+        let e = TagPolicy::compile(&TagPolicySpec::Semver("~>1".into())).unwrap_err();
+        assert!(e.contains("~>1") && e.contains("semver"), "{e}");
+        let e = TagPolicy::compile(&TagPolicySpec::Regex("(".into())).unwrap_err();
+        assert!(e.contains("regular expression"), "{e}");
+        let e = TagPolicy::compile(&TagPolicySpec::Glob("[".into())).unwrap_err();
+        assert!(e.contains("glob"), "{e}");
+    }
+
+    fn key(v: Option<&str>, seq: u64) -> OrderKey {
+        OrderKey {
+            version: v.and_then(parse_version),
+            sequence: seq,
+        }
+    }
+
+    #[test]
+    fn newer_wins_by_version_then_sequence() {
+        // 1.2.0 pushed first, 1.1.0 pushed later: 1.1.0 must not replace 1.2.0.
+        assert!(!may_replace(&key(Some("1.1.0"), 200), &key(Some("1.2.0"), 100)));
+        assert!(may_replace(&key(Some("1.2.0"), 100), &key(Some("1.1.0"), 200)));
+        // equal version: later push wins (a rebuilt image under the same version)
+        assert!(may_replace(&key(Some("1.2.0"), 200), &key(Some("1.2.0"), 100)));
+        assert!(!may_replace(&key(Some("1.2.0"), 100), &key(Some("1.2.0"), 200)));
+        // no versions (glob/regex policies): push order decides
+        assert!(may_replace(&key(None, 200), &key(None, 100)));
+        assert!(!may_replace(&key(None, 100), &key(None, 200)));
+        // mixed: fall back to push order
+        assert!(!may_replace(&key(Some("9.0.0"), 100), &key(None, 200)));
+        // the same key may be re-applied (idempotent)
+        assert!(may_replace(&key(Some("1.0.0"), 5), &key(Some("1.0.0"), 5)));
+    }
+}

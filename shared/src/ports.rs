@@ -1,0 +1,218 @@
+//! Ports: the traits stage logic talks through. Adapters are named after their
+//! technology (`DirStore`, `EmbeddedBus`, `ManifestTarget`; later `S3Store`, `SnsBus`,
+//! `KubeDeployTarget`). Every method returns `Send` futures so stages run on tokio.
+//!
+//! # Errors
+//! Adapters report `Error::Transient` for what may pass by retrying (network, throttling,
+//! contention), `Error::Permanent` for what will not (missing workload or manifest),
+//! `Error::Conflict` when a conditional write loses, and never put secrets in messages.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{AppConfig, EnvironmentConfig, ReactionConfig};
+use crate::error::Result;
+use crate::event::{Attributes, Event, Image};
+
+/// A message on the bus: SNS's shape (attributes to filter on, a string body).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusMessage {
+    pub id: String,
+    pub attributes: Attributes,
+    pub body: String,
+}
+
+impl BusMessage {
+    pub fn from_event(e: &Event) -> BusMessage {
+        BusMessage {
+            id: e.id.clone(),
+            attributes: e.attributes(),
+            body: e.to_json(),
+        }
+    }
+}
+
+/// Publishes messages to every subscription whose filter policy matches.
+pub trait EventBus: Send + Sync {
+    fn publish(&self, msg: &BusMessage) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// An object and its entity tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+}
+
+/// Conditions of a write (S3's `If-None-Match: *` and `If-Match`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Precondition {
+    /// Write unconditionally.
+    None,
+    /// Create only if absent (claims).
+    IfNoneMatch,
+    /// Replace only if the current etag is this one (compare-and-swap).
+    IfMatch(String),
+}
+
+/// A key-value object store with conditional writes: S3 in AWS, a directory locally.
+pub trait ObjectStore: Send + Sync {
+    /// The object, or `None` when absent.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Object>>> + Send;
+    /// Writes and returns the new etag; `Error::Conflict` when the precondition fails.
+    fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        cond: Precondition,
+    ) -> impl Future<Output = Result<String>> + Send;
+    /// Keys starting with `prefix`, sorted.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+}
+
+/// What a registry says about a tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub digest: String,
+    pub pushed_at: Option<DateTime<Utc>>,
+}
+
+/// A container registry: resolve tags, retag images.
+pub trait Registry: Send + Sync {
+    /// The digest a tag points at; `Error::NotFound` when the tag does not exist.
+    fn resolve(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> impl Future<Output = Result<Resolved>> + Send;
+    /// Points `tag` at `image.digest` (same manifest); already so is success.
+    fn retag(&self, image: &Image, tag: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What to test.
+#[derive(Debug, Clone)]
+pub struct TestRequest {
+    pub app: String,
+    pub run: String,
+    pub image: Image,
+    pub attempt: u32,
+}
+
+/// The result of a finished test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestOutcome {
+    pub passed: bool,
+    /// One line: `exit code 0`, `deadline exceeded after 10m`.
+    pub summary: String,
+    pub exit_code: Option<i32>,
+    /// Captured output, already bounded by the runner.
+    pub output: String,
+}
+
+/// Where a test stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestProgress {
+    Finished(TestOutcome),
+    /// Still running: check again after `check_after` with `state`.
+    Running {
+        state: Value,
+        check_after: Duration,
+        note: String,
+    },
+}
+
+/// Runs an image's tests, pinned by digest, in a sandbox.
+pub trait TestRunner: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn start(&self, req: &TestRequest) -> impl Future<Output = Result<TestProgress>> + Send;
+    fn check(
+        &self,
+        req: &TestRequest,
+        state: &Value,
+    ) -> impl Future<Output = Result<TestProgress>> + Send;
+}
+
+/// What to deploy where.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub app: String,
+    pub environment: String,
+    pub run: String,
+    pub image: Image,
+    /// Change cause recorded with the change (run, tag, who).
+    pub cause: String,
+}
+
+/// The image a workload's container had before a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadImage {
+    /// `Kind/name:container`.
+    pub workload: String,
+    pub image: String,
+}
+
+/// What applying a deploy did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub previous: Vec<WorkloadImage>,
+    /// False when every workload already ran the digest.
+    pub changed: bool,
+    pub detail: String,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollout {
+    Complete { detail: String },
+    Progressing { detail: String, check_after: Duration },
+    Failed { reason: String },
+}
+
+/// A deploy target: sets the image by digest, follows the rollout, restores on failure.
+pub trait DeployTarget: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Sets every configured workload's container image to `req.image.reference()`.
+    fn apply(&self, req: &DeployRequest) -> impl Future<Output = Result<Applied>> + Send;
+    /// Where the rollout of `req` stands.
+    fn rollout(&self, req: &DeployRequest) -> impl Future<Output = Result<Rollout>> + Send;
+    /// Puts the previous images back (rollback after a failed rollout).
+    fn restore(
+        &self,
+        req: &DeployRequest,
+        previous: &[WorkloadImage],
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Sends a notification for an event.
+pub trait Notifier: Send + Sync {
+    fn notify(&self, reaction: &str, event: &Event) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The adapters one deployment of Baton uses, chosen once at start-up.
+pub trait Ports: Send + Sync + 'static {
+    type Bus: EventBus;
+    type Store: ObjectStore;
+    type Registry: Registry;
+    type Tests: TestRunner;
+    type Target: DeployTarget;
+    type Notifier: Notifier;
+
+    fn bus(&self) -> &Self::Bus;
+    fn store(&self) -> &Self::Store;
+    fn registry(&self) -> &Self::Registry;
+    /// The test runner configured for an app.
+    fn test_runner(&self, app: &AppConfig) -> Result<Self::Tests>;
+    /// The deploy target configured for an environment.
+    fn deploy_target(&self, app: &AppConfig, env: &EnvironmentConfig) -> Result<Self::Target>;
+    /// The notifier of a reaction.
+    fn notifier(&self, reaction: &ReactionConfig) -> Result<Self::Notifier>;
+    /// Now. Tests may pin it.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,240 @@
+//! Read-side views over the store: finding runs by (prefix of) id, a run's stages,
+//! events and approvals, its overall status; and `retry`, which re-runs exactly one
+//! stage from its recorded input.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Image, Payload};
+use crate::harness::{Handled, Mode, StageRecord, StageStatus};
+use crate::ports::{ObjectStore, Ports};
+use crate::stages::approve::ApprovalRecord;
+use crate::stages::{Pipeline, StageName};
+use crate::store::{approval_key, get_json, run_prefix, stage_key};
+
+/// One line of `baton status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub app: String,
+    pub run: String,
+    pub image: Option<Image>,
+    pub status: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Everything about one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub app: String,
+    pub run: String,
+    pub image: Option<Image>,
+    pub status: String,
+    /// Stage records in pipeline order.
+    pub stages: Vec<StageRecord>,
+    /// The run log, in publication order.
+    pub events: Vec<Event>,
+    pub approvals: Vec<ApprovalRecord>,
+}
+
+impl<P: Ports> Pipeline<P> {
+    /// Finds a run by its id or a unique prefix of it (at least 4 characters).
+    pub async fn resolve_run(&self, id: &str) -> Result<(String, String)> {
+        if id.len() < 4 {
+            return Err(Error::Refused(format!("run id {id:?} is too short; give at least 4 characters")));
+        }
+        let mut found = BTreeSet::new();
+        for app in &self.config.apps {
+            let prefix = format!("runs/{}/", app.name);
+            for key in self.ports.store().list(&prefix).await? {
+                if let Some(run) = key[prefix.len()..].split('/').next()
+                    && run.starts_with(id)
+                {
+                    found.insert((app.name.clone(), run.to_string()));
+                }
+            }
+        }
+        match found.len() {
+            0 => Err(Error::not_found("run", id)),
+            1 => Ok(found.into_iter().next().unwrap_or_default()),
+            _ => Err(Error::Refused(format!(
+                "run id {id:?} is ambiguous: {}",
+                found.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The app a run belongs to.
+    pub async fn find_run(&self, id: &str) -> Result<String> {
+        Ok(self.resolve_run(id).await?.0)
+    }
+
+    /// The full run id from an id or prefix.
+    pub async fn resolve_run_id(&self, _app: &str, id: &str) -> Result<String> {
+        Ok(self.resolve_run(id).await?.1)
+    }
+
+    /// Every run, newest first.
+    pub async fn runs(&self) -> Result<Vec<RunSummary>> {
+        let mut ids = BTreeSet::new();
+        for app in &self.config.apps {
+            let prefix = format!("runs/{}/", app.name);
+            for key in self.ports.store().list(&prefix).await? {
+                if let Some(run) = key[prefix.len()..].split('/').next() {
+                    ids.insert((app.name.clone(), run.to_string()));
+                }
+            }
+        }
+        let mut out = vec![];
+        for (app, run) in ids {
+            let v = self.run_view(&app, &run).await?;
+            out.push(RunSummary {
+                started_at: v.stages.iter().map(|s| s.started_at).min(),
+                updated_at: v.stages.iter().map(|s| s.updated_at).max(),
+                app: v.app,
+                run: v.run,
+                image: v.image,
+                status: v.status,
+            });
+        }
+        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        Ok(out)
+    }
+
+    /// A run's records, events and approvals.
+    pub async fn run_view(&self, app: &str, run: &str) -> Result<RunView> {
+        let store = self.ports.store();
+        let prefix = run_prefix(app, run);
+        let mut stages = vec![];
+        let mut events = vec![];
+        for key in store.list(&prefix).await? {
+            let rest = &key[prefix.len()..];
+            if rest.starts_with("stages/") {
+                if let Some((rec, _)) = get_json::<_, StageRecord>(store, &key).await? {
+                    stages.push(rec);
+                }
+            } else if rest.starts_with("events/")
+                && let Some((e, _)) = get_json::<_, Event>(store, &key).await?
+            {
+                events.push(e);
+            }
+        }
+        if stages.is_empty() && events.is_empty() {
+            return Err(Error::not_found("run", run));
+        }
+        let app_cfg = self.config.app(app)?;
+        let env_index = |e: &Option<String>| {
+            e.as_ref()
+                .and_then(|e| app_cfg.environments.iter().position(|x| &x.name == e))
+                .unwrap_or(0)
+        };
+        stages.sort_by_key(|s| (env_index(&s.environment), s.stage, s.started_at));
+        events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        let mut approvals = vec![];
+        for env in &app_cfg.environments {
+            if let Some((a, _)) = get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await? {
+                approvals.push(a);
+            }
+        }
+        let image = events.first().map(|e| e.ctx().image.clone());
+        let status = status_of(app_cfg, &stages, &events);
+        Ok(RunView {
+            app: app.into(),
+            run: run.into(),
+            image,
+            status,
+            stages,
+            events,
+            approvals,
+        })
+    }
+
+    /// Re-runs exactly one stage of a run from its recorded input, as a new attempt.
+    /// Per-environment stages need `env` unless the stage ran in one environment only.
+    pub async fn retry(&self, run: &str, stage: StageName, env: Option<&str>) -> Result<Handled> {
+        if stage == StageName::Notify {
+            return Err(Error::Refused(
+                "notify runs per reaction; redrive its dead letters instead".into(),
+            ));
+        }
+        let (app, run) = self.resolve_run(run).await?;
+        let app_cfg = self.config.app(&app)?;
+        let env = match (stage.per_environment(), env) {
+            (false, Some(e)) => {
+                return Err(Error::Refused(format!("{stage} runs once per image; drop --env {e}")));
+            }
+            (false, None) => None,
+            (true, Some(e)) => Some(app_cfg.environment(e)?.name.clone()),
+            (true, None) => {
+                let ran: Vec<String> = self
+                    .run_view(&app, &run)
+                    .await?
+                    .stages
+                    .into_iter()
+                    .filter(|s| s.stage == stage)
+                    .filter_map(|s| s.environment)
+                    .collect();
+                match ran.as_slice() {
+                    [one] => Some(one.clone()),
+                    [] => {
+                        return Err(Error::Refused(format!("{stage} has not run for run {run}; nothing to retry")));
+                    }
+                    many => {
+                        return Err(Error::Refused(format!(
+                            "{stage} ran in {}; say which with --env",
+                            many.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let key = stage_key(&app, &run, stage.as_str(), env.as_deref());
+        let Some((rec, _)) = get_json::<_, StageRecord>(self.ports.store(), &key).await? else {
+            return Err(Error::Refused(format!(
+                "{stage} has not run for run {run}{}; nothing to retry",
+                env.map(|e| format!(" in {e}")).unwrap_or_default()
+            )));
+        };
+        tracing::info!(%run, %stage, attempt = rec.attempt + 1, "retrying stage");
+        self.handle(stage, rec.input, Mode::Retry).await
+    }
+}
+
+/// The overall status of a run, from its records and events.
+fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[Event]) -> String {
+    if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Failed) {
+        return format!(
+            "failed at {}{}",
+            s.stage,
+            s.environment.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+    }
+    let last_env = app.environments.last().map(|e| e.name.as_str());
+    let mut deployed_last = false;
+    for e in events.iter().rev() {
+        let env = e.ctx().environment.clone().unwrap_or_default();
+        match &e.payload {
+            Payload::TestsFailed(_) => return "tests failed".into(),
+            Payload::ApprovalRejected(_) => return format!("rejected ({env})"),
+            Payload::DeployFailed(d) if d.code == "superseded" => return format!("superseded ({env})"),
+            Payload::DeployFailed(d) => {
+                return format!("deploy failed ({env}{})", if d.rolled_back { ", rolled back" } else { "" });
+            }
+            Payload::DeploySucceeded(d) if Some(env.as_str()) == last_env && !d.rollback => deployed_last = true,
+            _ => {}
+        }
+    }
+    if deployed_last {
+        return "deployed".into();
+    }
+    if let Some(s) = stages.iter().find(|s| s.stage == StageName::Approve && s.status == StageStatus::Waiting) {
+        return format!("awaiting approval ({})", s.environment.as_deref().unwrap_or(""));
+    }
+    if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Retrying) {
+        return format!("retrying {}", s.stage);
+    }
+    "in progress".into()
+}

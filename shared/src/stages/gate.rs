@@ -1,0 +1,80 @@
+//! gate: `tests.passed` (first environment) or `deploy.succeeded` of the previous
+//! environment → `approval.granted` under an `auto` policy, else `approval.requested`
+//! with the rules the approvers must meet. Rollbacks never promote onwards.
+
+use chrono::Duration;
+
+use crate::config::ApprovalPolicy;
+use crate::error::{Error, Result};
+use crate::event::{ApprovalGranted, ApprovalRequested, Event, EventType, GrantPolicy, Payload};
+use crate::harness::{Input, StageCtx, Step};
+use crate::ports::Ports;
+use crate::stages::{Pipeline, StageName, expect_type};
+
+/// The environment the gate decides for, or `None` when there is none.
+pub(crate) fn target_environment<P: Ports>(p: &Pipeline<P>, input: &Input) -> Result<Option<String>> {
+    let Input::Event(e) = input else {
+        return Err(Error::invalid("stage input", "gate consumes events, not pushes"));
+    };
+    let ctx = e.ctx();
+    let app = p.config.app(&ctx.app)?;
+    Ok(match &e.payload {
+        Payload::TestsPassed(_) => app.environments.first().map(|e| e.name.clone()),
+        Payload::DeploySucceeded(d) if !d.rollback => {
+            let env = ctx.environment.as_deref().unwrap_or("");
+            app.next_environment(env).map(|e| e.name.clone())
+        }
+        _ => None,
+    })
+}
+
+pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
+    expect_type(
+        StageName::Gate,
+        input.event_type(),
+        &[EventType::TestsPassed, EventType::DeploySucceeded],
+    )?;
+    let Some(env_name) = target_environment(p, &Input::Event(input.clone()))? else {
+        return Ok(Step::Done {
+            outputs: vec![],
+            note: Some("no further environment".into()),
+        });
+    };
+    let mut ctx = input.ctx().clone();
+    let app = p.config.app(&ctx.app)?;
+    let env = app.environment(&env_name)?;
+    ctx.environment = Some(env_name.clone());
+    match &env.approval {
+        ApprovalPolicy::Auto => Ok(Step::Done {
+            outputs: vec![Payload::ApprovalGranted(ApprovalGranted {
+                ctx,
+                policy: GrantPolicy::Auto,
+                approved_by: vec![],
+            })],
+            note: Some(format!("{env_name}: approved by policy (auto)")),
+        }),
+        ApprovalPolicy::Manual(m) => {
+            let expires_at = sctx.now + Duration::from_std(m.expires_after).unwrap_or(Duration::days(1));
+            let url = p
+                .settings
+                .approvals_url
+                .as_ref()
+                .map(|base| format!("{}/approvals/{}/{}", base.trim_end_matches('/'), ctx.run, env_name));
+            Ok(Step::Done {
+                outputs: vec![Payload::ApprovalRequested(ApprovalRequested {
+                    ctx,
+                    approvers: m.approvers.clone(),
+                    groups: m.groups.clone(),
+                    required: m.required,
+                    expires_at,
+                    url,
+                })],
+                note: Some(format!(
+                    "{env_name}: {} approval(s) requested, expires {}",
+                    m.required,
+                    expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )),
+            })
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! ingest: registry push → `image.built`. Only configured repositories and tags allowed
+//! by the app's tag policy start runs; everything else is ignored with a reason. The
+//! run id is derived from (app, digest), so one digest pushed under two tags is one run.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::event::{Image, ImageBuilt, Payload, RunContext, validate_digest};
+use crate::harness::{Input, Mode, PushInput, Step};
+use crate::ids::run_id;
+use crate::ports::{Ports, Registry};
+use crate::stages::{Pipeline, StageName};
+use crate::triggers::{Push, Trigger};
+
+/// What ingest did with a notification.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub accepted: Vec<Accepted>,
+    pub ignored: Vec<String>,
+}
+
+/// A push that became (or joined) a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub app: String,
+    pub run: String,
+    pub tag: String,
+    pub digest: String,
+    /// True when this digest already had a run (another tag or a registry retry).
+    pub duplicate: bool,
+}
+
+/// The stage itself: a push with its run context becomes `image.built`.
+pub(crate) fn run(p: &PushInput) -> Step {
+    Step::publish(vec![Payload::ImageBuilt(ImageBuilt {
+        ctx: p.ctx.clone(),
+        pushed_at: p.push.pushed_at,
+        trigger: p.push.trigger.as_str().into(),
+    })])
+}
+
+impl<P: Ports> Pipeline<P> {
+    /// Runs a registry notification through ingest. Malformed input is an
+    /// `Error::Invalid` naming the field; pushes that start nothing are listed with why.
+    pub async fn ingest(&self, trigger: &Trigger) -> Result<IngestReport> {
+        let parsed = trigger.parse()?;
+        let mut report = IngestReport {
+            accepted: vec![],
+            ignored: parsed.ignored,
+        };
+        for push in parsed.pushes {
+            match self.accept(push).await? {
+                Ok(input) => {
+                    let ctx = input.ctx.clone();
+                    let handled = self.handle(StageName::Ingest, Input::Push(input), Mode::Deliver).await?;
+                    if let crate::harness::Disposition::Retry(e) = handled.disposition {
+                        return Err(e);
+                    }
+                    report.accepted.push(Accepted {
+                        app: ctx.app,
+                        run: ctx.run,
+                        tag: ctx.image.tag,
+                        digest: ctx.image.digest,
+                        duplicate: handled.duplicate,
+                    });
+                }
+                Err(reason) => {
+                    tracing::info!(%reason, "push ignored");
+                    report.ignored.push(reason);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Checks a push against the configuration; `Ok(Err(reason))` when it starts nothing.
+    async fn accept(&self, mut push: Push) -> Result<std::result::Result<PushInput, String>> {
+        let Some(app) = self.config.app_for_repository(&push.registry, &push.repository) else {
+            return Ok(Err(format!(
+                "{}/{}:{}: repository is not configured for any app",
+                push.registry, push.repository, push.tag
+            )));
+        };
+        let policy = app.tag_policy()?;
+        if !policy.matches(&push.tag) {
+            return Ok(Err(format!(
+                "{}:{}: tag does not match app {}'s tag policy ({})",
+                push.repository,
+                push.tag,
+                app.name,
+                policy.describe()
+            )));
+        }
+        if push.digest.is_empty() {
+            let resolved = self
+                .ports
+                .registry()
+                .resolve(&push.registry, &push.repository, &push.tag)
+                .await?;
+            push.digest = resolved.digest;
+            if let Some(at) = resolved.pushed_at {
+                push.pushed_at = at;
+            }
+        }
+        validate_digest(&push.digest).map_err(|e| Error::invalid("push", e))?;
+        let ctx = RunContext {
+            run: run_id(&app.name, &push.digest),
+            app: app.name.clone(),
+            environment: None,
+            image: Image {
+                registry: push.registry.clone(),
+                repository: push.repository.clone(),
+                tag: push.tag.clone(),
+                digest: push.digest.clone(),
+            },
+            causation: push.notification_id.clone(),
+            attempt: 1,
+            sequence: push.pushed_at.timestamp_millis().max(0) as u64,
+            pushed_by: push.pushed_by.clone(),
+        };
+        Ok(Ok(PushInput { push, ctx }))
+    }
+}

@@ -1,0 +1,85 @@
+//! test: `image.built` → `tests.passed` / `tests.failed`. Runs the image, pinned by
+//! digest, with the app's test runner, once per image; stores the bounded output in the
+//! run record. A runner that needs longer than one delivery reports progress and the
+//! stage waits (bus "deliver again later"), so a 40-minute suite idles nowhere.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::event::{Event, EventType, Payload, TestReport};
+use crate::harness::{StageCtx, Step};
+use crate::ports::{ObjectStore, Ports, Precondition, TestProgress, TestRequest, TestRunner};
+use crate::stages::{Pipeline, StageName, expect_type};
+use crate::store::test_output_key;
+
+pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
+    expect_type(StageName::Test, input.event_type(), &[EventType::ImageBuilt])?;
+    let ctx = input.ctx();
+    let app = p.config.app(&ctx.app)?;
+    let runner = p.ports.test_runner(app)?;
+    let req = TestRequest {
+        app: ctx.app.clone(),
+        run: ctx.run.clone(),
+        image: ctx.image.clone(),
+        attempt: sctx.attempt,
+    };
+    let started = Instant::now();
+    let progress = match &sctx.progress {
+        Some(state) => runner.check(&req, state).await?,
+        None => runner.start(&req).await?,
+    };
+    match progress {
+        TestProgress::Running {
+            state,
+            check_after,
+            note,
+        } => Ok(Step::Wait {
+            after: check_after.min(p.settings.max_wait),
+            progress: state,
+            note,
+        }),
+        TestProgress::Finished(outcome) => {
+            let key = test_output_key(&ctx.app, &ctx.run);
+            let output = bound(&outcome.output, p.settings.test_output_limit);
+            p.ports
+                .store()
+                .put(&key, output.into_bytes(), Precondition::None)
+                .await?;
+            let report = TestReport {
+                ctx: ctx.clone(),
+                runner: runner.kind().into(),
+                summary: outcome.summary,
+                exit_code: outcome.exit_code,
+                duration_ms: started.elapsed().as_millis() as u64,
+                output_key: Some(key),
+            };
+            Ok(Step::publish(vec![if outcome.passed {
+                Payload::TestsPassed(report)
+            } else {
+                Payload::TestsFailed(report)
+            }]))
+        }
+    }
+}
+
+/// Keeps the last `limit` bytes of output (the end is where failures are).
+pub fn bound(output: &str, limit: usize) -> String {
+    if output.len() <= limit {
+        return output.to_string();
+    }
+    let mut start = output.len() - limit;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {} bytes cut …]\n{}", start, &output[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bound_keeps_the_tail_on_char_boundaries() {
+        assert_eq!(super::bound("abc", 10), "abc");
+        let b = super::bound("ééééé", 3);
+        assert!(b.ends_with('é') && b.contains("cut"), "{b}");
+    }
+}

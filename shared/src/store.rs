@@ -1,0 +1,81 @@
+//! The store's key layout (the same in S3 and in the local directory) and typed JSON
+//! helpers over any [`ObjectStore`].
+//!
+//! ```text
+//! runs/<app>/<run>/events/<event-id>.json        append-only event log
+//! runs/<app>/<run>/stages/<stage>[.<env>].json    stage records (claims)
+//! runs/<app>/<run>/notifications/<reaction>/<event-id>.json
+//! runs/<app>/<run>/tests/output.log               bounded test output
+//! approvals/<app>/<run>/<env>.json                approval requests and decisions
+//! deployments/<app>/<env>/current.json            what is live
+//! deployments/<app>/<env>/history/<ms>-<run>.json deploy history (rollback)
+//! deployments/<app>/<env>/lease.json              deploy lease
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::ports::{ObjectStore, Precondition};
+
+pub fn run_prefix(app: &str, run: &str) -> String {
+    format!("runs/{app}/{run}/")
+}
+pub fn event_key(app: &str, run: &str, id: &str) -> String {
+    format!("runs/{app}/{run}/events/{id}.json")
+}
+pub fn stage_key(app: &str, run: &str, stage: &str, env: Option<&str>) -> String {
+    match env {
+        Some(e) => format!("runs/{app}/{run}/stages/{stage}.{e}.json"),
+        None => format!("runs/{app}/{run}/stages/{stage}.json"),
+    }
+}
+pub fn notification_key(app: &str, run: &str, reaction: &str, event_id: &str) -> String {
+    format!("runs/{app}/{run}/notifications/{reaction}/{event_id}.json")
+}
+pub fn test_output_key(app: &str, run: &str) -> String {
+    format!("runs/{app}/{run}/tests/output.log")
+}
+pub fn approval_key(app: &str, run: &str, env: &str) -> String {
+    format!("approvals/{app}/{run}/{env}.json")
+}
+pub fn current_key(app: &str, env: &str) -> String {
+    format!("deployments/{app}/{env}/current.json")
+}
+pub fn history_prefix(app: &str, env: &str) -> String {
+    format!("deployments/{app}/{env}/history/")
+}
+pub fn history_key(app: &str, env: &str, at_ms: i64, run: &str) -> String {
+    format!("deployments/{app}/{env}/history/{at_ms:013}-{run}.json")
+}
+pub fn lease_key(app: &str, env: &str) -> String {
+    format!("deployments/{app}/{env}/lease.json")
+}
+
+/// Reads and parses a JSON object with its etag.
+pub async fn get_json<S: ObjectStore, T: DeserializeOwned>(
+    store: &S,
+    key: &str,
+) -> Result<Option<(T, String)>> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(obj) => {
+            let v = serde_json::from_slice(&obj.bytes).map_err(|e| {
+                Error::permanent(format!("read {key}"), format!("stored object is not valid: {e}"))
+            })?;
+            Ok(Some((v, obj.etag)))
+        }
+    }
+}
+
+/// Serializes and writes a JSON object under a precondition.
+pub async fn put_json<S: ObjectStore, T: Serialize>(
+    store: &S,
+    key: &str,
+    value: &T,
+    cond: Precondition,
+) -> Result<String> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::permanent(format!("write {key}"), e))?;
+    store.put(key, bytes, cond).await
+}
