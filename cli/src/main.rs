@@ -1,1 +1,173 @@
-fn main(){}
+//! `baton`: the operator CLI. Runs the pipeline on the embedded bus and store (local
+//! mode): demo, ingest, status, retry, approve/reject, rollback, dead letters, and event
+//! validation. Every command takes `--json` for scripts; operator errors are one line on
+//! stderr and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod commands;
+mod demo;
+mod output;
+
+/// Baton: an event-driven deploy pipeline. A registry push starts a run; test, gate,
+/// approve, deploy, promote and notify are separate, retryable stages.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Pipeline configuration file.
+    #[arg(long, global = true, env = "BATON_CONFIG", default_value = "baton.yaml")]
+    pub config: PathBuf,
+    /// State directory of the embedded bus and store.
+    #[arg(long, global = true, env = "BATON_STATE_DIR", default_value = ".baton")]
+    pub state_dir: PathBuf,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log more (-v info, -vv debug) on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a bundled sample push through every stage in a fresh state directory.
+    Demo {
+        /// Where the demo keeps its state, configuration and manifests (wiped first).
+        #[arg(long, default_value = ".baton/demo")]
+        dir: PathBuf,
+    },
+    /// Feed a registry notification (ECR event or distribution envelope) to ingest and
+    /// run the pipeline until it waits.
+    Ingest {
+        /// JSON file with the notification.
+        file: PathBuf,
+    },
+    /// List runs, or show one run's stages, timeline and events.
+    Status {
+        /// Run id (or a unique prefix of at least 4 characters).
+        run: Option<String>,
+    },
+    /// Re-run exactly one stage of a run from its recorded input event.
+    Retry {
+        run: String,
+        /// ingest, test, gate, approve, deploy or promote.
+        stage: String,
+        /// Environment, for per-environment stages that ran in more than one.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Approve a run's deploy to an environment.
+    Approve {
+        run: String,
+        #[arg(long)]
+        env: String,
+        /// Who approves (must be an approver of the environment).
+        #[arg(long = "as", value_name = "WHO")]
+        who: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a run's deploy to an environment.
+    Reject {
+        run: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long = "as", value_name = "WHO")]
+        who: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Put an earlier image back in an environment (bypasses newer-wins).
+    Rollback {
+        app: String,
+        #[arg(long)]
+        env: String,
+        /// Digest (or at least 7 hex digits of it) from the environment's history;
+        /// the image live before the current one when absent.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long = "as", value_name = "WHO")]
+        who: Option<String>,
+    },
+    /// Dead letters of the embedded bus.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Baton events and samples.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead-lettered messages.
+    List,
+    /// Move dead letters back to their queues and deliver them.
+    Redrive {
+        /// Only this subscription (a stage name, or notify.<reaction>).
+        subscription: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Check files: Baton events, ECR events, distribution envelopes, SNS and SQS envelopes.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print (or write) the JSON Schemas of Baton's events.
+    Schema {
+        /// Write one file per event type into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

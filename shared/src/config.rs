@@ -364,8 +364,14 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn from_yaml(text: &str, base_dir: &Path, origin: &str) -> Result<Config> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        // YAML → JSON value first: enums read as plain maps (`tags: {semver: …}`) and
+        // errors carry the field path.
+        let value: serde_json::Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| Error::invalid(format!("configuration {origin}"), format!("not valid YAML: {e}")))?;
+        if value.is_null() {
+            return Err(Error::invalid(format!("configuration {origin}"), "the file is empty"));
+        }
+        let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.inner().to_string();
             let reason = if path == "." { inner } else { format!("{path}: {inner}") };

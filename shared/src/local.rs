@@ -21,6 +21,9 @@ use crate::triggers::Trigger;
 
 pub use crate::embedded::bus::DeliveryReport;
 
+/// The queue registry notifications are sent to.
+pub const INGEST_QUEUE: &str = "ingest";
+
 /// Embedded notifiers.
 #[derive(Debug, Clone)]
 pub enum LocalNotifier {
@@ -110,8 +113,7 @@ impl Local {
         let config = Arc::new(config);
         std::fs::create_dir_all(state_dir).map_err(|e| Error::io("create state directory", state_dir, e))?;
         let subscriptions = all_subscriptions(&config);
-        let mut bus_subs: Vec<_> = subscriptions.iter().map(|s| (s.name.clone(), s.filter.clone())).collect();
-        bus_subs.push(("ingest".into(), crate::policy::FilterPolicy::types([REGISTRY_PUSH])));
+        let bus_subs: Vec<_> = subscriptions.iter().map(|s| (s.name.clone(), s.filter.clone())).collect();
         let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
         let store = DirStore::open(state_dir.join("store"))?;
         let ports = LocalPorts {
@@ -139,7 +141,7 @@ impl Local {
         let mut attributes = crate::event::Attributes::new();
         attributes.insert("type".into(), AttrValue::String(REGISTRY_PUSH.into()));
         attributes.insert("trigger".into(), AttrValue::String(trigger.kind.as_str().into()));
-        self.pipeline.ports.bus.publish_message(&BusMessage {
+        self.pipeline.ports.bus.send_to(INGEST_QUEUE, &BusMessage {
             id: id.clone(),
             attributes,
             body,
@@ -178,7 +180,7 @@ impl Local {
 
 impl Subscriber for Local {
     async fn deliver(&self, subscription: &str, msg: &BusMessage) -> Delivery {
-        if subscription == "ingest" {
+        if subscription == INGEST_QUEUE {
             let trigger: Trigger = match serde_json::from_str(&msg.body) {
                 Ok(t) => t,
                 Err(e) => return Delivery::Dead(format!("unreadable registry notification: {e}")),

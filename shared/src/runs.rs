@@ -131,7 +131,7 @@ impl<P: Ports> Pipeline<P> {
                 .and_then(|e| app_cfg.environments.iter().position(|x| &x.name == e))
                 .unwrap_or(0)
         };
-        stages.sort_by_key(|s| (env_index(&s.environment), s.stage, s.started_at));
+        stages.sort_by_key(|s| (s.started_at, env_index(&s.environment), s.stage));
         events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         let mut approvals = vec![];
         for env in &app_cfg.environments {

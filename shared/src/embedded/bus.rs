@@ -249,17 +249,27 @@ impl EmbeddedBus {
         self.refresh()
     }
 
-    /// Publishes raw: used by [`EventBus::publish`] and for registry triggers.
+    /// Publishes to every subscription whose filter policy matches (SNS publish).
     pub fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
-        let _lock = self.lock_file("lock")?;
-        self.refresh()?;
-        let seq = self.state().next_seq;
         let subscriptions: Vec<String> = self
             .subscriptions
             .iter()
             .filter(|(_, f)| f.matches(&msg.attributes))
             .map(|(n, _)| n.clone())
             .collect();
+        self.append_message(msg, subscriptions)
+    }
+
+    /// Sends to one queue only, bypassing the topic (SQS SendMessage): how registry
+    /// notifications reach ingest, as EventBridge and function URLs do in AWS.
+    pub fn send_to(&self, queue: &str, msg: &BusMessage) -> Result<u64> {
+        self.append_message(msg, vec![queue.to_string()])
+    }
+
+    fn append_message(&self, msg: &BusMessage, subscriptions: Vec<String>) -> Result<u64> {
+        let _lock = self.lock_file("lock")?;
+        self.refresh()?;
+        let seq = self.state().next_seq;
         let logged = LoggedMessage {
             seq,
             at: Utc::now(),

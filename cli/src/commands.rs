@@ -1,0 +1,369 @@
+//! Command implementations. Each opens the local runtime, does one thing, drains the bus
+//! when it published something, and prints text or `--json`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use baton::config::Config;
+use baton::embedded::DrainOptions;
+use baton::harness::Disposition;
+use baton::local::Local;
+use baton::policy::approval::Verdict;
+use baton::stages::approve::Decision;
+use baton::stages::{Settings, StageName};
+use baton::triggers::{DocumentKind, Trigger, TriggerKind, identify};
+use serde_json::{Value, json};
+
+use crate::output::{self, Progress};
+use crate::{Cli, Command, DlqAction, EventsAction, Global};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Demo { dir } => crate::demo::run(&dir, g).await,
+        Command::Ingest { file } => ingest(g, &file).await,
+        Command::Status { run } => status(g, run.as_deref()).await,
+        Command::Retry { run, stage, env } => retry(g, &run, &stage, env.as_deref()).await,
+        Command::Approve { run, env, who, comment } => decide(g, run, env, who, Verdict::Approve, comment).await,
+        Command::Reject { run, env, who, reason } => decide(g, run, env, who, Verdict::Reject, reason).await,
+        Command::Rollback { app, env, to, who } => rollback(g, &app, &env, to.as_deref(), who.as_deref()).await,
+        Command::Dlq { action } => dlq(g, action).await,
+        Command::Events { action } => events(g, action),
+    }
+}
+
+/// Loads the configuration and opens the state directory.
+pub fn open(g: &Global) -> Result<Local> {
+    let config = Config::load(&g.config).map_err(|e| {
+        if !g.config.exists() {
+            anyhow!(
+                "no configuration at {} (pass --config FILE or set BATON_CONFIG; `baton demo` shows a working setup)",
+                g.config.display()
+            )
+        } else {
+            anyhow!(e)
+        }
+    })?;
+    Ok(Local::open(config, &g.state_dir, Settings::default())?)
+}
+
+/// Delivers everything due, with progress; tolerates another process draining.
+pub async fn drain(local: &Local, quiet: bool) -> Result<()> {
+    let progress = Progress::new(quiet);
+    progress.message("delivering events");
+    let result = local.drain(&DrainOptions::default(), |d| progress.delivered(d)).await;
+    progress.finish();
+    match result {
+        Ok(report) => {
+            if report.dead > 0 {
+                eprintln!(
+                    "warning: {} message(s) were dead-lettered; see `baton dlq list`",
+                    report.dead
+                );
+            }
+            Ok(())
+        }
+        Err(baton::Error::Refused(msg)) => {
+            eprintln!("note: {msg}");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let payload: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let kind = match identify(&payload) {
+        Some(DocumentKind::Ecr) => TriggerKind::Ecr,
+        Some(DocumentKind::Distribution) => TriggerKind::Distribution,
+        other => {
+            return Err(anyhow!(
+                "{} is {}; ingest takes an ECR Image Action event or a distribution notification envelope",
+                file.display(),
+                other.map(|k| k.describe()).unwrap_or("not a known document")
+            ));
+        }
+    };
+    let trigger = Trigger {
+        kind,
+        received_at: chrono::Utc::now(),
+        payload,
+    };
+    // Reject malformed input before queueing it, with the field that is wrong.
+    let parsed = trigger.parse()?;
+    let local = open(g)?;
+    local.submit(&trigger)?;
+    drain(&local, g.json).await?;
+    let runs = local.pipeline.runs().await?;
+    let mut touched = vec![];
+    for push in &parsed.pushes {
+        if let Some(r) = runs.iter().find(|r| r.image.as_ref().is_some_and(|i| i.digest == push.digest)) {
+            touched.push(r.clone());
+        }
+    }
+    if g.json {
+        print_json(&json!({ "runs": touched, "ignored": parsed.ignored }))?;
+    } else {
+        for r in &touched {
+            println!("run {}  {}  {}", r.run, r.app, r.status);
+        }
+        for why in &parsed.ignored {
+            println!("ignored: {why}");
+        }
+        if touched.is_empty() {
+            println!("no run started (no configured repository and tag in the notification)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(g: &Global, run: Option<&str>) -> Result<ExitCode> {
+    let local = open(g)?;
+    let p = &local.pipeline;
+    match run {
+        None => {
+            let runs = p.runs().await?;
+            if g.json {
+                print_json(&runs)?;
+            } else {
+                output::print_runs(&runs);
+            }
+        }
+        Some(id) => {
+            let (app, run) = p.resolve_run(id).await?;
+            let view = p.run_view(&app, &run).await?;
+            if g.json {
+                print_json(&view)?;
+            } else {
+                output::print_timeline(&view);
+                output::print_events(&view.events);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(g: &Global, run: &str, stage: &str, env: Option<&str>) -> Result<ExitCode> {
+    let stage: StageName = stage.parse().map_err(|e: String| anyhow!(e))?;
+    let local = open(g)?;
+    let handled = local.pipeline.retry(run, stage, env).await?;
+    let ok = !matches!(handled.disposition, Disposition::Retry(_));
+    drain(&local, g.json).await?;
+    let (app, run_id) = local.pipeline.resolve_run(run).await?;
+    let view = local.pipeline.run_view(&app, &run_id).await?;
+    if g.json {
+        print_json(&json!({
+            "stage": stage.as_str(),
+            "status": handled.status.map(|s| s.as_str()),
+            "outputs": handled.outputs.iter().map(|e| json!({"type": e.event_type().as_str(), "id": e.id})).collect::<Vec<_>>(),
+            "run": view,
+        }))?;
+    } else {
+        println!(
+            "retried {stage}: {}{}",
+            handled.status.map(|s| s.as_str()).unwrap_or("no change"),
+            match &handled.disposition {
+                Disposition::Retry(e) => format!(" ({e}; the bus will retry)"),
+                _ => String::new(),
+            }
+        );
+        output::print_timeline(&view);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+async fn decide(
+    g: &Global,
+    run: String,
+    env: String,
+    who: String,
+    verdict: Verdict,
+    comment: Option<String>,
+) -> Result<ExitCode> {
+    let local = open(g)?;
+    let report = local
+        .pipeline
+        .decide(Decision {
+            run,
+            environment: env,
+            by: who,
+            verdict,
+            comment,
+        })
+        .await?;
+    drain(&local, g.json).await?;
+    let view = local.pipeline.run_view(&report.app, &report.run).await?;
+    if g.json {
+        print_json(&json!({ "decision": report, "run_status": view.status }))?;
+    } else {
+        println!(
+            "{} {}: approval {} ({} of {} approvals){}",
+            report.run,
+            report.environment,
+            report.status.as_str(),
+            report.approvals,
+            report.required,
+            if report.recorded { "" } else { "; your decision was already recorded" }
+        );
+        println!("run status: {}", view.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rollback(g: &Global, app: &str, env: &str, to: Option<&str>, who: Option<&str>) -> Result<ExitCode> {
+    let local = open(g)?;
+    let report = local.pipeline.rollback(app, env, to, who).await?;
+    drain(&local, g.json).await?;
+    if g.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "rolled back {app} in {env}: {} → {} (run {})",
+            report.from.as_deref().unwrap_or("-"),
+            report.to,
+            report.run
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
+    let local = open(g)?;
+    let bus = &local.pipeline.ports.bus;
+    match action {
+        DlqAction::List => {
+            let dead = bus.dead_letters()?;
+            if g.json {
+                print_json(&dead)?;
+            } else if dead.is_empty() {
+                println!("no dead letters");
+            } else {
+                for d in dead {
+                    println!(
+                        "{:<5} {:<24} {:<18} attempts {}  {}",
+                        d.seq,
+                        d.subscription,
+                        d.message_type.unwrap_or_default(),
+                        d.attempts,
+                        d.error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        DlqAction::Redrive { subscription } => {
+            let n = bus.redrive(subscription.as_deref())?;
+            drain(&local, g.json).await?;
+            let left = bus.dead_letters()?.len();
+            if g.json {
+                print_json(&json!({ "redriven": n, "dead_letters_left": left }))?;
+            } else {
+                println!("redrove {n} message(s); {left} dead letter(s) left");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn events(g: &Global, action: EventsAction) -> Result<ExitCode> {
+    match action {
+        EventsAction::Validate { files } => {
+            let mut results = vec![];
+            let mut bad = 0;
+            for f in &files {
+                let r = validate_file(f);
+                if r.get("valid") != Some(&Value::Bool(true)) {
+                    bad += 1;
+                }
+                results.push(r);
+            }
+            if g.json {
+                print_json(&results)?;
+            } else {
+                for r in &results {
+                    let file = r["file"].as_str().unwrap_or("");
+                    if r["valid"] == Value::Bool(true) {
+                        println!("ok    {file}: {}", r["summary"].as_str().unwrap_or(""));
+                    } else {
+                        println!("FAIL  {file}: {}", r["error"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        EventsAction::Schema { out } => {
+            let schemas = baton::schema::event_schemas();
+            match out {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    for (name, schema) in &schemas {
+                        let path = dir.join(name);
+                        std::fs::write(&path, baton::schema::render(schema))
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                    }
+                    if !g.json {
+                        println!("wrote {} schemas to {}", schemas.len(), dir.display());
+                    }
+                }
+                None => {
+                    let all: serde_json::Map<String, Value> = schemas.into_iter().collect();
+                    print_json(&all)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Validates one file: `{file, kind, valid, summary | error}`.
+pub fn validate_file(path: &Path) -> Value {
+    let file = path.display().to_string();
+    let fail = |kind: Option<&str>, error: String| json!({ "file": file, "kind": kind, "valid": false, "error": error });
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return fail(None, format!("cannot read: {e}")),
+    };
+    let value: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return fail(None, format!("not JSON: {e}")),
+    };
+    let Some(kind) = identify(&value) else {
+        return fail(
+            None,
+            "not a Baton event, ECR event, distribution envelope, SNS notification or SQS event".into(),
+        );
+    };
+    let summary = match kind {
+        DocumentKind::BatonEvent => baton::event::Event::from_json(&text).map(|e| e.summary()),
+        DocumentKind::Ecr => baton::triggers::parse_ecr(&value).map(|p| describe_parsed(&p)),
+        DocumentKind::Distribution => baton::triggers::parse_distribution(&value).map(|p| describe_parsed(&p)),
+        DocumentKind::Sns => baton::triggers::event_from_sns_notification(&text).map(|e| e.summary()),
+        DocumentKind::Sqs => baton::triggers::events_from_sqs(&value).and_then(|records| {
+            let mut lines = vec![];
+            for (id, r) in records {
+                lines.push(format!("{id}: {}", r?.summary()));
+            }
+            Ok(lines.join("; "))
+        }),
+    };
+    match summary {
+        Ok(s) => json!({ "file": file, "kind": kind.describe(), "valid": true, "summary": s }),
+        Err(e) => fail(Some(kind.describe()), e.to_string()),
+    }
+}
+
+fn describe_parsed(p: &baton::triggers::Parsed) -> String {
+    let mut parts: Vec<String> = p
+        .pushes
+        .iter()
+        .map(|x| format!("push {}/{}:{} {}", x.registry, x.repository, x.tag, baton::event::short_digest(&x.digest)))
+        .collect();
+    parts.extend(p.ignored.iter().map(|i| format!("ignored: {i}")));
+    parts.join("; ")
+}
