@@ -385,6 +385,14 @@ impl Payload {
     /// Parses `data` of the given type; errors name the field (`data.image.digest`).
     pub fn from_value(ty: EventType, data: Value) -> Result<Payload> {
         fn typed<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
+            // serde loses the path inside `#[serde(flatten)]`: check the common part on
+            // its own first so its errors name the field.
+            if data.is_object() {
+                at_path::<RunContext>(data.clone())?;
+            }
+            at_path(data)
+        }
+        fn at_path<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
             serde_path_to_error::deserialize(data).map_err(|e| {
                 let path = e.path().to_string();
                 let field = if path == "." {

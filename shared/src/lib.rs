@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod embedded;
+pub mod function;
 pub mod error;
 pub mod event;
 pub mod harness;

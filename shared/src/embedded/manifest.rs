@@ -102,11 +102,18 @@ impl ManifestTarget {
                             format!("container {:?} has no image field", w.container),
                         ));
                     };
+                    let (start, end) = scalar_extent(text, char_to_byte(text, *start), char_to_byte(text, *end), *style)
+                        .ok_or_else(|| {
+                            Error::permanent(
+                                format!("{}/{} in {}", w.kind, w.name, file.display()),
+                                format!("the image of container {:?} is not a single-line scalar", w.container),
+                            )
+                        })?;
                     found = Some(Located {
                         workload: format!("{}/{}:{}", w.kind, w.name, w.container),
                         file: file.clone(),
-                        start: char_to_byte(text, *start),
-                        end: char_to_byte(text, *end),
+                        start,
+                        end,
                         quoted: *style != ScalarStyle::Plain,
                         image: value.clone(),
                     });
@@ -341,6 +348,44 @@ fn parse_documents(text: &str) -> std::result::Result<Vec<Node>, String> {
         }
     }
     Ok(docs)
+}
+
+/// The byte range of a scalar, quotes included. The parser's end marker of a quoted
+/// scalar can run on into a trailing comment, so quotes are matched here.
+fn scalar_extent(text: &str, start: usize, end: usize, style: ScalarStyle) -> Option<(usize, usize)> {
+    let rest = text.get(start..)?;
+    let line_end = rest.find('\n').unwrap_or(rest.len());
+    let line = &rest[..line_end];
+    match style {
+        ScalarStyle::Plain => Some((start, end.min(start + line_end))),
+        ScalarStyle::DoubleQuoted => {
+            let mut escaped = false;
+            for (i, c) in line.char_indices().skip(1) {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => return Some((start, start + i + 1)),
+                    _ => escaped = false,
+                }
+            }
+            None
+        }
+        ScalarStyle::SingleQuoted => {
+            let bytes = line.as_bytes();
+            let mut i = 1;
+            while i < bytes.len() {
+                if bytes[i] == b'\'' {
+                    if bytes.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return Some((start, start + i + 1));
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 fn char_to_byte(text: &str, char_index: usize) -> usize {

@@ -1,0 +1,113 @@
+//! The entry point every function crate calls: run exactly one stage on one input
+//! through the harness, on the embedded adapters, and report what happened as JSON.
+//! `lambda_runtime` entry points replace the input/output plumbing in AWS; the stage
+//! wiring (which stage, which input type) stays here.
+//!
+//! Usage of a function binary: `<function> EVENT.json` (or `-` for stdin), with
+//! `BATON_CONFIG` (default `baton.yaml`), `BATON_STATE_DIR` (default `.baton`) and, for
+//! notify, `BATON_REACTION`. Outputs are published to the embedded bus for the next
+//! stage; nothing else runs.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::local::Local;
+use crate::stages::{Settings, StageName};
+use crate::triggers::{DocumentKind, Trigger, TriggerKind, identify};
+
+fn env_path(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// Reads the input named by the first argument (`-` or nothing: stdin).
+fn read_input() -> Result<String> {
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "-".into());
+    if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::invalid("input", format!("cannot read stdin: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(&arg).map_err(|e| Error::invalid("input", format!("cannot read {arg}: {e}")))
+    }
+}
+
+/// Runs `stage` once on the input and returns a JSON report.
+pub async fn run_once(stage: StageName) -> Result<Value> {
+    let text = read_input()?;
+    let config = Config::load(&env_path("BATON_CONFIG", "baton.yaml"))?;
+    let local = Local::open(config, &env_path("BATON_STATE_DIR", ".baton"), Settings::default())?;
+    let p = &local.pipeline;
+    if stage == StageName::Ingest {
+        let payload: Value =
+            serde_json::from_str(&text).map_err(|e| Error::invalid("registry notification", e))?;
+        let kind = match identify(&payload) {
+            Some(DocumentKind::Ecr) => TriggerKind::Ecr,
+            Some(DocumentKind::Distribution) => TriggerKind::Distribution,
+            _ => {
+                return Err(Error::invalid(
+                    "registry notification",
+                    "expected an ECR Image Action event or a distribution notification envelope",
+                ));
+            }
+        };
+        let report = p
+            .ingest(&Trigger {
+                kind,
+                received_at: chrono::Utc::now(),
+                payload,
+            })
+            .await?;
+        return Ok(json!({ "stage": "ingest", "accepted": report.accepted, "ignored": report.ignored }));
+    }
+    let event = Event::from_json(&text)?;
+    let input = if stage == StageName::Notify {
+        let reaction = std::env::var("BATON_REACTION")
+            .map_err(|_| Error::invalid("notify", "set BATON_REACTION to the reaction to run"))?;
+        Input::Reaction(ReactionInput { reaction, event })
+    } else {
+        Input::Event(event)
+    };
+    let handled = p.handle(stage, input, Mode::Deliver).await?;
+    Ok(json!({
+        "stage": stage.as_str(),
+        "record": handled.record,
+        "status": handled.status.map(|s| s.as_str()),
+        "duplicate": handled.duplicate,
+        "note": handled.note,
+        "disposition": match &handled.disposition {
+            Disposition::Done => json!("done"),
+            Disposition::Later(d) => json!({ "later_ms": d.as_millis() as u64 }),
+            Disposition::Retry(e) => json!({ "retry": e.to_string(), "kind": e.kind() }),
+        },
+        "outputs": handled.outputs.iter().map(|e| json!({ "type": e.event_type().as_str(), "id": e.id })).collect::<Vec<_>>(),
+    }))
+}
+
+/// `main` of a function binary: run one stage, print the report, exit non-zero on error.
+pub fn main(stage: StageName) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run_once(stage)) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error ({}): {e}", e.kind());
+            std::process::ExitCode::from(1)
+        }
+    }
+}
