@@ -155,7 +155,14 @@ impl<P: Ports> Pipeline<P> {
                 let env = ctx.environment.as_deref().ok_or_else(|| {
                     Error::invalid("event", format!("{s} needs an event that names an environment"))
                 })?;
-                Some(store::stage_key(&ctx.app, &ctx.run, s.as_str(), Some(env)))
+                // A rollback is a new deploy of an old run: promote retags again.
+                let scope = match input.event().map(|e| (&e.payload, &e.id)) {
+                    Some((crate::event::Payload::DeploySucceeded(d), id)) if d.rollback && s == StageName::Promote => {
+                        format!("{env}.rollback-{}", &id[..id.len().min(8)])
+                    }
+                    _ => env.to_string(),
+                };
+                Some(store::stage_key(&ctx.app, &ctx.run, s.as_str(), Some(&scope)))
             }
             s => Some(store::stage_key(&ctx.app, &ctx.run, s.as_str(), None)),
         })

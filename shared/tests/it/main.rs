@@ -1,0 +1,205 @@
+//! Integration tests of the library API: the whole pipeline on the embedded adapters in
+//! a temporary state directory, driven the way the bus drives it.
+
+mod pipeline;
+mod samples;
+
+use std::path::{Path, PathBuf};
+
+use baton::config::Config;
+use baton::embedded::{Delivery, DrainOptions, Subscriber};
+use baton::event::{Event, EventType, Image};
+use baton::local::Local;
+use baton::ports::BusMessage;
+use baton::stages::Settings;
+use baton::triggers::{Trigger, TriggerKind};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const STAGING_MANIFEST: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+        - name: app
+          image: localhost:5000/demo/web:0.1.0  # set by baton
+";
+
+/// Knobs of the test configuration.
+pub struct Setup {
+    pub test_cmd: String,
+    pub production: String,
+    pub staging_dir: String,
+    pub reactions: String,
+    pub max_attempts: u32,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            test_cmd: r#"["sh", "-c", "echo testing $BATON_IMAGE; test -n \"$BATON_IMAGE_DIGEST\""]"#.into(),
+            production: "{ approvers: [alice], groups: [release-managers], required: 1, expires_after: 1h }".into(),
+            staging_dir: "manifests/staging".into(),
+            reactions: "  - name: all\n    on: { type: [{ exists: true }] }\n    notify: { log: {} }\n".into(),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// A configured pipeline in a temporary directory.
+pub struct Env {
+    pub dir: TempDir,
+    pub local: Local,
+}
+
+pub fn config_text(s: &Setup) -> String {
+    format!(
+        r#"
+groups:
+  release-managers: [bob, carol]
+apps:
+  - name: web
+    registry: localhost:5000
+    repository: demo/web
+    tags: {{ semver: ">=1.0.0" }}
+    test:
+      command: {{ run: {test}, timeout: 30s }}
+    environments:
+      - name: staging
+        approval: auto
+        deploy:
+          manifest: {{ dir: {staging}, workloads: [{{ name: web, container: app }}] }}
+      - name: production
+        approval: {prod}
+        deploy:
+          manifest: {{ dir: manifests/production, workloads: [{{ name: web, container: app }}] }}
+reactions:
+{reactions}
+bus: {{ max_attempts: {attempts}, initial_backoff: 5ms, max_backoff: 20ms }}
+"#,
+        test = s.test_cmd,
+        staging = s.staging_dir,
+        prod = s.production,
+        reactions = s.reactions,
+        attempts = s.max_attempts,
+    )
+}
+
+pub fn write_manifests(root: &Path) {
+    for env in ["staging", "production"] {
+        let d = root.join("manifests").join(env);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("web.yaml"), STAGING_MANIFEST).unwrap();
+    }
+}
+
+pub fn setup(s: Setup) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path());
+    let local = open(dir.path(), &s);
+    Env { dir, local }
+}
+
+pub fn open(root: &Path, s: &Setup) -> Local {
+    std::fs::write(root.join("baton.yaml"), config_text(s)).unwrap();
+    let config = Config::load(&root.join("baton.yaml")).unwrap();
+    Local::open(config, &root.join("state"), Settings::default()).unwrap()
+}
+
+pub fn digest(seed: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(seed.as_bytes())))
+}
+
+/// A distribution notification envelope with a blob push and a tagged manifest push.
+pub fn dist_push(repo: &str, tag: &str, digest: &str, actor: &str, at: DateTime<Utc>, id: &str) -> Value {
+    json!({"events": [
+        {"id": format!("{id}-blob"), "timestamp": at.to_rfc3339(), "action": "push",
+         "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "repository": repo,
+                    "url": format!("http://localhost:5000/v2/{repo}/blobs/{digest}")},
+         "request": {"host": "localhost:5000"}, "actor": {"name": actor}},
+        {"id": id, "timestamp": at.to_rfc3339(), "action": "push",
+         "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "repository": repo,
+                    "url": format!("http://localhost:5000/v2/{repo}/manifests/{digest}"), "tag": tag},
+         "request": {"host": "localhost:5000"}, "actor": {"name": actor}}
+    ]})
+}
+
+impl Env {
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Pushes `tag` (digest derived from the tag) into the embedded registry and queues
+    /// the registry's notification. Returns the image.
+    pub async fn push(&self, tag: &str, actor: &str, at: DateTime<Utc>) -> Image {
+        let image = Image {
+            registry: "localhost:5000".into(),
+            repository: "demo/web".into(),
+            tag: tag.into(),
+            digest: digest(&format!("web {tag}")),
+        };
+        self.local.pipeline.ports.registry.record_push(&image, at).await.unwrap();
+        let payload = dist_push("demo/web", tag, &image.digest, actor, at, &format!("notif-{tag}"));
+        self.local
+            .submit(&Trigger {
+                kind: TriggerKind::Distribution,
+                received_at: Utc::now(),
+                payload,
+            })
+            .unwrap();
+        image
+    }
+
+    pub async fn drain(&self) {
+        let rep = self.local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
+        assert_eq!(rep.dead, 0, "nothing may be dead-lettered: {:?}", self.local.pipeline.ports.bus.dead_letters());
+    }
+
+    pub fn run_of(&self, image: &Image) -> String {
+        baton::ids::run_id("web", &image.digest)
+    }
+
+    pub async fn events(&self, image: &Image) -> Vec<Event> {
+        self.local.pipeline.run_view("web", &self.run_of(image)).await.unwrap().events
+    }
+
+    pub async fn status(&self, image: &Image) -> String {
+        self.local.pipeline.run_view("web", &self.run_of(image)).await.unwrap().status
+    }
+
+    pub fn manifest(&self, env: &str) -> String {
+        std::fs::read_to_string(self.root().join("manifests").join(env).join("web.yaml")).unwrap()
+    }
+}
+
+/// `type` or `type[env]` of each event, in log order.
+pub fn sequence(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.ctx().environment {
+            Some(env) if e.event_type() != EventType::ImageBuilt => format!("{}[{env}]", e.event_type()),
+            _ => e.event_type().to_string(),
+        })
+        .collect()
+}
+
+/// Delivers every message `n` times in a row (at-least-once delivery at its worst).
+pub struct Repeat<'a> {
+    pub inner: &'a Local,
+    pub n: usize,
+}
+
+impl Subscriber for Repeat<'_> {
+    async fn deliver(&self, sub: &str, msg: &BusMessage) -> Delivery {
+        let mut last = Delivery::Done;
+        for _ in 0..self.n {
+            last = self.inner.deliver(sub, msg).await;
+        }
+        last
+    }
+}

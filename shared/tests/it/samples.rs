@@ -1,0 +1,115 @@
+//! Every sample in `events/` is loaded here: the fixtures are the contract.
+
+use std::path::{Path, PathBuf};
+
+use baton::event::{Event, EventType};
+use baton::triggers::{DocumentKind, events_from_sqs, event_from_sns_notification, identify, parse_distribution, parse_ecr};
+use serde_json::Value;
+
+fn samples() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events");
+    let mut out = vec![];
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().unwrap() != "schema" {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "json") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_sample_parses_as_what_it_is() {
+    let files = samples();
+    assert!(files.len() >= 16, "samples: {files:?}");
+    let mut types_seen = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let kind = identify(&v).unwrap_or_else(|| panic!("{} is of no known shape", f.display()));
+        match kind {
+            DocumentKind::BatonEvent => {
+                let e = Event::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                types_seen.insert(e.event_type());
+                // round trip is lossless
+                assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+            }
+            DocumentKind::Ecr => {
+                parse_ecr(&v).unwrap();
+            }
+            DocumentKind::Distribution => {
+                let p = parse_distribution(&v).unwrap();
+                assert_eq!(p.pushes.len(), 1, "one tagged manifest push");
+                assert_eq!(p.ignored.len(), 1, "one blob push ignored");
+                assert!(p.ignored[0].contains("blob"));
+            }
+            DocumentKind::Sns => {
+                event_from_sns_notification(&text).unwrap();
+            }
+            DocumentKind::Sqs => {
+                for (_, r) in events_from_sqs(&v).unwrap() {
+                    r.unwrap();
+                }
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<EventType> = EventType::ALL.into_iter().collect();
+    assert_eq!(types_seen, all, "a sample of every Baton event type");
+}
+
+fn load(rel: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events").join(rel);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn ecr_samples_push_and_delete() {
+    let push = parse_ecr(&load("triggers/ecr-push.json")).unwrap();
+    assert_eq!(push.pushes[0].tag, "1.1.0");
+    assert_eq!(push.pushes[0].registry, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+    let del = parse_ecr(&load("triggers/ecr-delete.json")).unwrap();
+    assert!(del.pushes.is_empty());
+    assert!(del.ignored[0].contains("DELETE"));
+}
+
+#[test]
+fn malformed_variants_of_samples_name_the_field() {
+    let mut ecr = load("triggers/ecr-push.json");
+    ecr["detail"]["image-digest"] = Value::from(42);
+    let e = parse_ecr(&ecr).unwrap_err().to_string();
+    assert!(e.contains("detail.image-digest"), "{e}");
+
+    let mut dist = load("triggers/distribution-push.json");
+    dist["events"][1]["target"]["digest"] = Value::from("md5:abc");
+    let e = parse_distribution(&dist).unwrap_err().to_string();
+    assert!(e.contains("events[1].target.digest"), "{e}");
+
+    let mut dist = load("triggers/distribution-push.json");
+    dist["events"][1]["timestamp"] = Value::from("yesterday");
+    let e = parse_distribution(&dist).unwrap_err().to_string();
+    assert!(e.contains("events[1].timestamp"), "{e}");
+
+    let mut sqs = load("aws/sqs-event.json");
+    let body: Value = serde_json::from_str(sqs["Records"][0]["body"].as_str().unwrap()).unwrap();
+    let mut inner: Value = serde_json::from_str(body["Message"].as_str().unwrap()).unwrap();
+    inner["data"]["image"].as_object_mut().unwrap().remove("digest");
+    let mut body2 = body.clone();
+    body2["Message"] = Value::from(inner.to_string());
+    sqs["Records"][0]["body"] = Value::from(body2.to_string());
+    let results = events_from_sqs(&sqs).unwrap();
+    let e = results[0].1.as_ref().unwrap_err().to_string();
+    assert!(e.contains("Records[0].body") && e.contains("digest"), "{e}");
+
+    let mut ev = load("baton/approval.requested.json");
+    ev["data"]["expires_at"] = Value::from("soon");
+    let e = Event::from_value(ev).unwrap_err().to_string();
+    assert!(e.contains("data.expires_at"), "{e}");
+}
