@@ -99,6 +99,17 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     // Reject malformed input before queueing it, with the field that is wrong.
     let parsed = trigger.parse()?;
     let local = open(g)?;
+    // In local mode the embedded registry stands for the registry that sent the
+    // notification: it learns the pushed tags first, as that registry had.
+    for push in &parsed.pushes {
+        let image = baton::event::Image {
+            registry: push.registry.clone(),
+            repository: push.repository.clone(),
+            tag: push.tag.clone(),
+            digest: push.digest.clone(),
+        };
+        local.pipeline.ports.registry.record_push(&image, push.pushed_at).await?;
+    }
     local.submit(&trigger)?;
     drain(&local, g.json).await?;
     let runs = local.pipeline.runs().await?;

@@ -195,7 +195,7 @@ impl<P: Ports> Pipeline<P> {
             let now = self.ports.now();
             match approval::check(&rec.rules, rec.status, &rec.decisions, &d.by, d.verdict, now) {
                 Err(why) => {
-                    tracing::warn!(run = %run, env = %d.environment, by = %d.by, %why, "decision refused");
+                    tracing::info!(run = %run, env = %d.environment, by = %d.by, %why, "decision refused");
                     return Err(Error::Refused(format!(
                         "run {run} in {}: {why}",
                         d.environment
