@@ -25,9 +25,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest { file } => ingest(g, &file).await,
         Command::Status { run } => status(g, run.as_deref()).await,
         Command::Retry { run, stage, env } => retry(g, &run, &stage, env.as_deref()).await,
-        Command::Approve { run, env, who, comment } => decide(g, run, env, who, Verdict::Approve, comment).await,
-        Command::Reject { run, env, who, reason } => decide(g, run, env, who, Verdict::Reject, reason).await,
-        Command::Rollback { app, env, to, who } => rollback(g, &app, &env, to.as_deref(), who.as_deref()).await,
+        Command::Approve {
+            run,
+            env,
+            who,
+            comment,
+        } => decide(g, run, env, who, Verdict::Approve, comment).await,
+        Command::Reject {
+            run,
+            env,
+            who,
+            reason,
+        } => decide(g, run, env, who, Verdict::Reject, reason).await,
+        Command::Rollback { app, env, to, who } => {
+            rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
+        }
         Command::Dlq { action } => dlq(g, action).await,
         Command::Events { action } => events(g, action),
     }
@@ -52,7 +64,9 @@ pub fn open(g: &Global) -> Result<Local> {
 pub async fn drain(local: &Local, quiet: bool) -> Result<()> {
     let progress = Progress::new(quiet);
     progress.message("delivering events");
-    let result = local.drain(&DrainOptions::default(), |d| progress.delivered(d)).await;
+    let result = local
+        .drain(&DrainOptions::default(), |d| progress.delivered(d))
+        .await;
     progress.finish();
     match result {
         Ok(report) => {
@@ -78,8 +92,10 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let payload: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let payload: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let kind = match identify(&payload) {
         Some(DocumentKind::Ecr) => TriggerKind::Ecr,
         Some(DocumentKind::Distribution) => TriggerKind::Distribution,
@@ -87,7 +103,9 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
             return Err(anyhow!(
                 "{} is {}; ingest takes an ECR Image Action event or a distribution notification envelope",
                 file.display(),
-                other.map(|k| k.describe()).unwrap_or("not a known document")
+                other
+                    .map(|k| k.describe())
+                    .unwrap_or("not a known document")
             ));
         }
     };
@@ -108,14 +126,22 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
             tag: push.tag.clone(),
             digest: push.digest.clone(),
         };
-        local.pipeline.ports.registry.record_push(&image, push.pushed_at).await?;
+        local
+            .pipeline
+            .ports
+            .registry
+            .record_push(&image, push.pushed_at)
+            .await?;
     }
     local.submit(&trigger)?;
     drain(&local, g.json).await?;
     let runs = local.pipeline.runs().await?;
     let mut touched = vec![];
     for push in &parsed.pushes {
-        if let Some(r) = runs.iter().find(|r| r.image.as_ref().is_some_and(|i| i.digest == push.digest)) {
+        if let Some(r) = runs
+            .iter()
+            .find(|r| r.image.as_ref().is_some_and(|i| i.digest == push.digest))
+        {
             touched.push(r.clone());
         }
     }
@@ -187,7 +213,11 @@ async fn retry(g: &Global, run: &str, stage: &str, env: Option<&str>) -> Result<
         );
         output::print_timeline(&view);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn decide(
@@ -221,14 +251,24 @@ async fn decide(
             report.status.as_str(),
             report.approvals,
             report.required,
-            if report.recorded { "" } else { "; your decision was already recorded" }
+            if report.recorded {
+                ""
+            } else {
+                "; your decision was already recorded"
+            }
         );
         println!("run status: {}", view.status);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(g: &Global, app: &str, env: &str, to: Option<&str>, who: Option<&str>) -> Result<ExitCode> {
+async fn rollback(
+    g: &Global,
+    app: &str,
+    env: &str,
+    to: Option<&str>,
+    who: Option<&str>,
+) -> Result<ExitCode> {
     let local = open(g)?;
     let report = local.pipeline.rollback(app, env, to, who).await?;
     drain(&local, g.json).await?;
@@ -306,13 +346,18 @@ fn events(g: &Global, action: EventsAction) -> Result<ExitCode> {
                     }
                 }
             }
-            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         EventsAction::Schema { out } => {
             let schemas = baton::schema::event_schemas();
             match out {
                 Some(dir) => {
-                    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
                     for (name, schema) in &schemas {
                         let path = dir.join(name);
                         std::fs::write(&path, baton::schema::render(schema))
@@ -347,14 +392,19 @@ pub fn validate_file(path: &Path) -> Value {
     let Some(kind) = identify(&value) else {
         return fail(
             None,
-            "not a Baton event, ECR event, distribution envelope, SNS notification or SQS event".into(),
+            "not a Baton event, ECR event, distribution envelope, SNS notification or SQS event"
+                .into(),
         );
     };
     let summary = match kind {
         DocumentKind::BatonEvent => baton::event::Event::from_json(&text).map(|e| e.summary()),
         DocumentKind::Ecr => baton::triggers::parse_ecr(&value).map(|p| describe_parsed(&p)),
-        DocumentKind::Distribution => baton::triggers::parse_distribution(&value).map(|p| describe_parsed(&p)),
-        DocumentKind::Sns => baton::triggers::event_from_sns_notification(&text).map(|e| e.summary()),
+        DocumentKind::Distribution => {
+            baton::triggers::parse_distribution(&value).map(|p| describe_parsed(&p))
+        }
+        DocumentKind::Sns => {
+            baton::triggers::event_from_sns_notification(&text).map(|e| e.summary())
+        }
         DocumentKind::Sqs => baton::triggers::events_from_sqs(&value).and_then(|records| {
             let mut lines = vec![];
             for (id, r) in records {
@@ -373,7 +423,15 @@ fn describe_parsed(p: &baton::triggers::Parsed) -> String {
     let mut parts: Vec<String> = p
         .pushes
         .iter()
-        .map(|x| format!("push {}/{}:{} {}", x.registry, x.repository, x.tag, baton::event::short_digest(&x.digest)))
+        .map(|x| {
+            format!(
+                "push {}/{}:{} {}",
+                x.registry,
+                x.repository,
+                x.tag,
+                baton::event::short_digest(&x.digest)
+            )
+        })
         .collect();
     parts.extend(p.ignored.iter().map(|i| format!("ignored: {i}")));
     parts.join("; ")

@@ -33,7 +33,9 @@ const MARKER: &str = ".baton-demo";
 fn prepare(dir: &Path) -> Result<()> {
     if dir.exists() {
         let looks_like_demo = dir.join(MARKER).exists();
-        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !looks_like_demo && !empty {
             bail!(
                 "{} exists and is not a previous demo; pass --dir with a new or empty directory",
@@ -43,14 +45,18 @@ fn prepare(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     for (path, text) in [
-        (MARKER, "written by `baton demo`; the demo wipes this directory on its next run\n"),
+        (
+            MARKER,
+            "written by `baton demo`; the demo wipes this directory on its next run\n",
+        ),
         ("baton.yaml", CONFIG),
         ("manifests/staging/web.yaml", STAGING),
         ("manifests/production/web.yaml", PRODUCTION),
     ] {
         let p = dir.join(path);
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
@@ -68,7 +74,10 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
     // announces it the way docker-registry does.
     let payload: Value = serde_json::from_str(PUSH).context("bundled sample push")?;
     let parsed = parse_distribution(&payload)?;
-    let push = parsed.pushes.first().ok_or_else(|| anyhow!("the bundled sample has no tagged push"))?;
+    let push = parsed
+        .pushes
+        .first()
+        .ok_or_else(|| anyhow!("the bundled sample has no tagged push"))?;
     let image = Image {
         registry: push.registry.clone(),
         repository: push.repository.clone(),
@@ -77,7 +86,12 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
     };
     p.ports.registry.record_push(&image, push.pushed_at).await?;
     if !g.json {
-        println!("baton demo: {} pushed {} ({})", push.pushed_by.as_deref().unwrap_or("someone"), image.tagged(), image.short_digest());
+        println!(
+            "baton demo: {} pushed {} ({})",
+            push.pushed_by.as_deref().unwrap_or("someone"),
+            image.tagged(),
+            image.short_digest()
+        );
         println!("state, configuration and manifests in {}", dir.display());
         println!();
     }
@@ -88,15 +102,21 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
     })?;
     let progress = Progress::new(g.json);
     progress.message("running stages");
-    local.drain(&DrainOptions::default(), |d| progress.delivered(d)).await?;
+    local
+        .drain(&DrainOptions::default(), |d| progress.delivered(d))
+        .await?;
     progress.finish();
 
-    let (app, run) = p.resolve_run(&baton::ids::run_id("web", &image.digest)).await?;
+    let (app, run) = p
+        .resolve_run(&baton::ids::run_id("web", &image.digest))
+        .await?;
     let app_cfg = p.config.app(&app)?;
     // Approve every environment that waits, as its first configured approver.
     let mut decisions = vec![];
     for env in &app_cfg.environments {
-        let ApprovalPolicy::Manual(m) = &env.approval else { continue };
+        let ApprovalPolicy::Manual(m) = &env.approval else {
+            continue;
+        };
         let view = p.run_view(&app, &run).await?;
         if !view.status.starts_with("awaiting approval") {
             continue;
@@ -105,10 +125,18 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
             .approvers
             .first()
             .cloned()
-            .or_else(|| m.groups.first().and_then(|gname| p.config.groups.get(gname)).and_then(|m| m.first().cloned()))
+            .or_else(|| {
+                m.groups
+                    .first()
+                    .and_then(|gname| p.config.groups.get(gname))
+                    .and_then(|m| m.first().cloned())
+            })
             .ok_or_else(|| anyhow!("{} has no approver to approve with", env.name))?;
         if !g.json {
-            println!("{} is waiting for approval; approving as {approver} (the configured approver)", env.name);
+            println!(
+                "{} is waiting for approval; approving as {approver} (the configured approver)",
+                env.name
+            );
         }
         let report = p
             .decide(Decision {
@@ -122,7 +150,9 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         decisions.push(report);
         let progress = Progress::new(g.json);
         progress.message(format!("deploying to {}", env.name));
-        local.drain(&DrainOptions::default(), |d| progress.delivered(d)).await?;
+        local
+            .drain(&DrainOptions::default(), |d| progress.delivered(d))
+            .await?;
         progress.finish();
     }
 
@@ -133,7 +163,11 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         let manifests = match &env.deploy {
             baton::config::DeployConfig::Manifest(m) => p.config.resolve(&m.dir),
         };
-        deployed.push((env.name.clone(), live.map(|l| l.image.reference()), manifests));
+        deployed.push((
+            env.name.clone(),
+            live.map(|l| l.image.reference()),
+            manifests,
+        ));
     }
     let ok = view.status == "deployed";
     let elapsed = started.elapsed();
@@ -159,13 +193,24 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         }
         println!();
         println!("notifications: {}", dir.join("notifications.log").display());
-        println!("inspect: baton --config {} --state-dir {} status {}", dir.join("baton.yaml").display(), dir.display(), run);
-        println!("finished in {}", output::dur(chrono::Duration::from_std(elapsed).unwrap_or_default()));
+        println!(
+            "inspect: baton --config {} --state-dir {} status {}",
+            dir.join("baton.yaml").display(),
+            dir.display(),
+            run
+        );
+        println!(
+            "finished in {}",
+            output::dur(chrono::Duration::from_std(elapsed).unwrap_or_default())
+        );
     }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: the demo run ended as {:?}, not deployed", view.status);
+        eprintln!(
+            "error: the demo run ended as {:?}, not deployed",
+            view.status
+        );
         Ok(ExitCode::from(1))
     }
 }

@@ -26,7 +26,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Pipeline configuration file.
-    #[arg(long, global = true, env = "BATON_CONFIG", default_value = "baton.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CONFIG",
+        default_value = "baton.yaml"
+    )]
     pub config: PathBuf,
     /// State directory of the embedded bus and store.
     #[arg(long, global = true, env = "BATON_STATE_DIR", default_value = ".baton")]
@@ -156,7 +161,10 @@ fn init_tracing(verbose: u8) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

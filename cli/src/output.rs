@@ -26,7 +26,10 @@ pub fn print_runs(runs: &[RunSummary]) {
         println!("no runs yet");
         return;
     }
-    println!("{:<16}  {:<10}  {:<12}  {:<14}  {:<20}  STATUS", "RUN", "APP", "TAG", "DIGEST", "STARTED");
+    println!(
+        "{:<16}  {:<10}  {:<12}  {:<14}  {:<20}  STATUS",
+        "RUN", "APP", "TAG", "DIGEST", "STARTED"
+    );
     for r in runs {
         let (tag, digest) = r
             .image
@@ -39,7 +42,9 @@ pub fn print_runs(runs: &[RunSummary]) {
             r.app,
             tag,
             digest,
-            r.started_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+            r.started_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
             r.status
         );
     }
@@ -50,13 +55,24 @@ pub fn print_timeline(v: &RunView) {
     let now = Utc::now();
     let t0: Option<DateTime<Utc>> = v.stages.iter().map(|s| s.started_at).min();
     if let Some(img) = &v.image {
-        println!("run {}  app {}  image {} ({})", v.run, v.app, img.tagged(), img.short_digest());
+        println!(
+            "run {}  app {}  image {} ({})",
+            v.run,
+            v.app,
+            img.tagged(),
+            img.short_digest()
+        );
     }
     println!("status: {}", v.status);
     println!();
-    println!("{:<9} {:<12} {:<10} {:>3}  {:>8}  {:>9}  NOTE", "STAGE", "ENV", "STATUS", "TRY", "AT", "TOOK");
+    println!(
+        "{:<9} {:<12} {:<10} {:>3}  {:>8}  {:>9}  NOTE",
+        "STAGE", "ENV", "STATUS", "TRY", "AT", "TOOK"
+    );
     for s in &v.stages {
-        let at = t0.map(|t| format!("+{}", dur(s.started_at - t))).unwrap_or_default();
+        let at = t0
+            .map(|t| format!("+{}", dur(s.started_at - t)))
+            .unwrap_or_default();
         let note = s
             .error
             .as_ref()
@@ -80,7 +96,12 @@ pub fn print_events(events: &[Event]) {
     println!();
     println!("events:");
     for e in events {
-        println!("  {}  {:<18} {}", e.time.format("%H:%M:%S%.3f"), e.event_type().as_str(), e.id);
+        println!(
+            "  {}  {:<18} {}",
+            e.time.format("%H:%M:%S%.3f"),
+            e.event_type().as_str(),
+            e.id
+        );
     }
 }
 
@@ -91,9 +112,14 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.enable_steady_tick(Duration::from_millis(100));
         Progress { bar }
@@ -114,7 +140,12 @@ impl Progress {
             Delivery::Later(after) => format!("check again in {}", humantime_short(*after)),
             Delivery::Dead(e) => format!("dead-lettered ({e})"),
         };
-        let line = format!("{:<24} ← {:<18} {outcome} in {}", d.subscription, ty, dur(chrono::Duration::from_std(d.elapsed).unwrap_or_default()));
+        let line = format!(
+            "{:<24} ← {:<18} {outcome} in {}",
+            d.subscription,
+            ty,
+            dur(chrono::Duration::from_std(d.elapsed).unwrap_or_default())
+        );
         self.bar.set_message(line.clone());
         if !matches!(d.outcome, Delivery::Done) {
             self.bar.println(line);

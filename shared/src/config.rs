@@ -148,7 +148,10 @@ impl<'de> Deserialize<'de> for ApprovalPolicy {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("\"auto\" or a map with approvers, groups, required, expires_after")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 if v == "auto" {
                     Ok(ApprovalPolicy::Auto)
                 } else {
@@ -157,7 +160,10 @@ impl<'de> Deserialize<'de> for ApprovalPolicy {
                     )))
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 ManualApproval::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(ApprovalPolicy::Manual)
             }
@@ -340,7 +346,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is not a duration ({e}); e.g. \"30s\", \"10m\", \"24h\""))
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); e.g. \"30s\", \"10m\", \"24h\""
+            ))
         })
     }
 }
@@ -358,7 +366,11 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Config::from_yaml(&text, &base, &path.display().to_string())
     }
 
@@ -366,15 +378,26 @@ impl Config {
     pub fn from_yaml(text: &str, base_dir: &Path, origin: &str) -> Result<Config> {
         // YAML → JSON value first: enums read as plain maps (`tags: {semver: …}`) and
         // errors carry the field path.
-        let value: serde_json::Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| Error::invalid(format!("configuration {origin}"), format!("not valid YAML: {e}")))?;
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            Error::invalid(
+                format!("configuration {origin}"),
+                format!("not valid YAML: {e}"),
+            )
+        })?;
         if value.is_null() {
-            return Err(Error::invalid(format!("configuration {origin}"), "the file is empty"));
+            return Err(Error::invalid(
+                format!("configuration {origin}"),
+                "the file is empty",
+            ));
         }
         let mut cfg: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.inner().to_string();
-            let reason = if path == "." { inner } else { format!("{path}: {inner}") };
+            let reason = if path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            };
             Error::invalid(format!("configuration {origin}"), reason)
         })?;
         cfg.base_dir = base_dir.to_path_buf();
@@ -393,7 +416,10 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = vec![];
         if self.version != 1 {
-            p.push(format!("version: {} is not supported (allowed: 1)", self.version));
+            p.push(format!(
+                "version: {} is not supported (allowed: 1)",
+                self.version
+            ));
         }
         for (g, members) in &self.groups {
             if members.is_empty() {
@@ -418,7 +444,11 @@ impl Config {
             }
             if app.repository.is_empty()
                 || app.repository.contains('@')
-                || app.repository.rsplit('/').next().is_some_and(|last| last.contains(':'))
+                || app
+                    .repository
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.contains(':'))
             {
                 p.push(format!(
                     "{at}.repository: {:?} must be a repository path without tag or digest (e.g. team/web)",
@@ -450,7 +480,9 @@ impl Config {
                 }
             }
             if app.environments.is_empty() {
-                p.push(format!("{at}.environments: at least one environment is required"));
+                p.push(format!(
+                    "{at}.environments: at least one environment is required"
+                ));
             }
             let mut envs = BTreeSet::new();
             for (j, env) in app.environments.iter().enumerate() {
@@ -476,10 +508,16 @@ impl Config {
                             p.push(format!("{at}.deploy.manifest.dir: must name a directory"));
                         }
                         if m.workloads.is_empty() {
-                            p.push(format!("{at}.deploy.manifest.workloads: name at least one workload"));
+                            p.push(format!(
+                                "{at}.deploy.manifest.workloads: name at least one workload"
+                            ));
                         }
                         for (k, w) in m.workloads.iter().enumerate() {
-                            check_workload(&format!("{at}.deploy.manifest.workloads[{k}]"), w, &mut p);
+                            check_workload(
+                                &format!("{at}.deploy.manifest.workloads[{k}]"),
+                                w,
+                                &mut p,
+                            );
                         }
                     }
                 }
@@ -489,7 +527,10 @@ impl Config {
         for (i, r) in self.reactions.iter().enumerate() {
             let at = format!("reactions[{i}]");
             if !is_dns_label(&r.name) {
-                p.push(format!("{at}.name: {:?} must be lowercase letters, digits and dashes", r.name));
+                p.push(format!(
+                    "{at}.name: {:?} must be lowercase letters, digits and dashes",
+                    r.name
+                ));
             }
             if !reactions.insert(r.name.clone()) {
                 p.push(format!("{at}.name: {:?} is declared twice", r.name));
@@ -500,7 +541,9 @@ impl Config {
                         "{at}.notify.webhook: set exactly one of url or url_env"
                     )),
                     (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                        p.push(format!("{at}.notify.webhook.url: {u:?} must be an http(s) URL"))
+                        p.push(format!(
+                            "{at}.notify.webhook.url: {u:?} must be an http(s) URL"
+                        ))
                     }
                     (None, Some(v)) if v.is_empty() => {
                         p.push(format!("{at}.notify.webhook.url_env: must name a variable"))
@@ -517,14 +560,20 @@ impl Config {
 
     fn check_manual(&self, at: &str, m: &ManualApproval, p: &mut Vec<String>) {
         if m.approvers.is_empty() && m.groups.is_empty() {
-            p.push(format!("{at}: list approvers or groups (or use `approval: auto`)"));
+            p.push(format!(
+                "{at}: list approvers or groups (or use `approval: auto`)"
+            ));
         }
         for (k, g) in m.groups.iter().enumerate() {
             if !self.groups.contains_key(g) {
                 let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
                 p.push(format!(
                     "{at}.groups[{k}]: group {g:?} is not declared under groups: (declared: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ));
             }
         }
@@ -569,7 +618,11 @@ impl Config {
 
     /// Resolves a path from this file against its directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     pub fn reaction(&self, name: &str) -> Result<&ReactionConfig> {
@@ -588,16 +641,23 @@ impl AppConfig {
     }
 
     pub fn environment(&self, name: &str) -> Result<&EnvironmentConfig> {
-        self.environments.iter().find(|e| e.name == name).ok_or_else(|| {
-            Error::not_found(
-                "environment",
-                format!(
-                    "{name} (app {} has: {})",
-                    self.name,
-                    self.environments.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
+        self.environments
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "environment",
+                    format!(
+                        "{name} (app {} has: {})",
+                        self.name,
+                        self.environments
+                            .iter()
+                            .map(|e| e.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
     }
 
     /// The environment after `name` in promotion order.
@@ -626,7 +686,8 @@ fn check_workload(at: &str, w: &WorkloadRef, p: &mut Vec<String>) {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -668,13 +729,21 @@ reactions:
         let c = load(GOOD).unwrap();
         assert_eq!(c.apps[0].environments.len(), 2);
         let prod = &c.apps[0].environments[1];
-        let ApprovalPolicy::Manual(m) = &prod.approval else { panic!("manual") };
+        let ApprovalPolicy::Manual(m) = &prod.approval else {
+            panic!("manual")
+        };
         assert_eq!(m.required, 2);
         assert_eq!(m.expires_after, Duration::from_secs(7200));
         assert_eq!(c.eligible(m).len(), 3);
         assert_eq!(c.apps[0].environments[0].approval, ApprovalPolicy::Auto);
-        assert_eq!(c.resolve(Path::new("manifests/staging")), PathBuf::from("/cfg/manifests/staging"));
-        assert_eq!(c.apps[0].next_environment("staging").unwrap().name, "production");
+        assert_eq!(
+            c.resolve(Path::new("manifests/staging")),
+            PathBuf::from("/cfg/manifests/staging")
+        );
+        assert_eq!(
+            c.apps[0].next_environment("staging").unwrap().name,
+            "production"
+        );
         assert!(c.app_for_repository("any", "team/web").is_some());
         assert!(c.app_for_repository("any", "team/api").is_none());
     }
@@ -690,14 +759,26 @@ reactions:
         let e = err(&GOOD.replace("tags: { semver: \">=1.0.0\" }", "tags: { wildcard: \"*\" }"));
         assert!(e.contains("apps[0].tags") && e.contains("semver"), "{e}");
         let e = err(&GOOD.replace("required: 2", "required: 5"));
-        assert!(e.contains("apps[0].environments[1].approval.required"), "{e}");
+        assert!(
+            e.contains("apps[0].environments[1].approval.required"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("groups: [release-managers]", "groups: [admins]"));
-        assert!(e.contains("approval.groups[0]") && e.contains("admins"), "{e}");
+        assert!(
+            e.contains("approval.groups[0]") && e.contains("admins"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("approval: auto", "approval: sometimes"));
-        assert!(e.contains("apps[0].environments[0].approval") && e.contains("auto"), "{e}");
+        assert!(
+            e.contains("apps[0].environments[0].approval") && e.contains("auto"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("expires_after: 2h", "expires_after: soon"));
         assert!(e.contains("expires_after") && e.contains("duration"), "{e}");
-        let e = err(&GOOD.replace("{ name: web, container: app }] }\n      - name: production", "{ name: web, container: app, colour: red }] }\n      - name: production"));
+        let e = err(&GOOD.replace(
+            "{ name: web, container: app }] }\n      - name: production",
+            "{ name: web, container: app, colour: red }] }\n      - name: production",
+        ));
         assert!(e.contains("workloads[0]") && e.contains("colour"), "{e}");
         let e = err(&GOOD.replace("name: web\n", "name: Web_App\n"));
         assert!(e.contains("apps[0].name"), "{e}");
@@ -707,7 +788,10 @@ reactions:
         assert!(e.contains("reactions[0].on"), "{e}");
         let e = err(&GOOD.replace("repository: team/web", "repository: team/web:1.0"));
         assert!(e.contains("apps[0].repository"), "{e}");
-        let e = err(&GOOD.replace("environments:\n      - name: staging", "environments:\n      - name: production"));
+        let e = err(&GOOD.replace(
+            "environments:\n      - name: staging",
+            "environments:\n      - name: production",
+        ));
         assert!(e.contains("declared twice"), "{e}");
         let e = err("apps: []");
         assert!(e.contains("apps: at least one"), "{e}");

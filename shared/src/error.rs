@@ -68,10 +68,7 @@ impl Error {
         }
     }
 
-    pub fn transient(
-        context: impl Into<String>,
-        source: impl Into<BoxError>,
-    ) -> Self {
+    pub fn transient(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Transient {
             context: context.into(),
             source: source.into(),

@@ -422,7 +422,9 @@ impl Payload {
     /// Semantic checks serde cannot express.
     fn validate(&self) -> Result<()> {
         let ctx = self.ctx();
-        let bad = |field: &str, reason: String| Err(Error::invalid("event", format!("data.{field}: {reason}")));
+        let bad = |field: &str, reason: String| {
+            Err(Error::invalid("event", format!("data.{field}: {reason}")))
+        };
         if let Err(e) = validate_digest(&ctx.image.digest) {
             return bad("image.digest", e);
         }
@@ -512,7 +514,11 @@ impl Event {
     /// One line for humans and chat: type, app, environment, image, run, and why.
     pub fn summary(&self) -> String {
         let ctx = self.ctx();
-        let env = ctx.environment.as_deref().map(|e| format!(" {e}")).unwrap_or_default();
+        let env = ctx
+            .environment
+            .as_deref()
+            .map(|e| format!(" {e}"))
+            .unwrap_or_default();
         let detail = match &self.payload {
             Payload::TestsPassed(r) | Payload::TestsFailed(r) => format!(": {}", r.summary),
             Payload::ApprovalRequested(r) => format!(": {} approval(s) needed", r.required),
@@ -547,7 +553,10 @@ impl Event {
     pub fn attributes(&self) -> Attributes {
         let ctx = self.ctx();
         let mut a = Attributes::new();
-        a.insert("type".into(), AttrValue::String(self.event_type().as_str().into()));
+        a.insert(
+            "type".into(),
+            AttrValue::String(self.event_type().as_str().into()),
+        );
         a.insert("app".into(), AttrValue::String(ctx.app.clone()));
         if let Some(env) = &ctx.environment {
             a.insert("environment".into(), AttrValue::String(env.clone()));
@@ -595,9 +604,8 @@ impl Event {
     }
 
     pub fn from_value(value: Value) -> Result<Event> {
-        let env: Envelope = serde_path_to_error::deserialize(value).map_err(|e| {
-            Error::invalid("event", format!("{}: {}", e.path(), e.inner()))
-        })?;
+        let env: Envelope = serde_path_to_error::deserialize(value)
+            .map_err(|e| Error::invalid("event", format!("{}: {}", e.path(), e.inner())))?;
         Event::from_envelope(env)
     }
 
@@ -605,7 +613,10 @@ impl Event {
         if env.specversion != SPEC_VERSION {
             return Err(Error::invalid(
                 "event",
-                format!("specversion: {:?} is not supported (expected \"1.0\")", env.specversion),
+                format!(
+                    "specversion: {:?} is not supported (expected \"1.0\")",
+                    env.specversion
+                ),
             ));
         }
         if env.id.is_empty() {

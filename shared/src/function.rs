@@ -22,7 +22,9 @@ use crate::stages::{Settings, StageName};
 use crate::triggers::{DocumentKind, Trigger, TriggerKind, identify};
 
 fn env_path(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default))
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 /// Reads the input named by the first argument (`-` or nothing: stdin).
@@ -35,7 +37,8 @@ fn read_input() -> Result<String> {
             .map_err(|e| Error::invalid("input", format!("cannot read stdin: {e}")))?;
         Ok(s)
     } else {
-        std::fs::read_to_string(&arg).map_err(|e| Error::invalid("input", format!("cannot read {arg}: {e}")))
+        std::fs::read_to_string(&arg)
+            .map_err(|e| Error::invalid("input", format!("cannot read {arg}: {e}")))
     }
 }
 
@@ -43,7 +46,11 @@ fn read_input() -> Result<String> {
 pub async fn run_once(stage: StageName) -> Result<Value> {
     let text = read_input()?;
     let config = Config::load(&env_path("BATON_CONFIG", "baton.yaml"))?;
-    let local = Local::open(config, &env_path("BATON_STATE_DIR", ".baton"), Settings::default())?;
+    let local = Local::open(
+        config,
+        &env_path("BATON_STATE_DIR", ".baton"),
+        Settings::default(),
+    )?;
     let p = &local.pipeline;
     if stage == StageName::Ingest {
         let payload: Value =
@@ -65,7 +72,9 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
                 payload,
             })
             .await?;
-        return Ok(json!({ "stage": "ingest", "accepted": report.accepted, "ignored": report.ignored }));
+        return Ok(
+            json!({ "stage": "ingest", "accepted": report.accepted, "ignored": report.ignored }),
+        );
     }
     let event = Event::from_json(&text)?;
     let input = if stage == StageName::Notify {
@@ -93,7 +102,10 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
 
 /// `main` of a function binary: run one stage, print the report, exit non-zero on error.
 pub fn main(stage: StageName) -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -102,7 +114,10 @@ pub fn main(stage: StageName) -> std::process::ExitCode {
     };
     match rt.block_on(run_once(stage)) {
         Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

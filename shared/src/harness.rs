@@ -81,7 +81,12 @@ impl Input {
         match self {
             Input::Event(e) => format!("{} {}", e.event_type(), e.id),
             Input::Push(p) => format!("push of {}", p.ctx.image.tagged()),
-            Input::Reaction(r) => format!("{} {} for reaction {}", r.event.event_type(), r.event.id, r.reaction),
+            Input::Reaction(r) => format!(
+                "{} {} for reaction {}",
+                r.event.event_type(),
+                r.event.id,
+                r.reaction
+            ),
         }
     }
 }
@@ -243,7 +248,12 @@ pub struct StageCtx {
 impl StageCtx {
     /// The id the harness will give this stage's output of type `ty`.
     pub fn output_id(&self, ty: crate::event::EventType) -> String {
-        output_event_id(&self.input_id, self.stage.as_str(), ty.as_str(), self.attempt)
+        output_event_id(
+            &self.input_id,
+            self.stage.as_str(),
+            ty.as_str(),
+            self.attempt,
+        )
     }
 }
 
@@ -308,7 +318,7 @@ impl<P: Ports> Pipeline<P> {
             ));
         };
         let (mut rec, mut etag) = match self.claim(stage, &input, &key, mode).await? {
-            Claim::Claimed(rec, etag) => (rec, etag),
+            Claim::Claimed(rec, etag) => (*rec, etag),
             Claim::Skip(h) => return Ok(h),
         };
 
@@ -413,7 +423,12 @@ impl<P: Ports> Pipeline<P> {
             ctx.causation = input_id.clone();
             ctx.attempt = attempt;
         }
-        let id = output_event_id(&input_id, stage.as_str(), payload.event_type().as_str(), attempt);
+        let id = output_event_id(
+            &input_id,
+            stage.as_str(),
+            payload.event_type().as_str(),
+            attempt,
+        );
         Event::new(id, stage.as_str(), now, payload)
     }
 
@@ -436,7 +451,12 @@ impl<P: Ports> Pipeline<P> {
         Ok(())
     }
 
-    async fn finish_publishing(&self, key: &str, mut rec: StageRecord, etag: String) -> Result<Handled> {
+    async fn finish_publishing(
+        &self,
+        key: &str,
+        mut rec: StageRecord,
+        etag: String,
+    ) -> Result<Handled> {
         if let Err(e) = self.publish(&rec.outputs).await {
             // Leave the record in `publishing`: the next delivery republishes.
             return Ok(Handled {
@@ -449,7 +469,11 @@ impl<P: Ports> Pipeline<P> {
             });
         }
         let now = self.ports.now();
-        let status = if rec.error.is_some() { StageStatus::Failed } else { StageStatus::Succeeded };
+        let status = if rec.error.is_some() {
+            StageStatus::Failed
+        } else {
+            StageStatus::Succeeded
+        };
         rec.transition(status, now, None);
         self.save(key, &rec, etag).await?;
         Ok(Handled {
@@ -506,7 +530,7 @@ impl<P: Ports> Pipeline<P> {
                 };
                 rec.transition(StageStatus::Running, now, None);
                 match put_json(self.ports.store(), key, &rec, Precondition::IfNoneMatch).await {
-                    Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
                     Err(Error::Conflict { .. }) => continue,
                     Err(e) => return Err(e),
                 }
@@ -537,9 +561,13 @@ impl<P: Ports> Pipeline<P> {
                 rec.finished_at = None;
                 rec.note = None;
                 rec.lease_until = Some(lease_until);
-                rec.transition(StageStatus::Running, now, Some("retried by operator".into()));
+                rec.transition(
+                    StageStatus::Running,
+                    now,
+                    Some("retried by operator".into()),
+                );
                 match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                    Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
                     Err(Error::Conflict { .. }) => continue,
                     Err(e) => return Err(e),
                 }
@@ -559,7 +587,10 @@ impl<P: Ports> Pipeline<P> {
             match rec.status {
                 StageStatus::Succeeded | StageStatus::Failed => {
                     return Ok(Claim::Skip(Handled::ack(
-                        format!("{stage}: duplicate delivery of {} ignored", input.describe()),
+                        format!(
+                            "{stage}: duplicate delivery of {} ignored",
+                            input.describe()
+                        ),
                         true,
                         Some(key.to_string()),
                     )));
@@ -568,7 +599,9 @@ impl<P: Ports> Pipeline<P> {
                     return Ok(Claim::Skip(Handled {
                         disposition: Disposition::Retry(Error::transient(
                             format!("{stage} for run {}", rec.run),
-                            crate::error::Message("in progress under another worker's lease".into()),
+                            crate::error::Message(
+                                "in progress under another worker's lease".into(),
+                            ),
                         )),
                         record: Some(key.to_string()),
                         status: Some(rec.status),
@@ -585,7 +618,7 @@ impl<P: Ports> Pipeline<P> {
                 rec.transition(StageStatus::Running, now, None);
             }
             match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                Ok(etag) => return Ok(Claim::Claimed(rec, etag)),
+                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -598,6 +631,6 @@ impl<P: Ports> Pipeline<P> {
 }
 
 enum Claim {
-    Claimed(StageRecord, String),
+    Claimed(Box<StageRecord>, String),
     Skip(Handled),
 }

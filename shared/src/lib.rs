@@ -12,9 +12,9 @@
 
 pub mod config;
 pub mod embedded;
-pub mod function;
 pub mod error;
 pub mod event;
+pub mod function;
 pub mod harness;
 pub mod ids;
 pub mod local;

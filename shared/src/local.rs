@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig};
+use crate::config::{
+    AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
+};
 use crate::embedded::{
-    CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier, ManifestTarget,
-    StoreRegistry, Subscriber, WebhookNotifier,
+    CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier,
+    ManifestTarget, StoreRegistry, Subscriber, WebhookNotifier,
 };
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
@@ -74,13 +76,19 @@ impl Ports for LocalPorts {
     }
     fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<ManifestTarget> {
         match &env.deploy {
-            DeployConfig::Manifest(m) => Ok(ManifestTarget::from_config(m, |p| self.config.resolve(p))),
+            DeployConfig::Manifest(m) => {
+                Ok(ManifestTarget::from_config(m, |p| self.config.resolve(p)))
+            }
         }
     }
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
         match &reaction.notify {
             NotifyConfig::Log(l) => Ok(LocalNotifier::Log(LogNotifier {
-                path: if l.path.is_absolute() { l.path.clone() } else { self.state_dir.join(&l.path) },
+                path: if l.path.is_absolute() {
+                    l.path.clone()
+                } else {
+                    self.state_dir.join(&l.path)
+                },
             })),
             NotifyConfig::Webhook(w) => {
                 let url = match (&w.url, &w.url_env) {
@@ -88,14 +96,23 @@ impl Ports for LocalPorts {
                     (None, Some(var)) => std::env::var(var).map_err(|_| {
                         Error::permanent(
                             format!("reaction {}", reaction.name),
-                            format!("environment variable {var} (notify.webhook.url_env) is not set"),
+                            format!(
+                                "environment variable {var} (notify.webhook.url_env) is not set"
+                            ),
                         )
                     })?,
                     (None, None) => {
-                        return Err(Error::invalid(format!("reaction {}", reaction.name), "webhook has no url"));
+                        return Err(Error::invalid(
+                            format!("reaction {}", reaction.name),
+                            "webhook has no url",
+                        ));
                     }
                 };
-                Ok(LocalNotifier::Webhook(WebhookNotifier::new(self.http.clone(), url, w.timeout)))
+                Ok(LocalNotifier::Webhook(WebhookNotifier::new(
+                    self.http.clone(),
+                    url,
+                    w.timeout,
+                )))
             }
         }
     }
@@ -111,9 +128,13 @@ impl Local {
     /// Opens the state directory (creating it) for this configuration.
     pub fn open(config: Config, state_dir: &Path, settings: Settings) -> Result<Local> {
         let config = Arc::new(config);
-        std::fs::create_dir_all(state_dir).map_err(|e| Error::io("create state directory", state_dir, e))?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| Error::io("create state directory", state_dir, e))?;
         let subscriptions = all_subscriptions(&config);
-        let bus_subs: Vec<_> = subscriptions.iter().map(|s| (s.name.clone(), s.filter.clone())).collect();
+        let bus_subs: Vec<_> = subscriptions
+            .iter()
+            .map(|s| (s.name.clone(), s.filter.clone()))
+            .collect();
         let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
         let store = DirStore::open(state_dir.join("store"))?;
         let ports = LocalPorts {
@@ -140,21 +161,36 @@ impl Local {
         let id = crate::ids::stable_id(&["trigger", &body]);
         let mut attributes = crate::event::Attributes::new();
         attributes.insert("type".into(), AttrValue::String(REGISTRY_PUSH.into()));
-        attributes.insert("trigger".into(), AttrValue::String(trigger.kind.as_str().into()));
-        self.pipeline.ports.bus.send_to(INGEST_QUEUE, &BusMessage {
-            id: id.clone(),
-            attributes,
-            body,
-        })?;
+        attributes.insert(
+            "trigger".into(),
+            AttrValue::String(trigger.kind.as_str().into()),
+        );
+        self.pipeline.ports.bus.send_to(
+            INGEST_QUEUE,
+            &BusMessage {
+                id: id.clone(),
+                attributes,
+                body,
+            },
+        )?;
         Ok(id)
     }
 
     /// Delivers queued messages to their stages until nothing is due.
-    pub async fn drain(&self, opts: &DrainOptions, progress: impl FnMut(&DeliveryReport)) -> Result<DrainReport> {
+    pub async fn drain(
+        &self,
+        opts: &DrainOptions,
+        progress: impl FnMut(&DeliveryReport),
+    ) -> Result<DrainReport> {
         self.pipeline.ports.bus.drain(self, opts, progress).await
     }
 
-    async fn deliver_event(&self, stage: StageName, reaction: Option<&str>, msg: &BusMessage) -> Delivery {
+    async fn deliver_event(
+        &self,
+        stage: StageName,
+        reaction: Option<&str>,
+        msg: &BusMessage,
+    ) -> Delivery {
         let event = match Event::from_json(&msg.body) {
             Ok(e) => e,
             Err(e) => return Delivery::Dead(format!("unreadable event {}: {e}", msg.id)),
@@ -198,8 +234,11 @@ impl Subscriber for Local {
             };
         }
         let Some(sub) = self.subscriptions.iter().find(|s| s.name == subscription) else {
-            return Delivery::Dead(format!("no subscriber named {subscription} in this configuration"));
+            return Delivery::Dead(format!(
+                "no subscriber named {subscription} in this configuration"
+            ));
         };
-        self.deliver_event(sub.stage, sub.reaction.as_deref(), msg).await
+        self.deliver_event(sub.stage, sub.reaction.as_deref(), msg)
+            .await
     }
 }

@@ -168,9 +168,16 @@ pub struct Applied {
 /// Where a rollout stands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rollout {
-    Complete { detail: String },
-    Progressing { detail: String, check_after: Duration },
-    Failed { reason: String },
+    Complete {
+        detail: String,
+    },
+    Progressing {
+        detail: String,
+        check_after: Duration,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 /// A deploy target: sets the image by digest, follows the rollout, restores on failure.

@@ -44,7 +44,9 @@ impl<P: Ports> Pipeline<P> {
     /// Finds a run by its id or a unique prefix of it (at least 4 characters).
     pub async fn resolve_run(&self, id: &str) -> Result<(String, String)> {
         if id.len() < 4 {
-            return Err(Error::Refused(format!("run id {id:?} is too short; give at least 4 characters")));
+            return Err(Error::Refused(format!(
+                "run id {id:?} is too short; give at least 4 characters"
+            )));
         }
         let mut found = BTreeSet::new();
         for app in &self.config.apps {
@@ -62,7 +64,11 @@ impl<P: Ports> Pipeline<P> {
             1 => Ok(found.into_iter().next().unwrap_or_default()),
             _ => Err(Error::Refused(format!(
                 "run id {id:?} is ambiguous: {}",
-                found.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|(_, r)| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -100,7 +106,7 @@ impl<P: Ports> Pipeline<P> {
                 status: v.status,
             });
         }
-        out.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
         Ok(out)
     }
 
@@ -135,7 +141,9 @@ impl<P: Ports> Pipeline<P> {
         events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         let mut approvals = vec![];
         for env in &app_cfg.environments {
-            if let Some((a, _)) = get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await? {
+            if let Some((a, _)) =
+                get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await?
+            {
                 approvals.push(a);
             }
         }
@@ -164,7 +172,9 @@ impl<P: Ports> Pipeline<P> {
         let app_cfg = self.config.app(&app)?;
         let env = match (stage.per_environment(), env) {
             (false, Some(e)) => {
-                return Err(Error::Refused(format!("{stage} runs once per image; drop --env {e}")));
+                return Err(Error::Refused(format!(
+                    "{stage} runs once per image; drop --env {e}"
+                )));
             }
             (false, None) => None,
             (true, Some(e)) => Some(app_cfg.environment(e)?.name.clone()),
@@ -180,7 +190,9 @@ impl<P: Ports> Pipeline<P> {
                 match ran.as_slice() {
                     [one] => Some(one.clone()),
                     [] => {
-                        return Err(Error::Refused(format!("{stage} has not run for run {run}; nothing to retry")));
+                        return Err(Error::Refused(format!(
+                            "{stage} has not run for run {run}; nothing to retry"
+                        )));
                     }
                     many => {
                         return Err(Error::Refused(format!(
@@ -209,7 +221,10 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
         return format!(
             "failed at {}{}",
             s.stage,
-            s.environment.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            s.environment
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         );
     }
     let last_env = app.environments.last().map(|e| e.name.as_str());
@@ -219,19 +234,32 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
         match &e.payload {
             Payload::TestsFailed(_) => return "tests failed".into(),
             Payload::ApprovalRejected(_) => return format!("rejected ({env})"),
-            Payload::DeployFailed(d) if d.code == "superseded" => return format!("superseded ({env})"),
-            Payload::DeployFailed(d) => {
-                return format!("deploy failed ({env}{})", if d.rolled_back { ", rolled back" } else { "" });
+            Payload::DeployFailed(d) if d.code == "superseded" => {
+                return format!("superseded ({env})");
             }
-            Payload::DeploySucceeded(d) if Some(env.as_str()) == last_env && !d.rollback => deployed_last = true,
+            Payload::DeployFailed(d) => {
+                return format!(
+                    "deploy failed ({env}{})",
+                    if d.rolled_back { ", rolled back" } else { "" }
+                );
+            }
+            Payload::DeploySucceeded(d) if Some(env.as_str()) == last_env && !d.rollback => {
+                deployed_last = true
+            }
             _ => {}
         }
     }
     if deployed_last {
         return "deployed".into();
     }
-    if let Some(s) = stages.iter().find(|s| s.stage == StageName::Approve && s.status == StageStatus::Waiting) {
-        return format!("awaiting approval ({})", s.environment.as_deref().unwrap_or(""));
+    if let Some(s) = stages
+        .iter()
+        .find(|s| s.stage == StageName::Approve && s.status == StageStatus::Waiting)
+    {
+        return format!(
+            "awaiting approval ({})",
+            s.environment.as_deref().unwrap_or("")
+        );
     }
     if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Retrying) {
         return format!("retrying {}", s.stage);

@@ -14,12 +14,21 @@ fn envelope_schema<T: JsonSchema>(ty: EventType) -> Value {
     let mut v = schema_for!(Envelope<T>).to_value();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("$id".into(), Value::String(ty.schema_uri()));
-        obj.insert("title".into(), Value::String(format!("Baton event {}", ty.as_str())));
+        obj.insert(
+            "title".into(),
+            Value::String(format!("Baton event {}", ty.as_str())),
+        );
         if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
             props.insert("type".into(), serde_json::json!({ "const": ty.as_str() }));
             props.insert("specversion".into(), serde_json::json!({ "const": "1.0" }));
-            props.insert("datacontenttype".into(), serde_json::json!({ "const": "application/json" }));
-            props.insert("dataschema".into(), serde_json::json!({ "const": ty.schema_uri() }));
+            props.insert(
+                "datacontenttype".into(),
+                serde_json::json!({ "const": "application/json" }),
+            );
+            props.insert(
+                "dataschema".into(),
+                serde_json::json!({ "const": ty.schema_uri() }),
+            );
         }
     }
     v
@@ -32,7 +41,9 @@ pub fn event_schemas() -> Vec<(String, Value)> {
         .map(|ty| {
             let schema = match ty {
                 EventType::ImageBuilt => envelope_schema::<ImageBuilt>(ty),
-                EventType::TestsPassed | EventType::TestsFailed => envelope_schema::<TestReport>(ty),
+                EventType::TestsPassed | EventType::TestsFailed => {
+                    envelope_schema::<TestReport>(ty)
+                }
                 EventType::ApprovalRequested => envelope_schema::<ApprovalRequested>(ty),
                 EventType::ApprovalGranted => envelope_schema::<ApprovalGranted>(ty),
                 EventType::ApprovalRejected => envelope_schema::<ApprovalRejected>(ty),

@@ -61,7 +61,10 @@ pub async fn get_json<S: ObjectStore, T: DeserializeOwned>(
         None => Ok(None),
         Some(obj) => {
             let v = serde_json::from_slice(&obj.bytes).map_err(|e| {
-                Error::permanent(format!("read {key}"), format!("stored object is not valid: {e}"))
+                Error::permanent(
+                    format!("read {key}"),
+                    format!("stored object is not valid: {e}"),
+                )
             })?;
             Ok(Some((v, obj.etag)))
         }

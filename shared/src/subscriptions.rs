@@ -25,7 +25,10 @@ pub struct Subscription {
 /// The event types each event-driven stage consumes.
 pub const STAGE_TABLE: [(StageName, &[EventType]); 5] = [
     (StageName::Test, &[EventType::ImageBuilt]),
-    (StageName::Gate, &[EventType::TestsPassed, EventType::DeploySucceeded]),
+    (
+        StageName::Gate,
+        &[EventType::TestsPassed, EventType::DeploySucceeded],
+    ),
     (StageName::Approve, &[EventType::ApprovalRequested]),
     (StageName::Deploy, &[EventType::ApprovalGranted]),
     (StageName::Promote, &[EventType::DeploySucceeded]),
@@ -62,20 +65,34 @@ mod tests {
     use crate::event::{AttrValue, Attributes};
 
     fn typed(t: &str) -> Attributes {
-        [("type".to_string(), AttrValue::String(t.into()))].into_iter().collect()
+        [("type".to_string(), AttrValue::String(t.into()))]
+            .into_iter()
+            .collect()
     }
 
     #[test]
     fn every_event_type_reaches_exactly_the_stages_in_the_table() {
         let subs = stage_subscriptions();
         let consumers = |t: EventType| -> Vec<StageName> {
-            subs.iter().filter(|s| s.filter.matches(&typed(t.as_str()))).map(|s| s.stage).collect()
+            subs.iter()
+                .filter(|s| s.filter.matches(&typed(t.as_str())))
+                .map(|s| s.stage)
+                .collect()
         };
         assert_eq!(consumers(EventType::ImageBuilt), vec![StageName::Test]);
-        assert_eq!(consumers(EventType::DeploySucceeded), vec![StageName::Gate, StageName::Promote]);
-        assert_eq!(consumers(EventType::ApprovalGranted), vec![StageName::Deploy]);
+        assert_eq!(
+            consumers(EventType::DeploySucceeded),
+            vec![StageName::Gate, StageName::Promote]
+        );
+        assert_eq!(
+            consumers(EventType::ApprovalGranted),
+            vec![StageName::Deploy]
+        );
         assert!(consumers(EventType::StageFailed).is_empty());
         assert!(consumers(EventType::TestsFailed).is_empty());
-        assert!(subs.iter().all(|s| !s.filter.matches(&typed(REGISTRY_PUSH))));
+        assert!(
+            subs.iter()
+                .all(|s| !s.filter.matches(&typed(REGISTRY_PUSH)))
+        );
     }
 }

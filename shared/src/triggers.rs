@@ -87,8 +87,8 @@ pub struct EcrImageAction {
 
 /// Parses an EventBridge "ECR Image Action" event.
 pub fn parse_ecr(payload: &Value) -> Result<Parsed> {
-    let ev: EventBridgeEvent<EcrImageAction> =
-        serde_path_to_error::deserialize(payload.clone()).map_err(|e| path_error("ECR event", e))?;
+    let ev: EventBridgeEvent<EcrImageAction> = serde_path_to_error::deserialize(payload.clone())
+        .map_err(|e| path_error("ECR event", e))?;
     if ev.source != "aws.ecr" || ev.detail_type != "ECR Image Action" {
         return Err(Error::invalid(
             "ECR event",
@@ -108,18 +108,23 @@ pub fn parse_ecr(payload: &Value) -> Result<Parsed> {
         return Ok(out);
     }
     let Some(tag) = d.image_tag.as_deref().filter(|t| !t.is_empty()) else {
-        out.ignored.push(format!("untagged push to {}", d.repository_name));
+        out.ignored
+            .push(format!("untagged push to {}", d.repository_name));
         return Ok(out);
     };
     let digest = d
         .image_digest
         .clone()
         .ok_or_else(|| Error::invalid("ECR event", "detail.image-digest: missing on a push"))?;
-    validate_digest(&digest).map_err(|e| Error::invalid("ECR event", format!("detail.image-digest: {e}")))?;
+    validate_digest(&digest)
+        .map_err(|e| Error::invalid("ECR event", format!("detail.image-digest: {e}")))?;
     let account = ev.account.clone().unwrap_or_default();
     let region = ev.region.clone().unwrap_or_default();
     if account.is_empty() || region.is_empty() {
-        return Err(Error::invalid("ECR event", "account/region: both are needed to name the registry"));
+        return Err(Error::invalid(
+            "ECR event",
+            "account/region: both are needed to name the registry",
+        ));
     }
     out.pushes.push(Push {
         trigger: TriggerKind::Ecr,
@@ -189,22 +194,30 @@ pub fn parse_distribution(payload: &Value) -> Result<Parsed> {
     for (i, ev) in env.events.into_iter().enumerate() {
         let what = format!("event {} ({})", i, ev.id);
         if ev.action != "push" {
-            out.ignored.push(format!("{what}: action {} is not a push", ev.action));
+            out.ignored
+                .push(format!("{what}: action {} is not a push", ev.action));
             continue;
         }
         let t = &ev.target;
         let is_manifest = is_manifest_media_type(&t.media_type)
             || t.url.as_deref().is_some_and(|u| u.contains("/manifests/"));
         if !is_manifest {
-            out.ignored.push(format!("{what}: blob push to {} ignored", t.repository));
+            out.ignored
+                .push(format!("{what}: blob push to {} ignored", t.repository));
             continue;
         }
         let Some(tag) = t.tag.clone().filter(|t| !t.is_empty()) else {
-            out.ignored.push(format!("{what}: manifest push to {} without a tag ignored", t.repository));
+            out.ignored.push(format!(
+                "{what}: manifest push to {} without a tag ignored",
+                t.repository
+            ));
             continue;
         };
         validate_digest(&t.digest).map_err(|e| {
-            Error::invalid("registry notification", format!("events[{i}].target.digest: {e}"))
+            Error::invalid(
+                "registry notification",
+                format!("events[{i}].target.digest: {e}"),
+            )
         })?;
         let registry = ev
             .request
@@ -249,22 +262,31 @@ pub fn event_from_sns_notification(body: &str) -> Result<Event> {
         Error::invalid("SNS notification", format!("{path}: {}", e.inner()))
     })?;
     Event::from_json(&msg.message).map_err(|e| match e {
-        Error::Invalid { reason, .. } => Error::invalid("SNS notification", format!("Message: {reason}")),
+        Error::Invalid { reason, .. } => {
+            Error::invalid("SNS notification", format!("Message: {reason}"))
+        }
         other => other,
     })
 }
 
 /// Unwraps every record of an SQS event: `(messageId, event or why not)`.
 pub fn events_from_sqs(payload: &Value) -> Result<Vec<(String, Result<Event>)>> {
-    let ev: SqsEvent = serde_path_to_error::deserialize(payload.clone()).map_err(|e| path_error("SQS event", e))?;
+    let ev: SqsEvent = serde_path_to_error::deserialize(payload.clone())
+        .map_err(|e| path_error("SQS event", e))?;
     Ok(ev
         .records
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
-            let id = r.message_id.clone().unwrap_or_else(|| format!("record {i}"));
+            let id = r
+                .message_id
+                .clone()
+                .unwrap_or_else(|| format!("record {i}"));
             let parsed = match r.body.as_deref() {
-                None => Err(Error::invalid("SQS event", format!("Records[{i}].body: missing"))),
+                None => Err(Error::invalid(
+                    "SQS event",
+                    format!("Records[{i}].body: missing"),
+                )),
                 Some(b) => event_from_sns_notification(b).map_err(|e| match e {
                     Error::Invalid { what, reason } => {
                         Error::invalid("SQS event", format!("Records[{i}].body ({what}): {reason}"))
@@ -341,7 +363,10 @@ mod tests {
         let p = parse_ecr(&ecr("PUSH", "SUCCESS")).unwrap();
         assert_eq!(p.pushes.len(), 1);
         let push = &p.pushes[0];
-        assert_eq!(push.registry, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+        assert_eq!(
+            push.registry,
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+        );
         assert_eq!(push.repository, "team/web");
         assert_eq!(push.tag, "1.4.0");
         assert_eq!(push.notification_id, "13cde686-328b-6117-af20-0e5566167482");
@@ -349,14 +374,27 @@ mod tests {
 
     #[test]
     fn ecr_delete_and_failure_are_ignored() {
-        assert!(parse_ecr(&ecr("DELETE", "SUCCESS")).unwrap().pushes.is_empty());
-        assert!(parse_ecr(&ecr("PUSH", "FAILURE")).unwrap().pushes.is_empty());
+        assert!(
+            parse_ecr(&ecr("DELETE", "SUCCESS"))
+                .unwrap()
+                .pushes
+                .is_empty()
+        );
+        assert!(
+            parse_ecr(&ecr("PUSH", "FAILURE"))
+                .unwrap()
+                .pushes
+                .is_empty()
+        );
     }
 
     #[test]
     fn ecr_malformed_names_field() {
         let mut v = ecr("PUSH", "SUCCESS");
-        v["detail"].as_object_mut().unwrap().remove("repository-name");
+        v["detail"]
+            .as_object_mut()
+            .unwrap()
+            .remove("repository-name");
         let e = parse_ecr(&v).unwrap_err().to_string();
         assert!(e.contains("repository-name"), "{e}");
         let mut v = ecr("PUSH", "SUCCESS");

@@ -28,7 +28,8 @@ fn stderr(o: &Output) -> String {
 }
 
 fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
 }
 
 /// A project directory with the example configuration and manifests.
@@ -64,10 +65,18 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
     assert!(out.contains("status: deployed"), "{out}");
     assert!(out.contains("approving as alice"), "{out}");
     for stage in ["ingest", "test", "gate", "approve", "deploy", "promote"] {
-        assert!(out.lines().any(|l| l.starts_with(stage) && l.contains("succeeded")), "{stage} in {out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(stage) && l.contains("succeeded")),
+            "{stage} in {out}"
+        );
     }
     for env in ["staging", "production"] {
-        let m = std::fs::read_to_string(dir.path().join(format!("demo-state/manifests/{env}/web.yaml"))).unwrap();
+        let m = std::fs::read_to_string(
+            dir.path()
+                .join(format!("demo-state/manifests/{env}/web.yaml")),
+        )
+        .unwrap();
         assert!(m.contains("image: localhost:5000/demo/web@sha256:"), "{m}");
         assert!(m.contains("# set by baton"), "comments survive: {m}");
     }
@@ -79,19 +88,46 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["ok"], true);
-    let types: Vec<&str> = v["run"]["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = v["run"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(
         types,
         [
-            "image.built", "tests.passed", "approval.granted", "deploy.succeeded", "approval.requested",
-            "image.promoted", "approval.granted", "deploy.succeeded", "image.promoted"
+            "image.built",
+            "tests.passed",
+            "approval.granted",
+            "deploy.succeeded",
+            "approval.requested",
+            "image.promoted",
+            "approval.granted",
+            "deploy.succeeded",
+            "image.promoted"
         ]
     );
     assert_eq!(v["deployed"].as_array().unwrap().len(), 2);
-    assert!(v["deployed"][1]["image"].as_str().unwrap().contains("@sha256:"));
+    assert!(
+        v["deployed"][1]["image"]
+            .as_str()
+            .unwrap()
+            .contains("@sha256:")
+    );
 
     // status works on the demo's state
-    let o = baton(dir.path(), &["--config", "demo-state/baton.yaml", "--state-dir", "demo-state", "--json", "status"]);
+    let o = baton(
+        dir.path(),
+        &[
+            "--config",
+            "demo-state/baton.yaml",
+            "--state-dir",
+            "demo-state",
+            "--json",
+            "status",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)[0]["status"], "deployed");
 }
@@ -118,21 +154,66 @@ fn ingest_approve_status_and_rollback_through_the_cli() {
     assert_eq!(v["runs"][0]["status"], "awaiting approval (production)");
 
     // operator errors are one line and a non-zero exit
-    let o = baton(&root, &["approve", &run, "--env", "production", "--as", "mallory"]);
+    let o = baton(
+        &root,
+        &["approve", &run, "--env", "production", "--as", "mallory"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains("mallory may not"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("mallory may not"),
+        "{err}"
+    );
     let o = baton(&root, &["approve", &run, "--env", "qa", "--as", "alice"]);
-    assert!(stderr(&o).contains("environment not found: qa"), "{}", stderr(&o));
-    let o = baton(&root, &["approve", "ffffffff", "--env", "production", "--as", "alice"]);
-    assert!(stderr(&o).contains("run not found: ffffffff"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("environment not found: qa"),
+        "{}",
+        stderr(&o)
+    );
+    let o = baton(
+        &root,
+        &[
+            "approve",
+            "ffffffff",
+            "--env",
+            "production",
+            "--as",
+            "alice",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("run not found: ffffffff"),
+        "{}",
+        stderr(&o)
+    );
     let o = baton(&root, &["retry", &run, "build"]);
-    assert!(stderr(&o).contains("unknown stage \"build\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown stage \"build\""),
+        "{}",
+        stderr(&o)
+    );
     let o = baton(&root, &["rollback", "web", "--env", "production"]);
-    assert!(stderr(&o).contains("nothing is deployed to production"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing is deployed to production"),
+        "{}",
+        stderr(&o)
+    );
 
-    let o = baton(&root, &["--json", "approve", &run[..6], "--env", "production", "--as", "bob", "--comment", "lgtm"]);
+    let o = baton(
+        &root,
+        &[
+            "--json",
+            "approve",
+            &run[..6],
+            "--env",
+            "production",
+            "--as",
+            "bob",
+            "--comment",
+            "lgtm",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["decision"]["status"], "granted");
@@ -146,17 +227,38 @@ fn ingest_approve_status_and_rollback_through_the_cli() {
     let p2 = push_file(&root, "1.1.0", 'b', "2026-11-20T11:00:00Z");
     let o = baton(&root, &["--json", "ingest", p2.to_str().unwrap()]);
     let run2 = json(&o)["runs"][0]["run"].as_str().unwrap().to_string();
-    let o = baton(&root, &["approve", &run2, "--env", "production", "--as", "alice"]);
+    let o = baton(
+        &root,
+        &["approve", &run2, "--env", "production", "--as", "alice"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let prod = std::fs::read_to_string(root.join("manifests/production/web.yaml")).unwrap();
     assert!(prod.contains(&"b".repeat(64)));
-    let o = baton(&root, &["--json", "rollback", "web", "--env", "production", "--as", "alice"]);
+    let o = baton(
+        &root,
+        &[
+            "--json",
+            "rollback",
+            "web",
+            "--env",
+            "production",
+            "--as",
+            "alice",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(json(&o)["to"].as_str().unwrap().ends_with(&"a".repeat(64)));
     let prod = std::fs::read_to_string(root.join("manifests/production/web.yaml")).unwrap();
     assert!(prod.contains(&"a".repeat(64)), "{prod}");
-    let o = baton(&root, &["rollback", "web", "--env", "production", "--to", "cccccccc"]);
-    assert!(stderr(&o).contains("was never deployed to production"), "{}", stderr(&o));
+    let o = baton(
+        &root,
+        &["rollback", "web", "--env", "production", "--to", "cccccccc"],
+    );
+    assert!(
+        stderr(&o).contains("was never deployed to production"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = baton(&root, &["--json", "status"]);
     let runs = json(&o);
@@ -174,12 +276,21 @@ fn retry_reruns_one_stage_via_cli() {
     let run = v["runs"][0]["run"].as_str().unwrap().to_string();
     std::fs::create_dir_all(root.join("manifests/staging")).unwrap();
     std::fs::write(root.join("manifests/staging/web.yaml"), STAGING).unwrap();
-    let o = baton(&root, &["--json", "retry", &run, "deploy", "--env", "staging"]);
+    let o = baton(
+        &root,
+        &["--json", "retry", &run, "deploy", "--env", "staging"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v = json(&o);
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["run"]["status"], "awaiting approval (production)");
-    let deploy = v["run"]["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "deploy").unwrap().clone();
+    let deploy = v["run"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "deploy")
+        .unwrap()
+        .clone();
     assert_eq!(deploy["attempt"], 2);
     let o = baton(&root, &["retry", &run, "test", "--env", "staging"]);
     assert!(stderr(&o).contains("drop --env"), "{}", stderr(&o));
@@ -202,7 +313,10 @@ fn events_validate_accepts_samples_and_names_bad_fields() {
     let v = json(&o);
     assert_eq!(v.as_array().unwrap().len(), files.len());
 
-    let mut bad: Value = serde_json::from_str(&std::fs::read_to_string(samples.join("baton/deploy.succeeded.json")).unwrap()).unwrap();
+    let mut bad: Value = serde_json::from_str(
+        &std::fs::read_to_string(samples.join("baton/deploy.succeeded.json")).unwrap(),
+    )
+    .unwrap();
     bad["data"]["image"]["digest"] = Value::from("latest");
     std::fs::write(dir.path().join("bad.json"), bad.to_string()).unwrap();
     let o = baton(dir.path(), &["events", "validate", "bad.json"]);
@@ -220,7 +334,10 @@ fn schema_command_matches_checked_in_schemas() {
     for e in std::fs::read_dir(dir.path().join("schemas")).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), std::fs::read_to_string(checked_in.join(name)).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            std::fs::read_to_string(checked_in.join(name)).unwrap()
+        );
         n += 1;
     }
     assert_eq!(n, 10);
@@ -231,8 +348,20 @@ fn missing_configuration_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let o = baton(dir.path(), &["status"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no configuration at baton.yaml"), "{}", stderr(&o));
-    std::fs::write(dir.path().join("baton.yaml"), EXAMPLE.replace("required: 1", "required: 9")).unwrap();
+    assert!(
+        stderr(&o).contains("no configuration at baton.yaml"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(
+        dir.path().join("baton.yaml"),
+        EXAMPLE.replace("required: 1", "required: 9"),
+    )
+    .unwrap();
     let o = baton(dir.path(), &["status"]);
-    assert!(stderr(&o).contains("apps[0].environments[1].approval.required"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("apps[0].environments[1].approval.required"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -44,7 +44,11 @@ pub enum Delivery {
 
 /// The consumer side: something that processes a delivery for a subscription.
 pub trait Subscriber: Send + Sync {
-    fn deliver(&self, subscription: &str, msg: &BusMessage) -> impl Future<Output = Delivery> + Send;
+    fn deliver(
+        &self,
+        subscription: &str,
+        msg: &BusMessage,
+    ) -> impl Future<Output = Delivery> + Send;
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,7 +159,11 @@ pub struct EmbeddedBus {
 
 impl EmbeddedBus {
     /// Opens the bus under `dir` with these subscriptions, replaying its log.
-    pub fn open(dir: impl Into<PathBuf>, subscriptions: Vec<(String, FilterPolicy)>, retry: BusConfig) -> Result<EmbeddedBus> {
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        subscriptions: Vec<(String, FilterPolicy)>,
+        retry: BusConfig,
+    ) -> Result<EmbeddedBus> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(|e| Error::io("create bus directory", &dir, e))?;
         let bus = EmbeddedBus {
@@ -215,14 +223,18 @@ impl EmbeddedBus {
                     }
                     st.messages.insert(m.seq, m);
                 }
-                Err(e) => tracing::error!(error = %e, "skipping unreadable line in bus/messages.jsonl"),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping unreadable line in bus/messages.jsonl")
+                }
             }
         }
         let dels = read_new_lines(&self.dir.join("deliveries.jsonl"), &mut st.del_offset)?;
         for line in dels {
             match serde_json::from_str::<DeliveryLine>(&line) {
                 Ok(d) => apply_delivery(&mut st, d),
-                Err(e) => tracing::error!(error = %e, "skipping unreadable line in bus/deliveries.jsonl"),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping unreadable line in bus/deliveries.jsonl")
+                }
             }
         }
         Ok(())
@@ -276,7 +288,8 @@ impl EmbeddedBus {
             message: msg.clone(),
             subscriptions,
         };
-        let text = serde_json::to_string(&logged).map_err(|e| Error::permanent("bus publish", e))?;
+        let text =
+            serde_json::to_string(&logged).map_err(|e| Error::permanent("bus publish", e))?;
         self.append("messages.jsonl", &text)?;
         self.refresh()?;
         Ok(seq)
@@ -297,7 +310,10 @@ impl EmbeddedBus {
     pub fn redrive(&self, subscription: Option<&str>) -> Result<usize> {
         let dead = self.dead_letters()?;
         let mut n = 0;
-        for d in dead.iter().filter(|d| subscription.is_none_or(|s| s == d.subscription)) {
+        for d in dead
+            .iter()
+            .filter(|d| subscription.is_none_or(|s| s == d.subscription))
+        {
             self.record(DeliveryLine {
                 seq: d.seq,
                 subscription: d.subscription.clone(),
@@ -314,7 +330,10 @@ impl EmbeddedBus {
 
     fn backoff(&self, attempts: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
-        self.retry.initial_backoff.saturating_mul(factor).min(self.retry.max_backoff)
+        self.retry
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.retry.max_backoff)
     }
 
     /// Delivers until nothing is due: retries are waited for, short waits too; waits
@@ -379,7 +398,10 @@ impl EmbeddedBus {
             let (seq, sub, attempts, msg) = match next {
                 None => break,
                 Some(Err(sleep)) => {
-                    tokio::time::sleep(sleep.clamp(Duration::from_millis(5), Duration::from_secs(1))).await;
+                    tokio::time::sleep(
+                        sleep.clamp(Duration::from_millis(5), Duration::from_secs(1)),
+                    )
+                    .await;
                     continue;
                 }
                 Some(Ok(found)) => found,
@@ -415,7 +437,9 @@ impl EmbeddedBus {
                     subscription: sub.clone(),
                     outcome: Outcome::Retry,
                     attempts: attempt,
-                    not_before: Some(now + chrono::Duration::from_std(self.backoff(attempt)).unwrap_or_default()),
+                    not_before: Some(
+                        now + chrono::Duration::from_std(self.backoff(attempt)).unwrap_or_default(),
+                    ),
                     error: Some(err.clone()),
                     at: now,
                 },
@@ -512,15 +536,21 @@ fn read_new_lines(path: &Path, offset: &mut u64) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    f.seek(SeekFrom::Start(*offset)).map_err(|e| Error::io("seek", path, e))?;
+    f.seek(SeekFrom::Start(*offset))
+        .map_err(|e| Error::io("seek", path, e))?;
     let mut buf = String::new();
-    f.read_to_string(&mut buf).map_err(|e| Error::io("read", path, e))?;
+    f.read_to_string(&mut buf)
+        .map_err(|e| Error::io("read", path, e))?;
     let complete = match buf.rfind('\n') {
         Some(i) => i + 1,
         None => return Ok(vec![]),
     };
     *offset += complete as u64;
-    Ok(buf[..complete].lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+    Ok(buf[..complete]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 fn truncate_partial_line(path: &Path) -> Result<()> {
@@ -532,10 +562,18 @@ fn truncate_partial_line(path: &Path) -> Result<()> {
     if bytes.is_empty() || bytes.ends_with(b"\n") {
         return Ok(());
     }
-    let keep = bytes.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let keep = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     tracing::warn!(path = %path.display(), dropped = bytes.len() - keep, "dropping a partial line left by a crash");
-    let f = OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?;
-    f.set_len(keep as u64).map_err(|e| Error::io("truncate", path, e))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    f.set_len(keep as u64)
+        .map_err(|e| Error::io("truncate", path, e))?;
     Ok(())
 }
 
@@ -552,7 +590,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn msg(id: &str, ty: &str) -> BusMessage {
-        let attributes: Attributes = [("type".to_string(), AttrValue::String(ty.into()))].into_iter().collect();
+        let attributes: Attributes = [("type".to_string(), AttrValue::String(ty.into()))]
+            .into_iter()
+            .collect();
         BusMessage {
             id: id.into(),
             attributes,
@@ -606,18 +646,30 @@ mod tests {
         bus.publish_message(&msg("m2", "y")).unwrap();
         bus.publish_message(&msg("m3", "z")).unwrap();
         let r = recorder(1);
-        let rep = bus.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
+        let rep = bus
+            .drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
         let seen = r.seen.lock().unwrap().clone();
         assert_eq!(seen.iter().filter(|(s, _)| s == "a").count(), 1);
         // b: m1 failed once and was retried, m2 once
-        assert_eq!(seen.iter().filter(|(s, id)| s == "b" && id == "m1").count(), 2);
-        assert!(!seen.iter().any(|(_, id)| id == "m3"), "no subscription matches z");
+        assert_eq!(
+            seen.iter().filter(|(s, id)| s == "b" && id == "m1").count(),
+            2
+        );
+        assert!(
+            !seen.iter().any(|(_, id)| id == "m3"),
+            "no subscription matches z"
+        );
         assert_eq!(rep.dead, 0);
         assert_eq!(bus.pending(), 0);
 
         bus.publish_message(&msg("m4", "y")).unwrap();
         let r = recorder(10);
-        let rep = bus.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
+        let rep = bus
+            .drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
         assert_eq!(rep.dead, 1);
         let dead = bus.dead_letters().unwrap();
         assert_eq!(dead.len(), 1);
@@ -627,8 +679,13 @@ mod tests {
         // redrive brings it back
         assert_eq!(bus.redrive(Some("b")).unwrap(), 1);
         let r = recorder(0);
-        bus.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
-        assert_eq!(r.seen.lock().unwrap().clone(), vec![("b".to_string(), "m4".to_string())]);
+        bus.drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            r.seen.lock().unwrap().clone(),
+            vec![("b".to_string(), "m4".to_string())]
+        );
         assert!(bus.dead_letters().unwrap().is_empty());
     }
 
@@ -649,13 +706,18 @@ mod tests {
             assert_eq!(rep.delivered, 3);
         }
         // a crash mid-append
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("messages.jsonl")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("messages.jsonl"))
+            .unwrap();
         f.write_all(b"{\"seq\": 99, \"at\":").unwrap();
         drop(f);
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         assert_eq!(bus.pending(), 5, "8 deliveries published, 3 done");
         let r = recorder(0);
-        bus.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
+        bus.drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
         assert_eq!(r.seen.lock().unwrap().len(), 5);
         bus.publish_message(&msg("after", "y")).unwrap();
         assert_eq!(bus.pending(), 1);
@@ -680,7 +742,10 @@ mod tests {
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         bus.publish_message(&msg("m1", "x")).unwrap();
         let w = Waiter(AtomicUsize::new(0));
-        let rep = bus.drain(&w, &DrainOptions::default(), |_| {}).await.unwrap();
+        let rep = bus
+            .drain(&w, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
         assert_eq!(rep.parked, 1, "a waits an hour: parked");
         assert_eq!(w.0.load(Ordering::SeqCst), 2, "b waited 20ms and finished");
     }

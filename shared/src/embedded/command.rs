@@ -31,8 +31,16 @@ impl CommandRunner {
         CommandRunner {
             run: cfg.run.clone(),
             timeout: cfg.timeout,
-            env: cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            workdir: cfg.workdir.as_ref().map(|w| base.join(w)).unwrap_or_else(|| base.to_path_buf()),
+            env: cfg
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workdir: cfg
+                .workdir
+                .as_ref()
+                .map(|w| base.join(w))
+                .unwrap_or_else(|| base.to_path_buf()),
             output_limit: 64 * 1024,
         }
     }
@@ -99,7 +107,10 @@ impl TestRunner for CommandRunner {
                 let _ = child.kill().await;
                 Ok(TestProgress::Finished(TestOutcome {
                     passed: false,
-                    summary: format!("timed out after {}", humantime::format_duration(self.timeout)),
+                    summary: format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.timeout)
+                    ),
                     exit_code: None,
                     output: String::new(),
                 }))

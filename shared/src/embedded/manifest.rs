@@ -38,7 +38,10 @@ impl ManifestTarget {
         })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
+            })
             .collect();
         files.sort();
         Ok(files)
@@ -51,7 +54,10 @@ impl ManifestTarget {
         for f in &files {
             let text = fs::read_to_string(f).map_err(|e| Error::io("read manifest", f, e))?;
             let docs = parse_documents(&text).map_err(|e| {
-                Error::permanent(format!("manifest {}", f.display()), format!("is not valid YAML: {e}"))
+                Error::permanent(
+                    format!("manifest {}", f.display()),
+                    format!("is not valid YAML: {e}"),
+                )
             })?;
             parsed.push((f.clone(), text, docs));
         }
@@ -62,7 +68,10 @@ impl ManifestTarget {
             for (file, text, docs) in &parsed {
                 for doc in docs {
                     let kind = doc.get("kind").and_then(Node::as_str).unwrap_or("");
-                    let name = doc.path(&["metadata", "name"]).and_then(Node::as_str).unwrap_or("");
+                    let name = doc
+                        .path(&["metadata", "name"])
+                        .and_then(Node::as_str)
+                        .unwrap_or("");
                     let ns = doc.path(&["metadata", "namespace"]).and_then(Node::as_str);
                     if !kind.is_empty() {
                         seen.push(format!("{kind}/{name}"));
@@ -79,9 +88,9 @@ impl ManifestTarget {
                         .path(&["spec", "template", "spec", "containers"])
                         .and_then(Node::as_seq)
                         .unwrap_or(&[]);
-                    let container = containers
-                        .iter()
-                        .find(|c| c.get("name").and_then(Node::as_str) == Some(w.container.as_str()));
+                    let container = containers.iter().find(|c| {
+                        c.get("name").and_then(Node::as_str) == Some(w.container.as_str())
+                    });
                     let Some(container) = container else {
                         let names: Vec<&str> = containers
                             .iter()
@@ -92,23 +101,41 @@ impl ManifestTarget {
                             format!(
                                 "has no container named {:?} (containers: {})",
                                 w.container,
-                                if names.is_empty() { "none".into() } else { names.join(", ") }
+                                if names.is_empty() {
+                                    "none".into()
+                                } else {
+                                    names.join(", ")
+                                }
                             ),
                         ));
                     };
-                    let Some(Node::Scalar { value, start, end, style }) = container.get("image") else {
+                    let Some(Node::Scalar {
+                        value,
+                        start,
+                        end,
+                        style,
+                    }) = container.get("image")
+                    else {
                         return Err(Error::permanent(
                             format!("{}/{} in {}", w.kind, w.name, file.display()),
                             format!("container {:?} has no image field", w.container),
                         ));
                     };
-                    let (start, end) = scalar_extent(text, char_to_byte(text, *start), char_to_byte(text, *end), *style)
-                        .ok_or_else(|| {
-                            Error::permanent(
-                                format!("{}/{} in {}", w.kind, w.name, file.display()),
-                                format!("the image of container {:?} is not a single-line scalar", w.container),
-                            )
-                        })?;
+                    let (start, end) = scalar_extent(
+                        text,
+                        char_to_byte(text, *start),
+                        char_to_byte(text, *end),
+                        *style,
+                    )
+                    .ok_or_else(|| {
+                        Error::permanent(
+                            format!("{}/{} in {}", w.kind, w.name, file.display()),
+                            format!(
+                                "the image of container {:?} is not a single-line scalar",
+                                w.container
+                            ),
+                        )
+                    })?;
                     found = Some(Located {
                         workload: format!("{}/{}:{}", w.kind, w.name, w.container),
                         file: file.clone(),
@@ -130,8 +157,15 @@ impl ManifestTarget {
                         "no {} named {:?}{} in any .yaml file (found: {})",
                         w.kind,
                         w.name,
-                        w.namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default(),
-                        if seen.is_empty() { "nothing".into() } else { seen.join(", ") }
+                        w.namespace
+                            .as_ref()
+                            .map(|n| format!(" in namespace {n}"))
+                            .unwrap_or_default(),
+                        if seen.is_empty() {
+                            "nothing".into()
+                        } else {
+                            seen.join(", ")
+                        }
                     ),
                 ));
             };
@@ -142,23 +176,34 @@ impl ManifestTarget {
 
     /// Writes `images[i]` into each located container; returns the previous images.
     fn write(&self, located: &[Located], images: &[String]) -> Result<()> {
-        let mut by_file: Vec<(PathBuf, Vec<(usize, usize, bool, String)>)> = vec![];
+        let mut by_file: Vec<(PathBuf, Vec<Edit>)> = vec![];
         for (loc, new) in located.iter().zip(images) {
             if &loc.image == new {
                 continue;
             }
             match by_file.iter_mut().find(|(f, _)| f == &loc.file) {
                 Some((_, edits)) => edits.push((loc.start, loc.end, loc.quoted, new.clone())),
-                None => by_file.push((loc.file.clone(), vec![(loc.start, loc.end, loc.quoted, new.clone())])),
+                None => by_file.push((
+                    loc.file.clone(),
+                    vec![(loc.start, loc.end, loc.quoted, new.clone())],
+                )),
             }
         }
         for (file, mut edits) in by_file {
-            let mut text = fs::read_to_string(&file).map_err(|e| Error::io("read manifest", &file, e))?;
+            let mut text =
+                fs::read_to_string(&file).map_err(|e| Error::io("read manifest", &file, e))?;
             edits.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (start, end, quoted, new) in edits {
-                let (s, e) = if quoted { (start + 1, end - 1) } else { (start, end) };
+                let (s, e) = if quoted {
+                    (start + 1, end - 1)
+                } else {
+                    (start, end)
+                };
                 if e < s || e > text.len() {
-                    return Err(Error::permanent(format!("manifest {}", file.display()), "image scalar out of range"));
+                    return Err(Error::permanent(
+                        format!("manifest {}", file.display()),
+                        "image scalar out of range",
+                    ));
                 }
                 text.replace_range(s..e, &new);
             }
@@ -181,6 +226,9 @@ impl ManifestTarget {
             .collect())
     }
 }
+
+/// A replacement of one scalar: (start, end, quoted, new value).
+type Edit = (usize, usize, bool, String);
 
 #[derive(Debug, Clone)]
 struct Located {
@@ -224,7 +272,11 @@ impl DeployTarget for ManifestTarget {
                     files.into_iter().collect::<Vec<_>>().join(", ")
                 )
             } else {
-                format!("{} already in {}", req.image.short_digest(), self.dir.display())
+                format!(
+                    "{} already in {}",
+                    req.image.short_digest(),
+                    self.dir.display()
+                )
             },
         })
     }
@@ -237,7 +289,10 @@ impl DeployTarget for ManifestTarget {
                 detail: "manifests written".into(),
             }),
             Some(l) => Ok(Rollout::Failed {
-                reason: format!("{} was changed to {} behind Baton's back", l.workload, l.image),
+                reason: format!(
+                    "{} was changed to {} behind Baton's back",
+                    l.workload, l.image
+                ),
             }),
         }
     }
@@ -287,7 +342,10 @@ impl Node {
     }
     fn get(&self, key: &str) -> Option<&Node> {
         match self {
-            Node::Map(pairs) => pairs.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Node::Map(pairs) => pairs
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -352,7 +410,12 @@ fn parse_documents(text: &str) -> std::result::Result<Vec<Node>, String> {
 
 /// The byte range of a scalar, quotes included. The parser's end marker of a quoted
 /// scalar can run on into a trailing comment, so quotes are matched here.
-fn scalar_extent(text: &str, start: usize, end: usize, style: ScalarStyle) -> Option<(usize, usize)> {
+fn scalar_extent(
+    text: &str,
+    start: usize,
+    end: usize,
+    style: ScalarStyle,
+) -> Option<(usize, usize)> {
     let rest = text.get(start..)?;
     let line_end = rest.find('\n').unwrap_or(rest.len());
     let line = &rest[..line_end];
@@ -389,7 +452,10 @@ fn scalar_extent(text: &str, start: usize, end: usize, style: ScalarStyle) -> Op
 }
 
 fn char_to_byte(text: &str, char_index: usize) -> usize {
-    text.char_indices().nth(char_index).map(|(b, _)| b).unwrap_or(text.len())
+    text.char_indices()
+        .nth(char_index)
+        .map(|(b, _)| b)
+        .unwrap_or(text.len())
 }
 
 #[cfg(test)]
@@ -467,7 +533,10 @@ spec:
             1,
         );
         assert_eq!(after, expected, "only the app container's image changed");
-        assert!(matches!(t.rollout(&r).await.unwrap(), Rollout::Complete { .. }));
+        assert!(matches!(
+            t.rollout(&r).await.unwrap(),
+            Rollout::Complete { .. }
+        ));
         // idempotent
         assert!(!t.apply(&r).await.unwrap().changed);
         // restore puts the previous value back byte for byte
@@ -476,7 +545,11 @@ spec:
         // plain scalars too
         let t2 = target(dir.path(), "sidecar");
         t2.apply(&r).await.unwrap();
-        assert!(fs::read_to_string(&file).unwrap().contains(&format!("image: {}\n", r.image.reference())));
+        assert!(
+            fs::read_to_string(&file)
+                .unwrap()
+                .contains(&format!("image: {}\n", r.image.reference()))
+        );
     }
 
     #[tokio::test]
@@ -487,8 +560,15 @@ spec:
         assert_eq!(e.kind(), "permanent");
         assert!(e.to_string().contains("nope"), "{e}");
         fs::write(dir.path().join("web.yaml"), MANIFEST).unwrap();
-        let e = target(dir.path(), "worker").apply(&req('a')).await.unwrap_err().to_string();
-        assert!(e.contains("\"worker\"") && e.contains("sidecar, app"), "{e}");
+        let e = target(dir.path(), "worker")
+            .apply(&req('a'))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"worker\"") && e.contains("sidecar, app"),
+            "{e}"
+        );
         let mut t = target(dir.path(), "app");
         t.workloads[0].name = "api".into();
         let e = t.apply(&req('a')).await.unwrap_err().to_string();

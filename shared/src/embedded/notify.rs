@@ -20,7 +20,11 @@ pub struct WebhookNotifier {
 
 impl WebhookNotifier {
     pub fn new(client: reqwest::Client, url: String, timeout: Duration) -> Self {
-        WebhookNotifier { client, url, timeout }
+        WebhookNotifier {
+            client,
+            url,
+            timeout,
+        }
     }
 }
 
@@ -47,7 +51,10 @@ impl Notifier for WebhookNotifier {
         } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
             Err(Error::transient(what, Message(format!("HTTP {status}"))))
         } else {
-            Err(Error::permanent(what, format!("HTTP {status}: the endpoint refused the notification")))
+            Err(Error::permanent(
+                what,
+                format!("HTTP {status}: the endpoint refused the notification"),
+            ))
         }
     }
 }
@@ -81,7 +88,9 @@ impl Notifier for LogNotifier {
         writeln!(
             f,
             "{} [{reaction}] {}",
-            event.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            event
+                .time
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             event.summary()
         )
         .map_err(|e| Error::io("append to", &self.path, e))?;

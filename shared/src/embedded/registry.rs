@@ -23,15 +23,26 @@ pub struct StoreRegistry<S> {
 }
 
 fn host_dir(registry: &str) -> String {
-    if registry.is_empty() { "_".into() } else { registry.replace(':', "_") }
+    if registry.is_empty() {
+        "_".into()
+    } else {
+        registry.replace(':', "_")
+    }
 }
 
 fn tag_key(registry: &str, repository: &str, tag: &str) -> String {
-    format!("registry/{}/{repository}/tags/{tag}.json", host_dir(registry))
+    format!(
+        "registry/{}/{repository}/tags/{tag}.json",
+        host_dir(registry)
+    )
 }
 
 fn manifest_key(registry: &str, repository: &str, digest: &str) -> String {
-    format!("registry/{}/{repository}/manifests/{}.json", host_dir(registry), digest.replace(':', "_"))
+    format!(
+        "registry/{}/{repository}/manifests/{}.json",
+        host_dir(registry),
+        digest.replace(':', "_")
+    )
 }
 
 impl<S: ObjectStore> StoreRegistry<S> {
@@ -46,16 +57,30 @@ impl<S: ObjectStore> StoreRegistry<S> {
             digest: image.digest.clone(),
             pushed_at,
         };
-        put_json(&self.store, &manifest_key(&image.registry, &image.repository, &image.digest), &rec, Precondition::None).await?;
-        put_json(&self.store, &tag_key(&image.registry, &image.repository, &image.tag), &rec, Precondition::None).await?;
+        put_json(
+            &self.store,
+            &manifest_key(&image.registry, &image.repository, &image.digest),
+            &rec,
+            Precondition::None,
+        )
+        .await?;
+        put_json(
+            &self.store,
+            &tag_key(&image.registry, &image.repository, &image.tag),
+            &rec,
+            Precondition::None,
+        )
+        .await?;
         Ok(())
     }
 
     /// The digest a tag points at, if any.
     pub async fn tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<String>> {
-        Ok(get_json::<_, TagRecord>(&self.store, &tag_key(registry, repository, tag))
-            .await?
-            .map(|(t, _)| t.digest))
+        Ok(
+            get_json::<_, TagRecord>(&self.store, &tag_key(registry, repository, tag))
+                .await?
+                .map(|(t, _)| t.digest),
+        )
     }
 }
 
@@ -66,7 +91,10 @@ impl<S: ObjectStore> Registry for StoreRegistry<S> {
                 digest: t.digest,
                 pushed_at: Some(t.pushed_at),
             }),
-            None => Err(Error::not_found("tag", format!("{registry}/{repository}:{tag}"))),
+            None => Err(Error::not_found(
+                "tag",
+                format!("{registry}/{repository}:{tag}"),
+            )),
         }
     }
 
@@ -86,7 +114,13 @@ impl<S: ObjectStore> Registry for StoreRegistry<S> {
             digest: image.digest.clone(),
             pushed_at: m.pushed_at,
         };
-        put_json(&self.store, &tag_key(&image.registry, &image.repository, tag), &rec, Precondition::None).await?;
+        put_json(
+            &self.store,
+            &tag_key(&image.registry, &image.repository, tag),
+            &rec,
+            Precondition::None,
+        )
+        .await?;
         Ok(())
     }
 }

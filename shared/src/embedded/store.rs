@@ -41,10 +41,15 @@ impl DirStore {
     pub fn path_of(&self, key: &str) -> Result<PathBuf> {
         if key.is_empty()
             || key.starts_with('/')
-            || key.split('/').any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".tmp-"))
+            || key
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".tmp-"))
             || key.starts_with(".locks")
         {
-            return Err(Error::invalid("store key", format!("{key:?} is not a valid key")));
+            return Err(Error::invalid(
+                "store key",
+                format!("{key:?} is not a valid key"),
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -54,7 +59,8 @@ impl DirStore {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
         Ok(tmp)
     }
@@ -92,7 +98,9 @@ impl DirStore {
         let result = match cond {
             Precondition::IfNoneMatch => match fs::hard_link(&tmp, &path) {
                 Ok(()) => Ok(etag),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::Conflict { key: key.into() }),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    Err(Error::Conflict { key: key.into() })
+                }
                 Err(e) => Err(Error::io("create", &path, e)),
             },
             Precondition::None => fs::rename(&tmp, &path)
@@ -118,7 +126,11 @@ impl DirStore {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if dir_part.is_empty() { self.root.clone() } else { self.root.join(dir_part) };
+        let start = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(dir_part)
+        };
         let mut out = vec![];
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -173,27 +185,47 @@ mod tests {
     async fn conditional_writes() {
         let dir = tempfile::tempdir().unwrap();
         let s = DirStore::open(dir.path()).unwrap();
-        let e1 = s.put("a/b.json", b"1".to_vec(), Precondition::IfNoneMatch).await.unwrap();
+        let e1 = s
+            .put("a/b.json", b"1".to_vec(), Precondition::IfNoneMatch)
+            .await
+            .unwrap();
         assert!(matches!(
-            s.put("a/b.json", b"2".to_vec(), Precondition::IfNoneMatch).await,
+            s.put("a/b.json", b"2".to_vec(), Precondition::IfNoneMatch)
+                .await,
             Err(Error::Conflict { .. })
         ));
         assert!(matches!(
-            s.put("a/b.json", b"2".to_vec(), Precondition::IfMatch("nope".into())).await,
+            s.put(
+                "a/b.json",
+                b"2".to_vec(),
+                Precondition::IfMatch("nope".into())
+            )
+            .await,
             Err(Error::Conflict { .. })
         ));
-        let e2 = s.put("a/b.json", b"2".to_vec(), Precondition::IfMatch(e1.clone())).await.unwrap();
+        let e2 = s
+            .put("a/b.json", b"2".to_vec(), Precondition::IfMatch(e1.clone()))
+            .await
+            .unwrap();
         assert_ne!(e1, e2);
         assert_eq!(s.get("a/b.json").await.unwrap().unwrap().bytes, b"2");
         assert!(matches!(
-            s.put("a/b.json", b"3".to_vec(), Precondition::IfMatch(e1)).await,
+            s.put("a/b.json", b"3".to_vec(), Precondition::IfMatch(e1))
+                .await,
             Err(Error::Conflict { .. })
         ));
         assert!(s.get("a/missing").await.unwrap().is_none());
-        s.put("a/c/d.json", b"x".to_vec(), Precondition::None).await.unwrap();
-        s.put("ab.json", b"x".to_vec(), Precondition::None).await.unwrap();
+        s.put("a/c/d.json", b"x".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        s.put("ab.json", b"x".to_vec(), Precondition::None)
+            .await
+            .unwrap();
         assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json", "a/c/d.json"]);
-        assert_eq!(s.list("a").await.unwrap(), vec!["a/b.json", "a/c/d.json", "ab.json"]);
+        assert_eq!(
+            s.list("a").await.unwrap(),
+            vec!["a/b.json", "a/c/d.json", "ab.json"]
+        );
         assert!(s.put("../x", vec![], Precondition::None).await.is_err());
         // no temp files left behind
         assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 2);
@@ -207,7 +239,12 @@ mod tests {
         for i in 0..8 {
             let s = s.clone();
             handles.push(tokio::task::spawn_blocking(move || {
-                s.put_sync("claim.json", format!("{i}").into_bytes(), Precondition::IfNoneMatch).is_ok()
+                s.put_sync(
+                    "claim.json",
+                    format!("{i}").into_bytes(),
+                    Precondition::IfNoneMatch,
+                )
+                .is_ok()
             }));
         }
         let mut wins = 0;

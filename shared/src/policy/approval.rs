@@ -120,7 +120,9 @@ pub fn check(
     if now >= rules.expires_at {
         return Err(format!(
             "this approval expired at {}",
-            rules.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            rules
+                .expires_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));
     }
     if verdict == Verdict::Approve
@@ -131,18 +133,17 @@ pub fn check(
             "{who} pushed this image and may not approve it (no self-approval)"
         ));
     }
-    if decisions.iter().any(|d| d.by == who && d.verdict == verdict) {
+    if decisions
+        .iter()
+        .any(|d| d.by == who && d.verdict == verdict)
+    {
         return Ok(Check::AlreadyRecorded);
     }
     Ok(Check::Record)
 }
 
 /// Evaluates the decisions: one rejection rejects; `required` distinct approvals grant.
-pub fn outcome(
-    rules: &ApprovalRules,
-    decisions: &[DecisionRecord],
-    now: DateTime<Utc>,
-) -> Outcome {
+pub fn outcome(rules: &ApprovalRules, decisions: &[DecisionRecord], now: DateTime<Utc>) -> Outcome {
     if let Some(r) = decisions.iter().find(|d| d.verdict == Verdict::Reject) {
         return Outcome::Rejected {
             by: r.by.clone(),
@@ -199,10 +200,41 @@ mod tests {
     fn listed_approvers_and_group_members_may_decide() {
         let r = rules(1);
         let now = Utc::now();
-        assert_eq!(check(&r, ApprovalStatus::Pending, &[], "alice", Verdict::Approve, now), Ok(Check::Record));
-        assert_eq!(check(&r, ApprovalStatus::Pending, &[], "bob", Verdict::Approve, now), Ok(Check::Record));
-        let e = check(&r, ApprovalStatus::Pending, &[], "mallory", Verdict::Approve, now).unwrap_err();
-        assert!(e.contains("mallory may not") && e.contains("alice") && e.contains("sre"), "{e}");
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                "alice",
+                Verdict::Approve,
+                now
+            ),
+            Ok(Check::Record)
+        );
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                "bob",
+                Verdict::Approve,
+                now
+            ),
+            Ok(Check::Record)
+        );
+        let e = check(
+            &r,
+            ApprovalStatus::Pending,
+            &[],
+            "mallory",
+            Verdict::Approve,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("mallory may not") && e.contains("alice") && e.contains("sre"),
+            "{e}"
+        );
         assert!(check(&r, ApprovalStatus::Pending, &[], " ", Verdict::Approve, now).is_err());
     }
 
@@ -210,21 +242,65 @@ mod tests {
     fn no_self_approval_unless_allowed() {
         let mut r = rules(1);
         let now = Utc::now();
-        let e = check(&r, ApprovalStatus::Pending, &[], "carol", Verdict::Approve, now).unwrap_err();
+        let e = check(
+            &r,
+            ApprovalStatus::Pending,
+            &[],
+            "carol",
+            Verdict::Approve,
+            now,
+        )
+        .unwrap_err();
         assert!(e.contains("self-approval"), "{e}");
         // the pusher may still reject their own image
-        assert_eq!(check(&r, ApprovalStatus::Pending, &[], "carol", Verdict::Reject, now), Ok(Check::Record));
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                "carol",
+                Verdict::Reject,
+                now
+            ),
+            Ok(Check::Record)
+        );
         r.allow_self_approval = true;
-        assert_eq!(check(&r, ApprovalStatus::Pending, &[], "carol", Verdict::Approve, now), Ok(Check::Record));
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                "carol",
+                Verdict::Approve,
+                now
+            ),
+            Ok(Check::Record)
+        );
     }
 
     #[test]
     fn expired_and_decided_requests_refuse() {
         let r = rules(1);
         let late = r.expires_at + Duration::seconds(1);
-        let e = check(&r, ApprovalStatus::Pending, &[], "alice", Verdict::Approve, late).unwrap_err();
+        let e = check(
+            &r,
+            ApprovalStatus::Pending,
+            &[],
+            "alice",
+            Verdict::Approve,
+            late,
+        )
+        .unwrap_err();
         assert!(e.contains("expired"), "{e}");
-        let e = check(&r, ApprovalStatus::Granted, &[], "alice", Verdict::Approve, Utc::now()).unwrap_err();
+        let e = check(
+            &r,
+            ApprovalStatus::Granted,
+            &[],
+            "alice",
+            Verdict::Approve,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert!(e.contains("already granted"), "{e}");
         assert_eq!(outcome(&r, &[], late), Outcome::Expired);
     }
@@ -235,11 +311,29 @@ mod tests {
         let now = Utc::now();
         let d = vec![dec("alice", Verdict::Approve)];
         assert_eq!(outcome(&r, &d, now), Outcome::Pending { have: 1, need: 2 });
-        assert_eq!(check(&r, ApprovalStatus::Pending, &d, "alice", Verdict::Approve, now), Ok(Check::AlreadyRecorded));
-        let d = vec![dec("alice", Verdict::Approve), dec("alice", Verdict::Approve)];
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &d,
+                "alice",
+                Verdict::Approve,
+                now
+            ),
+            Ok(Check::AlreadyRecorded)
+        );
+        let d = vec![
+            dec("alice", Verdict::Approve),
+            dec("alice", Verdict::Approve),
+        ];
         assert_eq!(outcome(&r, &d, now), Outcome::Pending { have: 1, need: 2 });
         let d = vec![dec("alice", Verdict::Approve), dec("bob", Verdict::Approve)];
-        assert_eq!(outcome(&r, &d, now), Outcome::Granted { by: vec!["alice".into(), "bob".into()] });
+        assert_eq!(
+            outcome(&r, &d, now),
+            Outcome::Granted {
+                by: vec!["alice".into(), "bob".into()]
+            }
+        );
     }
 
     #[test]

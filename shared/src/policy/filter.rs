@@ -104,15 +104,22 @@ impl<'de> Deserialize<'de> for FilterPolicy {
 }
 
 fn parse_node(json: &Value, at: &str) -> Result<Node, String> {
-    let obj = json
-        .as_object()
-        .ok_or_else(|| format!("{}a filter policy must be an object of attribute names", here(at)))?;
+    let obj = json.as_object().ok_or_else(|| {
+        format!(
+            "{}a filter policy must be an object of attribute names",
+            here(at)
+        )
+    })?;
     let mut node = Node {
         keys: vec![],
         ors: vec![],
     };
     for (key, value) in obj {
-        let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
         if key == "$or" {
             let alts = value
                 .as_array()
@@ -142,7 +149,11 @@ fn parse_node(json: &Value, at: &str) -> Result<Node, String> {
 }
 
 fn here(at: &str) -> String {
-    if at.is_empty() { String::new() } else { format!("{at}: ") }
+    if at.is_empty() {
+        String::new()
+    } else {
+        format!("{at}: ")
+    }
 }
 
 const OPERATORS: &str =
@@ -167,13 +178,16 @@ fn parse_cond(c: &Value) -> Result<Cond, String> {
                 other => Err(format!("unknown operator {other:?} (allowed: {OPERATORS})")),
             }
         }
-        Value::Object(_) => Err(format!("a condition object has exactly one operator ({OPERATORS})")),
+        Value::Object(_) => Err(format!(
+            "a condition object has exactly one operator ({OPERATORS})"
+        )),
         other => Err(format!("{other} is not a condition (allowed: {OPERATORS})")),
     }
 }
 
 fn num(n: &serde_json::Number) -> Result<f64, String> {
-    n.as_f64().ok_or_else(|| format!("{n} is not a usable number"))
+    n.as_f64()
+        .ok_or_else(|| format!("{n} is not a usable number"))
 }
 
 fn string_arg(op: &str, arg: &Value) -> Result<String, String> {
@@ -189,13 +203,15 @@ fn parse_anything_but(arg: &Value) -> Result<Cond, String> {
         other => Err(format!("anything-but cannot compare with {other}")),
     };
     match arg {
-        Value::Array(items) if !items.is_empty() => {
-            Ok(Cond::AnythingBut(items.iter().map(lit).collect::<Result<_, _>>()?))
-        }
+        Value::Array(items) if !items.is_empty() => Ok(Cond::AnythingBut(
+            items.iter().map(lit).collect::<Result<_, _>>()?,
+        )),
         Value::Object(o) if o.len() == 1 => match o.iter().next() {
             Some((k, v)) if k == "prefix" => Ok(Cond::AnythingButPrefix(string_arg(k, v)?)),
             Some((k, v)) if k == "suffix" => Ok(Cond::AnythingButSuffix(string_arg(k, v)?)),
-            _ => Err("anything-but takes a value, a list, or {\"prefix\": …} / {\"suffix\": …}".into()),
+            _ => Err(
+                "anything-but takes a value, a list, or {\"prefix\": …} / {\"suffix\": …}".into(),
+            ),
         },
         Value::String(_) | Value::Number(_) => Ok(Cond::AnythingBut(vec![lit(arg)?])),
         _ => Err("anything-but takes a value, a list, or {\"prefix\": …} / {\"suffix\": …}".into()),
@@ -215,7 +231,12 @@ fn parse_numeric(arg: &Value) -> Result<Cond, String> {
             Some("<=") => Cmp::Le,
             Some(">") => Cmp::Gt,
             Some(">=") => Cmp::Ge,
-            _ => return Err(format!("numeric operator {} is not one of =, <, <=, >, >=", pair[0])),
+            _ => {
+                return Err(format!(
+                    "numeric operator {} is not one of =, <, <=, >, >=",
+                    pair[0]
+                ));
+            }
         };
         let n = match &pair[1] {
             Value::Number(n) => num(n)?,
@@ -299,7 +320,10 @@ mod tests {
     use serde_json::json;
 
     fn attrs(pairs: &[(&str, AttrValue)]) -> Attributes {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
     fn s(v: &str) -> AttrValue {
         AttrValue::String(v.into())
@@ -324,7 +348,10 @@ mod tests {
         let pol = p(json!({"type": ["image.built", "tests.passed"]}));
         assert!(pol.matches(&built_staging()));
         assert!(!pol.matches(&attrs(&[("type", s("deploy.failed"))])));
-        assert!(!pol.matches(&attrs(&[])), "missing attribute never matches a value");
+        assert!(
+            !pol.matches(&attrs(&[])),
+            "missing attribute never matches a value"
+        );
     }
 
     #[test]
@@ -347,12 +374,24 @@ mod tests {
 
     #[test]
     fn anything_but_values_and_prefix() {
-        assert!(!p(json!({"environment": [{"anything-but": ["staging"]}]})).matches(&built_staging()));
-        assert!(p(json!({"environment": [{"anything-but": ["production"]}]})).matches(&built_staging()));
-        assert!(p(json!({"environment": [{"anything-but": "production"}]})).matches(&built_staging()));
-        assert!(!p(json!({"type": [{"anything-but": {"prefix": "image."}}]})).matches(&built_staging()));
-        assert!(p(json!({"type": [{"anything-but": {"prefix": "deploy."}}]})).matches(&built_staging()));
-        assert!(!p(json!({"type": [{"anything-but": {"suffix": "built"}}]})).matches(&built_staging()));
+        assert!(
+            !p(json!({"environment": [{"anything-but": ["staging"]}]})).matches(&built_staging())
+        );
+        assert!(
+            p(json!({"environment": [{"anything-but": ["production"]}]})).matches(&built_staging())
+        );
+        assert!(
+            p(json!({"environment": [{"anything-but": "production"}]})).matches(&built_staging())
+        );
+        assert!(
+            !p(json!({"type": [{"anything-but": {"prefix": "image."}}]})).matches(&built_staging())
+        );
+        assert!(
+            p(json!({"type": [{"anything-but": {"prefix": "deploy."}}]})).matches(&built_staging())
+        );
+        assert!(
+            !p(json!({"type": [{"anything-but": {"suffix": "built"}}]})).matches(&built_staging())
+        );
         // anything-but needs the attribute to be present.
         assert!(!p(json!({"region": [{"anything-but": ["x"]}]})).matches(&built_staging()));
         // numeric anything-but

@@ -35,9 +35,11 @@ impl TagPolicy {
     /// Compiles the policy; the error says what is wrong with the pattern.
     pub fn compile(spec: &TagPolicySpec) -> Result<TagPolicy, String> {
         let matcher = match spec {
-            TagPolicySpec::Semver(r) => Matcher::Semver(semver::VersionReq::parse(r).map_err(
-                |e| format!("{r:?} is not a semver range ({e}); e.g. \">=1.2.0, <2\" or \"*\""),
-            )?),
+            TagPolicySpec::Semver(r) => {
+                Matcher::Semver(semver::VersionReq::parse(r).map_err(|e| {
+                    format!("{r:?} is not a semver range ({e}); e.g. \">=1.2.0, <2\" or \"*\"")
+                })?)
+            }
             TagPolicySpec::Glob(g) => Matcher::Glob(
                 globset::GlobBuilder::new(g)
                     .literal_separator(false)
@@ -132,7 +134,10 @@ mod tests {
         assert!(!p.matches("0.9.0"));
         assert!(!p.matches("latest"));
         assert!(!p.matches("1.0"), "not a full version");
-        assert!(!p.matches("1.5.0-rc.1"), "pre-releases need an explicit range");
+        assert!(
+            !p.matches("1.5.0-rc.1"),
+            "pre-releases need an explicit range"
+        );
         assert!(semver("*").matches("3.1.4"));
         assert_eq!(p.version_of("v1.2.3"), Some(semver::Version::new(1, 2, 3)));
     }
@@ -141,7 +146,10 @@ mod tests {
     fn glob_policy() {
         let p = TagPolicy::compile(&TagPolicySpec::Glob("release-*".into())).unwrap();
         assert!(p.matches("release-42"));
-        assert!(p.matches("release-2024/01"), "a tag is one segment; * spans it all");
+        assert!(
+            p.matches("release-2024/01"),
+            "a tag is one segment; * spans it all"
+        );
         assert!(!p.matches("hotfix-1"));
         assert!(!p.matches("xrelease-1"));
         assert_eq!(p.version_of("release-1"), None);
@@ -175,11 +183,23 @@ mod tests {
     #[test]
     fn newer_wins_by_version_then_sequence() {
         // 1.2.0 pushed first, 1.1.0 pushed later: 1.1.0 must not replace 1.2.0.
-        assert!(!may_replace(&key(Some("1.1.0"), 200), &key(Some("1.2.0"), 100)));
-        assert!(may_replace(&key(Some("1.2.0"), 100), &key(Some("1.1.0"), 200)));
+        assert!(!may_replace(
+            &key(Some("1.1.0"), 200),
+            &key(Some("1.2.0"), 100)
+        ));
+        assert!(may_replace(
+            &key(Some("1.2.0"), 100),
+            &key(Some("1.1.0"), 200)
+        ));
         // equal version: later push wins (a rebuilt image under the same version)
-        assert!(may_replace(&key(Some("1.2.0"), 200), &key(Some("1.2.0"), 100)));
-        assert!(!may_replace(&key(Some("1.2.0"), 100), &key(Some("1.2.0"), 200)));
+        assert!(may_replace(
+            &key(Some("1.2.0"), 200),
+            &key(Some("1.2.0"), 100)
+        ));
+        assert!(!may_replace(
+            &key(Some("1.2.0"), 100),
+            &key(Some("1.2.0"), 200)
+        ));
         // no versions (glob/regex policies): push order decides
         assert!(may_replace(&key(None, 200), &key(None, 100)));
         assert!(!may_replace(&key(None, 100), &key(None, 200)));

@@ -57,9 +57,16 @@ pub struct DecisionReport {
 }
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
-    expect_type(StageName::Approve, input.event_type(), &[EventType::ApprovalRequested])?;
+    expect_type(
+        StageName::Approve,
+        input.event_type(),
+        &[EventType::ApprovalRequested],
+    )?;
     let Payload::ApprovalRequested(req) = &input.payload else {
-        return Err(Error::invalid("stage input", "approve consumes approval.requested"));
+        return Err(Error::invalid(
+            "stage input",
+            "approve consumes approval.requested",
+        ));
     };
     let ctx = &req.ctx;
     let env = ctx.environment.clone().unwrap_or_default();
@@ -73,7 +80,12 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
                 let groups = req
                     .groups
                     .iter()
-                    .map(|g| (g.clone(), p.config.groups.get(g).cloned().unwrap_or_default()))
+                    .map(|g| {
+                        (
+                            g.clone(),
+                            p.config.groups.get(g).cloned().unwrap_or_default(),
+                        )
+                    })
                     .collect();
                 let rec = ApprovalRecord {
                     app: ctx.app.clone(),
@@ -141,7 +153,9 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
                         rejected_by: None,
                         reason: format!(
                             "approval request expired at {}",
-                            rec.rules.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            rec.rules
+                                .expires_at
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                         ),
                     })],
                 },
@@ -190,10 +204,20 @@ impl<P: Ports> Pipeline<P> {
         let mut done = false;
         for _ in 0..5 {
             let Some((mut rec, etag)) = get_json::<_, ApprovalRecord>(store, &key).await? else {
-                return Err(Error::Refused(self.why_no_approval(&app_name, &run, &d.environment).await?));
+                return Err(Error::Refused(
+                    self.why_no_approval(&app_name, &run, &d.environment)
+                        .await?,
+                ));
             };
             let now = self.ports.now();
-            match approval::check(&rec.rules, rec.status, &rec.decisions, &d.by, d.verdict, now) {
+            match approval::check(
+                &rec.rules,
+                rec.status,
+                &rec.decisions,
+                &d.by,
+                d.verdict,
+                now,
+            ) {
                 Err(why) => {
                     tracing::info!(run = %run, env = %d.environment, by = %d.by, %why, "decision refused");
                     return Err(Error::Refused(format!(
@@ -220,7 +244,11 @@ impl<P: Ports> Pipeline<P> {
                             tracing::info!(run = %run, env = %d.environment, by = %d.by,
                                 verdict = ?d.verdict, "decision recorded");
                             let handled = self
-                                .handle(StageName::Approve, Input::Event(rec.request.clone()), Mode::Deliver)
+                                .handle(
+                                    StageName::Approve,
+                                    Input::Event(rec.request.clone()),
+                                    Mode::Deliver,
+                                )
                                 .await?;
                             if let Disposition::Retry(e) = handled.disposition {
                                 // The approve stage is busy elsewhere; its next delivery
@@ -267,7 +295,9 @@ impl<P: Ports> Pipeline<P> {
         if let Ok(e) = app_cfg.environment(env)
             && e.approval == crate::config::ApprovalPolicy::Auto
         {
-            return Ok(format!("{env} is approved automatically (approval: auto); nothing to decide for run {run}"));
+            return Ok(format!(
+                "{env} is approved automatically (approval: auto); nothing to decide for run {run}"
+            ));
         }
         Ok(format!(
             "no approval has been requested for run {run} in {env} yet (see `baton status {run}`)"

@@ -15,7 +15,9 @@ use crate::harness::{StageCtx, Step};
 use crate::ids::stable_id;
 use crate::policy::OrderKey;
 use crate::policy::tags::may_replace;
-use crate::ports::{Applied, DeployRequest, DeployTarget, ObjectStore, Ports, Precondition, Rollout};
+use crate::ports::{
+    Applied, DeployRequest, DeployTarget, ObjectStore, Ports, Precondition, Rollout,
+};
 use crate::stages::{Pipeline, StageName, expect_type};
 use crate::store::{current_key, get_json, history_key, history_prefix, lease_key, put_json};
 
@@ -76,7 +78,11 @@ fn order_key<P: Ports>(p: &Pipeline<P>, ctx: &RunContext) -> OrderKey {
 }
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
-    expect_type(StageName::Deploy, input.event_type(), &[EventType::ApprovalGranted])?;
+    expect_type(
+        StageName::Deploy,
+        input.event_type(),
+        &[EventType::ApprovalGranted],
+    )?;
     let ctx = input.ctx().clone();
     let env_name = ctx.environment.clone().unwrap_or_default();
     let app = p.config.app(&ctx.app)?;
@@ -117,11 +123,15 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
         Some(state) => serde_json::from_value(state.clone())
             .map_err(|e| Error::permanent("deploy progress", format!("unreadable: {e}")))?,
         None => {
-            let current: Option<(LiveRecord, String)> = get_json(store, &current_key(&ctx.app, env_name)).await?;
+            let current: Option<(LiveRecord, String)> =
+                get_json(store, &current_key(&ctx.app, env_name)).await?;
             if let Some((live, _)) = &current {
                 if live.image.digest == ctx.image.digest {
                     return Ok(Step::Done {
-                        note: Some(format!("{env_name}: {} already live", ctx.image.short_digest())),
+                        note: Some(format!(
+                            "{env_name}: {} already live",
+                            ctx.image.short_digest()
+                        )),
                         outputs: vec![Payload::DeploySucceeded(DeploySucceeded {
                             ctx: ctx.clone(),
                             target: target.kind().into(),
@@ -161,7 +171,8 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
     };
     match target.rollout(req).await? {
         Rollout::Complete { detail } => {
-            p.record_live(ctx, env_name, &applied, "deploy", None).await?;
+            p.record_live(ctx, env_name, &applied, "deploy", None)
+                .await?;
             Ok(Step::Done {
                 note: Some(format!("{env_name}: {detail}")),
                 outputs: vec![Payload::DeploySucceeded(DeploySucceeded {
@@ -174,7 +185,10 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                 })],
             })
         }
-        Rollout::Progressing { detail, check_after } => {
+        Rollout::Progressing {
+            detail,
+            check_after,
+        } => {
             p.acquire_lease(&ctx.app, env_name, &ctx.run).await?;
             Ok(Step::Wait {
                 after: check_after.min(p.settings.max_wait),
@@ -222,7 +236,9 @@ impl<P: Ports> Pipeline<P> {
             };
             let cond = match get_json::<_, Lease>(store, &key).await? {
                 None => Precondition::IfNoneMatch,
-                Some((cur, etag)) if cur.until <= now || cur.holder == holder => Precondition::IfMatch(etag),
+                Some((cur, etag)) if cur.until <= now || cur.holder == holder => {
+                    Precondition::IfMatch(etag)
+                }
                 Some((cur, _)) => {
                     return Err(Error::transient(
                         format!("deploy lease for {app}/{env}"),
@@ -297,15 +313,23 @@ impl<P: Ports> Pipeline<P> {
             ctx: ctx.clone(),
             kind: kind.into(),
         };
-        put_json(store, &current_key(&ctx.app, env), &live, Precondition::None).await?;
+        put_json(
+            store,
+            &current_key(&ctx.app, env),
+            &live,
+            Precondition::None,
+        )
+        .await?;
         Ok(())
     }
 
     /// What is live in an environment.
     pub async fn live(&self, app: &str, env: &str) -> Result<Option<LiveRecord>> {
-        Ok(get_json::<_, LiveRecord>(self.ports.store(), &current_key(app, env))
-            .await?
-            .map(|(l, _)| l))
+        Ok(
+            get_json::<_, LiveRecord>(self.ports.store(), &current_key(app, env))
+                .await?
+                .map(|(l, _)| l),
+        )
     }
 
     /// An environment's deploy history, oldest first.
@@ -324,24 +348,38 @@ impl<P: Ports> Pipeline<P> {
     /// publishes `deploy.succeeded` with `rollback: true` (promote retags; gate does not
     /// promote onwards). `to` is a digest or a unique prefix of one; the image live
     /// before the current one when absent.
-    pub async fn rollback(&self, app: &str, env: &str, to: Option<&str>, by: Option<&str>) -> Result<RollbackReport> {
+    pub async fn rollback(
+        &self,
+        app: &str,
+        env: &str,
+        to: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<RollbackReport> {
         let app_cfg = self.config.app(app)?;
         let env_cfg = app_cfg.environment(env)?;
-        let live = self
-            .live(app, env)
-            .await?
-            .ok_or_else(|| Error::Refused(format!("nothing is deployed to {env} of {app} yet; nothing to roll back")))?;
+        let live = self.live(app, env).await?.ok_or_else(|| {
+            Error::Refused(format!(
+                "nothing is deployed to {env} of {app} yet; nothing to roll back"
+            ))
+        })?;
         let history = self.history(app, env).await?;
         let entry = match to {
             Some(want) => {
                 let want = want.strip_prefix("sha256:").unwrap_or(want);
                 if want.len() < 7 {
-                    return Err(Error::Refused(format!("--to {want}: give at least 7 hex digits of the digest")));
+                    return Err(Error::Refused(format!(
+                        "--to {want}: give at least 7 hex digits of the digest"
+                    )));
                 }
                 let found = history
                     .iter()
                     .rev()
-                    .find(|h| h.image.digest.trim_start_matches("sha256:").starts_with(want))
+                    .find(|h| {
+                        h.image
+                            .digest
+                            .trim_start_matches("sha256:")
+                            .starts_with(want)
+                    })
                     .ok_or_else(|| {
                         Error::Refused(format!(
                             "{want} was never deployed to {env} of {app} (deployed: {})",
@@ -390,9 +428,15 @@ impl<P: Ports> Pipeline<P> {
             loop {
                 match target.rollout(&req).await? {
                     Rollout::Complete { .. } => break,
-                    Rollout::Progressing { detail, check_after } => {
+                    Rollout::Progressing {
+                        detail,
+                        check_after,
+                    } => {
                         if started.elapsed() > self.settings.max_wait {
-                            return Err(Error::permanent(format!("rollback of {env}"), format!("rollout did not finish: {detail}")));
+                            return Err(Error::permanent(
+                                format!("rollback of {env}"),
+                                format!("rollout did not finish: {detail}"),
+                            ));
                         }
                         tracing::info!(%detail, "rollback rolling out");
                         tokio::time::sleep(check_after.min(Duration::from_secs(10))).await;
@@ -403,7 +447,8 @@ impl<P: Ports> Pipeline<P> {
                     }
                 }
             }
-            self.record_live(&entry.ctx, env, &applied, "rollback", by).await?;
+            self.record_live(&entry.ctx, env, &applied, "rollback", by)
+                .await?;
             Ok(applied)
         }
         .await;
@@ -414,7 +459,13 @@ impl<P: Ports> Pipeline<P> {
         ctx.environment = Some(env.into());
         ctx.causation = format!("rollback:{}", live.run);
         ctx.attempt = 1;
-        let id = stable_id(&["rollback", app, env, &entry.image.digest, &now.timestamp_millis().to_string()]);
+        let id = stable_id(&[
+            "rollback",
+            app,
+            env,
+            &entry.image.digest,
+            &now.timestamp_millis().to_string(),
+        ]);
         let event = Event::new(
             id.clone(),
             StageName::Deploy.as_str(),

@@ -12,9 +12,15 @@ use crate::ports::Ports;
 use crate::stages::{Pipeline, StageName, expect_type};
 
 /// The environment the gate decides for, or `None` when there is none.
-pub(crate) fn target_environment<P: Ports>(p: &Pipeline<P>, input: &Input) -> Result<Option<String>> {
+pub(crate) fn target_environment<P: Ports>(
+    p: &Pipeline<P>,
+    input: &Input,
+) -> Result<Option<String>> {
     let Input::Event(e) = input else {
-        return Err(Error::invalid("stage input", "gate consumes events, not pushes"));
+        return Err(Error::invalid(
+            "stage input",
+            "gate consumes events, not pushes",
+        ));
     };
     let ctx = e.ctx();
     let app = p.config.app(&ctx.app)?;
@@ -54,12 +60,16 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
             note: Some(format!("{env_name}: approved by policy (auto)")),
         }),
         ApprovalPolicy::Manual(m) => {
-            let expires_at = sctx.now + Duration::from_std(m.expires_after).unwrap_or(Duration::days(1));
-            let url = p
-                .settings
-                .approvals_url
-                .as_ref()
-                .map(|base| format!("{}/approvals/{}/{}", base.trim_end_matches('/'), ctx.run, env_name));
+            let expires_at =
+                sctx.now + Duration::from_std(m.expires_after).unwrap_or(Duration::days(1));
+            let url = p.settings.approvals_url.as_ref().map(|base| {
+                format!(
+                    "{}/approvals/{}/{}",
+                    base.trim_end_matches('/'),
+                    ctx.run,
+                    env_name
+                )
+            });
             Ok(Step::Done {
                 outputs: vec![Payload::ApprovalRequested(ApprovalRequested {
                     ctx,

@@ -52,7 +52,9 @@ impl<P: Ports> Pipeline<P> {
             match self.accept(push).await? {
                 Ok(input) => {
                     let ctx = input.ctx.clone();
-                    let handled = self.handle(StageName::Ingest, Input::Push(input), Mode::Deliver).await?;
+                    let handled = self
+                        .handle(StageName::Ingest, Input::Push(input), Mode::Deliver)
+                        .await?;
                     if let crate::harness::Disposition::Retry(e) = handled.disposition {
                         return Err(e);
                     }
@@ -75,7 +77,10 @@ impl<P: Ports> Pipeline<P> {
 
     /// Checks a push against the configuration; `Ok(Err(reason))` when it starts nothing.
     async fn accept(&self, mut push: Push) -> Result<std::result::Result<PushInput, String>> {
-        let Some(app) = self.config.app_for_repository(&push.registry, &push.repository) else {
+        let Some(app) = self
+            .config
+            .app_for_repository(&push.registry, &push.repository)
+        else {
             return Ok(Err(format!(
                 "{}/{}:{}: repository is not configured for any app",
                 push.registry, push.repository, push.tag

@@ -146,29 +146,54 @@ impl<P: Ports> Pipeline<P> {
         let ctx = input.ctx();
         Ok(match stage {
             StageName::Notify => match input {
-                Input::Reaction(r) => Some(store::notification_key(&ctx.app, &ctx.run, &r.reaction, &r.event.id)),
-                _ => return Err(Error::invalid("stage input", "notify consumes events for a reaction")),
+                Input::Reaction(r) => Some(store::notification_key(
+                    &ctx.app,
+                    &ctx.run,
+                    &r.reaction,
+                    &r.event.id,
+                )),
+                _ => {
+                    return Err(Error::invalid(
+                        "stage input",
+                        "notify consumes events for a reaction",
+                    ));
+                }
             },
             StageName::Gate => gate::target_environment(self, input)?
                 .map(|env| store::stage_key(&ctx.app, &ctx.run, "gate", Some(&env))),
             s if s.per_environment() => {
                 let env = ctx.environment.as_deref().ok_or_else(|| {
-                    Error::invalid("event", format!("{s} needs an event that names an environment"))
+                    Error::invalid(
+                        "event",
+                        format!("{s} needs an event that names an environment"),
+                    )
                 })?;
                 // A rollback is a new deploy of an old run: promote retags again.
                 let scope = match input.event().map(|e| (&e.payload, &e.id)) {
-                    Some((crate::event::Payload::DeploySucceeded(d), id)) if d.rollback && s == StageName::Promote => {
+                    Some((crate::event::Payload::DeploySucceeded(d), id))
+                        if d.rollback && s == StageName::Promote =>
+                    {
                         format!("{env}.rollback-{}", &id[..id.len().min(8)])
                     }
                     _ => env.to_string(),
                 };
-                Some(store::stage_key(&ctx.app, &ctx.run, s.as_str(), Some(&scope)))
+                Some(store::stage_key(
+                    &ctx.app,
+                    &ctx.run,
+                    s.as_str(),
+                    Some(&scope),
+                ))
             }
             s => Some(store::stage_key(&ctx.app, &ctx.run, s.as_str(), None)),
         })
     }
 
-    pub(crate) async fn run_stage(&self, stage: StageName, input: &Input, ctx: &StageCtx) -> Result<Step> {
+    pub(crate) async fn run_stage(
+        &self,
+        stage: StageName,
+        input: &Input,
+        ctx: &StageCtx,
+    ) -> Result<Step> {
         match (stage, input) {
             (StageName::Ingest, Input::Push(p)) => Ok(ingest::run(p)),
             (StageName::Test, Input::Event(e)) => test::run(self, e, ctx).await,
@@ -194,7 +219,11 @@ pub(crate) fn expect_type(stage: StageName, got: EventType, allowed: &[EventType
             "stage input",
             format!(
                 "{stage} consumes {} but got {got}",
-                allowed.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" or ")
+                allowed
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         ))
     }

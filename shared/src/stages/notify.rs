@@ -16,6 +16,10 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &ReactionInput) -> Res
         .map_err(|e| e.context(format!("reaction {}", reaction.name)))?;
     Ok(Step::Done {
         outputs: vec![],
-        note: Some(format!("{} sent to {}", input.event.event_type(), reaction.name)),
+        note: Some(format!(
+            "{} sent to {}",
+            input.event.event_type(),
+            reaction.name
+        )),
     })
 }

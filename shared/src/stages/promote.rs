@@ -8,7 +8,11 @@ use crate::ports::{Ports, Registry};
 use crate::stages::{Pipeline, StageName, expect_type};
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event) -> Result<Step> {
-    expect_type(StageName::Promote, input.event_type(), &[EventType::DeploySucceeded])?;
+    expect_type(
+        StageName::Promote,
+        input.event_type(),
+        &[EventType::DeploySucceeded],
+    )?;
     let ctx = input.ctx();
     let app = p.config.app(&ctx.app)?;
     let env_name = ctx.environment.as_deref().unwrap_or_default();
@@ -30,6 +34,10 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event) -> Result<Step
             ctx: ctx.clone(),
             promoted_tag: tag.clone(),
         })],
-        note: Some(format!("{}:{tag} → {}", ctx.image.repository, ctx.image.short_digest())),
+        note: Some(format!(
+            "{}:{tag} → {}",
+            ctx.image.repository,
+            ctx.image.short_digest()
+        )),
     })
 }

@@ -13,7 +13,11 @@ use crate::stages::{Pipeline, StageName, expect_type};
 use crate::store::test_output_key;
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
-    expect_type(StageName::Test, input.event_type(), &[EventType::ImageBuilt])?;
+    expect_type(
+        StageName::Test,
+        input.event_type(),
+        &[EventType::ImageBuilt],
+    )?;
     let ctx = input.ctx();
     let app = p.config.app(&ctx.app)?;
     let runner = p.ports.test_runner(app)?;

@@ -41,10 +41,16 @@ pub struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         Setup {
-            test_cmd: r#"["sh", "-c", "echo testing $BATON_IMAGE; test -n \"$BATON_IMAGE_DIGEST\""]"#.into(),
-            production: "{ approvers: [alice], groups: [release-managers], required: 1, expires_after: 1h }".into(),
+            test_cmd:
+                r#"["sh", "-c", "echo testing $BATON_IMAGE; test -n \"$BATON_IMAGE_DIGEST\""]"#
+                    .into(),
+            production:
+                "{ approvers: [alice], groups: [release-managers], required: 1, expires_after: 1h }"
+                    .into(),
             staging_dir: "manifests/staging".into(),
-            reactions: "  - name: all\n    on: { type: [{ exists: true }] }\n    notify: { log: {} }\n".into(),
+            reactions:
+                "  - name: all\n    on: { type: [{ exists: true }] }\n    notify: { log: {} }\n"
+                    .into(),
             max_attempts: 3,
         }
     }
@@ -112,11 +118,21 @@ pub fn open(root: &Path, s: &Setup) -> Local {
 
 pub fn digest(seed: &str) -> String {
     use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(seed.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
+    )
 }
 
 /// A distribution notification envelope with a blob push and a tagged manifest push.
-pub fn dist_push(repo: &str, tag: &str, digest: &str, actor: &str, at: DateTime<Utc>, id: &str) -> Value {
+pub fn dist_push(
+    repo: &str,
+    tag: &str,
+    digest: &str,
+    actor: &str,
+    at: DateTime<Utc>,
+    id: &str,
+) -> Value {
     json!({"events": [
         {"id": format!("{id}-blob"), "timestamp": at.to_rfc3339(), "action": "push",
          "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "repository": repo,
@@ -143,8 +159,21 @@ impl Env {
             tag: tag.into(),
             digest: digest(&format!("web {tag}")),
         };
-        self.local.pipeline.ports.registry.record_push(&image, at).await.unwrap();
-        let payload = dist_push("demo/web", tag, &image.digest, actor, at, &format!("notif-{tag}"));
+        self.local
+            .pipeline
+            .ports
+            .registry
+            .record_push(&image, at)
+            .await
+            .unwrap();
+        let payload = dist_push(
+            "demo/web",
+            tag,
+            &image.digest,
+            actor,
+            at,
+            &format!("notif-{tag}"),
+        );
         self.local
             .submit(&Trigger {
                 kind: TriggerKind::Distribution,
@@ -156,8 +185,17 @@ impl Env {
     }
 
     pub async fn drain(&self) {
-        let rep = self.local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
-        assert_eq!(rep.dead, 0, "nothing may be dead-lettered: {:?}", self.local.pipeline.ports.bus.dead_letters());
+        let rep = self
+            .local
+            .drain(&DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            rep.dead,
+            0,
+            "nothing may be dead-lettered: {:?}",
+            self.local.pipeline.ports.bus.dead_letters()
+        );
     }
 
     pub fn run_of(&self, image: &Image) -> String {
@@ -165,11 +203,21 @@ impl Env {
     }
 
     pub async fn events(&self, image: &Image) -> Vec<Event> {
-        self.local.pipeline.run_view("web", &self.run_of(image)).await.unwrap().events
+        self.local
+            .pipeline
+            .run_view("web", &self.run_of(image))
+            .await
+            .unwrap()
+            .events
     }
 
     pub async fn status(&self, image: &Image) -> String {
-        self.local.pipeline.run_view("web", &self.run_of(image)).await.unwrap().status
+        self.local
+            .pipeline
+            .run_view("web", &self.run_of(image))
+            .await
+            .unwrap()
+            .status
     }
 
     pub fn manifest(&self, env: &str) -> String {
@@ -182,7 +230,9 @@ pub fn sequence(events: &[Event]) -> Vec<String> {
     events
         .iter()
         .map(|e| match &e.ctx().environment {
-            Some(env) if e.event_type() != EventType::ImageBuilt => format!("{}[{env}]", e.event_type()),
+            Some(env) if e.event_type() != EventType::ImageBuilt => {
+                format!("{}[{env}]", e.event_type())
+            }
             _ => e.event_type().to_string(),
         })
         .collect()

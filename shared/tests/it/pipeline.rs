@@ -39,17 +39,29 @@ async fn full_pipeline_event_sequence_and_manifests() {
     env.drain().await;
     assert_eq!(env.status(&img).await, "awaiting approval (production)");
     assert_eq!(sequence(&env.events(&img).await), FULL_SEQUENCE[..6]);
-    assert!(env.manifest("staging").contains(&format!("image: {}  # set by baton", img.reference())));
-    assert!(env.manifest("production").contains("demo/web:0.1.0"), "production untouched before approval");
+    assert!(
+        env.manifest("staging")
+            .contains(&format!("image: {}  # set by baton", img.reference()))
+    );
+    assert!(
+        env.manifest("production").contains("demo/web:0.1.0"),
+        "production untouched before approval"
+    );
 
     let run = env.run_of(&img);
-    let report = env.local.pipeline.decide(decision(&run[..8], "production", "alice", Verdict::Approve)).await.unwrap();
+    let report = env
+        .local
+        .pipeline
+        .decide(decision(&run[..8], "production", "alice", Verdict::Approve))
+        .await
+        .unwrap();
     assert!(report.recorded);
     env.drain().await;
     let events = env.events(&img).await;
     assert_eq!(sequence(&events), FULL_SEQUENCE);
     assert_eq!(env.status(&img).await, "deployed");
-    let expected = crate::STAGING_MANIFEST.replace("localhost:5000/demo/web:0.1.0", &img.reference());
+    let expected =
+        crate::STAGING_MANIFEST.replace("localhost:5000/demo/web:0.1.0", &img.reference());
     assert_eq!(env.manifest("staging"), expected);
     assert_eq!(env.manifest("production"), expected);
 
@@ -58,20 +70,49 @@ async fn full_pipeline_event_sequence_and_manifests() {
         assert_eq!(pair[1].ctx().run, run);
         assert_eq!(pair[1].ctx().image.digest, img.digest);
     }
-    let by_type: BTreeMap<String, &baton::event::Event> = events.iter().map(|e| (sequence(std::slice::from_ref(e))[0].clone(), e)).collect();
-    assert_eq!(by_type["tests.passed"].ctx().causation, by_type["image.built"].id);
-    assert_eq!(by_type["deploy.succeeded[production]"].ctx().causation, by_type["approval.granted[production]"].id);
-    assert_eq!(by_type["image.built"].ctx().pushed_by.as_deref(), Some("ci-bot"));
+    let by_type: BTreeMap<String, &baton::event::Event> = events
+        .iter()
+        .map(|e| (sequence(std::slice::from_ref(e))[0].clone(), e))
+        .collect();
+    assert_eq!(
+        by_type["tests.passed"].ctx().causation,
+        by_type["image.built"].id
+    );
+    assert_eq!(
+        by_type["deploy.succeeded[production]"].ctx().causation,
+        by_type["approval.granted[production]"].id
+    );
+    assert_eq!(
+        by_type["image.built"].ctx().pushed_by.as_deref(),
+        Some("ci-bot")
+    );
     // the registry carries the environment tags after promote
     let reg = &env.local.pipeline.ports.registry;
-    assert_eq!(reg.tag("localhost:5000", "demo/web", "staging").await.unwrap(), Some(img.digest.clone()));
-    assert_eq!(reg.tag("localhost:5000", "demo/web", "production").await.unwrap(), Some(img.digest.clone()));
+    assert_eq!(
+        reg.tag("localhost:5000", "demo/web", "staging")
+            .await
+            .unwrap(),
+        Some(img.digest.clone())
+    );
+    assert_eq!(
+        reg.tag("localhost:5000", "demo/web", "production")
+            .await
+            .unwrap(),
+        Some(img.digest.clone())
+    );
     // every event reached the catch-all reaction exactly once
     let log = std::fs::read_to_string(env.root().join("state/notifications.log")).unwrap();
     assert_eq!(log.lines().count(), 9, "{log}");
     // test output is kept with the run
-    let out = std::fs::read_to_string(env.root().join(format!("state/store/runs/web/{run}/tests/output.log"))).unwrap();
-    assert!(out.contains(&format!("testing {}", img.reference())), "{out}");
+    let out = std::fs::read_to_string(
+        env.root()
+            .join(format!("state/store/runs/web/{run}/tests/output.log")),
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!("testing {}", img.reference())),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -81,8 +122,18 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
         ..Default::default()
     });
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
-    let thrice = Repeat { inner: &env.local, n: 3 };
-    let rep = env.local.pipeline.ports.bus.drain(&thrice, &DrainOptions::default(), |_| {}).await.unwrap();
+    let thrice = Repeat {
+        inner: &env.local,
+        n: 3,
+    };
+    let rep = env
+        .local
+        .pipeline
+        .ports
+        .bus
+        .drain(&thrice, &DrainOptions::default(), |_| {})
+        .await
+        .unwrap();
     assert_eq!(rep.dead, 0);
     assert_eq!(env.status(&img).await, "deployed");
     for e in ["staging", "production"] {
@@ -90,38 +141,65 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
         assert_eq!(history.len(), 1, "exactly one deploy to {e}");
     }
     let events = env.events(&img).await;
-    let deploys = events.iter().filter(|e| e.event_type() == EventType::DeploySucceeded).count();
+    let deploys = events
+        .iter()
+        .filter(|e| e.event_type() == EventType::DeploySucceeded)
+        .count();
     assert_eq!(deploys, 2);
     assert_eq!(events.len(), 8, "{:?}", sequence(&events));
     let log = std::fs::read_to_string(env.root().join("state/notifications.log")).unwrap();
     assert_eq!(log.lines().count(), 8, "one notification per event: {log}");
     // and re-publishing the whole log again changes nothing
     for e in &events {
-        env.local.pipeline.publish(std::slice::from_ref(e)).await.unwrap();
+        env.local
+            .pipeline
+            .publish(std::slice::from_ref(e))
+            .await
+            .unwrap();
     }
     env.drain().await;
     assert_eq!(env.events(&img).await.len(), 8);
-    assert_eq!(env.local.pipeline.history("web", "production").await.unwrap().len(), 1);
+    assert_eq!(
+        env.local
+            .pipeline
+            .history("web", "production")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
     let env = setup(Setup {
-        test_cmd: r#"["sh", "-c", "echo 'assertion failed: checkout returns 500' >&2; exit 3"]"#.into(),
+        test_cmd: r#"["sh", "-c", "echo 'assertion failed: checkout returns 500' >&2; exit 3"]"#
+            .into(),
         ..Default::default()
     });
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
     env.drain().await;
     let events = env.events(&img).await;
     assert_eq!(sequence(&events), ["image.built", "tests.failed"]);
-    let Payload::TestsFailed(r) = &events[1].payload else { panic!("tests.failed") };
+    let Payload::TestsFailed(r) = &events[1].payload else {
+        panic!("tests.failed")
+    };
     assert_eq!(r.exit_code, Some(3));
     assert_eq!(r.summary, "exit code 3");
     assert_eq!(env.status(&img).await, "tests failed");
-    let view = env.local.pipeline.run_view("web", &env.run_of(&img)).await.unwrap();
+    let view = env
+        .local
+        .pipeline
+        .run_view("web", &env.run_of(&img))
+        .await
+        .unwrap();
     assert!(view.stages.iter().all(|s| s.stage != StageName::Deploy));
     assert!(env.manifest("staging").contains("demo/web:0.1.0"));
-    let out = std::fs::read_to_string(env.root().join(format!("state/store/runs/web/{}/tests/output.log", env.run_of(&img)))).unwrap();
+    let out = std::fs::read_to_string(env.root().join(format!(
+        "state/store/runs/web/{}/tests/output.log",
+        env.run_of(&img)
+    )))
+    .unwrap();
     assert!(out.contains("checkout returns 500"));
 }
 
@@ -135,42 +213,77 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     env.drain().await;
     let run = env.run_of(&img);
     let events = env.events(&img).await;
-    assert_eq!(sequence(&events), ["image.built", "tests.passed", "approval.granted[staging]", "stage.failed[staging]"]);
-    let Payload::StageFailed(f) = &events[3].payload else { panic!("stage.failed") };
+    assert_eq!(
+        sequence(&events),
+        [
+            "image.built",
+            "tests.passed",
+            "approval.granted[staging]",
+            "stage.failed[staging]"
+        ]
+    );
+    let Payload::StageFailed(f) = &events[3].payload else {
+        panic!("stage.failed")
+    };
     assert_eq!(f.stage, "deploy");
     assert_eq!(f.error_kind, "permanent");
     assert!(f.reason.contains("gitops/staging"), "{}", f.reason);
     assert_eq!(env.status(&img).await, "failed at deploy (staging)");
 
-    let stages_dir = env.root().join(format!("state/store/runs/web/{run}/stages"));
+    let stages_dir = env
+        .root()
+        .join(format!("state/store/runs/web/{run}/stages"));
     let snapshot = |skip: &str| -> BTreeMap<String, Vec<u8>> {
         std::fs::read_dir(&stages_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with(skip))
-            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
             .collect()
     };
     let before = snapshot("deploy.");
-    assert_eq!(before.keys().cloned().collect::<Vec<_>>(), ["gate.staging.json", "ingest.json", "test.json"]);
+    assert_eq!(
+        before.keys().cloned().collect::<Vec<_>>(),
+        ["gate.staging.json", "ingest.json", "test.json"]
+    );
 
     // fix the cause, retry the one stage
     let fixed = env.root().join("gitops/staging");
     std::fs::create_dir_all(&fixed).unwrap();
     std::fs::write(fixed.join("web.yaml"), crate::STAGING_MANIFEST).unwrap();
-    let handled = env.local.pipeline.retry(&run, StageName::Deploy, None).await.unwrap();
+    let handled = env
+        .local
+        .pipeline
+        .retry(&run, StageName::Deploy, None)
+        .await
+        .unwrap();
     assert_eq!(handled.status.map(|s| s.as_str()), Some("succeeded"));
     let after_retry = snapshot("deploy.");
     assert_eq!(before, after_retry, "only the deploy record changed");
     let deploy: baton::harness::StageRecord =
-        serde_json::from_slice(&std::fs::read(stages_dir.join("deploy.staging.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(stages_dir.join("deploy.staging.json")).unwrap())
+            .unwrap();
     assert_eq!(deploy.attempt, 2);
     assert_eq!(handled.outputs[0].ctx().attempt, 2);
-    assert!(std::fs::read_to_string(fixed.join("web.yaml")).unwrap().contains(&img.digest));
+    assert!(
+        std::fs::read_to_string(fixed.join("web.yaml"))
+            .unwrap()
+            .contains(&img.digest)
+    );
     env.drain().await;
     assert_eq!(env.status(&img).await, "awaiting approval (production)");
     // retrying a succeeded stage is refused
-    let e = env.local.pipeline.retry(&run, StageName::Test, None).await.unwrap_err();
+    let e = env
+        .local
+        .pipeline
+        .retry(&run, StageName::Test, None)
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Refused(_)), "{e}");
     assert!(e.to_string().contains("already succeeded"), "{e}");
 }
@@ -178,42 +291,97 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
 #[tokio::test]
 async fn approvals_refuse_non_approvers_the_pusher_and_late_decisions() {
     let env = setup(Setup {
-        production: "{ approvers: [alice], groups: [release-managers], required: 2, expires_after: 2s }".into(),
+        production:
+            "{ approvers: [alice], groups: [release-managers], required: 2, expires_after: 2s }"
+                .into(),
         ..Default::default()
     });
     // carol (a release manager) pushed the image herself
     let img = env.push("1.0.0", "carol", Utc::now()).await;
     // park the approve stage's expiry check instead of waiting 2s for it
-    let parked = env.local.drain(&DrainOptions { park_after: std::time::Duration::ZERO, ..Default::default() }, |_| {}).await.unwrap();
+    let parked = env
+        .local
+        .drain(
+            &DrainOptions {
+                park_after: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
     assert_eq!(parked.parked, 1);
     let run = env.run_of(&img);
     let p = &env.local.pipeline;
-    let e = p.decide(decision(&run, "production", "mallory", Verdict::Approve)).await.unwrap_err();
-    assert!(matches!(&e, Error::Refused(m) if m.contains("mallory may not")), "{e}");
-    let e = p.decide(decision(&run, "production", "carol", Verdict::Approve)).await.unwrap_err();
-    assert!(matches!(&e, Error::Refused(m) if m.contains("self-approval")), "{e}");
-    let e = p.decide(decision(&run, "staging", "alice", Verdict::Approve)).await.unwrap_err();
+    let e = p
+        .decide(decision(&run, "production", "mallory", Verdict::Approve))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Refused(m) if m.contains("mallory may not")),
+        "{e}"
+    );
+    let e = p
+        .decide(decision(&run, "production", "carol", Verdict::Approve))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Refused(m) if m.contains("self-approval")),
+        "{e}"
+    );
+    let e = p
+        .decide(decision(&run, "staging", "alice", Verdict::Approve))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("automatically"), "{e}");
     // one of two approvals: still pending
-    let r = p.decide(decision(&run, "production", "alice", Verdict::Approve)).await.unwrap();
-    assert_eq!((r.approvals, r.required, r.status.as_str()), (1, 2, "pending"));
-    let r = p.decide(decision(&run, "production", "alice", Verdict::Approve)).await.unwrap();
+    let r = p
+        .decide(decision(&run, "production", "alice", Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.approvals, r.required, r.status.as_str()),
+        (1, 2, "pending")
+    );
+    let r = p
+        .decide(decision(&run, "production", "alice", Verdict::Approve))
+        .await
+        .unwrap();
     assert!(!r.recorded, "the same approver counts once");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let e = p.decide(decision(&run, "production", "bob", Verdict::Approve)).await.unwrap_err();
-    assert!(matches!(&e, Error::Refused(m) if m.contains("expired")), "{e}");
+    let e = p
+        .decide(decision(&run, "production", "bob", Verdict::Approve))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Refused(m) if m.contains("expired")),
+        "{e}"
+    );
     let rec: baton::stages::approve::ApprovalRecord = serde_json::from_slice(
-        &std::fs::read(env.root().join(format!("state/store/approvals/web/{run}/production.json"))).unwrap(),
+        &std::fs::read(
+            env.root()
+                .join(format!("state/store/approvals/web/{run}/production.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(rec.decisions.len(), 1, "refused decisions are not recorded");
-    assert!(env.local.pipeline.live("web", "production").await.unwrap().is_none());
+    assert!(
+        env.local
+            .pipeline
+            .live("web", "production")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(env.manifest("production").contains("demo/web:0.1.0"));
     // the approve stage's expiry check rejects the run
     env.drain().await;
     assert_eq!(env.status(&img).await, "rejected (production)");
     let last = env.events(&img).await.pop().unwrap();
-    let Payload::ApprovalRejected(rj) = &last.payload else { panic!("approval.rejected") };
+    let Payload::ApprovalRejected(rj) = &last.payload else {
+        panic!("approval.rejected")
+    };
     assert!(rj.reason.contains("expired"), "{}", rj.reason);
 }
 
@@ -223,10 +391,19 @@ async fn a_rejection_stops_the_run() {
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
     env.drain().await;
     let run = env.run_of(&img);
-    env.local.pipeline.decide(decision(&run, "production", "bob", Verdict::Reject)).await.unwrap();
+    env.local
+        .pipeline
+        .decide(decision(&run, "production", "bob", Verdict::Reject))
+        .await
+        .unwrap();
     env.drain().await;
     assert_eq!(env.status(&img).await, "rejected (production)");
-    let e = env.local.pipeline.decide(decision(&run, "production", "alice", Verdict::Approve)).await.unwrap_err();
+    let e = env
+        .local
+        .pipeline
+        .decide(decision(&run, "production", "alice", Verdict::Approve))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("already rejected"), "{e}");
 }
 
@@ -238,37 +415,84 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     env.drain().await;
     let older = env.push("1.1.0", "ci-bot", t0 + Duration::seconds(5)).await;
     env.drain().await;
-    let live = env.local.pipeline.live("web", "staging").await.unwrap().unwrap();
+    let live = env
+        .local
+        .pipeline
+        .live("web", "staging")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(live.image.digest, newer.digest);
     assert!(env.manifest("staging").contains(&newer.digest));
     assert!(!env.manifest("staging").contains(&older.digest));
     assert_eq!(env.status(&older).await, "superseded (staging)");
     let last = env.events(&older).await.pop().unwrap();
-    let Payload::DeployFailed(f) = &last.payload else { panic!("deploy.failed") };
+    let Payload::DeployFailed(f) = &last.payload else {
+        panic!("deploy.failed")
+    };
     assert_eq!(f.code, "superseded");
     assert!(f.reason.contains("1.2.0"), "{}", f.reason);
     // an explicit rollback may go back; newer-wins applies only to pipeline deploys
-    let r = env.local.pipeline.rollback("web", "staging", None, Some("alice")).await;
-    assert!(matches!(r, Err(Error::Refused(_))), "only one image was ever deployed");
+    let r = env
+        .local
+        .pipeline
+        .rollback("web", "staging", None, Some("alice"))
+        .await;
+    assert!(
+        matches!(r, Err(Error::Refused(_))),
+        "only one image was ever deployed"
+    );
     let even_newer = env.push("1.3.0", "ci-bot", t0 + Duration::seconds(9)).await;
     env.drain().await;
     assert!(env.manifest("staging").contains(&even_newer.digest));
-    let r = env.local.pipeline.rollback("web", "staging", None, Some("alice")).await.unwrap();
+    let r = env
+        .local
+        .pipeline
+        .rollback("web", "staging", None, Some("alice"))
+        .await
+        .unwrap();
     assert_eq!(r.to, newer.reference());
     env.drain().await;
     assert!(env.manifest("staging").contains(&newer.digest));
-    let live = env.local.pipeline.live("web", "staging").await.unwrap().unwrap();
-    assert_eq!((live.image.digest.as_str(), live.kind.as_str()), (newer.digest.as_str(), "rollback"));
+    let live = env
+        .local
+        .pipeline
+        .live("web", "staging")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (live.image.digest.as_str(), live.kind.as_str()),
+        (newer.digest.as_str(), "rollback")
+    );
     // the rolled-back run's log records it, and the staging tag follows
-    let last = env.events(&newer).await.into_iter().rfind(|e| e.event_type() == EventType::DeploySucceeded).unwrap();
-    let Payload::DeploySucceeded(d) = &last.payload else { unreachable!() };
+    let last = env
+        .events(&newer)
+        .await
+        .into_iter()
+        .rfind(|e| e.event_type() == EventType::DeploySucceeded)
+        .unwrap();
+    let Payload::DeploySucceeded(d) = &last.payload else {
+        unreachable!()
+    };
     assert!(d.rollback);
     assert_eq!(
-        env.local.pipeline.ports.registry.tag("localhost:5000", "demo/web", "staging").await.unwrap(),
+        env.local
+            .pipeline
+            .ports
+            .registry
+            .tag("localhost:5000", "demo/web", "staging")
+            .await
+            .unwrap(),
         Some(newer.digest.clone())
     );
     // rolling back never promotes onwards: production did not get a request from it
-    let requests = env.events(&newer).await.iter().filter(|e| e.event_type() == EventType::ApprovalRequested).count();
+    let requests = env
+        .events(&newer)
+        .await
+        .iter()
+        .filter(|e| e.event_type() == EventType::ApprovalRequested)
+        .count();
     assert_eq!(requests, 1);
 }
 
@@ -290,17 +514,36 @@ async fn a_restart_mid_run_loses_nothing() {
             tag: "1.0.0".into(),
             digest: digest("web 1.0.0"),
         };
-        env.local.pipeline.ports.registry.record_push(&image, Utc::now()).await.unwrap();
+        env.local
+            .pipeline
+            .ports
+            .registry
+            .record_push(&image, Utc::now())
+            .await
+            .unwrap();
         env.local
             .submit(&baton::triggers::Trigger {
                 kind: baton::triggers::TriggerKind::Distribution,
                 received_at: Utc::now(),
-                payload: dist_push("demo/web", "1.0.0", &image.digest, "ci-bot", Utc::now(), "n1"),
+                payload: dist_push(
+                    "demo/web",
+                    "1.0.0",
+                    &image.digest,
+                    "ci-bot",
+                    Utc::now(),
+                    "n1",
+                ),
             })
             .unwrap();
         let rep = env
             .local
-            .drain(&DrainOptions { max_deliveries: Some(3), ..Default::default() }, |_| {})
+            .drain(
+                &DrainOptions {
+                    max_deliveries: Some(3),
+                    ..Default::default()
+                },
+                |_| {},
+            )
             .await
             .unwrap();
         assert_eq!(rep.delivered, 3);
@@ -314,7 +557,11 @@ async fn a_restart_mid_run_loses_nothing() {
     let view = local.pipeline.run_view("web", &run).await.unwrap();
     assert_eq!(view.status, "awaiting approval (production)");
     assert_eq!(sequence(&view.events), FULL_SEQUENCE[..6]);
-    local.pipeline.decide(decision(&run, "production", "alice", Verdict::Approve)).await.unwrap();
+    local
+        .pipeline
+        .decide(decision(&run, "production", "alice", Verdict::Approve))
+        .await
+        .unwrap();
     local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
     let view = local.pipeline.run_view("web", &run).await.unwrap();
     assert_eq!(sequence(&view.events), FULL_SEQUENCE);
@@ -330,27 +577,104 @@ async fn only_configured_repositories_and_tags_start_runs() {
         received_at: Utc::now(),
         payload,
     };
-    let r = p.ingest(&trig(dist_push("other/app", "1.0.0", &d, "x", Utc::now(), "a"))).await.unwrap();
+    let r = p
+        .ingest(&trig(dist_push(
+            "other/app",
+            "1.0.0",
+            &d,
+            "x",
+            Utc::now(),
+            "a",
+        )))
+        .await
+        .unwrap();
     assert!(r.accepted.is_empty());
-    assert!(r.ignored.iter().any(|i| i.contains("not configured")), "{:?}", r.ignored);
-    let r = p.ingest(&trig(dist_push("demo/web", "latest", &d, "x", Utc::now(), "b"))).await.unwrap();
+    assert!(
+        r.ignored.iter().any(|i| i.contains("not configured")),
+        "{:?}",
+        r.ignored
+    );
+    let r = p
+        .ingest(&trig(dist_push(
+            "demo/web",
+            "latest",
+            &d,
+            "x",
+            Utc::now(),
+            "b",
+        )))
+        .await
+        .unwrap();
     assert!(r.accepted.is_empty());
-    assert!(r.ignored.iter().any(|i| i.contains("tag policy")), "{:?}", r.ignored);
-    let r = p.ingest(&trig(dist_push("demo/web", "0.9.0", &d, "x", Utc::now(), "c"))).await.unwrap();
+    assert!(
+        r.ignored.iter().any(|i| i.contains("tag policy")),
+        "{:?}",
+        r.ignored
+    );
+    let r = p
+        .ingest(&trig(dist_push(
+            "demo/web",
+            "0.9.0",
+            &d,
+            "x",
+            Utc::now(),
+            "c",
+        )))
+        .await
+        .unwrap();
     assert!(r.accepted.is_empty());
     assert!(p.runs().await.unwrap().is_empty());
     // the same digest under two tags is one run; a registry retry is no second run
-    let r1 = p.ingest(&trig(dist_push("demo/web", "1.0.0", &d, "x", Utc::now(), "d"))).await.unwrap();
-    let r2 = p.ingest(&trig(dist_push("demo/web", "1.0.1", &d, "x", Utc::now(), "e"))).await.unwrap();
-    let r3 = p.ingest(&trig(dist_push("demo/web", "1.0.0", &d, "x", Utc::now(), "d"))).await.unwrap();
+    let r1 = p
+        .ingest(&trig(dist_push(
+            "demo/web",
+            "1.0.0",
+            &d,
+            "x",
+            Utc::now(),
+            "d",
+        )))
+        .await
+        .unwrap();
+    let r2 = p
+        .ingest(&trig(dist_push(
+            "demo/web",
+            "1.0.1",
+            &d,
+            "x",
+            Utc::now(),
+            "e",
+        )))
+        .await
+        .unwrap();
+    let r3 = p
+        .ingest(&trig(dist_push(
+            "demo/web",
+            "1.0.0",
+            &d,
+            "x",
+            Utc::now(),
+            "d",
+        )))
+        .await
+        .unwrap();
     assert_eq!(r1.accepted[0].run, r2.accepted[0].run);
     assert!(!r1.accepted[0].duplicate && r2.accepted[0].duplicate && r3.accepted[0].duplicate);
     env.drain().await;
     assert_eq!(p.runs().await.unwrap().len(), 1);
     let events = p.run_view("web", &r1.accepted[0].run).await.unwrap().events;
-    assert_eq!(events.iter().filter(|e| e.event_type() == EventType::ImageBuilt).count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event_type() == EventType::ImageBuilt)
+            .count(),
+        1
+    );
     // malformed notifications are refused naming the field
-    let e = p.ingest(&trig(serde_json::json!({"events": [{"id": "x"}]}))).await.unwrap_err();
+    let e = p
+        .ingest(&trig(serde_json::json!({"events": [{"id": "x"}]})))
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("events[0]"), "{e}");
 }
 
@@ -373,7 +697,9 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
     }
     let seen = Seen::default();
     *seen.fail.lock().unwrap() = true;
-    let app = Router::new().route("/hook", post(hook)).with_state(seen.clone());
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -386,20 +712,44 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
         ..Default::default()
     });
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
-    let rep = env.local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
+    let rep = env
+        .local
+        .drain(&DrainOptions::default(), |_| {})
+        .await
+        .unwrap();
     assert_eq!(rep.dead, 1, "the failing webhook exhausts its 3 attempts");
     let dead = env.local.pipeline.ports.bus.dead_letters().unwrap();
     assert_eq!(dead[0].subscription, "notify.on-failure");
-    assert!(dead[0].error.as_deref().unwrap().contains("503"), "{:?}", dead[0].error);
-    assert!(!dead[0].error.as_deref().unwrap().contains(&addr.to_string()), "the URL is a secret");
+    assert!(
+        dead[0].error.as_deref().unwrap().contains("503"),
+        "{:?}",
+        dead[0].error
+    );
+    assert!(
+        !dead[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains(&addr.to_string()),
+        "the URL is a secret"
+    );
     assert!(seen.bodies.lock().unwrap().is_empty());
 
     *seen.fail.lock().unwrap() = false;
     assert_eq!(env.local.pipeline.ports.bus.redrive(None).unwrap(), 1);
     env.drain().await;
     let bodies = seen.bodies.lock().unwrap().clone();
-    assert_eq!(bodies.len(), 1, "only tests.failed matches; image.built does not");
+    assert_eq!(
+        bodies.len(),
+        1,
+        "only tests.failed matches; image.built does not"
+    );
     assert_eq!(bodies[0]["event"]["type"], "tests.failed");
     assert_eq!(bodies[0]["event"]["data"]["run"], env.run_of(&img));
-    assert!(bodies[0]["text"].as_str().unwrap().contains("tests.failed web"));
+    assert!(
+        bodies[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("tests.failed web")
+    );
 }

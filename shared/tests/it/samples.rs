@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use baton::event::{Event, EventType};
-use baton::triggers::{DocumentKind, events_from_sqs, event_from_sns_notification, identify, parse_distribution, parse_ecr};
+use baton::triggers::{
+    DocumentKind, event_from_sns_notification, events_from_sqs, identify, parse_distribution,
+    parse_ecr,
+};
 use serde_json::Value;
 
 fn samples() -> Vec<PathBuf> {
@@ -66,7 +69,9 @@ fn every_sample_parses_as_what_it_is() {
 }
 
 fn load(rel: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(rel);
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -74,7 +79,10 @@ fn load(rel: &str) -> Value {
 fn ecr_samples_push_and_delete() {
     let push = parse_ecr(&load("triggers/ecr-push.json")).unwrap();
     assert_eq!(push.pushes[0].tag, "1.1.0");
-    assert_eq!(push.pushes[0].registry, "123456789012.dkr.ecr.eu-west-1.amazonaws.com");
+    assert_eq!(
+        push.pushes[0].registry,
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    );
     let del = parse_ecr(&load("triggers/ecr-delete.json")).unwrap();
     assert!(del.pushes.is_empty());
     assert!(del.ignored[0].contains("DELETE"));
@@ -100,7 +108,10 @@ fn malformed_variants_of_samples_name_the_field() {
     let mut sqs = load("aws/sqs-event.json");
     let body: Value = serde_json::from_str(sqs["Records"][0]["body"].as_str().unwrap()).unwrap();
     let mut inner: Value = serde_json::from_str(body["Message"].as_str().unwrap()).unwrap();
-    inner["data"]["image"].as_object_mut().unwrap().remove("digest");
+    inner["data"]["image"]
+        .as_object_mut()
+        .unwrap()
+        .remove("digest");
     let mut body2 = body.clone();
     body2["Message"] = Value::from(inner.to_string());
     sqs["Records"][0]["body"] = Value::from(body2.to_string());
