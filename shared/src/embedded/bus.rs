@@ -410,59 +410,32 @@ impl EmbeddedBus {
             let outcome = subscriber.deliver(&sub, &msg).await;
             let attempt = attempts + 1;
             let now = Utc::now();
+            let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
+                seq,
+                subscription: sub.clone(),
+                outcome,
+                attempts,
+                not_before,
+                error: error.cloned(),
+                at: now,
+            };
+            let after = |d: Duration| Some(now + chrono::Duration::from_std(d).unwrap_or_default());
             let line = match &outcome {
-                Delivery::Done => DeliveryLine {
-                    seq,
-                    subscription: sub.clone(),
-                    outcome: Outcome::Done,
-                    attempts: attempt,
-                    not_before: None,
-                    error: None,
-                    at: now,
-                },
+                Delivery::Done => line(Outcome::Done, attempt, None, None),
                 Delivery::Retry(err) if attempt >= self.retry.max_attempts => {
                     tracing::error!(subscription = %sub, id = %msg.id, attempts = attempt, error = %err, "dead-lettered");
-                    DeliveryLine {
-                        seq,
-                        subscription: sub.clone(),
-                        outcome: Outcome::Dead,
-                        attempts: attempt,
-                        not_before: None,
-                        error: Some(err.clone()),
-                        at: now,
-                    }
+                    line(Outcome::Dead, attempt, None, Some(err))
                 }
-                Delivery::Retry(err) => DeliveryLine {
-                    seq,
-                    subscription: sub.clone(),
-                    outcome: Outcome::Retry,
-                    attempts: attempt,
-                    not_before: Some(
-                        now + chrono::Duration::from_std(self.backoff(attempt)).unwrap_or_default(),
-                    ),
-                    error: Some(err.clone()),
-                    at: now,
-                },
-                Delivery::Later(after) => DeliveryLine {
-                    seq,
-                    subscription: sub.clone(),
-                    outcome: Outcome::Wait,
-                    attempts,
-                    not_before: Some(now + chrono::Duration::from_std(*after).unwrap_or_default()),
-                    error: None,
-                    at: now,
-                },
+                Delivery::Retry(err) => line(
+                    Outcome::Retry,
+                    attempt,
+                    after(self.backoff(attempt)),
+                    Some(err),
+                ),
+                Delivery::Later(wait) => line(Outcome::Wait, attempts, after(*wait), None),
                 Delivery::Dead(err) => {
                     tracing::error!(subscription = %sub, id = %msg.id, error = %err, "dead-lettered");
-                    DeliveryLine {
-                        seq,
-                        subscription: sub.clone(),
-                        outcome: Outcome::Dead,
-                        attempts: attempt,
-                        not_before: None,
-                        error: Some(err.clone()),
-                        at: now,
-                    }
+                    line(Outcome::Dead, attempt, None, Some(err))
                 }
             };
             let dead = line.outcome == Outcome::Dead;

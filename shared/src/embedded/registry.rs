@@ -124,3 +124,55 @@ impl<S: ObjectStore> Registry for StoreRegistry<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::DirStore;
+
+    fn image(tag: &str, hex: char) -> Image {
+        Image {
+            registry: "localhost:5000".into(),
+            repository: "team/web".into(),
+            tag: tag.into(),
+            digest: format!("sha256:{}", hex.to_string().repeat(64)),
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_and_retag() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = StoreRegistry::new(DirStore::open(dir.path()).unwrap());
+        let img = image("1.0.0", 'a');
+        let e = reg
+            .resolve("localhost:5000", "team/web", "1.0.0")
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), "not_found");
+        reg.record_push(&img, Utc::now()).await.unwrap();
+        let r = reg
+            .resolve("localhost:5000", "team/web", "1.0.0")
+            .await
+            .unwrap();
+        assert_eq!(r.digest, img.digest);
+        reg.retag(&img, "staging").await.unwrap();
+        reg.retag(&img, "staging").await.unwrap();
+        assert_eq!(
+            reg.tag("localhost:5000", "team/web", "staging")
+                .await
+                .unwrap(),
+            Some(img.digest.clone())
+        );
+        let e = reg
+            .retag(&image("2.0.0", 'b'), "staging")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("manifest unknown"), "{e}");
+        assert_eq!(
+            reg.tag("localhost:5000", "team/web", "staging")
+                .await
+                .unwrap(),
+            Some(img.digest)
+        );
+    }
+}

@@ -498,59 +498,19 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
 
 #[tokio::test]
 async fn a_restart_mid_run_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path());
     let s = Setup::default();
-    let img;
-    {
-        let env = Env {
-            local: open(dir.path(), &s),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        // push through a handle rooted at the shared dir
-        let image = baton::event::Image {
-            registry: "localhost:5000".into(),
-            repository: "demo/web".into(),
-            tag: "1.0.0".into(),
-            digest: digest("web 1.0.0"),
-        };
-        env.local
-            .pipeline
-            .ports
-            .registry
-            .record_push(&image, Utc::now())
-            .await
-            .unwrap();
-        env.local
-            .submit(&baton::triggers::Trigger {
-                kind: baton::triggers::TriggerKind::Distribution,
-                received_at: Utc::now(),
-                payload: dist_push(
-                    "demo/web",
-                    "1.0.0",
-                    &image.digest,
-                    "ci-bot",
-                    Utc::now(),
-                    "n1",
-                ),
-            })
-            .unwrap();
-        let rep = env
-            .local
-            .drain(
-                &DrainOptions {
-                    max_deliveries: Some(3),
-                    ..Default::default()
-                },
-                |_| {},
-            )
-            .await
-            .unwrap();
-        assert_eq!(rep.delivered, 3);
-        assert!(env.local.pipeline.ports.bus.pending() > 0);
-        img = image;
-        // the process "stops" here: everything in memory is dropped
-    }
+    let env = setup(Setup::default());
+    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    let opts = DrainOptions {
+        max_deliveries: Some(3),
+        ..Default::default()
+    };
+    let rep = env.local.drain(&opts, |_| {}).await.unwrap();
+    assert_eq!(rep.delivered, 3);
+    assert!(env.local.pipeline.ports.bus.pending() > 0);
+    // The process stops here: everything in memory is dropped; a new one starts.
+    let Env { dir, local } = env;
+    drop(local);
     let local = open(dir.path(), &s);
     local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
     let run = baton::ids::run_id("web", &img.digest);
@@ -572,92 +532,35 @@ async fn only_configured_repositories_and_tags_start_runs() {
     let env = setup(Setup::default());
     let p = &env.local.pipeline;
     let d = digest("other");
-    let trig = |payload| baton::triggers::Trigger {
-        kind: baton::triggers::TriggerKind::Distribution,
-        received_at: Utc::now(),
-        payload,
+    let ingest = |repo: &str, tag: &str, id: &str| {
+        let payload = dist_push(repo, tag, &d, "x", Utc::now(), id);
+        async move {
+            p.ingest(&baton::triggers::Trigger {
+                kind: baton::triggers::TriggerKind::Distribution,
+                received_at: Utc::now(),
+                payload,
+            })
+            .await
+        }
     };
-    let r = p
-        .ingest(&trig(dist_push(
-            "other/app",
-            "1.0.0",
-            &d,
-            "x",
-            Utc::now(),
-            "a",
-        )))
-        .await
-        .unwrap();
-    assert!(r.accepted.is_empty());
-    assert!(
-        r.ignored.iter().any(|i| i.contains("not configured")),
-        "{:?}",
-        r.ignored
-    );
-    let r = p
-        .ingest(&trig(dist_push(
-            "demo/web",
-            "latest",
-            &d,
-            "x",
-            Utc::now(),
-            "b",
-        )))
-        .await
-        .unwrap();
-    assert!(r.accepted.is_empty());
-    assert!(
-        r.ignored.iter().any(|i| i.contains("tag policy")),
-        "{:?}",
-        r.ignored
-    );
-    let r = p
-        .ingest(&trig(dist_push(
-            "demo/web",
-            "0.9.0",
-            &d,
-            "x",
-            Utc::now(),
-            "c",
-        )))
-        .await
-        .unwrap();
-    assert!(r.accepted.is_empty());
+    for (repo, tag, why) in [
+        ("other/app", "1.0.0", "not configured"),
+        ("demo/web", "latest", "tag policy"),
+        ("demo/web", "0.9.0", "tag policy"),
+    ] {
+        let r = ingest(repo, tag, tag).await.unwrap();
+        assert!(r.accepted.is_empty(), "{repo}:{tag}");
+        assert!(
+            r.ignored.iter().any(|i| i.contains(why)),
+            "{repo}:{tag}: {:?}",
+            r.ignored
+        );
+    }
     assert!(p.runs().await.unwrap().is_empty());
     // the same digest under two tags is one run; a registry retry is no second run
-    let r1 = p
-        .ingest(&trig(dist_push(
-            "demo/web",
-            "1.0.0",
-            &d,
-            "x",
-            Utc::now(),
-            "d",
-        )))
-        .await
-        .unwrap();
-    let r2 = p
-        .ingest(&trig(dist_push(
-            "demo/web",
-            "1.0.1",
-            &d,
-            "x",
-            Utc::now(),
-            "e",
-        )))
-        .await
-        .unwrap();
-    let r3 = p
-        .ingest(&trig(dist_push(
-            "demo/web",
-            "1.0.0",
-            &d,
-            "x",
-            Utc::now(),
-            "d",
-        )))
-        .await
-        .unwrap();
+    let r1 = ingest("demo/web", "1.0.0", "d").await.unwrap();
+    let r2 = ingest("demo/web", "1.0.1", "e").await.unwrap();
+    let r3 = ingest("demo/web", "1.0.0", "d").await.unwrap();
     assert_eq!(r1.accepted[0].run, r2.accepted[0].run);
     assert!(!r1.accepted[0].duplicate && r2.accepted[0].duplicate && r3.accepted[0].duplicate);
     env.drain().await;
@@ -672,7 +575,11 @@ async fn only_configured_repositories_and_tags_start_runs() {
     );
     // malformed notifications are refused naming the field
     let e = p
-        .ingest(&trig(serde_json::json!({"events": [{"id": "x"}]})))
+        .ingest(&baton::triggers::Trigger {
+            kind: baton::triggers::TriggerKind::Distribution,
+            received_at: Utc::now(),
+            payload: serde_json::json!({"events": [{"id": "x"}]}),
+        })
         .await
         .unwrap_err();
     assert!(e.to_string().contains("events[0]"), "{e}");
