@@ -12,7 +12,7 @@ use baton::local::Local;
 use baton::policy::approval::Verdict;
 use baton::stages::approve::Decision;
 use baton::stages::{Settings, StageName};
-use baton::triggers::{DocumentKind, Trigger, TriggerKind, identify};
+use baton::triggers::{DocumentKind, Trigger, identify};
 use serde_json::{Value, json};
 
 use crate::output::{self, Progress};
@@ -97,15 +97,12 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     let payload: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let kind = match identify(&payload) {
-        Some(DocumentKind::Ecr) => TriggerKind::Ecr,
-        Some(DocumentKind::Distribution) => TriggerKind::Distribution,
+        Some(DocumentKind::Trigger(kind)) => kind,
         other => {
             return Err(anyhow!(
-                "{} is {}; ingest takes an ECR Image Action event or a distribution notification envelope",
+                "{} is {}; ingest takes a registry notification (ECR event; distribution, Docker Hub, Harbor, GHCR or Quay webhook)",
                 file.display(),
-                other
-                    .map(|k| k.describe())
-                    .unwrap_or("not a known document")
+                other.map(|k| k.describe()).unwrap_or("not a known document")
             ));
         }
     };
@@ -119,7 +116,7 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     let local = open(g)?;
     // In local mode the embedded registry stands for the registry that sent the
     // notification: it learns the pushed tags first, as that registry had.
-    for push in &parsed.pushes {
+    for push in parsed.pushes.iter().filter(|p| !p.digest.is_empty()) {
         let image = baton::event::Image {
             registry: push.registry.clone(),
             repository: push.repository.clone(),
@@ -137,7 +134,7 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     drain(&local, g.json).await?;
     let runs = local.pipeline.runs().await?;
     let mut touched = vec![];
-    for push in &parsed.pushes {
+    for push in parsed.pushes.iter().filter(|p| !p.digest.is_empty()) {
         if let Some(r) = runs
             .iter()
             .find(|r| r.image.as_ref().is_some_and(|i| i.digest == push.digest))
@@ -398,10 +395,13 @@ pub fn validate_file(path: &Path) -> Value {
     };
     let summary = match kind {
         DocumentKind::BatonEvent => baton::event::Event::from_json(&text).map(|e| e.summary()),
-        DocumentKind::Ecr => baton::triggers::parse_ecr(&value).map(|p| describe_parsed(&p)),
-        DocumentKind::Distribution => {
-            baton::triggers::parse_distribution(&value).map(|p| describe_parsed(&p))
+        DocumentKind::Trigger(kind) => Trigger {
+            kind,
+            received_at: chrono::Utc::now(),
+            payload: value.clone(),
         }
+        .parse()
+        .map(|p| describe_parsed(&p)),
         DocumentKind::Sns => {
             baton::triggers::event_from_sns_notification(&text).map(|e| e.summary())
         }
@@ -429,7 +429,7 @@ fn describe_parsed(p: &baton::triggers::Parsed) -> String {
                 x.registry,
                 x.repository,
                 x.tag,
-                baton::event::short_digest(&x.digest)
+                if x.digest.is_empty() { "(digest resolved at ingest)" } else { baton::event::short_digest(&x.digest) }
             )
         })
         .collect();

@@ -30,6 +30,13 @@ pub struct Config {
     /// Retry settings of the embedded bus.
     #[serde(default)]
     pub bus: BusConfig,
+    /// Registries Baton talks to over the distribution HTTP API (resolve, retag).
+    /// Images on other hosts use the embedded registry.
+    #[serde(default)]
+    pub registries: Vec<RegistryConfig>,
+    /// `baton serve`: webhooks, approvals and status over HTTP.
+    #[serde(default)]
+    pub serve: ServeConfig,
     /// Directory relative paths in this file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -298,6 +305,138 @@ fn default_log_path() -> PathBuf {
     PathBuf::from("notifications.log")
 }
 
+/// A registry reached over the distribution HTTP API v2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The host images name (`localhost:5000`, `docker.io`, `ghcr.io`).
+    pub host: String,
+    /// API base URL; `https://<host>` when absent.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub auth: RegistryAuth,
+}
+
+impl RegistryConfig {
+    pub fn base_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| format!("https://{}", self.host))
+    }
+}
+
+/// Registry credentials; secrets come from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RegistryAuth {
+    #[default]
+    None,
+    /// Basic auth (also used to fetch bearer tokens when the registry asks for them).
+    Basic { username: String, password_env: String },
+    /// A static bearer token.
+    Bearer { token_env: String },
+}
+
+/// `baton serve` settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// URL users reach Baton at (approval links); `http://<listen>` when absent.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Webhook endpoints, one per registry source: `POST /hooks/<name>`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfigEntry>,
+    /// Approvers who decide over HTTP, each with a bearer token from the environment.
+    #[serde(default)]
+    pub approvers: BTreeMap<String, ApproverToken>,
+    /// Header carrying the approver's identity from a trusted reverse proxy on the same
+    /// host (honoured only for connections from a loopback address).
+    #[serde(default)]
+    pub identity_header: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+            public_url: None,
+            webhooks: vec![],
+            approvers: BTreeMap::new(),
+            identity_header: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfigEntry {
+    /// Path segment: the endpoint is `POST /hooks/<name>`.
+    pub name: String,
+    /// `distribution`, `dockerhub`, `harbor`, `ghcr` or `quay`.
+    pub source: crate::triggers::TriggerKind,
+    /// How requests prove they come from the registry.
+    pub auth: WebhookAuth,
+}
+
+/// Webhook authentication. Each source has its documented one: distribution sends
+/// configured headers, Harbor an auth header, GitHub an HMAC signature, Quay basic auth
+/// in the URL, Docker Hub only the URL (so a token in the query).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WebhookAuth {
+    /// A header whose whole value must equal the secret (e.g. `Authorization`,
+    /// value `Bearer <secret>`).
+    Header { name: String, secret_env: String },
+    /// HMAC-SHA256 of the body, hex, in a header (`X-Hub-Signature-256: sha256=<hex>`).
+    Hmac {
+        #[serde(default = "default_hmac_header")]
+        header: String,
+        secret_env: String,
+    },
+    /// HTTP basic auth.
+    Basic { username: String, password_env: String },
+    /// A token in the query string (`?token=<secret>`).
+    QueryToken {
+        #[serde(default = "default_token_param")]
+        param: String,
+        secret_env: String,
+    },
+    /// No authentication (only sensible on a loopback address).
+    None,
+}
+
+fn default_hmac_header() -> String {
+    "X-Hub-Signature-256".into()
+}
+fn default_token_param() -> String {
+    "token".into()
+}
+
+/// An approver's bearer token, from the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverToken {
+    pub token_env: String,
+}
+
 /// Retry settings of the embedded bus (SQS's redrive policy in AWS).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -554,6 +693,42 @@ impl Config {
         }
         if self.bus.max_attempts == 0 {
             p.push("bus.max_attempts: must be at least 1".into());
+        }
+        let mut hosts = BTreeSet::new();
+        for (i, r) in self.registries.iter().enumerate() {
+            if r.host.is_empty() || r.host.contains('/') {
+                p.push(format!("registries[{i}].host: {:?} must be a host[:port]", r.host));
+            }
+            if !hosts.insert(r.host.clone()) {
+                p.push(format!("registries[{i}].host: {:?} is declared twice", r.host));
+            }
+            if let Some(u) = &r.url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                p.push(format!("registries[{i}].url: {u:?} must be an http(s) URL"));
+            }
+        }
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("serve.listen: {:?} must be an address like 127.0.0.1:8080", self.serve.listen));
+        }
+        let mut hooks = BTreeSet::new();
+        for (i, w) in self.serve.webhooks.iter().enumerate() {
+            if !is_dns_label(&w.name) {
+                p.push(format!("serve.webhooks[{i}].name: {:?} must be lowercase letters, digits and dashes", w.name));
+            }
+            if !hooks.insert(w.name.clone()) {
+                p.push(format!("serve.webhooks[{i}].name: {:?} is declared twice", w.name));
+            }
+            if w.source == crate::triggers::TriggerKind::Ecr {
+                p.push(format!(
+                    "serve.webhooks[{i}].source: ecr pushes arrive through EventBridge, not a webhook (allowed: distribution, dockerhub, harbor, ghcr, quay)"
+                ));
+            }
+        }
+        for who in self.serve.approvers.keys() {
+            if who.trim().is_empty() {
+                p.push("serve.approvers: an approver name is empty".into());
+            }
         }
         p
     }

@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::harness::{Disposition, Input, Mode, ReactionInput};
 use crate::local::Local;
 use crate::stages::{Settings, StageName};
-use crate::triggers::{DocumentKind, Trigger, TriggerKind, identify};
+use crate::triggers::{DocumentKind, Trigger, identify};
 
 fn env_path(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
@@ -55,15 +55,11 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
     if stage == StageName::Ingest {
         let payload: Value =
             serde_json::from_str(&text).map_err(|e| Error::invalid("registry notification", e))?;
-        let kind = match identify(&payload) {
-            Some(DocumentKind::Ecr) => TriggerKind::Ecr,
-            Some(DocumentKind::Distribution) => TriggerKind::Distribution,
-            _ => {
-                return Err(Error::invalid(
-                    "registry notification",
-                    "expected an ECR Image Action event or a distribution notification envelope",
-                ));
-            }
+        let Some(DocumentKind::Trigger(kind)) = identify(&payload) else {
+            return Err(Error::invalid(
+                "registry notification",
+                "expected an ECR event or a distribution, Docker Hub, Harbor, GHCR or Quay notification",
+            ));
         };
         let report = p
             .ingest(&Trigger {

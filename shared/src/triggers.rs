@@ -22,13 +22,34 @@ pub enum TriggerKind {
     Ecr,
     /// CNCF distribution (`docker-registry`) notification envelope.
     Distribution,
+    /// Docker Hub repository webhook (no digest: resolved through the registry).
+    Dockerhub,
+    /// Harbor `PUSH_ARTIFACT` webhook.
+    Harbor,
+    /// GitHub Packages `package` event for a container (GHCR).
+    Ghcr,
+    /// Quay repository push notification (no digest: resolved through the registry).
+    Quay,
 }
 
 impl TriggerKind {
+    pub const ALL: [TriggerKind; 6] = [
+        TriggerKind::Ecr,
+        TriggerKind::Distribution,
+        TriggerKind::Dockerhub,
+        TriggerKind::Harbor,
+        TriggerKind::Ghcr,
+        TriggerKind::Quay,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TriggerKind::Ecr => "ecr",
             TriggerKind::Distribution => "distribution",
+            TriggerKind::Dockerhub => "dockerhub",
+            TriggerKind::Harbor => "harbor",
+            TriggerKind::Ghcr => "ghcr",
+            TriggerKind::Quay => "quay",
         }
     }
 }
@@ -50,6 +71,7 @@ pub struct Push {
     pub registry: String,
     pub repository: String,
     pub tag: String,
+    /// Empty when the notification does not carry it; ingest then resolves the tag.
     pub digest: String,
     pub pushed_at: DateTime<Utc>,
     #[serde(default)]
@@ -249,8 +271,246 @@ impl Trigger {
         match self.kind {
             TriggerKind::Ecr => parse_ecr(&self.payload),
             TriggerKind::Distribution => parse_distribution(&self.payload),
+            TriggerKind::Dockerhub => parse_dockerhub(&self.payload),
+            TriggerKind::Harbor => parse_harbor(&self.payload),
+            TriggerKind::Ghcr => parse_ghcr(&self.payload),
+            TriggerKind::Quay => parse_quay(&self.payload, self.received_at),
         }
     }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(what: &str, payload: &Value) -> Result<T> {
+    serde_path_to_error::deserialize(payload).map_err(|e| path_error(what, e))
+}
+
+fn host_of(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or("");
+    if first.contains('.') || first.contains(':') || first == "localhost" {
+        first.to_string()
+    } else {
+        "docker.io".into()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HubPayload {
+    push_data: HubPushData,
+    repository: HubRepository,
+}
+#[derive(Debug, Deserialize)]
+struct HubPushData {
+    pushed_at: i64,
+    #[serde(default)]
+    pusher: Option<String>,
+    tag: String,
+}
+#[derive(Debug, Deserialize)]
+struct HubRepository {
+    repo_name: String,
+}
+
+/// Parses a Docker Hub repository webhook. It carries no digest: ingest resolves it.
+pub fn parse_dockerhub(payload: &Value) -> Result<Parsed> {
+    let p: HubPayload = typed("Docker Hub webhook", payload)?;
+    let pushed_at = DateTime::from_timestamp(p.push_data.pushed_at, 0)
+        .ok_or_else(|| Error::invalid("Docker Hub webhook", "push_data.pushed_at: not a Unix time"))?;
+    let mut out = Parsed::default();
+    if p.push_data.tag.is_empty() {
+        out.ignored.push(format!("push to {} without a tag ignored", p.repository.repo_name));
+        return Ok(out);
+    }
+    // Official images are `library/<name>` in the registry.
+    let repository = if p.repository.repo_name.contains('/') {
+        p.repository.repo_name.clone()
+    } else {
+        format!("library/{}", p.repository.repo_name)
+    };
+    out.pushes.push(Push {
+        trigger: TriggerKind::Dockerhub,
+        notification_id: format!("{}:{}:{}", repository, p.push_data.tag, p.push_data.pushed_at),
+        registry: "docker.io".into(),
+        repository,
+        tag: p.push_data.tag,
+        digest: String::new(),
+        pushed_at,
+        pushed_by: p.push_data.pusher.filter(|x| !x.is_empty()),
+    });
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct HarborPayload {
+    #[serde(rename = "type")]
+    ty: String,
+    occur_at: i64,
+    #[serde(default)]
+    operator: Option<String>,
+    event_data: HarborData,
+}
+#[derive(Debug, Deserialize)]
+struct HarborData {
+    resources: Vec<HarborResource>,
+    repository: HarborRepository,
+}
+#[derive(Debug, Deserialize)]
+struct HarborResource {
+    digest: String,
+    #[serde(default)]
+    tag: Option<String>,
+    resource_url: String,
+}
+#[derive(Debug, Deserialize)]
+struct HarborRepository {
+    repo_full_name: String,
+}
+
+/// Parses a Harbor webhook; only `PUSH_ARTIFACT` events start runs.
+pub fn parse_harbor(payload: &Value) -> Result<Parsed> {
+    let p: HarborPayload = typed("Harbor webhook", payload)?;
+    let mut out = Parsed::default();
+    if p.ty != "PUSH_ARTIFACT" {
+        out.ignored.push(format!("Harbor event {} is not a push", p.ty));
+        return Ok(out);
+    }
+    let pushed_at = DateTime::from_timestamp(p.occur_at, 0)
+        .ok_or_else(|| Error::invalid("Harbor webhook", "occur_at: not a Unix time"))?;
+    for (i, r) in p.event_data.resources.into_iter().enumerate() {
+        let Some(tag) = r.tag.filter(|t| !t.is_empty()) else {
+            out.ignored.push(format!("untagged artifact {} ignored", r.resource_url));
+            continue;
+        };
+        validate_digest(&r.digest).map_err(|e| {
+            Error::invalid("Harbor webhook", format!("event_data.resources[{i}].digest: {e}"))
+        })?;
+        out.pushes.push(Push {
+            trigger: TriggerKind::Harbor,
+            notification_id: format!("{}:{}:{}", p.event_data.repository.repo_full_name, r.digest, p.occur_at),
+            registry: host_of(&r.resource_url),
+            repository: p.event_data.repository.repo_full_name.clone(),
+            tag,
+            digest: r.digest,
+            pushed_at,
+            pushed_by: p.operator.clone().filter(|x| !x.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct GhPayload {
+    action: String,
+    package: GhPackage,
+    #[serde(default)]
+    sender: Option<GhUser>,
+}
+#[derive(Debug, Deserialize)]
+struct GhPackage {
+    name: String,
+    namespace: String,
+    package_type: String,
+    package_version: GhVersion,
+    #[serde(default)]
+    registry: Option<GhRegistry>,
+    #[serde(default)]
+    updated_at: Option<DateTime<Utc>>,
+}
+#[derive(Debug, Deserialize)]
+struct GhVersion {
+    id: u64,
+    #[serde(default)]
+    container_metadata: Option<GhContainer>,
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
+}
+#[derive(Debug, Deserialize)]
+struct GhContainer {
+    tag: GhTag,
+}
+#[derive(Debug, Deserialize)]
+struct GhTag {
+    name: String,
+    digest: String,
+}
+#[derive(Debug, Deserialize)]
+struct GhRegistry {
+    url: String,
+}
+#[derive(Debug, Deserialize)]
+struct GhUser {
+    login: String,
+}
+
+/// Parses a GitHub `package` event (GHCR); only published container versions start runs.
+pub fn parse_ghcr(payload: &Value) -> Result<Parsed> {
+    let p: GhPayload = typed("GitHub package event", payload)?;
+    let mut out = Parsed::default();
+    if !p.package.package_type.eq_ignore_ascii_case("container") {
+        out.ignored.push(format!("package type {} is not a container", p.package.package_type));
+        return Ok(out);
+    }
+    if p.action != "published" && p.action != "updated" {
+        out.ignored.push(format!("package action {} is not a push", p.action));
+        return Ok(out);
+    }
+    let Some(meta) = p.package.package_version.container_metadata else {
+        out.ignored.push("package version without container metadata ignored".into());
+        return Ok(out);
+    };
+    if meta.tag.name.is_empty() {
+        out.ignored.push(format!("untagged version of {}/{} ignored", p.package.namespace, p.package.name));
+        return Ok(out);
+    }
+    validate_digest(&meta.tag.digest).map_err(|e| {
+        Error::invalid("GitHub package event", format!("package.package_version.container_metadata.tag.digest: {e}"))
+    })?;
+    let registry = p
+        .package
+        .registry
+        .as_ref()
+        .and_then(|r| r.url.split_once("://").map(|(_, h)| h.trim_end_matches('/').to_string()))
+        .unwrap_or_else(|| "ghcr.io".into());
+    out.pushes.push(Push {
+        trigger: TriggerKind::Ghcr,
+        notification_id: format!("ghcr:{}:{}", p.package.package_version.id, meta.tag.name),
+        registry,
+        repository: format!("{}/{}", p.package.namespace.to_lowercase(), p.package.name),
+        tag: meta.tag.name,
+        digest: meta.tag.digest,
+        pushed_at: p.package.package_version.created_at.or(p.package.updated_at).unwrap_or_else(Utc::now),
+        pushed_by: p.sender.map(|s| s.login),
+    });
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+struct QuayPayload {
+    repository: String,
+    docker_url: String,
+    updated_tags: Vec<String>,
+}
+
+/// Parses a Quay repository push notification (one push per updated tag; no digest and
+/// no time: ingest resolves the digest, the receive time orders it).
+pub fn parse_quay(payload: &Value, received_at: DateTime<Utc>) -> Result<Parsed> {
+    let p: QuayPayload = typed("Quay notification", payload)?;
+    let mut out = Parsed::default();
+    let id = crate::ids::stable_id(&["quay", &payload.to_string()]);
+    for tag in p.updated_tags.into_iter().filter(|t| !t.is_empty()) {
+        out.pushes.push(Push {
+            trigger: TriggerKind::Quay,
+            notification_id: format!("{id}:{tag}"),
+            registry: host_of(&p.docker_url),
+            repository: p.repository.clone(),
+            tag,
+            digest: String::new(),
+            pushed_at: received_at,
+            pushed_by: None,
+        });
+    }
+    if out.pushes.is_empty() {
+        out.ignored.push(format!("notification for {} names no tag", p.repository));
+    }
+    Ok(out)
 }
 
 /// Unwraps the Baton event inside an SNS notification (the body of an SQS message
@@ -303,8 +563,8 @@ pub fn events_from_sqs(payload: &Value) -> Result<Vec<(String, Result<Event>)>> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DocumentKind {
     BatonEvent,
-    Ecr,
-    Distribution,
+    /// A registry notification of this kind.
+    Trigger(TriggerKind),
     Sqs,
     Sns,
 }
@@ -313,8 +573,12 @@ impl DocumentKind {
     pub fn describe(self) -> &'static str {
         match self {
             DocumentKind::BatonEvent => "Baton event (CloudEvents 1.0)",
-            DocumentKind::Ecr => "ECR Image Action (EventBridge)",
-            DocumentKind::Distribution => "CNCF distribution notification envelope",
+            DocumentKind::Trigger(TriggerKind::Ecr) => "ECR Image Action (EventBridge)",
+            DocumentKind::Trigger(TriggerKind::Distribution) => "CNCF distribution notification envelope",
+            DocumentKind::Trigger(TriggerKind::Dockerhub) => "Docker Hub webhook",
+            DocumentKind::Trigger(TriggerKind::Harbor) => "Harbor webhook",
+            DocumentKind::Trigger(TriggerKind::Ghcr) => "GitHub package event (GHCR)",
+            DocumentKind::Trigger(TriggerKind::Quay) => "Quay repository notification",
             DocumentKind::Sqs => "SQS event (Lambda event source mapping)",
             DocumentKind::Sns => "SNS notification",
         }
@@ -327,9 +591,17 @@ pub fn identify(v: &Value) -> Option<DocumentKind> {
     if o.contains_key("specversion") {
         Some(DocumentKind::BatonEvent)
     } else if o.contains_key("detail-type") {
-        Some(DocumentKind::Ecr)
+        Some(DocumentKind::Trigger(TriggerKind::Ecr))
     } else if o.contains_key("events") {
-        Some(DocumentKind::Distribution)
+        Some(DocumentKind::Trigger(TriggerKind::Distribution))
+    } else if o.contains_key("push_data") {
+        Some(DocumentKind::Trigger(TriggerKind::Dockerhub))
+    } else if o.contains_key("event_data") {
+        Some(DocumentKind::Trigger(TriggerKind::Harbor))
+    } else if o.contains_key("package") {
+        Some(DocumentKind::Trigger(TriggerKind::Ghcr))
+    } else if o.contains_key("updated_tags") {
+        Some(DocumentKind::Trigger(TriggerKind::Quay))
     } else if o.contains_key("Records") {
         Some(DocumentKind::Sqs)
     } else if o.get("Type").and_then(Value::as_str) == Some("Notification") {

@@ -34,6 +34,7 @@ fn every_sample_parses_as_what_it_is() {
     let files = samples();
     assert!(files.len() >= 16, "samples: {files:?}");
     let mut types_seen = std::collections::BTreeSet::new();
+    let mut kinds_seen = std::collections::BTreeSet::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
@@ -45,14 +46,20 @@ fn every_sample_parses_as_what_it_is() {
                 // round trip is lossless
                 assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
             }
-            DocumentKind::Ecr => {
+            DocumentKind::Trigger(TriggerKind::Ecr) => {
                 parse_ecr(&v).unwrap();
             }
-            DocumentKind::Distribution => {
+            DocumentKind::Trigger(TriggerKind::Distribution) => {
                 let p = parse_distribution(&v).unwrap();
                 assert_eq!(p.pushes.len(), 1, "one tagged manifest push");
                 assert_eq!(p.ignored.len(), 1, "one blob push ignored");
                 assert!(p.ignored[0].contains("blob"));
+            }
+            DocumentKind::Trigger(kind) => {
+                let t = Trigger { kind, received_at: chrono::Utc::now(), payload: v.clone() };
+                let p = t.parse().unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                assert_eq!(p.pushes.len(), 1, "{}: one push", f.display());
+                kinds_seen.insert(kind);
             }
             DocumentKind::Sns => {
                 event_from_sns_notification(&text).unwrap();
@@ -66,6 +73,7 @@ fn every_sample_parses_as_what_it_is() {
     }
     let all: std::collections::BTreeSet<EventType> = EventType::ALL.into_iter().collect();
     assert_eq!(types_seen, all, "a sample of every Baton event type");
+    assert_eq!(kinds_seen.len(), 4, "samples of Docker Hub, Harbor, GHCR and Quay webhooks");
 }
 
 fn load(rel: &str) -> Value {
