@@ -23,7 +23,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo { dir } => crate::demo::run(&dir, g).await,
         Command::Ingest { file } => ingest(g, &file).await,
-        Command::Status { run } => status(g, run.as_deref()).await,
+        Command::Status { run, watch: false } => status(g, run.as_deref()).await,
+        Command::Status { run, watch: true } => watch(g, run.as_deref()).await,
+        Command::Serve { listen } => serve(g, listen).await,
         Command::Retry { run, stage, env } => retry(g, &run, &stage, env.as_deref()).await,
         Command::Approve {
             run,
@@ -47,7 +49,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Loads the configuration and opens the state directory.
 pub fn open(g: &Global) -> Result<Local> {
-    let config = Config::load(&g.config).map_err(|e| {
+    Ok(Local::open(
+        load_config(g)?,
+        &g.state_dir,
+        Settings::default(),
+    )?)
+}
+
+fn load_config(g: &Global) -> Result<Config> {
+    Config::load(&g.config).map_err(|e| {
         if !g.config.exists() {
             anyhow!(
                 "no configuration at {} (pass --config FILE or set BATON_CONFIG; `baton demo` shows a working setup)",
@@ -56,8 +66,137 @@ pub fn open(g: &Global) -> Result<Local> {
         } else {
             anyhow!(e)
         }
-    })?;
-    Ok(Local::open(config, &g.state_dir, Settings::default())?)
+    })
+}
+
+async fn serve(g: &Global, listen: Option<String>) -> Result<ExitCode> {
+    let mut config = load_config(g)?;
+    if let Some(addr) = listen {
+        config.serve.listen = addr;
+    }
+    let addr = config.serve.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    if config.serve.public_url.is_none() {
+        config.serve.public_url = Some(format!("http://{bound}"));
+    }
+    let local = Local::open(config, &g.state_dir, Settings::default())?;
+    let server = std::sync::Arc::new(baton::serve::Server::new(local)?);
+    if g.json {
+        println!("{}", json!({ "listening": format!("http://{bound}") }));
+    } else {
+        println!(
+            "baton serve listening on http://{bound} (state in {})",
+            g.state_dir.display()
+        );
+        for (name, source) in server.endpoints() {
+            println!("  POST /hooks/{name:<16} {source} webhooks");
+        }
+        println!("  GET  /approvals, POST /approvals/<run>/<env>   approver decisions");
+        println!("  GET  /runs, GET /runs/<run>                    status");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending::<()>().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    server.run(listener, shutdown).await?;
+    if !g.json {
+        println!("baton serve stopped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Redraws the run list (or one run's timeline) as it changes.
+async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    enum View {
+        Runs(Vec<baton::runs::RunSummary>),
+        Run(Box<baton::runs::RunView>),
+    }
+    let local = open(g)?;
+    let p = &local.pipeline;
+    let tty = std::io::stdout().is_terminal() && !g.json;
+    let mut last = String::new();
+    loop {
+        let view = match run {
+            None => View::Runs(p.runs().await?),
+            Some(id) => {
+                let (app, run) = p.resolve_run(id).await?;
+                View::Run(Box::new(p.run_view(&app, &run).await?))
+            }
+        };
+        // What changes, one line per run or stage.
+        let text = match &view {
+            View::Runs(runs) => runs
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {}",
+                        r.run,
+                        r.image.as_ref().map(|i| i.tag.as_str()).unwrap_or(""),
+                        r.status
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            View::Run(v) => v
+                .stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} {} attempt {}",
+                        s.stage,
+                        s.environment.as_deref().unwrap_or("-"),
+                        s.status.as_str(),
+                        s.attempt
+                    )
+                })
+                .chain(std::iter::once(format!("run {}", v.status)))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        if text != last {
+            if g.json {
+                match &view {
+                    View::Runs(r) => println!("{}", serde_json::to_string(r)?),
+                    View::Run(v) => println!("{}", serde_json::to_string(v)?),
+                }
+            } else if tty {
+                print!("\x1b[2J\x1b[H");
+                println!(
+                    "baton status --watch  {}  (Ctrl-C to stop)\n",
+                    chrono::Local::now().format("%H:%M:%S")
+                );
+                match &view {
+                    View::Runs(r) => output::print_runs(r),
+                    View::Run(v) => output::print_timeline(v),
+                }
+            } else {
+                let now = chrono::Utc::now().format("%H:%M:%S");
+                for line in text.lines().filter(|l| !last.lines().any(|x| x == *l)) {
+                    println!("{now} {line}");
+                }
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            last = text;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
 }
 
 /// Delivers everything due, with progress; tolerates another process draining.
@@ -102,7 +241,9 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
             return Err(anyhow!(
                 "{} is {}; ingest takes a registry notification (ECR event; distribution, Docker Hub, Harbor, GHCR or Quay webhook)",
                 file.display(),
-                other.map(|k| k.describe()).unwrap_or("not a known document")
+                other
+                    .map(|k| k.describe())
+                    .unwrap_or("not a known document")
             ));
         }
     };
@@ -429,7 +570,11 @@ fn describe_parsed(p: &baton::triggers::Parsed) -> String {
                 x.registry,
                 x.repository,
                 x.tag,
-                if x.digest.is_empty() { "(digest resolved at ingest)" } else { baton::event::short_digest(&x.digest) }
+                if x.digest.is_empty() {
+                    "(digest resolved at ingest)"
+                } else {
+                    baton::event::short_digest(&x.digest)
+                }
             )
         })
         .collect();

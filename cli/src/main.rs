@@ -62,6 +62,15 @@ pub enum Command {
     Status {
         /// Run id (or a unique prefix of at least 4 characters).
         run: Option<String>,
+        /// Keep watching: redraw as runs advance (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Receive registry webhooks and approval decisions over HTTP and run the pipeline.
+    Serve {
+        /// Address to listen on (default: `serve.listen` of the configuration).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Re-run exactly one stage of a run from its recorded input event.
     Retry {

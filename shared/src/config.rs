@@ -320,7 +320,9 @@ pub struct RegistryConfig {
 
 impl RegistryConfig {
     pub fn base_url(&self) -> String {
-        self.url.clone().unwrap_or_else(|| format!("https://{}", self.host))
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.host))
     }
 }
 
@@ -331,7 +333,10 @@ pub enum RegistryAuth {
     #[default]
     None,
     /// Basic auth (also used to fetch bearer tokens when the registry asks for them).
-    Basic { username: String, password_env: String },
+    Basic {
+        username: String,
+        password_env: String,
+    },
     /// A static bearer token.
     Bearer { token_env: String },
 }
@@ -412,7 +417,10 @@ pub enum WebhookAuth {
         secret_env: String,
     },
     /// HTTP basic auth.
-    Basic { username: String, password_env: String },
+    Basic {
+        username: String,
+        password_env: String,
+    },
     /// A token in the query string (`?token=<secret>`).
     QueryToken {
         #[serde(default = "default_token_param")]
@@ -697,10 +705,16 @@ impl Config {
         let mut hosts = BTreeSet::new();
         for (i, r) in self.registries.iter().enumerate() {
             if r.host.is_empty() || r.host.contains('/') {
-                p.push(format!("registries[{i}].host: {:?} must be a host[:port]", r.host));
+                p.push(format!(
+                    "registries[{i}].host: {:?} must be a host[:port]",
+                    r.host
+                ));
             }
             if !hosts.insert(r.host.clone()) {
-                p.push(format!("registries[{i}].host: {:?} is declared twice", r.host));
+                p.push(format!(
+                    "registries[{i}].host: {:?} is declared twice",
+                    r.host
+                ));
             }
             if let Some(u) = &r.url
                 && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -709,15 +723,24 @@ impl Config {
             }
         }
         if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!("serve.listen: {:?} must be an address like 127.0.0.1:8080", self.serve.listen));
+            p.push(format!(
+                "serve.listen: {:?} must be an address like 127.0.0.1:8080",
+                self.serve.listen
+            ));
         }
         let mut hooks = BTreeSet::new();
         for (i, w) in self.serve.webhooks.iter().enumerate() {
             if !is_dns_label(&w.name) {
-                p.push(format!("serve.webhooks[{i}].name: {:?} must be lowercase letters, digits and dashes", w.name));
+                p.push(format!(
+                    "serve.webhooks[{i}].name: {:?} must be lowercase letters, digits and dashes",
+                    w.name
+                ));
             }
             if !hooks.insert(w.name.clone()) {
-                p.push(format!("serve.webhooks[{i}].name: {:?} is declared twice", w.name));
+                p.push(format!(
+                    "serve.webhooks[{i}].name: {:?} is declared twice",
+                    w.name
+                ));
             }
             if w.source == crate::triggers::TriggerKind::Ecr {
                 p.push(format!(

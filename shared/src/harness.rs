@@ -170,6 +170,9 @@ pub struct StageRecord {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_until: Option<DateTime<Utc>>,
+    /// The worker holding the lease (`host/pid/start` for local processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Output events (ids fixed before publishing).
     #[serde(default)]
     pub outputs: Vec<Event>,
@@ -522,6 +525,7 @@ impl<P: Ports> Pipeline<P> {
                     updated_at: now,
                     finished_at: None,
                     lease_until: Some(lease_until),
+                    owner: Some(self.settings.owner.clone()),
                     outputs: vec![],
                     progress: None,
                     note: None,
@@ -535,7 +539,9 @@ impl<P: Ports> Pipeline<P> {
                     Err(e) => return Err(e),
                 }
             };
-            let lease_live = rec.lease_until.is_some_and(|l| l > now);
+            // A lease ends at its time, or at once when its local owner process died.
+            let lease_live = rec.lease_until.is_some_and(|l| l > now)
+                && !rec.owner.as_deref().is_some_and(crate::process::is_dead);
             if mode == Mode::Retry {
                 match rec.status {
                     StageStatus::Succeeded => {
@@ -614,6 +620,7 @@ impl<P: Ports> Pipeline<P> {
             }
             // Waiting, retrying, or an expired lease: take it (same attempt).
             rec.lease_until = Some(lease_until);
+            rec.owner = Some(self.settings.owner.clone());
             if rec.status != StageStatus::Publishing {
                 rec.transition(StageStatus::Running, now, None);
             }

@@ -11,6 +11,7 @@
 //! * [`local`]: the pipeline on embedded adapters with its dispatcher.
 
 pub mod config;
+pub mod distribution;
 pub mod embedded;
 pub mod error;
 pub mod event;
@@ -20,11 +21,15 @@ pub mod ids;
 pub mod local;
 pub mod policy;
 pub mod ports;
+pub mod process;
 pub mod runs;
 pub mod schema;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod stages;
 pub mod store;
 pub mod subscriptions;
 pub mod triggers;
+pub mod webhooks;
 
 pub use error::{Error, Result};

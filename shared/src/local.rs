@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::config::{
     AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
 };
+use crate::distribution::DistributionRegistry;
 use crate::embedded::{
     CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier,
     ManifestTarget, StoreRegistry, Subscriber, WebhookNotifier,
@@ -16,7 +17,7 @@ use crate::embedded::{
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
 use crate::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::ports::{BusMessage, Notifier, Ports};
+use crate::ports::{BusMessage, Notifier, Ports, Registry};
 use crate::stages::{Pipeline, Settings, StageName};
 use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::Trigger;
@@ -42,12 +43,70 @@ impl Notifier for LocalNotifier {
     }
 }
 
+/// The registry port of local mode: configured hosts over the distribution HTTP API,
+/// every other host in the embedded registry.
+pub struct LocalRegistry {
+    pub embedded: StoreRegistry<DirStore>,
+    pub remote: Vec<DistributionRegistry>,
+}
+
+impl LocalRegistry {
+    fn remote(&self, host: &str) -> Option<&DistributionRegistry> {
+        self.remote.iter().find(|r| r.host() == host)
+    }
+
+    /// Records a push in the embedded registry (hosts reached over HTTP keep their own).
+    pub async fn record_push(
+        &self,
+        image: &crate::event::Image,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        if self.remote(&image.registry).is_some() {
+            return Ok(());
+        }
+        self.embedded.record_push(image, at).await
+    }
+
+    /// The digest a tag points at, if any.
+    pub async fn tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<String>> {
+        match self.remote(registry) {
+            Some(r) => match r.resolve(registry, repository, tag).await {
+                Ok(x) => Ok(Some(x.digest)),
+                Err(Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            },
+            None => self.embedded.tag(registry, repository, tag).await,
+        }
+    }
+}
+
+impl Registry for LocalRegistry {
+    async fn resolve(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<crate::ports::Resolved> {
+        match self.remote(registry) {
+            Some(r) => r.resolve(registry, repository, tag).await,
+            None => self.embedded.resolve(registry, repository, tag).await,
+        }
+    }
+
+    async fn retag(&self, image: &crate::event::Image, tag: &str) -> Result<()> {
+        match self.remote(&image.registry) {
+            Some(r) => r.retag(image, tag).await,
+            None => self.embedded.retag(image, tag).await,
+        }
+    }
+}
+
 /// The embedded ports.
 pub struct LocalPorts {
     pub state_dir: PathBuf,
     pub bus: EmbeddedBus,
     pub store: DirStore,
-    pub registry: StoreRegistry<DirStore>,
+    pub registry: LocalRegistry,
     config: Arc<Config>,
     http: reqwest::Client,
 }
@@ -55,7 +114,7 @@ pub struct LocalPorts {
 impl Ports for LocalPorts {
     type Bus = EmbeddedBus;
     type Store = DirStore;
-    type Registry = StoreRegistry<DirStore>;
+    type Registry = LocalRegistry;
     type Tests = CommandRunner;
     type Target = ManifestTarget;
     type Notifier = LocalNotifier;
@@ -66,7 +125,7 @@ impl Ports for LocalPorts {
     fn store(&self) -> &DirStore {
         &self.store
     }
-    fn registry(&self) -> &StoreRegistry<DirStore> {
+    fn registry(&self) -> &LocalRegistry {
         &self.registry
     }
     fn test_runner(&self, app: &AppConfig) -> Result<CommandRunner> {
@@ -126,7 +185,10 @@ pub struct Local {
 
 impl Local {
     /// Opens the state directory (creating it) for this configuration.
-    pub fn open(config: Config, state_dir: &Path, settings: Settings) -> Result<Local> {
+    pub fn open(config: Config, state_dir: &Path, mut settings: Settings) -> Result<Local> {
+        if settings.approvals_url.is_none() {
+            settings.approvals_url = Some(config.serve.public_url());
+        }
         let config = Arc::new(config);
         std::fs::create_dir_all(state_dir)
             .map_err(|e| Error::io("create state directory", state_dir, e))?;
@@ -137,13 +199,22 @@ impl Local {
             .collect();
         let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
         let store = DirStore::open(state_dir.join("store"))?;
+        let http = reqwest::Client::new();
+        let remote = config
+            .registries
+            .iter()
+            .map(|r| DistributionRegistry::from_config(r, http.clone()))
+            .collect::<Result<Vec<_>>>()?;
         let ports = LocalPorts {
             state_dir: state_dir.to_path_buf(),
             bus,
-            registry: StoreRegistry::new(store.clone()),
+            registry: LocalRegistry {
+                embedded: StoreRegistry::new(store.clone()),
+                remote,
+            },
             store,
             config: config.clone(),
-            http: reqwest::Client::new(),
+            http,
         };
         Ok(Local {
             pipeline: Pipeline::new(ports, config, settings),

@@ -40,7 +40,66 @@ pub struct RunView {
     pub approvals: Vec<ApprovalRecord>,
 }
 
+/// An approval waiting for decisions (`GET /approvals`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingApproval {
+    pub app: String,
+    pub run: String,
+    pub environment: String,
+    pub image: Image,
+    pub approvals: u32,
+    pub required: u32,
+    pub approvers: Vec<String>,
+    pub groups: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+    pub pushed_by: Option<String>,
+    pub url: Option<String>,
+}
+
 impl<P: Ports> Pipeline<P> {
+    /// Approvals still waiting for decisions, oldest first.
+    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>> {
+        let store = self.ports.store();
+        let now = self.ports.now();
+        let mut out = vec![];
+        for key in store.list("approvals/").await? {
+            let Some((rec, _)) = get_json::<_, ApprovalRecord>(store, &key).await? else {
+                continue;
+            };
+            if rec.status != crate::policy::approval::ApprovalStatus::Pending
+                || rec.rules.expires_at <= now
+            {
+                continue;
+            }
+            let approvals = rec
+                .decisions
+                .iter()
+                .filter(|d| d.verdict == crate::policy::approval::Verdict::Approve)
+                .map(|d| d.by.as_str())
+                .collect::<BTreeSet<_>>()
+                .len() as u32;
+            let url = match &rec.request.payload {
+                Payload::ApprovalRequested(r) => r.url.clone(),
+                _ => None,
+            };
+            out.push(PendingApproval {
+                image: rec.request.ctx().image.clone(),
+                app: rec.app,
+                run: rec.run,
+                environment: rec.environment,
+                approvals,
+                required: rec.rules.required,
+                approvers: rec.rules.approvers,
+                groups: rec.rules.groups.into_iter().map(|(g, _)| g).collect(),
+                expires_at: rec.rules.expires_at,
+                pushed_by: rec.rules.pushed_by,
+                url,
+            });
+        }
+        out.sort_by_key(|a| a.expires_at);
+        Ok(out)
+    }
+
     /// Finds a run by its id or a unique prefix of it (at least 4 characters).
     pub async fn resolve_run(&self, id: &str) -> Result<(String, String)> {
         if id.len() < 4 {

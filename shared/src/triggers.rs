@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, validate_digest};
 
 /// Where a push notification came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TriggerKind {
     /// ECR "ECR Image Action" delivered by EventBridge.
@@ -312,11 +312,15 @@ struct HubRepository {
 /// Parses a Docker Hub repository webhook. It carries no digest: ingest resolves it.
 pub fn parse_dockerhub(payload: &Value) -> Result<Parsed> {
     let p: HubPayload = typed("Docker Hub webhook", payload)?;
-    let pushed_at = DateTime::from_timestamp(p.push_data.pushed_at, 0)
-        .ok_or_else(|| Error::invalid("Docker Hub webhook", "push_data.pushed_at: not a Unix time"))?;
+    let pushed_at = DateTime::from_timestamp(p.push_data.pushed_at, 0).ok_or_else(|| {
+        Error::invalid("Docker Hub webhook", "push_data.pushed_at: not a Unix time")
+    })?;
     let mut out = Parsed::default();
     if p.push_data.tag.is_empty() {
-        out.ignored.push(format!("push to {} without a tag ignored", p.repository.repo_name));
+        out.ignored.push(format!(
+            "push to {} without a tag ignored",
+            p.repository.repo_name
+        ));
         return Ok(out);
     }
     // Official images are `library/<name>` in the registry.
@@ -327,7 +331,10 @@ pub fn parse_dockerhub(payload: &Value) -> Result<Parsed> {
     };
     out.pushes.push(Push {
         trigger: TriggerKind::Dockerhub,
-        notification_id: format!("{}:{}:{}", repository, p.push_data.tag, p.push_data.pushed_at),
+        notification_id: format!(
+            "{}:{}:{}",
+            repository, p.push_data.tag, p.push_data.pushed_at
+        ),
         registry: "docker.io".into(),
         repository,
         tag: p.push_data.tag,
@@ -369,22 +376,30 @@ pub fn parse_harbor(payload: &Value) -> Result<Parsed> {
     let p: HarborPayload = typed("Harbor webhook", payload)?;
     let mut out = Parsed::default();
     if p.ty != "PUSH_ARTIFACT" {
-        out.ignored.push(format!("Harbor event {} is not a push", p.ty));
+        out.ignored
+            .push(format!("Harbor event {} is not a push", p.ty));
         return Ok(out);
     }
     let pushed_at = DateTime::from_timestamp(p.occur_at, 0)
         .ok_or_else(|| Error::invalid("Harbor webhook", "occur_at: not a Unix time"))?;
     for (i, r) in p.event_data.resources.into_iter().enumerate() {
         let Some(tag) = r.tag.filter(|t| !t.is_empty()) else {
-            out.ignored.push(format!("untagged artifact {} ignored", r.resource_url));
+            out.ignored
+                .push(format!("untagged artifact {} ignored", r.resource_url));
             continue;
         };
         validate_digest(&r.digest).map_err(|e| {
-            Error::invalid("Harbor webhook", format!("event_data.resources[{i}].digest: {e}"))
+            Error::invalid(
+                "Harbor webhook",
+                format!("event_data.resources[{i}].digest: {e}"),
+            )
         })?;
         out.pushes.push(Push {
             trigger: TriggerKind::Harbor,
-            notification_id: format!("{}:{}:{}", p.event_data.repository.repo_full_name, r.digest, p.occur_at),
+            notification_id: format!(
+                "{}:{}:{}",
+                p.event_data.repository.repo_full_name, r.digest, p.occur_at
+            ),
             registry: host_of(&r.resource_url),
             repository: p.event_data.repository.repo_full_name.clone(),
             tag,
@@ -445,29 +460,44 @@ pub fn parse_ghcr(payload: &Value) -> Result<Parsed> {
     let p: GhPayload = typed("GitHub package event", payload)?;
     let mut out = Parsed::default();
     if !p.package.package_type.eq_ignore_ascii_case("container") {
-        out.ignored.push(format!("package type {} is not a container", p.package.package_type));
+        out.ignored.push(format!(
+            "package type {} is not a container",
+            p.package.package_type
+        ));
         return Ok(out);
     }
     if p.action != "published" && p.action != "updated" {
-        out.ignored.push(format!("package action {} is not a push", p.action));
+        out.ignored
+            .push(format!("package action {} is not a push", p.action));
         return Ok(out);
     }
     let Some(meta) = p.package.package_version.container_metadata else {
-        out.ignored.push("package version without container metadata ignored".into());
+        out.ignored
+            .push("package version without container metadata ignored".into());
         return Ok(out);
     };
     if meta.tag.name.is_empty() {
-        out.ignored.push(format!("untagged version of {}/{} ignored", p.package.namespace, p.package.name));
+        out.ignored.push(format!(
+            "untagged version of {}/{} ignored",
+            p.package.namespace, p.package.name
+        ));
         return Ok(out);
     }
     validate_digest(&meta.tag.digest).map_err(|e| {
-        Error::invalid("GitHub package event", format!("package.package_version.container_metadata.tag.digest: {e}"))
+        Error::invalid(
+            "GitHub package event",
+            format!("package.package_version.container_metadata.tag.digest: {e}"),
+        )
     })?;
     let registry = p
         .package
         .registry
         .as_ref()
-        .and_then(|r| r.url.split_once("://").map(|(_, h)| h.trim_end_matches('/').to_string()))
+        .and_then(|r| {
+            r.url
+                .split_once("://")
+                .map(|(_, h)| h.trim_end_matches('/').to_string())
+        })
         .unwrap_or_else(|| "ghcr.io".into());
     out.pushes.push(Push {
         trigger: TriggerKind::Ghcr,
@@ -476,7 +506,12 @@ pub fn parse_ghcr(payload: &Value) -> Result<Parsed> {
         repository: format!("{}/{}", p.package.namespace.to_lowercase(), p.package.name),
         tag: meta.tag.name,
         digest: meta.tag.digest,
-        pushed_at: p.package.package_version.created_at.or(p.package.updated_at).unwrap_or_else(Utc::now),
+        pushed_at: p
+            .package
+            .package_version
+            .created_at
+            .or(p.package.updated_at)
+            .unwrap_or_else(Utc::now),
         pushed_by: p.sender.map(|s| s.login),
     });
     Ok(out)
@@ -508,7 +543,8 @@ pub fn parse_quay(payload: &Value, received_at: DateTime<Utc>) -> Result<Parsed>
         });
     }
     if out.pushes.is_empty() {
-        out.ignored.push(format!("notification for {} names no tag", p.repository));
+        out.ignored
+            .push(format!("notification for {} names no tag", p.repository));
     }
     Ok(out)
 }
@@ -574,7 +610,9 @@ impl DocumentKind {
         match self {
             DocumentKind::BatonEvent => "Baton event (CloudEvents 1.0)",
             DocumentKind::Trigger(TriggerKind::Ecr) => "ECR Image Action (EventBridge)",
-            DocumentKind::Trigger(TriggerKind::Distribution) => "CNCF distribution notification envelope",
+            DocumentKind::Trigger(TriggerKind::Distribution) => {
+                "CNCF distribution notification envelope"
+            }
             DocumentKind::Trigger(TriggerKind::Dockerhub) => "Docker Hub webhook",
             DocumentKind::Trigger(TriggerKind::Harbor) => "Harbor webhook",
             DocumentKind::Trigger(TriggerKind::Ghcr) => "GitHub package event (GHCR)",

@@ -101,6 +101,8 @@ pub struct Settings {
     pub approvals_url: Option<String>,
     /// Longest a waiting stage sleeps between checks.
     pub max_wait: Duration,
+    /// Who this worker is, recorded with its claims (see [`crate::process`]).
+    pub owner: String,
 }
 
 impl Default for Settings {
@@ -110,6 +112,7 @@ impl Default for Settings {
             test_output_limit: 64 * 1024,
             approvals_url: None,
             max_wait: Duration::from_secs(15 * 60),
+            owner: crate::process::instance_id(),
         }
     }
 }

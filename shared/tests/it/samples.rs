@@ -7,6 +7,7 @@ use baton::triggers::{
     DocumentKind, event_from_sns_notification, events_from_sqs, identify, parse_distribution,
     parse_ecr,
 };
+use baton::triggers::{Trigger, TriggerKind};
 use serde_json::Value;
 
 fn samples() -> Vec<PathBuf> {
@@ -56,7 +57,11 @@ fn every_sample_parses_as_what_it_is() {
                 assert!(p.ignored[0].contains("blob"));
             }
             DocumentKind::Trigger(kind) => {
-                let t = Trigger { kind, received_at: chrono::Utc::now(), payload: v.clone() };
+                let t = Trigger {
+                    kind,
+                    received_at: chrono::Utc::now(),
+                    payload: v.clone(),
+                };
                 let p = t.parse().unwrap_or_else(|e| panic!("{}: {e}", f.display()));
                 assert_eq!(p.pushes.len(), 1, "{}: one push", f.display());
                 kinds_seen.insert(kind);
@@ -73,7 +78,11 @@ fn every_sample_parses_as_what_it_is() {
     }
     let all: std::collections::BTreeSet<EventType> = EventType::ALL.into_iter().collect();
     assert_eq!(types_seen, all, "a sample of every Baton event type");
-    assert_eq!(kinds_seen.len(), 4, "samples of Docker Hub, Harbor, GHCR and Quay webhooks");
+    assert_eq!(
+        kinds_seen.len(),
+        4,
+        "samples of Docker Hub, Harbor, GHCR and Quay webhooks"
+    );
 }
 
 fn load(rel: &str) -> Value {
