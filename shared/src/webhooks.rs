@@ -172,10 +172,9 @@ impl Endpoint {
                 }
             }
             Resolved::QueryToken { param, secret } => {
-                let given = req.query.unwrap_or("").split('&').find_map(|kv| {
-                    let (k, v) = kv.split_once('=')?;
-                    (k == param).then(|| v.to_string())
-                });
+                let given = form_urlencoded::parse(req.query.unwrap_or("").as_bytes())
+                    .find(|(k, _)| k == param)
+                    .map(|(_, v)| v.into_owned());
                 match given {
                     Some(v) if same(v.as_bytes(), secret.as_bytes()) => Ok(()),
                     Some(_) => no(&format!("query parameter {param} does not match")),

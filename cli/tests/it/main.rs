@@ -1,6 +1,8 @@
 //! Integration tests through the real `baton` binary: the demo, the operator commands,
 //! their `--json` output and their one-line errors.
 
+mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
