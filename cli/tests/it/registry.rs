@@ -20,7 +20,11 @@ fn require(program: &str) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -37,7 +41,12 @@ async fn wait_http(url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,17 +89,35 @@ fn push(dir: &Path, registry: u16, repo: &str, tag: &str) -> String {
     let layout = dir.join("oci");
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     if !layout.exists() {
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+        run(Command::new("umoci")
+            .args(["init", "--layout"])
+            .arg(&layout));
     }
     let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci").args(["config", "--image", &image, "--config.env", &format!("VERSION={tag}")]));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        &format!("VERSION={tag}"),
+    ]));
     let dest = format!("docker://127.0.0.1:{registry}/{repo}:{tag}");
-    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false", &format!("oci:{image}"), &dest]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{image}"),
+        &dest,
+    ]));
     digest_of(registry, repo, tag)
 }
 
@@ -100,7 +127,11 @@ fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
         .arg(format!("docker://127.0.0.1:{registry}/{repo}:{tag}"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "inspect {repo}:{tag}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect {repo}:{tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -153,7 +184,13 @@ async fn start_serve(root: &Path, port: u16) -> Proc {
         .env("BATON_TEST_ALICE_TOKEN", ALICE_TOKEN)
         .env("BATON_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(root.join("serve.log")).unwrap())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(root.join("serve.log"))
+                .unwrap(),
+        )
         .spawn()
         .expect("start baton serve");
     wait_http(&format!("http://127.0.0.1:{port}/healthz")).await;
@@ -174,7 +211,15 @@ impl Api {
     }
 
     async fn runs(&self) -> Vec<Value> {
-        let v: Value = self.client.get(format!("{}/runs", self.base)).send().await.unwrap().json().await.unwrap();
+        let v: Value = self
+            .client
+            .get(format!("{}/runs", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         v.as_array().cloned().unwrap_or_default()
     }
 
@@ -195,7 +240,10 @@ impl Api {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("run of {digest} never reached {want:?}; runs: {:#?}", self.runs().await);
+        panic!(
+            "run of {digest} never reached {want:?}; runs: {:#?}",
+            self.runs().await
+        );
     }
 
     async fn decide(&self, run: &str, env: &str, token: &str, decision: &str) -> (u16, Value) {
@@ -229,23 +277,43 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
     // 1.0.0: tests, staging by digest, production waits
     let started = Instant::now();
     let d100 = push(&root, reg, "demo/app", "1.0.0");
-    api.wait_status(&d100, "awaiting approval (production)").await;
+    api.wait_status(&d100, "awaiting approval (production)")
+        .await;
     let push_to_staging = started.elapsed();
-    println!("push to staging deploy (incl. skopeo push): {} ms", push_to_staging.as_millis());
+    println!(
+        "push to staging deploy (incl. skopeo push): {} ms",
+        push_to_staging.as_millis()
+    );
     let reference = format!("127.0.0.1:{reg}/demo/app@{d100}");
-    assert!(manifest(&root, "staging").contains(&format!("image: {reference} # set by baton")), "{}", manifest(&root, "staging"));
+    assert!(
+        manifest(&root, "staging").contains(&format!("image: {reference} # set by baton")),
+        "{}",
+        manifest(&root, "staging")
+    );
     assert!(manifest(&root, "production").contains("example/app:0.0.1"));
     // promote retagged the image in the real registry
     assert_eq!(digest_of(reg, "demo/app", "staging"), d100);
 
     // approvals over HTTP: a bad token changes nothing
-    let run = api.runs().await.into_iter().find(|r| r["image"]["digest"] == d100.as_str()).unwrap()["run"]
+    let run = api
+        .runs()
+        .await
+        .into_iter()
+        .find(|r| r["image"]["digest"] == d100.as_str())
+        .unwrap()["run"]
         .as_str()
         .unwrap()
         .to_string();
-    let (status, _) = api.decide(&run, "production", "not-a-token", "approve").await;
+    let (status, _) = api
+        .decide(&run, "production", "not-a-token", "approve")
+        .await;
     assert_eq!(status, 401);
-    let r = api.client.get(format!("{}/approvals", api.base)).send().await.unwrap();
+    let r = api
+        .client
+        .get(format!("{}/approvals", api.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let pending: Value = api
         .client
@@ -265,7 +333,10 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
         "approval.requested carries a link"
     );
     assert!(manifest(&root, "production").contains("example/app:0.0.1"));
-    assert_eq!(api.status_of(&d100).await.as_deref(), Some("awaiting approval (production)"));
+    assert_eq!(
+        api.status_of(&d100).await.as_deref(),
+        Some("awaiting approval (production)")
+    );
 
     let (status, body) = api.decide(&run, "production", ALICE_TOKEN, "approve").await;
     assert_eq!(status, 200, "{body}");
@@ -278,7 +349,8 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
 
     // newer wins: 1.1.0 then 1.0.1 leaves 1.1.0 live in staging
     let d110 = push(&root, reg, "demo/app", "1.1.0");
-    api.wait_status(&d110, "awaiting approval (production)").await;
+    api.wait_status(&d110, "awaiting approval (production)")
+        .await;
     let d101 = push(&root, reg, "demo/app", "1.0.1");
     api.wait_status(&d101, "superseded (staging)").await;
     assert!(manifest(&root, "staging").contains(&d110));
@@ -289,7 +361,8 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
     let before = api.runs().await.len();
     push(&root, reg, "other/app", "1.0.0");
     let d120 = push(&root, reg, "demo/app", "1.2.0");
-    api.wait_status(&d120, "awaiting approval (production)").await;
+    api.wait_status(&d120, "awaiting approval (production)")
+        .await;
     let runs = api.runs().await;
     assert_eq!(runs.len(), before + 1, "only demo/app:1.2.0 started a run");
     assert!(runs.iter().all(|r| r["image"]["repository"] == "demo/app"));
@@ -305,7 +378,10 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
             .client
             .post(format!("{}/hooks/registry", api.base))
             .header("Authorization", HOOK_SECRET)
-            .header("Content-Type", "application/vnd.docker.distribution.events.v1+json")
+            .header(
+                "Content-Type",
+                "application/vnd.docker.distribution.events.v1+json",
+            )
             .body(sample.to_string())
             .send()
             .await
@@ -335,12 +411,18 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("events[0]"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("events[0]"),
+        "{body}"
+    );
     let dead = root.join(".baton/store/deadletters/webhooks/registry");
     assert_eq!(std::fs::read_dir(&dead).unwrap().count(), 1);
     let log = std::fs::read_to_string(root.join("serve.log")).unwrap();
     assert!(log.contains("webhook refused"), "refusals are logged");
-    assert!(!log.contains("hook-s3cret") && !log.contains(ALICE_TOKEN), "secrets never reach the log");
+    assert!(
+        !log.contains("hook-s3cret") && !log.contains(ALICE_TOKEN),
+        "secrets never reach the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -374,8 +456,13 @@ async fn a_kill_right_after_202_loses_nothing() {
 
     let _serve = start_serve(&root, serve_port).await;
     let api = Api::new(serve_port);
-    let waited = api.wait_status(&digest, "awaiting approval (production)").await;
-    assert!(waited < Duration::from_secs(20), "resumed without waiting out a lease: {waited:?}");
+    let waited = api
+        .wait_status(&digest, "awaiting approval (production)")
+        .await;
+    assert!(
+        waited < Duration::from_secs(20),
+        "resumed without waiting out a lease: {waited:?}"
+    );
     assert!(manifest(&root, "staging").contains(&digest));
 }
 
@@ -396,7 +483,13 @@ async fn other_registries_webhooks_through_http() {
     };
     write_project(&root, reg, "true", "");
     let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
-    let apps = [app("hub", "docker.io", true), app("harbor", "harbor.example.com", false), app("ghcr", "ghcr.io", false), app("quay", "quay.io", true)].concat();
+    let apps = [
+        app("hub", "docker.io", true),
+        app("harbor", "harbor.example.com", false),
+        app("ghcr", "ghcr.io", false),
+        app("quay", "quay.io", true),
+    ]
+    .concat();
     cfg = cfg.replace("apps:\n", &format!("apps:\n{apps}"));
     cfg = cfg.replace(
         "registries:\n",
@@ -428,18 +521,80 @@ async fn other_registries_webhooks_through_http() {
     let quay_basic = format!("Basic {}", b64(format!("quay:{secret}").as_bytes()));
 
     // wrong credentials: 401 for each source's scheme
-    assert_eq!(send("/hooks/hub?token=nope", read("dockerhub.json"), None).await.unwrap().status().as_u16(), 401);
-    assert_eq!(send("/hooks/harbor", read("harbor.json"), Some(("Authorization", "x".into()))).await.unwrap().status().as_u16(), 401);
-    assert_eq!(send("/hooks/gh", read("ghcr.json"), Some(("X-Hub-Signature-256", "sha256=00".into()))).await.unwrap().status().as_u16(), 401);
-    assert_eq!(send("/hooks/quay", read("quay.json"), Some(("Authorization", "Basic eDp5".into()))).await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        send("/hooks/hub?token=nope", read("dockerhub.json"), None)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        send(
+            "/hooks/harbor",
+            read("harbor.json"),
+            Some(("Authorization", "x".into()))
+        )
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        401
+    );
+    assert_eq!(
+        send(
+            "/hooks/gh",
+            read("ghcr.json"),
+            Some(("X-Hub-Signature-256", "sha256=00".into()))
+        )
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        401
+    );
+    assert_eq!(
+        send(
+            "/hooks/quay",
+            read("quay.json"),
+            Some(("Authorization", "Basic eDp5".into()))
+        )
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        401
+    );
 
     // right credentials: 202, queued
     let token = secret.replace(' ', "%20");
     for (path, body, auth) in [
-        (format!("/hooks/hub?token={token}"), read("dockerhub.json"), None),
-        ("/hooks/harbor".to_string(), read("harbor.json"), Some(("Authorization", secret.clone()))),
-        ("/hooks/gh".to_string(), read("ghcr.json"), Some(("X-Hub-Signature-256", format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), &read("ghcr.json")))))),
-        ("/hooks/quay".to_string(), read("quay.json"), Some(("Authorization", quay_basic.clone()))),
+        (
+            format!("/hooks/hub?token={token}"),
+            read("dockerhub.json"),
+            None,
+        ),
+        (
+            "/hooks/harbor".to_string(),
+            read("harbor.json"),
+            Some(("Authorization", secret.clone())),
+        ),
+        (
+            "/hooks/gh".to_string(),
+            read("ghcr.json"),
+            Some((
+                "X-Hub-Signature-256",
+                format!(
+                    "sha256={}",
+                    hmac_sha256_hex(secret.as_bytes(), &read("ghcr.json"))
+                ),
+            )),
+        ),
+        (
+            "/hooks/quay".to_string(),
+            read("quay.json"),
+            Some(("Authorization", quay_basic.clone())),
+        ),
     ] {
         let r = send(&path, body, auth).await.unwrap();
         let status = r.status().as_u16();
@@ -449,22 +604,46 @@ async fn other_registries_webhooks_through_http() {
     }
     let harbor: Value = serde_json::from_slice(&read("harbor.json")).unwrap();
     let ghcr: Value = serde_json::from_slice(&read("ghcr.json")).unwrap();
-    let harbor_digest = harbor["event_data"]["resources"][0]["digest"].as_str().unwrap().to_string();
-    let ghcr_digest = ghcr["package"]["package_version"]["container_metadata"]["tag"]["digest"].as_str().unwrap().to_string();
-    for (app, digest) in [("hub", &hub_digest), ("harbor", &harbor_digest), ("ghcr", &ghcr_digest), ("quay", &quay_digest)] {
+    let harbor_digest = harbor["event_data"]["resources"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghcr_digest = ghcr["package"]["package_version"]["container_metadata"]["tag"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (app, digest) in [
+        ("hub", &hub_digest),
+        ("harbor", &harbor_digest),
+        ("ghcr", &ghcr_digest),
+        ("quay", &quay_digest),
+    ] {
         api.wait_status(digest, "deployed").await;
-        let run = api.runs().await.into_iter().find(|r| r["image"]["digest"] == digest.as_str()).unwrap();
+        let run = api
+            .runs()
+            .await
+            .into_iter()
+            .find(|r| r["image"]["digest"] == digest.as_str())
+            .unwrap();
         assert_eq!(run["app"], app);
     }
     // promote retagged through the registry API for the hosts it reaches
-    assert_eq!(digest_of(reg, "demo/web", "staging"), quay_digest, "quay's push came last");
+    assert_eq!(
+        digest_of(reg, "demo/web", "staging"),
+        quay_digest,
+        "quay's push came last"
+    );
 }
 
 fn b64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -487,8 +666,19 @@ fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
     } else {
         k[..key.len()].copy_from_slice(key);
     }
-    let inner: Vec<u8> = k.iter().map(|b| b ^ 0x36).chain(msg.iter().copied()).collect();
+    let inner: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(msg.iter().copied())
+        .collect();
     let inner_hash = Sha256::digest(&inner);
-    let outer: Vec<u8> = k.iter().map(|b| b ^ 0x5c).chain(inner_hash.iter().copied()).collect();
-    Sha256::digest(&outer).iter().map(|b| format!("{b:02x}")).collect()
+    let outer: Vec<u8> = k
+        .iter()
+        .map(|b| b ^ 0x5c)
+        .chain(inner_hash.iter().copied())
+        .collect();
+    Sha256::digest(&outer)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
