@@ -367,3 +367,36 @@ fn missing_configuration_says_what_to_do() {
         stderr(&o)
     );
 }
+
+#[test]
+fn status_watch_prints_changes_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let (_d, root) = project();
+    let p1 = push_file(&root, "1.0.0", 'a', "2026-11-20T10:00:00Z");
+    assert!(
+        baton(&root, &["ingest", p1.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--json", "status", "--watch"])
+        .current_dir(&root)
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_STATE_DIR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first[0]["status"], "awaiting approval (production)");
+    let run = first[0]["run"].as_str().unwrap().to_string();
+    let o = baton(
+        &root,
+        &["approve", &run, "--env", "production", "--as", "alice"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second[0]["status"], "deployed", "the watch saw the change");
+    let _ = child.kill();
+    let _ = child.wait();
+}

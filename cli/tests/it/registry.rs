@@ -464,6 +464,31 @@ async fn a_kill_right_after_202_loses_nothing() {
         "resumed without waiting out a lease: {waited:?}"
     );
     assert!(manifest(&root, "staging").contains(&digest));
+    // and the run completes
+    let run = api.runs().await[0]["run"].as_str().unwrap().to_string();
+    let (status, body) = api.decide(&run, "production", ALICE_TOKEN, "approve").await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_status(&digest, "deployed").await;
+    assert!(manifest(&root, "production").contains(&digest));
+    let view: Value = api
+        .client
+        .get(format!("{}/runs/{}", api.base, &run[..8]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let built = view["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "image.built")
+        .count();
+    assert_eq!(
+        built, 1,
+        "the delivery replayed after the restart started no second run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
