@@ -161,7 +161,12 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
     for env in &app_cfg.environments {
         let live = p.live(&app, &env.name).await?;
         let manifests = match &env.deploy {
-            baton::config::DeployConfig::Manifest(m) => p.config.resolve(&m.dir),
+            baton::config::DeployConfig::Manifest(m) => {
+                p.config.resolve(&m.dir).display().to_string()
+            }
+            baton::config::DeployConfig::Kubernetes(k) => {
+                format!("cluster {} namespace {}", k.cluster, k.namespace)
+            }
         };
         deployed.push((
             env.name.clone(),
@@ -189,7 +194,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         println!("deployed:");
         for (env, img, dir) in &deployed {
             println!("  {env:<11} {}", img.as_deref().unwrap_or("(nothing)"));
-            println!("  {:<11} manifests: {}", "", dir.display());
+            println!("  {:<11} where: {dir}", "");
         }
         println!();
         println!("notifications: {}", dir.join("notifications.log").display());

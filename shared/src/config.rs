@@ -37,6 +37,10 @@ pub struct Config {
     /// `baton serve`: webhooks, approvals and status over HTTP.
     #[serde(default)]
     pub serve: ServeConfig,
+    /// Kubernetes clusters the `kubernetes` deploy target and `kubernetes_job` test
+    /// runner use, by name.
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
     /// Directory relative paths in this file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -72,14 +76,118 @@ pub struct AppConfig {
 pub enum TestConfig {
     /// Run a local command with the image reference in its environment.
     Command(CommandTest),
+    /// Run the image, pinned by digest, as a Kubernetes Job in a test namespace.
+    KubernetesJob(KubeJobTest),
 }
 
 impl TestConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TestConfig::Command(_) => "command",
+            TestConfig::KubernetesJob(_) => "kubernetes-job",
         }
     }
+}
+
+/// The `kubernetes_job` test runner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeJobTest {
+    /// A name from `clusters:`.
+    pub cluster: String,
+    /// The test namespace (never a production one).
+    pub namespace: String,
+    /// Entrypoint override; the image's own when empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment (no secrets). `BATON_IMAGE`, `BATON_RUN`, … are always set.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `requests` and `limits` (`cpu: 500m`, `memory: 256Mi`).
+    #[serde(default)]
+    pub resources: Resources,
+    /// `activeDeadlineSeconds` of the Job.
+    #[serde(default = "default_test_timeout", with = "duration")]
+    pub deadline: Duration,
+    /// `ttlSecondsAfterFinished`: the cluster deletes the Job this long after it ends.
+    #[serde(default = "default_job_ttl", with = "duration")]
+    pub ttl: Duration,
+    /// How often the Job is checked.
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll: Duration,
+    #[serde(default)]
+    pub service_account: Option<String>,
+}
+
+/// Container resources.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+fn default_job_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_poll() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_rollout_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// A Kubernetes cluster and how to reach it: exactly one of `kubeconfig`,
+/// `in_cluster`, `eks` or `url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// A kubeconfig file (`path`, default `$KUBECONFIG` or `~/.kube/config`) and context.
+    #[serde(default)]
+    pub kubeconfig: Option<KubeconfigAccess>,
+    /// The pod's service account (Baton running inside the cluster).
+    #[serde(default)]
+    pub in_cluster: Option<InCluster>,
+    /// EKS from a Lambda: a bearer token presigned with the function's own AWS
+    /// credentials; endpoint and CA from here.
+    #[serde(default)]
+    pub eks: Option<EksAccess>,
+    /// A plain API URL without credentials (`kubectl proxy`, test servers).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// Kubeconfig access.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigAccess {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// In-cluster access (no settings).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InCluster {}
+
+/// EKS access.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EksAccess {
+    /// The EKS cluster name (signed into the token).
+    pub cluster: String,
+    pub region: String,
+    /// The API server endpoint (`https://….eks.amazonaws.com`).
+    pub endpoint: String,
+    /// The cluster CA, base64 of the PEM, as in kubeconfig `certificate-authority-data`.
+    pub ca_data: String,
 }
 
 /// The `command` test runner.
@@ -213,14 +321,34 @@ fn default_expiry() -> Duration {
 pub enum DeployConfig {
     /// Rewrite image references in Kubernetes YAML manifests in a directory (GitOps).
     Manifest(ManifestDeploy),
+    /// Patch workloads in a cluster and follow their rollout.
+    Kubernetes(KubeDeploy),
 }
 
 impl DeployConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             DeployConfig::Manifest(_) => "manifest",
+            DeployConfig::Kubernetes(_) => "kubernetes",
         }
     }
+}
+
+/// The `kubernetes` deploy target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeDeploy {
+    /// A name from `clusters:`.
+    pub cluster: String,
+    pub namespace: String,
+    /// The workloads and containers whose image Baton sets.
+    pub workloads: Vec<WorkloadRef>,
+    /// Baton's own limit on a rollout, besides the Deployment's progress deadline.
+    #[serde(default = "default_rollout_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// How often the rollout is checked.
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll: Duration,
 }
 
 /// The `manifest` deploy target.
@@ -625,6 +753,19 @@ impl Config {
                         p.push(format!("{at}.test.command.timeout: must be more than 0"));
                     }
                 }
+                TestConfig::KubernetesJob(j) => {
+                    let at = format!("{at}.test.kubernetes_job");
+                    self.check_cluster_ref(&format!("{at}.cluster"), &j.cluster, &mut p);
+                    if !is_dns_label(&j.namespace) {
+                        p.push(format!(
+                            "{at}.namespace: {:?} is not a namespace name",
+                            j.namespace
+                        ));
+                    }
+                    if j.deadline.is_zero() || j.poll.is_zero() {
+                        p.push(format!("{at}: deadline and poll must be more than 0"));
+                    }
+                }
             }
             if app.environments.is_empty() {
                 p.push(format!(
@@ -650,6 +791,31 @@ impl Config {
                     self.check_manual(&format!("{at}.approval"), m, &mut p);
                 }
                 match &env.deploy {
+                    DeployConfig::Kubernetes(k) => {
+                        let at = format!("{at}.deploy.kubernetes");
+                        self.check_cluster_ref(&format!("{at}.cluster"), &k.cluster, &mut p);
+                        if !is_dns_label(&k.namespace) {
+                            p.push(format!(
+                                "{at}.namespace: {:?} is not a namespace name",
+                                k.namespace
+                            ));
+                        }
+                        if k.workloads.is_empty() {
+                            p.push(format!("{at}.workloads: name at least one workload"));
+                        }
+                        for (n, w) in k.workloads.iter().enumerate() {
+                            check_workload(&format!("{at}.workloads[{n}]"), w, &mut p);
+                            if w.namespace.as_ref().is_some_and(|ns| ns != &k.namespace) {
+                                p.push(format!(
+                                    "{at}.workloads[{n}].namespace: the target's namespace is {}",
+                                    k.namespace
+                                ));
+                            }
+                        }
+                        if k.timeout.is_zero() || k.poll.is_zero() {
+                            p.push(format!("{at}: timeout and poll must be more than 0"));
+                        }
+                    }
                     DeployConfig::Manifest(m) => {
                         if m.dir.as_os_str().is_empty() {
                             p.push(format!("{at}.deploy.manifest.dir: must name a directory"));
@@ -701,6 +867,45 @@ impl Config {
         }
         if self.bus.max_attempts == 0 {
             p.push("bus.max_attempts: must be at least 1".into());
+        }
+        let mut clusters = BTreeSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            if !clusters.insert(c.name.clone()) {
+                p.push(format!("{at}.name: {:?} is declared twice", c.name));
+            }
+            let ways = [
+                c.kubeconfig.is_some(),
+                c.in_cluster.is_some(),
+                c.eks.is_some(),
+                c.url.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if ways != 1 {
+                p.push(format!(
+                    "{at}: set exactly one of kubeconfig, in_cluster, eks, url"
+                ));
+            }
+            if let Some(u) = &c.url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                p.push(format!("{at}.url: {u:?} must be an http(s) URL"));
+            }
+            if let Some(e) = &c.eks {
+                if !e.endpoint.starts_with("https://") {
+                    p.push(format!(
+                        "{at}.eks.endpoint: {:?} must be an https URL",
+                        e.endpoint
+                    ));
+                }
+                if e.cluster.is_empty() || e.region.is_empty() || e.ca_data.is_empty() {
+                    p.push(format!(
+                        "{at}.eks: cluster, region and ca_data are required"
+                    ));
+                }
+            }
         }
         let mut hosts = BTreeSet::new();
         for (i, r) in self.registries.iter().enumerate() {
@@ -787,6 +992,28 @@ impl Config {
         if m.expires_after.is_zero() {
             p.push(format!("{at}.expires_after: must be more than 0"));
         }
+    }
+
+    fn check_cluster_ref(&self, at: &str, name: &str, p: &mut Vec<String>) {
+        if !self.clusters.iter().any(|c| c.name == name) {
+            let known: Vec<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
+            p.push(format!(
+                "{at}: cluster {name:?} is not declared under clusters: (declared: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Result<&ClusterConfig> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| Error::not_found("cluster", name))
     }
 
     /// Everyone who may approve under a manual policy (names and group members).

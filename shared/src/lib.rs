@@ -18,6 +18,8 @@ pub mod event;
 pub mod function;
 pub mod harness;
 pub mod ids;
+#[cfg(feature = "kube")]
+pub mod k8s;
 pub mod local;
 pub mod policy;
 pub mod ports;

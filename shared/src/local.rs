@@ -17,7 +17,10 @@ use crate::embedded::{
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
 use crate::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::ports::{BusMessage, Notifier, Ports, Registry};
+use crate::ports::{
+    Applied, BusMessage, DeployRequest, DeployTarget, Notifier, Ports, Registry, Rollout,
+    TestProgress, TestRequest, TestRunner, WorkloadImage,
+};
 use crate::stages::{Pipeline, Settings, StageName};
 use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::Trigger;
@@ -26,6 +29,77 @@ pub use crate::embedded::bus::DeliveryReport;
 
 /// The queue registry notifications are sent to.
 pub const INGEST_QUEUE: &str = "ingest";
+
+/// The test runners of local mode.
+#[derive(Debug, Clone)]
+pub enum LocalTestRunner {
+    Command(CommandRunner),
+    #[cfg(feature = "kube")]
+    KubeJob(crate::k8s::KubeJobRunner),
+}
+
+impl TestRunner for LocalTestRunner {
+    fn kind(&self) -> &'static str {
+        match self {
+            LocalTestRunner::Command(r) => r.kind(),
+            #[cfg(feature = "kube")]
+            LocalTestRunner::KubeJob(r) => r.kind(),
+        }
+    }
+    async fn start(&self, req: &TestRequest) -> Result<TestProgress> {
+        match self {
+            LocalTestRunner::Command(r) => r.start(req).await,
+            #[cfg(feature = "kube")]
+            LocalTestRunner::KubeJob(r) => r.start(req).await,
+        }
+    }
+    async fn check(&self, req: &TestRequest, state: &serde_json::Value) -> Result<TestProgress> {
+        match self {
+            LocalTestRunner::Command(r) => r.check(req, state).await,
+            #[cfg(feature = "kube")]
+            LocalTestRunner::KubeJob(r) => r.check(req, state).await,
+        }
+    }
+}
+
+/// The deploy targets of local mode.
+#[derive(Debug, Clone)]
+pub enum LocalTarget {
+    Manifest(ManifestTarget),
+    #[cfg(feature = "kube")]
+    Kube(crate::k8s::KubeDeployTarget),
+}
+
+impl DeployTarget for LocalTarget {
+    fn kind(&self) -> &'static str {
+        match self {
+            LocalTarget::Manifest(t) => t.kind(),
+            #[cfg(feature = "kube")]
+            LocalTarget::Kube(t) => t.kind(),
+        }
+    }
+    async fn apply(&self, req: &DeployRequest) -> Result<Applied> {
+        match self {
+            LocalTarget::Manifest(t) => t.apply(req).await,
+            #[cfg(feature = "kube")]
+            LocalTarget::Kube(t) => t.apply(req).await,
+        }
+    }
+    async fn rollout(&self, req: &DeployRequest) -> Result<Rollout> {
+        match self {
+            LocalTarget::Manifest(t) => t.rollout(req).await,
+            #[cfg(feature = "kube")]
+            LocalTarget::Kube(t) => t.rollout(req).await,
+        }
+    }
+    async fn restore(&self, req: &DeployRequest, previous: &[WorkloadImage]) -> Result<()> {
+        match self {
+            LocalTarget::Manifest(t) => t.restore(req, previous).await,
+            #[cfg(feature = "kube")]
+            LocalTarget::Kube(t) => t.restore(req, previous).await,
+        }
+    }
+}
 
 /// Embedded notifiers.
 #[derive(Debug, Clone)]
@@ -109,14 +183,35 @@ pub struct LocalPorts {
     pub registry: LocalRegistry,
     config: Arc<Config>,
     http: reqwest::Client,
+    #[cfg(feature = "kube")]
+    clusters: Vec<Arc<crate::k8s::Cluster>>,
+}
+
+impl LocalPorts {
+    #[cfg(feature = "kube")]
+    fn cluster(&self, name: &str) -> Result<Arc<crate::k8s::Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("cluster", name))
+    }
+}
+
+#[cfg(not(feature = "kube"))]
+fn no_kube(what: &str) -> Error {
+    Error::permanent(
+        what.to_string(),
+        "this build of Baton has no Kubernetes support (feature `kube`)",
+    )
 }
 
 impl Ports for LocalPorts {
     type Bus = EmbeddedBus;
     type Store = DirStore;
     type Registry = LocalRegistry;
-    type Tests = CommandRunner;
-    type Target = ManifestTarget;
+    type Tests = LocalTestRunner;
+    type Target = LocalTarget;
     type Notifier = LocalNotifier;
 
     fn bus(&self) -> &EmbeddedBus {
@@ -128,16 +223,33 @@ impl Ports for LocalPorts {
     fn registry(&self) -> &LocalRegistry {
         &self.registry
     }
-    fn test_runner(&self, app: &AppConfig) -> Result<CommandRunner> {
+    fn test_runner(&self, app: &AppConfig) -> Result<LocalTestRunner> {
         match &app.test {
-            TestConfig::Command(c) => Ok(CommandRunner::from_config(c, &self.config.base_dir)),
+            TestConfig::Command(c) => Ok(LocalTestRunner::Command(CommandRunner::from_config(
+                c,
+                &self.config.base_dir,
+            ))),
+            #[cfg(feature = "kube")]
+            TestConfig::KubernetesJob(j) => Ok(LocalTestRunner::KubeJob(
+                crate::k8s::KubeJobRunner::new(j.clone(), self.cluster(&j.cluster)?),
+            )),
+            #[cfg(not(feature = "kube"))]
+            TestConfig::KubernetesJob(_) => Err(no_kube("kubernetes_job test runner")),
         }
     }
-    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<ManifestTarget> {
+    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<LocalTarget> {
         match &env.deploy {
             DeployConfig::Manifest(m) => {
-                Ok(ManifestTarget::from_config(m, |p| self.config.resolve(p)))
+                Ok(LocalTarget::Manifest(ManifestTarget::from_config(m, |p| {
+                    self.config.resolve(p)
+                })))
             }
+            #[cfg(feature = "kube")]
+            DeployConfig::Kubernetes(k) => Ok(LocalTarget::Kube(
+                crate::k8s::KubeDeployTarget::from_config(k, self.cluster(&k.cluster)?),
+            )),
+            #[cfg(not(feature = "kube"))]
+            DeployConfig::Kubernetes(_) => Err(no_kube("kubernetes deploy target")),
         }
     }
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
@@ -213,6 +325,12 @@ impl Local {
                 remote,
             },
             store,
+            #[cfg(feature = "kube")]
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| Arc::new(crate::k8s::Cluster::new(c.clone(), config.base_dir.clone())))
+                .collect(),
             config: config.clone(),
             http,
         };

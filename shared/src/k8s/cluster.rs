@@ -1,0 +1,169 @@
+//! Cluster access: a `kube::Client` per configured cluster, built once and shared,
+//! from a kubeconfig (path and context), the in-cluster service account, an EKS bearer
+//! token presigned with this process's own AWS credentials (refreshed before it
+//! expires), or a plain URL (`kubectl proxy`, test servers).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use tokio::sync::Mutex;
+
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::k8s::eks;
+
+/// EKS tokens live 15 minutes; clients are rebuilt well before that.
+const EKS_CLIENT_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+/// One cluster and its (lazily built) client.
+pub struct Cluster {
+    pub cfg: ClusterConfig,
+    base_dir: PathBuf,
+    client: Mutex<Option<(Instant, kube::Client)>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.cfg.name)
+            .finish()
+    }
+}
+
+fn access_error(cluster: &str, e: impl std::fmt::Display) -> Error {
+    Error::permanent(format!("cluster {cluster}"), e)
+}
+
+impl Cluster {
+    pub fn new(cfg: ClusterConfig, base_dir: PathBuf) -> Cluster {
+        Cluster {
+            cfg,
+            base_dir,
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The client, built on first use (and rebuilt when an EKS token nears expiry).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let mut guard = self.client.lock().await;
+        if let Some((built, client)) = guard.as_ref()
+            && (self.cfg.eks.is_none() || built.elapsed() < EKS_CLIENT_LIFETIME)
+        {
+            return Ok(client.clone());
+        }
+        let config = self.config().await?;
+        let client = kube::Client::try_from(config).map_err(|e| access_error(&self.cfg.name, e))?;
+        *guard = Some((Instant::now(), client.clone()));
+        Ok(client)
+    }
+
+    async fn config(&self) -> Result<kube::Config> {
+        let name = &self.cfg.name;
+        if let Some(url) = &self.cfg.url {
+            let uri = url
+                .parse()
+                .map_err(|e| access_error(name, format!("url {url:?}: {e}")))?;
+            return Ok(kube::Config::new(uri));
+        }
+        if self.cfg.in_cluster.is_some() {
+            return kube::Config::incluster()
+                .map_err(|e| access_error(name, format!("in-cluster: {e}")));
+        }
+        if let Some(k) = &self.cfg.kubeconfig {
+            let kubeconfig = match &k.path {
+                Some(p) => {
+                    let p = if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        self.base_dir.join(p)
+                    };
+                    kube::config::Kubeconfig::read_from(&p).map_err(|e| {
+                        access_error(name, format!("kubeconfig {}: {e}", p.display()))
+                    })?
+                }
+                None => kube::config::Kubeconfig::read().map_err(|e| {
+                    access_error(
+                        name,
+                        format!("kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
+                    )
+                })?,
+            };
+            let options = kube::config::KubeConfigOptions {
+                context: k.context.clone(),
+                ..Default::default()
+            };
+            return kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| access_error(name, format!("kubeconfig: {e}")));
+        }
+        if let Some(e) = &self.cfg.eks {
+            let uri = e.endpoint.parse().map_err(|err| {
+                access_error(name, format!("eks.endpoint {:?}: {err}", e.endpoint))
+            })?;
+            let mut config = kube::Config::new(uri);
+            config.root_cert = Some(
+                pem_certificates(&e.ca_data)
+                    .map_err(|m| access_error(name, format!("eks.ca_data: {m}")))?,
+            );
+            let creds = eks::AwsCredentials::from_env().map_err(|m| access_error(name, m))?;
+            let token = eks::token(&e.cluster, &e.region, &creds, SystemTime::now())?;
+            config.auth_info.token = Some(secrecy::SecretString::from(token));
+            return Ok(config);
+        }
+        Err(access_error(name, "no access method configured"))
+    }
+}
+
+/// DER certificates from base64 of a PEM bundle (kubeconfig's
+/// `certificate-authority-data`).
+pub fn pem_certificates(b64: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let pem = engine
+        .decode(b64.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let pem = String::from_utf8(pem).map_err(|_| "not a PEM text".to_string())?;
+    let mut certs = vec![];
+    for block in pem.split("-----BEGIN CERTIFICATE-----").skip(1) {
+        let body = block
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<String>();
+        certs.push(
+            engine
+                .decode(body)
+                .map_err(|e| format!("certificate is not base64: {e}"))?,
+        );
+    }
+    if certs.is_empty() {
+        return Err("no certificate in the PEM".into());
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_bundle_to_der() {
+        let engine = base64::engine::general_purpose::STANDARD;
+        let der1 = b"first certificate bytes";
+        let der2 = b"second";
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            engine.encode(der1),
+            engine.encode(der2)
+        );
+        let certs = pem_certificates(&engine.encode(pem)).unwrap();
+        assert_eq!(certs, vec![der1.to_vec(), der2.to_vec()]);
+        assert!(pem_certificates("!!").is_err());
+        assert!(pem_certificates(&engine.encode("nothing")).is_err());
+    }
+}
