@@ -137,7 +137,9 @@ impl Progress {
         let outcome = match &d.outcome {
             Delivery::Done => "done".to_string(),
             Delivery::Retry(e) => format!("retry ({e})"),
-            Delivery::Later(after) => format!("check again in {}", humantime_short(*after)),
+            Delivery::Later(after, note) => {
+                format!("{note}; checking again in {}", humantime_short(*after))
+            }
             Delivery::Dead(e) => format!("dead-lettered ({e})"),
         };
         let line = format!(
@@ -147,7 +149,9 @@ impl Progress {
             dur(chrono::Duration::from_std(d.elapsed).unwrap_or_default())
         );
         self.bar.set_message(line.clone());
-        if !matches!(d.outcome, Delivery::Done) {
+        // Waits are shown on the spinner line (rollout and Job progress update in place);
+        // retries and dead letters stay on screen.
+        if matches!(d.outcome, Delivery::Retry(_) | Delivery::Dead(_)) {
             self.bar.println(line);
         }
     }

@@ -394,7 +394,7 @@ impl Local {
         match self.pipeline.handle(stage, input, Mode::Deliver).await {
             Ok(h) => match h.disposition {
                 Disposition::Done => Delivery::Done,
-                Disposition::Later(d) => Delivery::Later(d),
+                Disposition::Later(d) => Delivery::Later(d, h.note.unwrap_or_default()),
                 Disposition::Retry(e) => Delivery::Retry(e.to_string()),
             },
             Err(e) if e.is_retryable() => Delivery::Retry(e.to_string()),

@@ -36,8 +36,9 @@ pub enum Delivery {
     Done,
     /// Failed transiently: deliver again with backoff, up to `max_attempts`.
     Retry(String),
-    /// Not finished: deliver again after this long (does not count as an attempt).
-    Later(Duration),
+    /// Not finished: deliver again after this long (does not count as an attempt), with
+    /// what the stage is waiting for.
+    Later(Duration, String),
     /// Can never be processed (malformed): straight to the dead-letter list.
     Dead(String),
 }
@@ -432,7 +433,7 @@ impl EmbeddedBus {
                     after(self.backoff(attempt)),
                     Some(err),
                 ),
-                Delivery::Later(wait) => line(Outcome::Wait, attempts, after(*wait), None),
+                Delivery::Later(wait, _) => line(Outcome::Wait, attempts, after(*wait), None),
                 Delivery::Dead(err) => {
                     tracing::error!(subscription = %sub, id = %msg.id, error = %err, "dead-lettered");
                     line(Outcome::Dead, attempt, None, Some(err))
@@ -702,10 +703,10 @@ mod tests {
         impl Subscriber for Waiter {
             async fn deliver(&self, sub: &str, _msg: &BusMessage) -> Delivery {
                 if sub == "a" {
-                    return Delivery::Later(Duration::from_secs(3600));
+                    return Delivery::Later(Duration::from_secs(3600), "approval".into());
                 }
                 if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
-                    Delivery::Later(Duration::from_millis(20))
+                    Delivery::Later(Duration::from_millis(20), "rollout".into())
                 } else {
                     Delivery::Done
                 }

@@ -1,6 +1,7 @@
 //! Integration tests of the library API: the whole pipeline on the embedded adapters in
 //! a temporary state directory, driven the way the bus drives it.
 
+mod infra;
 #[cfg(feature = "kube")]
 mod k8s;
 mod pipeline;
