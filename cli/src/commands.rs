@@ -43,6 +43,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
         Command::Dlq { action } => dlq(g, action).await,
+        Command::Audit {
+            template,
+            k8s,
+            live,
+            stack,
+        } => crate::audit::run(g, &template, &k8s, live, stack.as_deref()).await,
         Command::Events { action } => events(g, action),
     }
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod audit;
 mod commands;
 mod demo;
 mod output;
@@ -113,6 +114,23 @@ pub enum Command {
         to: Option<String>,
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
+    },
+    /// What each stage may do (AWS template and Kubernetes RBAC) and what is wrong with it;
+    /// exits 1 when there are findings.
+    Audit {
+        /// The stack template.
+        #[arg(long, default_value = "infra/template.yaml")]
+        template: PathBuf,
+        /// Directory of Kubernetes RBAC manifests.
+        #[arg(long, default_value = "infra/k8s")]
+        k8s: PathBuf,
+        /// Also read the deployed roles' inline policies through IAM and report drift
+        /// (AWS credentials, region and endpoint from the standard chain).
+        #[arg(long, requires = "stack")]
+        live: bool,
+        /// The deployed stack's name (role names are `<stack>-<stage>`).
+        #[arg(long)]
+        stack: Option<String>,
     },
     /// Dead letters of the embedded bus.
     Dlq {

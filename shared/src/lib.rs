@@ -10,6 +10,9 @@
 //! * [`harness`]: claim, run, publish, record, for every stage; [`stages`]: the stages.
 //! * [`local`]: the pipeline on embedded adapters with its dispatcher.
 
+pub mod audit;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 pub mod distribution;
 pub mod embedded;

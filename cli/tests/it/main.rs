@@ -1,6 +1,7 @@
 //! Integration tests through the real `baton` binary: the demo, the operator commands,
 //! their `--json` output and their one-line errors.
 
+mod audit;
 mod registry;
 
 use std::path::{Path, PathBuf};

@@ -123,3 +123,51 @@ fn rbac_is_namespaced_and_least_privilege() {
         }
     }
 }
+
+/// The stack's stage subscriptions and filter policies are the subscription table's.
+#[test]
+fn template_subscriptions_match_the_subscription_table() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml");
+    let template = baton::audit::load_template(&path).unwrap();
+    let resources = template["Resources"].as_object().unwrap();
+    let mut from_template = std::collections::BTreeMap::new();
+    for r in resources.values() {
+        if r["Type"] != "AWS::SNS::Subscription" || r["Properties"]["Protocol"] != "sqs" {
+            continue;
+        }
+        let queue = r["Properties"]["Endpoint"]["Fn::GetAtt"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let stage = queue.trim_end_matches("Queue").to_ascii_lowercase();
+        assert_eq!(r["Properties"]["FilterPolicyScope"], "MessageAttributes");
+        assert_eq!(
+            r["Properties"]["RawMessageDelivery"], false,
+            "functions parse the SNS envelope"
+        );
+        from_template.insert(stage, r["Properties"]["FilterPolicy"].clone());
+    }
+    for sub in baton::subscriptions::stage_subscriptions() {
+        let got = from_template
+            .remove(sub.stage.as_str())
+            .unwrap_or_else(|| panic!("the template has no subscription for {}", sub.stage));
+        assert_eq!(&got, sub.filter.json(), "filter policy of {}", sub.stage);
+        // each stage queue has a DLQ and its function reports partial batch failures
+        let queue = &resources[&format!("{}Queue", capitalize(sub.stage.as_str()))];
+        assert!(queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"].is_object());
+        let f = &resources[&format!("{}Function", capitalize(sub.stage.as_str()))];
+        assert_eq!(
+            f["Properties"]["Events"]["Queue"]["Properties"]["FunctionResponseTypes"],
+            serde_json::json!(["ReportBatchItemFailures"])
+        );
+    }
+    // what is left is notify's, filtered by a parameter (its reactions filter further)
+    assert_eq!(from_template.keys().collect::<Vec<_>>(), ["notify"]);
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}

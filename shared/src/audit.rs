@@ -1,0 +1,690 @@
+//! `baton audit`: what each stage may do, read from the stack template
+//! (`infra/template.yaml`) and the Kubernetes RBAC (`infra/k8s/`), checked against the
+//! stage table: each stage's row says what it may touch and what it must never touch.
+//! Findings: wildcard actions or resources (outside the documented exceptions), a stage
+//! holding a capability outside its row, a role shared by two functions, cluster-wide
+//! Kubernetes roles or bindings, bindings to `system:masters`. Pure functions over
+//! parsed documents; reading live IAM policies is the caller's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Actions AWS offers no resource scoping for; `"*"` is accepted for them only.
+pub const WILDCARD_EXCEPTIONS: [&str; 2] = ["ecr:GetAuthorizationToken", "sts:GetCallerIdentity"];
+
+/// The stage table: what each stage may hold, and, in words, what it must never touch.
+pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
+    Some(match stage {
+        "ingest" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:list",
+                "registry-read",
+                "publish",
+            ],
+            "deploy targets; push images",
+        ),
+        "test" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:list",
+                "queue",
+                "publish",
+                "invoke-functions",
+                "k8s:test",
+            ],
+            "production namespaces; registry writes",
+        ),
+        "gate" | "approve" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:approvals",
+                "store:list",
+                "queue",
+                "publish",
+            ],
+            "targets",
+        ),
+        "deploy" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:deployments",
+                "store:list",
+                "queue",
+                "publish",
+                "deploy-functions",
+                "read-functions",
+                "registry-read",
+                "eks",
+                "k8s:deploy",
+            ],
+            "registry writes; test sandbox",
+        ),
+        "promote" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:list",
+                "queue",
+                "publish",
+                "registry-read",
+                "registry-write",
+            ],
+            "targets",
+        ),
+        "notify" => (
+            &["logs", "store:config", "store:runs", "store:list", "queue"],
+            "everything else",
+        ),
+        _ => return None,
+    })
+}
+
+/// What an IAM action amounts to, in the vocabulary of the stage table.
+pub fn capability(action: &str, resource: &str) -> String {
+    let a = action.to_ascii_lowercase();
+    let (service, name) = a.split_once(':').unwrap_or((a.as_str(), ""));
+    match service {
+        "logs" => "logs".into(),
+        "s3" => match name {
+            "getobject" | "putobject" | "getobjectversion" => {
+                let prefix = ["config", "runs", "approvals", "deployments"]
+                    .into_iter()
+                    .find(|p| resource.contains(&format!("/{p}/")));
+                match prefix {
+                    Some(p) => format!("store:{p}"),
+                    None => "store:all".into(),
+                }
+            }
+            "listbucket" => "store:list".into(),
+            _ => format!("store-admin ({action})"),
+        },
+        "sqs" => match name {
+            "receivemessage"
+            | "deletemessage"
+            | "getqueueattributes"
+            | "changemessagevisibility" => "queue".into(),
+            _ => format!("queue-admin ({action})"),
+        },
+        "sns" if name == "publish" => "publish".into(),
+        "sns" => format!("topic-admin ({action})"),
+        "ecr" => match name {
+            "batchgetimage"
+            | "describeimages"
+            | "getdownloadurlforlayer"
+            | "batchchecklayeravailability"
+            | "getauthorizationtoken"
+            | "listimages"
+            | "describerepositories" => "registry-read".into(),
+            _ => "registry-write".into(),
+        },
+        "lambda" => match name {
+            "invokefunction" => "invoke-functions".into(),
+            n if n.starts_with("get") || n.starts_with("list") => "read-functions".into(),
+            _ => "deploy-functions".into(),
+        },
+        "eks" => "eks".into(),
+        "iam" | "sts" | "organizations" | "kms" => format!("identity-admin ({action})"),
+        _ => format!("other ({action})"),
+    }
+}
+
+/// One grant: a stage holds these actions on these resources.
+#[derive(Debug, Clone, Serialize)]
+pub struct Grant {
+    pub stage: String,
+    pub role: String,
+    pub capability: String,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+/// One Kubernetes grant.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeGrant {
+    pub stage: String,
+    pub role: String,
+    pub namespace: String,
+    pub rules: Vec<String>,
+}
+
+/// Something the security team should hear about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// `wildcard`, `outside-row`, `shared-role`, `cluster-role`, `system-masters`,
+    /// `test-in-production-namespace`, `unnamed-workloads`, `drift`.
+    pub code: String,
+    pub stage: Option<String>,
+    pub message: String,
+}
+
+/// The whole audit.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub grants: Vec<Grant>,
+    pub kubernetes: Vec<KubeGrant>,
+    pub findings: Vec<Finding>,
+}
+
+/// Reads a CloudFormation/SAM template (long-form intrinsics: `{"Ref": …}`,
+/// `{"Fn::Sub": …}`).
+pub fn load_template(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::invalid("template", format!("cannot read {}: {e}", path.display())))?;
+    serde_yaml_ng::from_str(&text).map_err(|e| {
+        Error::invalid(
+            "template",
+            format!(
+                "{}: {e} (write intrinsics in long form, e.g. {{\"Ref\": X}}, not !Ref)",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Reads every YAML document of the `.yaml`/`.yml` files in `dir`.
+pub fn load_manifests(dir: &Path) -> Result<Vec<(String, Value)>> {
+    use serde::Deserialize;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::invalid("manifests", format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    let mut out = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| Error::io("read", &f, e))?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc)
+                .map_err(|e| Error::invalid("manifest", format!("{}: {e}", f.display())))?;
+            if !v.is_null() {
+                out.push((f.display().to_string(), v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Renders an intrinsic as text (`{"Fn::Sub": "a${B}"}` → `a${B}`, `{"Ref": "X"}` →
+/// `${X}`, `{"Fn::GetAtt": ["A", "Arn"]}` → `${A.Arn}`).
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            if let Some(s) = o.get("Fn::Sub") {
+                match s {
+                    Value::Array(parts) => parts.first().map(render).unwrap_or_default(),
+                    other => render(other),
+                }
+            } else if let Some(r) = o.get("Ref") {
+                format!("${{{}}}", render(r))
+            } else if let Some(Value::Array(a)) = o.get("Fn::GetAtt") {
+                format!(
+                    "${{{}}}",
+                    a.iter().map(render).collect::<Vec<_>>().join(".")
+                )
+            } else if let Some(Value::String(a)) = o.get("Fn::GetAtt") {
+                format!("${{{a}}}")
+            } else {
+                v.to_string()
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn as_list(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::Null => vec![],
+        other => vec![other.clone()],
+    }
+}
+
+/// The role logical id a function's `Role` names.
+fn role_of(function: &Value) -> Option<String> {
+    let r = &function["Properties"]["Role"];
+    match r {
+        Value::Object(o) => match o.get("Fn::GetAtt") {
+            Some(Value::Array(a)) => a.first().and_then(Value::as_str).map(str::to_owned),
+            Some(Value::String(s)) => s.split('.').next().map(str::to_owned),
+            _ => o.get("Ref").and_then(Value::as_str).map(str::to_owned),
+        },
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn stage_of_function(logical_id: &str, function: &Value) -> String {
+    function["Properties"]["Environment"]["Variables"]["BATON_STAGE"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| logical_id.trim_end_matches("Function").to_ascii_lowercase())
+}
+
+/// `(statement sid or index, actions, resources)` of a role's allow statements.
+pub fn role_statements(role: &Value) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out = vec![];
+    for policy in as_list(&role["Properties"]["Policies"]) {
+        for (i, st) in as_list(&policy["PolicyDocument"]["Statement"])
+            .into_iter()
+            .enumerate()
+        {
+            if st["Effect"] != "Allow" {
+                continue;
+            }
+            let actions: Vec<String> = as_list(&st["Action"]).iter().map(render).collect();
+            let resources: Vec<String> = match &st["Resource"] {
+                Value::Object(o) if o.contains_key("Ref") => vec![render(&st["Resource"])],
+                other => as_list(other).iter().map(render).collect(),
+            };
+            let sid = st["Sid"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("statement {i}"));
+            out.push((sid, actions, resources));
+        }
+    }
+    out
+}
+
+/// Audits a template and Kubernetes manifests.
+pub fn audit(template: &Value, manifests: &[(String, Value)]) -> Report {
+    let mut report = Report::default();
+    let resources = template["Resources"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut functions_by_role: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (id, r) in &resources {
+        let ty = r["Type"].as_str().unwrap_or("");
+        if ty == "AWS::Serverless::Function" || ty == "AWS::Lambda::Function" {
+            let stage = stage_of_function(id, r);
+            match role_of(r) {
+                Some(role) => functions_by_role
+                    .entry(role)
+                    .or_default()
+                    .push((id.clone(), stage)),
+                None => report.findings.push(Finding {
+                    code: "no-role".into(),
+                    stage: Some(stage),
+                    message: format!("function {id} has no role of its own"),
+                }),
+            }
+        }
+    }
+    for (role_id, fns) in &functions_by_role {
+        if fns.len() > 1 {
+            report.findings.push(Finding {
+                code: "shared-role".into(),
+                stage: None,
+                message: format!(
+                    "role {role_id} is shared by {}; every function needs its own",
+                    fns.iter()
+                        .map(|(f, _)| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            });
+        }
+        let Some(role) = resources.get(role_id) else {
+            continue;
+        };
+        for (_, stage) in fns {
+            let allowed: BTreeSet<&str> = row(stage)
+                .map(|(a, _)| a.iter().copied().collect())
+                .unwrap_or_default();
+            let never = row(stage)
+                .map(|(_, n)| n)
+                .unwrap_or("anything outside the stage table");
+            let mut by_cap: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> =
+                BTreeMap::new();
+            for (sid, actions, res) in role_statements(role) {
+                for a in &actions {
+                    if a.contains('*') {
+                        report.findings.push(Finding {
+                            code: "wildcard".into(),
+                            stage: Some(stage.clone()),
+                            message: format!("{role_id} {sid}: wildcard action {a:?}"),
+                        });
+                    }
+                    if res.iter().any(|r| r == "*") && !WILDCARD_EXCEPTIONS.contains(&a.as_str()) {
+                        report.findings.push(Finding {
+                            code: "wildcard".into(),
+                            stage: Some(stage.clone()),
+                            message: format!(
+                                "{role_id} {sid}: {a} on resource \"*\" (only {} may use \"*\")",
+                                WILDCARD_EXCEPTIONS.join(", ")
+                            ),
+                        });
+                    }
+                    for r in &res {
+                        let cap = capability(a, r);
+                        let e = by_cap.entry(cap).or_default();
+                        e.0.insert(a.clone());
+                        e.1.insert(r.clone());
+                    }
+                }
+            }
+            for (cap, (actions, res)) in by_cap {
+                if !allowed.contains(cap.as_str()) {
+                    report.findings.push(Finding {
+                        code: "outside-row".into(),
+                        stage: Some(stage.clone()),
+                        message: format!(
+                            "{stage} holds {cap} ({} on {}), outside its row of the stage table (must never touch: {never})",
+                            actions.iter().cloned().collect::<Vec<_>>().join(", "),
+                            res.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                report.grants.push(Grant {
+                    stage: stage.clone(),
+                    role: role_id.clone(),
+                    capability: cap,
+                    actions: actions.into_iter().collect(),
+                    resources: res.into_iter().collect(),
+                });
+            }
+        }
+    }
+    audit_kubernetes(manifests, &mut report);
+    report.grants.sort_by(|a, b| {
+        (stage_order(&a.stage), &a.capability).cmp(&(stage_order(&b.stage), &b.capability))
+    });
+    report.findings.sort();
+    report.findings.dedup();
+    report
+}
+
+fn stage_order(s: &str) -> usize {
+    [
+        "ingest", "test", "gate", "approve", "deploy", "promote", "notify",
+    ]
+    .iter()
+    .position(|x| *x == s)
+    .unwrap_or(99)
+}
+
+fn audit_kubernetes(docs: &[(String, Value)], report: &mut Report) {
+    // Stage of each Role: its label, or the group its binding names (baton-<stage>).
+    let mut stage_of_role: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (file, d) in docs {
+        let kind = d["kind"].as_str().unwrap_or("");
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if kind == "ClusterRole" || kind == "ClusterRoleBinding" {
+            report.findings.push(Finding {
+                code: "cluster-role".into(),
+                stage: None,
+                message: format!("{kind} {name} in {file}: cluster-wide grants are not allowed; use a Role per namespace"),
+            });
+        }
+        if kind == "RoleBinding" || kind == "ClusterRoleBinding" {
+            if d["roleRef"]["kind"] == "ClusterRole" {
+                report.findings.push(Finding {
+                    code: "cluster-role".into(),
+                    stage: None,
+                    message: format!(
+                        "{kind} {name} in {file} binds the ClusterRole {}",
+                        render(&d["roleRef"]["name"])
+                    ),
+                });
+            }
+            for s in as_list(&d["subjects"]) {
+                let subject = s["name"].as_str().unwrap_or("");
+                if subject == "system:masters" || subject.starts_with("system:") {
+                    report.findings.push(Finding {
+                        code: "system-masters".into(),
+                        stage: None,
+                        message: format!("{kind} {name} in {file} binds {subject}"),
+                    });
+                }
+                if let Some(stage) = subject.strip_prefix("baton-") {
+                    let role = d["roleRef"]["name"].as_str().unwrap_or("").to_string();
+                    stage_of_role.insert((ns.clone(), role), stage.to_string());
+                }
+            }
+        }
+        if kind == "Role"
+            && let Some(stage) = d["metadata"]["labels"]["baton.dev/stage"].as_str()
+        {
+            stage_of_role.insert((ns.clone(), name.clone()), stage.to_string());
+        }
+    }
+    let mut deploy_namespaces = BTreeSet::new();
+    let mut test_namespaces = BTreeSet::new();
+    for (_, d) in docs {
+        if d["kind"] != "Role" {
+            continue;
+        }
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let stage = stage_of_role
+            .get(&(ns.clone(), name.clone()))
+            .cloned()
+            .unwrap_or_else(|| "unbound".into());
+        let mut rules = vec![];
+        for r in as_list(&d["rules"]) {
+            let groups: Vec<String> = as_list(&r["apiGroups"]).iter().map(render).collect();
+            let group = groups.join(",");
+            let names: Vec<String> = as_list(&r["resourceNames"]).iter().map(render).collect();
+            let verbs: Vec<String> = as_list(&r["verbs"]).iter().map(render).collect();
+            for res in as_list(&r["resources"]).iter().map(render) {
+                let shown = format!(
+                    "{}{res}{}: {}",
+                    if group.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{group}/")
+                    },
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}]", names.join(","))
+                    },
+                    verbs.join(",")
+                );
+                rules.push(shown.clone());
+                if verbs.iter().any(|v| v == "*") || res == "*" || groups.iter().any(|g| g == "*") {
+                    report.findings.push(Finding {
+                        code: "wildcard".into(),
+                        stage: Some(stage.clone()),
+                        message: format!("Role {name} in {ns}: wildcard in {shown}"),
+                    });
+                }
+                let ok = match stage.as_str() {
+                    "test" => match res.as_str() {
+                        "jobs" => verbs.iter().all(|v| {
+                            ["create", "get", "list", "watch", "delete"].contains(&v.as_str())
+                        }),
+                        "pods" => verbs
+                            .iter()
+                            .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                        "pods/log" => verbs.iter().all(|v| v == "get"),
+                        _ => false,
+                    },
+                    "deploy" => match res.as_str() {
+                        "deployments" | "statefulsets" | "daemonsets" => {
+                            if names.is_empty() {
+                                report.findings.push(Finding {
+                                    code: "unnamed-workloads".into(),
+                                    stage: Some(stage.clone()),
+                                    message: format!("Role {name} in {ns}: {res} without resourceNames lets deploy touch every workload"),
+                                });
+                            }
+                            verbs.iter().all(|v| ["get", "patch"].contains(&v.as_str()))
+                        }
+                        "pods" | "replicasets" => verbs
+                            .iter()
+                            .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                        _ => false,
+                    },
+                    _ => false,
+                };
+                if !ok {
+                    let never = row(&stage)
+                        .map(|(_, n)| n)
+                        .unwrap_or("anything: no Baton stage is bound to this Role");
+                    report.findings.push(Finding {
+                        code: "outside-row".into(),
+                        stage: Some(stage.clone()),
+                        message: format!("Role {name} in {ns} grants {shown}, outside the {stage} row (must never touch: {never})"),
+                    });
+                }
+            }
+        }
+        match stage.as_str() {
+            "deploy" => {
+                deploy_namespaces.insert(ns.clone());
+            }
+            "test" => {
+                test_namespaces.insert(ns.clone());
+            }
+            _ => {}
+        }
+        report.kubernetes.push(KubeGrant {
+            stage,
+            role: name,
+            namespace: ns,
+            rules,
+        });
+    }
+    for ns in test_namespaces.intersection(&deploy_namespaces) {
+        report.findings.push(Finding {
+            code: "test-in-production-namespace".into(),
+            stage: Some("test".into()),
+            message: format!("the test stage can run Jobs in {ns}, where deploy targets live"),
+        });
+    }
+}
+
+/// Compares live inline policies with the template's: `live[role] = actions granted`.
+/// Reports actions the live role has beyond the template (widened) and template actions
+/// the live role lacks, plus live wildcard resources.
+pub fn drift(
+    template: &Value,
+    live: &BTreeMap<String, Vec<(String, Vec<String>)>>,
+) -> Vec<Finding> {
+    let mut out = vec![];
+    let resources = template["Resources"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (id, r) in &resources {
+        if r["Type"] != "AWS::IAM::Role" {
+            continue;
+        }
+        let stage = id.trim_end_matches("Role").to_ascii_lowercase();
+        let wanted: BTreeSet<String> = role_statements(r)
+            .into_iter()
+            .flat_map(|(_, a, _)| a)
+            .collect();
+        let Some(statements) = live.get(id) else {
+            out.push(Finding {
+                code: "drift".into(),
+                stage: Some(stage),
+                message: format!("role {id} from the template does not exist in the account"),
+            });
+            continue;
+        };
+        let mut have = BTreeSet::new();
+        for (action, resources) in statements {
+            have.insert(action.clone());
+            if !wanted.contains(action) {
+                out.push(Finding {
+                    code: "drift".into(),
+                    stage: Some(stage.clone()),
+                    message: format!(
+                        "live role {id} grants {action} on {}, which the template does not",
+                        resources.join(", ")
+                    ),
+                });
+            } else if resources.iter().any(|x| x == "*")
+                && !WILDCARD_EXCEPTIONS.contains(&action.as_str())
+            {
+                out.push(Finding {
+                    code: "drift".into(),
+                    stage: Some(stage.clone()),
+                    message: format!(
+                        "live role {id} grants {action} on \"*\"; the template scopes it"
+                    ),
+                });
+            }
+        }
+        for missing in wanted.difference(&have) {
+            out.push(Finding {
+                code: "drift".into(),
+                stage: Some(stage.clone()),
+                message: format!("live role {id} lacks {missing}, which the template grants"),
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_the_stage_table() {
+        assert_eq!(capability("ecr:PutImage", "arn"), "registry-write");
+        assert_eq!(capability("ecr:BatchGetImage", "arn"), "registry-read");
+        assert_eq!(
+            capability("s3:PutObject", "${StateBucket.Arn}/runs/*"),
+            "store:runs"
+        );
+        assert_eq!(
+            capability("s3:PutObject", "${StateBucket.Arn}/*"),
+            "store:all"
+        );
+        assert_eq!(
+            capability("lambda:UpdateFunctionCode", "arn"),
+            "deploy-functions"
+        );
+        assert_eq!(
+            capability("lambda:InvokeFunction", "arn"),
+            "invoke-functions"
+        );
+        assert!(capability("iam:PassRole", "arn").starts_with("identity-admin"));
+        assert!(!row("deploy").unwrap().0.contains(&"registry-write"));
+        assert!(row("promote").unwrap().0.contains(&"registry-write"));
+        assert!(!row("ingest").unwrap().0.contains(&"deploy-functions"));
+    }
+
+    #[test]
+    fn intrinsics_render_as_text() {
+        assert_eq!(render(&serde_json::json!({"Ref": "Topic"})), "${Topic}");
+        assert_eq!(
+            render(&serde_json::json!({"Fn::GetAtt": ["Q", "Arn"]})),
+            "${Q.Arn}"
+        );
+        assert_eq!(
+            render(&serde_json::json!({"Fn::Sub": "${B.Arn}/runs/*"})),
+            "${B.Arn}/runs/*"
+        );
+    }
+}

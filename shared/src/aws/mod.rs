@@ -1,0 +1,14 @@
+//! AWS adapters (feature `aws`). Endpoint, region and credentials come from the standard
+//! AWS chain (`AWS_ENDPOINT_URL` selects an emulator); nothing here branches on "local".
+
+pub mod iam;
+
+/// Loads the shared SDK configuration (region defaults to us-east-1 for global services).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    let region =
+        aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await
+}
