@@ -167,6 +167,9 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
             baton::config::DeployConfig::Kubernetes(k) => {
                 format!("cluster {} namespace {}", k.cluster, k.namespace)
             }
+            baton::config::DeployConfig::Lambda(l) => {
+                format!("Lambda {} alias {}", l.function, l.alias)
+            }
         };
         deployed.push((
             env.name.clone(),

@@ -78,6 +78,42 @@ pub enum TestConfig {
     Command(CommandTest),
     /// Run the image, pinned by digest, as a Kubernetes Job in a test namespace.
     KubernetesJob(KubeJobTest),
+    /// Invoke a test Lambda function with the image reference.
+    Lambda(LambdaTest),
+}
+
+/// The `lambda` test runner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaTest {
+    /// Name or ARN of the test function; it answers `{"passed": bool, "summary", "output"}`.
+    pub function: String,
+}
+
+/// The `lambda` deploy target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaDeploy {
+    /// Name or ARN of the function whose image is updated.
+    pub function: String,
+    /// The alias moved to the published version (rollback moves it back).
+    #[serde(default = "default_alias")]
+    pub alias: String,
+    /// How long the code update may take.
+    #[serde(default = "default_lambda_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "default_lambda_poll", with = "duration")]
+    pub poll: Duration,
+}
+
+fn default_alias() -> String {
+    "live".into()
+}
+fn default_lambda_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_lambda_poll() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl TestConfig {
@@ -85,6 +121,7 @@ impl TestConfig {
         match self {
             TestConfig::Command(_) => "command",
             TestConfig::KubernetesJob(_) => "kubernetes-job",
+            TestConfig::Lambda(_) => "lambda",
         }
     }
 }
@@ -323,6 +360,8 @@ pub enum DeployConfig {
     Manifest(ManifestDeploy),
     /// Patch workloads in a cluster and follow their rollout.
     Kubernetes(KubeDeploy),
+    /// Update a Lambda function's image, publish a version, move an alias.
+    Lambda(LambdaDeploy),
 }
 
 impl DeployConfig {
@@ -330,6 +369,7 @@ impl DeployConfig {
         match self {
             DeployConfig::Manifest(_) => "manifest",
             DeployConfig::Kubernetes(_) => "kubernetes",
+            DeployConfig::Lambda(_) => "lambda",
         }
     }
 }
@@ -753,6 +793,11 @@ impl Config {
                         p.push(format!("{at}.test.command.timeout: must be more than 0"));
                     }
                 }
+                TestConfig::Lambda(l) => {
+                    if l.function.is_empty() {
+                        p.push(format!("{at}.test.lambda.function: name the test function"));
+                    }
+                }
                 TestConfig::KubernetesJob(j) => {
                     let at = format!("{at}.test.kubernetes_job");
                     self.check_cluster_ref(&format!("{at}.cluster"), &j.cluster, &mut p);
@@ -791,6 +836,13 @@ impl Config {
                     self.check_manual(&format!("{at}.approval"), m, &mut p);
                 }
                 match &env.deploy {
+                    DeployConfig::Lambda(l) => {
+                        if l.function.is_empty() || l.alias.is_empty() {
+                            p.push(format!(
+                                "{at}.deploy.lambda: function and alias must not be empty"
+                            ));
+                        }
+                    }
                     DeployConfig::Kubernetes(k) => {
                         let at = format!("{at}.deploy.kubernetes");
                         self.check_cluster_ref(&format!("{at}.cluster"), &k.cluster, &mut p);

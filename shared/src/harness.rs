@@ -461,7 +461,12 @@ impl<P: Ports> Pipeline<P> {
         etag: String,
     ) -> Result<Handled> {
         if let Err(e) = self.publish(&rec.outputs).await {
-            // Leave the record in `publishing`: the next delivery republishes.
+            // Leave the record in `publishing` with its lease released: the next
+            // delivery republishes the same events at once.
+            rec.lease_until = None;
+            if let Err(save) = self.save(key, &rec, etag).await {
+                tracing::warn!(%key, error = %save, "could not release the claim; it expires by itself");
+            }
             return Ok(Handled {
                 disposition: Disposition::Retry(e),
                 record: Some(key.to_string()),

@@ -198,6 +198,13 @@ impl LocalPorts {
     }
 }
 
+fn aws_only(what: &str) -> Error {
+    Error::permanent(
+        what.to_string(),
+        "runs in the AWS functions (AwsPorts), not on the embedded runtime",
+    )
+}
+
 #[cfg(not(feature = "kube"))]
 fn no_kube(what: &str) -> Error {
     Error::permanent(
@@ -235,6 +242,7 @@ impl Ports for LocalPorts {
             )),
             #[cfg(not(feature = "kube"))]
             TestConfig::KubernetesJob(_) => Err(no_kube("kubernetes_job test runner")),
+            TestConfig::Lambda(_) => Err(aws_only("the lambda test runner")),
         }
     }
     fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<LocalTarget> {
@@ -250,6 +258,7 @@ impl Ports for LocalPorts {
             )),
             #[cfg(not(feature = "kube"))]
             DeployConfig::Kubernetes(_) => Err(no_kube("kubernetes deploy target")),
+            DeployConfig::Lambda(_) => Err(aws_only("the lambda deploy target")),
         }
     }
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {

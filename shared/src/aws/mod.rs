@@ -1,7 +1,11 @@
 //! AWS adapters (feature `aws`). Endpoint, region and credentials come from the standard
 //! AWS chain (`AWS_ENDPOINT_URL` selects an emulator); nothing here branches on "local".
 
+pub mod ecr;
 pub mod iam;
+pub mod lambda;
+pub mod s3;
+pub mod sns;
 
 /// Loads the shared SDK configuration (region defaults to us-east-1 for global services).
 pub async fn sdk_config() -> aws_config::SdkConfig {

@@ -374,10 +374,21 @@ impl EmbeddedBus {
                     .min_by_key(|((seq, _), e)| (e.not_before, *seq))
                     .map(|((seq, sub), e)| (*seq, sub.clone(), e.attempts));
                 match due {
-                    Some((seq, sub, attempts)) => st
-                        .messages
-                        .get(&seq)
-                        .map(|m| Ok((seq, sub, attempts, m.message.clone()))),
+                    // A pending entry always has its message (both come from the same
+                    // log); an empty body makes a broken log visible as a dead letter.
+                    Some((seq, sub, attempts)) => Some(Ok((
+                        seq,
+                        sub,
+                        attempts,
+                        st.messages
+                            .get(&seq)
+                            .map(|m| m.message.clone())
+                            .unwrap_or_else(|| BusMessage {
+                                id: format!("missing-{seq}"),
+                                attributes: Default::default(),
+                                body: String::new(),
+                            }),
+                    ))),
                     None => {
                         let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
                         let soonest = st

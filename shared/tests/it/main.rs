@@ -1,6 +1,8 @@
 //! Integration tests of the library API: the whole pipeline on the embedded adapters in
 //! a temporary state directory, driven the way the bus drives it.
 
+#[cfg(feature = "aws")]
+mod aws;
 mod infra;
 #[cfg(feature = "kube")]
 mod k8s;

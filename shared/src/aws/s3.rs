@@ -1,0 +1,129 @@
+//! `S3Store`: the object store on S3, with the same keys as the local directory and
+//! real conditional writes: `If-None-Match: *` for claims, `If-Match: <etag>` for
+//! compare-and-swap. A failed precondition (412, or 409 for a concurrent conditional
+//! write) is `Error::Conflict`.
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::error::{Error, Message, Result};
+use crate::ports::{Object, ObjectStore, Precondition};
+
+/// A bucket (and optional key prefix) as the object store.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.into(),
+            prefix: String::new(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+fn status_of<E>(e: &aws_sdk_s3::error::SdkError<E>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+fn transient<E: std::fmt::Debug>(what: String, e: &aws_sdk_s3::error::SdkError<E>) -> Error {
+    let detail = match e {
+        aws_sdk_s3::error::SdkError::ServiceError(s) => {
+            format!("HTTP {}", s.raw().status().as_u16())
+        }
+        other => format!("{other:?}").chars().take(200).collect(),
+    };
+    Error::transient(what, Message(detail))
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Option<Object>> {
+        let what = format!("get s3://{}/{}", self.bucket, self.key(key));
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let etag = out.e_tag().unwrap_or_default().to_string();
+                let bytes = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| Error::transient(what.clone(), Message(e.to_string())))?
+                    .into_bytes()
+                    .to_vec();
+                Ok(Some(Object { bytes, etag }))
+            }
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(transient(what, &e)),
+        }
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
+        let full = self.key(key);
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_type("application/json")
+            .body(ByteStream::from(bytes));
+        req = match &cond {
+            Precondition::None => req,
+            Precondition::IfNoneMatch => req.if_none_match("*"),
+            Precondition::IfMatch(etag) => req.if_match(etag),
+        };
+        match req.send().await {
+            Ok(out) => Ok(out.e_tag().unwrap_or_default().to_string()),
+            Err(e) if matches!(status_of(&e), Some(412) | Some(409)) => Err(Error::Conflict {
+                key: key.to_string(),
+            }),
+            // A missing object under If-Match is a lost race too.
+            Err(e) if status_of(&e) == Some(404) && matches!(cond, Precondition::IfMatch(_)) => {
+                Err(Error::Conflict {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(transient(format!("put s3://{}/{full}", self.bucket), &e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = vec![];
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(self.key(prefix))
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| transient(format!("list s3://{}/{prefix}", self.bucket), &e))?;
+            for o in out.contents() {
+                if let Some(k) = o.key() {
+                    keys.push(k[self.prefix.len()..].to_string());
+                }
+            }
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
