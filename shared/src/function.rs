@@ -1,7 +1,6 @@
-//! The entry point every function crate calls: run exactly one stage on one input
-//! through the harness, on the embedded adapters, and report what happened as JSON.
-//! `lambda_runtime` entry points replace the input/output plumbing in AWS; the stage
-//! wiring (which stage, which input type) stays here.
+//! The entry point every function crate calls. In Lambda it serves the Runtime API
+//! (`crate::aws::handler`); elsewhere it runs exactly one stage on one input through the
+//! harness, on the embedded adapters, and reports what happened as JSON.
 //!
 //! Usage of a function binary: `<function> EVENT.json` (or `-` for stdin), with
 //! `BATON_CONFIG` (default `baton.yaml`), `BATON_STATE_DIR` (default `.baton`) and, for

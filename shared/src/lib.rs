@@ -10,6 +10,7 @@
 //! * [`harness`]: claim, run, publish, record, for every stage; [`stages`]: the stages.
 //! * [`local`]: the pipeline on embedded adapters with its dispatcher.
 
+pub mod adapters;
 pub mod audit;
 #[cfg(feature = "aws")]
 pub mod aws;

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::adapters::{AnyTarget, AnyTestRunner};
 use crate::config::{
     AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
 };
@@ -17,10 +18,7 @@ use crate::embedded::{
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
 use crate::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::ports::{
-    Applied, BusMessage, DeployRequest, DeployTarget, Notifier, Ports, Registry, Rollout,
-    TestProgress, TestRequest, TestRunner, WorkloadImage,
-};
+use crate::ports::{BusMessage, Notifier, Ports, Registry};
 use crate::stages::{Pipeline, Settings, StageName};
 use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::Trigger;
@@ -29,77 +27,6 @@ pub use crate::embedded::bus::DeliveryReport;
 
 /// The queue registry notifications are sent to.
 pub const INGEST_QUEUE: &str = "ingest";
-
-/// The test runners of local mode.
-#[derive(Debug, Clone)]
-pub enum LocalTestRunner {
-    Command(CommandRunner),
-    #[cfg(feature = "kube")]
-    KubeJob(crate::k8s::KubeJobRunner),
-}
-
-impl TestRunner for LocalTestRunner {
-    fn kind(&self) -> &'static str {
-        match self {
-            LocalTestRunner::Command(r) => r.kind(),
-            #[cfg(feature = "kube")]
-            LocalTestRunner::KubeJob(r) => r.kind(),
-        }
-    }
-    async fn start(&self, req: &TestRequest) -> Result<TestProgress> {
-        match self {
-            LocalTestRunner::Command(r) => r.start(req).await,
-            #[cfg(feature = "kube")]
-            LocalTestRunner::KubeJob(r) => r.start(req).await,
-        }
-    }
-    async fn check(&self, req: &TestRequest, state: &serde_json::Value) -> Result<TestProgress> {
-        match self {
-            LocalTestRunner::Command(r) => r.check(req, state).await,
-            #[cfg(feature = "kube")]
-            LocalTestRunner::KubeJob(r) => r.check(req, state).await,
-        }
-    }
-}
-
-/// The deploy targets of local mode.
-#[derive(Debug, Clone)]
-pub enum LocalTarget {
-    Manifest(ManifestTarget),
-    #[cfg(feature = "kube")]
-    Kube(crate::k8s::KubeDeployTarget),
-}
-
-impl DeployTarget for LocalTarget {
-    fn kind(&self) -> &'static str {
-        match self {
-            LocalTarget::Manifest(t) => t.kind(),
-            #[cfg(feature = "kube")]
-            LocalTarget::Kube(t) => t.kind(),
-        }
-    }
-    async fn apply(&self, req: &DeployRequest) -> Result<Applied> {
-        match self {
-            LocalTarget::Manifest(t) => t.apply(req).await,
-            #[cfg(feature = "kube")]
-            LocalTarget::Kube(t) => t.apply(req).await,
-        }
-    }
-    async fn rollout(&self, req: &DeployRequest) -> Result<Rollout> {
-        match self {
-            LocalTarget::Manifest(t) => t.rollout(req).await,
-            #[cfg(feature = "kube")]
-            LocalTarget::Kube(t) => t.rollout(req).await,
-        }
-    }
-    async fn restore(&self, req: &DeployRequest, previous: &[WorkloadImage]) -> Result<()> {
-        match self {
-            LocalTarget::Manifest(t) => t.restore(req, previous).await,
-            #[cfg(feature = "kube")]
-            LocalTarget::Kube(t) => t.restore(req, previous).await,
-        }
-    }
-}
 
 /// Embedded notifiers.
 #[derive(Debug, Clone)]
@@ -217,8 +144,8 @@ impl Ports for LocalPorts {
     type Bus = EmbeddedBus;
     type Store = DirStore;
     type Registry = LocalRegistry;
-    type Tests = LocalTestRunner;
-    type Target = LocalTarget;
+    type Tests = AnyTestRunner;
+    type Target = AnyTarget;
     type Notifier = LocalNotifier;
 
     fn bus(&self) -> &EmbeddedBus {
@@ -230,14 +157,14 @@ impl Ports for LocalPorts {
     fn registry(&self) -> &LocalRegistry {
         &self.registry
     }
-    fn test_runner(&self, app: &AppConfig) -> Result<LocalTestRunner> {
+    fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
         match &app.test {
-            TestConfig::Command(c) => Ok(LocalTestRunner::Command(CommandRunner::from_config(
+            TestConfig::Command(c) => Ok(AnyTestRunner::Command(CommandRunner::from_config(
                 c,
                 &self.config.base_dir,
             ))),
             #[cfg(feature = "kube")]
-            TestConfig::KubernetesJob(j) => Ok(LocalTestRunner::KubeJob(
+            TestConfig::KubernetesJob(j) => Ok(AnyTestRunner::KubeJob(
                 crate::k8s::KubeJobRunner::new(j.clone(), self.cluster(&j.cluster)?),
             )),
             #[cfg(not(feature = "kube"))]
@@ -245,15 +172,15 @@ impl Ports for LocalPorts {
             TestConfig::Lambda(_) => Err(aws_only("the lambda test runner")),
         }
     }
-    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<LocalTarget> {
+    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<AnyTarget> {
         match &env.deploy {
             DeployConfig::Manifest(m) => {
-                Ok(LocalTarget::Manifest(ManifestTarget::from_config(m, |p| {
+                Ok(AnyTarget::Manifest(ManifestTarget::from_config(m, |p| {
                     self.config.resolve(p)
                 })))
             }
             #[cfg(feature = "kube")]
-            DeployConfig::Kubernetes(k) => Ok(LocalTarget::Kube(
+            DeployConfig::Kubernetes(k) => Ok(AnyTarget::Kube(
                 crate::k8s::KubeDeployTarget::from_config(k, self.cluster(&k.cluster)?),
             )),
             #[cfg(not(feature = "kube"))]

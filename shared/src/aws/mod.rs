@@ -1,9 +1,12 @@
 //! AWS adapters (feature `aws`). Endpoint, region and credentials come from the standard
 //! AWS chain (`AWS_ENDPOINT_URL` selects an emulator); nothing here branches on "local".
 
+pub mod dlq;
 pub mod ecr;
+pub mod handler;
 pub mod iam;
 pub mod lambda;
+pub mod ports;
 pub mod s3;
 pub mod sns;
 

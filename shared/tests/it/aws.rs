@@ -375,3 +375,512 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
         .unwrap();
     assert_eq!(alias.function_version(), Some("1"));
 }
+
+/// A stack like `infra/template.yaml`'s, made of moto resources.
+struct Stack {
+    m: Moto,
+    sqs: aws_sdk_sqs::Client,
+    lambda: aws_sdk_lambda::Client,
+    ecr: aws_sdk_ecr::Client,
+    clients: baton::aws::ports::Clients,
+    config: std::sync::Arc<baton::config::Config>,
+    topic: String,
+    /// (stage, queue url)
+    queues: Vec<(String, String)>,
+    ingest_queue: String,
+    reaction_queue: String,
+    digest: String,
+}
+
+const STACK: &str = "baton";
+const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+async fn stack() -> Stack {
+    let m = moto().await;
+    let conf = m.config().await;
+    let clients = baton::aws::ports::Clients::new(&conf);
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let sns = aws_sdk_sns::Client::new(&conf);
+    let ecr = aws_sdk_ecr::Client::new(&conf);
+    let lambda = aws_sdk_lambda::Client::new(&conf);
+    let iam = aws_sdk_iam::Client::new(&conf);
+    let events = aws_sdk_eventbridge::Client::new(&conf);
+    clients
+        .s3
+        .create_bucket()
+        .bucket("baton-state")
+        .send()
+        .await
+        .unwrap();
+    let topic = sns
+        .create_topic()
+        .name("baton-events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    let arn = |name: &str| format!("arn:aws:sqs:us-east-1:123456789012:{name}");
+    let mut queues = vec![];
+    for sub in baton::subscriptions::stage_subscriptions() {
+        let name = format!("{STACK}-{}", sub.name);
+        sqs.create_queue()
+            .queue_name(format!("{name}-dlq"))
+            .send()
+            .await
+            .unwrap();
+        let redrive =
+            json!({"deadLetterTargetArn": arn(&format!("{name}-dlq")), "maxReceiveCount": "3"});
+        let url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                "1",
+            )
+            .attributes(
+                aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+                redrive.to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string();
+        sns.subscribe()
+            .topic_arn(&topic)
+            .protocol("sqs")
+            .endpoint(arn(&name))
+            .attributes("FilterPolicy", sub.filter.json().to_string())
+            .send()
+            .await
+            .unwrap();
+        queues.push((sub.name.clone(), url));
+    }
+    // an e-mail-style reaction: a subscription with a filter policy, no code
+    let reaction_queue = sqs
+        .create_queue()
+        .queue_name("email-reaction")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(arn("email-reaction"))
+        .attributes("FilterPolicy", json!({"type": ["image.built"]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    // ECR pushes reach ingest through an EventBridge rule (an SQS target here; the stack
+    // targets the function)
+    let ingest_queue = sqs
+        .create_queue()
+        .queue_name("ingest-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    events
+        .put_rule()
+        .name("ecr-push")
+        .event_pattern(json!({"source": ["aws.ecr"], "detail-type": ["ECR Image Action"],
+            "detail": {"action-type": ["PUSH"], "result": ["SUCCESS"], "repository-name": ["demo/web"]}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("ecr-push")
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("ingest")
+                .arn(arn("ingest-events"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // the image, and the Lambda function deployed to
+    ecr.create_repository()
+        .repository_name("demo/web")
+        .send()
+        .await
+        .unwrap();
+    let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2, "digest": format!("sha256:{}", "7".repeat(64))},
+        "layers": []});
+    ecr.put_image()
+        .repository_name("demo/web")
+        .image_manifest(manifest.to_string())
+        .image_tag("1.0.0")
+        .send()
+        .await
+        .unwrap();
+    let digest = EcrRegistry::new(ecr.clone())
+        .resolve(HOST, "demo/web", "1.0.0")
+        .await
+        .unwrap()
+        .digest;
+    let role = iam
+        .create_role()
+        .role_name("web-fn")
+        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .arn()
+        .to_string();
+    lambda
+        .create_function()
+        .function_name("web")
+        .role(role)
+        .package_type(aws_sdk_lambda::types::PackageType::Image)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .image_uri(format!("{HOST}/demo/web@sha256:{}", "0".repeat(64)))
+                .build(),
+        )
+        .publish(true)
+        .send()
+        .await
+        .unwrap();
+    lambda
+        .create_alias()
+        .function_name("web")
+        .name("live")
+        .function_version("1")
+        .send()
+        .await
+        .unwrap();
+    let config = baton::config::Config::from_yaml(
+        &format!(
+            r#"
+apps:
+  - name: web
+    registry: {HOST}
+    repository: demo/web
+    tags: {{ semver: ">=1.0.0" }}
+    test: {{ command: {{ run: ["true"] }} }}
+    environments:
+      - name: staging
+        approval: auto
+        deploy: {{ lambda: {{ function: web, alias: live, poll: 50ms }} }}
+"#
+        ),
+        Path::new("/tmp"),
+        "test config",
+    )
+    .unwrap();
+    Stack {
+        m,
+        sqs,
+        lambda,
+        ecr,
+        clients,
+        config: std::sync::Arc::new(config),
+        topic,
+        queues,
+        ingest_queue,
+        reaction_queue,
+        digest,
+    }
+}
+
+impl Stack {
+    fn app(&self, stage: baton::stages::StageName) -> baton::aws::handler::App {
+        let ports = baton::aws::ports::AwsPorts::new(
+            &self.clients,
+            "baton-state",
+            &self.topic,
+            self.config.clone(),
+        )
+        .unwrap();
+        baton::aws::handler::App::new(stage, ports, self.config.clone(), self.sqs.clone()).unwrap()
+    }
+
+    async fn push_event(&self) {
+        let events = aws_sdk_eventbridge::Client::new(&self.m.config().await);
+        let detail = json!({"result": "SUCCESS", "repository-name": "demo/web", "image-digest": self.digest,
+                            "action-type": "PUSH", "image-tag": "1.0.0"});
+        events
+            .put_events()
+            .entries(
+                aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+                    .source("aws.ecr")
+                    .detail_type("ECR Image Action")
+                    .detail(detail.to_string())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Receives the EventBridge delivery and hands it to ingest, as the rule would.
+    async fn run_ingest(&self) {
+        let got = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.ingest_queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.messages().len(), 1, "the rule delivered the push");
+        let mut body: serde_json::Value =
+            serde_json::from_str(got.messages()[0].body().unwrap()).unwrap();
+        assert_eq!(body["detail-type"], "ECR Image Action");
+        // moto's EventBridge leaves out `account`, which AWS always sets on the event.
+        if body.get("account").is_none() {
+            body["account"] = json!("123456789012");
+        }
+        let out = self
+            .app(baton::stages::StageName::Ingest)
+            .handle(body)
+            .await
+            .unwrap();
+        assert_eq!(out["accepted"].as_array().unwrap().len(), 1, "{out}");
+    }
+
+    /// One event source mapping poll of a stage's queue; every batch delivered `times`
+    /// times. Returns how many messages were received.
+    async fn poll(&self, stage: &str, url: &str, times: usize) -> usize {
+        let got = self
+            .sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            return 0;
+        }
+        let records: Vec<serde_json::Value> = got
+            .messages()
+            .iter()
+            .map(|m| {
+                json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body(),
+                       "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs",
+                       "eventSourceARN": format!("arn:aws:sqs:us-east-1:123456789012:{STACK}-{stage}"), "awsRegion": "us-east-1"})
+            })
+            .collect();
+        let app = self.app(stage.parse().unwrap());
+        let mut failed: Vec<String> = vec![];
+        for _ in 0..times {
+            let resp = app.handle(json!({ "Records": records })).await.unwrap();
+            failed = resp["batchItemFailures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+                .collect();
+        }
+        for m in got.messages() {
+            if !failed.iter().any(|f| Some(f.as_str()) == m.message_id()) {
+                self.sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        got.messages().len()
+    }
+
+    /// Polls every stage queue until a round finds nothing (failed messages come back
+    /// after the 1 s visibility timeout, so a quiet round waits that out once).
+    async fn drive(&self, times: usize) {
+        let mut quiet = 0;
+        for _ in 0..60 {
+            let mut n = 0;
+            for (stage, url) in &self.queues {
+                n += self.poll(stage, url, times).await;
+            }
+            if n == 0 {
+                quiet += 1;
+                if quiet == 2 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1100)).await;
+            } else {
+                quiet = 0;
+            }
+        }
+        panic!("the queues never went quiet");
+    }
+
+    async fn alias_image(&self) -> String {
+        let f = self
+            .lambda
+            .get_function()
+            .function_name("web")
+            .qualifier("live")
+            .send()
+            .await
+            .unwrap();
+        f.code().unwrap().image_uri().unwrap().to_string()
+    }
+
+    async fn run_log(&self) -> Vec<String> {
+        let store = S3Store::new(self.clients.s3.clone(), "baton-state");
+        let run = baton::ids::run_id("web", &self.digest);
+        let mut events = vec![];
+        for key in store
+            .list(&format!("runs/web/{run}/events/"))
+            .await
+            .unwrap()
+        {
+            let obj = store.get(&key).await.unwrap().unwrap();
+            events.push(Event::from_json(std::str::from_utf8(&obj.bytes).unwrap()).unwrap());
+        }
+        events.sort_by_key(|e| e.time);
+        events.iter().map(|e| e.event_type().to_string()).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_runs_end_to_end_on_aws_apis() {
+    let s = stack().await;
+    s.push_event().await;
+    s.run_ingest().await;
+    // every message is delivered twice: nothing changes
+    s.drive(2).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest),
+        "the alias serves the pushed digest"
+    );
+    let versions = s
+        .lambda
+        .list_versions_by_function()
+        .function_name("web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions.versions().len(),
+        3,
+        "$LATEST, the original and exactly one new version"
+    );
+    assert_eq!(
+        s.run_log().await,
+        [
+            "image.built",
+            "tests.passed",
+            "approval.granted",
+            "deploy.succeeded",
+            "image.promoted"
+        ]
+    );
+    let staging = EcrRegistry::new(s.ecr.clone())
+        .resolve(HOST, "demo/web", "staging")
+        .await
+        .unwrap();
+    assert_eq!(staging.digest, s.digest, "promote tagged the image in ECR");
+    let got = s
+        .sqs
+        .receive_message()
+        .queue_url(&s.reaction_queue)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.messages().len(),
+        1,
+        "the e-mail reaction got exactly one message"
+    );
+    let e =
+        baton::triggers::event_from_sns_notification(got.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(e.event_type().as_str(), "image.built");
+    assert!(
+        s.sqs
+            .receive_message()
+            .queue_url(&s.ingest_queue)
+            .send()
+            .await
+            .unwrap()
+            .messages()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_failing_three_times_rests_in_the_dlq_until_redriven() {
+    let s = stack().await;
+    // someone else holds the deploy lease: the deploy stage fails transiently
+    let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+    let lease = json!({"holder": "another-deploy", "until": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()});
+    store
+        .put(
+            "deployments/web/staging/lease.json",
+            lease.to_string().into_bytes(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    let dead = baton::aws::dlq::list(&s.sqs, STACK, "deploy")
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]
+            .event
+            .as_deref()
+            .unwrap()
+            .starts_with("approval.granted"),
+        "{dead:?}"
+    );
+    assert_ne!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
+    );
+    // the lease is released; the redriven message completes the run
+    let expired = json!({"holder": "another-deploy", "until": chrono::Utc::now().to_rfc3339()});
+    store
+        .put(
+            "deployments/web/staging/lease.json",
+            expired.to_string().into_bytes(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        baton::aws::dlq::redrive(&s.sqs, STACK, "deploy")
+            .await
+            .unwrap(),
+        1
+    );
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
+    );
+    assert_eq!(
+        s.run_log().await.last().map(String::as_str),
+        Some("image.promoted")
+    );
+    assert!(
+        baton::aws::dlq::list(&s.sqs, STACK, "deploy")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

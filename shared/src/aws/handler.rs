@@ -1,0 +1,405 @@
+//! The Lambda side of every function: one handler that takes the raw invocation
+//! payload and routes it by shape to the stage it was built for.
+//!
+//! * SQS batches (event source mapping, SNS envelope in each body): each record runs
+//!   through the harness; transient failures and waits are reported as
+//!   `batchItemFailures` (a wait first sets the message's visibility timeout, so it comes
+//!   back after the delay and no function idles); other records are deleted by Lambda.
+//!   Unreadable bodies fail too, so after the queue's `maxReceiveCount` they rest in the
+//!   DLQ instead of being lost.
+//! * ingest: the EventBridge "ECR Image Action" event, or a registry webhook through the
+//!   function URL (`/hooks/<name>`, authenticated as `serve.webhooks` says).
+//! * approve: a decision through the function URL; the approver is the caller's IAM
+//!   identity (`requestContext.authorizer.iam`), never the body.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use serde_json::{Value, json};
+
+use crate::aws::ports::{AwsPorts, Clients, load_config};
+use crate::error::{Error, Result};
+use crate::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::policy::approval::Verdict;
+use crate::stages::approve::Decision;
+use crate::stages::{Pipeline, Settings, StageName};
+use crate::triggers::{DocumentKind, Trigger, TriggerKind, event_from_sns_notification, identify};
+use crate::webhooks::{Endpoint, RequestParts};
+
+/// Everything a function keeps between invocations (built once per container).
+pub struct App {
+    pub stage: StageName,
+    pub pipeline: Pipeline<AwsPorts>,
+    sqs: aws_sdk_sqs::Client,
+    endpoints: Vec<Endpoint>,
+}
+
+impl App {
+    /// Builds the app from the function's environment and configuration.
+    pub async fn from_env(stage: StageName) -> Result<App> {
+        let conf = super::sdk_config().await;
+        let clients = Clients::new(&conf);
+        let config = Arc::new(load_config(&clients.s3).await?);
+        let ports = AwsPorts::from_env(&clients, config.clone()).await?;
+        App::new(stage, ports, config, aws_sdk_sqs::Client::new(&conf))
+    }
+
+    pub fn new(
+        stage: StageName,
+        ports: AwsPorts,
+        config: Arc<crate::config::Config>,
+        sqs: aws_sdk_sqs::Client,
+    ) -> Result<App> {
+        let endpoints = if stage == StageName::Ingest {
+            config
+                .serve
+                .webhooks
+                .iter()
+                .map(Endpoint::from_config)
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![]
+        };
+        let settings = Settings {
+            approvals_url: config.serve.public_url.clone(),
+            ..Settings::default()
+        };
+        Ok(App {
+            stage,
+            pipeline: Pipeline::new(ports, config, settings),
+            sqs,
+            endpoints,
+        })
+    }
+
+    /// Handles one invocation payload.
+    pub async fn handle(&self, payload: Value) -> Result<Value> {
+        if payload.get("Records").is_some() {
+            let ev: SqsEvent =
+                serde_json::from_value(payload).map_err(|e| Error::invalid("SQS event", e))?;
+            let resp = self.sqs_batch(ev).await;
+            return serde_json::to_value(resp)
+                .map_err(|e| Error::permanent("SQS batch response", e));
+        }
+        if payload.get("requestContext").is_some() && payload.get("rawPath").is_some() {
+            return Ok(match self.stage {
+                StageName::Ingest => self.webhook(&payload).await,
+                StageName::Approve => self.decision(&payload).await,
+                other => http(
+                    404,
+                    json!({ "error": format!("the {other} function has no URL") }),
+                ),
+            });
+        }
+        match (self.stage, identify(&payload)) {
+            (StageName::Ingest, Some(DocumentKind::Trigger(TriggerKind::Ecr))) => {
+                let report = self
+                    .pipeline
+                    .ingest(&Trigger {
+                        kind: TriggerKind::Ecr,
+                        received_at: chrono::Utc::now(),
+                        payload,
+                    })
+                    .await?;
+                Ok(json!({ "accepted": report.accepted, "ignored": report.ignored }))
+            }
+            (stage, _) => Err(Error::invalid(
+                "invocation",
+                format!(
+                    "the {stage} function takes SQS batches{}",
+                    match stage {
+                        StageName::Ingest => ", ECR events and webhooks",
+                        StageName::Approve => " and decisions on its URL",
+                        _ => "",
+                    }
+                ),
+            )),
+        }
+    }
+
+    async fn sqs_batch(&self, ev: SqsEvent) -> SqsBatchResponse {
+        let mut failures = vec![];
+        for record in ev.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let outcome = self.record(record.body.as_deref().unwrap_or("")).await;
+            let retry = match outcome {
+                Ok(None) => false,
+                Ok(Some(after)) => {
+                    // Hand the message back with a delay: it is re-delivered then.
+                    if let (Some(arn), Some(handle)) =
+                        (&record.event_source_arn, &record.receipt_handle)
+                        && let Err(e) = self.delay(arn, handle, after).await
+                    {
+                        tracing::warn!(%id, error = %e, "could not set the visibility timeout; the queue's default applies");
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, kind = e.kind(), "record failed; SQS will deliver it again");
+                    true
+                }
+            };
+            if retry {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = id;
+                failures.push(f);
+            }
+        }
+        let mut resp = SqsBatchResponse::default();
+        resp.batch_item_failures = failures;
+        resp
+    }
+
+    /// Runs one record; `Ok(Some(delay))` asks for a re-delivery after `delay`.
+    async fn record(&self, body: &str) -> Result<Option<std::time::Duration>> {
+        let event = event_from_sns_notification(body)?;
+        let inputs: Vec<Input> = if self.stage == StageName::Notify {
+            let attrs = event.attributes();
+            self.pipeline
+                .config
+                .reactions
+                .iter()
+                .filter(|r| {
+                    r.on.matches(&attrs)
+                        && matches!(r.notify, crate::config::NotifyConfig::Webhook(_))
+                })
+                .map(|r| {
+                    Input::Reaction(ReactionInput {
+                        reaction: r.name.clone(),
+                        event: event.clone(),
+                    })
+                })
+                .collect()
+        } else {
+            vec![Input::Event(event)]
+        };
+        let mut later = None;
+        for input in inputs {
+            let handled = self
+                .pipeline
+                .handle(self.stage, input, Mode::Deliver)
+                .await?;
+            match handled.disposition {
+                Disposition::Done => {}
+                Disposition::Later(d) => {
+                    later = Some(later.map_or(d, |x: std::time::Duration| x.min(d)))
+                }
+                Disposition::Retry(e) => return Err(e),
+            }
+        }
+        Ok(later)
+    }
+
+    async fn delay(
+        &self,
+        queue_arn: &str,
+        receipt: &str,
+        after: std::time::Duration,
+    ) -> Result<()> {
+        let mut parts = queue_arn.split(':');
+        let (Some(account), Some(name)) = (parts.nth(4), parts.next()) else {
+            return Err(Error::invalid("eventSourceARN", queue_arn.to_string()));
+        };
+        let url = self
+            .sqs
+            .get_queue_url()
+            .queue_name(name)
+            .queue_owner_aws_account_id(account)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::transient(
+                    "get queue url",
+                    crate::error::Message(e.into_service_error().to_string()),
+                )
+            })?
+            .queue_url()
+            .unwrap_or_default()
+            .to_string();
+        // SQS allows at most 12 hours; longer waits check in again and wait more.
+        let secs = after.as_secs().clamp(1, 43_200) as i32;
+        self.sqs
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::transient(
+                    "change message visibility",
+                    crate::error::Message(e.into_service_error().to_string()),
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn webhook(&self, req: &Value) -> Value {
+        let path = req["rawPath"].as_str().unwrap_or("");
+        let Some(name) = path.strip_prefix("/hooks/") else {
+            return http(404, json!({ "error": "webhooks are POST /hooks/<name>" }));
+        };
+        let Some(ep) = self.endpoints.iter().find(|e| e.name == name) else {
+            return http(404, json!({ "error": format!("no webhook named {name}") }));
+        };
+        let body = body_of(req);
+        let headers = req["headers"].clone();
+        let auth = {
+            let header = |n: &str| headers[n.to_ascii_lowercase()].as_str().map(str::to_owned);
+            ep.authenticate(&RequestParts {
+                header: &header,
+                query: req["rawQueryString"].as_str(),
+                body: &body,
+            })
+        };
+        if let Err(why) = auth {
+            tracing::warn!(webhook = %name, reason = %why.0, "webhook refused");
+            return http(401, json!({ "error": "unauthorized" }));
+        }
+        let (trigger, _) = match ep.trigger(&body, chrono::Utc::now()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(webhook = %name, error = %e, "malformed webhook");
+                return http(400, json!({ "error": e.to_string() }));
+            }
+        };
+        match self.pipeline.ingest(&trigger).await {
+            Ok(r) => http(202, json!({ "accepted": r.accepted, "ignored": r.ignored })),
+            Err(e) if e.is_retryable() => http(503, json!({ "error": e.to_string() })),
+            Err(e) => http(400, json!({ "error": e.to_string() })),
+        }
+    }
+
+    async fn decision(&self, req: &Value) -> Value {
+        let iam = &req["requestContext"]["authorizer"]["iam"];
+        let Some(who) = iam["userArn"].as_str().and_then(approver_of_arn) else {
+            return http(
+                401,
+                json!({ "error": "call the approve URL with AWS_IAM (SigV4) credentials" }),
+            );
+        };
+        let body: Value = serde_json::from_slice(&body_of(req)).unwrap_or(Value::Null);
+        let (Some(run), Some(env), Some(decision)) = (
+            body["run"].as_str(),
+            body["environment"].as_str(),
+            body["decision"].as_str(),
+        ) else {
+            return http(
+                400,
+                json!({ "error": "body: {\"run\", \"environment\", \"decision\": \"approve\"|\"reject\", \"comment\"?}" }),
+            );
+        };
+        let verdict = match decision {
+            "approve" => Verdict::Approve,
+            "reject" => Verdict::Reject,
+            other => {
+                return http(
+                    400,
+                    json!({ "error": format!("decision {other:?} is not approve or reject") }),
+                );
+            }
+        };
+        let result = self
+            .pipeline
+            .decide(Decision {
+                run: run.into(),
+                environment: env.into(),
+                by: who,
+                verdict,
+                comment: body["comment"].as_str().map(str::to_owned),
+            })
+            .await;
+        match result {
+            Ok(r) => http(200, json!(r)),
+            Err(Error::Refused(m)) if m.contains("already") => http(409, json!({ "error": m })),
+            Err(Error::Refused(m)) => http(403, json!({ "error": m })),
+            Err(e @ Error::NotFound { .. }) => http(404, json!({ "error": e.to_string() })),
+            Err(e) => http(503, json!({ "error": e.to_string() })),
+        }
+    }
+}
+
+/// The approver name of an IAM identity: the user name, or the session name of an
+/// assumed role (`arn:aws:sts::1:assumed-role/Approvers/alice` → `alice`).
+pub fn approver_of_arn(arn: &str) -> Option<String> {
+    let resource = arn.split(':').nth(5)?;
+    let name = if let Some(rest) = resource.strip_prefix("assumed-role/") {
+        rest.split('/').nth(1)?
+    } else if let Some(rest) = resource.strip_prefix("user/") {
+        rest.rsplit('/').next()?
+    } else {
+        return None;
+    };
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+fn body_of(req: &Value) -> Vec<u8> {
+    use base64::Engine;
+    let body = req["body"].as_str().unwrap_or("");
+    if req["isBase64Encoded"].as_bool() == Some(true) {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap_or_default()
+    } else {
+        body.as_bytes().to_vec()
+    }
+}
+
+fn http(status: u16, body: Value) -> Value {
+    json!({ "statusCode": status, "headers": { "content-type": "application/json" }, "body": body.to_string() })
+}
+
+/// Runs the function under the Lambda Runtime API: the app is built once, then every
+/// invocation goes to [`App::handle`]. Logs are JSON lines.
+pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Error> {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_current_span(false)
+        .without_time()
+        .try_init();
+    let app = Arc::new(App::from_env(stage).await.map_err(|e| {
+        tracing::error!(error = %e, kind = e.kind(), "cannot start");
+        Box::new(e) as lambda_runtime::Error
+    })?);
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |ev: lambda_runtime::LambdaEvent<Value>| {
+            let app = app.clone();
+            async move {
+                app.handle(ev.payload).await.map_err(|e| {
+                    tracing::error!(error = %e, kind = e.kind(), "invocation failed");
+                    Box::new(e) as lambda_runtime::Error
+                })
+            }
+        },
+    ))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approver_names_from_iam_identities() {
+        assert_eq!(
+            approver_of_arn("arn:aws:iam::123456789012:user/alice").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            approver_of_arn("arn:aws:iam::123456789012:user/division/bob").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(
+            approver_of_arn("arn:aws:sts::123456789012:assumed-role/Approvers/carol").as_deref(),
+            Some("carol")
+        );
+        assert_eq!(
+            approver_of_arn("arn:aws:iam::123456789012:role/Deployer"),
+            None
+        );
+        assert_eq!(approver_of_arn("nonsense"), None);
+    }
+}

@@ -1,0 +1,258 @@
+//! `AwsPorts`: the ports of the Lambda functions. SNS bus, S3 store, ECR (or a
+//! distribution registry for configured hosts), Lambda and Kubernetes targets and test
+//! runners. Built once per container from the environment the stack sets:
+//! `BATON_BUCKET`, `BATON_TOPIC_ARN`, and the configuration from `BATON_CONFIG_S3`
+//! (`s3://bucket/key`) or `BATON_CONFIG` (a file).
+
+use std::sync::Arc;
+
+use crate::adapters::{AnyTarget, AnyTestRunner};
+use crate::aws::ecr::EcrRegistry;
+use crate::aws::lambda::{LambdaDeployTarget, LambdaTestRunner};
+use crate::aws::s3::S3Store;
+use crate::aws::sns::SnsBus;
+use crate::config::{
+    AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
+};
+use crate::distribution::DistributionRegistry;
+use crate::embedded::{CommandRunner, WebhookNotifier};
+use crate::error::{Error, Result};
+use crate::event::Image;
+use crate::local::LocalNotifier;
+use crate::ports::{ObjectStore, Ports, Registry, Resolved};
+
+/// ECR, or the distribution API for hosts listed under `registries:`.
+pub struct AwsRegistry {
+    pub ecr: EcrRegistry,
+    pub remote: Vec<DistributionRegistry>,
+}
+
+impl Registry for AwsRegistry {
+    async fn resolve(&self, registry: &str, repository: &str, tag: &str) -> Result<Resolved> {
+        match self.remote.iter().find(|r| r.host() == registry) {
+            Some(r) => r.resolve(registry, repository, tag).await,
+            None => self.ecr.resolve(registry, repository, tag).await,
+        }
+    }
+
+    async fn retag(&self, image: &Image, tag: &str) -> Result<()> {
+        match self.remote.iter().find(|r| r.host() == image.registry) {
+            Some(r) => r.retag(image, tag).await,
+            None => self.ecr.retag(image, tag).await,
+        }
+    }
+}
+
+/// The AWS clients and adapters.
+pub struct AwsPorts {
+    pub bus: SnsBus,
+    pub store: S3Store,
+    pub registry: AwsRegistry,
+    lambda: aws_sdk_lambda::Client,
+    http: reqwest::Client,
+    config: Arc<Config>,
+    #[cfg(feature = "kube")]
+    clusters: Vec<Arc<crate::k8s::Cluster>>,
+}
+
+fn env(var: &str) -> Result<String> {
+    std::env::var(var)
+        .map_err(|_| Error::invalid("function environment", format!("{var} is not set")))
+}
+
+/// Clients for one SDK configuration.
+pub struct Clients {
+    pub s3: aws_sdk_s3::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub ecr: aws_sdk_ecr::Client,
+    pub lambda: aws_sdk_lambda::Client,
+}
+
+impl Clients {
+    pub fn new(conf: &aws_config::SdkConfig) -> Clients {
+        // Path-style S3 addressing works with every endpoint, emulators included.
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(conf)
+                .force_path_style(true)
+                .build(),
+        );
+        Clients {
+            s3,
+            sns: aws_sdk_sns::Client::new(conf),
+            ecr: aws_sdk_ecr::Client::new(conf),
+            lambda: aws_sdk_lambda::Client::new(conf),
+        }
+    }
+}
+
+/// Loads the configuration named by the environment.
+pub async fn load_config(s3: &aws_sdk_s3::Client) -> Result<Config> {
+    if let Ok(url) = std::env::var("BATON_CONFIG_S3") {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            Error::invalid("BATON_CONFIG_S3", format!("{url:?} is not s3://bucket/key"))
+        })?;
+        let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+            Error::invalid("BATON_CONFIG_S3", format!("{url:?} is not s3://bucket/key"))
+        })?;
+        let obj = S3Store::new(s3.clone(), bucket)
+            .get(key)
+            .await?
+            .ok_or_else(|| {
+                Error::invalid(
+                    "configuration",
+                    format!("{url} does not exist: upload baton.yaml there"),
+                )
+            })?;
+        let text = String::from_utf8(obj.bytes)
+            .map_err(|_| Error::invalid("configuration", format!("{url} is not UTF-8")))?;
+        return Config::from_yaml(&text, std::path::Path::new("/tmp"), &url);
+    }
+    Config::load(std::path::Path::new(
+        &std::env::var("BATON_CONFIG").unwrap_or_else(|_| "baton.yaml".into()),
+    ))
+}
+
+impl AwsPorts {
+    /// Builds the ports from clients, a bucket and a topic.
+    pub fn new(
+        clients: &Clients,
+        bucket: &str,
+        topic_arn: &str,
+        config: Arc<Config>,
+    ) -> Result<AwsPorts> {
+        let http = reqwest::Client::new();
+        let remote = config
+            .registries
+            .iter()
+            .map(|r| DistributionRegistry::from_config(r, http.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AwsPorts {
+            bus: SnsBus::new(clients.sns.clone(), topic_arn),
+            store: S3Store::new(clients.s3.clone(), bucket),
+            registry: AwsRegistry {
+                ecr: EcrRegistry::new(clients.ecr.clone()),
+                remote,
+            },
+            lambda: clients.lambda.clone(),
+            http,
+            #[cfg(feature = "kube")]
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| {
+                    Arc::new(crate::k8s::Cluster::new(
+                        c.clone(),
+                        std::path::PathBuf::from("/tmp"),
+                    ))
+                })
+                .collect(),
+            config,
+        })
+    }
+
+    /// Builds the ports from the function's environment.
+    pub async fn from_env(clients: &Clients, config: Arc<Config>) -> Result<AwsPorts> {
+        AwsPorts::new(
+            clients,
+            &env("BATON_BUCKET")?,
+            &env("BATON_TOPIC_ARN")?,
+            config,
+        )
+    }
+
+    #[cfg(feature = "kube")]
+    fn cluster(&self, name: &str) -> Result<Arc<crate::k8s::Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("cluster", name))
+    }
+}
+
+impl Ports for AwsPorts {
+    type Bus = SnsBus;
+    type Store = S3Store;
+    type Registry = AwsRegistry;
+    type Tests = AnyTestRunner;
+    type Target = AnyTarget;
+    type Notifier = LocalNotifier;
+
+    fn bus(&self) -> &SnsBus {
+        &self.bus
+    }
+    fn store(&self) -> &S3Store {
+        &self.store
+    }
+    fn registry(&self) -> &AwsRegistry {
+        &self.registry
+    }
+    fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
+        match &app.test {
+            TestConfig::Lambda(l) => Ok(AnyTestRunner::Lambda(LambdaTestRunner::new(
+                self.lambda.clone(),
+                l,
+            ))),
+            // A command shipped with the test function's package.
+            TestConfig::Command(c) => Ok(AnyTestRunner::Command(CommandRunner::from_config(
+                c,
+                &self.config.base_dir,
+            ))),
+            #[cfg(feature = "kube")]
+            TestConfig::KubernetesJob(j) => Ok(AnyTestRunner::KubeJob(
+                crate::k8s::KubeJobRunner::new(j.clone(), self.cluster(&j.cluster)?),
+            )),
+            #[cfg(not(feature = "kube"))]
+            TestConfig::KubernetesJob(_) => Err(Error::permanent(
+                "kubernetes_job",
+                "this function is built without Kubernetes support",
+            )),
+        }
+    }
+    fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<AnyTarget> {
+        match &env.deploy {
+            DeployConfig::Lambda(l) => Ok(AnyTarget::Lambda(LambdaDeployTarget::new(
+                self.lambda.clone(),
+                l,
+            ))),
+            #[cfg(feature = "kube")]
+            DeployConfig::Kubernetes(k) => Ok(AnyTarget::Kube(
+                crate::k8s::KubeDeployTarget::from_config(k, self.cluster(&k.cluster)?),
+            )),
+            #[cfg(not(feature = "kube"))]
+            DeployConfig::Kubernetes(_) => Err(Error::permanent(
+                "kubernetes target",
+                "this function is built without Kubernetes support",
+            )),
+            DeployConfig::Manifest(_) => Err(Error::permanent(
+                format!("environment {}", env.name),
+                "the manifest target writes a local directory; in AWS use lambda or kubernetes",
+            )),
+        }
+    }
+    fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
+        match &reaction.notify {
+            NotifyConfig::Webhook(w) => {
+                let url = match (&w.url, &w.url_env) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(var)) => env(var)?,
+                    (None, None) => {
+                        return Err(Error::invalid(
+                            format!("reaction {}", reaction.name),
+                            "webhook has no url",
+                        ));
+                    }
+                };
+                Ok(LocalNotifier::Webhook(WebhookNotifier::new(
+                    self.http.clone(),
+                    url,
+                    w.timeout,
+                )))
+            }
+            NotifyConfig::Log(_) => Err(Error::permanent(
+                format!("reaction {}", reaction.name),
+                "log reactions are local; in AWS use a webhook, or an SNS e-mail subscription (`NotificationEmail`)",
+            )),
+        }
+    }
+}
