@@ -26,7 +26,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { run, watch: false } => status(g, run.as_deref()).await,
         Command::Status { run, watch: true } => watch(g, run.as_deref()).await,
         Command::Serve { listen } => serve(g, listen).await,
-        Command::Retry { run, stage, env } => retry(g, &run, &stage, env.as_deref()).await,
+        Command::Retry { run, stage, env } => match &g.stack {
+            Some(stack) => {
+                let stage: StageName = stage.parse().map_err(|e: String| anyhow!(e))?;
+                crate::aws_mode::retry(g, stack, &run, stage.as_str(), env.as_deref()).await
+            }
+            None => retry(g, &run, &stage, env.as_deref()).await,
+        },
         Command::Approve {
             run,
             env,
@@ -42,13 +48,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback { app, env, to, who } => {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
-        Command::Dlq { action } => dlq(g, action).await,
+        Command::Dlq { action } => match (&g.stack, action) {
+            (Some(stack), DlqAction::List { subscription }) => {
+                crate::aws_mode::dlq_list(g, stack, &stage_arg(subscription)?).await
+            }
+            (Some(stack), DlqAction::Redrive { subscription }) => {
+                crate::aws_mode::dlq_redrive(g, stack, &stage_arg(subscription)?).await
+            }
+            (None, action) => dlq(g, action).await,
+        },
         Command::Audit {
             template,
             k8s,
             live,
-            stack,
-        } => crate::audit::run(g, &template, &k8s, live, stack.as_deref()).await,
+        } => {
+            if live && g.stack.is_none() {
+                return Err(anyhow!(
+                    "--live needs --stack NAME (the deployed stack whose roles to read)"
+                ));
+            }
+            crate::audit::run(g, &template, &k8s, live, g.stack.as_deref()).await
+        }
+        Command::React { action } => react(g, action).await,
         Command::Events { action } => events(g, action),
     }
 }
@@ -202,6 +223,65 @@ async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// A stage name for the AWS queues.
+fn stage_arg(sub: Option<String>) -> Result<String> {
+    let s = sub.ok_or_else(|| anyhow!("name the stage whose dead-letter queue to use (test, gate, approve, deploy, promote, notify)"))?;
+    let stage: StageName = s.parse().map_err(|e: String| anyhow!(e))?;
+    if stage == StageName::Ingest {
+        return Err(anyhow!(
+            "ingest has no queue: it is invoked by EventBridge and its URL"
+        ));
+    }
+    Ok(stage.as_str().to_string())
+}
+
+async fn react(g: &Global, action: crate::ReactAction) -> Result<ExitCode> {
+    use crate::ReactAction;
+    use crate::aws_mode::Target;
+    match action {
+        ReactAction::Add {
+            on,
+            email,
+            webhook,
+            sqs,
+            log,
+            name,
+        } => {
+            for t in &on {
+                if baton::event::EventType::parse(t).is_none() {
+                    return Err(anyhow!(
+                        "--on {t}: not a Baton event type (allowed: {})",
+                        baton::event::EventType::ALL.map(|t| t.as_str()).join(", ")
+                    ));
+                }
+            }
+            let target = match (email, webhook, sqs, log) {
+                (Some(e), _, _, _) => Target::Email(e),
+                (_, Some(w), _, _) => Target::Webhook(w),
+                (_, _, Some(q), _) => Target::Sqs(q),
+                (_, _, _, true) => Target::Log,
+                _ => {
+                    return Err(anyhow!(
+                        "say where the reaction sends: --email, --webhook, --sqs or --log"
+                    ));
+                }
+            };
+            match &g.stack {
+                Some(stack) => crate::aws_mode::react_add(g, stack, &on, target).await,
+                None => crate::react::add(g, &on, target, name),
+            }
+        }
+        ReactAction::List => match &g.stack {
+            Some(stack) => crate::aws_mode::react_list(g, stack).await,
+            None => crate::react::list(g),
+        },
+        ReactAction::Remove { reaction } => match &g.stack {
+            Some(stack) => crate::aws_mode::react_remove(g, stack, &reaction).await,
+            None => crate::react::remove(g, &reaction),
+        },
     }
 }
 
@@ -433,8 +513,12 @@ async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
     let local = open(g)?;
     let bus = &local.pipeline.ports.bus;
     match action {
-        DlqAction::List => {
-            let dead = bus.dead_letters()?;
+        DlqAction::List { subscription } => {
+            let dead: Vec<_> = bus
+                .dead_letters()?
+                .into_iter()
+                .filter(|d| subscription.as_deref().is_none_or(|s| s == d.subscription))
+                .collect();
             if g.json {
                 print_json(&dead)?;
             } else if dead.is_empty() {

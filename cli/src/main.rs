@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod audit;
+mod aws_mode;
 mod commands;
 mod demo;
 mod output;
+mod react;
 
 /// Baton: an event-driven deploy pipeline. A registry push starts a run; test, gate,
 /// approve, deploy, promote and notify are separate, retryable stages.
@@ -40,6 +42,9 @@ pub struct Global {
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A deployed AWS stack: retry, dlq and react work on it instead of the local state.
+    #[arg(long, global = true, env = "BATON_STACK")]
+    pub stack: Option<String>,
     /// Log more (-v info, -vv debug) on stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -125,12 +130,15 @@ pub enum Command {
         #[arg(long, default_value = "infra/k8s")]
         k8s: PathBuf,
         /// Also read the deployed roles' inline policies through IAM and report drift
-        /// (AWS credentials, region and endpoint from the standard chain).
-        #[arg(long, requires = "stack")]
-        live: bool,
-        /// The deployed stack's name (role names are `<stack>-<stage>`).
+        /// (needs --stack; AWS credentials, region and endpoint from the standard chain).
         #[arg(long)]
-        stack: Option<String>,
+        live: bool,
+    },
+    /// Reactions: notifications attached to event types without touching stage code
+    /// (SNS subscriptions with --stack, the configuration file otherwise).
+    React {
+        #[command(subcommand)]
+        action: ReactAction,
     },
     /// Dead letters of the embedded bus.
     Dlq {
@@ -146,13 +154,45 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqAction {
-    /// List dead-lettered messages.
-    List,
+    /// List dead-lettered messages (with --stack: of one stage's DLQ).
+    List {
+        /// A stage name (required with --stack), or notify.<reaction> locally.
+        subscription: Option<String>,
+    },
     /// Move dead letters back to their queues and deliver them.
     Redrive {
         /// Only this subscription (a stage name, or notify.<reaction>).
         subscription: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReactAction {
+    /// Add a reaction to event types.
+    Add {
+        /// Event types, comma-separated (e.g. deploy.failed,tests.failed).
+        #[arg(long, value_delimiter = ',', required = true)]
+        on: Vec<String>,
+        /// E-mail address (SNS e-mail subscription; AWS only).
+        #[arg(long, group = "target")]
+        email: Option<String>,
+        /// URL to POST the event to.
+        #[arg(long, group = "target")]
+        webhook: Option<String>,
+        /// SQS queue ARN (AWS only).
+        #[arg(long, group = "target")]
+        sqs: Option<String>,
+        /// Append to the notifications log (local only).
+        #[arg(long, group = "target")]
+        log: bool,
+        /// Reaction name (local only; derived from the types when absent).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List reactions.
+    List,
+    /// Remove a reaction (its name locally, its subscription ARN with --stack).
+    Remove { reaction: String },
 }
 
 #[derive(Debug, Subcommand)]

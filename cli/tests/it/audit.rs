@@ -2,8 +2,7 @@
 //! non-zero exit), and `--live` against moto's IAM (exactly the drift introduced).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
@@ -184,45 +183,9 @@ fn each_mutation_is_caught_with_a_non_zero_exit() {
     );
 }
 
-fn moto_server() -> PathBuf {
-    let candidates = [root().join("target/ci-venv/bin/moto_server")];
-    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-        return p.clone();
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
-        .expect("moto_server is not installed: run .ci/run once (it installs moto[server] into target/ci-venv) or pip install 'moto[server]'")
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn live_audit_reports_exactly_the_drift_against_moto() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _moto = Proc(
-        Command::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server"),
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_moto, endpoint) = crate::moto().await;
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&endpoint)
         .region(aws_config::Region::new("us-east-1"))

@@ -2,6 +2,7 @@
 //! their `--json` output and their one-line errors.
 
 mod audit;
+mod aws_cli;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,49 @@ use serde_json::Value;
 
 const EXAMPLE: &str = include_str!("../../../examples/baton.yaml");
 const STAGING: &str = include_str!("../../../examples/manifests/staging/web.yaml");
+
+/// A child process killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts moto server (installed by `.ci/run` into `target/ci-venv`) on a free port.
+pub async fn moto() -> (Proc, String) {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/moto_server");
+    let bin = if venv.is_file() {
+        venv
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
+            .expect("moto_server is not installed: run .ci/run once (it installs moto[server] into target/ci-venv) or pip install 'moto[server]'")
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let proc = Proc(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (proc, format!("http://127.0.0.1:{port}"))
+}
 
 fn baton(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_baton"))

@@ -74,6 +74,20 @@ impl App {
 
     /// Handles one invocation payload.
     pub async fn handle(&self, payload: Value) -> Result<Value> {
+        // `baton retry RUN STAGE --stack …` invokes the stage's own function with this.
+        if payload.get("baton").and_then(Value::as_str) == Some("retry") {
+            let run = payload["run"]
+                .as_str()
+                .ok_or_else(|| Error::invalid("retry request", "run: missing"))?;
+            let env = payload["environment"].as_str();
+            let handled = self.pipeline.retry(run, self.stage, env).await?;
+            return Ok(json!({
+                "stage": self.stage.as_str(),
+                "status": handled.status.map(|s| s.as_str()),
+                "outputs": handled.outputs.iter().map(|e| json!({"type": e.event_type().as_str(), "id": e.id})).collect::<Vec<_>>(),
+                "retry_later": matches!(handled.disposition, Disposition::Retry(_)),
+            }));
+        }
         if payload.get("Records").is_some() {
             let ev: SqsEvent =
                 serde_json::from_value(payload).map_err(|e| Error::invalid("SQS event", e))?;

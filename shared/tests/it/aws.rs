@@ -884,3 +884,65 @@ async fn a_message_failing_three_times_rests_in_the_dlq_until_redriven() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_request_reruns_one_stage_in_its_function() {
+    let s = stack().await;
+    // the deploy target does not exist yet: deploy fails permanently (stage.failed)
+    s.lambda
+        .delete_function()
+        .function_name("web")
+        .send()
+        .await
+        .unwrap();
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    assert_eq!(
+        s.run_log().await.last().map(String::as_str),
+        Some("stage.failed")
+    );
+    // fix the cause, then retry only deploy through its function's handler
+    let iam = aws_sdk_iam::Client::new(&s.m.config().await);
+    let role = iam
+        .get_role()
+        .role_name("web-fn")
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .arn()
+        .to_string();
+    s.lambda
+        .create_function()
+        .function_name("web")
+        .role(role)
+        .package_type(aws_sdk_lambda::types::PackageType::Image)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .image_uri(format!("{HOST}/demo/web@sha256:{}", "0".repeat(64)))
+                .build(),
+        )
+        .publish(true)
+        .send()
+        .await
+        .unwrap();
+    let run = baton::ids::run_id("web", &s.digest);
+    let out = s
+        .app(baton::stages::StageName::Deploy)
+        .handle(json!({"baton": "retry", "run": run, "environment": "staging"}))
+        .await
+        .unwrap();
+    assert_eq!(out["status"], "succeeded", "{out}");
+    assert_eq!(out["outputs"][0]["type"], "deploy.succeeded");
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
+    );
+    assert_eq!(
+        s.run_log().await.last().map(String::as_str),
+        Some("image.promoted")
+    );
+}

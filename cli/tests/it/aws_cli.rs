@@ -1,0 +1,306 @@
+//! The CLI's AWS mode (`--stack`) against moto, and `baton react` on the local
+//! configuration file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+use crate::{EXAMPLE, project};
+
+fn baton_aws(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("BATON_STACK")
+        .output()
+        .unwrap()
+}
+
+fn out_json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+async fn clients(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_iam::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    (
+        aws_sdk_sns::Client::new(&conf),
+        aws_sdk_sqs::Client::new(&conf),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reactions_are_subscriptions_on_the_stacks_topic() {
+    let (_moto, endpoint) = crate::moto().await;
+    let (sns, sqs) = clients(&endpoint).await;
+    let topic = sns
+        .create_topic()
+        .name("prod-events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    // a stage queue is part of the pipeline, not a reaction
+    sqs.create_queue()
+        .queue_name("prod-deploy")
+        .send()
+        .await
+        .unwrap();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint("arn:aws:sqs:us-east-1:123456789012:prod-deploy")
+        .send()
+        .await
+        .unwrap();
+    let q = sqs
+        .create_queue()
+        .queue_name("audit-trail")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let o = baton_aws(
+        &endpoint,
+        &[
+            "--stack",
+            "prod",
+            "--json",
+            "react",
+            "add",
+            "--on",
+            "deploy.failed,tests.failed",
+            "--sqs",
+            "arn:aws:sqs:us-east-1:123456789012:audit-trail",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sub = out_json(&o)["subscription"].as_str().unwrap().to_string();
+    let o = baton_aws(&endpoint, &["--stack", "prod", "--json", "react", "list"]);
+    let list = out_json(&o);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        list[0]["filter"],
+        json!({"type": ["deploy.failed", "tests.failed"]})
+    );
+    // the filter works: a deploy.failed reaches the queue, an image.built does not
+    for ty in ["image.built", "deploy.failed"] {
+        sns.publish()
+            .topic_arn(&topic)
+            .message("{}")
+            .message_attributes(
+                "type",
+                aws_sdk_sns::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(ty)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let got = sqs
+        .receive_message()
+        .queue_url(&q)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.messages().len(), 1);
+    assert!(got.messages()[0].body().unwrap().contains("deploy.failed"));
+    let o = baton_aws(&endpoint, &["--stack", "prod", "react", "remove", &sub]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = baton_aws(&endpoint, &["--stack", "prod", "--json", "react", "list"]);
+    assert!(out_json(&o).as_array().unwrap().is_empty());
+    // operator errors are one line
+    let o = baton_aws(&endpoint, &["--stack", "nope", "react", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no topic named nope-events"));
+    let o = baton_aws(
+        &endpoint,
+        &[
+            "--stack",
+            "prod",
+            "react",
+            "add",
+            "--on",
+            "image.exploded",
+            "--email",
+            "ops@example.com",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a Baton event type"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dlq_list_and_redrive_a_stage_of_the_stack() {
+    let (_moto, endpoint) = crate::moto().await;
+    let (_sns, sqs) = clients(&endpoint).await;
+    let dlq = sqs
+        .create_queue()
+        .queue_name("prod-deploy-dlq")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let queue = sqs
+        .create_queue()
+        .queue_name("prod-deploy")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let sample = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/aws/sns-notification.json"),
+    )
+    .unwrap();
+    sqs.send_message()
+        .queue_url(&dlq)
+        .message_body(&sample)
+        .send()
+        .await
+        .unwrap();
+    let o = baton_aws(
+        &endpoint,
+        &["--stack", "prod", "--json", "dlq", "list", "deploy"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dead = out_json(&o);
+    assert_eq!(dead.as_array().unwrap().len(), 1);
+    assert!(
+        dead[0]["event"]
+            .as_str()
+            .unwrap()
+            .starts_with("image.built ")
+    );
+    let o = baton_aws(
+        &endpoint,
+        &["--stack", "prod", "--json", "dlq", "redrive", "deploy"],
+    );
+    assert_eq!(out_json(&o)["redriven"], 1);
+    let got = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.messages().len(), 1);
+    assert_eq!(got.messages()[0].body(), Some(sample.as_str()));
+    let o = baton_aws(&endpoint, &["--stack", "prod", "dlq", "list"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("name the stage"));
+}
+
+#[test]
+fn react_edits_the_local_configuration() {
+    let (_d, root) = project();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .current_dir(&root)
+            .env_remove("BATON_CONFIG")
+            .env_remove("BATON_STACK")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "react",
+        "add",
+        "--on",
+        "deploy.succeeded",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--name",
+        "chat-deploys",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["react", "add", "--on", "image.promoted", "--log"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--json", "react", "list"]);
+    let names: Vec<String> = serde_json::from_slice::<Value>(&o.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "timeline",
+            "slack-on-failure",
+            "chat-deploys",
+            "log-image-promoted"
+        ]
+    );
+    let text = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    assert!(
+        text.contains("# Retries of the embedded bus"),
+        "comments survive"
+    );
+    let o = run(&[
+        "react",
+        "add",
+        "--on",
+        "deploy.failed",
+        "--email",
+        "ops@example.com",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use --stack"));
+    let o = run(&[
+        "react",
+        "add",
+        "--on",
+        "deploy.succeeded",
+        "--log",
+        "--name",
+        "chat-deploys",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("declared twice"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("baton.yaml")).unwrap(),
+        text,
+        "a refused edit changes nothing"
+    );
+    let o = run(&["react", "remove", "chat-deploys"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["--json", "react", "list"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let after = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    assert_eq!(after.replace("  - name: log-image-promoted\n    on: { type: [image.promoted] }\n    notify: { log: {} }\n", ""), EXAMPLE.to_string(), "only the added lines differ");
+}
