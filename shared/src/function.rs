@@ -95,7 +95,9 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
     }))
 }
 
-/// `main` of a function binary: run one stage, print the report, exit non-zero on error.
+/// `main` of a function binary. Under the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API`
+/// set) it serves invocations with `crate::aws::handler`; otherwise it runs the stage
+/// once on one input locally, prints the report, and exits non-zero on error.
 pub fn main(stage: StageName) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -107,6 +109,17 @@ pub fn main(stage: StageName) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    // Under the Lambda Runtime API (in Lambda, `cargo lambda watch`): serve invocations.
+    #[cfg(feature = "aws")]
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return match rt.block_on(crate::aws::handler::run(stage)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     match rt.block_on(run_once(stage)) {
         Ok(report) => {
             println!(

@@ -4,6 +4,7 @@
 mod audit;
 mod aws_cli;
 mod registry;
+mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
