@@ -396,6 +396,10 @@ const STACK: &str = "baton";
 const HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
 async fn stack() -> Stack {
+    stack_with("auto").await
+}
+
+async fn stack_with(approval: &str) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
     let clients = baton::aws::ports::Clients::new(&conf);
@@ -574,7 +578,7 @@ apps:
     test: {{ command: {{ run: ["true"] }} }}
     environments:
       - name: staging
-        approval: auto
+        approval: {approval}
         deploy: {{ lambda: {{ function: web, alias: live, poll: 50ms }} }}
 "#
         ),
@@ -944,5 +948,58 @@ async fn retry_request_reruns_one_stage_in_its_function() {
     assert_eq!(
         s.run_log().await.last().map(String::as_str),
         Some("image.promoted")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_through_the_approve_url_use_the_iam_identity() {
+    let s = stack_with("{ approvers: [alice], required: 1 }").await;
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    assert_eq!(
+        s.run_log().await.last().map(String::as_str),
+        Some("approval.requested")
+    );
+    let run = baton::ids::run_id("web", &s.digest);
+    let approve = s.app(baton::stages::StageName::Approve);
+    let request = |arn: Option<&str>, decision: &str| {
+        let mut r = json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
+            "body": json!({"run": run, "environment": "staging", "decision": decision}).to_string(),
+            "isBase64Encoded": false,
+            "requestContext": {"http": {"method": "POST", "path": "/"}}
+        });
+        if let Some(a) = arn {
+            r["requestContext"]["authorizer"] =
+                json!({"iam": {"userArn": a, "accountId": "123456789012"}});
+        }
+        r
+    };
+    let out = approve.handle(request(None, "approve")).await.unwrap();
+    assert_eq!(out["statusCode"], 401, "no IAM identity, no decision");
+    let out = approve
+        .handle(request(
+            Some("arn:aws:iam::123456789012:user/mallory"),
+            "approve",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 403, "{out}");
+    // a body cannot name the approver: only the signed identity counts
+    let out = approve
+        .handle(request(
+            Some("arn:aws:sts::123456789012:assumed-role/Approvers/alice"),
+            "approve",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 200, "{out}");
+    let body: serde_json::Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["status"], "granted");
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
     );
 }
