@@ -97,3 +97,101 @@ impl DeployTarget for AnyTarget {
         }
     }
 }
+
+/// The clusters of a configuration, each with its lazily built client, and the
+/// Kubernetes adapters built on them (an error naming the feature when it is off).
+#[derive(Debug, Default)]
+pub struct Clusters {
+    #[cfg(feature = "kube")]
+    clusters: Vec<std::sync::Arc<crate::k8s::Cluster>>,
+}
+
+impl Clusters {
+    pub fn new(config: &crate::config::Config, base_dir: &std::path::Path) -> Clusters {
+        #[cfg(not(feature = "kube"))]
+        let _ = (config, base_dir);
+        Clusters {
+            #[cfg(feature = "kube")]
+            clusters: config
+                .clusters
+                .iter()
+                .map(|c| {
+                    std::sync::Arc::new(crate::k8s::Cluster::new(c.clone(), base_dir.to_path_buf()))
+                })
+                .collect(),
+        }
+    }
+
+    #[cfg(feature = "kube")]
+    fn cluster(&self, name: &str) -> Result<std::sync::Arc<crate::k8s::Cluster>> {
+        self.clusters
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .ok_or_else(|| crate::error::Error::not_found("cluster", name))
+    }
+
+    /// The `kubernetes_job` test runner.
+    pub fn test_runner(&self, job: &crate::config::KubeJobTest) -> Result<AnyTestRunner> {
+        #[cfg(feature = "kube")]
+        return Ok(AnyTestRunner::KubeJob(crate::k8s::KubeJobRunner::new(
+            job.clone(),
+            self.cluster(&job.cluster)?,
+        )));
+        #[cfg(not(feature = "kube"))]
+        return Err(no_kube(&format!(
+            "kubernetes_job test runner on cluster {}",
+            job.cluster
+        )));
+    }
+
+    /// The `kubernetes` deploy target.
+    pub fn target(&self, deploy: &crate::config::KubeDeploy) -> Result<AnyTarget> {
+        #[cfg(feature = "kube")]
+        return Ok(AnyTarget::Kube(crate::k8s::KubeDeployTarget::from_config(
+            deploy,
+            self.cluster(&deploy.cluster)?,
+        )));
+        #[cfg(not(feature = "kube"))]
+        return Err(no_kube(&format!(
+            "kubernetes deploy target on cluster {}",
+            deploy.cluster
+        )));
+    }
+}
+
+#[cfg(not(feature = "kube"))]
+fn no_kube(what: &str) -> crate::error::Error {
+    crate::error::Error::permanent(
+        what.to_string(),
+        "this build of Baton has no Kubernetes support (feature `kube`)",
+    )
+}
+
+/// A webhook notifier; the URL inline or from the variable `url_env` names (a secret).
+pub fn webhook(
+    http: &reqwest::Client,
+    reaction: &crate::config::ReactionConfig,
+    w: &crate::config::WebhookConfig,
+) -> Result<crate::embedded::WebhookNotifier> {
+    let url = match (&w.url, &w.url_env) {
+        (Some(u), _) => u.clone(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            crate::error::Error::permanent(
+                format!("reaction {}", reaction.name),
+                format!("environment variable {var} (notify.webhook.url_env) is not set"),
+            )
+        })?,
+        (None, None) => {
+            return Err(crate::error::Error::invalid(
+                format!("reaction {}", reaction.name),
+                "webhook has no url",
+            ));
+        }
+    };
+    Ok(crate::embedded::WebhookNotifier::new(
+        http.clone(),
+        url,
+        w.timeout,
+    ))
+}

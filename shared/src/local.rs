@@ -110,33 +110,13 @@ pub struct LocalPorts {
     pub registry: LocalRegistry,
     config: Arc<Config>,
     http: reqwest::Client,
-    #[cfg(feature = "kube")]
-    clusters: Vec<Arc<crate::k8s::Cluster>>,
-}
-
-impl LocalPorts {
-    #[cfg(feature = "kube")]
-    fn cluster(&self, name: &str) -> Result<Arc<crate::k8s::Cluster>> {
-        self.clusters
-            .iter()
-            .find(|c| c.name() == name)
-            .cloned()
-            .ok_or_else(|| Error::not_found("cluster", name))
-    }
+    clusters: crate::adapters::Clusters,
 }
 
 fn aws_only(what: &str) -> Error {
     Error::permanent(
         what.to_string(),
         "runs in the AWS functions (AwsPorts), not on the embedded runtime",
-    )
-}
-
-#[cfg(not(feature = "kube"))]
-fn no_kube(what: &str) -> Error {
-    Error::permanent(
-        what.to_string(),
-        "this build of Baton has no Kubernetes support (feature `kube`)",
     )
 }
 
@@ -163,12 +143,7 @@ impl Ports for LocalPorts {
                 c,
                 &self.config.base_dir,
             ))),
-            #[cfg(feature = "kube")]
-            TestConfig::KubernetesJob(j) => Ok(AnyTestRunner::KubeJob(
-                crate::k8s::KubeJobRunner::new(j.clone(), self.cluster(&j.cluster)?),
-            )),
-            #[cfg(not(feature = "kube"))]
-            TestConfig::KubernetesJob(_) => Err(no_kube("kubernetes_job test runner")),
+            TestConfig::KubernetesJob(j) => self.clusters.test_runner(j),
             TestConfig::Lambda(_) => Err(aws_only("the lambda test runner")),
         }
     }
@@ -179,12 +154,7 @@ impl Ports for LocalPorts {
                     self.config.resolve(p)
                 })))
             }
-            #[cfg(feature = "kube")]
-            DeployConfig::Kubernetes(k) => Ok(AnyTarget::Kube(
-                crate::k8s::KubeDeployTarget::from_config(k, self.cluster(&k.cluster)?),
-            )),
-            #[cfg(not(feature = "kube"))]
-            DeployConfig::Kubernetes(_) => Err(no_kube("kubernetes deploy target")),
+            DeployConfig::Kubernetes(k) => self.clusters.target(k),
             DeployConfig::Lambda(_) => Err(aws_only("the lambda deploy target")),
         }
     }
@@ -197,30 +167,9 @@ impl Ports for LocalPorts {
                     self.state_dir.join(&l.path)
                 },
             })),
-            NotifyConfig::Webhook(w) => {
-                let url = match (&w.url, &w.url_env) {
-                    (Some(u), _) => u.clone(),
-                    (None, Some(var)) => std::env::var(var).map_err(|_| {
-                        Error::permanent(
-                            format!("reaction {}", reaction.name),
-                            format!(
-                                "environment variable {var} (notify.webhook.url_env) is not set"
-                            ),
-                        )
-                    })?,
-                    (None, None) => {
-                        return Err(Error::invalid(
-                            format!("reaction {}", reaction.name),
-                            "webhook has no url",
-                        ));
-                    }
-                };
-                Ok(LocalNotifier::Webhook(WebhookNotifier::new(
-                    self.http.clone(),
-                    url,
-                    w.timeout,
-                )))
-            }
+            NotifyConfig::Webhook(w) => Ok(LocalNotifier::Webhook(crate::adapters::webhook(
+                &self.http, reaction, w,
+            )?)),
         }
     }
 }
@@ -261,12 +210,7 @@ impl Local {
                 remote,
             },
             store,
-            #[cfg(feature = "kube")]
-            clusters: config
-                .clusters
-                .iter()
-                .map(|c| Arc::new(crate::k8s::Cluster::new(c.clone(), config.base_dir.clone())))
-                .collect(),
+            clusters: crate::adapters::Clusters::new(&config, &config.base_dir),
             config: config.clone(),
             http,
         };

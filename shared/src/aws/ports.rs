@@ -15,7 +15,7 @@ use crate::config::{
     AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
 };
 use crate::distribution::DistributionRegistry;
-use crate::embedded::{CommandRunner, WebhookNotifier};
+use crate::embedded::CommandRunner;
 use crate::error::{Error, Result};
 use crate::event::Image;
 use crate::local::LocalNotifier;
@@ -51,8 +51,7 @@ pub struct AwsPorts {
     lambda: aws_sdk_lambda::Client,
     http: reqwest::Client,
     config: Arc<Config>,
-    #[cfg(feature = "kube")]
-    clusters: Vec<Arc<crate::k8s::Cluster>>,
+    clusters: crate::adapters::Clusters,
 }
 
 fn env(var: &str) -> Result<String> {
@@ -135,17 +134,7 @@ impl AwsPorts {
             },
             lambda: clients.lambda.clone(),
             http,
-            #[cfg(feature = "kube")]
-            clusters: config
-                .clusters
-                .iter()
-                .map(|c| {
-                    Arc::new(crate::k8s::Cluster::new(
-                        c.clone(),
-                        std::path::PathBuf::from("/tmp"),
-                    ))
-                })
-                .collect(),
+            clusters: crate::adapters::Clusters::new(&config, std::path::Path::new("/tmp")),
             config,
         })
     }
@@ -158,15 +147,6 @@ impl AwsPorts {
             &env("BATON_TOPIC_ARN")?,
             config,
         )
-    }
-
-    #[cfg(feature = "kube")]
-    fn cluster(&self, name: &str) -> Result<Arc<crate::k8s::Cluster>> {
-        self.clusters
-            .iter()
-            .find(|c| c.name() == name)
-            .cloned()
-            .ok_or_else(|| Error::not_found("cluster", name))
     }
 }
 
@@ -198,15 +178,7 @@ impl Ports for AwsPorts {
                 c,
                 &self.config.base_dir,
             ))),
-            #[cfg(feature = "kube")]
-            TestConfig::KubernetesJob(j) => Ok(AnyTestRunner::KubeJob(
-                crate::k8s::KubeJobRunner::new(j.clone(), self.cluster(&j.cluster)?),
-            )),
-            #[cfg(not(feature = "kube"))]
-            TestConfig::KubernetesJob(_) => Err(Error::permanent(
-                "kubernetes_job",
-                "this function is built without Kubernetes support",
-            )),
+            TestConfig::KubernetesJob(j) => self.clusters.test_runner(j),
         }
     }
     fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<AnyTarget> {
@@ -215,15 +187,7 @@ impl Ports for AwsPorts {
                 self.lambda.clone(),
                 l,
             ))),
-            #[cfg(feature = "kube")]
-            DeployConfig::Kubernetes(k) => Ok(AnyTarget::Kube(
-                crate::k8s::KubeDeployTarget::from_config(k, self.cluster(&k.cluster)?),
-            )),
-            #[cfg(not(feature = "kube"))]
-            DeployConfig::Kubernetes(_) => Err(Error::permanent(
-                "kubernetes target",
-                "this function is built without Kubernetes support",
-            )),
+            DeployConfig::Kubernetes(k) => self.clusters.target(k),
             DeployConfig::Manifest(_) => Err(Error::permanent(
                 format!("environment {}", env.name),
                 "the manifest target writes a local directory; in AWS use lambda or kubernetes",
@@ -232,23 +196,9 @@ impl Ports for AwsPorts {
     }
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
         match &reaction.notify {
-            NotifyConfig::Webhook(w) => {
-                let url = match (&w.url, &w.url_env) {
-                    (Some(u), _) => u.clone(),
-                    (None, Some(var)) => env(var)?,
-                    (None, None) => {
-                        return Err(Error::invalid(
-                            format!("reaction {}", reaction.name),
-                            "webhook has no url",
-                        ));
-                    }
-                };
-                Ok(LocalNotifier::Webhook(WebhookNotifier::new(
-                    self.http.clone(),
-                    url,
-                    w.timeout,
-                )))
-            }
+            NotifyConfig::Webhook(w) => Ok(LocalNotifier::Webhook(crate::adapters::webhook(
+                &self.http, reaction, w,
+            )?)),
             NotifyConfig::Log(_) => Err(Error::permanent(
                 format!("reaction {}", reaction.name),
                 "log reactions are local; in AWS use a webhook, or an SNS e-mail subscription (`NotificationEmail`)",
