@@ -58,11 +58,10 @@ pub fn add(g: &Global, types: &[String], target: Target, name: Option<String>) -
         .with_context(|| format!("cannot read {}", g.config.display()))?;
     let lines: Vec<&str> = text.lines().collect();
     let new = match block(&lines) {
-        Some((start, end)) if lines[start].trim_end() == "reactions: []" => {
+        Some((start, _)) if lines[start].trim_end() == "reactions: []" => {
             let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
             out[start] = "reactions:".into();
             out.insert(start + 1, item.trim_end().to_string());
-            let _ = end;
             out.join("\n") + "\n"
         }
         Some((_, end)) => {
