@@ -170,7 +170,7 @@ fn no_kube(what: &str) -> crate::error::Error {
 
 /// A webhook notifier; the URL inline or from the variable `url_env` names (a secret).
 pub fn webhook(
-    http: &reqwest::Client,
+    http: &crate::http::Http,
     reaction: &crate::config::ReactionConfig,
     w: &crate::config::WebhookConfig,
 ) -> Result<crate::embedded::WebhookNotifier> {

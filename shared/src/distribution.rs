@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{RegistryAuth, RegistryConfig};
 use crate::error::{Error, Message, Result};
 use crate::event::{Image, validate_digest};
+use crate::http::Http;
 use crate::ports::{Registry, Resolved};
 
 /// Every manifest type Baton accepts, most specific first.
@@ -33,7 +34,7 @@ enum Credentials {
 pub struct DistributionRegistry {
     host: String,
     base: String,
-    client: reqwest::Client,
+    client: Http,
     creds: Credentials,
     /// Token from the last challenge: (scope, token).
     token: Mutex<Option<(String, String)>>,
@@ -42,10 +43,7 @@ pub struct DistributionRegistry {
 impl DistributionRegistry {
     /// Builds the adapter; credentials are read from the environment now, so a missing
     /// variable is reported at start-up, naming it.
-    pub fn from_config(
-        cfg: &RegistryConfig,
-        client: reqwest::Client,
-    ) -> Result<DistributionRegistry> {
+    pub fn from_config(cfg: &RegistryConfig, client: Http) -> Result<DistributionRegistry> {
         let env = |var: &str| {
             std::env::var(var).map_err(|_| {
                 Error::invalid(
@@ -107,10 +105,11 @@ impl DistributionRegistry {
     ) -> Result<reqwest::Response> {
         let url = format!("{}{path}", self.base);
         let what = format!("{method} {}{path}", self.host);
-        let first = build(self.authorize(self.client.request(method.clone(), &url), scope))
-            .send()
-            .await
-            .map_err(|e| transport(&what, &e))?;
+        let first =
+            build(self.authorize(self.client.client()?.request(method.clone(), &url), scope))
+                .send()
+                .await
+                .map_err(|e| transport(&what, &e))?;
         if first.status() != StatusCode::UNAUTHORIZED {
             return Ok(first);
         }
@@ -132,10 +131,15 @@ impl DistributionRegistry {
         let token = self.fetch_token(params, scope).await?;
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((scope.to_string(), token.clone()));
-        let second = build(self.client.request(method, &url).bearer_auth(token))
-            .send()
-            .await
-            .map_err(|e| transport(&what, &e))?;
+        let second = build(
+            self.client
+                .client()?
+                .request(method, &url)
+                .bearer_auth(token),
+        )
+        .send()
+        .await
+        .map_err(|e| transport(&what, &e))?;
         if second.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::permanent(
                 what,
@@ -166,7 +170,7 @@ impl DistributionRegistry {
                 format!("bad token realm {realm:?}: {e}"),
             )
         })?;
-        let mut req = self.client.get(url);
+        let mut req = self.client.client()?.get(url);
         if let Credentials::Basic { username, password } = &self.creds {
             req = req.basic_auth(username, Some(password));
         }
@@ -384,7 +388,7 @@ mod tests {
         let reg = DistributionRegistry {
             host: cfg.host.clone(),
             base: cfg.base_url(),
-            client: reqwest::Client::new(),
+            client: Http::new(),
             creds: Credentials::Basic {
                 username: "user".into(),
                 password: "pw".into(),
@@ -409,7 +413,7 @@ mod tests {
             token: Mutex::new(None),
             host: cfg.host.clone(),
             base: cfg.base_url(),
-            client: reqwest::Client::new(),
+            client: Http::new(),
         };
         let e = bad
             .resolve("registry.test", "team/web", "1.0.0")

@@ -21,6 +21,7 @@ pub mod error;
 pub mod event;
 pub mod function;
 pub mod harness;
+pub mod http;
 pub mod ids;
 #[cfg(feature = "kube")]
 pub mod k8s;

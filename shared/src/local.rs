@@ -18,6 +18,7 @@ use crate::embedded::{
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
 use crate::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::http::Http;
 use crate::ports::{BusMessage, Notifier, Ports, Registry};
 use crate::stages::{Pipeline, Settings, StageName};
 use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
@@ -109,7 +110,7 @@ pub struct LocalPorts {
     pub store: DirStore,
     pub registry: LocalRegistry,
     config: Arc<Config>,
-    http: reqwest::Client,
+    http: Http,
     clusters: crate::adapters::Clusters,
 }
 
@@ -196,7 +197,7 @@ impl Local {
             .collect();
         let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
         let store = DirStore::open(state_dir.join("store"))?;
-        let http = reqwest::Client::new();
+        let http = Http::new();
         let remote = config
             .registries
             .iter()

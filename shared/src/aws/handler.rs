@@ -363,8 +363,50 @@ fn http(status: u16, body: Value) -> Value {
     json!({ "statusCode": status, "headers": { "content-type": "application/json" }, "body": body.to_string() })
 }
 
-/// Runs the function under the Lambda Runtime API: the app is built once, then every
-/// invocation goes to [`App::handle`]. Logs are JSON lines.
+/// The app of a running function. Building it (SDK clients, which load the root
+/// certificates; the configuration, perhaps from S3) starts at process start on a
+/// blocking thread, in parallel with the first Runtime API poll; the first invocation
+/// waits for it. It is built once per container; if building fails, the invocation
+/// reports why and the next one tries again.
+struct Starting {
+    stage: StageName,
+    pending: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<App>>>>,
+    app: tokio::sync::OnceCell<App>,
+}
+
+impl Starting {
+    fn start(stage: StageName) -> Starting {
+        let rt = tokio::runtime::Handle::current();
+        let pending = tokio::task::spawn_blocking(move || rt.block_on(App::from_env(stage)));
+        Starting {
+            stage,
+            pending: std::sync::Mutex::new(Some(pending)),
+            app: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn get(&self) -> Result<&App> {
+        self.app
+            .get_or_try_init(|| async {
+                let pending = self.pending.lock().ok().and_then(|mut p| p.take());
+                let built = match pending {
+                    Some(task) => task.await.map_err(|e| {
+                        Error::permanent(format!("{} function start", self.stage), e)
+                    })?,
+                    None => App::from_env(self.stage).await,
+                };
+                built.inspect_err(|e| {
+                    tracing::error!(error = %e, kind = e.kind(), "cannot start; the next invocation tries again")
+                })
+            })
+            .await
+    }
+}
+
+/// Runs the function under the Lambda Runtime API: the app is built once (see
+/// [`Starting`]), then every invocation goes to [`App::handle`]. Logs are JSON lines.
+/// A function whose environment lacks `BATON_BUCKET` or `BATON_TOPIC_ARN` stops at once,
+/// naming the variable.
 pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Error> {
     let _ = tracing_subscriber::fmt()
         .json()
@@ -374,15 +416,20 @@ pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Er
         .with_current_span(false)
         .without_time()
         .try_init();
-    let app = Arc::new(App::from_env(stage).await.map_err(|e| {
+    crate::aws::ports::check_env().map_err(|e| {
         tracing::error!(error = %e, kind = e.kind(), "cannot start");
         Box::new(e) as lambda_runtime::Error
-    })?);
+    })?;
+    let starting = Arc::new(Starting::start(stage));
     lambda_runtime::run(lambda_runtime::service_fn(
         move |ev: lambda_runtime::LambdaEvent<Value>| {
-            let app = app.clone();
+            let starting = starting.clone();
             async move {
-                app.handle(ev.payload).await.map_err(|e| {
+                let result = match starting.get().await {
+                    Ok(app) => app.handle(ev.payload).await,
+                    Err(e) => Err(e),
+                };
+                result.map_err(|e| {
                     tracing::error!(error = %e, kind = e.kind(), "invocation failed");
                     Box::new(e) as lambda_runtime::Error
                 })

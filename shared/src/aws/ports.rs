@@ -18,6 +18,7 @@ use crate::distribution::DistributionRegistry;
 use crate::embedded::CommandRunner;
 use crate::error::{Error, Result};
 use crate::event::Image;
+use crate::http::Http;
 use crate::local::LocalNotifier;
 use crate::ports::{ObjectStore, Ports, Registry, Resolved};
 
@@ -49,7 +50,7 @@ pub struct AwsPorts {
     pub store: S3Store,
     pub registry: AwsRegistry,
     lambda: aws_sdk_lambda::Client,
-    http: reqwest::Client,
+    http: Http,
     config: Arc<Config>,
     clusters: crate::adapters::Clusters,
 }
@@ -57,6 +58,14 @@ pub struct AwsPorts {
 fn env(var: &str) -> Result<String> {
     std::env::var(var)
         .map_err(|_| Error::invalid("function environment", format!("{var} is not set")))
+}
+
+/// Checks that the function's environment names its bucket and topic (cheap; done before
+/// the first Runtime API poll so a misconfigured function fails its init).
+pub fn check_env() -> Result<()> {
+    env("BATON_BUCKET")?;
+    env("BATON_TOPIC_ARN")?;
+    Ok(())
 }
 
 /// Clients for one SDK configuration.
@@ -119,7 +128,7 @@ impl AwsPorts {
         topic_arn: &str,
         config: Arc<Config>,
     ) -> Result<AwsPorts> {
-        let http = reqwest::Client::new();
+        let http = Http::new();
         let remote = config
             .registries
             .iter()

@@ -8,18 +8,19 @@ use std::time::Duration;
 
 use crate::error::{Error, Message, Result};
 use crate::event::Event;
+use crate::http::Http;
 use crate::ports::Notifier;
 
 /// POSTs events to a webhook.
 #[derive(Debug, Clone)]
 pub struct WebhookNotifier {
-    client: reqwest::Client,
+    client: Http,
     url: String,
     timeout: Duration,
 }
 
 impl WebhookNotifier {
-    pub fn new(client: reqwest::Client, url: String, timeout: Duration) -> Self {
+    pub fn new(client: Http, url: String, timeout: Duration) -> Self {
         WebhookNotifier {
             client,
             url,
@@ -38,6 +39,7 @@ impl Notifier for WebhookNotifier {
         let what = format!("webhook of reaction {reaction}");
         let resp = self
             .client
+            .client()?
             .post(&self.url)
             .timeout(self.timeout)
             .json(&body)
