@@ -636,6 +636,22 @@ pub fn validate_file(path: &Path) -> Value {
         DocumentKind::Sns => {
             baton::triggers::event_from_sns_notification(&text).map(|e| e.summary())
         }
+        DocumentKind::FunctionUrl => baton::triggers::function_url_request(&value).map(|req| {
+            let http = &req.request_context.http;
+            let caller = req
+                .request_context
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.iam.as_ref())
+                .and_then(|i| i.user_arn.clone());
+            format!(
+                "{} {} from {}, {} bytes",
+                http.method.as_deref().unwrap_or("?"),
+                req.raw_path.as_deref().unwrap_or("/"),
+                caller.as_deref().unwrap_or("an unauthenticated caller"),
+                req.body.as_deref().map_or(0, str::len)
+            )
+        }),
         DocumentKind::Sqs => baton::triggers::events_from_sqs(&value).and_then(|records| {
             let mut lines = vec![];
             for (id, r) in records {

@@ -104,6 +104,54 @@ pub struct LambdaDeploy {
     pub timeout: Duration,
     #[serde(default = "default_lambda_poll", with = "duration")]
     pub poll: Duration,
+    /// Shift traffic to the new version gradually instead of at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficShift>,
+}
+
+/// A gradual shift of an alias's traffic to a new version (Lambda weighted aliases).
+/// While it runs, the deploy stage checks back at each step; a rollback, or a failed
+/// rollout with `rollback_on_failure`, puts all traffic back on the previous version.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TrafficShift {
+    /// `percent` of the traffic for `wait`, then all of it.
+    Canary {
+        percent: u8,
+        #[serde(with = "duration")]
+        wait: Duration,
+    },
+    /// `step` more percent every `every`, until all of it.
+    Linear {
+        step: u8,
+        #[serde(with = "duration")]
+        every: Duration,
+    },
+}
+
+impl TrafficShift {
+    /// The share of traffic (percent) the new version gets first.
+    pub fn first(&self) -> u8 {
+        match *self {
+            TrafficShift::Canary { percent, .. } => percent,
+            TrafficShift::Linear { step, .. } => step,
+        }
+    }
+
+    /// The share after `current`, and how long each share is held.
+    pub fn next(&self, current: u8) -> u8 {
+        match *self {
+            TrafficShift::Canary { .. } => 100,
+            TrafficShift::Linear { step, .. } => current.saturating_add(step).min(100),
+        }
+    }
+
+    pub fn hold(&self) -> Duration {
+        match *self {
+            TrafficShift::Canary { wait, .. } => wait,
+            TrafficShift::Linear { every, .. } => every,
+        }
+    }
 }
 
 fn default_alias() -> String {
@@ -842,6 +890,21 @@ impl Config {
                                 "{at}.deploy.lambda: function and alias must not be empty"
                             ));
                         }
+                        match l.traffic {
+                            Some(TrafficShift::Canary { percent: n, .. })
+                            | Some(TrafficShift::Linear { step: n, .. })
+                                if !(1..=99).contains(&n) =>
+                            {
+                                let field = match l.traffic {
+                                    Some(TrafficShift::Canary { .. }) => "canary.percent",
+                                    _ => "linear.step",
+                                };
+                                p.push(format!(
+                                    "{at}.deploy.lambda.traffic.{field}: {n} is not between 1 and 99"
+                                ));
+                            }
+                            _ => {}
+                        }
                     }
                     DeployConfig::Kubernetes(k) => {
                         let at = format!("{at}.deploy.kubernetes");
@@ -1272,6 +1335,32 @@ reactions:
         assert!(e.contains("declared twice"), "{e}");
         let e = err("apps: []");
         assert!(e.contains("apps: at least one"), "{e}");
+        let lambda = |traffic: &str| {
+            GOOD.replace(
+                "manifest: { dir: manifests/production, workloads: [{ name: web, container: app }] }",
+                &format!("lambda: {{ function: web, traffic: {traffic} }}"),
+            )
+        };
+        let c = load(&lambda("{ linear: { step: 25, every: 2m } }")).unwrap();
+        let DeployConfig::Lambda(l) = &c.apps[0].environments[1].deploy else {
+            panic!("lambda")
+        };
+        let shift = l.traffic.unwrap();
+        assert_eq!(
+            (shift.first(), shift.next(25), shift.next(75)),
+            (25, 50, 100)
+        );
+        assert_eq!(shift.hold(), Duration::from_secs(120));
+        let e = err(&lambda("{ canary: { percent: 100, wait: 5m } }"));
+        assert!(
+            e.contains("apps[0].environments[1].deploy.lambda.traffic.canary.percent")
+                && e.contains("between 1 and 99"),
+            "{e}"
+        );
+        let e = err(&lambda("{ canary: { percent: 10 } }"));
+        assert!(e.contains("traffic.canary") && e.contains("wait"), "{e}");
+        let e = err(&lambda("{ blue_green: {} }"));
+        assert!(e.contains("deploy.lambda.traffic"), "{e}");
     }
 
     #[test]

@@ -549,9 +549,11 @@ impl<P: Ports> Pipeline<P> {
                 && !rec.owner.as_deref().is_some_and(crate::process::is_dead);
             if mode == Mode::Retry {
                 match rec.status {
-                    StageStatus::Succeeded => {
+                    // A stage whose outcome was a failure (tests failed, a deploy
+                    // failed) may run again: a flaky suite, a fixed cluster.
+                    StageStatus::Succeeded if !rec.outputs.iter().any(is_failure_outcome) => {
                         return Err(Error::Refused(format!(
-                            "{stage} already succeeded for run {} ({}); nothing to retry",
+                            "{stage} already succeeded for run {} ({}) without a failure; nothing to retry",
                             rec.run,
                             rec.environment.as_deref().unwrap_or("all environments")
                         )));
@@ -645,4 +647,14 @@ impl<P: Ports> Pipeline<P> {
 enum Claim {
     Claimed(Box<StageRecord>, String),
     Skip(Handled),
+}
+
+/// An outcome a retry may replace: failed tests, or a deploy that failed (not one that a
+/// newer image superseded, which a retry cannot change).
+fn is_failure_outcome(e: &Event) -> bool {
+    match &e.payload {
+        crate::event::Payload::TestsFailed(_) => true,
+        crate::event::Payload::DeployFailed(d) => d.code != "superseded",
+        _ => false,
+    }
 }

@@ -288,10 +288,14 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
     }
     let last_env = app.environments.last().map(|e| e.name.as_str());
     let mut deployed_last = false;
+    // Newest first: a retried stage's later outcome replaces its earlier one.
+    let mut deployed = std::collections::BTreeSet::new();
     for e in events.iter().rev() {
         let env = e.ctx().environment.clone().unwrap_or_default();
         match &e.payload {
+            Payload::TestsPassed(_) => break,
             Payload::TestsFailed(_) => return "tests failed".into(),
+            Payload::DeployFailed(_) if deployed.contains(&env) => {}
             Payload::ApprovalRejected(_) => return format!("rejected ({env})"),
             Payload::DeployFailed(d) if d.code == "superseded" => {
                 return format!("superseded ({env})");
@@ -302,8 +306,11 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
                     if d.rolled_back { ", rolled back" } else { "" }
                 );
             }
-            Payload::DeploySucceeded(d) if Some(env.as_str()) == last_env && !d.rollback => {
-                deployed_last = true
+            Payload::DeploySucceeded(d) => {
+                if Some(env.as_str()) == last_env && !d.rollback {
+                    deployed_last = true;
+                }
+                deployed.insert(env);
             }
             _ => {}
         }

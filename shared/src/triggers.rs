@@ -603,6 +603,8 @@ pub enum DocumentKind {
     Trigger(TriggerKind),
     Sqs,
     Sns,
+    /// A request through a Lambda function URL (webhooks to ingest, decisions to approve).
+    FunctionUrl,
 }
 
 impl DocumentKind {
@@ -619,8 +621,17 @@ impl DocumentKind {
             DocumentKind::Trigger(TriggerKind::Quay) => "Quay repository notification",
             DocumentKind::Sqs => "SQS event (Lambda event source mapping)",
             DocumentKind::Sns => "SNS notification",
+            DocumentKind::FunctionUrl => "Lambda function URL request",
         }
     }
+}
+
+/// Reads a Lambda function URL request (the `aws_lambda_events` type); errors name the
+/// field.
+pub fn function_url_request(
+    v: &Value,
+) -> Result<aws_lambda_events::lambda_function_urls::LambdaFunctionUrlRequest> {
+    serde_path_to_error::deserialize(v).map_err(|e| path_error("function URL request", e))
 }
 
 /// Identifies a document; `None` when it is none of the known shapes.
@@ -628,6 +639,8 @@ pub fn identify(v: &Value) -> Option<DocumentKind> {
     let o = v.as_object()?;
     if o.contains_key("specversion") {
         Some(DocumentKind::BatonEvent)
+    } else if o.contains_key("requestContext") && o.contains_key("rawPath") {
+        Some(DocumentKind::FunctionUrl)
     } else if o.contains_key("detail-type") {
         Some(DocumentKind::Trigger(TriggerKind::Ecr))
     } else if o.contains_key("events") {

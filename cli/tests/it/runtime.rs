@@ -25,64 +25,25 @@ fn cargo_lambda() -> PathBuf {
         .expect("cargo-lambda is not installed: run .ci/run once (it installs it into target/ci-venv) or pip install cargo-lambda")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_function_answers_the_lambda_runtime_api() {
-    // The function binaries, built with the workspace's features (cheap after `cargo test`).
+/// Builds the function binaries with the workspace's features
+/// (cheap after `cargo test`, which builds them too).
+fn build_functions() {
     let status = Command::new(env!("CARGO"))
         .args(["build", "--workspace", "--bins", "--quiet"])
         .current_dir(root())
         .status()
         .unwrap();
     assert!(status.success(), "cargo build --workspace --bins");
-    let (_moto, endpoint) = crate::moto().await;
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_iam::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket().bucket("state").send().await.unwrap();
-    let topic = aws_sdk_sns::Client::new(&conf)
-        .create_topic()
-        .name("events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("baton.yaml");
-    std::fs::write(
-        &cfg,
-        r#"
-apps:
-  - name: web
-    registry: 123456789012.dkr.ecr.eu-west-1.amazonaws.com
-    repository: demo/web
-    tags: { semver: ">=1.0.0" }
-    test: { command: { run: ["true"] } }
-    environments:
-      - name: staging
-        approval: auto
-        deploy: { lambda: { function: web } }
-"#,
-    )
-    .unwrap();
+}
 
+/// Starts `cargo lambda watch` (Runtime API and Invoke API) on a free port.
+async fn emulator() -> (Proc, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let _emulator = Proc(
+    let proc = Proc(
         Command::new(cargo_lambda())
             .args([
                 "lambda",
@@ -107,13 +68,134 @@ apps:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (proc, port)
+}
+
+/// Where a function's logs go: nowhere, or with `BATON_TEST_FUNCTION_LOGS` set, the
+/// test's output (for debugging).
+fn logs() -> Stdio {
+    if std::env::var_os("BATON_TEST_FUNCTION_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
+}
+
+/// Runs `bin` as the function `name` polling the emulator on `port`.
+fn start_function(port: u16, name: &str, bin: &Path, env: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.env(
+        "AWS_LAMBDA_RUNTIME_API",
+        format!("http://127.0.0.1:{port}/.rt/{name}"),
+    )
+    .env("AWS_LAMBDA_FUNCTION_NAME", name)
+    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_ACCESS_KEY_ID", "testing")
+    .env("AWS_SECRET_ACCESS_KEY", "testing")
+    .stdout(logs())
+    .stderr(logs());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start function"))
+}
+
+/// `cargo lambda invoke` of function `name` with the file `data`; its JSON answer.
+fn invoke(port: u16, name: &str, data: &Path) -> Value {
+    let out = Command::new(cargo_lambda())
+        .args([
+            "lambda",
+            "invoke",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "--data-file",
+        ])
+        .arg(data)
+        .arg(name)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// SDK configuration for moto at `endpoint`.
+async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_iam::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+/// The state bucket and the topic of a stack in moto; returns (S3 client, topic ARN).
+async fn state(conf: &aws_config::SdkConfig) -> (aws_sdk_s3::Client, String) {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(conf)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket("state").send().await.unwrap();
+    let topic = aws_sdk_sns::Client::new(conf)
+        .create_topic()
+        .name("events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    (s3, topic)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_function_answers_the_lambda_runtime_api() {
+    build_functions();
+    let (_moto, endpoint) = crate::moto().await;
+    let (_s3, topic) = state(&sdk(&endpoint).await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+apps:
+  - name: web
+    registry: 123456789012.dkr.ecr.eu-west-1.amazonaws.com
+    repository: demo/web
+    tags: { semver: ">=1.0.0" }
+    test: { command: { run: ["true"] } }
+    environments:
+      - name: staging
+        approval: auto
+        deploy: { lambda: { function: web } }
+"#,
+    )
+    .unwrap();
+
+    let (_emulator, port) = emulator().await;
     let samples = root().join("events");
-    let url_request = json!({
-        "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {}, "body": "{}", "isBase64Encoded": false,
-        "requestContext": {"http": {"method": "POST", "path": "/"}}
-    });
-    let url_file = dir.path().join("approve-url.json");
-    std::fs::write(&url_file, url_request.to_string()).unwrap();
+    // The approve URL sample (IAM caller alice) and the same request without an identity.
+    let url_sample = samples.join("aws/function-url-approve.json");
+    let mut anonymous: Value =
+        serde_json::from_str(&std::fs::read_to_string(&url_sample).unwrap()).unwrap();
+    anonymous["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    let url_file = dir.path().join("approve-url-anonymous.json");
+    std::fs::write(&url_file, anonymous.to_string()).unwrap();
     let sqs_sample = samples.join("aws/sqs-event.json");
     let record_id = "19dd0b57-b21e-4ac1-bd88-01bbb068cb78";
     let cases: Vec<(&str, PathBuf, Value)> = vec![
@@ -141,56 +223,162 @@ apps:
             json!({"batchItemFailures": []}),
         ),
         ("approve", url_file, json!({"statusCode": 401})),
+        // alice decides on a run that does not exist: her identity was read (not 401).
+        ("approve", url_sample, json!({"statusCode": 404})),
     ];
     for (stage, sample, expected) in cases {
         let function = format!("baton-fn-{stage}");
-        let _fn = Proc(
-            Command::new(root().join("target/debug").join(&function))
-                .env(
-                    "AWS_LAMBDA_RUNTIME_API",
-                    format!("http://127.0.0.1:{port}/.rt/{function}"),
-                )
-                .env("AWS_LAMBDA_FUNCTION_NAME", &function)
-                .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-                .env("BATON_CONFIG", &cfg)
-                .env("BATON_BUCKET", "state")
-                .env("BATON_TOPIC_ARN", &topic)
-                .env("AWS_ENDPOINT_URL", &endpoint)
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ACCESS_KEY_ID", "testing")
-                .env("AWS_SECRET_ACCESS_KEY", "testing")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start function"),
+        let _fn = start_function(
+            port,
+            &function,
+            &root().join("target/debug").join(&function),
+            &[
+                ("BATON_CONFIG", cfg.display().to_string()),
+                ("BATON_BUCKET", "state".into()),
+                ("BATON_TOPIC_ARN", topic.clone()),
+                ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ],
         );
-        let out = Command::new(cargo_lambda())
-            .args([
-                "lambda",
-                "invoke",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-                "--data-file",
-            ])
-            .arg(&sample)
-            .arg(&function)
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{function}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{function}: {e}: {}", String::from_utf8_lossy(&out.stdout))
-        });
+        let got = invoke(port, &function, &sample);
         match expected.get("statusCode") {
             Some(code) => assert_eq!(&got["statusCode"], code, "{function}: {got}"),
             None => assert_eq!(got, expected, "{function}"),
         }
     }
+}
+
+/// The Lambda test runner and `baton retry --stack` invoke real functions: the test stage
+/// runs in `baton-fn-test` and invokes the test function (`baton-fn-lambda-test`) through the Lambda Invoke API, which `cargo lambda watch` serves
+/// (`AWS_ENDPOINT_URL_LAMBDA`; every other AWS API is moto). The first run fails its
+/// tests; once they can pass, `baton retry RUN test --stack baton-fn` invokes the stage's
+/// function, which re-runs that stage alone from its record.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_on_aws_and_the_lambda_test_runner_invoke_real_functions() {
+    build_functions();
+    let (_moto, endpoint) = crate::moto().await;
+    let conf = sdk(&endpoint).await;
+    let (s3, topic) = state(&conf).await;
+    let (_emulator, port) = emulator().await;
+    let lambda_endpoint = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+apps:
+  - name: web
+    repository: demo/web
+    tags: { semver: ">=1.0.0" }
+    test: { lambda: { function: baton-fn-lambda-test } }
+    environments:
+      - name: staging
+        approval: auto
+        deploy: { lambda: { function: web } }
+"#,
+    )
+    .unwrap();
+    // The test suite passes once `ready` exists, and checks it was given the image.
+    let ready = dir.path().join("ready");
+    let _tests = start_function(
+        port,
+        "baton-fn-lambda-test",
+        &root().join("target/debug/baton-fn-lambda-test"),
+        &[(
+            "BATON_TEST_COMMAND",
+            format!(
+                "echo \"testing $BATON_IMAGE\"; test \"$BATON_TAG\" = 1.0.0 && test -e '{}'",
+                ready.display()
+            ),
+        )],
+    );
+    let _stage = start_function(
+        port,
+        "baton-fn-test",
+        &root().join("target/debug/baton-fn-test"),
+        &[
+            ("BATON_CONFIG", cfg.display().to_string()),
+            ("BATON_BUCKET", "state".into()),
+            ("BATON_TOPIC_ARN", topic.clone()),
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint.clone()),
+        ],
+    );
+    let log = || async {
+        let keys = s3
+            .list_objects_v2()
+            .bucket("state")
+            .prefix("runs/web/ab781cee5e2f2eae/events/")
+            .send()
+            .await
+            .unwrap();
+        let mut types = vec![];
+        for k in keys.contents() {
+            let o = s3
+                .get_object()
+                .bucket("state")
+                .key(k.key().unwrap())
+                .send()
+                .await
+                .unwrap();
+            let v: Value =
+                serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap();
+            types.push(v["type"].as_str().unwrap_or_default().to_string());
+        }
+        types
+    };
+
+    // image.built of run ab781cee5e2f2eae (web 1.0.0): the test function fails it.
+    let got = invoke(
+        port,
+        "baton-fn-test",
+        &root().join("events/aws/sqs-event.json"),
+    );
+    assert_eq!(
+        got,
+        json!({"batchItemFailures": []}),
+        "a failed test is an outcome, not a retry"
+    );
+    let types = log().await;
+    assert!(
+        types.contains(&"tests.failed".to_string()) && !types.contains(&"tests.passed".to_string()),
+        "the first run fails its tests: {types:?}"
+    );
+
+    // Fixed; retry the stage on AWS.
+    std::fs::write(&ready, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "--json",
+            "retry",
+            "ab781cee5e2f2eae",
+            "test",
+            "--stack",
+            "baton-fn",
+        ])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ENDPOINT_URL_LAMBDA", &lambda_endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("BATON_STACK")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "baton retry --stack: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stage"], "test", "{report}");
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        report["outputs"][0]["type"], "tests.passed",
+        "the retried stage passed: {report}"
+    );
+    let types = log().await;
+    assert!(
+        types.contains(&"tests.passed".to_string()),
+        "the retry is in the run log: {types:?}"
+    );
 }

@@ -15,6 +15,16 @@ pub struct DeadMessage {
     pub receive_count: Option<String>,
 }
 
+/// Maps an SQS call's error to a transient error saying what was being done.
+fn failed<E: std::error::Error>(what: String) -> impl FnOnce(E) -> Error {
+    move |e| {
+        Error::transient(
+            what,
+            Message(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
+        )
+    }
+}
+
 async fn url(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {
     sqs.get_queue_url()
         .queue_name(name)
@@ -38,12 +48,7 @@ pub async fn list(sqs: &aws_sdk_sqs::Client, stack: &str, stage: &str) -> Result
         )
         .send()
         .await
-        .map_err(|e| {
-            Error::transient(
-                format!("receive from {dlq}"),
-                Message(e.into_service_error().to_string()),
-            )
-        })?;
+        .map_err(failed(format!("receive from {dlq}")))?;
     for m in got.messages() {
         let event = m
             .body()
@@ -77,12 +82,7 @@ pub async fn redrive(sqs: &aws_sdk_sqs::Client, stack: &str, stage: &str) -> Res
             .max_number_of_messages(10)
             .send()
             .await
-            .map_err(|e| {
-                Error::transient(
-                    format!("receive from {dlq}"),
-                    Message(e.into_service_error().to_string()),
-                )
-            })?;
+            .map_err(failed(format!("receive from {dlq}")))?;
         if got.messages().is_empty() {
             return Ok(moved);
         }
@@ -92,24 +92,14 @@ pub async fn redrive(sqs: &aws_sdk_sqs::Client, stack: &str, stage: &str) -> Res
                 .message_body(m.body().unwrap_or_default())
                 .send()
                 .await
-                .map_err(|e| {
-                    Error::transient(
-                        format!("send to {queue}"),
-                        Message(e.into_service_error().to_string()),
-                    )
-                })?;
+                .map_err(failed(format!("send to {queue}")))?;
             if let Some(h) = m.receipt_handle() {
                 sqs.delete_message()
                     .queue_url(&dlq)
                     .receipt_handle(h)
                     .send()
                     .await
-                    .map_err(|e| {
-                        Error::transient(
-                            format!("delete from {dlq}"),
-                            Message(e.into_service_error().to_string()),
-                        )
-                    })?;
+                    .map_err(failed(format!("delete from {dlq}")))?;
             }
             moved += 1;
         }

@@ -14,6 +14,10 @@
 
 use std::sync::Arc;
 
+use aws_lambda_events::http::{HeaderValue, header::CONTENT_TYPE};
+use aws_lambda_events::lambda_function_urls::{
+    LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
+};
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use serde_json::{Value, json};
 
@@ -96,14 +100,19 @@ impl App {
                 .map_err(|e| Error::permanent("SQS batch response", e));
         }
         if payload.get("requestContext").is_some() && payload.get("rawPath").is_some() {
-            return Ok(match self.stage {
-                StageName::Ingest => self.webhook(&payload).await,
-                StageName::Approve => self.decision(&payload).await,
-                other => http(
-                    404,
-                    json!({ "error": format!("the {other} function has no URL") }),
-                ),
-            });
+            let response = match crate::triggers::function_url_request(&payload) {
+                Err(e) => http(400, json!({ "error": e.to_string() })),
+                Ok(req) => match self.stage {
+                    StageName::Ingest => self.webhook(&req).await,
+                    StageName::Approve => self.decision(&req).await,
+                    other => http(
+                        404,
+                        json!({ "error": format!("the {other} function has no URL") }),
+                    ),
+                },
+            };
+            return serde_json::to_value(response)
+                .map_err(|e| Error::permanent("function URL response", e));
         }
         match (self.stage, identify(&payload)) {
             (StageName::Ingest, Some(DocumentKind::Trigger(TriggerKind::Ecr))) => {
@@ -248,8 +257,8 @@ impl App {
         Ok(())
     }
 
-    async fn webhook(&self, req: &Value) -> Value {
-        let path = req["rawPath"].as_str().unwrap_or("");
+    async fn webhook(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
+        let path = req.raw_path.as_deref().unwrap_or("");
         let Some(name) = path.strip_prefix("/hooks/") else {
             return http(404, json!({ "error": "webhooks are POST /hooks/<name>" }));
         };
@@ -257,12 +266,16 @@ impl App {
             return http(404, json!({ "error": format!("no webhook named {name}") }));
         };
         let body = body_of(req);
-        let headers = req["headers"].clone();
         let auth = {
-            let header = |n: &str| headers[n.to_ascii_lowercase()].as_str().map(str::to_owned);
+            let header = |n: &str| {
+                req.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
             ep.authenticate(&RequestParts {
                 header: &header,
-                query: req["rawQueryString"].as_str(),
+                query: req.raw_query_string.as_deref(),
                 body: &body,
             })
         };
@@ -284,9 +297,14 @@ impl App {
         }
     }
 
-    async fn decision(&self, req: &Value) -> Value {
-        let iam = &req["requestContext"]["authorizer"]["iam"];
-        let Some(who) = iam["userArn"].as_str().and_then(approver_of_arn) else {
+    async fn decision(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
+        let caller = req
+            .request_context
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.iam.as_ref())
+            .and_then(|iam| iam.user_arn.as_deref());
+        let Some(who) = caller.and_then(approver_of_arn) else {
             return http(
                 401,
                 json!({ "error": "call the approve URL with AWS_IAM (SigV4) credentials" }),
@@ -347,10 +365,10 @@ pub fn approver_of_arn(arn: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-fn body_of(req: &Value) -> Vec<u8> {
+fn body_of(req: &LambdaFunctionUrlRequest) -> Vec<u8> {
     use base64::Engine;
-    let body = req["body"].as_str().unwrap_or("");
-    if req["isBase64Encoded"].as_bool() == Some(true) {
+    let body = req.body.as_deref().unwrap_or("");
+    if req.is_base64_encoded {
         base64::engine::general_purpose::STANDARD
             .decode(body)
             .unwrap_or_default()
@@ -359,8 +377,14 @@ fn body_of(req: &Value) -> Vec<u8> {
     }
 }
 
-fn http(status: u16, body: Value) -> Value {
-    json!({ "statusCode": status, "headers": { "content-type": "application/json" }, "body": body.to_string() })
+fn http(status: u16, body: Value) -> LambdaFunctionUrlResponse {
+    let mut response = LambdaFunctionUrlResponse::default();
+    response.status_code = i64::from(status);
+    response
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.body = Some(body.to_string());
+    response
 }
 
 /// The app of a running function. Building it (SDK clients, which load the root

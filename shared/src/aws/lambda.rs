@@ -2,7 +2,14 @@
 //!
 //! `LambdaDeployTarget`: UpdateFunctionCode to `repo@sha256:…`, wait until
 //! LastUpdateStatus is Successful (or report why not), PublishVersion, move the alias.
-//! Restore moves the alias back to the version it had. Already at the digest: nothing.
+//! Restore moves the alias back to the version it had (all of its traffic). Already at
+//! the digest: nothing.
+//!
+//! With `traffic` (canary or linear), the alias keeps its version and routes a share of
+//! its traffic to the new one (a weighted alias); each `rollout` check moves the next
+//! step once the current one has been held long enough. The step and when it began are
+//! written in the alias's description (`baton: 10% to version 7 since …`), so the state
+//! lives where operators look and survives any function restart.
 //!
 //! `LambdaTestRunner`: invokes a test function with the image reference; its answer
 //! `{"passed": bool, "summary": "…", "output": "…"}` decides, a function error fails.
@@ -13,7 +20,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::LastUpdateStatus;
 use serde_json::{Value, json};
 
-use crate::config::{LambdaDeploy, LambdaTest};
+use crate::config::{LambdaDeploy, LambdaTest, TrafficShift};
 use crate::error::{Error, Message, Result};
 use crate::ports::{
     Applied, DeployRequest, DeployTarget, Rollout, TestOutcome, TestProgress, TestRequest,
@@ -28,10 +35,34 @@ pub struct LambdaDeployTarget {
     alias: String,
     timeout: Duration,
     poll: Duration,
+    traffic: Option<TrafficShift>,
 }
 
-fn svc<E: std::fmt::Display>(what: String, e: E) -> Error {
-    Error::transient(what, Message(e.to_string()))
+/// What an alias serves.
+#[derive(Debug, Clone)]
+struct AliasState {
+    /// The version taking the rest of the traffic, and its image.
+    version: String,
+    image: String,
+    /// A version taking a share of the traffic (percent), while a shift runs.
+    shifting: Option<(String, u8)>,
+    description: String,
+}
+
+/// When the current step of a shift began, from the alias description.
+fn step_began(description: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (_, since) = description.rsplit_once(" since ")?;
+    chrono::DateTime::parse_from_rfc3339(since.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// A Lambda API error, with its whole chain of causes (the code and message AWS sent).
+fn svc<E: std::error::Error>(what: String, e: E) -> Error {
+    Error::transient(
+        what,
+        Message(aws_sdk_lambda::error::DisplayErrorContext(&e).to_string()),
+    )
 }
 
 impl LambdaDeployTarget {
@@ -42,6 +73,7 @@ impl LambdaDeployTarget {
             alias: cfg.alias.clone(),
             timeout: cfg.timeout,
             poll: cfg.poll,
+            traffic: cfg.traffic,
         }
     }
 
@@ -49,8 +81,8 @@ impl LambdaDeployTarget {
         format!("Lambda/{}:{}@{version}", self.function, self.alias)
     }
 
-    /// The alias's version and the image it runs, if the alias exists.
-    async fn alias_state(&self) -> Result<Option<(String, String)>> {
+    /// What the alias serves, if it exists.
+    async fn alias_state(&self) -> Result<Option<AliasState>> {
         let alias = match self
             .client
             .get_alias()
@@ -72,20 +104,33 @@ impl LambdaDeployTarget {
             }
         };
         let version = alias.function_version().unwrap_or("$LATEST").to_string();
+        let shifting = alias
+            .routing_config()
+            .and_then(|r| r.additional_version_weights())
+            .and_then(|w| w.iter().find(|(_, share)| **share > 0.0))
+            .map(|(v, share)| (v.clone(), (share * 100.0).round().clamp(0.0, 100.0) as u8));
+        Ok(Some(AliasState {
+            image: self.image_of(&version).await?,
+            version,
+            shifting,
+            description: alias.description().unwrap_or_default().to_string(),
+        }))
+    }
+
+    /// The image a version of the function runs.
+    async fn image_of(&self, version: &str) -> Result<String> {
         let f = self
             .client
             .get_function()
             .function_name(&self.function)
-            .qualifier(&version)
+            .qualifier(version)
             .send()
             .await
             .map_err(|e| self.not_found_or(e.into_service_error()))?;
-        let image = f
-            .code()
+        Ok(f.code()
             .and_then(|c| c.image_uri())
             .unwrap_or_default()
-            .to_string();
-        Ok(Some((version, image)))
+            .to_string())
     }
 
     fn not_found_or(&self, e: aws_sdk_lambda::operation::get_function::GetFunctionError) -> Error {
@@ -145,11 +190,18 @@ impl LambdaDeployTarget {
     async fn point_alias(&self, version: &str, exists: bool) -> Result<()> {
         let what = format!("move alias {}:{} to {version}", self.function, self.alias);
         if exists {
+            // All traffic: any weighted routing of a shift is cleared.
             self.client
                 .update_alias()
                 .function_name(&self.function)
                 .name(&self.alias)
                 .function_version(version)
+                .routing_config(
+                    aws_sdk_lambda::types::AliasRoutingConfiguration::builder()
+                        .set_additional_version_weights(Some(Default::default()))
+                        .build(),
+                )
+                .description(format!("baton: version {version}"))
                 .send()
                 .await
                 .map_err(|e| svc(what, e.into_service_error()))?;
@@ -165,6 +217,78 @@ impl LambdaDeployTarget {
         }
         Ok(())
     }
+
+    /// Keeps `primary` behind the alias and routes `share` percent to `next`.
+    async fn set_share(&self, primary: &str, next: &str, share: u8) -> Result<()> {
+        let mut weights = std::collections::HashMap::new();
+        weights.insert(next.to_string(), f64::from(share) / 100.0);
+        self.client
+            .update_alias()
+            .function_name(&self.function)
+            .name(&self.alias)
+            .function_version(primary)
+            .routing_config(
+                aws_sdk_lambda::types::AliasRoutingConfiguration::builder()
+                    .set_additional_version_weights(Some(weights))
+                    .build(),
+            )
+            .description(format!(
+                "baton: {share}% to version {next} since {}",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                svc(
+                    format!(
+                        "route {share}% of alias {}:{} to version {next}",
+                        self.function, self.alias
+                    ),
+                    e.into_service_error(),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// One check of a running shift: holds the current step or moves to the next.
+    async fn shift_step(
+        &self,
+        shift: TrafficShift,
+        alias: &AliasState,
+        next_version: &str,
+        share: u8,
+    ) -> Result<Rollout> {
+        let held = step_began(&alias.description)
+            .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+            .unwrap_or(shift.hold());
+        if held < shift.hold() {
+            let left = shift.hold() - held;
+            return Ok(Rollout::Progressing {
+                detail: format!(
+                    "{share}% of alias {} on version {next_version}; {}% in {}",
+                    self.alias,
+                    shift.next(share),
+                    humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+                ),
+                check_after: left,
+            });
+        }
+        let next = shift.next(share);
+        if next >= 100 {
+            self.point_alias(next_version, true).await?;
+            return Ok(Rollout::Complete {
+                detail: format!(
+                    "alias {} serves version {next_version} (all traffic, after {share}%)",
+                    self.alias
+                ),
+            });
+        }
+        self.set_share(&alias.version, next_version, next).await?;
+        Ok(Rollout::Progressing {
+            detail: format!("{next}% of alias {} on version {next_version}", self.alias),
+            check_after: shift.hold(),
+        })
+    }
 }
 
 impl DeployTarget for LambdaDeployTarget {
@@ -175,14 +299,27 @@ impl DeployTarget for LambdaDeployTarget {
     async fn apply(&self, req: &DeployRequest) -> Result<Applied> {
         let want = req.image.reference();
         let before = self.alias_state().await?;
-        if let Some((version, image)) = &before
-            && image == &want
+        if let Some(a) = &before
+            && a.image == want
         {
+            let previous = vec![WorkloadImage {
+                workload: self.workload(&a.version),
+                image: a.image.clone(),
+            }];
+            if let Some((shifting, share)) = &a.shifting {
+                // Back to the version that runs the image (a rollback during a shift).
+                self.point_alias(&a.version, true).await?;
+                return Ok(Applied {
+                    previous,
+                    changed: true,
+                    detail: format!(
+                        "{}:{} back to version {} with all traffic ({share}% was on version {shifting})",
+                        self.function, self.alias, a.version
+                    ),
+                });
+            }
             return Ok(Applied {
-                previous: vec![WorkloadImage {
-                    workload: self.workload(version),
-                    image: image.clone(),
-                }],
+                previous,
                 changed: false,
                 detail: format!(
                     "{}:{} already runs {}",
@@ -224,40 +361,75 @@ impl DeployTarget for LambdaDeployTarget {
                 )
             })?;
         let version = published.version().unwrap_or("$LATEST").to_string();
-        self.point_alias(&version, before.is_some()).await?;
+        let detail = match (&before, self.traffic) {
+            (Some(a), Some(shift)) if a.version != version => {
+                self.set_share(&a.version, &version, shift.first()).await?;
+                format!(
+                    "{} version {version} takes {}% of alias {} ({}), version {} the rest",
+                    self.function,
+                    shift.first(),
+                    self.alias,
+                    match shift {
+                        TrafficShift::Canary { .. } => "canary",
+                        TrafficShift::Linear { .. } => "linear",
+                    },
+                    a.version
+                )
+            }
+            _ => {
+                self.point_alias(&version, before.is_some()).await?;
+                format!(
+                    "{} version {version} behind alias {}",
+                    self.function, self.alias
+                )
+            }
+        };
         Ok(Applied {
             previous: before
-                .map(|(v, image)| {
+                .map(|a| {
                     vec![WorkloadImage {
-                        workload: self.workload(&v),
-                        image,
+                        workload: self.workload(&a.version),
+                        image: a.image,
                     }]
                 })
                 .unwrap_or_default(),
             changed: true,
-            detail: format!(
-                "{} version {version} behind alias {}",
-                self.function, self.alias
-            ),
+            detail,
         })
     }
 
     async fn rollout(&self, req: &DeployRequest) -> Result<Rollout> {
-        match self.alias_state().await? {
-            Some((version, image)) if image == req.image.reference() => Ok(Rollout::Complete {
-                detail: format!("alias {} serves version {version}", self.alias),
-            }),
-            Some((version, image)) => Ok(Rollout::Failed {
-                reason: format!(
-                    "alias {} serves version {version} ({image}), not {}",
-                    self.alias,
-                    req.image.reference()
-                ),
-            }),
-            None => Ok(Rollout::Failed {
+        let want = req.image.reference();
+        let Some(alias) = self.alias_state().await? else {
+            return Ok(Rollout::Failed {
                 reason: format!("alias {} of {} does not exist", self.alias, self.function),
-            }),
+            });
+        };
+        if alias.image == want && alias.shifting.is_none() {
+            return Ok(Rollout::Complete {
+                detail: format!("alias {} serves version {}", self.alias, alias.version),
+            });
         }
+        if let Some((next, share)) = &alias.shifting
+            && self.image_of(next).await? == want
+        {
+            return match self.traffic {
+                Some(shift) => self.shift_step(shift, &alias, next, *share).await,
+                // The shift was taken out of the configuration: finish it.
+                None => {
+                    self.point_alias(next, true).await?;
+                    Ok(Rollout::Complete {
+                        detail: format!("alias {} serves version {next}", self.alias),
+                    })
+                }
+            };
+        }
+        Ok(Rollout::Failed {
+            reason: format!(
+                "alias {} serves version {} ({}), not {want}",
+                self.alias, alias.version, alias.image
+            ),
+        })
     }
 
     async fn restore(&self, _req: &DeployRequest, previous: &[WorkloadImage]) -> Result<()> {

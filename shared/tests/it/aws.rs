@@ -376,6 +376,177 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
     assert_eq!(alias.function_version(), Some("1"));
 }
 
+/// A Lambda function `name` with one published version running `image` behind `live`.
+async fn lambda_function(
+    conf: &aws_config::SdkConfig,
+    name: &str,
+    image: &str,
+) -> aws_sdk_lambda::Client {
+    let iam = aws_sdk_iam::Client::new(conf);
+    let role = iam
+        .create_role()
+        .role_name(format!("{name}-fn"))
+        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .arn()
+        .to_string();
+    let lambda = aws_sdk_lambda::Client::new(conf);
+    lambda
+        .create_function()
+        .function_name(name)
+        .role(role)
+        .package_type(aws_sdk_lambda::types::PackageType::Image)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .image_uri(image)
+                .build(),
+        )
+        .publish(true)
+        .send()
+        .await
+        .unwrap();
+    lambda
+        .create_alias()
+        .function_name(name)
+        .name("live")
+        .function_version("1")
+        .send()
+        .await
+        .unwrap();
+    lambda
+}
+
+/// (primary version, weighted versions) of an alias.
+async fn alias_routing(
+    lambda: &aws_sdk_lambda::Client,
+    name: &str,
+) -> (String, Vec<(String, f64)>) {
+    let a = lambda
+        .get_alias()
+        .function_name(name)
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+    let mut weights: Vec<(String, f64)> = a
+        .routing_config()
+        .and_then(|r| r.additional_version_weights())
+        .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    weights.sort_by(|x, y| x.0.cmp(&y.0));
+    (
+        a.function_version().unwrap_or_default().to_string(),
+        weights,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lambda_target_shifts_traffic_in_steps_and_rolls_back_mid_shift() {
+    let m = moto().await;
+    let conf = m.config().await;
+    let repo = "123456789012.dkr.ecr.us-east-1.amazonaws.com/demo/api";
+    let old = format!("{repo}@sha256:{}", "1".repeat(64));
+    let lambda = lambda_function(&conf, "api", &old).await;
+    let req = |hex: char| DeployRequest {
+        app: "api".into(),
+        environment: "production".into(),
+        run: "r".into(),
+        image: Image {
+            registry: "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
+            repository: "demo/api".into(),
+            tag: "2.0.0".into(),
+            digest: format!("sha256:{}", hex.to_string().repeat(64)),
+        },
+        cause: "baton test".into(),
+    };
+
+    // linear: 50% for 2 s, then all of it.
+    let cfg: baton::config::LambdaDeploy = serde_json::from_value(json!({
+        "function": "api", "poll": "50ms", "traffic": { "linear": { "step": 50, "every": "2s" } }
+    }))
+    .unwrap();
+    let target = LambdaDeployTarget::new(lambda.clone(), &cfg);
+    let applied = target.apply(&req('2')).await.unwrap();
+    assert!(applied.changed);
+    assert!(applied.detail.contains("50%"), "{}", applied.detail);
+    assert_eq!(applied.previous[0].image, old);
+    let (primary, weights) = alias_routing(&lambda, "api").await;
+    assert_eq!(
+        primary, "1",
+        "the old version keeps the rest of the traffic"
+    );
+    assert_eq!(weights.len(), 1, "one version takes a share: {weights:?}");
+    let new_version = weights[0].0.clone();
+    assert_ne!(new_version, "1");
+    assert!((weights[0].1 - 0.5).abs() < 1e-9, "{weights:?}");
+    // Checked at once: the step is held.
+    match target.rollout(&req('2')).await.unwrap() {
+        Rollout::Progressing {
+            check_after,
+            detail,
+        } => {
+            assert!(
+                check_after <= Duration::from_secs(2) && check_after > Duration::from_millis(500),
+                "{check_after:?}"
+            );
+            assert!(
+                detail.contains("50%") && detail.contains("100%"),
+                "{detail}"
+            );
+        }
+        other => panic!("expected the shift to hold its first step, got {other:?}"),
+    }
+    assert_eq!(
+        alias_routing(&lambda, "api").await.1.len(),
+        1,
+        "nothing moved early"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    match target.rollout(&req('2')).await.unwrap() {
+        Rollout::Complete { detail } => assert!(detail.contains(&new_version), "{detail}"),
+        other => panic!("expected the shift to finish, got {other:?}"),
+    }
+    let (primary, weights) = alias_routing(&lambda, "api").await;
+    assert_eq!(primary, new_version, "all traffic on the new version");
+    assert!(
+        weights.iter().all(|(_, w)| *w == 0.0),
+        "routing cleared: {weights:?}"
+    );
+
+    // canary: 10%, then rolled back mid-shift (restore after a failed rollout).
+    let cfg: baton::config::LambdaDeploy = serde_json::from_value(json!({
+        "function": "api", "poll": "50ms", "traffic": { "canary": { "percent": 10, "wait": "1h" } }
+    }))
+    .unwrap();
+    let target = LambdaDeployTarget::new(lambda.clone(), &cfg);
+    let applied = target.apply(&req('3')).await.unwrap();
+    let (primary, weights) = alias_routing(&lambda, "api").await;
+    assert_eq!(primary, new_version);
+    assert_eq!(weights.len(), 1);
+    assert!((weights[0].1 - 0.1).abs() < 1e-9, "{weights:?}");
+    assert!(matches!(
+        target.rollout(&req('3')).await.unwrap(),
+        Rollout::Progressing { .. }
+    ));
+    target.restore(&req('3'), &applied.previous).await.unwrap();
+    let (primary, weights) = alias_routing(&lambda, "api").await;
+    assert_eq!(
+        primary, new_version,
+        "back on the version before the canary"
+    );
+    assert!(
+        weights.iter().all(|(_, w)| *w == 0.0),
+        "no traffic left on the canary: {weights:?}"
+    );
+    // (moto's published versions share the function's latest code, so checks that read a
+    // version's image, such as a rollout check after this restore, are not meaningful
+    // here; versions and weights are.)
+}
+
 /// A stack like `infra/template.yaml`'s, made of moto resources.
 struct Stack {
     m: Moto,
@@ -968,7 +1139,7 @@ async fn approvals_through_the_approve_url_use_the_iam_identity() {
             "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
             "body": json!({"run": run, "environment": "staging", "decision": decision}).to_string(),
             "isBase64Encoded": false,
-            "requestContext": {"http": {"method": "POST", "path": "/"}}
+            "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64}
         });
         if let Some(a) = arn {
             r["requestContext"]["authorizer"] =

@@ -69,6 +69,24 @@ fn every_sample_parses_as_what_it_is() {
             DocumentKind::Sns => {
                 event_from_sns_notification(&text).unwrap();
             }
+            DocumentKind::FunctionUrl => {
+                let req = baton::triggers::function_url_request(&v).unwrap();
+                let caller = req.request_context.authorizer.and_then(|a| a.iam);
+                assert_eq!(
+                    caller.and_then(|i| i.user_arn).as_deref(),
+                    Some("arn:aws:iam::123456789012:user/alice"),
+                    "{}: the approver's IAM identity",
+                    f.display()
+                );
+                // Without the required request context the error names the field.
+                let mut broken = v.clone();
+                broken["requestContext"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("http");
+                let e = baton::triggers::function_url_request(&broken).unwrap_err();
+                assert!(e.to_string().contains("requestContext"), "{e}");
+            }
             DocumentKind::Sqs => {
                 for (_, r) in events_from_sqs(&v).unwrap() {
                     r.unwrap();
