@@ -173,7 +173,8 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
 #[tokio::test]
 async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
     let env = setup(Setup {
-        test_cmd: r#"["sh", "-c", "echo 'assertion failed: checkout returns 500' >&2; exit 3"]"#
+        // Fails until the suite is fixed (`tests-fixed` appears in the project directory).
+        test_cmd: r#"["sh", "-c", "test -e tests-fixed || { echo 'assertion failed: checkout returns 500' >&2; exit 3; }"]"#
             .into(),
         ..Default::default()
     });
@@ -201,6 +202,37 @@ async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
     )))
     .unwrap();
     assert!(out.contains("checkout returns 500"));
+
+    // A flaky or fixed suite: the test stage may run again, and the run goes on.
+    std::fs::write(env.root().join("tests-fixed"), "").unwrap();
+    let handled = env
+        .local
+        .pipeline
+        .retry(&env.run_of(&img), StageName::Test, None)
+        .await
+        .unwrap();
+    assert_eq!(handled.outputs[0].event_type(), EventType::TestsPassed);
+    assert_eq!(handled.outputs[0].ctx().attempt, 2);
+    env.drain().await;
+    let events = env.events(&img).await;
+    assert_eq!(
+        &sequence(&events)[..4],
+        [
+            "image.built",
+            "tests.failed",
+            "tests.passed",
+            "approval.granted[staging]"
+        ]
+    );
+    assert_eq!(env.status(&img).await, "awaiting approval (production)");
+    // Passed now: a second retry has nothing to replace.
+    let e = env
+        .local
+        .pipeline
+        .retry(&env.run_of(&img), StageName::Test, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already succeeded"), "{e}");
 }
 
 #[tokio::test]
