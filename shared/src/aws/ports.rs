@@ -55,9 +55,19 @@ pub struct AwsPorts {
     clusters: crate::adapters::Clusters,
 }
 
+/// A required variable of the function's environment; set but empty counts as unset.
 fn env(var: &str) -> Result<String> {
-    std::env::var(var)
-        .map_err(|_| Error::invalid("function environment", format!("{var} is not set")))
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        Ok(_) => Err(Error::invalid(
+            "function environment",
+            format!("{var} is empty"),
+        )),
+        Err(_) => Err(Error::invalid(
+            "function environment",
+            format!("{var} is not set"),
+        )),
+    }
 }
 
 /// Checks that the function's environment names its bucket and topic (cheap; done before
