@@ -189,9 +189,13 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
             detail,
             check_after,
         } => {
-            p.acquire_lease(&ctx.app, env_name, &ctx.run).await?;
+            // The lease outlasts the wait, so no other run deploys to this environment
+            // between two checks of this rollout (a traffic shift, a rolling update).
+            let after = check_after.min(p.settings.max_wait);
+            p.acquire_lease_for(&ctx.app, env_name, &ctx.run, after + p.settings.lease)
+                .await?;
             Ok(Step::Wait {
-                after: check_after.min(p.settings.max_wait),
+                after,
                 progress: serde_json::to_value(&applied).unwrap_or_default(),
                 note: detail,
             })
@@ -225,11 +229,23 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
 
 impl<P: Ports> Pipeline<P> {
     async fn acquire_lease(&self, app: &str, env: &str, holder: &str) -> Result<String> {
+        self.acquire_lease_for(app, env, holder, self.settings.lease)
+            .await
+    }
+
+    /// Takes (or renews) the environment's deploy lease for `hold`.
+    async fn acquire_lease_for(
+        &self,
+        app: &str,
+        env: &str,
+        holder: &str,
+        hold: std::time::Duration,
+    ) -> Result<String> {
         let key = lease_key(app, env);
         let store = self.ports.store();
         for _ in 0..5 {
             let now = self.ports.now();
-            let until = now + chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
+            let until = now + chrono::Duration::from_std(hold).unwrap_or_default();
             let lease = Lease {
                 holder: holder.into(),
                 until,
