@@ -240,7 +240,8 @@ impl App {
             .unwrap_or_default()
             .to_string();
         // SQS allows at most 12 hours; longer waits check in again and wait more.
-        let secs = after.as_secs().clamp(1, 43_200) as i32;
+        // Rounded up: a message back early only checks, finds it too soon and waits again.
+        let secs = after.as_secs_f64().ceil().clamp(1.0, 43_200.0) as i32;
         self.sqs
             .change_message_visibility()
             .queue_url(url)

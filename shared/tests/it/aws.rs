@@ -571,6 +571,11 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(approval: &str) -> Stack {
+    stack_with_deploy(approval, "").await
+}
+
+/// A stack whose staging deploy has `extra` settings (`, traffic: …`).
+async fn stack_with_deploy(approval: &str, extra: &str) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
     let clients = baton::aws::ports::Clients::new(&conf);
@@ -750,7 +755,7 @@ apps:
     environments:
       - name: staging
         approval: {approval}
-        deploy: {{ lambda: {{ function: web, alias: live, poll: 50ms }} }}
+        deploy: {{ lambda: {{ function: web, alias: live, poll: 50ms{extra} }} }}
 "#
         ),
         Path::new("/tmp"),
@@ -991,6 +996,88 @@ async fn the_pipeline_runs_end_to_end_on_aws_apis() {
             .unwrap()
             .messages()
             .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_traffic_shift_waits_in_the_deploy_queue_and_holds_the_lease() {
+    let s = stack_with_deploy("auto", ", traffic: { linear: { step: 50, every: 10s } }").await;
+    s.push_event().await;
+    s.run_ingest().await;
+    // test, gate and the first step of the deploy; the deploy message is handed back
+    // for the step's 10 s, and `drive` returns before it is visible again.
+    s.drive(1).await;
+    let alias = s
+        .lambda
+        .get_alias()
+        .function_name("web")
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        alias.function_version(),
+        Some("1"),
+        "the old version keeps half"
+    );
+    let weights = alias
+        .routing_config()
+        .and_then(|r| r.additional_version_weights())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(weights.len(), 1, "{weights:?}");
+    assert!(
+        weights.values().all(|w| (*w - 0.5).abs() < 1e-9),
+        "{weights:?}"
+    );
+    assert!(
+        !s.run_log().await.iter().any(|t| t.starts_with("deploy.")),
+        "no outcome while the shift runs"
+    );
+    let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+    let lease: serde_json::Value = serde_json::from_slice(
+        &store
+            .get("deployments/web/staging/lease.json")
+            .await
+            .unwrap()
+            .expect("the waiting deploy holds the lease")
+            .bytes,
+    )
+    .unwrap();
+    let until = chrono::DateTime::parse_from_rfc3339(lease["until"].as_str().unwrap()).unwrap();
+    // Held for the step's 10 s plus the usual 60 s lease, not just the 60 s (which would
+    // let another run deploy between two checks of a long step).
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::seconds(62),
+        "the lease outlasts the wait to the next check: {lease}"
+    );
+    // After the step's time, the next check moves all traffic and the run goes on.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
+    );
+    let alias = s
+        .lambda
+        .get_alias()
+        .function_name("web")
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(alias.function_version(), Some("1"));
+    assert!(
+        alias
+            .routing_config()
+            .and_then(|r| r.additional_version_weights())
+            .is_none_or(|w| w.values().all(|v| *v == 0.0)),
+        "all traffic on the new version"
+    );
+    assert!(
+        s.run_log().await.iter().any(|t| t == "deploy.succeeded"),
+        "{:?}",
+        s.run_log().await
     );
 }
 
