@@ -138,7 +138,7 @@ impl TrafficShift {
         }
     }
 
-    /// The share after `current`, and how long each share is held.
+    /// The share (percent) after `current`; 100 ends the shift.
     pub fn next(&self, current: u8) -> u8 {
         match *self {
             TrafficShift::Canary { .. } => 100,
@@ -146,6 +146,7 @@ impl TrafficShift {
         }
     }
 
+    /// How long each share is held before the next.
     pub fn hold(&self) -> Duration {
         match *self {
             TrafficShift::Canary { wait, .. } => wait,
@@ -890,20 +891,19 @@ impl Config {
                                 "{at}.deploy.lambda: function and alias must not be empty"
                             ));
                         }
-                        match l.traffic {
-                            Some(TrafficShift::Canary { percent: n, .. })
-                            | Some(TrafficShift::Linear { step: n, .. })
-                                if !(1..=99).contains(&n) =>
-                            {
-                                let field = match l.traffic {
-                                    Some(TrafficShift::Canary { .. }) => "canary.percent",
-                                    _ => "linear.step",
-                                };
-                                p.push(format!(
-                                    "{at}.deploy.lambda.traffic.{field}: {n} is not between 1 and 99"
-                                ));
+                        let share = match l.traffic {
+                            Some(TrafficShift::Canary { percent, .. }) => {
+                                Some(("canary.percent", percent))
                             }
-                            _ => {}
+                            Some(TrafficShift::Linear { step, .. }) => Some(("linear.step", step)),
+                            None => None,
+                        };
+                        if let Some((field, n)) = share
+                            && !(1..=99).contains(&n)
+                        {
+                            p.push(format!(
+                                "{at}.deploy.lambda.traffic.{field}: {n} is not between 1 and 99"
+                            ));
                         }
                     }
                     DeployConfig::Kubernetes(k) => {

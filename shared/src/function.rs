@@ -99,6 +99,28 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
 /// set) it serves invocations with `crate::aws::handler`; otherwise it runs the stage
 /// once on one input locally, prints the report, and exits non-zero on error.
 pub fn main(stage: StageName) -> std::process::ExitCode {
+    // Under the Lambda Runtime API (in Lambda, `cargo lambda watch`): serve invocations.
+    #[cfg(feature = "aws")]
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+        return block_on(crate::aws::handler::run(stage));
+    }
+    block_on(async {
+        let report = run_once(stage)
+            .await
+            .map_err(|e| format!("({}) {e}", e.kind()))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        Ok::<(), String>(())
+    })
+}
+
+/// Runs a binary's work on a current-thread runtime: success exits 0; an error is
+/// printed (`error: …`) and exits 1.
+pub fn block_on<E: std::fmt::Display>(
+    work: impl std::future::Future<Output = std::result::Result<(), E>>,
+) -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -109,27 +131,10 @@ pub fn main(stage: StageName) -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    // Under the Lambda Runtime API (in Lambda, `cargo lambda watch`): serve invocations.
-    #[cfg(feature = "aws")]
-    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        return match rt.block_on(crate::aws::handler::run(stage)) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::ExitCode::from(1)
-            }
-        };
-    }
-    match rt.block_on(run_once(stage)) {
-        Ok(report) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-            std::process::ExitCode::SUCCESS
-        }
+    match rt.block_on(work) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error ({}): {e}", e.kind());
+            eprintln!("error: {e}");
             std::process::ExitCode::from(1)
         }
     }

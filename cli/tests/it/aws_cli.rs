@@ -31,14 +31,7 @@ fn out_json(o: &Output) -> Value {
 }
 
 async fn clients(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_iam::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
+    let conf = crate::sdk(endpoint).await;
     (
         aws_sdk_sns::Client::new(&conf),
         aws_sdk_sqs::Client::new(&conf),

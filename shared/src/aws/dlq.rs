@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::error::{Error, Message, Result};
+use crate::error::{Error, Result};
 
 /// A message resting in a DLQ.
 #[derive(Debug, Clone, Serialize)]
@@ -17,12 +17,7 @@ pub struct DeadMessage {
 
 /// Maps an SQS call's error to a transient error saying what was being done.
 fn failed<E: std::error::Error>(what: String) -> impl FnOnce(E) -> Error {
-    move |e| {
-        Error::transient(
-            what,
-            Message(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
-        )
-    }
+    move |e| super::call_failed(what, e)
 }
 
 async fn url(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String> {

@@ -230,12 +230,7 @@ impl App {
             .queue_owner_aws_account_id(account)
             .send()
             .await
-            .map_err(|e| {
-                Error::transient(
-                    "get queue url",
-                    crate::error::Message(e.into_service_error().to_string()),
-                )
-            })?
+            .map_err(|e| super::call_failed("get queue url", e))?
             .queue_url()
             .unwrap_or_default()
             .to_string();
@@ -249,12 +244,7 @@ impl App {
             .visibility_timeout(secs)
             .send()
             .await
-            .map_err(|e| {
-                Error::transient(
-                    "change message visibility",
-                    crate::error::Message(e.into_service_error().to_string()),
-                )
-            })?;
+            .map_err(|e| super::call_failed("change message visibility", e))?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use aws_sdk_lambda::types::LastUpdateStatus;
 use serde_json::{Value, json};
 
 use crate::config::{LambdaDeploy, LambdaTest, TrafficShift};
-use crate::error::{Error, Message, Result};
+use crate::error::{Error, Result};
 use crate::ports::{
     Applied, DeployRequest, DeployTarget, Rollout, TestOutcome, TestProgress, TestRequest,
     TestRunner, WorkloadImage,
@@ -59,10 +59,7 @@ fn step_began(description: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 
 /// A Lambda API error, with its whole chain of causes (the code and message AWS sent).
 fn svc<E: std::error::Error>(what: String, e: E) -> Error {
-    Error::transient(
-        what,
-        Message(aws_sdk_lambda::error::DisplayErrorContext(&e).to_string()),
-    )
+    super::call_failed(what, e)
 }
 
 impl LambdaDeployTarget {

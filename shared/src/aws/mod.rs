@@ -20,3 +20,12 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// An AWS call that failed, as a transient error: what was being done, then AWS's code,
+/// message and the rest of the cause chain.
+pub(crate) fn call_failed<E: std::error::Error>(what: impl Into<String>, e: E) -> crate::Error {
+    crate::Error::transient(
+        what,
+        crate::error::Message(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()),
+    )
+}

@@ -61,21 +61,5 @@ pub async fn run(event: LambdaEvent<Value>) -> Result<Value, Error> {
 
 /// `main` of the test function: serves the Lambda Runtime API.
 pub fn main() -> std::process::ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(1);
-        }
-    };
-    match rt.block_on(lambda_runtime::run(service_fn(run))) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::from(1)
-        }
-    }
+    crate::function::block_on(lambda_runtime::run(service_fn(run)))
 }

@@ -280,43 +280,9 @@ async fn ecr_registry_resolves_and_retags() {
 async fn lambda_target_updates_publishes_and_moves_the_alias() {
     let m = moto().await;
     let conf = m.config().await;
-    let iam = aws_sdk_iam::Client::new(&conf);
-    let role = iam
-        .create_role()
-        .role_name("web-fn")
-        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
-        .send()
-        .await
-        .unwrap()
-        .role()
-        .unwrap()
-        .arn()
-        .to_string();
-    let lambda = aws_sdk_lambda::Client::new(&conf);
     let repo = "123456789012.dkr.ecr.us-east-1.amazonaws.com/demo/web";
     let old = format!("{repo}@sha256:{}", "1".repeat(64));
-    lambda
-        .create_function()
-        .function_name("web")
-        .role(role)
-        .package_type(aws_sdk_lambda::types::PackageType::Image)
-        .code(
-            aws_sdk_lambda::types::FunctionCode::builder()
-                .image_uri(&old)
-                .build(),
-        )
-        .publish(true)
-        .send()
-        .await
-        .unwrap();
-    lambda
-        .create_alias()
-        .function_name("web")
-        .name("live")
-        .function_version("1")
-        .send()
-        .await
-        .unwrap();
+    let lambda = lambda_function(&conf, "web", &old).await;
     let cfg: baton::config::LambdaDeploy =
         serde_json::from_value(json!({"function": "web", "poll": "50ms"})).unwrap();
     let target = LambdaDeployTarget::new(lambda.clone(), &cfg);
@@ -583,7 +549,6 @@ async fn stack_with_deploy(approval: &str, extra: &str) -> Stack {
     let sns = aws_sdk_sns::Client::new(&conf);
     let ecr = aws_sdk_ecr::Client::new(&conf);
     let lambda = aws_sdk_lambda::Client::new(&conf);
-    let iam = aws_sdk_iam::Client::new(&conf);
     let events = aws_sdk_eventbridge::Client::new(&conf);
     clients
         .s3
@@ -710,39 +675,12 @@ async fn stack_with_deploy(approval: &str, extra: &str) -> Stack {
         .await
         .unwrap()
         .digest;
-    let role = iam
-        .create_role()
-        .role_name("web-fn")
-        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
-        .send()
-        .await
-        .unwrap()
-        .role()
-        .unwrap()
-        .arn()
-        .to_string();
-    lambda
-        .create_function()
-        .function_name("web")
-        .role(role)
-        .package_type(aws_sdk_lambda::types::PackageType::Image)
-        .code(
-            aws_sdk_lambda::types::FunctionCode::builder()
-                .image_uri(format!("{HOST}/demo/web@sha256:{}", "0".repeat(64)))
-                .build(),
-        )
-        .publish(true)
-        .send()
-        .await
-        .unwrap();
-    lambda
-        .create_alias()
-        .function_name("web")
-        .name("live")
-        .function_version("1")
-        .send()
-        .await
-        .unwrap();
+    lambda_function(
+        &conf,
+        "web",
+        &format!("{HOST}/demo/web@sha256:{}", "0".repeat(64)),
+    )
+    .await;
     let config = baton::config::Config::from_yaml(
         &format!(
             r#"
