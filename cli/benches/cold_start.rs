@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 15;
+const RUNS: usize = 101;
 const FUNCTIONS: [&str; 7] = [
     "ingest", "test", "gate", "approve", "deploy", "promote", "notify",
 ];
@@ -163,9 +163,34 @@ fn measure(bin: &Path, env: &[(&str, String)], payload: &'static str) -> Start {
     }
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// The `q` quantile (0–1) of some durations.
+fn quantile(mut v: Vec<Duration>, q: f64) -> Duration {
     v.sort();
-    v[v.len() / 2]
+    let i = ((v.len().saturating_sub(1)) as f64 * q).round() as usize;
+    v.get(i).copied().unwrap_or_default()
+}
+
+/// Environment variables for a function.
+type Env = [(&'static str, String)];
+
+/// One binary's figures over all rounds.
+struct Stats {
+    poll: Duration,
+    poll_p90: Duration,
+    response: Duration,
+    rss_kib: u64,
+}
+
+impl Stats {
+    fn of(runs: Vec<Start>) -> Stats {
+        let polls: Vec<Duration> = runs.iter().map(|r| r.first_poll).collect();
+        Stats {
+            poll: quantile(polls.clone(), 0.5),
+            poll_p90: quantile(polls, 0.9),
+            response: quantile(runs.iter().map(|r| r.first_response).collect(), 0.5),
+            rss_kib: runs.iter().map(|r| r.rss_kib).max().unwrap_or(0),
+        }
+    }
 }
 
 fn main() {
@@ -192,7 +217,7 @@ fn main() {
         "apps:\n  - name: web\n    repository: demo/web\n    tags: { semver: \"*\" }\n    test: { command: { run: [\"true\"] } }\n    environments:\n      - { name: staging, approval: auto, deploy: { lambda: { function: web } } }\n",
     )
     .expect("config");
-    let env = vec![
+    let env = [
         ("BATON_CONFIG", cfg.display().to_string()),
         ("BATON_BUCKET", "state".to_string()),
         (
@@ -208,53 +233,58 @@ fn main() {
     // The first invocation: an (empty) SQS batch, which every function answers only
     // once its clients and configuration are ready; the minimal function echoes it.
     const FIRST: &str = r#"{"Records":[]}"#;
-    let summarize = |runs: Vec<Start>| {
-        (
-            median(runs.iter().map(|r| r.first_poll).collect()),
-            median(runs.iter().map(|r| r.first_response).collect()),
-            runs.iter().map(|r| r.rss_kib).max().unwrap_or(0),
-        )
-    };
-    let (base_poll, base_resp, base_rss) = summarize(
-        (0..RUNS)
-            .map(|_| measure(&baseline_bin, &[], FIRST))
-            .collect(),
-    );
-    println!("cold start, median of {RUNS} runs (release build):");
+    // Rounds: each round starts the minimal function and every Baton function once,
+    // so a change in the machine's load during the benchmark shows on both sides of a
+    // ratio rather than on one of them.
+    let bins: Vec<(String, PathBuf, &Env)> =
+        std::iter::once(("minimal_lambda".to_string(), baseline_bin, &[][..]))
+            .chain(FUNCTIONS.iter().map(|f| {
+                (
+                    format!("baton-fn-{f}"),
+                    release.join(format!("baton-fn-{f}")),
+                    &env[..],
+                )
+            }))
+            .collect();
+    let mut runs: Vec<Vec<Start>> = bins.iter().map(|_| Vec::new()).collect();
+    let mut order: Vec<usize> = (0..bins.len()).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..RUNS {
+        // A new order every round: what ran just before a start (a large process
+        // still being torn down, a warm cache) falls on every binary alike.
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            let (_, bin, env) = &bins[i];
+            runs[i].push(measure(bin, env, FIRST));
+        }
+    }
+    let stats: Vec<Stats> = runs.into_iter().map(Stats::of).collect();
+    let base = &stats[0];
+    println!("cold start, {RUNS} rounds (release build; medians, and the 90th percentile):");
     println!("  first poll     = process start → first Runtime API poll (the init phase)");
     println!("  first response = process start → response to the first invocation");
     println!(
-        "{:<18} {:>11} {:>6} {:>15} {:>6} {:>10} {:>8}",
-        "function", "first poll", "ratio", "first response", "ratio", "peak RSS", "size"
+        "{:<18} {:>11} {:>9} {:>6} {:>15} {:>6} {:>10} {:>8}",
+        "function", "first poll", "p90", "ratio", "first response", "ratio", "peak RSS", "size"
     );
-    let size = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.len() as f64 / 1_048_576.0)
-            .unwrap_or(0.0)
-    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{:<18} {:>9.2}ms {:>6.2} {:>13.2}ms {:>6.2} {:>7.1} MB {:>5.1} MB",
-        "minimal_lambda",
-        ms(base_poll),
-        1.0,
-        ms(base_resp),
-        1.0,
-        base_rss as f64 / 1024.0,
-        size(&baseline_bin)
-    );
-    for f in FUNCTIONS {
-        let bin = release.join(format!("baton-fn-{f}"));
-        let (poll, resp, rss) = summarize((0..RUNS).map(|_| measure(&bin, &env, FIRST)).collect());
+    for ((name, bin, _), s) in bins.iter().zip(&stats) {
+        let size = std::fs::metadata(bin).map_or(0.0, |m| m.len() as f64 / 1_048_576.0);
         println!(
-            "{:<18} {:>9.2}ms {:>6.2} {:>13.2}ms {:>6.2} {:>7.1} MB {:>5.1} MB",
-            format!("baton-fn-{f}"),
-            ms(poll),
-            ms(poll) / ms(base_poll),
-            ms(resp),
-            ms(resp) / ms(base_resp),
-            rss as f64 / 1024.0,
-            size(&bin)
+            "{:<18} {:>9.2}ms {:>7.2}ms {:>6.2} {:>13.2}ms {:>6.2} {:>7.1} MB {:>5.1} MB",
+            name,
+            ms(s.poll),
+            ms(s.poll_p90),
+            ms(s.poll) / ms(base.poll),
+            ms(s.response),
+            ms(s.response) / ms(base.response),
+            s.rss_kib as f64 / 1024.0,
+            size
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -379,23 +379,39 @@ fn http(status: u16, body: Value) -> LambdaFunctionUrlResponse {
 }
 
 /// The app of a running function. Building it (SDK clients, which load the root
-/// certificates; the configuration, perhaps from S3) starts at process start on a
-/// blocking thread, in parallel with the first Runtime API poll; the first invocation
-/// waits for it. It is built once per container; if building fails, the invocation
+/// certificates; the configuration, perhaps from S3) starts at process start on a thread
+/// of its own, in parallel with the first Runtime API poll; the first invocation waits
+/// for it. That thread runs at a lower CPU priority (nice 10), so on a small machine it
+/// takes only what the poll and the Runtime API leave, rather than delaying the poll by a
+/// scheduler slice. It is built once per container; if building fails, the invocation
 /// reports why and the next one tries again.
 struct Starting {
     stage: StageName,
-    pending: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<App>>>>,
+    pending: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<App>>>>,
     app: tokio::sync::OnceCell<App>,
 }
 
 impl Starting {
     fn start(stage: StageName) -> Starting {
         let rt = tokio::runtime::Handle::current();
-        let pending = tokio::task::spawn_blocking(move || rt.block_on(App::from_env(stage)));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("baton-start".into())
+            .spawn(move || {
+                lower_priority();
+                // The runtime's own thread drives the I/O (it is in `block_on`).
+                let _ = tx.send(rt.block_on(App::from_env(stage)));
+            });
+        let pending = match spawned {
+            Ok(_) => Some(rx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a thread to build the app; the first invocation builds it");
+                None
+            }
+        };
         Starting {
             stage,
-            pending: std::sync::Mutex::new(Some(pending)),
+            pending: std::sync::Mutex::new(pending),
             app: tokio::sync::OnceCell::new(),
         }
     }
@@ -405,8 +421,11 @@ impl Starting {
             .get_or_try_init(|| async {
                 let pending = self.pending.lock().ok().and_then(|mut p| p.take());
                 let built = match pending {
-                    Some(task) => task.await.map_err(|e| {
-                        Error::permanent(format!("{} function start", self.stage), e)
+                    Some(rx) => rx.await.map_err(|_| {
+                        Error::permanent(
+                            format!("{} function start", self.stage),
+                            "the thread building the app ended without a result",
+                        )
                     })?,
                     None => App::from_env(self.stage).await,
                 };
@@ -415,6 +434,19 @@ impl Starting {
                 })
             })
             .await
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 10 (Linux: a thread's own).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `setpriority` takes plain integers and touches no memory of ours; with
+        // `who = 0` it changes the calling thread only. Failing is harmless (the thread
+        // keeps its priority), so the result is not checked.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        }
     }
 }
 
