@@ -381,9 +381,9 @@ fn http(status: u16, body: Value) -> LambdaFunctionUrlResponse {
 /// The app of a running function. Building it (SDK clients, which load the root
 /// certificates; the configuration, perhaps from S3) starts at process start on a thread
 /// of its own, in parallel with the first Runtime API poll; the first invocation waits
-/// for it. That thread runs at a lower CPU priority (nice 10), so on a small machine it
-/// takes only what the poll and the Runtime API leave, rather than delaying the poll by a
-/// scheduler slice. It is built once per container; if building fails, the invocation
+/// for it. That thread runs in the idle scheduling class ([`lower_priority`]), so on a
+/// small machine it takes only the CPU time that the poll, the kernel's network
+/// processing and the Runtime API leave. It is built once per container; if building fails, the invocation
 /// reports why and the next one tries again.
 struct Starting {
     stage: StageName,
@@ -437,15 +437,22 @@ impl Starting {
     }
 }
 
-/// Lowers the calling thread's CPU priority to nice 10 (Linux: a thread's own).
+/// Gives the calling thread the idle scheduling class (`SCHED_IDLE`, Linux): it runs
+/// only on a CPU nothing else wants, and any other thread that wakes up (the function's
+/// own runtime thread, the kernel's network processing, the Runtime API) takes the CPU
+/// from it at once. With a lower nice value instead, a waking thread could wait a whole
+/// scheduler slice (about 3 ms) for it. Where that is refused, nice 10.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: `setpriority` takes plain integers and touches no memory of ours; with
-        // `who = 0` it changes the calling thread only. Failing is harmless (the thread
-        // keeps its priority), so the result is not checked.
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_setscheduler` reads `param`, which lives across the call, and
+        // `setpriority` takes plain integers; with pid/who 0 both change the calling
+        // thread only. Failing is harmless (the thread keeps its priority).
         unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
         }
     }
 }
