@@ -383,8 +383,8 @@ fn http(status: u16, body: Value) -> LambdaFunctionUrlResponse {
 /// of its own, in parallel with the first Runtime API poll; the first invocation waits
 /// for it. That thread runs in the idle scheduling class ([`lower_priority`]), so on a
 /// small machine it takes only the CPU time that the poll, the kernel's network
-/// processing and the Runtime API leave. It is built once per container; if building fails, the invocation
-/// reports why and the next one tries again.
+/// processing and the Runtime API leave. It is built once per container; if building
+/// fails, the invocation reports why and the next one tries again.
 struct Starting {
     stage: StageName,
     pending: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<App>>>>,

@@ -20,6 +20,7 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::LastUpdateStatus;
 use serde_json::{Value, json};
 
+use super::call_failed;
 use crate::config::{LambdaDeploy, LambdaTest, TrafficShift};
 use crate::error::{Error, Result};
 use crate::ports::{
@@ -57,11 +58,6 @@ fn step_began(description: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
-/// A Lambda API error, with its whole chain of causes (the code and message AWS sent).
-fn svc<E: std::error::Error>(what: String, e: E) -> Error {
-    super::call_failed(what, e)
-}
-
 impl LambdaDeployTarget {
     pub fn new(client: aws_sdk_lambda::Client, cfg: &LambdaDeploy) -> LambdaDeployTarget {
         LambdaDeployTarget {
@@ -94,7 +90,7 @@ impl LambdaDeployTarget {
                 if s.is_resource_not_found_exception() {
                     return Ok(None);
                 }
-                return Err(svc(
+                return Err(call_failed(
                     format!("get alias {}:{}", self.function, self.alias),
                     s,
                 ));
@@ -137,7 +133,7 @@ impl LambdaDeployTarget {
                 "does not exist",
             )
         } else {
-            svc(format!("get function {}", self.function), e)
+            call_failed(format!("get function {}", self.function), e)
         }
     }
 
@@ -151,7 +147,7 @@ impl LambdaDeployTarget {
                 .send()
                 .await
                 .map_err(|e| {
-                    svc(
+                    call_failed(
                         format!("get configuration of {}", self.function),
                         e.into_service_error(),
                     )
@@ -201,7 +197,7 @@ impl LambdaDeployTarget {
                 .description(format!("baton: version {version}"))
                 .send()
                 .await
-                .map_err(|e| svc(what, e.into_service_error()))?;
+                .map_err(|e| call_failed(what, e.into_service_error()))?;
         } else {
             self.client
                 .create_alias()
@@ -210,7 +206,7 @@ impl LambdaDeployTarget {
                 .function_version(version)
                 .send()
                 .await
-                .map_err(|e| svc(what, e.into_service_error()))?;
+                .map_err(|e| call_failed(what, e.into_service_error()))?;
         }
         Ok(())
     }
@@ -236,7 +232,7 @@ impl LambdaDeployTarget {
             .send()
             .await
             .map_err(|e| {
-                svc(
+                call_failed(
                     format!(
                         "route {share}% of alias {}:{} to version {next}",
                         self.function, self.alias
@@ -340,7 +336,7 @@ impl DeployTarget for LambdaDeployTarget {
                         "does not exist",
                     )
                 } else {
-                    svc(format!("update code of {}", self.function), s)
+                    call_failed(format!("update code of {}", self.function), s)
                 }
             })?;
         self.wait_updated().await?;
@@ -352,7 +348,7 @@ impl DeployTarget for LambdaDeployTarget {
             .send()
             .await
             .map_err(|e| {
-                svc(
+                call_failed(
                     format!("publish a version of {}", self.function),
                     e.into_service_error(),
                 )
@@ -484,7 +480,7 @@ impl TestRunner for LambdaTestRunner {
                 if s.is_resource_not_found_exception() {
                     Error::permanent(format!("test function {}", self.function), "does not exist")
                 } else {
-                    svc(format!("invoke test function {}", self.function), s)
+                    call_failed(format!("invoke test function {}", self.function), s)
                 }
             })?;
         let body = out

@@ -305,16 +305,9 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
         target.rollout(&req('2')).await.unwrap(),
         Rollout::Complete { .. }
     ));
-    let alias = lambda
-        .get_alias()
-        .function_name("web")
-        .name("live")
-        .send()
-        .await
-        .unwrap();
     assert_ne!(
-        alias.function_version(),
-        Some("1"),
+        alias_routing(&lambda, "web").await.0,
+        "1",
         "the alias moved to the new version"
     );
     let live = lambda
@@ -332,14 +325,7 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
     assert!(!target.apply(&req('2')).await.unwrap().changed);
     // restore moves the alias back
     target.restore(&req('2'), &applied.previous).await.unwrap();
-    let alias = lambda
-        .get_alias()
-        .function_name("web")
-        .name("live")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(alias.function_version(), Some("1"));
+    assert_eq!(alias_routing(&lambda, "web").await.0, "1");
 }
 
 /// A Lambda function `name` with one published version running `image` behind `live`.
@@ -945,29 +931,10 @@ async fn a_traffic_shift_waits_in_the_deploy_queue_and_holds_the_lease() {
     // test, gate and the first step of the deploy; the deploy message is handed back
     // for the step's 10 s, and `drive` returns before it is visible again.
     s.drive(1).await;
-    let alias = s
-        .lambda
-        .get_alias()
-        .function_name("web")
-        .name("live")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        alias.function_version(),
-        Some("1"),
-        "the old version keeps half"
-    );
-    let weights = alias
-        .routing_config()
-        .and_then(|r| r.additional_version_weights())
-        .cloned()
-        .unwrap_or_default();
+    let (version, weights) = alias_routing(&s.lambda, "web").await;
+    assert_eq!(version, "1", "the old version keeps half");
     assert_eq!(weights.len(), 1, "{weights:?}");
-    assert!(
-        weights.values().all(|w| (*w - 0.5).abs() < 1e-9),
-        "{weights:?}"
-    );
+    assert!((weights[0].1 - 0.5).abs() < 1e-9, "{weights:?}");
     assert!(
         !s.run_log().await.iter().any(|t| t.starts_with("deploy.")),
         "no outcome while the shift runs"
@@ -996,21 +963,11 @@ async fn a_traffic_shift_waits_in_the_deploy_queue_and_holds_the_lease() {
         s.alias_image().await,
         format!("{HOST}/demo/web@{}", s.digest)
     );
-    let alias = s
-        .lambda
-        .get_alias()
-        .function_name("web")
-        .name("live")
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(alias.function_version(), Some("1"));
+    let (version, weights) = alias_routing(&s.lambda, "web").await;
+    assert_ne!(version, "1");
     assert!(
-        alias
-            .routing_config()
-            .and_then(|r| r.additional_version_weights())
-            .is_none_or(|w| w.values().all(|v| *v == 0.0)),
-        "all traffic on the new version"
+        weights.iter().all(|(_, w)| *w == 0.0),
+        "all traffic on the new version: {weights:?}"
     );
     assert!(
         s.run_log().await.iter().any(|t| t == "deploy.succeeded"),
