@@ -120,12 +120,19 @@ fn measure(bin: &Path, env: &[(&str, String)], payload: &'static str) -> Start {
     let port = listener.local_addr().expect("addr").port();
     let (tx, rx) = mpsc::channel();
     let handed = Arc::new(AtomicBool::new(false));
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (tx, handed) = (tx.clone(), handed.clone());
-            std::thread::spawn(move || serve(stream, tx, payload, handed));
-        }
-    });
+    let done = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (tx, handed) = (tx.clone(), handed.clone());
+                std::thread::spawn(move || serve(stream, tx, payload, handed));
+            }
+        })
+    };
     let mut cmd = Command::new(bin);
     cmd.env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
         .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
@@ -156,6 +163,11 @@ fn measure(bin: &Path, env: &[(&str, String)], payload: &'static str) -> Start {
     let rss_kib = peak_rss_kib(child.id()).unwrap_or(0);
     let _ = child.kill();
     let _ = child.wait();
+    // Wake the acceptor so that it ends with this start (its connection threads end
+    // when the process's connections close).
+    done.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    let _ = acceptor.join();
     Start {
         first_poll: polled - start,
         first_response: answered - start,

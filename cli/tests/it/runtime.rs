@@ -25,11 +25,12 @@ fn cargo_lambda() -> PathBuf {
         .expect("cargo-lambda is not installed: run .ci/run once (it installs it into target/ci-venv) or pip install cargo-lambda")
 }
 
-/// Builds the function binaries with the workspace's features
-/// (cheap after `cargo test`, which builds them too).
+/// Builds the function binaries. `--tests` makes the features the same as in
+/// `cargo test --workspace` (dev-dependencies included), so every library that run built
+/// is reused and only the function binaries are linked.
 fn build_functions() {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--workspace", "--bins", "--quiet"])
+        .args(["build", "--workspace", "--bins", "--tests", "--quiet"])
         .current_dir(root())
         .status()
         .unwrap();
