@@ -15,6 +15,16 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where cargo put this build's binaries: the directory above this test's `deps/`
+/// (`target/debug`, or its place under `CARGO_TARGET_DIR`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test executable lies in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
 fn cargo_lambda() -> PathBuf {
     let venv = root().join("target/ci-venv/bin/cargo-lambda");
     if venv.is_file() {
@@ -220,7 +230,7 @@ apps:
         let _fn = start_function(
             port,
             &function,
-            &root().join("target/debug").join(&function),
+            &bin_dir().join(&function),
             &[
                 ("BATON_CONFIG", cfg.display().to_string()),
                 ("BATON_BUCKET", "state".into()),
@@ -271,7 +281,7 @@ apps:
     let _tests = start_function(
         port,
         "baton-fn-lambda-test",
-        &root().join("target/debug/baton-fn-lambda-test"),
+        &bin_dir().join("baton-fn-lambda-test"),
         &[(
             "BATON_TEST_COMMAND",
             format!(
@@ -283,7 +293,7 @@ apps:
     let _stage = start_function(
         port,
         "baton-fn-test",
-        &root().join("target/debug/baton-fn-test"),
+        &bin_dir().join("baton-fn-test"),
         &[
             ("BATON_CONFIG", cfg.display().to_string()),
             ("BATON_BUCKET", "state".into()),
