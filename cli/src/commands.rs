@@ -343,12 +343,15 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     let local = open(g)?;
     // In local mode the embedded registry stands for the registry that sent the
     // notification: it learns the pushed tags first, as that registry had.
-    for push in parsed.pushes.iter().filter(|p| !p.digest.is_empty()) {
+    for push in &parsed.pushes {
+        let Some(digest) = &push.digest else {
+            continue;
+        };
         let image = baton::event::Image {
             registry: push.registry.clone(),
             repository: push.repository.clone(),
             tag: push.tag.clone(),
-            digest: push.digest.clone(),
+            digest: digest.clone(),
         };
         local
             .pipeline
@@ -361,10 +364,13 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     drain(&local, g.json).await?;
     let runs = local.pipeline.runs().await?;
     let mut touched = vec![];
-    for push in parsed.pushes.iter().filter(|p| !p.digest.is_empty()) {
+    for push in &parsed.pushes {
+        let Some(digest) = &push.digest else {
+            continue;
+        };
         if let Some(r) = runs
             .iter()
-            .find(|r| r.image.as_ref().is_some_and(|i| i.digest == push.digest))
+            .find(|r| r.image.as_ref().is_some_and(|i| &i.digest == digest))
         {
             touched.push(r.clone());
         }
@@ -676,10 +682,9 @@ fn describe_parsed(p: &baton::triggers::Parsed) -> String {
                 x.registry,
                 x.repository,
                 x.tag,
-                if x.digest.is_empty() {
-                    "(digest resolved at ingest)"
-                } else {
-                    baton::event::short_digest(&x.digest)
+                match &x.digest {
+                    None => "(digest resolved at ingest)",
+                    Some(d) => d.short(),
                 }
             )
         })

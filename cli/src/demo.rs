@@ -82,7 +82,10 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         registry: push.registry.clone(),
         repository: push.repository.clone(),
         tag: push.tag.clone(),
-        digest: push.digest.clone(),
+        digest: push
+            .digest
+            .clone()
+            .ok_or_else(|| anyhow!("the bundled sample push has no digest"))?,
     };
     p.ports.registry.record_push(&image, push.pushed_at).await?;
     if !g.json {

@@ -34,7 +34,7 @@ pub fn print_runs(runs: &[RunSummary]) {
         let (tag, digest) = r
             .image
             .as_ref()
-            .map(|i| (i.tag.clone(), i.short_digest().to_string()))
+            .map(|i| (i.tag.to_string(), i.short_digest().to_string()))
             .unwrap_or_default();
         println!(
             "{:<16}  {:<10}  {:<12}  {:<14}  {:<20}  {}",

@@ -311,7 +311,7 @@ pub struct EnvironmentConfig {
     pub promote: bool,
     /// The tag promote writes; the environment's name when absent.
     #[serde(default)]
-    pub promote_tag: Option<String>,
+    pub promote_tag: Option<crate::reference::Tag>,
     /// Put the previous image back when a deploy fails after changing the target.
     #[serde(default = "yes")]
     pub rollback_on_failure: bool,
@@ -322,8 +322,18 @@ fn yes() -> bool {
 }
 
 impl EnvironmentConfig {
-    pub fn promote_tag(&self) -> &str {
-        self.promote_tag.as_deref().unwrap_or(&self.name)
+    /// The tag promote writes. An environment name (a DNS label, checked at load) is
+    /// always a valid tag.
+    pub fn promote_tag(&self) -> Result<crate::reference::Tag> {
+        match &self.promote_tag {
+            Some(t) => Ok(t.clone()),
+            None => self.name.parse().map_err(|e| {
+                Error::invalid(
+                    format!("environment {}", self.name),
+                    format!("promote tag: {e}"),
+                )
+            }),
+        }
     }
 }
 
@@ -877,9 +887,6 @@ impl Config {
                 }
                 if !envs.insert(env.name.clone()) {
                     p.push(format!("{at}.name: {:?} is declared twice", env.name));
-                }
-                if env.promote && env.promote_tag().is_empty() {
-                    p.push(format!("{at}.promote_tag: must not be empty"));
                 }
                 if let ApprovalPolicy::Manual(m) = &env.approval {
                     self.check_manual(&format!("{at}.approval"), m, &mut p);

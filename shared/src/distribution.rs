@@ -12,9 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{RegistryAuth, RegistryConfig};
 use crate::error::{Error, Message, Result};
-use crate::event::{Image, validate_digest};
+use crate::event::Image;
 use crate::http::Http;
 use crate::ports::{Registry, Resolved};
+use crate::reference::Digest as ImageDigest;
 
 /// Every manifest type Baton accepts, most specific first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -265,16 +266,17 @@ impl Registry for DistributionRegistry {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = resp.bytes().await.map_err(|e| transport(&what, &e))?;
-        let digest = header_digest
-            .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body))));
-        validate_digest(&digest).map_err(|e| Error::permanent(what, e))?;
+        let digest: ImageDigest = header_digest
+            .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body))))
+            .parse()
+            .map_err(|e| Error::permanent(what, format!("Docker-Content-Digest: {e}")))?;
         Ok(Resolved {
             digest,
             pushed_at: None,
         })
     }
 
-    async fn retag(&self, image: &Image, tag: &str) -> Result<()> {
+    async fn retag(&self, image: &Image, tag: &crate::reference::Tag) -> Result<()> {
         let repo = &image.repository;
         let what = format!("retag {} as {tag}", image.reference());
         let scope = format!("repository:{repo}:pull,push");

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::reference::{Digest, ImageRef, RegistryHost, Repository, Tag};
 
 /// The CloudEvents spec version Baton writes and accepts.
 pub const SPEC_VERSION: &str = "1.0";
@@ -89,67 +90,63 @@ impl fmt::Display for EventType {
     }
 }
 
-/// An image as Baton deploys it: always pinned by digest.
+/// An image as Baton deploys it: always pinned by digest. Every part is parsed to the
+/// grammar of the OCI distribution spec when it is built or deserialized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Image {
     /// Registry host (`123456789012.dkr.ecr.eu-west-1.amazonaws.com`, `localhost:5000`).
-    pub registry: String,
+    pub registry: RegistryHost,
     /// Repository path inside the registry (`team/web`).
-    pub repository: String,
+    pub repository: Repository,
     /// The tag that was pushed (informational; never used to deploy).
-    pub tag: String,
+    pub tag: Tag,
     /// Content digest, `sha256:` and 64 lowercase hex digits.
-    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
-    pub digest: String,
+    pub digest: Digest,
 }
 
 impl Image {
+    /// Parses each part; the error names the part.
+    pub fn parse(
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        digest: &str,
+    ) -> std::result::Result<Image, String> {
+        let part = |name: &str, e: crate::reference::ParseError| format!("image.{name}: {e}");
+        Ok(Image {
+            registry: registry.parse().map_err(|e| part("registry", e))?,
+            repository: repository.parse().map_err(|e| part("repository", e))?,
+            tag: tag.parse().map_err(|e| part("tag", e))?,
+            digest: digest.parse().map_err(|e| part("digest", e))?,
+        })
+    }
+
     /// `registry/repository@sha256:…`: the only form Baton deploys.
+    pub fn pinned(&self) -> ImageRef {
+        ImageRef::pinned(&self.registry, &self.repository, &self.digest)
+    }
+
+    /// `registry/repository@sha256:…` as text.
     pub fn reference(&self) -> String {
-        if self.registry.is_empty() {
-            format!("{}@{}", self.repository, self.digest)
-        } else {
-            format!("{}/{}@{}", self.registry, self.repository, self.digest)
-        }
+        self.pinned().to_string()
     }
 
     /// `registry/repository:tag`, for display.
     pub fn tagged(&self) -> String {
-        if self.registry.is_empty() {
-            format!("{}:{}", self.repository, self.tag)
-        } else {
-            format!("{}/{}:{}", self.registry, self.repository, self.tag)
-        }
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
     }
 
     /// The first 12 hex digits of the digest, for display.
     pub fn short_digest(&self) -> &str {
-        short_digest(&self.digest)
+        self.digest.short()
     }
 }
 
 /// The first 12 hex digits of a `sha256:` digest.
 pub fn short_digest(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     &hex[..hex.len().min(12)]
-}
-
-/// Checks that `digest` is `sha256:` followed by 64 lowercase hex digits.
-pub fn validate_digest(digest: &str) -> std::result::Result<(), String> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{digest:?} is not a digest (expected sha256: and 64 lowercase hex digits)"
-        )),
-    }
 }
 
 /// What every Baton event carries about its run.
@@ -293,7 +290,7 @@ pub struct ImagePromoted {
     #[serde(flatten)]
     pub ctx: RunContext,
     /// The tag now pointing at the digest.
-    pub promoted_tag: String,
+    pub promoted_tag: Tag,
 }
 
 /// `stage.failed`: a stage stopped on a permanent error and will not retry by itself.
@@ -425,17 +422,44 @@ impl Payload {
         let bad = |field: &str, reason: String| {
             Err(Error::invalid("event", format!("data.{field}: {reason}")))
         };
-        if let Err(e) = validate_digest(&ctx.image.digest) {
-            return bad("image.digest", e);
+        use crate::ids::{is_label, is_name, is_run_id};
+        use crate::reference::excerpt;
+        if !is_name(&ctx.app) {
+            return bad(
+                "app",
+                format!(
+                    "{} is not an app name (lowercase letters, digits, dashes)",
+                    excerpt(&ctx.app)
+                ),
+            );
         }
-        if ctx.app.is_empty() {
-            return bad("app", "must not be empty".into());
+        if !is_run_id(&ctx.run) {
+            return bad(
+                "run",
+                format!(
+                    "{} is not a run id (16 lowercase hex digits)",
+                    excerpt(&ctx.run)
+                ),
+            );
         }
-        if ctx.run.is_empty() {
-            return bad("run", "must not be empty".into());
+        if let Some(env) = &ctx.environment
+            && !is_name(env)
+        {
+            return bad(
+                "environment",
+                format!("{} is not an environment name", excerpt(env)),
+            );
         }
-        if ctx.image.repository.is_empty() {
-            return bad("image.repository", "must not be empty".into());
+        if !is_label(&ctx.causation, 512) {
+            return bad(
+                "causation",
+                format!("{} is not an event id", excerpt(&ctx.causation)),
+            );
+        }
+        if let Some(who) = &ctx.pushed_by
+            && !is_label(who, 256)
+        {
+            return bad("pushed_by", format!("{} is not a user name", excerpt(who)));
         }
         if ctx.attempt == 0 {
             return bad("attempt", "must be 1 or more".into());
@@ -689,12 +713,13 @@ mod tests {
             run: "0123456789abcdef".into(),
             app: "web".into(),
             environment: Some("staging".into()),
-            image: Image {
-                registry: "localhost:5000".into(),
-                repository: "team/web".into(),
-                tag: "1.2.3".into(),
-                digest: format!("sha256:{}", "a".repeat(64)),
-            },
+            image: Image::parse(
+                "localhost:5000",
+                "team/web",
+                "1.2.3",
+                &format!("sha256:{}", "a".repeat(64)),
+            )
+            .unwrap(),
             causation: "cause-1".into(),
             attempt: 1,
             sequence: 1_700_000_000_000,
@@ -726,7 +751,7 @@ mod tests {
         let v: Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["type"], "deploy.succeeded");
         assert_eq!(v["specversion"], "1.0");
-        assert_eq!(v["data"]["image"]["digest"], e.ctx().image.digest);
+        assert_eq!(v["data"]["image"]["digest"], e.ctx().image.digest.as_str());
         assert_eq!(v["dataschema"], "urn:baton:events:v1:deploy.succeeded");
     }
 
@@ -784,10 +809,21 @@ mod tests {
     }
 
     #[test]
-    fn digests_are_validated() {
-        assert!(validate_digest(&format!("sha256:{}", "0".repeat(64))).is_ok());
-        assert!(validate_digest(&format!("sha256:{}", "A".repeat(64))).is_err());
-        assert!(validate_digest("sha256:abc").is_err());
-        assert!(validate_digest(&"a".repeat(71)).is_err());
+    fn hostile_image_parts_are_refused_naming_the_field() {
+        let e = mutate(|v| v["data"]["image"]["registry"] = "evil\nprivileged: true".into());
+        assert!(
+            e.contains("data.image.registry") && e.contains("registry host"),
+            "{e}"
+        );
+        let e = mutate(|v| v["data"]["image"]["tag"] = "x".repeat(200_000).into());
+        assert!(e.contains("data.image.tag") && e.len() < 400, "{e}");
+        let e = mutate(|v| v["data"]["image"]["repository"] = "../../etc".into());
+        assert!(e.contains("data.image.repository"), "{e}");
+        let e = mutate(|v| v["data"]["app"] = "../web".into());
+        assert!(e.contains("data.app"), "{e}");
+        let e = mutate(|v| v["data"]["run"] = "../../approvals".into());
+        assert!(e.contains("data.run"), "{e}");
+        let e = mutate(|v| v["data"]["environment"] = "prod/../x".into());
+        assert!(e.contains("data.environment"), "{e}");
     }
 }

@@ -12,6 +12,37 @@ fn sha256_hex(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Whether `s` is a run id: 16 lowercase hex digits.
+pub fn is_run_id(s: &str) -> bool {
+    s.len() == 16
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `s` is a run id or a prefix of one of at least 4 digits (what operators type).
+pub fn is_run_prefix(s: &str) -> bool {
+    (4..=16).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `s` is a name Baton uses in keys and paths (apps, environments, reactions,
+/// webhooks): a DNS label, lowercase letters, digits and dashes, at most 63.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a short printable label (an id a registry chose, a user name): 1 to
+/// `max` bytes, no control characters.
+pub fn is_label(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+}
+
 /// The run id of an image of an app: the same digest pushed under two tags is one run.
 pub fn run_id(app: &str, digest: &str) -> String {
     sha256_hex(&["run", app, digest])[..16].to_string()

@@ -29,7 +29,9 @@ pub mod local;
 pub mod policy;
 pub mod ports;
 pub mod process;
+pub mod reference;
 pub mod runs;
+pub mod sandbox;
 pub mod schema;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -70,7 +70,12 @@ impl LocalRegistry {
     }
 
     /// The digest a tag points at, if any.
-    pub async fn tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<String>> {
+    pub async fn tag(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<crate::reference::Digest>> {
         match self.remote(registry) {
             Some(r) => match r.resolve(registry, repository, tag).await {
                 Ok(x) => Ok(Some(x.digest)),
@@ -95,7 +100,7 @@ impl Registry for LocalRegistry {
         }
     }
 
-    async fn retag(&self, image: &crate::event::Image, tag: &str) -> Result<()> {
+    async fn retag(&self, image: &crate::event::Image, tag: &crate::reference::Tag) -> Result<()> {
         match self.remote(&image.registry) {
             Some(r) => r.retag(image, tag).await,
             None => self.embedded.retag(image, tag).await,

@@ -77,7 +77,7 @@ pub trait ObjectStore: Send + Sync {
 /// What a registry says about a tag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
-    pub digest: String,
+    pub digest: crate::reference::Digest,
     pub pushed_at: Option<DateTime<Utc>>,
 }
 
@@ -91,7 +91,11 @@ pub trait Registry: Send + Sync {
         tag: &str,
     ) -> impl Future<Output = Result<Resolved>> + Send;
     /// Points `tag` at `image.digest` (same manifest); already so is success.
-    fn retag(&self, image: &Image, tag: &str) -> impl Future<Output = Result<()>> + Send;
+    fn retag(
+        &self,
+        image: &Image,
+        tag: &crate::reference::Tag,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// What to test.

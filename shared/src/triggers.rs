@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, validate_digest};
+use crate::event::Event;
+use crate::ids::is_label;
+use crate::reference::{Digest, ParseError, RegistryHost, Repository, Tag, excerpt};
 
 /// Where a push notification came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -62,20 +64,60 @@ pub struct Trigger {
     pub payload: Value,
 }
 
-/// One image pushed under a tag: what ingest turns into a run.
+/// One image pushed under a tag: what ingest turns into a run. Every part is parsed
+/// (image parts to the distribution grammar, ids and names to bounded printable labels)
+/// before a `Push` exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Push {
     pub trigger: TriggerKind,
     /// The registry's id of the notification (dedup across registry retries).
     pub notification_id: String,
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
-    /// Empty when the notification does not carry it; ingest then resolves the tag.
-    pub digest: String,
+    pub registry: RegistryHost,
+    pub repository: Repository,
+    pub tag: Tag,
+    /// Absent when the notification does not carry it; ingest then resolves the tag.
+    #[serde(default)]
+    pub digest: Option<Digest>,
     pub pushed_at: DateTime<Utc>,
+    /// Who pushed, as the source says (a registry user, an IAM principal ARN).
     #[serde(default)]
     pub pushed_by: Option<String>,
+}
+
+/// A reference part of a notification, parsed; the error names the field.
+fn part<T: std::str::FromStr<Err = ParseError>>(what: &str, field: &str, v: &str) -> Result<T> {
+    v.parse()
+        .map_err(|e: ParseError| Error::invalid(what, format!("{field}: {e}")))
+}
+
+/// A notification id: a bounded printable label.
+fn notification_id(what: &str, field: &str, v: String) -> Result<String> {
+    if is_label(&v, 512) {
+        Ok(v)
+    } else {
+        Err(Error::invalid(
+            what,
+            format!(
+                "{field}: {} is not an id (1 to 512 printable characters)",
+                excerpt(&v)
+            ),
+        ))
+    }
+}
+
+/// Who pushed: a bounded printable label, or nothing.
+fn pusher(what: &str, field: &str, v: Option<String>) -> Result<Option<String>> {
+    match v.filter(|x| !x.is_empty()) {
+        None => Ok(None),
+        Some(x) if is_label(&x, 256) => Ok(Some(x)),
+        Some(x) => Err(Error::invalid(
+            what,
+            format!(
+                "{field}: {} is not a user name (at most 256 printable characters)",
+                excerpt(&x)
+            ),
+        )),
+    }
 }
 
 /// Pushes found in a notification, and why the rest of it was ignored.
@@ -107,6 +149,37 @@ pub struct EcrImageAction {
     pub image_tag: Option<String>,
 }
 
+/// The ECR registry host of an account and region, both checked: a 12-digit account and
+/// a region name.
+fn ecr_registry(account: Option<&str>, region: Option<&str>) -> Result<RegistryHost> {
+    let account = account.unwrap_or_default();
+    let region = region.unwrap_or_default();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(
+            "ECR event",
+            format!(
+                "account: {} is not a 12-digit AWS account id",
+                excerpt(account)
+            ),
+        ));
+    }
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(Error::invalid(
+            "ECR event",
+            format!("region: {} is not an AWS region", excerpt(region)),
+        ));
+    }
+    part(
+        "ECR event",
+        "account/region",
+        &format!("{account}.dkr.ecr.{region}.amazonaws.com"),
+    )
+}
+
 /// Parses an EventBridge "ECR Image Action" event.
 pub fn parse_ecr(payload: &Value) -> Result<Parsed> {
     let ev: EventBridgeEvent<EcrImageAction> = serde_path_to_error::deserialize(payload.clone())
@@ -125,36 +198,37 @@ pub fn parse_ecr(payload: &Value) -> Result<Parsed> {
     if d.action_type != "PUSH" || d.result != "SUCCESS" {
         out.ignored.push(format!(
             "{} {} of {} is not a successful push",
-            d.action_type, d.result, d.repository_name
+            excerpt(&d.action_type),
+            excerpt(&d.result),
+            excerpt(&d.repository_name)
         ));
         return Ok(out);
     }
     let Some(tag) = d.image_tag.as_deref().filter(|t| !t.is_empty()) else {
         out.ignored
-            .push(format!("untagged push to {}", d.repository_name));
+            .push(format!("untagged push to {}", excerpt(&d.repository_name)));
         return Ok(out);
     };
-    let digest = d
-        .image_digest
-        .clone()
-        .ok_or_else(|| Error::invalid("ECR event", "detail.image-digest: missing on a push"))?;
-    validate_digest(&digest)
-        .map_err(|e| Error::invalid("ECR event", format!("detail.image-digest: {e}")))?;
-    let account = ev.account.clone().unwrap_or_default();
-    let region = ev.region.clone().unwrap_or_default();
-    if account.is_empty() || region.is_empty() {
-        return Err(Error::invalid(
-            "ECR event",
-            "account/region: both are needed to name the registry",
-        ));
-    }
+    const WHAT: &str = "ECR event";
+    let digest: Digest = part(
+        WHAT,
+        "detail.image-digest",
+        d.image_digest
+            .as_deref()
+            .ok_or_else(|| Error::invalid(WHAT, "detail.image-digest: missing on a push"))?,
+    )?;
+    let registry = ecr_registry(ev.account.as_deref(), ev.region.as_deref())?;
     out.pushes.push(Push {
         trigger: TriggerKind::Ecr,
-        notification_id: ev.id.clone().unwrap_or_else(|| digest.clone()),
-        registry: format!("{account}.dkr.ecr.{region}.amazonaws.com"),
-        repository: d.repository_name.clone(),
-        tag: tag.to_string(),
-        digest,
+        notification_id: notification_id(
+            WHAT,
+            "id",
+            ev.id.clone().unwrap_or_else(|| digest.to_string()),
+        )?,
+        registry,
+        repository: part(WHAT, "detail.repository-name", &d.repository_name)?,
+        tag: part(WHAT, "detail.image-tag", tag)?,
+        digest: Some(digest),
         pushed_at: ev.time.unwrap_or_else(Utc::now),
         pushed_by: None,
     });
@@ -214,56 +288,71 @@ pub fn parse_distribution(payload: &Value) -> Result<Parsed> {
         .map_err(|e| path_error("registry notification", e))?;
     let mut out = Parsed::default();
     for (i, ev) in env.events.into_iter().enumerate() {
-        let what = format!("event {} ({})", i, ev.id);
+        const WHAT: &str = "registry notification";
+        let what = format!("event {i} ({})", excerpt(&ev.id));
         if ev.action != "push" {
-            out.ignored
-                .push(format!("{what}: action {} is not a push", ev.action));
+            out.ignored.push(format!(
+                "{what}: action {} is not a push",
+                excerpt(&ev.action)
+            ));
             continue;
         }
         let t = &ev.target;
         let is_manifest = is_manifest_media_type(&t.media_type)
             || t.url.as_deref().is_some_and(|u| u.contains("/manifests/"));
         if !is_manifest {
-            out.ignored
-                .push(format!("{what}: blob push to {} ignored", t.repository));
+            out.ignored.push(format!(
+                "{what}: blob push to {} ignored",
+                excerpt(&t.repository)
+            ));
             continue;
         }
-        let Some(tag) = t.tag.clone().filter(|t| !t.is_empty()) else {
+        let Some(tag) = t.tag.as_deref().filter(|t| !t.is_empty()) else {
             out.ignored.push(format!(
                 "{what}: manifest push to {} without a tag ignored",
-                t.repository
+                excerpt(&t.repository)
             ));
             continue;
         };
-        validate_digest(&t.digest).map_err(|e| {
-            Error::invalid(
-                "registry notification",
-                format!("events[{i}].target.digest: {e}"),
-            )
-        })?;
-        let registry = ev
-            .request
-            .as_ref()
-            .and_then(|r| r.host.clone())
-            .or_else(|| t.url.as_deref().and_then(host_of_url))
-            .unwrap_or_default();
+        let at = |f: &str| format!("events[{i}].{f}");
+        let digest = part(WHAT, &at("target.digest"), &t.digest)?;
+        let registry = match (
+            ev.request.as_ref().and_then(|r| r.host.as_deref()),
+            t.url.as_deref(),
+        ) {
+            (Some(host), _) => part(WHAT, &at("request.host"), host)?,
+            (None, Some(url)) => part(
+                WHAT,
+                &at("target.url"),
+                host_of_url(url).unwrap_or_default(),
+            )?,
+            (None, None) => {
+                return Err(Error::invalid(
+                    WHAT,
+                    format!(
+                        "{}: missing, and there is no target.url to name the registry",
+                        at("request.host")
+                    ),
+                ));
+            }
+        };
         out.pushes.push(Push {
             trigger: TriggerKind::Distribution,
-            notification_id: ev.id.clone(),
+            notification_id: notification_id(WHAT, &at("id"), ev.id.clone())?,
             registry,
-            repository: t.repository.clone(),
-            tag,
-            digest: t.digest.clone(),
+            repository: part(WHAT, &at("target.repository"), &t.repository)?,
+            tag: part(WHAT, &at("target.tag"), tag)?,
+            digest: Some(digest),
             pushed_at: ev.timestamp.with_timezone(&Utc),
-            pushed_by: ev.actor.and_then(|a| a.name).filter(|n| !n.is_empty()),
+            pushed_by: pusher(WHAT, &at("actor.name"), ev.actor.and_then(|a| a.name))?,
         });
     }
     Ok(out)
 }
 
-fn host_of_url(url: &str) -> Option<String> {
+fn host_of_url(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
-    Some(rest.split('/').next()?.to_string())
+    rest.split('/').next()
 }
 
 impl Trigger {
@@ -283,12 +372,13 @@ fn typed<T: serde::de::DeserializeOwned>(what: &str, payload: &Value) -> Result<
     serde_path_to_error::deserialize(payload).map_err(|e| path_error(what, e))
 }
 
-fn host_of(reference: &str) -> String {
+/// The registry host a reference names (`docker.io` when it names none).
+fn host_of(reference: &str) -> &str {
     let first = reference.split('/').next().unwrap_or("");
     if first.contains('.') || first.contains(':') || first == "localhost" {
-        first.to_string()
+        first
     } else {
-        "docker.io".into()
+        "docker.io"
     }
 }
 
@@ -316,31 +406,34 @@ pub fn parse_dockerhub(payload: &Value) -> Result<Parsed> {
         Error::invalid("Docker Hub webhook", "push_data.pushed_at: not a Unix time")
     })?;
     let mut out = Parsed::default();
+    const WHAT: &str = "Docker Hub webhook";
     if p.push_data.tag.is_empty() {
         out.ignored.push(format!(
             "push to {} without a tag ignored",
-            p.repository.repo_name
+            excerpt(&p.repository.repo_name)
         ));
         return Ok(out);
     }
     // Official images are `library/<name>` in the registry.
-    let repository = if p.repository.repo_name.contains('/') {
-        p.repository.repo_name.clone()
+    let repository: Repository = if p.repository.repo_name.contains('/') {
+        part(WHAT, "repository.repo_name", &p.repository.repo_name)?
     } else {
-        format!("library/{}", p.repository.repo_name)
+        part(
+            WHAT,
+            "repository.repo_name",
+            &format!("library/{}", p.repository.repo_name),
+        )?
     };
+    let tag: Tag = part(WHAT, "push_data.tag", &p.push_data.tag)?;
     out.pushes.push(Push {
         trigger: TriggerKind::Dockerhub,
-        notification_id: format!(
-            "{}:{}:{}",
-            repository, p.push_data.tag, p.push_data.pushed_at
-        ),
-        registry: "docker.io".into(),
+        notification_id: format!("{repository}:{tag}:{}", p.push_data.pushed_at),
+        registry: part(WHAT, "registry", "docker.io")?,
         repository,
-        tag: p.push_data.tag,
-        digest: String::new(),
+        tag,
+        digest: None,
         pushed_at,
-        pushed_by: p.push_data.pusher.filter(|x| !x.is_empty()),
+        pushed_by: pusher(WHAT, "push_data.pusher", p.push_data.pusher)?,
     });
     Ok(out)
 }
@@ -374,38 +467,40 @@ struct HarborRepository {
 /// Parses a Harbor webhook; only `PUSH_ARTIFACT` events start runs.
 pub fn parse_harbor(payload: &Value) -> Result<Parsed> {
     let p: HarborPayload = typed("Harbor webhook", payload)?;
+    const WHAT: &str = "Harbor webhook";
     let mut out = Parsed::default();
     if p.ty != "PUSH_ARTIFACT" {
         out.ignored
-            .push(format!("Harbor event {} is not a push", p.ty));
+            .push(format!("Harbor event {} is not a push", excerpt(&p.ty)));
         return Ok(out);
     }
     let pushed_at = DateTime::from_timestamp(p.occur_at, 0)
-        .ok_or_else(|| Error::invalid("Harbor webhook", "occur_at: not a Unix time"))?;
+        .ok_or_else(|| Error::invalid(WHAT, "occur_at: not a Unix time"))?;
+    let repository: Repository = part(
+        WHAT,
+        "event_data.repository.repo_full_name",
+        &p.event_data.repository.repo_full_name,
+    )?;
+    let pushed_by = pusher(WHAT, "operator", p.operator.clone())?;
     for (i, r) in p.event_data.resources.into_iter().enumerate() {
         let Some(tag) = r.tag.filter(|t| !t.is_empty()) else {
-            out.ignored
-                .push(format!("untagged artifact {} ignored", r.resource_url));
+            out.ignored.push(format!(
+                "untagged artifact {} ignored",
+                excerpt(&r.resource_url)
+            ));
             continue;
         };
-        validate_digest(&r.digest).map_err(|e| {
-            Error::invalid(
-                "Harbor webhook",
-                format!("event_data.resources[{i}].digest: {e}"),
-            )
-        })?;
+        let at = |f: &str| format!("event_data.resources[{i}].{f}");
+        let digest: Digest = part(WHAT, &at("digest"), &r.digest)?;
         out.pushes.push(Push {
             trigger: TriggerKind::Harbor,
-            notification_id: format!(
-                "{}:{}:{}",
-                p.event_data.repository.repo_full_name, r.digest, p.occur_at
-            ),
-            registry: host_of(&r.resource_url),
-            repository: p.event_data.repository.repo_full_name.clone(),
-            tag,
-            digest: r.digest,
+            notification_id: format!("{repository}:{digest}:{}", p.occur_at),
+            registry: part(WHAT, &at("resource_url"), host_of(&r.resource_url))?,
+            repository: repository.clone(),
+            tag: part(WHAT, &at("tag"), &tag)?,
+            digest: Some(digest),
             pushed_at,
-            pushed_by: p.operator.clone().filter(|x| !x.is_empty()),
+            pushed_by: pushed_by.clone(),
         });
     }
     Ok(out)
@@ -462,13 +557,15 @@ pub fn parse_ghcr(payload: &Value) -> Result<Parsed> {
     if !p.package.package_type.eq_ignore_ascii_case("container") {
         out.ignored.push(format!(
             "package type {} is not a container",
-            p.package.package_type
+            excerpt(&p.package.package_type)
         ));
         return Ok(out);
     }
     if p.action != "published" && p.action != "updated" {
-        out.ignored
-            .push(format!("package action {} is not a push", p.action));
+        out.ignored.push(format!(
+            "package action {} is not a push",
+            excerpt(&p.action)
+        ));
         return Ok(out);
     }
     let Some(meta) = p.package.package_version.container_metadata else {
@@ -479,40 +576,53 @@ pub fn parse_ghcr(payload: &Value) -> Result<Parsed> {
     if meta.tag.name.is_empty() {
         out.ignored.push(format!(
             "untagged version of {}/{} ignored",
-            p.package.namespace, p.package.name
+            excerpt(&p.package.namespace),
+            excerpt(&p.package.name)
         ));
         return Ok(out);
     }
-    validate_digest(&meta.tag.digest).map_err(|e| {
-        Error::invalid(
-            "GitHub package event",
-            format!("package.package_version.container_metadata.tag.digest: {e}"),
-        )
-    })?;
-    let registry = p
-        .package
-        .registry
-        .as_ref()
-        .and_then(|r| {
+    const WHAT: &str = "GitHub package event";
+    let digest: Digest = part(
+        WHAT,
+        "package.package_version.container_metadata.tag.digest",
+        &meta.tag.digest,
+    )?;
+    let registry: RegistryHost = match p.package.registry.as_ref() {
+        Some(r) => part(
+            WHAT,
+            "package.registry.url",
             r.url
                 .split_once("://")
-                .map(|(_, h)| h.trim_end_matches('/').to_string())
-        })
-        .unwrap_or_else(|| "ghcr.io".into());
+                .map_or("", |(_, h)| h.trim_end_matches('/')),
+        )?,
+        None => part(WHAT, "package.registry.url", "ghcr.io")?,
+    };
     out.pushes.push(Push {
         trigger: TriggerKind::Ghcr,
-        notification_id: format!("ghcr:{}:{}", p.package.package_version.id, meta.tag.name),
+        notification_id: format!(
+            "ghcr:{}:{}",
+            p.package.package_version.id,
+            excerpt(&meta.tag.name)
+        ),
         registry,
-        repository: format!("{}/{}", p.package.namespace.to_lowercase(), p.package.name),
-        tag: meta.tag.name,
-        digest: meta.tag.digest,
+        repository: part(
+            WHAT,
+            "package.namespace/package.name",
+            &format!("{}/{}", p.package.namespace.to_lowercase(), p.package.name),
+        )?,
+        tag: part(
+            WHAT,
+            "package.package_version.container_metadata.tag.name",
+            &meta.tag.name,
+        )?,
+        digest: Some(digest),
         pushed_at: p
             .package
             .package_version
             .created_at
             .or(p.package.updated_at)
             .unwrap_or_else(Utc::now),
-        pushed_by: p.sender.map(|s| s.login),
+        pushed_by: pusher(WHAT, "sender.login", p.sender.map(|s| s.login))?,
     });
     Ok(out)
 }
@@ -527,24 +637,31 @@ struct QuayPayload {
 /// Parses a Quay repository push notification (one push per updated tag; no digest and
 /// no time: ingest resolves the digest, the receive time orders it).
 pub fn parse_quay(payload: &Value, received_at: DateTime<Utc>) -> Result<Parsed> {
-    let p: QuayPayload = typed("Quay notification", payload)?;
+    const WHAT: &str = "Quay notification";
+    let p: QuayPayload = typed(WHAT, payload)?;
     let mut out = Parsed::default();
     let id = crate::ids::stable_id(&["quay", &payload.to_string()]);
-    for tag in p.updated_tags.into_iter().filter(|t| !t.is_empty()) {
+    let registry: RegistryHost = part(WHAT, "docker_url", host_of(&p.docker_url))?;
+    let repository: Repository = part(WHAT, "repository", &p.repository)?;
+    for (i, tag) in p.updated_tags.into_iter().enumerate() {
+        if tag.is_empty() {
+            continue;
+        }
+        let tag: Tag = part(WHAT, &format!("updated_tags[{i}]"), &tag)?;
         out.pushes.push(Push {
             trigger: TriggerKind::Quay,
             notification_id: format!("{id}:{tag}"),
-            registry: host_of(&p.docker_url),
-            repository: p.repository.clone(),
+            registry: registry.clone(),
+            repository: repository.clone(),
             tag,
-            digest: String::new(),
+            digest: None,
             pushed_at: received_at,
             pushed_by: None,
         });
     }
     if out.pushes.is_empty() {
         out.ignored
-            .push(format!("notification for {} names no tag", p.repository));
+            .push(format!("notification for {repository} names no tag"));
     }
     Ok(out)
 }

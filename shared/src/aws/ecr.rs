@@ -82,7 +82,8 @@ impl Registry for EcrRegistry {
                     "no digest in BatchGetImage",
                 )
             })?
-            .to_string();
+            .parse::<crate::reference::Digest>()
+            .map_err(|e| Error::permanent(format!("ECR {repository}:{tag}"), e))?;
         let pushed_at = self
             .client
             .describe_images()
@@ -90,7 +91,7 @@ impl Registry for EcrRegistry {
             .repository_name(repository)
             .image_ids(
                 aws_sdk_ecr::types::ImageIdentifier::builder()
-                    .image_digest(&digest)
+                    .image_digest(digest.as_str())
                     .build(),
             )
             .send()
@@ -105,10 +106,10 @@ impl Registry for EcrRegistry {
         Ok(Resolved { digest, pushed_at })
     }
 
-    async fn retag(&self, image: &Image, tag: &str) -> Result<()> {
+    async fn retag(&self, image: &Image, tag: &crate::reference::Tag) -> Result<()> {
         let what = format!("retag {} as {tag}", image.reference());
         let id = aws_sdk_ecr::types::ImageIdentifier::builder()
-            .image_digest(&image.digest)
+            .image_digest(image.digest.as_str())
             .build();
         let found = self
             .get(&image.registry, &image.repository, id)
@@ -121,10 +122,10 @@ impl Registry for EcrRegistry {
             .client
             .put_image()
             .set_registry_id(registry_id(&image.registry))
-            .repository_name(&image.repository)
+            .repository_name(image.repository.as_str())
             .image_manifest(manifest)
             .set_image_manifest_media_type(found.image_manifest_media_type().map(str::to_owned))
-            .image_tag(tag)
+            .image_tag(tag.as_str())
             .send()
             .await;
         match result {

@@ -36,8 +36,12 @@ impl Registry for AwsRegistry {
         }
     }
 
-    async fn retag(&self, image: &Image, tag: &str) -> Result<()> {
-        match self.remote.iter().find(|r| r.host() == image.registry) {
+    async fn retag(&self, image: &Image, tag: &crate::reference::Tag) -> Result<()> {
+        match self
+            .remote
+            .iter()
+            .find(|r| r.host() == image.registry.as_str())
+        {
             Some(r) => r.retag(image, tag).await,
             None => self.ecr.retag(image, tag).await,
         }

@@ -1,62 +1,97 @@
 //! A test function for the `lambda` test runner (`test: { lambda: { function: … } }`):
 //! package it with your test suite in a Lambda container image. For each image Baton
-//! tests, it runs `sh -c "$BATON_TEST_COMMAND"` with the image in the environment
-//! (`BATON_IMAGE` = `registry/repository@sha256:…`, `BATON_DIGEST`, `BATON_TAG`,
-//! `BATON_REPOSITORY`, `BATON_APP`, `BATON_RUN`, `BATON_ATTEMPT`) and answers the runner's
+//! tests, it runs `sh -c "$BATON_TEST_COMMAND"` in a sandbox ([`crate::sandbox`]): a
+//! cleared environment with `PATH`, the image (`BATON_IMAGE` = `registry/repository@sha256:…`,
+//! `BATON_DIGEST`, `BATON_TAG`, `BATON_REPOSITORY`, `BATON_APP`, `BATON_RUN`,
+//! `BATON_ATTEMPT`) and the variables `BATON_TEST_PASS_ENV` names (comma-separated), so
+//! the function's own AWS credentials never reach the tests. It answers the runner's
 //! contract: `{"passed": <exit status 0>, "summary": "…", "output": "<last 16 KiB>"}`.
+//! The command's process group is killed 5 seconds before the invocation's deadline.
 //!
 //! Built by the `functions/lambda-test` crate (`cargo lambda build --release --arm64 -p
 //! baton-fn-lambda-test`); not part of the stack: it runs where your tests run.
 
+use std::time::Duration;
+
 use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::reference::{Digest, ImageRef, Repository, Tag};
+
 const OUTPUT_LIMIT: usize = 16 * 1024;
+
+/// The runner's request, every part parsed.
+#[derive(Debug, Deserialize)]
+struct Request {
+    image: ImageRef,
+    digest: Digest,
+    tag: Tag,
+    repository: Repository,
+    app: String,
+    run: String,
+    attempt: u32,
+}
 
 /// Handles one test request from the runner.
 pub async fn run(event: LambdaEvent<Value>) -> Result<Value, Error> {
     let command = std::env::var("BATON_TEST_COMMAND")
         .map_err(|_| "set BATON_TEST_COMMAND to the command that runs the tests")?;
-    let p = &event.payload;
-    let field = |name: &str| match &p[name] {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let image = field("image");
-    if image.is_empty() {
-        return Err("the invocation names no image (expected Baton's test request)".into());
+    let req: Request = serde_path_to_error::deserialize(event.payload)
+        .map_err(|e| format!("test request: {}: {}", e.path(), e.inner()))?;
+    if !crate::ids::is_name(&req.app) || !crate::ids::is_run_id(&req.run) {
+        return Err("test request: app or run is not a Baton name".into());
     }
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .env("BATON_IMAGE", &image)
-        .env("BATON_DIGEST", field("digest"))
-        .env("BATON_TAG", field("tag"))
-        .env("BATON_REPOSITORY", field("repository"))
-        .env("BATON_APP", field("app"))
-        .env("BATON_RUN", field("run"))
-        .env("BATON_ATTEMPT", field("attempt"))
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run sh -c {command:?}: {e}"))?;
-    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-    output.push_str(&String::from_utf8_lossy(&out.stderr));
-    if output.len() > OUTPUT_LIMIT {
-        let mut cut = output.len() - OUTPUT_LIMIT;
-        while !output.is_char_boundary(cut) {
-            cut += 1;
+    let mut env = vec![
+        ("BATON_IMAGE".to_string(), req.image.to_string()),
+        ("BATON_DIGEST".into(), req.digest.to_string()),
+        ("BATON_TAG".into(), req.tag.to_string()),
+        ("BATON_REPOSITORY".into(), req.repository.to_string()),
+        ("BATON_APP".into(), req.app.clone()),
+        ("BATON_RUN".into(), req.run.clone()),
+        ("BATON_ATTEMPT".into(), req.attempt.to_string()),
+    ];
+    for name in std::env::var("BATON_TEST_PASS_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        if let Ok(v) = std::env::var(name) {
+            env.push((name.to_string(), v));
         }
-        output = format!("…{}", &output[cut..]);
     }
-    let passed = out.status.success();
-    let summary = match out.status.code() {
-        Some(0) => format!("tests passed on {image}"),
-        Some(code) => format!("tests failed on {image} (exit status {code})"),
-        None => format!("tests on {image} were killed by a signal"),
+    let left = event
+        .context
+        .deadline()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let finished = crate::sandbox::run(&crate::sandbox::Command {
+        program: "sh".into(),
+        args: vec!["-c".into(), command.clone()],
+        env,
+        workdir: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+        timeout: left
+            .saturating_sub(Duration::from_secs(5))
+            .max(Duration::from_secs(1)),
+        output_limit: OUTPUT_LIMIT,
+    })
+    .await
+    .map_err(|e| format!("cannot run sh -c {command:?}: {e}"))?;
+    let image = &req.image;
+    let (passed, summary) = match finished.status.map(|s| s.code()) {
+        Some(Some(0)) => (true, format!("tests passed on {image}")),
+        Some(Some(code)) => (
+            false,
+            format!("tests failed on {image} (exit status {code})"),
+        ),
+        Some(None) => (false, format!("tests on {image} were killed by a signal")),
+        None => (
+            false,
+            format!("tests on {image} did not finish before the function's deadline"),
+        ),
     };
-    Ok(json!({ "passed": passed, "summary": summary, "output": output }))
+    Ok(json!({ "passed": passed, "summary": summary, "output": finished.output }))
 }
 
 /// `main` of the test function: serves the Lambda Runtime API.

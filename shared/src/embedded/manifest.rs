@@ -506,12 +506,13 @@ spec:
             app: "web".into(),
             environment: "staging".into(),
             run: "r".into(),
-            image: Image {
-                registry: "registry.local".into(),
-                repository: "web".into(),
-                tag: "1.0.0".into(),
-                digest: format!("sha256:{}", hex.to_string().repeat(64)),
-            },
+            image: Image::parse(
+                "registry.local",
+                "web",
+                "1.0.0",
+                &format!("sha256:{}", hex.to_string().repeat(64)),
+            )
+            .unwrap(),
             cause: "test".into(),
         }
     }

@@ -6,13 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::event::{Image, validate_digest};
+use crate::event::Image;
 use crate::ports::{ObjectStore, Precondition, Registry, Resolved};
+use crate::reference::Digest;
 use crate::store::{get_json, put_json};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TagRecord {
-    digest: String,
+    digest: Digest,
     pushed_at: DateTime<Utc>,
 }
 
@@ -52,7 +53,6 @@ impl<S: ObjectStore> StoreRegistry<S> {
 
     /// Records a push (what a registry does when it receives an image).
     pub async fn record_push(&self, image: &Image, pushed_at: DateTime<Utc>) -> Result<()> {
-        validate_digest(&image.digest).map_err(|e| Error::invalid("image", e))?;
         let rec = TagRecord {
             digest: image.digest.clone(),
             pushed_at,
@@ -75,7 +75,7 @@ impl<S: ObjectStore> StoreRegistry<S> {
     }
 
     /// The digest a tag points at, if any.
-    pub async fn tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<String>> {
+    pub async fn tag(&self, registry: &str, repository: &str, tag: &str) -> Result<Option<Digest>> {
         Ok(
             get_json::<_, TagRecord>(&self.store, &tag_key(registry, repository, tag))
                 .await?
@@ -98,7 +98,7 @@ impl<S: ObjectStore> Registry for StoreRegistry<S> {
         }
     }
 
-    async fn retag(&self, image: &Image, tag: &str) -> Result<()> {
+    async fn retag(&self, image: &Image, tag: &crate::reference::Tag) -> Result<()> {
         let Some((m, _)) = get_json::<_, TagRecord>(
             &self.store,
             &manifest_key(&image.registry, &image.repository, &image.digest),
@@ -131,12 +131,13 @@ mod tests {
     use crate::embedded::DirStore;
 
     fn image(tag: &str, hex: char) -> Image {
-        Image {
-            registry: "localhost:5000".into(),
-            repository: "team/web".into(),
-            tag: tag.into(),
-            digest: format!("sha256:{}", hex.to_string().repeat(64)),
-        }
+        Image::parse(
+            "localhost:5000",
+            "team/web",
+            tag,
+            &format!("sha256:{}", hex.to_string().repeat(64)),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -155,8 +156,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.digest, img.digest);
-        reg.retag(&img, "staging").await.unwrap();
-        reg.retag(&img, "staging").await.unwrap();
+        reg.retag(&img, &"staging".parse().unwrap()).await.unwrap();
+        reg.retag(&img, &"staging".parse().unwrap()).await.unwrap();
         assert_eq!(
             reg.tag("localhost:5000", "team/web", "staging")
                 .await
@@ -164,7 +165,7 @@ mod tests {
             Some(img.digest.clone())
         );
         let e = reg
-            .retag(&image("2.0.0", 'b'), "staging")
+            .retag(&image("2.0.0", 'b'), &"staging".parse().unwrap())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("manifest unknown"), "{e}");

@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::event::{Image, ImageBuilt, Payload, RunContext, validate_digest};
+use crate::error::Result;
+use crate::event::{Image, ImageBuilt, Payload, RunContext};
 use crate::harness::{Input, Mode, PushInput, Step};
 use crate::ids::run_id;
 use crate::ports::{Ports, Registry};
@@ -61,8 +61,8 @@ impl<P: Ports> Pipeline<P> {
                     report.accepted.push(Accepted {
                         app: ctx.app,
                         run: ctx.run,
-                        tag: ctx.image.tag,
-                        digest: ctx.image.digest,
+                        tag: ctx.image.tag.to_string(),
+                        digest: ctx.image.digest.to_string(),
                         duplicate: handled.duplicate,
                     });
                 }
@@ -96,27 +96,30 @@ impl<P: Ports> Pipeline<P> {
                 policy.describe()
             )));
         }
-        if push.digest.is_empty() {
-            let resolved = self
-                .ports
-                .registry()
-                .resolve(&push.registry, &push.repository, &push.tag)
-                .await?;
-            push.digest = resolved.digest;
-            if let Some(at) = resolved.pushed_at {
-                push.pushed_at = at;
+        let digest = match &push.digest {
+            Some(d) => d.clone(),
+            None => {
+                let resolved = self
+                    .ports
+                    .registry()
+                    .resolve(&push.registry, &push.repository, &push.tag)
+                    .await?;
+                if let Some(at) = resolved.pushed_at {
+                    push.pushed_at = at;
+                }
+                push.digest = Some(resolved.digest.clone());
+                resolved.digest
             }
-        }
-        validate_digest(&push.digest).map_err(|e| Error::invalid("push", e))?;
+        };
         let ctx = RunContext {
-            run: run_id(&app.name, &push.digest),
+            run: run_id(&app.name, &digest),
             app: app.name.clone(),
             environment: None,
             image: Image {
                 registry: push.registry.clone(),
                 repository: push.repository.clone(),
                 tag: push.tag.clone(),
-                digest: push.digest.clone(),
+                digest,
             },
             causation: push.notification_id.clone(),
             attempt: 1,

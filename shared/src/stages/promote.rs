@@ -23,7 +23,7 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event) -> Result<Step
             note: Some(format!("{env_name}: promotion disabled")),
         });
     }
-    let tag = env.promote_tag().to_string();
+    let tag = env.promote_tag()?;
     p.ports
         .registry()
         .retag(&ctx.image, &tag)

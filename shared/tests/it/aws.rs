@@ -12,7 +12,7 @@ use baton::aws::ecr::EcrRegistry;
 use baton::aws::lambda::LambdaDeployTarget;
 use baton::aws::s3::S3Store;
 use baton::aws::sns::SnsBus;
-use baton::event::{Event, Image};
+use baton::event::Event;
 use baton::ports::{
     BusMessage, DeployRequest, DeployTarget, EventBus, ObjectStore, Precondition, Registry, Rollout,
 };
@@ -251,22 +251,17 @@ async fn ecr_registry_resolves_and_retags() {
     let reg = EcrRegistry::new(ecr.clone());
     let host = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
     let r = reg.resolve(host, "demo/web", "1.0.0").await.unwrap();
-    assert!(
-        baton::event::validate_digest(&r.digest).is_ok(),
-        "{}",
-        r.digest
-    );
+    assert_eq!(r.digest.hex().len(), 64, "{}", r.digest);
     assert!(r.pushed_at.is_some(), "push time from DescribeImages");
     let e = reg.resolve(host, "demo/web", "9.9.9").await.unwrap_err();
     assert_eq!(e.kind(), "not_found");
-    let image = Image {
-        registry: host.into(),
-        repository: "demo/web".into(),
-        tag: "1.0.0".into(),
-        digest: r.digest.clone(),
-    };
-    reg.retag(&image, "staging").await.unwrap();
-    reg.retag(&image, "staging").await.unwrap(); // ImageAlreadyExists is done
+    let image = baton::event::Image::parse(host, "demo/web", "1.0.0", &r.digest.clone()).unwrap();
+    reg.retag(&image, &"staging".parse().unwrap())
+        .await
+        .unwrap();
+    reg.retag(&image, &"staging".parse().unwrap())
+        .await
+        .unwrap(); // ImageAlreadyExists is done
     assert_eq!(
         reg.resolve(host, "demo/web", "staging")
             .await
@@ -290,12 +285,13 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
         app: "web".into(),
         environment: "production".into(),
         run: "r".into(),
-        image: Image {
-            registry: "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
-            repository: "demo/web".into(),
-            tag: "1.1.0".into(),
-            digest: format!("sha256:{}", hex.to_string().repeat(64)),
-        },
+        image: baton::event::Image::parse(
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "demo/web",
+            "1.1.0",
+            &format!("sha256:{}", hex.to_string().repeat(64)),
+        )
+        .unwrap(),
         cause: "baton test".into(),
     };
     let applied = target.apply(&req('2')).await.unwrap();
@@ -407,12 +403,13 @@ async fn lambda_target_shifts_traffic_in_steps_and_rolls_back_mid_shift() {
         app: "api".into(),
         environment: "production".into(),
         run: "r".into(),
-        image: Image {
-            registry: "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
-            repository: "demo/api".into(),
-            tag: "2.0.0".into(),
-            digest: format!("sha256:{}", hex.to_string().repeat(64)),
-        },
+        image: baton::event::Image::parse(
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "demo/api",
+            "2.0.0",
+            &format!("sha256:{}", hex.to_string().repeat(64)),
+        )
+        .unwrap(),
         cause: "baton test".into(),
     };
 
@@ -660,7 +657,8 @@ async fn stack_with_deploy(approval: &str, extra: &str) -> Stack {
         .resolve(HOST, "demo/web", "1.0.0")
         .await
         .unwrap()
-        .digest;
+        .digest
+        .to_string();
     lambda_function(
         &conf,
         "web",

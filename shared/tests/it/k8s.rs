@@ -992,12 +992,13 @@ async fn real_cluster() {
     }))
     .unwrap();
     let _ = api.create(&Default::default(), &d).await;
-    let image = baton::event::Image {
-        registry: "registry.k8s.io".into(),
-        repository: "pause".into(),
-        tag: "3.10".into(),
-        digest: "sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a".into(),
-    };
+    let image = baton::event::Image::parse(
+        "registry.k8s.io",
+        "pause",
+        "3.10",
+        "sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a",
+    )
+    .unwrap();
     let target = baton::k8s::KubeDeployTarget {
         cluster: cluster.clone(),
         namespace: ns.clone(),

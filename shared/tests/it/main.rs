@@ -158,12 +158,13 @@ impl Env {
     /// Pushes `tag` (digest derived from the tag) into the embedded registry and queues
     /// the registry's notification. Returns the image.
     pub async fn push(&self, tag: &str, actor: &str, at: DateTime<Utc>) -> Image {
-        let image = Image {
-            registry: "localhost:5000".into(),
-            repository: "demo/web".into(),
-            tag: tag.into(),
-            digest: digest(&format!("web {tag}")),
-        };
+        let image = baton::event::Image::parse(
+            "localhost:5000",
+            "demo/web",
+            tag,
+            &digest(&format!("web {tag}")),
+        )
+        .unwrap();
         self.local
             .pipeline
             .ports

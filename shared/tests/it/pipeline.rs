@@ -305,7 +305,7 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     assert!(
         std::fs::read_to_string(fixed.join("web.yaml"))
             .unwrap()
-            .contains(&img.digest)
+            .contains(img.digest.as_str())
     );
     env.drain().await;
     assert_eq!(env.status(&img).await, "awaiting approval (production)");
@@ -455,8 +455,8 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
         .unwrap()
         .unwrap();
     assert_eq!(live.image.digest, newer.digest);
-    assert!(env.manifest("staging").contains(&newer.digest));
-    assert!(!env.manifest("staging").contains(&older.digest));
+    assert!(env.manifest("staging").contains(newer.digest.as_str()));
+    assert!(!env.manifest("staging").contains(older.digest.as_str()));
     assert_eq!(env.status(&older).await, "superseded (staging)");
     let last = env.events(&older).await.pop().unwrap();
     let Payload::DeployFailed(f) = &last.payload else {
@@ -476,7 +476,7 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     );
     let even_newer = env.push("1.3.0", "ci-bot", t0 + Duration::seconds(9)).await;
     env.drain().await;
-    assert!(env.manifest("staging").contains(&even_newer.digest));
+    assert!(env.manifest("staging").contains(even_newer.digest.as_str()));
     let r = env
         .local
         .pipeline
@@ -485,7 +485,7 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
         .unwrap();
     assert_eq!(r.to, newer.reference());
     env.drain().await;
-    assert!(env.manifest("staging").contains(&newer.digest));
+    assert!(env.manifest("staging").contains(newer.digest.as_str()));
     let live = env
         .local
         .pipeline
