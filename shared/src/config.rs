@@ -58,9 +58,9 @@ pub struct AppConfig {
     pub name: String,
     /// Registry host the pushes must come from; any host when absent.
     #[serde(default)]
-    pub registry: Option<String>,
+    pub registry: Option<crate::reference::RegistryHost>,
     /// Repository path in the registry (`team/web`), without tag or digest.
-    pub repository: String,
+    pub repository: crate::reference::Repository,
     /// Which pushed tags start a run: `{semver: ">=1.0.0"}`, `{glob: "release-*"}` or
     /// `{regex: "v[0-9]+"}`.
     pub tags: TagPolicySpec,
@@ -205,6 +205,47 @@ pub struct KubeJobTest {
     pub poll: Duration,
     #[serde(default)]
     pub service_account: Option<String>,
+    /// Mount the service account's API token in the test pod. Off by default: pushed
+    /// code gets no credentials for the cluster.
+    #[serde(default)]
+    pub automount_service_account_token: bool,
+    /// `securityContext` of the pod and of the test container. When absent, the
+    /// restricted profile: non-root, no privilege escalation, every capability dropped,
+    /// the runtime's default seccomp profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContexts>,
+}
+
+/// The pod's and the test container's `securityContext`, as Kubernetes spells them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityContexts {
+    #[serde(default)]
+    pub pod: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub container: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SecurityContexts {
+    /// Kubernetes' "restricted" Pod Security Standard.
+    pub fn restricted() -> SecurityContexts {
+        let map = |v: serde_json::Value| match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        SecurityContexts {
+            pod: map(serde_json::json!({
+                "runAsNonRoot": true,
+                "seccompProfile": { "type": "RuntimeDefault" },
+            })),
+            container: map(serde_json::json!({
+                "allowPrivilegeEscalation": false,
+                "capabilities": { "drop": ["ALL"] },
+                "runAsNonRoot": true,
+                "seccompProfile": { "type": "RuntimeDefault" },
+            })),
+        }
+    }
 }
 
 /// Container resources.
@@ -537,12 +578,17 @@ fn default_log_path() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// The host images name (`localhost:5000`, `docker.io`, `ghcr.io`).
-    pub host: String,
+    pub host: crate::reference::RegistryHost,
     /// API base URL; `https://<host>` when absent.
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
     pub auth: RegistryAuth,
+    /// Token services (`https://auth.example.com`, origins only) besides https on the
+    /// registry's own host that may receive the basic credentials when a registry's
+    /// bearer challenge names them. Any other realm gets an anonymous token request.
+    #[serde(default)]
+    pub token_realms: Vec<String>,
 }
 
 impl RegistryConfig {
@@ -816,19 +862,6 @@ impl Config {
             if !names.insert(app.name.clone()) {
                 p.push(format!("{at}.name: {:?} is declared twice", app.name));
             }
-            if app.repository.is_empty()
-                || app.repository.contains('@')
-                || app
-                    .repository
-                    .rsplit('/')
-                    .next()
-                    .is_some_and(|last| last.contains(':'))
-            {
-                p.push(format!(
-                    "{at}.repository: {:?} must be a repository path without tag or digest (e.g. team/web)",
-                    app.repository
-                ));
-            }
             if !repos.insert((app.registry.clone(), app.repository.clone())) {
                 p.push(format!(
                     "{at}.repository: {:?} is already used by another app",
@@ -1031,12 +1064,6 @@ impl Config {
         }
         let mut hosts = BTreeSet::new();
         for (i, r) in self.registries.iter().enumerate() {
-            if r.host.is_empty() || r.host.contains('/') {
-                p.push(format!(
-                    "registries[{i}].host: {:?} must be a host[:port]",
-                    r.host
-                ));
-            }
             if !hosts.insert(r.host.clone()) {
                 p.push(format!(
                     "registries[{i}].host: {:?} is declared twice",
@@ -1047,6 +1074,17 @@ impl Config {
                 && !(u.starts_with("http://") || u.starts_with("https://"))
             {
                 p.push(format!("registries[{i}].url: {u:?} must be an http(s) URL"));
+            }
+            for (j, o) in r.token_realms.iter().enumerate() {
+                let origin = reqwest::Url::parse(o)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .map(|u| u.origin().ascii_serialization());
+                if origin.as_deref() != Some(o.trim_end_matches('/')) {
+                    p.push(format!(
+                        "registries[{i}].token_realms[{j}]: {o:?} must be an origin like https://auth.example.com (scheme, host and port only)"
+                    ));
+                }
             }
         }
         if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -1159,7 +1197,7 @@ impl Config {
     /// The app whose repository (and registry, when set) matches a push.
     pub fn app_for_repository(&self, registry: &str, repository: &str) -> Option<&AppConfig> {
         self.apps.iter().find(|a| {
-            a.repository == repository && a.registry.as_deref().is_none_or(|r| r == registry)
+            a.repository == repository && a.registry.as_ref().is_none_or(|r| r == registry)
         })
     }
 

@@ -2,8 +2,10 @@
 //! registry, Docker Hub, GHCR, Quay, Harbor all speak it). Resolves tags to digests
 //! with the Accept headers of OCI and Docker manifests and indexes, and retags by PUT of
 //! the same manifest bytes under the new tag. Auth: none, basic, a static bearer token,
-//! or the token flow a `WWW-Authenticate: Bearer realm=…` challenge asks for (with basic
-//! credentials when configured). Secrets never appear in errors.
+//! or the token flow a `WWW-Authenticate: Bearer realm=…` challenge asks for. Basic
+//! credentials go to a token realm only over https on the registry's own host, or to a
+//! realm the configuration allow-lists (`registries[].token_realms`); any other realm a
+//! registry names gets an anonymous token request. Secrets never appear in errors.
 
 use std::sync::Mutex;
 
@@ -15,7 +17,7 @@ use crate::error::{Error, Message, Result};
 use crate::event::Image;
 use crate::http::Http;
 use crate::ports::{Registry, Resolved};
-use crate::reference::Digest as ImageDigest;
+use crate::reference::{Digest as ImageDigest, RegistryHost};
 
 /// Every manifest type Baton accepts, most specific first.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -33,8 +35,11 @@ enum Credentials {
 /// One registry reached over HTTP.
 #[derive(Debug)]
 pub struct DistributionRegistry {
-    host: String,
+    host: RegistryHost,
     base: String,
+    /// Origins (`scheme://host[:port]`) besides the registry's own https host that may
+    /// receive the basic credentials when they issue tokens.
+    token_realms: Vec<String>,
     client: Http,
     creds: Credentials,
     /// Token from the last challenge: (scope, token).
@@ -67,6 +72,7 @@ impl DistributionRegistry {
         Ok(DistributionRegistry {
             host: cfg.host.clone(),
             base: cfg.base_url().trim_end_matches('/').to_string(),
+            token_realms: cfg.token_realms.clone(),
             client,
             creds,
             token: Mutex::new(None),
@@ -75,6 +81,25 @@ impl DistributionRegistry {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Whether the basic credentials may go to this token realm: https on the host of
+    /// the registry's own URL, or an allow-listed origin.
+    fn may_send_credentials(&self, realm: &reqwest::Url) -> bool {
+        let origin = realm.origin().ascii_serialization();
+        if self
+            .token_realms
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin)
+        {
+            return true;
+        }
+        let own_host = reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        realm.scheme() == "https"
+            && own_host.is_some()
+            && realm.host_str().map(str::to_ascii_lowercase) == own_host
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
@@ -171,9 +196,14 @@ impl DistributionRegistry {
                 format!("bad token realm {realm:?}: {e}"),
             )
         })?;
-        let mut req = self.client.client()?.get(url);
+        let mut req = self.client.client()?.get(url.clone());
         if let Credentials::Basic { username, password } = &self.creds {
-            req = req.basic_auth(username, Some(password));
+            if self.may_send_credentials(&url) {
+                req = req.basic_auth(username, Some(password));
+            } else {
+                tracing::warn!(registry = %self.host, realm = %url.origin().ascii_serialization(),
+                    "not sending the registry's credentials to a token realm that is neither https on its own host nor in registries[].token_realms; asking for an anonymous token");
+            }
         }
         let what = format!("token for {} from {realm}", self.host);
         let resp = req.send().await.map_err(|e| transport(&what, &e))?;
@@ -380,16 +410,18 @@ mod tests {
             );
         tokio::spawn(async move { axum::serve(listener, app).await });
         let cfg = RegistryConfig {
-            host: "registry.test".into(),
+            host: "registry.test".parse().unwrap(),
             url: Some(format!("http://{addr}")),
             auth: RegistryAuth::Basic {
                 username: "user".into(),
                 password_env: "BATON_TEST_DIST_PASSWORD".into(),
             },
+            token_realms: vec![format!("http://{addr}")],
         };
         let reg = DistributionRegistry {
             host: cfg.host.clone(),
             base: cfg.base_url(),
+            token_realms: cfg.token_realms.clone(),
             client: Http::new(),
             creds: Credentials::Basic {
                 username: "user".into(),
@@ -415,6 +447,7 @@ mod tests {
             token: Mutex::new(None),
             host: cfg.host.clone(),
             base: cfg.base_url(),
+            token_realms: cfg.token_realms.clone(),
             client: Http::new(),
         };
         let e = bad
@@ -423,5 +456,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), "permanent");
         assert!(!e.to_string().contains("wrong"), "no secret in errors: {e}");
+
+        // The same registry without the realm allow-listed: its challenge names an http
+        // realm, so the credentials stay home and the anonymous token request is refused.
+        let unlisted = DistributionRegistry {
+            creds: Credentials::Basic {
+                username: "user".into(),
+                password: "pw".into(),
+            },
+            token: Mutex::new(None),
+            host: cfg.host.clone(),
+            base: cfg.base_url(),
+            token_realms: vec![],
+            client: Http::new(),
+        };
+        let e = unlisted
+            .resolve("registry.test", "team/web", "1.0.0")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("401"), "credentials withheld: {e}");
+        let https_own = reqwest::Url::parse("https://registry.test/token").unwrap();
+        let https_other = reqwest::Url::parse("https://evil.example/token").unwrap();
+        let mut own = DistributionRegistry {
+            base: "https://registry.test".into(),
+            ..unlisted
+        };
+        assert!(own.may_send_credentials(&https_own));
+        assert!(!own.may_send_credentials(&https_other));
+        own.token_realms = vec!["https://evil.example".into()];
+        assert!(own.may_send_credentials(&https_other), "allow-listed");
     }
 }

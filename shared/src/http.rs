@@ -9,7 +9,12 @@ use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
 
-/// A lazily built, shared `reqwest::Client`.
+/// Longest wait for a TCP and TLS connection to a registry or webhook.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a whole request may take (a request can set a shorter one).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A lazily built, shared `reqwest::Client`, with connect and request timeouts.
 #[derive(Clone, Default)]
 pub struct Http(Arc<OnceLock<std::result::Result<reqwest::Client, String>>>);
 
@@ -42,6 +47,8 @@ impl Http {
         self.0
             .get_or_init(|| {
                 reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .timeout(REQUEST_TIMEOUT)
                     .build()
                     .map_err(|e| format!("{e}: {}", source_chain(&e)))
             })

@@ -45,16 +45,24 @@ fn path() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
-/// The last `limit` bytes written, and how many came before them.
+/// The last `limit` bytes written, and how many came before them: output of any length
+/// in bounded memory.
 #[derive(Debug, Default)]
-struct Tail {
+pub struct Tail {
     bytes: VecDeque<u8>,
     cut: u64,
     limit: usize,
 }
 
 impl Tail {
-    fn push(&mut self, chunk: &[u8]) {
+    pub fn new(limit: usize) -> Tail {
+        Tail {
+            limit,
+            ..Tail::default()
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
         self.bytes.extend(chunk);
         let over = self.bytes.len().saturating_sub(self.limit);
         if over > 0 {
@@ -63,7 +71,8 @@ impl Tail {
         }
     }
 
-    fn text(&self) -> String {
+    /// The kept bytes as text, after a note of how many were cut.
+    pub fn text(&self) -> String {
         let (a, b) = self.bytes.as_slices();
         let mut all = Vec::with_capacity(a.len() + b.len());
         all.extend_from_slice(a);
@@ -140,10 +149,7 @@ pub async fn run(cmd: &Command) -> Result<Finished> {
         )
     })?;
     let guard = GroupGuard(child.id());
-    let tail = Arc::new(Mutex::new(Tail {
-        limit: cmd.output_limit,
-        ..Tail::default()
-    }));
+    let tail = Arc::new(Mutex::new(Tail::new(cmd.output_limit)));
     let readers = [
         child
             .stdout
@@ -196,10 +202,7 @@ mod tests {
 
     #[test]
     fn tail_keeps_the_last_bytes() {
-        let mut t = Tail {
-            limit: 4,
-            ..Tail::default()
-        };
+        let mut t = Tail::new(4);
         t.push(b"abc");
         t.push(b"defg");
         assert_eq!(t.text(), "[… 3 bytes cut …]\ndefg");

@@ -17,8 +17,18 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(region)
+        .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// Every AWS client's timeouts: a connection within 5 s, and no call longer than 15
+/// minutes (the longest a synchronous Lambda invoke, the test runner's, can take).
+pub fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_timeout(std::time::Duration::from_secs(15 * 60))
+        .build()
 }
 
 /// An AWS call that failed, as a transient error: what was being done, then AWS's code,

@@ -1,8 +1,10 @@
 //! `ManifestTarget`: the embedded default deploy target (GitOps write-back). Sets the
 //! image of named containers in Kubernetes YAML manifests in a directory to
 //! `repo@sha256:…`, changing only that scalar: comments, order, quoting and every other
-//! byte stay as they were. Missing files, workloads or containers are permanent errors
-//! that name what is missing. The rollout is complete once the files are written (a
+//! byte stay as they were. Only a parsed image reference is ever written (never text
+//! from a notification), as a YAML scalar that reads back as exactly that reference, so
+//! nothing but the image can change. Missing files, workloads or containers are
+//! permanent errors that name what is missing. The rollout is complete once the files are written (a
 //! GitOps controller applies them); history is kept by the deploy stage.
 
 use std::fs;
@@ -13,6 +15,7 @@ use saphyr_parser::{Event as YamlEvent, Parser, ScalarStyle};
 use crate::config::{ManifestDeploy, WorkloadRef};
 use crate::error::{Error, Result};
 use crate::ports::{Applied, DeployRequest, DeployTarget, Rollout, WorkloadImage};
+use crate::reference::{self, ImageRef};
 
 /// Rewrites manifests in a directory.
 #[derive(Debug, Clone)]
@@ -141,7 +144,11 @@ impl ManifestTarget {
                         file: file.clone(),
                         start,
                         end,
-                        quoted: *style != ScalarStyle::Plain,
+                        style: match style {
+                            ScalarStyle::SingleQuoted => reference::ScalarStyle::SingleQuoted,
+                            ScalarStyle::DoubleQuoted => reference::ScalarStyle::DoubleQuoted,
+                            _ => reference::ScalarStyle::Plain,
+                        },
                         image: value.clone(),
                     });
                     break;
@@ -174,27 +181,28 @@ impl ManifestTarget {
         Ok(out)
     }
 
-    /// Writes `images[i]` into each located container; returns the previous images.
-    fn write(&self, located: &[Located], images: &[String]) -> Result<()> {
+    /// Writes `images[i]` into each located container. Only parsed references can be
+    /// written, each as a scalar of the style it replaces (a plain scalar YAML would
+    /// misread becomes single-quoted).
+    fn write(&self, located: &[Located], images: &[ImageRef]) -> Result<()> {
         let mut by_file: Vec<(PathBuf, Vec<Edit>)> = vec![];
         for (loc, new) in located.iter().zip(images) {
-            if &loc.image == new {
+            if loc.image == new.to_string() {
                 continue;
             }
+            let edit = (loc.start, loc.end, loc.style, new.clone());
             match by_file.iter_mut().find(|(f, _)| f == &loc.file) {
-                Some((_, edits)) => edits.push((loc.start, loc.end, loc.quoted, new.clone())),
-                None => by_file.push((
-                    loc.file.clone(),
-                    vec![(loc.start, loc.end, loc.quoted, new.clone())],
-                )),
+                Some((_, edits)) => edits.push(edit),
+                None => by_file.push((loc.file.clone(), vec![edit])),
             }
         }
         for (file, mut edits) in by_file {
             let mut text =
                 fs::read_to_string(&file).map_err(|e| Error::io("read manifest", &file, e))?;
             edits.sort_by_key(|e| std::cmp::Reverse(e.0));
-            for (start, end, quoted, new) in edits {
-                let (s, e) = if quoted {
+            for (start, end, style, new) in edits {
+                let (scalar, requoted) = reference::yaml_scalar(&new, style);
+                let (s, e) = if style != reference::ScalarStyle::Plain && !requoted {
                     (start + 1, end - 1)
                 } else {
                     (start, end)
@@ -205,7 +213,7 @@ impl ManifestTarget {
                         "image scalar out of range",
                     ));
                 }
-                text.replace_range(s..e, &new);
+                text.replace_range(s..e, &scalar);
             }
             let tmp = file.with_extension("yaml.baton-tmp");
             fs::write(&tmp, &text).map_err(|e| Error::io("write manifest", &tmp, e))?;
@@ -227,8 +235,8 @@ impl ManifestTarget {
     }
 }
 
-/// A replacement of one scalar: (start, end, quoted, new value).
-type Edit = (usize, usize, bool, String);
+/// A replacement of one scalar: (start, end, style, new reference).
+type Edit = (usize, usize, reference::ScalarStyle, ImageRef);
 
 #[derive(Debug, Clone)]
 struct Located {
@@ -236,7 +244,7 @@ struct Located {
     file: PathBuf,
     start: usize,
     end: usize,
-    quoted: bool,
+    style: reference::ScalarStyle,
     image: String,
 }
 
@@ -247,7 +255,8 @@ impl DeployTarget for ManifestTarget {
 
     async fn apply(&self, req: &DeployRequest) -> Result<Applied> {
         let located = self.locate()?;
-        let new = req.image.reference();
+        let new = req.image.pinned();
+        let new_text = new.to_string();
         let previous: Vec<WorkloadImage> = located
             .iter()
             .map(|l| WorkloadImage {
@@ -255,8 +264,8 @@ impl DeployTarget for ManifestTarget {
                 image: l.image.clone(),
             })
             .collect();
-        let changed = located.iter().any(|l| l.image != new);
-        self.write(&located, &vec![new.clone(); located.len()])?;
+        let changed = located.iter().any(|l| l.image != new_text);
+        self.write(&located, &vec![new; located.len()])?;
         let files: std::collections::BTreeSet<String> = located
             .iter()
             .filter_map(|l| l.file.file_name().map(|f| f.to_string_lossy().into_owned()))
@@ -291,24 +300,30 @@ impl DeployTarget for ManifestTarget {
             Some(l) => Ok(Rollout::Failed {
                 reason: format!(
                     "{} was changed to {} behind Baton's back",
-                    l.workload, l.image
+                    l.workload,
+                    reference::excerpt(&l.image)
                 ),
             }),
         }
     }
 
+    /// Puts the previous images back. Each must be an image reference; anything else
+    /// (a record tampered with) is refused before any file changes.
     async fn restore(&self, _req: &DeployRequest, previous: &[WorkloadImage]) -> Result<()> {
         let located = self.locate()?;
-        let images: Vec<String> = located
-            .iter()
-            .map(|l| {
-                previous
-                    .iter()
-                    .find(|p| p.workload == l.workload)
-                    .map(|p| p.image.clone())
-                    .unwrap_or_else(|| l.image.clone())
-            })
-            .collect();
+        let mut images = Vec::with_capacity(located.len());
+        for l in &located {
+            let text = previous
+                .iter()
+                .find(|p| p.workload == l.workload)
+                .map_or(l.image.as_str(), |p| p.image.as_str());
+            images.push(text.parse::<ImageRef>().map_err(|e| {
+                Error::permanent(
+                    format!("restore {} in {}", l.workload, self.dir.display()),
+                    format!("refused to write {e}"),
+                )
+            })?);
+        }
         self.write(&located, &images)
     }
 }
@@ -574,5 +589,60 @@ spec:
         t.workloads[0].name = "api".into();
         let e = t.apply(&req('a')).await.unwrap_err().to_string();
         assert!(e.contains("\"api\"") && e.contains("Deployment/web"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_tampered_previous_image_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        fs::write(&file, MANIFEST).unwrap();
+        let t = target(dir.path(), "app");
+        let r = req('a');
+        t.apply(&r).await.unwrap();
+        let before = fs::read(&file).unwrap();
+        let hostile = vec![WorkloadImage {
+            workload: "Deployment/web:app".into(),
+            image: "x\n          securityContext:\n            privileged: true".into(),
+        }];
+        let e = t.restore(&r, &hostile).await.unwrap_err().to_string();
+        assert!(e.contains("refused to write"), "{e}");
+        assert_eq!(fs::read(&file).unwrap(), before, "nothing changed");
+    }
+
+    #[tokio::test]
+    async fn every_scalar_style_reads_back_as_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        let d = format!("sha256:{}", "e".repeat(64));
+        let v6 = Image::parse("[::1]:5000", "web", "1.0.0", &d).unwrap();
+        for (style, line) in [
+            ("plain", "image: registry.local/web:old # c"),
+            ("single", "image: 'registry.local/web:old' # c"),
+            ("double", "image: \"registry.local/web:old\" # c"),
+        ] {
+            let text = MANIFEST.replace(
+                "image: \"registry.local/web:old\"   # updated by baton",
+                line,
+            );
+            fs::write(&file, &text).unwrap();
+            let t = target(dir.path(), "app");
+            let mut r = req('e');
+            r.image = v6.clone();
+            t.apply(&r).await.unwrap();
+            let after = fs::read_to_string(&file).unwrap();
+            let docs: Vec<serde_json::Value> = after
+                .split("\n---\n")
+                .map(|d| serde_yaml_ng::from_str(d).unwrap())
+                .collect();
+            assert_eq!(
+                docs[1]["spec"]["template"]["spec"]["containers"][1]["image"],
+                v6.reference(),
+                "{style}: {after}"
+            );
+            assert!(
+                matches!(t.rollout(&r).await.unwrap(), Rollout::Complete { .. }),
+                "{style}"
+            );
+        }
     }
 }

@@ -460,13 +460,21 @@ impl DeployTarget for KubeDeployTarget {
             if prev.image == req.image.reference() {
                 continue;
             }
+            // What the workload ran before came from the cluster, through the deploy
+            // record: it must still be an image reference to be written back.
+            let image: crate::reference::ImageRef = prev.image.parse().map_err(|e| {
+                Error::permanent(
+                    format!("restore {key} in namespace {}", self.namespace),
+                    format!("refused to write {e}"),
+                )
+            })?;
             let annotations = json!({
                 "kubernetes.io/change-cause": format!("baton rolled back {} after a failed rollout of run {}", req.image.tag, req.run),
                 RUN_ANNOTATION: req.run,
                 PREVIOUS_ANNOTATION: req.image.reference(),
                 STARTED_ANNOTATION: now,
             });
-            self.patch(w, &prev.image, annotations).await?;
+            self.patch(w, &image.to_string(), annotations).await?;
         }
         Ok(())
     }

@@ -2,7 +2,9 @@
 //! namespace (`backoffLimit: 0`, `activeDeadlineSeconds`, `ttlSecondsAfterFinished`,
 //! labelled with the run id), checks it on every delivery of the test stage's "check
 //! again", and reports passed or failed with the reason: exit code, deadline exceeded,
-//! or image pull failure. The Job's name is derived from (run, attempt), so a
+//! or image pull failure. The pod gets no service-account token and runs under the
+//! restricted security profile unless configured otherwise; its log is read as a stream
+//! of which the last 64 KiB are kept. The Job's name is derived from (run, attempt), so a
 //! re-delivered event finds the Job it started instead of creating a second one.
 
 use std::sync::Arc;
@@ -58,11 +60,17 @@ impl KubeJobRunner {
                 .iter()
                 .map(|(k, v)| json!({"name": k, "value": v})),
         );
+        let security = self
+            .cfg
+            .security_context
+            .clone()
+            .unwrap_or_else(crate::config::SecurityContexts::restricted);
         let mut container = json!({
             "name": "test",
             "image": req.image.reference(),
             "env": env,
             "resources": { "requests": self.cfg.resources.requests, "limits": self.cfg.resources.limits },
+            "securityContext": security.container,
         });
         if !self.cfg.command.is_empty() {
             container["command"] = json!(self.cfg.command);
@@ -76,7 +84,12 @@ impl KubeJobRunner {
             "baton.dev/run": req.run,
             "baton.dev/attempt": req.attempt.to_string(),
         });
-        let mut pod_spec = json!({ "restartPolicy": "Never", "containers": [container] });
+        let mut pod_spec = json!({
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": self.cfg.automount_service_account_token,
+            "securityContext": security.pod,
+            "containers": [container],
+        });
         if let Some(sa) = &self.cfg.service_account {
             pod_spec["serviceAccountName"] = json!(sa);
         }
@@ -103,7 +116,10 @@ impl KubeJobRunner {
         Ok(pods.items.into_iter().next())
     }
 
+    /// The last `output_limit` bytes of the test container's log, read as a stream so a
+    /// log of any size takes bounded memory.
     async fn logs(&self, pod: &Pod) -> String {
+        use futures::AsyncReadExt;
         let Some(name) = pod.metadata.name.as_deref() else {
             return String::new();
         };
@@ -112,16 +128,28 @@ impl KubeJobRunner {
         };
         let lp = LogParams {
             container: Some("test".into()),
-            limit_bytes: Some(self.output_limit as i64),
             ..Default::default()
         };
-        match Api::<Pod>::namespaced(client, &self.cfg.namespace)
-            .logs(name, &lp)
+        let mut stream = match Api::<Pod>::namespaced(client, &self.cfg.namespace)
+            .log_stream(name, &lp)
             .await
         {
-            Ok(text) => text,
-            Err(e) => format!("[logs unavailable: {e}]"),
+            Ok(s) => Box::pin(s),
+            Err(e) => return format!("[logs unavailable: {e}]"),
+        };
+        let mut tail = crate::sandbox::Tail::new(self.output_limit);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => tail.push(&buf[..n]),
+                Err(e) => {
+                    tail.push(format!("\n[log stream ended: {e}]").as_bytes());
+                    break;
+                }
+            }
         }
+        tail.text()
     }
 
     fn exit_code(pod: &Pod) -> Option<i32> {

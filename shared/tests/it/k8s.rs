@@ -588,10 +588,16 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
             .contains(&json!({"name": "BATON_IMAGE", "value": img.reference()}))
     );
     assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    // pushed code gets no cluster credentials, and runs restricted
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     let logs = fake.requests("GET", "/log");
     assert!(
-        logs[0].query.contains("container=test") && logs[0].query.contains("limitBytes=65536"),
-        "{}",
+        logs[0].query.contains("container=test") && !logs[0].query.contains("limitBytes"),
+        "the whole log is streamed, its tail kept: {}",
         logs[0].query
     );
 
@@ -736,15 +742,22 @@ async fn failed_test(script: JobScript) -> (baton::event::TestReport, Fake, Env)
 }
 
 #[tokio::test]
-async fn job_failure_reports_exit_code_and_logs() {
-    let (r, _fake, env) = failed_test(JobScript::FailsWith(3, "FAIL checkout_test\n")).await;
+async fn job_failure_reports_exit_code_and_the_tail_of_its_logs() {
+    // 200 KB of log: the end, where the failure is, is what is kept.
+    let log: &'static str = format!("{}FAIL checkout_test\n", "ok\n".repeat(70_000)).leak();
+    let (r, _fake, env) = failed_test(JobScript::FailsWith(3, log)).await;
     assert_eq!((r.summary.as_str(), r.exit_code), ("exit code 3", Some(3)));
     let out = std::fs::read_to_string(
         env.root()
             .join(format!("state/store/{}", r.output_key.unwrap())),
     )
     .unwrap();
-    assert_eq!(out, "FAIL checkout_test\n");
+    assert!(
+        out.ends_with("ok\nFAIL checkout_test\n"),
+        "the tail is kept"
+    );
+    assert!(out.starts_with("[… "), "says what was cut: {}", &out[..40]);
+    assert!(out.len() <= 64 * 1024 + 64, "{}", out.len());
 }
 
 #[tokio::test]
