@@ -109,8 +109,15 @@ async fn serve(g: &Global, listen: Option<String>) -> Result<ExitCode> {
     if config.serve.public_url.is_none() {
         config.serve.public_url = Some(format!("http://{bound}"));
     }
+    let problems = config.problems();
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "invalid configuration with --listen {addr}: {}",
+            problems.join("; ")
+        );
+    }
     let local = Local::open(config, &g.state_dir, Settings::default())?;
-    let server = std::sync::Arc::new(baton::serve::Server::new(local)?);
+    let server = std::sync::Arc::new(baton::serve::Server::new(local, bound)?);
     if g.json {
         println!("{}", json!({ "listening": format!("http://{bound}") }));
     } else {
@@ -459,12 +466,13 @@ async fn decide(
     comment: Option<String>,
 ) -> Result<ExitCode> {
     let local = open(g)?;
+    let by = local.pipeline.config.approver(&who, "cli");
     let report = local
         .pipeline
         .decide(Decision {
             run,
             environment: env,
-            by: who,
+            by,
             verdict,
             comment,
         })

@@ -145,7 +145,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
             .decide(Decision {
                 run: run.clone(),
                 environment: env.name.clone(),
-                by: approver.clone(),
+                by: p.config.approver(&approver, "cli"),
                 verdict: Verdict::Approve,
                 comment: Some("approved by baton demo".into()),
             })

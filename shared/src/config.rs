@@ -213,7 +213,7 @@ pub struct KubeJobTest {
     /// restricted profile: non-root, no privilege escalation, every capability dropped,
     /// the runtime's default seccomp profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<SecurityContexts>,
+    pub security_context: Option<Box<SecurityContexts>>,
 }
 
 /// The pod's and the test container's `securityContext`, as Kubernetes spells them.
@@ -443,6 +443,11 @@ pub struct ManualApproval {
     /// Let the person who pushed the image approve it. Off by default.
     #[serde(default)]
     pub allow_self_approval: bool,
+    /// When the source did not say who pushed (ECR's image action, Quay), the
+    /// no-self-approval rule cannot be checked: `refuse` (the default) takes no
+    /// approval; `allow` takes them and records that the check was not made.
+    #[serde(default)]
+    pub unknown_pusher: crate::policy::approval::UnknownPusher,
 }
 
 fn one() -> u32 {
@@ -614,7 +619,7 @@ pub enum RegistryAuth {
     Bearer { token_env: String },
 }
 
-/// `baton serve` settings.
+/// `baton serve` settings (webhooks and approvers also serve the AWS function URLs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
@@ -627,13 +632,28 @@ pub struct ServeConfig {
     /// Webhook endpoints, one per registry source: `POST /hooks/<name>`.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfigEntry>,
-    /// Approvers who decide over HTTP, each with a bearer token from the environment.
+    /// Approvers: a bearer token from the environment (`baton serve`) and/or IAM
+    /// principals (the approve function URL on AWS).
     #[serde(default)]
-    pub approvers: BTreeMap<String, ApproverToken>,
-    /// Header carrying the approver's identity from a trusted reverse proxy on the same
-    /// host (honoured only for connections from a loopback address).
+    pub approvers: BTreeMap<String, ApproverIdentity>,
+    /// Readers who may see runs over HTTP (`GET /runs`) without being approvers, each
+    /// with a bearer token from the environment.
     #[serde(default)]
+    pub readers: BTreeMap<String, ReaderToken>,
+    /// A reverse proxy that authenticates approvers and names them in a header. The
+    /// header is believed only on requests that also carry the proxy's shared secret.
+    #[serde(default)]
+    pub trusted_proxy: Option<TrustedProxy>,
+    /// Replaced by `trusted_proxy`: a bare identity header can be forged by any local
+    /// process. Refused at load with what to write instead.
+    #[serde(default, skip_serializing)]
     pub identity_header: Option<String>,
+    /// Most connections served at once; more wait in the listen queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and then its body.
+    #[serde(default = "default_request_timeout", with = "duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -643,9 +663,20 @@ impl Default for ServeConfig {
             public_url: None,
             webhooks: vec![],
             approvers: BTreeMap::new(),
+            readers: BTreeMap::new(),
+            trusted_proxy: None,
             identity_header: None,
+            max_connections: default_max_connections(),
+            request_timeout: default_request_timeout(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl ServeConfig {
@@ -660,6 +691,12 @@ impl ServeConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+
+/// Whether `addr` (an `ip:port`) listens on loopback only.
+pub fn is_loopback_listen(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// A webhook endpoint.
@@ -700,7 +737,8 @@ pub enum WebhookAuth {
         param: String,
         secret_env: String,
     },
-    /// No authentication (only sensible on a loopback address).
+    /// No authentication: refused unless `baton serve` listens on loopback only, and
+    /// never accepted by the ingest function URL.
     None,
 }
 
@@ -711,11 +749,66 @@ fn default_token_param() -> String {
     "token".into()
 }
 
-/// An approver's bearer token, from the environment.
+/// How an approver authenticates: a bearer token for `baton serve`, IAM principals for
+/// the approve function URL. At least one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverIdentity {
+    /// Environment variable holding the approver's bearer token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// IAM principals that are this approver: user ARNs, or `{role, session}` where the
+    /// role's trust policy enforces the session name.
+    #[serde(default)]
+    pub iam: Vec<crate::identity::IamPrincipal>,
+}
+
+/// A reader's bearer token, from the environment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApproverToken {
+pub struct ReaderToken {
     pub token_env: String,
+}
+
+/// A reverse proxy (oauth2-proxy, an SSO gateway) that authenticates approvers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxy {
+    /// The header naming the authenticated user (`X-Forwarded-User`).
+    pub user_header: String,
+    /// The header carrying the shared secret the proxy adds to every request.
+    #[serde(default = "default_proxy_secret_header")]
+    pub secret_header: String,
+    /// Environment variable holding that secret.
+    pub secret_env: String,
+}
+
+fn default_proxy_secret_header() -> String {
+    "X-Baton-Proxy-Secret".into()
+}
+
+/// Reads a secret from the environment: missing, or set but empty, is an error naming
+/// the variable and the field; shorter than 16 bytes is a warning. Never logged.
+pub fn secret_env(var: &str, field: &str) -> Result<String> {
+    match std::env::var(var) {
+        Err(_) => Err(Error::invalid(
+            field.to_string(),
+            format!("environment variable {var} is not set"),
+        )),
+        Ok(v) if v.trim().is_empty() => Err(Error::invalid(
+            field.to_string(),
+            format!(
+                "environment variable {var} is set but empty; an empty secret would let anyone in"
+            ),
+        )),
+        Ok(v) => {
+            if v.len() < 16 {
+                tracing::warn!(variable = %var, %field, bytes = v.len(),
+                    "this secret is shorter than 16 bytes; use a long random value");
+            }
+            Ok(v)
+        }
+    }
 }
 
 /// Retry settings of the embedded bus (SQS's redrive policy in AWS).
@@ -1113,10 +1206,61 @@ impl Config {
                 ));
             }
         }
-        for who in self.serve.approvers.keys() {
-            if who.trim().is_empty() {
-                p.push("serve.approvers: an approver name is empty".into());
+        let loopback = is_loopback_listen(&self.serve.listen);
+        for (i, w) in self.serve.webhooks.iter().enumerate() {
+            if w.auth == WebhookAuth::None && !loopback {
+                p.push(format!(
+                    "serve.webhooks[{i}].auth: none is allowed only when serve.listen is a loopback address (it is {}); anyone who reaches the port could start runs",
+                    self.serve.listen
+                ));
             }
+        }
+        let mut principals: BTreeMap<String, &str> = BTreeMap::new();
+        for (who, id) in &self.serve.approvers {
+            let at = format!("serve.approvers.{who}");
+            if !crate::ids::is_label(who, 128) || who.trim() != who {
+                p.push(format!("{at}: {who:?} is not an approver name"));
+            }
+            if id.token_env.is_none() && id.iam.is_empty() {
+                p.push(format!(
+                    "{at}: give token_env (baton serve) or iam (the AWS approve URL)"
+                ));
+            }
+            for (k, principal) in id.iam.iter().enumerate() {
+                if let Some(why) = principal.problem() {
+                    p.push(format!("{at}.iam[{k}]: {why}"));
+                }
+                let key = serde_json::to_string(principal).unwrap_or_default();
+                if let Some(other) = principals.insert(key, who) {
+                    p.push(format!("{at}.iam[{k}]: already maps to approver {other}"));
+                }
+            }
+        }
+        for who in self.serve.readers.keys() {
+            if !crate::ids::is_label(who, 128) {
+                p.push(format!("serve.readers.{who}: not a reader name"));
+            }
+        }
+        if self.serve.identity_header.is_some() {
+            p.push(
+                "serve.identity_header: no longer honoured, since any local process could send it; use serve.trusted_proxy: {user_header: X-Forwarded-User, secret_env: BATON_PROXY_SECRET} and have the proxy send the secret in X-Baton-Proxy-Secret".into(),
+            );
+        }
+        if let Some(tp) = &self.serve.trusted_proxy
+            && (tp.user_header.is_empty()
+                || tp.secret_header.is_empty()
+                || tp.secret_env.is_empty())
+        {
+            p.push(
+                "serve.trusted_proxy: user_header, secret_header and secret_env must not be empty"
+                    .into(),
+            );
+        }
+        if self.serve.max_connections == 0 {
+            p.push("serve.max_connections: must be at least 1".into());
+        }
+        if self.serve.request_timeout.is_zero() {
+            p.push("serve.request_timeout: must be more than 0".into());
         }
         p
     }
@@ -1185,6 +1329,36 @@ impl Config {
             }
         }
         all
+    }
+
+    /// The approver `name` as the approval rules see them: the name and every identity
+    /// configured for them, authenticated as `principal` (`token`, `proxy`, an IAM ARN,
+    /// `cli`).
+    pub fn approver(&self, name: &str, principal: &str) -> crate::policy::approval::Approver {
+        let identities = self
+            .serve
+            .approvers
+            .get(name)
+            .map(|a| a.iam.iter().flat_map(|p| p.names()).collect())
+            .unwrap_or_default();
+        crate::policy::approval::Approver {
+            name: name.to_string(),
+            identities,
+            principal: principal.to_string(),
+        }
+    }
+
+    /// The approver a verified IAM caller is, if exactly one is mapped to it.
+    pub fn approver_for_iam(&self, arn: &str, account: Option<&str>) -> Option<&str> {
+        let mut found = self
+            .serve
+            .approvers
+            .iter()
+            .filter(|(_, a)| a.iam.iter().any(|p| p.matches(arn, account)));
+        match (found.next(), found.next()) {
+            (Some((name, _)), None) => Some(name.as_str()),
+            _ => None,
+        }
     }
 
     pub fn app(&self, name: &str) -> Result<&AppConfig> {
@@ -1269,12 +1443,7 @@ fn check_workload(at: &str, w: &WorkloadRef, p: &mut Vec<String>) {
 }
 
 fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    crate::ids::is_name(s)
 }
 
 #[cfg(test)]

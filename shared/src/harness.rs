@@ -585,6 +585,29 @@ impl<P: Ports> Pipeline<P> {
                     Err(e) => return Err(e),
                 }
             }
+            // An input a rule refused (a forged approval.granted, say) does not hold the
+            // stage's record against a later input: the genuine one takes the record over.
+            if rec.input.id() != input.id()
+                && rec.status == StageStatus::Failed
+                && rec.error.as_ref().is_some_and(|e| e.kind == "refused")
+            {
+                let note = format!("takes over from the refused {}", rec.input.describe());
+                rec.input = input.clone();
+                rec.attempt += 1;
+                rec.outputs.clear();
+                rec.progress = None;
+                rec.error = None;
+                rec.finished_at = None;
+                rec.note = None;
+                rec.lease_until = Some(lease_until);
+                rec.owner = Some(self.settings.owner.clone());
+                rec.transition(StageStatus::Running, now, Some(note));
+                match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             if rec.input.id() != input.id() {
                 return Ok(Claim::Skip(Handled::ack(
                     format!(

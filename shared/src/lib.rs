@@ -22,6 +22,7 @@ pub mod event;
 pub mod function;
 pub mod harness;
 pub mod http;
+pub mod identity;
 pub mod ids;
 #[cfg(feature = "kube")]
 pub mod k8s;

@@ -1,23 +1,29 @@
-//! `baton serve`: the always-on local form of Baton. An HTTP server (axum) that takes
-//! registry webhooks, approval decisions and status queries, and a dispatcher that
+//! `baton serve`: the always-on local form of Baton. An HTTP server (axum on hyper) that
+//! takes registry webhooks, approval decisions and status queries, and a dispatcher that
 //! delivers the embedded bus to the stages.
 //!
 //! * `POST /hooks/<name>`: a registry notification. Authenticated as its source
-//!   documents (401 otherwise, logged without the secret); malformed bodies get 400 with
-//!   the reason and are kept under `deadletters/webhooks/` in the store; accepted ones are
-//!   written to the durable bus and answered 202 at once, so a crash after 202 loses
-//!   nothing.
+//!   documents (401 otherwise, logged without the secret), from the headers alone before
+//!   the body is read wherever the scheme allows (all but an HMAC over the body); bodies
+//!   over 1 MiB get 413. Malformed bodies get 400 with the reason and are kept under
+//!   `deadletters/webhooks/` in the store; accepted ones are written to the durable bus
+//!   and answered 202 at once, so a crash after 202 loses nothing.
 //! * `GET /approvals`, `POST /approvals/<run>/<env>` (`{"decision": "approve"|"reject",
 //!   "comment": …}`): the approver is who the request authenticates as (a per-approver
-//!   bearer token, or a trusted proxy's identity header from loopback), never the body.
-//! * `GET /runs`, `GET /runs/<run>`: JSON status. `GET /healthz`.
+//!   bearer token, or a trusted proxy's identity header together with the proxy's shared
+//!   secret), never the body.
+//! * `GET /runs`, `GET /runs/<run>`: JSON status, for approvers and configured readers.
+//!   `GET /healthz` answers anyone.
+//!
+//! Every connection has `serve.request_timeout` to send its headers and then its body;
+//! at most `serve.max_connections` are served at once (the rest wait in the backlog).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,23 +31,47 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
+use crate::config::secret_env;
 use crate::embedded::DrainOptions;
 use crate::error::{Error, Result};
+use crate::ids::{is_name, is_run_prefix};
 use crate::local::Local;
-use crate::policy::approval::Verdict;
+use crate::policy::approval::{Approver, Verdict};
 use crate::ports::{ObjectStore, Precondition};
+use crate::reference::excerpt;
 use crate::stages::approve::Decision;
 use crate::webhooks::{Endpoint, RequestParts, same};
+
+use crate::stages::approve::MAX_DECISION_BODY;
+use crate::webhooks::MAX_WEBHOOK_BODY;
+
+/// The trusted proxy, with its secret resolved.
+struct Proxy {
+    user_header: String,
+    secret_header: String,
+    secret: String,
+}
 
 /// The server and its dispatcher.
 pub struct Server {
     pub local: Arc<Local>,
     endpoints: Vec<Endpoint>,
+    /// (approver, token)
     approvers: Vec<(String, String)>,
-    identity_header: Option<String>,
+    /// (reader, token)
+    readers: Vec<(String, String)>,
+    proxy: Option<Proxy>,
+    max_connections: usize,
+    request_timeout: Duration,
     wake: Notify,
+}
+
+/// Who a request authenticates as.
+enum Caller {
+    Approver(Approver),
+    Reader(String),
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -68,35 +98,95 @@ struct DecisionBody {
     comment: Option<String>,
 }
 
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    TimedOut,
+    Broken,
+}
+
+impl BodyError {
+    fn reply(&self, limit: usize) -> Response {
+        match self {
+            BodyError::TooLarge => reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("the body is larger than {limit} bytes") }),
+            ),
+            BodyError::TimedOut => reply(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({ "error": "the body did not arrive in time" }),
+            ),
+            BodyError::Broken => reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "the body could not be read" }),
+            ),
+        }
+    }
+}
+
 impl Server {
-    /// Resolves every webhook and approver secret from the environment; a missing one
-    /// is an error naming its variable.
-    pub fn new(local: Local) -> Result<Server> {
+    /// Resolves every webhook, approver, reader and proxy secret from the environment;
+    /// a missing or empty one is an error naming its variable. `listening` is the
+    /// address actually bound: an endpoint without authentication is refused unless it
+    /// is a loopback address.
+    pub fn new(local: Local, listening: SocketAddr) -> Result<Server> {
         let cfg = local.pipeline.config.serve.clone();
         let endpoints = cfg
             .webhooks
             .iter()
             .map(Endpoint::from_config)
             .collect::<Result<Vec<_>>>()?;
-        let approvers = cfg
-            .approvers
+        if let Some(open) = endpoints.iter().find(|e| e.is_open())
+            && !listening.ip().is_loopback()
+        {
+            return Err(Error::invalid(
+                format!("webhook {}", open.name),
+                format!(
+                    "auth: none is allowed only on a loopback address, and baton serve listens on {listening}; configure the registry's authentication (serve.webhooks[].auth)"
+                ),
+            ));
+        }
+        let mut approvers = vec![];
+        for (who, id) in &cfg.approvers {
+            if let Some(var) = &id.token_env {
+                let token = secret_env(var, &format!("serve.approvers.{who}.token_env"))?;
+                approvers.push((who.clone(), token));
+            }
+        }
+        let mut readers = vec![];
+        for (who, r) in &cfg.readers {
+            let token = secret_env(&r.token_env, &format!("serve.readers.{who}.token_env"))?;
+            readers.push((who.clone(), token));
+        }
+        let tokens: Vec<&str> = approvers
             .iter()
-            .map(|(who, t)| {
-                std::env::var(&t.token_env)
-                    .map(|tok| (who.clone(), tok))
-                    .map_err(|_| {
-                        Error::invalid(
-                            format!("approver {who}"),
-                            format!("environment variable {} (serve.approvers.{who}.token_env) is not set", t.token_env),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .chain(&readers)
+            .map(|(_, t)| t.as_str())
+            .collect();
+        for (i, t) in tokens.iter().enumerate() {
+            if tokens[..i].contains(t) {
+                return Err(Error::invalid(
+                    "serve",
+                    "two approvers or readers have the same token; each needs its own",
+                ));
+            }
+        }
+        let proxy = match &cfg.trusted_proxy {
+            None => None,
+            Some(p) => Some(Proxy {
+                user_header: p.user_header.clone(),
+                secret_header: p.secret_header.clone(),
+                secret: secret_env(&p.secret_env, "serve.trusted_proxy.secret_env")?,
+            }),
+        };
         Ok(Server {
             local: Arc::new(local),
             endpoints,
             approvers,
-            identity_header: cfg.identity_header,
+            readers,
+            proxy,
+            max_connections: cfg.max_connections.max(1),
+            request_timeout: cfg.request_timeout,
             wake: Notify::new(),
         })
     }
@@ -119,25 +209,74 @@ impl Server {
             .with_state(self.clone())
     }
 
-    /// Serves until `shutdown` completes; the dispatcher runs beside the server.
+    /// Serves until `shutdown` completes; the dispatcher runs beside the server. Each
+    /// connection is served by hyper with a header read timeout, and at most
+    /// `max_connections` at once.
     pub async fn run(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+
         let dispatcher = {
             let s = self.clone();
             tokio::spawn(async move { s.dispatch_forever().await })
         };
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::transient("serve HTTP", e));
+        let router = self.router();
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let (closing, _) = tokio::sync::watch::channel(false);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // Wait for a free slot first: further clients wait in the listen backlog.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let service =
+                TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo(peer))));
+            let mut closing = closing.subscribe();
+            let header_timeout = self.request_timeout;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .keep_alive(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                    }
+                    _ = closing.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+        let _ = closing.send(true);
         dispatcher.abort();
-        result
+        Ok(())
     }
 
     async fn dispatch_forever(&self) {
@@ -167,28 +306,36 @@ impl Server {
         }
     }
 
-    /// Who a request authenticates as, if anyone.
-    fn identity(&self, headers: &HeaderMap, peer: SocketAddr) -> Option<String> {
-        if let Some(token) = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        {
-            return self
+    /// Who a request authenticates as, if anyone: a bearer token of an approver or a
+    /// reader, or the trusted proxy's user header on a request carrying the proxy's
+    /// secret. A header without the secret is nobody, whoever sends it.
+    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        if let Some(token) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+            let token = token.trim().as_bytes();
+            if let Some((who, _)) = self
                 .approvers
                 .iter()
-                .find(|(_, t)| same(t.as_bytes(), token.trim().as_bytes()))
-                .map(|(who, _)| who.clone());
+                .find(|(_, t)| same(t.as_bytes(), token))
+            {
+                return Some(Caller::Approver(
+                    self.local.pipeline.config.approver(who, "token"),
+                ));
+            }
+            return self
+                .readers
+                .iter()
+                .find(|(_, t)| same(t.as_bytes(), token))
+                .map(|(who, _)| Caller::Reader(who.clone()));
         }
-        let header = self.identity_header.as_ref()?;
-        if !peer.ip().is_loopback() {
+        let proxy = self.proxy.as_ref()?;
+        let secret = header(&proxy.secret_header)?;
+        if !same(secret.as_bytes(), proxy.secret.as_bytes()) {
             return None;
         }
-        headers
-            .get(header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+        let user = header(&proxy.user_header)?.trim();
+        (crate::ids::is_label(user, 128))
+            .then(|| Caller::Approver(self.local.pipeline.config.approver(user, "proxy")))
     }
 
     async fn dead_letter(&self, webhook: &str, body: &[u8], error: &Error) {
@@ -216,6 +363,35 @@ impl Server {
             tracing::error!(%key, error = %e, "could not keep the malformed webhook body");
         }
     }
+
+    /// Reads a body of at most `limit` bytes within the request timeout.
+    async fn body(&self, body: Body, limit: usize) -> std::result::Result<Bytes, BodyError> {
+        match tokio::time::timeout(self.request_timeout, axum::body::to_bytes(body, limit)).await {
+            Err(_) => Err(BodyError::TimedOut),
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => {
+                // `to_bytes` reports an over-long body as http-body's "length limit
+                // exceeded" somewhere in the chain.
+                let mut cur: Option<&dyn std::error::Error> = Some(&e);
+                while let Some(err) = cur {
+                    if err.to_string().contains("length limit exceeded") {
+                        return Err(BodyError::TooLarge);
+                    }
+                    cur = err.source();
+                }
+                Err(BodyError::Broken)
+            }
+        }
+    }
+}
+
+/// A declared body length over `limit` (refused before reading it).
+fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
 }
 
 async fn hook(
@@ -224,30 +400,54 @@ async fn hook(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(ep) = s.endpoints.iter().find(|e| e.name == name) else {
         return reply(
             StatusCode::NOT_FOUND,
-            json!({ "error": format!("no webhook named {name}") }),
+            json!({ "error": format!("no webhook named {}", excerpt(&name)) }),
         );
     };
-    let auth = {
-        let header = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        ep.authenticate(&RequestParts {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let refused = |why: &str| {
+        tracing::warn!(webhook = %name, %peer, reason = %why, "webhook refused");
+        reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }))
+    };
+    // Authenticate from the headers before reading a byte of the body where the scheme
+    // allows it: an unauthenticated client costs no body buffer.
+    if ep.authenticates_before_body()
+        && let Err(why) = ep.authenticate(&RequestParts {
+            header: &header,
+            query: query.as_deref(),
+            body: &[],
+        })
+    {
+        return refused(&why.0);
+    }
+    if declared_too_large(&headers, MAX_WEBHOOK_BODY) {
+        tracing::warn!(webhook = %name, %peer, "webhook body over the limit refused");
+        return BodyError::TooLarge.reply(MAX_WEBHOOK_BODY);
+    }
+    let body = match s.body(body, MAX_WEBHOOK_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(webhook = %name, %peer, "webhook body refused");
+            return e.reply(MAX_WEBHOOK_BODY);
+        }
+    };
+    if !ep.authenticates_before_body()
+        && let Err(why) = ep.authenticate(&RequestParts {
             header: &header,
             query: query.as_deref(),
             body: &body,
         })
-    };
-    if let Err(why) = auth {
-        tracing::warn!(webhook = %name, %peer, reason = %why.0, "webhook refused");
-        return reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+    {
+        return refused(&why.0);
     }
     match ep.trigger(&body, Utc::now()) {
         Err(e) => {
@@ -290,25 +490,39 @@ async fn hook(
     }
 }
 
-fn unauthenticated() -> Response {
+fn unauthenticated(what: &str) -> Response {
     reply(
         StatusCode::UNAUTHORIZED,
-        json!({ "error": "authenticate as an approver (Authorization: Bearer <your approver token>)" }),
+        json!({ "error": format!("authenticate as {what} (Authorization: Bearer <your token>)") }),
     )
 }
 
-async fn list_approvals(
-    State(s): State<Arc<Server>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if s.identity(&headers, peer).is_none() {
-        return unauthenticated();
-    }
+async fn list_approvals(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    let Some(Caller::Approver(_)) = s.caller(&headers) else {
+        return unauthenticated("an approver");
+    };
     match s.local.pipeline.pending_approvals().await {
         Ok(list) => reply(StatusCode::OK, json!(list)),
         Err(e) => error_reply(&e),
     }
+}
+
+/// Checks a run id (or prefix) and an environment name from a path; the refusal (a
+/// 400) names the part.
+fn path_names(run: &str, env: Option<&str>) -> Option<Response> {
+    let why = if !is_run_prefix(run) {
+        format!(
+            "run: {} is not a run id (4 to 16 lowercase hex digits)",
+            excerpt(run)
+        )
+    } else if let Some(env) = env
+        && !is_name(env)
+    {
+        format!("environment: {} is not an environment name", excerpt(env))
+    } else {
+        return None;
+    };
+    Some(reply(StatusCode::BAD_REQUEST, json!({ "error": why })))
 }
 
 async fn decide(
@@ -316,11 +530,22 @@ async fn decide(
     Path((run, env)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let Some(who) = s.identity(&headers, peer) else {
-        tracing::warn!(%run, %env, %peer, "approval decision without a valid identity refused");
-        return unauthenticated();
+    let Some(Caller::Approver(who)) = s.caller(&headers) else {
+        tracing::warn!(run = %excerpt(&run), env = %excerpt(&env), %peer,
+            "approval decision without an approver identity refused");
+        return unauthenticated("an approver");
+    };
+    if let Some(r) = path_names(&run, Some(&env)) {
+        return r;
+    }
+    if declared_too_large(&headers, MAX_DECISION_BODY) {
+        return BodyError::TooLarge.reply(MAX_DECISION_BODY);
+    }
+    let body = match s.body(body, MAX_DECISION_BODY).await {
+        Ok(b) => b,
+        Err(e) => return e.reply(MAX_DECISION_BODY),
     };
     let parsed: DecisionBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -349,14 +574,29 @@ async fn decide(
     }
 }
 
-async fn list_runs(State(s): State<Arc<Server>>) -> Response {
+async fn list_runs(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
+    match s.caller(&headers) {
+        None => return unauthenticated("an approver or a reader"),
+        Some(Caller::Reader(who)) => tracing::debug!(reader = %who, "runs listed"),
+        Some(Caller::Approver(a)) => tracing::debug!(approver = %a.name, "runs listed"),
+    }
     match s.local.pipeline.runs().await {
         Ok(runs) => reply(StatusCode::OK, json!(runs)),
         Err(e) => error_reply(&e),
     }
 }
 
-async fn show_run(State(s): State<Arc<Server>>, Path(run): Path<String>) -> Response {
+async fn show_run(
+    State(s): State<Arc<Server>>,
+    Path(run): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if s.caller(&headers).is_none() {
+        return unauthenticated("an approver or a reader");
+    }
+    if let Some(r) = path_names(&run, None) {
+        return r;
+    }
     let p = &s.local.pipeline;
     let view = async {
         let (app, run) = p.resolve_run(&run).await?;

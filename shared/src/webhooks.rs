@@ -11,6 +11,9 @@ use crate::config::{WebhookAuth, WebhookConfigEntry};
 use crate::error::{Error, Result};
 use crate::triggers::{Parsed, Trigger, TriggerKind};
 
+/// Largest webhook body taken (registry notifications are a few KB).
+pub const MAX_WEBHOOK_BODY: usize = 1024 * 1024;
+
 /// The parts of an HTTP request a webhook check needs.
 #[derive(Clone, Copy)]
 pub struct RequestParts<'a> {
@@ -43,12 +46,7 @@ enum Resolved {
 pub struct Unauthorized(pub String);
 
 fn secret(var: &str, endpoint: &str) -> Result<String> {
-    std::env::var(var).map_err(|_| {
-        Error::invalid(
-            format!("webhook {endpoint}"),
-            format!("environment variable {var} (its secret) is not set"),
-        )
-    })
+    crate::config::secret_env(var, &format!("webhook {endpoint}"))
 }
 
 /// Constant-time comparison.
@@ -124,6 +122,17 @@ impl Endpoint {
             source,
             auth,
         }
+    }
+
+    /// Whether the request can be authenticated from its headers and query alone, so
+    /// the body is read only after it is (every scheme but an HMAC over the body).
+    pub fn authenticates_before_body(&self) -> bool {
+        !matches!(self.auth, Resolved::Hmac { .. })
+    }
+
+    /// Whether the endpoint takes requests without authentication (`auth: none`).
+    pub fn is_open(&self) -> bool {
+        matches!(self.auth, Resolved::None)
     }
 
     /// Checks the request's authentication.

@@ -137,6 +137,7 @@ fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
 
 const HOOK_SECRET: &str = "Bearer hook-s3cret";
 const ALICE_TOKEN: &str = "alice-token-1";
+const READER_TOKEN: &str = "reader-token-for-the-tests";
 
 fn write_project(root: &Path, registry: u16, test_cmd: &str, extra: &str) {
     let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: example/app:0.0.1 # set by baton\n";
@@ -161,7 +162,7 @@ apps:
         approval: auto
         deploy: {{ manifest: {{ dir: manifests/staging, workloads: [{{ name: app, container: app }}] }} }}
       - name: production
-        approval: {{ approvers: [alice], required: 1 }}
+        approval: {{ approvers: [alice], required: 1, unknown_pusher: allow }}
         deploy: {{ manifest: {{ dir: manifests/production, workloads: [{{ name: app, container: app }}] }} }}
 {extra}
 serve:
@@ -169,6 +170,8 @@ serve:
     - {{ name: registry, source: distribution, auth: {{ header: {{ name: Authorization, secret_env: BATON_TEST_HOOK_SECRET }} }} }}
   approvers:
     alice: {{ token_env: BATON_TEST_ALICE_TOKEN }}
+  readers:
+    ci: {{ token_env: BATON_TEST_READER_TOKEN }}
 "#
     );
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
@@ -182,6 +185,7 @@ async fn start_serve(root: &Path, port: u16) -> Proc {
         .env_remove("BATON_STATE_DIR")
         .env("BATON_TEST_HOOK_SECRET", HOOK_SECRET)
         .env("BATON_TEST_ALICE_TOKEN", ALICE_TOKEN)
+        .env("BATON_TEST_READER_TOKEN", READER_TOKEN)
         .env("BATON_LOG", "info")
         .stdout(Stdio::null())
         .stderr(
@@ -214,6 +218,7 @@ impl Api {
         let v: Value = self
             .client
             .get(format!("{}/runs", self.base))
+            .bearer_auth(READER_TOKEN)
             .send()
             .await
             .unwrap()
@@ -473,6 +478,7 @@ async fn a_kill_right_after_202_loses_nothing() {
     let view: Value = api
         .client
         .get(format!("{}/runs/{}", api.base, &run[..8]))
+        .bearer_auth(READER_TOKEN)
         .send()
         .await
         .unwrap()

@@ -179,6 +179,10 @@ apps:
       - name: staging
         approval: auto
         deploy: { lambda: { function: web } }
+serve:
+  approvers:
+    alice: { iam: ["arn:aws:iam::123456789012:user/alice"] }
+    bob: { iam: [{ role: "arn:aws:iam::123456789012:role/Approvers", session: bob }] }
 "#,
     )
     .unwrap();
@@ -195,6 +199,14 @@ apps:
         .remove("authorizer");
     let url_file = dir.path().join("approve-url-anonymous.json");
     std::fs::write(&url_file, anonymous.to_string()).unwrap();
+    // The attack of the security issue: any role, with a session named after an
+    // approver. The caller chose the name "bob"; the role is not bob's.
+    let mut chosen: Value =
+        serde_json::from_str(&std::fs::read_to_string(&url_sample).unwrap()).unwrap();
+    chosen["requestContext"]["authorizer"]["iam"]["userArn"] =
+        json!("arn:aws:sts::123456789012:assumed-role/AnyRoleICanAssume/bob");
+    let chosen_file = dir.path().join("approve-url-session-named-bob.json");
+    std::fs::write(&chosen_file, chosen.to_string()).unwrap();
     let sqs_sample = samples.join("aws/sqs-event.json");
     let record_id = "19dd0b57-b21e-4ac1-bd88-01bbb068cb78";
     let cases: Vec<(&str, PathBuf, Value)> = vec![
@@ -222,6 +234,7 @@ apps:
             json!({"batchItemFailures": []}),
         ),
         ("approve", url_file, json!({"statusCode": 401})),
+        ("approve", chosen_file, json!({"statusCode": 403})),
         // alice decides on a run that does not exist: her identity was read (not 401).
         ("approve", url_sample, json!({"statusCode": 404})),
     ];

@@ -9,8 +9,10 @@
 //!   DLQ instead of being lost.
 //! * ingest: the EventBridge "ECR Image Action" event, or a registry webhook through the
 //!   function URL (`/hooks/<name>`, authenticated as `serve.webhooks` says).
-//! * approve: a decision through the function URL; the approver is the caller's IAM
-//!   identity (`requestContext.authorizer.iam`), never the body.
+//! * approve: a decision through the function URL; the approver is the configured
+//!   approver whose IAM principal (`serve.approvers.<name>.iam`) is the caller's verified
+//!   ARN (`requestContext.authorizer.iam`), never the body and never a name the caller
+//!   picks; an identity no approver maps to is refused.
 
 use std::sync::Arc;
 
@@ -55,12 +57,21 @@ impl App {
         sqs: aws_sdk_sqs::Client,
     ) -> Result<App> {
         let endpoints = if stage == StageName::Ingest {
-            config
+            let endpoints = config
                 .serve
                 .webhooks
                 .iter()
                 .map(Endpoint::from_config)
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?;
+            // The function URL is public: an endpoint without authentication would let
+            // anyone start runs.
+            if let Some(open) = endpoints.iter().find(|e| e.is_open()) {
+                return Err(Error::invalid(
+                    format!("webhook {}", open.name),
+                    "auth: none is refused on the ingest function URL, which anyone on the internet can call; configure the registry's authentication",
+                ));
+            }
+            endpoints
         } else {
             vec![]
         };
@@ -256,7 +267,13 @@ impl App {
         let Some(ep) = self.endpoints.iter().find(|e| e.name == name) else {
             return http(404, json!({ "error": format!("no webhook named {name}") }));
         };
+        if req.body.as_deref().map_or(0, str::len) > 2 * crate::webhooks::MAX_WEBHOOK_BODY {
+            return http(413, json!({ "error": "the body is too large" }));
+        }
         let body = body_of(req);
+        if body.len() > crate::webhooks::MAX_WEBHOOK_BODY {
+            return http(413, json!({ "error": "the body is too large" }));
+        }
         let auth = {
             let header = |n: &str| {
                 req.headers
@@ -289,47 +306,65 @@ impl App {
     }
 
     async fn decision(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
-        let caller = req
+        let iam = req
             .request_context
             .authorizer
             .as_ref()
-            .and_then(|a| a.iam.as_ref())
-            .and_then(|iam| iam.user_arn.as_deref());
-        let Some(who) = caller.and_then(approver_of_arn) else {
+            .and_then(|a| a.iam.as_ref());
+        let Some(arn) = iam.and_then(|i| i.user_arn.as_deref()) else {
             return http(
                 401,
                 json!({ "error": "call the approve URL with AWS_IAM (SigV4) credentials" }),
             );
         };
-        let body: Value = serde_json::from_slice(&body_of(req)).unwrap_or(Value::Null);
-        let (Some(run), Some(env), Some(decision)) = (
-            body["run"].as_str(),
-            body["environment"].as_str(),
-            body["decision"].as_str(),
-        ) else {
+        let account = iam.and_then(|i| i.account_id.as_deref());
+        let config = &self.pipeline.config;
+        let Some(name) = config.approver_for_iam(arn, account) else {
+            tracing::warn!(caller = %crate::reference::excerpt(arn), "approval decision from an IAM identity no approver maps to");
             return http(
-                400,
-                json!({ "error": "body: {\"run\", \"environment\", \"decision\": \"approve\"|\"reject\", \"comment\"?}" }),
+                403,
+                json!({ "error": format!(
+                    "{} is not an approver: map it under serve.approvers.<name>.iam (an IAM user ARN, or a role ARN with the session name the role enforces)",
+                    crate::reference::excerpt(arn)
+                ) }),
             );
         };
-        let verdict = match decision {
-            "approve" => Verdict::Approve,
-            "reject" => Verdict::Reject,
-            other => {
+        let who = config.approver(name, arn);
+        if req.body.as_deref().map_or(0, str::len) > 2 * crate::stages::approve::MAX_DECISION_BODY {
+            return http(413, json!({ "error": "the body is too large" }));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            run: String,
+            environment: String,
+            decision: Verdict,
+            #[serde(default)]
+            comment: Option<String>,
+        }
+        let body: Body = match serde_json::from_slice(&body_of(req)) {
+            Ok(b) => b,
+            Err(e) => {
                 return http(
                     400,
-                    json!({ "error": format!("decision {other:?} is not approve or reject") }),
+                    json!({ "error": format!("body: {e} (expected {{\"run\", \"environment\", \"decision\": \"approve\"|\"reject\", \"comment\"?}})") }),
                 );
             }
         };
+        if !crate::ids::is_run_prefix(&body.run) || !crate::ids::is_name(&body.environment) {
+            return http(
+                400,
+                json!({ "error": "run must be a run id (4 to 16 lowercase hex digits) and environment an environment name" }),
+            );
+        }
         let result = self
             .pipeline
             .decide(Decision {
-                run: run.into(),
-                environment: env.into(),
+                run: body.run,
+                environment: body.environment,
                 by: who,
-                verdict,
-                comment: body["comment"].as_str().map(str::to_owned),
+                verdict: body.decision,
+                comment: body.comment,
             })
             .await;
         match result {
@@ -337,23 +372,10 @@ impl App {
             Err(Error::Refused(m)) if m.contains("already") => http(409, json!({ "error": m })),
             Err(Error::Refused(m)) => http(403, json!({ "error": m })),
             Err(e @ Error::NotFound { .. }) => http(404, json!({ "error": e.to_string() })),
+            Err(e @ Error::Invalid { .. }) => http(400, json!({ "error": e.to_string() })),
             Err(e) => http(503, json!({ "error": e.to_string() })),
         }
     }
-}
-
-/// The approver name of an IAM identity: the user name, or the session name of an
-/// assumed role (`arn:aws:sts::1:assumed-role/Approvers/alice` → `alice`).
-pub fn approver_of_arn(arn: &str) -> Option<String> {
-    let resource = arn.split(':').nth(5)?;
-    let name = if let Some(rest) = resource.strip_prefix("assumed-role/") {
-        rest.split('/').nth(1)?
-    } else if let Some(rest) = resource.strip_prefix("user/") {
-        rest.rsplit('/').next()?
-    } else {
-        return None;
-    };
-    (!name.is_empty()).then(|| name.to_string())
 }
 
 fn body_of(req: &LambdaFunctionUrlRequest) -> Vec<u8> {
@@ -491,30 +513,4 @@ pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Er
         },
     ))
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn approver_names_from_iam_identities() {
-        assert_eq!(
-            approver_of_arn("arn:aws:iam::123456789012:user/alice").as_deref(),
-            Some("alice")
-        );
-        assert_eq!(
-            approver_of_arn("arn:aws:iam::123456789012:user/division/bob").as_deref(),
-            Some("bob")
-        );
-        assert_eq!(
-            approver_of_arn("arn:aws:sts::123456789012:assumed-role/Approvers/carol").as_deref(),
-            Some("carol")
-        );
-        assert_eq!(
-            approver_of_arn("arn:aws:iam::123456789012:role/Deployer"),
-            None
-        );
-        assert_eq!(approver_of_arn("nonsense"), None);
-    }
 }

@@ -63,7 +63,8 @@ impl KubeJobRunner {
         let security = self
             .cfg
             .security_context
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(crate::config::SecurityContexts::restricted);
         let mut container = json!({
             "name": "test",

@@ -1,6 +1,9 @@
-//! Approval rules as pure functions: who may decide, N-of-M, no self-approval, expiry.
-//! The approvals record (what the store keeps) lives here too, so the rules and the
-//! record cannot drift apart.
+//! Approval rules as pure functions: who may decide, N-of-M, no self-approval, expiry,
+//! and what happens when the pusher is unknown. The approvals record (what the store
+//! keeps) lives here too, so the rules and the record cannot drift apart; so does the
+//! check deploy makes of a record before it acts ([`verify_granted`]).
+
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,8 +37,21 @@ impl ApprovalStatus {
     }
 }
 
-/// The rules in force for one request, copied from the configuration when the request
-/// was made, so a decision is judged by the rules the requester saw.
+/// What a policy does when the source did not say who pushed the image, so the
+/// no-self-approval rule cannot be checked. Never silently "allow".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPusher {
+    /// No one may approve (any approver could be the pusher); reject, or let it expire.
+    #[default]
+    Refuse,
+    /// Approvals are taken; the record says the self-approval check was not made.
+    Allow,
+}
+
+/// The rules in force for one request, taken from the configuration (never from the
+/// event that asked) when the request was made, so a decision is judged by the rules
+/// the requester saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalRules {
     pub approvers: Vec<String>,
@@ -46,6 +62,69 @@ pub struct ApprovalRules {
     pub allow_self_approval: bool,
     /// Who pushed the image, when the registry said.
     pub pushed_by: Option<String>,
+    /// What to do when `pushed_by` is unknown.
+    #[serde(default)]
+    pub unknown_pusher: UnknownPusher,
+}
+
+/// Who decides: an approver's configured name, and every identity that stands for them
+/// (their IAM user ARN and name, the session names their roles enforce), for the
+/// self-approval check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    pub name: String,
+    pub identities: Vec<String>,
+    /// How the identity was established (`token`, `proxy`, an IAM ARN, `cli`).
+    pub principal: String,
+}
+
+impl Approver {
+    /// An approver known by name only.
+    pub fn named(name: &str) -> Approver {
+        Approver {
+            name: name.to_string(),
+            identities: vec![],
+            principal: "cli".into(),
+        }
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str())
+            .chain(self.identities.iter().map(String::as_str))
+            .chain(std::iter::once(self.principal.as_str()))
+    }
+}
+
+/// The names a pusher identity stands for: itself, and for an IAM ARN the user name or
+/// the role session name (`arn:aws:sts::1:assumed-role/Dev/alice` → `alice`).
+pub fn pusher_names(pushed_by: &str) -> Vec<String> {
+    let mut out = vec![pushed_by.to_string()];
+    if let Some(resource) = pushed_by
+        .strip_prefix("arn:")
+        .and_then(|r| r.splitn(5, ':').nth(4))
+    {
+        if let Some(rest) = resource.strip_prefix("assumed-role/")
+            && let Some(session) = rest.split('/').nth(1)
+        {
+            out.push(session.to_string());
+        } else if let Some(rest) = resource.strip_prefix("user/")
+            && let Some(user) = rest.rsplit('/').next()
+        {
+            out.push(user.to_string());
+        }
+    }
+    out
+}
+
+/// Whether `who` is (or may be) the pusher.
+fn is_pusher(rules: &ApprovalRules, name: &str, others: &[&str]) -> bool {
+    let Some(pusher) = rules.pushed_by.as_deref() else {
+        return false;
+    };
+    let pushers = pusher_names(pusher);
+    std::iter::once(name)
+        .chain(others.iter().copied())
+        .any(|n| pushers.iter().any(|p| p.eq_ignore_ascii_case(n)))
 }
 
 /// One recorded decision.
@@ -56,6 +135,9 @@ pub struct DecisionRecord {
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// How the approver authenticated (`token`, `proxy`, the IAM ARN, `cli`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// What checking a decision concluded.
@@ -101,16 +183,17 @@ pub fn check(
     rules: &ApprovalRules,
     status: ApprovalStatus,
     decisions: &[DecisionRecord],
-    who: &str,
+    who: &Approver,
     verdict: Verdict,
     now: DateTime<Utc>,
 ) -> Result<Check, String> {
-    if who.trim().is_empty() {
+    let name = who.name.as_str();
+    if name.trim().is_empty() {
         return Err("an approver identity is required".into());
     }
-    if !rules.may_decide(who) {
+    if !rules.may_decide(name) {
         return Err(format!(
-            "{who} may not decide this approval (allowed: {})",
+            "{name} may not decide this approval (allowed: {})",
             rules.allowed_description()
         ));
     }
@@ -125,21 +208,75 @@ pub fn check(
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));
     }
-    if verdict == Verdict::Approve
-        && !rules.allow_self_approval
-        && rules.pushed_by.as_deref() == Some(who)
-    {
-        return Err(format!(
-            "{who} pushed this image and may not approve it (no self-approval)"
-        ));
+    if verdict == Verdict::Approve && !rules.allow_self_approval {
+        let others: Vec<&str> = who.names().collect();
+        if is_pusher(rules, name, &others) {
+            return Err(format!(
+                "{name} pushed this image and may not approve it (no self-approval)"
+            ));
+        }
+        if rules.pushed_by.is_none() && rules.unknown_pusher == UnknownPusher::Refuse {
+            return Err(UNKNOWN_PUSHER_REFUSED.into());
+        }
     }
     if decisions
         .iter()
-        .any(|d| d.by == who && d.verdict == verdict)
+        .any(|d| d.by == name && d.verdict == verdict)
     {
         return Ok(Check::AlreadyRecorded);
     }
     Ok(Check::Record)
+}
+
+/// Why no one may approve when the pusher is unknown and the policy refuses.
+pub const UNKNOWN_PUSHER_REFUSED: &str = "the registry did not say who pushed this image, so no-self-approval cannot be checked, and this environment's policy refuses approvals then (approval.unknown_pusher: refuse); reject it, use a trigger that names the pusher (ECR: the CloudTrail PutImage event), or set unknown_pusher: allow";
+
+/// What deploy checks before it acts on an `approval.granted` for an environment that
+/// is not `auto`: the record is granted, nobody rejected, and at least `required`
+/// distinct approvers who are `eligible` now (the configuration's approvers and group
+/// members) approved before the request expired, none of them the pusher unless
+/// self-approval is allowed, and the pusher rule was met. Returns who approved.
+pub fn verify_granted(
+    rules: &ApprovalRules,
+    status: ApprovalStatus,
+    decisions: &[DecisionRecord],
+    eligible: &BTreeSet<String>,
+    required: u32,
+) -> Result<Vec<String>, String> {
+    if status != ApprovalStatus::Granted {
+        return Err(format!(
+            "the approval record is {}, not granted",
+            status.as_str()
+        ));
+    }
+    if let Some(r) = decisions.iter().find(|d| d.verdict == Verdict::Reject) {
+        return Err(format!("the approval record holds a rejection by {}", r.by));
+    }
+    if rules.pushed_by.is_none()
+        && rules.unknown_pusher == UnknownPusher::Refuse
+        && !rules.allow_self_approval
+    {
+        return Err(UNKNOWN_PUSHER_REFUSED.into());
+    }
+    let mut by: Vec<String> = vec![];
+    for d in decisions.iter().filter(|d| d.verdict == Verdict::Approve) {
+        let principal: Vec<&str> = d.principal.as_deref().into_iter().collect();
+        let counts = d.at < rules.expires_at
+            && eligible.contains(&d.by)
+            && (rules.allow_self_approval || !is_pusher(rules, &d.by, &principal));
+        if counts && !by.contains(&d.by) {
+            by.push(d.by.clone());
+        }
+    }
+    let need = required.max(rules.required).max(1);
+    if (by.len() as u32) < need {
+        return Err(format!(
+            "{} valid approval(s) in the record, {need} required (approvers allowed now: {})",
+            by.len(),
+            eligible.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(by)
 }
 
 /// Evaluates the decisions: one rejection rejects; `required` distinct approvals grant.
@@ -184,6 +321,7 @@ mod tests {
             expires_at: Utc::now() + Duration::hours(1),
             allow_self_approval: false,
             pushed_by: Some("carol".into()),
+            unknown_pusher: UnknownPusher::Refuse,
         }
     }
 
@@ -193,6 +331,7 @@ mod tests {
             verdict,
             at: Utc::now(),
             comment: None,
+            principal: None,
         }
     }
 
@@ -205,7 +344,7 @@ mod tests {
                 &r,
                 ApprovalStatus::Pending,
                 &[],
-                "alice",
+                &Approver::named("alice"),
                 Verdict::Approve,
                 now
             ),
@@ -216,7 +355,7 @@ mod tests {
                 &r,
                 ApprovalStatus::Pending,
                 &[],
-                "bob",
+                &Approver::named("bob"),
                 Verdict::Approve,
                 now
             ),
@@ -226,7 +365,7 @@ mod tests {
             &r,
             ApprovalStatus::Pending,
             &[],
-            "mallory",
+            &Approver::named("mallory"),
             Verdict::Approve,
             now,
         )
@@ -235,7 +374,17 @@ mod tests {
             e.contains("mallory may not") && e.contains("alice") && e.contains("sre"),
             "{e}"
         );
-        assert!(check(&r, ApprovalStatus::Pending, &[], " ", Verdict::Approve, now).is_err());
+        assert!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                &Approver::named(" "),
+                Verdict::Approve,
+                now
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -246,7 +395,7 @@ mod tests {
             &r,
             ApprovalStatus::Pending,
             &[],
-            "carol",
+            &Approver::named("carol"),
             Verdict::Approve,
             now,
         )
@@ -258,7 +407,7 @@ mod tests {
                 &r,
                 ApprovalStatus::Pending,
                 &[],
-                "carol",
+                &Approver::named("carol"),
                 Verdict::Reject,
                 now
             ),
@@ -270,7 +419,7 @@ mod tests {
                 &r,
                 ApprovalStatus::Pending,
                 &[],
-                "carol",
+                &Approver::named("carol"),
                 Verdict::Approve,
                 now
             ),
@@ -286,7 +435,7 @@ mod tests {
             &r,
             ApprovalStatus::Pending,
             &[],
-            "alice",
+            &Approver::named("alice"),
             Verdict::Approve,
             late,
         )
@@ -296,7 +445,7 @@ mod tests {
             &r,
             ApprovalStatus::Granted,
             &[],
-            "alice",
+            &Approver::named("alice"),
             Verdict::Approve,
             Utc::now(),
         )
@@ -316,7 +465,7 @@ mod tests {
                 &r,
                 ApprovalStatus::Pending,
                 &d,
-                "alice",
+                &Approver::named("alice"),
                 Verdict::Approve,
                 now
             ),
@@ -341,5 +490,120 @@ mod tests {
         let r = rules(2);
         let d = vec![dec("alice", Verdict::Approve), dec("bob", Verdict::Reject)];
         assert!(matches!(outcome(&r, &d, Utc::now()), Outcome::Rejected { by, .. } if by == "bob"));
+    }
+
+    #[test]
+    fn an_unknown_pusher_never_switches_self_approval_off_silently() {
+        let mut r = rules(1);
+        r.pushed_by = None;
+        let now = Utc::now();
+        let e = check(
+            &r,
+            ApprovalStatus::Pending,
+            &[],
+            &Approver::named("alice"),
+            Verdict::Approve,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown_pusher"), "{e}");
+        // rejecting stays possible
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                &Approver::named("alice"),
+                Verdict::Reject,
+                now
+            ),
+            Ok(Check::Record)
+        );
+        r.unknown_pusher = UnknownPusher::Allow;
+        assert_eq!(
+            check(
+                &r,
+                ApprovalStatus::Pending,
+                &[],
+                &Approver::named("alice"),
+                Verdict::Approve,
+                now
+            ),
+            Ok(Check::Record)
+        );
+    }
+
+    #[test]
+    fn a_pusher_known_by_iam_arn_is_the_approver_with_that_identity() {
+        let mut r = rules(1);
+        r.pushed_by = Some("arn:aws:sts::123456789012:assumed-role/Developers/Alice".into());
+        let now = Utc::now();
+        let alice = Approver {
+            name: "alice".into(),
+            identities: vec!["arn:aws:iam::123456789012:user/alice".into()],
+            principal: "arn:aws:iam::123456789012:user/alice".into(),
+        };
+        let e = check(
+            &r,
+            ApprovalStatus::Pending,
+            &[],
+            &alice,
+            Verdict::Approve,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("self-approval"),
+            "session name alice is alice: {e}"
+        );
+        assert_eq!(
+            pusher_names("arn:aws:iam::1:user/team/bob"),
+            vec!["arn:aws:iam::1:user/team/bob".to_string(), "bob".into()]
+        );
+    }
+
+    #[test]
+    fn deploy_verifies_the_record_it_acts_on() {
+        let r = rules(2);
+        let eligible: BTreeSet<String> = ["alice", "bob", "carol"].map(String::from).into();
+        let two = vec![dec("alice", Verdict::Approve), dec("bob", Verdict::Approve)];
+        assert_eq!(
+            verify_granted(&r, ApprovalStatus::Granted, &two, &eligible, 2),
+            Ok(vec!["alice".to_string(), "bob".into()])
+        );
+        // a record that is not granted, one approval short, or approved by someone the
+        // configuration no longer lists, does not deploy
+        assert!(verify_granted(&r, ApprovalStatus::Pending, &two, &eligible, 2).is_err());
+        let one = vec![
+            dec("alice", Verdict::Approve),
+            dec("alice", Verdict::Approve),
+        ];
+        assert!(verify_granted(&r, ApprovalStatus::Granted, &one, &eligible, 2).is_err());
+        let mallory = vec![
+            dec("alice", Verdict::Approve),
+            dec("mallory", Verdict::Approve),
+        ];
+        assert!(verify_granted(&r, ApprovalStatus::Granted, &mallory, &eligible, 2).is_err());
+        // the pusher's own approval does not count
+        let carol = vec![
+            dec("alice", Verdict::Approve),
+            dec("carol", Verdict::Approve),
+        ];
+        assert!(verify_granted(&r, ApprovalStatus::Granted, &carol, &eligible, 2).is_err());
+        // after expiry nothing counts; a rejection voids it
+        let mut late = dec("bob", Verdict::Approve);
+        late.at = r.expires_at + Duration::seconds(1);
+        let d = vec![dec("alice", Verdict::Approve), late];
+        assert!(verify_granted(&r, ApprovalStatus::Granted, &d, &eligible, 2).is_err());
+        let d = vec![
+            dec("alice", Verdict::Approve),
+            dec("bob", Verdict::Approve),
+            dec("carol", Verdict::Reject),
+        ];
+        assert!(verify_granted(&r, ApprovalStatus::Granted, &d, &eligible, 2).is_err());
+        // the configuration's count wins over a smaller one in the record
+        let r1 = rules(1);
+        let d = vec![dec("alice", Verdict::Approve)];
+        assert!(verify_granted(&r1, ApprovalStatus::Granted, &d, &eligible, 2).is_err());
     }
 }

@@ -2,7 +2,10 @@
 //! `approval.requested` (it opens the approvals record and waits until the request
 //! expires), and every decision re-runs it through the harness. Only listed approvers
 //! and group members decide, N-of-M distinct approvals grant, one rejection rejects, the
-//! pusher may not approve their own image, and nothing is decided after expiry.
+//! pusher may not approve their own image (and when the pusher is unknown, the policy
+//! says what happens), and nothing is decided after expiry. The rules come from the
+//! configuration, never from the event that asked: a forged `approval.requested` cannot
+//! lower the bar. Only this stage writes approval records; deploy checks them.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::{ApprovalGranted, ApprovalRejected, Event, EventType, GrantPolicy, Payload};
 use crate::harness::{Disposition, Input, Mode, StageCtx, Step};
 use crate::policy::approval::{
-    self, ApprovalRules, ApprovalStatus, Check, DecisionRecord, Outcome, Verdict,
+    self, ApprovalRules, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Verdict,
 };
 use crate::ports::{Ports, Precondition};
 use crate::stages::{Pipeline, StageName, expect_type};
@@ -32,13 +35,16 @@ pub struct ApprovalRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Largest approval decision body taken over HTTP.
+pub const MAX_DECISION_BODY: usize = 16 * 1024;
+
 /// An approver's decision, with the identity established by the caller (CLI user,
 /// authenticated HTTP request, IAM principal), never taken from a request body.
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub run: String,
     pub environment: String,
-    pub by: String,
+    pub by: Approver,
     pub verdict: Verdict,
     pub comment: Option<String>,
 }
@@ -77,30 +83,26 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
         let (mut rec, etag) = match get_json::<_, ApprovalRecord>(store, &key).await? {
             Some(found) => found,
             None => {
-                let groups = req
-                    .groups
-                    .iter()
-                    .map(|g| {
-                        (
-                            g.clone(),
-                            p.config.groups.get(g).cloned().unwrap_or_default(),
-                        )
-                    })
-                    .collect();
+                let rules = rules_from_config(p, &req.ctx, &env, req.expires_at, now)?;
+                if rules.approvers != req.approvers
+                    || rules.required != req.required
+                    || req.groups
+                        != rules
+                            .groups
+                            .iter()
+                            .map(|(g, _)| g.clone())
+                            .collect::<Vec<_>>()
+                {
+                    tracing::warn!(run = %ctx.run, env = %env, event = %input.id,
+                        "approval.requested names other rules than the configuration; the configuration's apply");
+                }
                 let rec = ApprovalRecord {
                     app: ctx.app.clone(),
                     run: ctx.run.clone(),
                     environment: env.clone(),
                     status: ApprovalStatus::Pending,
                     request: input.clone(),
-                    rules: ApprovalRules {
-                        approvers: req.approvers.clone(),
-                        groups,
-                        required: req.required,
-                        expires_at: req.expires_at,
-                        allow_self_approval: allow_self(p, &ctx.app, &env),
-                        pushed_by: ctx.pushed_by.clone(),
-                    },
+                    rules,
                     decisions: vec![],
                     created_at: now,
                     updated_at: now,
@@ -178,15 +180,45 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
     ))
 }
 
-fn allow_self<P: Ports>(p: &Pipeline<P>, app: &str, env: &str) -> bool {
-    p.config
-        .app(app)
-        .and_then(|a| a.environment(env))
-        .map(|e| match &e.approval {
-            crate::config::ApprovalPolicy::Manual(m) => m.allow_self_approval,
-            crate::config::ApprovalPolicy::Auto => false,
-        })
-        .unwrap_or(false)
+/// The rules of a request, from the configuration of its environment. The expiry is
+/// the one the request names, but never later than the policy allows from now.
+fn rules_from_config<P: Ports>(
+    p: &Pipeline<P>,
+    ctx: &crate::event::RunContext,
+    env: &str,
+    requested_expiry: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<ApprovalRules> {
+    let environment = p.config.app(&ctx.app)?.environment(env)?;
+    let crate::config::ApprovalPolicy::Manual(m) = &environment.approval else {
+        return Err(Error::Refused(format!(
+            "{env} of {} is approved automatically (approval: auto); an approval.requested for it is not the gate's",
+            ctx.app
+        )));
+    };
+    let longest = now
+        .checked_add_signed(
+            chrono::Duration::from_std(m.expires_after).unwrap_or(chrono::Duration::days(1)),
+        )
+        .unwrap_or(now);
+    Ok(ApprovalRules {
+        approvers: m.approvers.clone(),
+        groups: m
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.clone(),
+                    p.config.groups.get(g).cloned().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        required: m.required,
+        expires_at: requested_expiry.min(longest),
+        allow_self_approval: m.allow_self_approval,
+        pushed_by: ctx.pushed_by.clone(),
+        unknown_pusher: m.unknown_pusher,
+    })
 }
 
 impl<P: Ports> Pipeline<P> {
@@ -219,7 +251,7 @@ impl<P: Ports> Pipeline<P> {
                 now,
             ) {
                 Err(why) => {
-                    tracing::info!(run = %run, env = %d.environment, by = %d.by, %why, "decision refused");
+                    tracing::info!(run = %run, env = %d.environment, by = %d.by.name, %why, "decision refused");
                     return Err(Error::Refused(format!(
                         "run {run} in {}: {why}",
                         d.environment
@@ -231,18 +263,19 @@ impl<P: Ports> Pipeline<P> {
                 }
                 Ok(Check::Record) => {
                     rec.decisions.push(DecisionRecord {
-                        by: d.by.clone(),
+                        by: d.by.name.clone(),
                         verdict: d.verdict,
                         at: now,
                         comment: d.comment.clone(),
+                        principal: Some(d.by.principal.clone()),
                     });
                     rec.updated_at = now;
                     match put_json(store, &key, &rec, Precondition::IfMatch(etag)).await {
                         Ok(_) => {
                             recorded = true;
                             done = true;
-                            tracing::info!(run = %run, env = %d.environment, by = %d.by,
-                                verdict = ?d.verdict, "decision recorded");
+                            tracing::info!(run = %run, env = %d.environment, by = %d.by.name,
+                                principal = %d.by.principal, verdict = ?d.verdict, "decision recorded");
                             let handled = self
                                 .handle(
                                     StageName::Approve,

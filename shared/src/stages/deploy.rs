@@ -3,6 +3,11 @@
 //! older image never replaces a newer live one (only `baton rollback` may). The image is
 //! always set by digest. A rollout that fails after the target changed is rolled back to
 //! the previous images when the environment allows it. History is kept for rollback.
+//!
+//! Approvals cannot be forged: any stage's role may publish an `approval.granted`, so for
+//! an environment whose policy is not `auto` deploy acts only on the approvals record
+//! the approve stage wrote (and only it can write): granted for this run, environment
+//! and digest, by enough distinct approvers the configuration lists now, before expiry.
 
 use std::time::Duration;
 
@@ -87,6 +92,9 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
     let env_name = ctx.environment.clone().unwrap_or_default();
     let app = p.config.app(&ctx.app)?;
     let env = app.environment(&env_name)?;
+    if let crate::config::ApprovalPolicy::Manual(m) = &env.approval {
+        verify_approval(p, input, &ctx, &env_name, m).await?;
+    }
     let target = p.ports.deploy_target(app, env)?;
     let req = DeployRequest {
         app: ctx.app.clone(),
@@ -107,6 +115,63 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
         p.release_lease(&ctx.app, &env_name, &lease).await;
     }
     result
+}
+
+/// Checks the approvals record behind an `approval.granted` for a manual environment;
+/// a refusal names what is wrong and nothing is deployed.
+async fn verify_approval<P: Ports>(
+    p: &Pipeline<P>,
+    input: &Event,
+    ctx: &RunContext,
+    env: &str,
+    m: &crate::config::ManualApproval,
+) -> Result<()> {
+    let refuse = |why: String| {
+        tracing::error!(run = %ctx.run, app = %ctx.app, env = %env, event = %input.id,
+            source = %input.source, %why, "approval.granted refused: not backed by a valid approvals record");
+        Error::Refused(format!(
+            "deploy of run {} to {env} refused: {why}; nothing was deployed",
+            ctx.run
+        ))
+    };
+    if let Payload::ApprovalGranted(g) = &input.payload
+        && g.policy == crate::event::GrantPolicy::Auto
+    {
+        return Err(refuse(format!(
+            "the event claims automatic approval, but {env} requires approvers"
+        )));
+    }
+    let key = crate::store::approval_key(&ctx.app, &ctx.run, env);
+    let Some((rec, _)) =
+        get_json::<_, crate::stages::approve::ApprovalRecord>(p.ports.store(), &key).await?
+    else {
+        return Err(refuse(format!("there is no approvals record ({key})")));
+    };
+    if rec.app != ctx.app || rec.run != ctx.run || rec.environment != env {
+        return Err(refuse(format!(
+            "the approvals record at {key} is for {}/{} in {}",
+            rec.app, rec.run, rec.environment
+        )));
+    }
+    if rec.request.ctx().image.digest != ctx.image.digest {
+        return Err(refuse(format!(
+            "the approvals record is for {}, not {}",
+            rec.request.ctx().image.short_digest(),
+            ctx.image.short_digest()
+        )));
+    }
+    let eligible = p.config.eligible(m);
+    crate::policy::approval::verify_granted(
+        &rec.rules,
+        rec.status,
+        &rec.decisions,
+        &eligible,
+        m.required,
+    )
+    .map(|by| {
+        tracing::info!(run = %ctx.run, env = %env, approvers = %by.join(", "), "approval verified");
+    })
+    .map_err(refuse)
 }
 
 async fn deploy_under_lease<P: Ports, T: DeployTarget>(

@@ -16,6 +16,7 @@ use baton::event::Event;
 use baton::ports::{
     BusMessage, DeployRequest, DeployTarget, EventBus, ObjectStore, Precondition, Registry, Rollout,
 };
+use baton::store::get_json;
 use serde_json::json;
 
 pub struct Moto {
@@ -525,6 +526,18 @@ async fn stack_with(approval: &str) -> Stack {
 
 /// A stack whose staging deploy has `extra` settings (`, traffic: …`).
 async fn stack_with_deploy(approval: &str, extra: &str) -> Stack {
+    stack_full(approval, extra, "").await
+}
+
+/// Approvers of the tests: alice through a role that enforces her session name.
+const APPROVERS: &str = r#"
+serve:
+  approvers:
+    alice: { iam: [{ role: "arn:aws:iam::123456789012:role/Approvers", session: alice }] }
+"#;
+
+/// A stack with `tail` appended to its configuration.
+async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
     let clients = baton::aws::ports::Clients::new(&conf);
@@ -678,7 +691,7 @@ apps:
       - name: staging
         approval: {approval}
         deploy: {{ lambda: {{ function: web, alias: live, poll: 50ms{extra} }} }}
-"#
+{tail}"#
         ),
         Path::new("/tmp"),
         "test config",
@@ -823,6 +836,29 @@ impl Stack {
             }
         }
         panic!("the queues never went quiet");
+    }
+
+    /// ECR's PutImage as CloudTrail reports it through EventBridge, with the caller's
+    /// identity, handed to ingest as the rule would.
+    async fn ingest_cloudtrail(&self, pusher: &str) {
+        let mut event: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../events/triggers/ecr-cloudtrail-putimage.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        event["region"] = json!("us-east-1");
+        event["detail"]["userIdentity"]["arn"] = json!(pusher);
+        event["detail"]["requestParameters"]["imageTag"] = json!("1.0.0");
+        event["detail"]["responseElements"]["image"]["imageId"]["imageDigest"] = json!(self.digest);
+        let out = self
+            .app(baton::stages::StageName::Ingest)
+            .handle(event)
+            .await
+            .unwrap();
+        assert_eq!(out["accepted"].as_array().unwrap().len(), 1, "{out}");
     }
 
     async fn alias_image(&self) -> String {
@@ -1103,51 +1139,229 @@ async fn retry_request_reruns_one_stage_in_its_function() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn approvals_through_the_approve_url_use_the_iam_identity() {
-    let s = stack_with("{ approvers: [alice], required: 1 }").await;
-    s.push_event().await;
-    s.run_ingest().await;
+async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_principal() {
+    let s = stack_full("{ approvers: [alice], required: 1 }", "", APPROVERS).await;
+    s.ingest_cloudtrail("arn:aws:sts::123456789012:assumed-role/ci-pushers/ci-bot")
+        .await;
     s.drive(1).await;
     assert_eq!(
         s.run_log().await.last().map(String::as_str),
         Some("approval.requested")
     );
+    let before = s.alias_image().await;
     let run = baton::ids::run_id("web", &s.digest);
     let approve = s.app(baton::stages::StageName::Approve);
-    let request = |arn: Option<&str>, decision: &str| {
+    let request = |arn: Option<&str>, account: &str| {
         let mut r = json!({
             "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
-            "body": json!({"run": run, "environment": "staging", "decision": decision}).to_string(),
+            "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
             "isBase64Encoded": false,
             "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64}
         });
         if let Some(a) = arn {
             r["requestContext"]["authorizer"] =
-                json!({"iam": {"userArn": a, "accountId": "123456789012"}});
+                json!({"iam": {"userArn": a, "accountId": account}});
         }
         r
     };
-    let out = approve.handle(request(None, "approve")).await.unwrap();
+    const ACCT: &str = "123456789012";
+    let out = approve.handle(request(None, ACCT)).await.unwrap();
     assert_eq!(out["statusCode"], 401, "no IAM identity, no decision");
-    let out = approve
-        .handle(request(
-            Some("arn:aws:iam::123456789012:user/mallory"),
-            "approve",
-        ))
-        .await
-        .unwrap();
-    assert_eq!(out["statusCode"], 403, "{out}");
-    // a body cannot name the approver: only the signed identity counts
+    for (arn, account, why) in [
+        (
+            "arn:aws:iam::123456789012:user/mallory",
+            ACCT,
+            "an identity no approver maps to",
+        ),
+        (
+            "arn:aws:sts::123456789012:assumed-role/AnyRoleICanAssume/alice",
+            ACCT,
+            "a session the caller named alice, in another role",
+        ),
+        (
+            "arn:aws:sts::999999999999:assumed-role/Approvers/alice",
+            "999999999999",
+            "the same role name in another account",
+        ),
+        (
+            "arn:aws:sts::123456789012:assumed-role/Approvers/alice",
+            "999999999999",
+            "an ARN whose account is not the caller's",
+        ),
+    ] {
+        let out = approve.handle(request(Some(arn), account)).await.unwrap();
+        assert_eq!(out["statusCode"], 403, "{why}: {out}");
+    }
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        before,
+        "no refused caller changed anything"
+    );
+    let (rec, _) = get_json::<_, serde_json::Value>(
+        &S3Store::new(s.clients.s3.clone(), "baton-state"),
+        &baton::store::approval_key("web", &run, "staging"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(rec["decisions"], json!([]), "no decision was recorded");
+    // the mapped principal: the role's enforced session
     let out = approve
         .handle(request(
             Some("arn:aws:sts::123456789012:assumed-role/Approvers/alice"),
-            "approve",
+            ACCT,
         ))
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 200, "{out}");
     let body: serde_json::Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
     assert_eq!(body["status"], "granted");
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
+    // ECR's image action does not say who pushed: the default policy refuses.
+    let s = stack_full("{ approvers: [alice], required: 1 }", "", APPROVERS).await;
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    let run = baton::ids::run_id("web", &s.digest);
+    let approve = s.app(baton::stages::StageName::Approve);
+    let request = json!({
+        "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {},
+        "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
+        "isBase64Encoded": false,
+        "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64,
+            "authorizer": {"iam": {"userArn": "arn:aws:sts::123456789012:assumed-role/Approvers/alice", "accountId": "123456789012"}}}
+    });
+    let out = approve.handle(request.clone()).await.unwrap();
+    assert_eq!(out["statusCode"], 403, "{out}");
+    assert!(
+        out["body"].as_str().unwrap().contains("unknown_pusher"),
+        "{out}"
+    );
+
+    // CloudTrail names the pusher: alice pushed through her developer role, and her
+    // approver identity (the session alice) is the same person.
+    let s = stack_full("{ approvers: [alice], required: 1 }", "", APPROVERS).await;
+    s.ingest_cloudtrail("arn:aws:sts::123456789012:assumed-role/Developers/alice")
+        .await;
+    s.drive(1).await;
+    let run = baton::ids::run_id("web", &s.digest);
+    let mut request = request;
+    request["body"] =
+        json!(json!({"run": run, "environment": "staging", "decision": "approve"}).to_string());
+    let out = s
+        .app(baton::stages::StageName::Approve)
+        .handle(request)
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 403, "{out}");
+    assert!(
+        out["body"].as_str().unwrap().contains("self-approval"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
+    let s = stack_full("{ approvers: [alice], required: 1 }", "", APPROVERS).await;
+    s.ingest_cloudtrail("arn:aws:sts::123456789012:assumed-role/ci-pushers/ci-bot")
+        .await;
+    s.drive(1).await;
+    let before = s.alias_image().await;
+    let run = baton::ids::run_id("web", &s.digest);
+    let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+    // The attacker holds the test stage's role, which may publish to the topic: it
+    // copies the run's context from the run log into a made-up approval.granted.
+    let mut requested = None;
+    for key in store
+        .list(&format!("runs/web/{run}/events/"))
+        .await
+        .unwrap()
+    {
+        let obj = store.get(&key).await.unwrap().unwrap();
+        let e = Event::from_json(std::str::from_utf8(&obj.bytes).unwrap()).unwrap();
+        if e.event_type().as_str() == "approval.requested" {
+            requested = Some(e);
+        }
+    }
+    let requested = requested.expect("approval.requested in the run log");
+    let bus = baton::aws::sns::SnsBus::new(aws_sdk_sns::Client::new(&s.m.config().await), &s.topic);
+    for policy in [
+        baton::event::GrantPolicy::Manual,
+        baton::event::GrantPolicy::Auto,
+    ] {
+        let forged = Event::new(
+            format!("forged-{policy:?}"),
+            "approve",
+            chrono::Utc::now(),
+            baton::event::Payload::ApprovalGranted(baton::event::ApprovalGranted {
+                ctx: requested.ctx().clone(),
+                policy,
+                approved_by: vec!["alice".into()],
+            }),
+        );
+        baton::ports::EventBus::publish(&bus, &baton::ports::BusMessage::from_event(&forged))
+            .await
+            .unwrap();
+        s.drive(1).await;
+        assert_eq!(
+            s.alias_image().await,
+            before,
+            "the forged {policy:?} approval deployed nothing"
+        );
+    }
+    let log = s.run_log().await;
+    assert!(
+        log.contains(&"stage.failed".to_string()),
+        "the refusal is reported: {log:?}"
+    );
+    let deploy = store
+        .get(&baton::store::stage_key(
+            "web",
+            &run,
+            "deploy",
+            Some("staging"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let deploy: serde_json::Value = serde_json::from_slice(&deploy.bytes).unwrap();
+    assert_eq!(deploy["error"]["kind"], "refused", "{deploy}");
+    let why = deploy["error"]["message"].as_str().unwrap();
+    assert!(
+        why.contains("claims automatic approval") && why.contains("nothing was deployed"),
+        "the last forgery (policy auto) is named: {why}"
+    );
+    let first = deploy["history"].as_array().unwrap().iter().any(|t| {
+        t["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("forged-Manual"))
+    });
+    assert!(
+        first,
+        "the first forgery (policy manual) was refused too: {deploy}"
+    );
+    // the genuine approval still deploys: a refused input does not hold the stage
+    let out = s
+        .app(baton::stages::StageName::Approve)
+        .handle(json!({
+            "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {},
+            "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
+            "isBase64Encoded": false,
+            "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64,
+                "authorizer": {"iam": {"userArn": "arn:aws:sts::123456789012:assumed-role/Approvers/alice", "accountId": "123456789012"}}}
+        }))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 200, "{out}");
     s.drive(1).await;
     assert_eq!(
         s.alias_image().await,

@@ -26,7 +26,7 @@ fn decision(run: &str, env: &str, by: &str, verdict: Verdict) -> Decision {
     Decision {
         run: run.into(),
         environment: env.into(),
-        by: by.into(),
+        by: baton::policy::approval::Approver::named(by),
         verdict,
         comment: None,
     }

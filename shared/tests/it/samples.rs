@@ -124,6 +124,159 @@ fn ecr_samples_push_and_delete() {
 }
 
 #[test]
+fn ecr_cloudtrail_put_image_names_the_pusher() {
+    let p = parse_ecr(&load("triggers/ecr-cloudtrail-putimage.json")).unwrap();
+    assert_eq!(p.pushes.len(), 1, "{:?}", p.ignored);
+    let push = &p.pushes[0];
+    assert_eq!(push.tag, "1.1.0");
+    assert_eq!(push.repository, "demo/web");
+    assert_eq!(
+        push.pushed_by.as_deref(),
+        Some("arn:aws:sts::123456789012:assumed-role/ci-pushers/ci-bot")
+    );
+    assert!(push.digest.is_some());
+    // the same push as the image action: one run
+    let action = parse_ecr(&load("triggers/ecr-push.json")).unwrap();
+    assert_eq!(push.digest, action.pushes[0].digest);
+    let mut failed = load("triggers/ecr-cloudtrail-putimage.json");
+    failed["detail"]["errorCode"] = Value::from("ImageAlreadyExistsException");
+    assert!(parse_ecr(&failed).unwrap().pushes.is_empty());
+    let mut other = load("triggers/ecr-cloudtrail-putimage.json");
+    other["detail"]["eventName"] = Value::from("BatchDeleteImage");
+    assert!(parse_ecr(&other).unwrap().pushes.is_empty());
+}
+
+/// Every image reference part of every trigger sample, made hostile, is refused with an
+/// error naming the field: nothing unparsed gets past the edge.
+#[test]
+fn hostile_reference_parts_in_every_trigger_are_refused_naming_the_field() {
+    let evil_host = "evil.example\n        securityContext:\n          privileged: true";
+    let long_tag = "x".repeat(200_000);
+    type Case = (&'static str, &'static [&'static str], &'static str);
+    let cases: Vec<(Case, String)> = vec![
+        (
+            (
+                "triggers/ecr-push.json",
+                &["detail", "repository-name"],
+                "detail.repository-name",
+            ),
+            "Web/../x".into(),
+        ),
+        (
+            (
+                "triggers/ecr-push.json",
+                &["detail", "image-tag"],
+                "detail.image-tag",
+            ),
+            long_tag.clone(),
+        ),
+        (
+            ("triggers/ecr-push.json", &["region"], "region"),
+            "eu-west-1.evil.com/x".into(),
+        ),
+        (
+            (
+                "triggers/ecr-cloudtrail-putimage.json",
+                &["detail", "requestParameters", "imageTag"],
+                "detail.requestParameters.imageTag",
+            ),
+            "1.0\nx".into(),
+        ),
+        (
+            (
+                "triggers/distribution-push.json",
+                &["events", "1", "request", "host"],
+                "events[1].request.host",
+            ),
+            evil_host.into(),
+        ),
+        (
+            (
+                "triggers/distribution-push.json",
+                &["events", "1", "target", "tag"],
+                "events[1].target.tag",
+            ),
+            long_tag.clone(),
+        ),
+        (
+            (
+                "triggers/distribution-push.json",
+                &["events", "1", "target", "repository"],
+                "events[1].target.repository",
+            ),
+            "demo/web\"; rm -rf /".into(),
+        ),
+        (
+            (
+                "webhooks/dockerhub.json",
+                &["push_data", "tag"],
+                "push_data.tag",
+            ),
+            "-rf".into(),
+        ),
+        (
+            (
+                "webhooks/harbor.json",
+                &["event_data", "resources", "0", "resource_url"],
+                "resource_url",
+            ),
+            format!("{evil_host}/library/x:1"),
+        ),
+        (
+            (
+                "webhooks/ghcr.json",
+                &[
+                    "package",
+                    "package_version",
+                    "container_metadata",
+                    "tag",
+                    "name",
+                ],
+                "tag.name",
+            ),
+            "a b".into(),
+        ),
+        (
+            ("webhooks/quay.json", &["docker_url"], "docker_url"),
+            format!("{evil_host}/ns/repo"),
+        ),
+    ];
+    for ((file, path, field), value) in cases {
+        let mut v = load(file);
+        let mut at = &mut v;
+        for k in path {
+            at = match k.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*k],
+            };
+        }
+        *at = Value::from(value.clone());
+        let kind = match identify(&v) {
+            Some(DocumentKind::Trigger(k)) => k,
+            other => panic!("{file}: {other:?}"),
+        };
+        let trigger = Trigger {
+            kind,
+            received_at: chrono::Utc::now(),
+            payload: v,
+        };
+        let e = trigger
+            .parse()
+            .expect_err(&format!(
+                "{file}: {field} = {} was accepted",
+                &value[..value.len().min(40)]
+            ))
+            .to_string();
+        assert!(e.contains(field), "{file}: the error names {field}: {e}");
+        assert!(
+            e.len() < 600,
+            "{file}: the error quotes a bounded excerpt: {}",
+            e.len()
+        );
+    }
+}
+
+#[test]
 fn malformed_variants_of_samples_name_the_field() {
     let mut ecr = load("triggers/ecr-push.json");
     ecr["detail"]["image-digest"] = Value::from(42);
