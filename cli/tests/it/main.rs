@@ -1,6 +1,7 @@
 //! Integration tests through the real `baton` binary: the demo, the operator commands,
 //! their `--json` output and their one-line errors.
 
+mod attacks;
 mod audit;
 mod aws_cli;
 mod registry;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn require(program: &str) {
+pub(crate) fn require(program: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false);
@@ -19,7 +19,7 @@ fn require(program: &str) {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -28,7 +28,7 @@ fn free_port() -> u16 {
 }
 
 /// A child process killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -37,7 +37,7 @@ impl Drop for Proc {
     }
 }
 
-async fn wait_http(url: &str) {
+pub(crate) async fn wait_http(url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -55,7 +55,7 @@ async fn wait_http(url: &str) {
 }
 
 /// docker-registry with a notification endpoint pointing at `notify` (if any).
-async fn start_registry(dir: &Path, notify: Option<(&str, &str)>) -> (Proc, u16) {
+pub(crate) async fn start_registry(dir: &Path, notify: Option<(&str, &str)>) -> (Proc, u16) {
     require("docker-registry");
     let port = free_port();
     let notifications = match notify {
@@ -83,7 +83,7 @@ async fn start_registry(dir: &Path, notify: Option<(&str, &str)>) -> (Proc, u16)
 
 /// Builds a one-layer-less OCI image whose config names `tag` (so every tag has its own
 /// digest) and pushes it; returns the digest the registry reports.
-fn push(dir: &Path, registry: u16, repo: &str, tag: &str) -> String {
+pub(crate) fn push(dir: &Path, registry: u16, repo: &str, tag: &str) -> String {
     require("umoci");
     require("skopeo");
     let layout = dir.join("oci");
@@ -121,7 +121,7 @@ fn push(dir: &Path, registry: u16, repo: &str, tag: &str) -> String {
     digest_of(registry, repo, tag)
 }
 
-fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
+pub(crate) fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
     let out = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
         .arg(format!("docker://127.0.0.1:{registry}/{repo}:{tag}"))
@@ -135,11 +135,11 @@ fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-const HOOK_SECRET: &str = "Bearer hook-s3cret";
-const ALICE_TOKEN: &str = "alice-token-1";
-const READER_TOKEN: &str = "reader-token-for-the-tests";
+pub(crate) const HOOK_SECRET: &str = "Bearer hook-s3cret";
+pub(crate) const ALICE_TOKEN: &str = "alice-token-1";
+pub(crate) const READER_TOKEN: &str = "reader-token-for-the-tests";
 
-fn write_project(root: &Path, registry: u16, test_cmd: &str, extra: &str) {
+pub(crate) fn write_project(root: &Path, registry: u16, test_cmd: &str, extra: &str) {
     let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: example/app:0.0.1 # set by baton\n";
     for env in ["staging", "production"] {
         std::fs::create_dir_all(root.join("manifests").join(env)).unwrap();
@@ -178,15 +178,12 @@ serve:
 }
 
 async fn start_serve(root: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(root)
-        .env_remove("BATON_CONFIG")
-        .env_remove("BATON_STATE_DIR")
-        .env("BATON_TEST_HOOK_SECRET", HOOK_SECRET)
-        .env("BATON_TEST_ALICE_TOKEN", ALICE_TOKEN)
-        .env("BATON_TEST_READER_TOKEN", READER_TOKEN)
-        .env("BATON_LOG", "info")
+    start_serve_with(root, port, &[]).await
+}
+
+/// `baton serve` on loopback `port` with the tests' secrets, `env` overriding them.
+pub(crate) async fn start_serve_with(root: &Path, port: u16, env: &[(&str, &str)]) -> Proc {
+    let child = serve_command(root, &format!("127.0.0.1:{port}"), env)
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
@@ -201,20 +198,38 @@ async fn start_serve(root: &Path, port: u16) -> Proc {
     Proc(child)
 }
 
-struct Api {
-    base: String,
-    client: reqwest::Client,
+/// The `baton serve` command with the tests' secrets in its environment (`env` adds or
+/// overrides), its log appended to `serve.log`.
+pub(crate) fn serve_command(root: &Path, listen: &str, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+    cmd.args(["serve", "--listen", listen])
+        .current_dir(root)
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_STATE_DIR")
+        .env("BATON_TEST_HOOK_SECRET", HOOK_SECRET)
+        .env("BATON_TEST_ALICE_TOKEN", ALICE_TOKEN)
+        .env("BATON_TEST_READER_TOKEN", READER_TOKEN)
+        .env("BATON_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Api {
-    fn new(port: u16) -> Api {
+    pub(crate) fn new(port: u16) -> Api {
         Api {
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
         }
     }
 
-    async fn runs(&self) -> Vec<Value> {
+    pub(crate) async fn runs(&self) -> Vec<Value> {
         let v: Value = self
             .client
             .get(format!("{}/runs", self.base))
@@ -229,7 +244,7 @@ impl Api {
     }
 
     /// The status of the run of `digest`, once it exists.
-    async fn status_of(&self, digest: &str) -> Option<String> {
+    pub(crate) async fn status_of(&self, digest: &str) -> Option<String> {
         self.runs()
             .await
             .into_iter()
@@ -237,7 +252,7 @@ impl Api {
             .and_then(|r| r["status"].as_str().map(str::to_owned))
     }
 
-    async fn wait_status(&self, digest: &str, want: &str) -> Duration {
+    pub(crate) async fn wait_status(&self, digest: &str, want: &str) -> Duration {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if self.status_of(digest).await.as_deref() == Some(want) {
@@ -251,7 +266,13 @@ impl Api {
         );
     }
 
-    async fn decide(&self, run: &str, env: &str, token: &str, decision: &str) -> (u16, Value) {
+    pub(crate) async fn decide(
+        &self,
+        run: &str,
+        env: &str,
+        token: &str,
+        decision: &str,
+    ) -> (u16, Value) {
         let r = self
             .client
             .post(format!("{}/approvals/{run}/{env}", self.base))
@@ -264,7 +285,7 @@ impl Api {
     }
 }
 
-fn manifest(root: &Path, env: &str) -> String {
+pub(crate) fn manifest(root: &Path, env: &str) -> String {
     std::fs::read_to_string(root.join("manifests").join(env).join("app.yaml")).unwrap()
 }
 
