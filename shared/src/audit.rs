@@ -44,12 +44,24 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
             ],
             "production namespaces; registry writes",
         ),
-        "gate" | "approve" => (
+        "gate" => (
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:list",
+                "queue",
+                "publish",
+            ],
+            "targets; approval records",
+        ),
+        "approve" => (
             &[
                 "logs",
                 "store:config",
                 "store:runs",
                 "store:approvals",
+                "store:approvals:read",
                 "store:list",
                 "queue",
                 "publish",
@@ -62,6 +74,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "store:config",
                 "store:runs",
                 "store:deployments",
+                "store:approvals:read",
                 "store:list",
                 "queue",
                 "publish",
@@ -71,7 +84,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "eks",
                 "k8s:deploy",
             ],
-            "registry writes; test sandbox",
+            "registry writes; test sandbox; writing approval records",
         ),
         "promote" => (
             &[
@@ -101,6 +114,10 @@ pub fn capability(action: &str, resource: &str) -> String {
     match service {
         "logs" => "logs".into(),
         "s3" => match name {
+            // Reading approval records is deploy's check; writing them is approving.
+            "getobject" | "getobjectversion" if resource.contains("/approvals/") => {
+                "store:approvals:read".into()
+            }
             "getobject" | "putobject" | "getobjectversion" => {
                 let prefix = ["config", "runs", "approvals", "deployments"]
                     .into_iter()
@@ -143,6 +160,33 @@ pub fn capability(action: &str, resource: &str) -> String {
     }
 }
 
+/// Whether an IAM pattern (`*` and `?` wildcards, case-insensitive) matches `text`.
+fn iam_glob(pattern: &str, text: &str) -> bool {
+    let re = format!(
+        "(?i)^{}$",
+        regex::escape(pattern)
+            .replace(r"\*", ".*")
+            .replace(r"\?", ".")
+    );
+    regex::Regex::new(&re).is_ok_and(|re| re.is_match(text))
+}
+
+/// Whether `action` on `resource` (IAM wildcards allowed) can write an approval record
+/// (`<bucket>/approvals/…`): what only the approve stage may do, since deploy trusts
+/// those records.
+pub fn writes_approvals(action: &str, resource: &str) -> bool {
+    if !iam_glob(action, "s3:PutObject") {
+        return false;
+    }
+    // The key part of an object ARN; `*` is any resource.
+    let key = match resource.split_once('/') {
+        _ if resource == "*" => "*",
+        Some((_, key)) => key,
+        None => return false,
+    };
+    iam_glob(key, "approvals/app/0123456789abcdef/production.json")
+}
+
 /// One grant: a stage holds these actions on these resources.
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
@@ -165,8 +209,8 @@ pub struct KubeGrant {
 /// Something the security team should hear about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Finding {
-    /// `wildcard`, `outside-row`, `shared-role`, `cluster-role`, `system-masters`,
-    /// `test-in-production-namespace`, `unnamed-workloads`, `drift`.
+    /// `wildcard`, `outside-row`, `approvals-writer`, `shared-role`, `cluster-role`,
+    /// `system-masters`, `test-in-production-namespace`, `unnamed-workloads`, `drift`.
     pub code: String,
     pub stage: Option<String>,
     pub message: String,
@@ -373,6 +417,15 @@ pub fn audit(template: &Value, manifests: &[(String, Value)]) -> Report {
                         });
                     }
                     for r in &res {
+                        if stage != "approve" && writes_approvals(a, r) {
+                            report.findings.push(Finding {
+                                code: "approvals-writer".into(),
+                                stage: Some(stage.clone()),
+                                message: format!(
+                                    "{role_id} {sid}: {a} on {r} can write approval records; only approve may (deploy trusts them, so this role could forge a production approval)"
+                                ),
+                            });
+                        }
                         let cap = capability(a, r);
                         let e = by_cap.entry(cap).or_default();
                         e.0.insert(a.clone());
@@ -648,6 +701,32 @@ pub fn drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approval_writers_are_recognised_through_wildcards() {
+        let b = "${StateBucket.Arn}";
+        assert!(writes_approvals(
+            "s3:PutObject",
+            &format!("{b}/approvals/*")
+        ));
+        assert!(writes_approvals("s3:Put*", &format!("{b}/*")));
+        assert!(writes_approvals("S3:*", &format!("{b}/a*")));
+        assert!(writes_approvals("*", "*"));
+        assert!(!writes_approvals(
+            "s3:GetObject",
+            &format!("{b}/approvals/*")
+        ));
+        assert!(!writes_approvals("s3:PutObject", &format!("{b}/runs/*")));
+        assert!(!writes_approvals("s3:ListBucket", b));
+        assert_eq!(
+            capability("s3:GetObject", &format!("{b}/approvals/*")),
+            "store:approvals:read"
+        );
+        assert_eq!(
+            capability("s3:PutObject", &format!("{b}/approvals/*")),
+            "store:approvals"
+        );
+    }
 
     #[test]
     fn capabilities_follow_the_stage_table() {

@@ -99,6 +99,7 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
 /// set) it serves invocations with `crate::aws::handler`; otherwise it runs the stage
 /// once on one input locally, prints the report, and exits non-zero on error.
 pub fn main(stage: StageName) -> std::process::ExitCode {
+    crate::sandbox::protect_this_process();
     // Under the Lambda Runtime API (in Lambda, `cargo lambda watch`): serve invocations.
     #[cfg(feature = "aws")]
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {

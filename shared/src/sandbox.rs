@@ -17,6 +17,20 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 
+/// Makes this process non-dumpable (Linux `PR_SET_DUMPABLE` 0): other processes of the
+/// same user, test commands included, can no longer read its `/proc/<pid>/environ`
+/// (where the secrets it was started with stay) or its memory, nor attach a debugger.
+/// Root can still; run Baton as an ordinary user. Also turns off core dumps, which
+/// would hold the same secrets. Called first thing by `baton` and every function.
+pub fn protect_this_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_DUMPABLE takes plain integers and changes only this
+    // process's dumpable flag; a failure leaves it as it was.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
 /// What to run and with what.
 #[derive(Debug, Clone)]
 pub struct Command {

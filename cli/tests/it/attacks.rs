@@ -731,3 +731,83 @@ async fn registry_credentials_never_follow_a_foreign_token_realm() {
     assert!(log.contains("token realm"), "the withholding is logged");
     assert!(!log.contains(PASSWORD));
 }
+
+/// The test command's parent is `baton`, whose environment (at `/proc/<pid>/environ`)
+/// holds the secrets it was started with. `baton` makes itself non-dumpable, so a
+/// process of the same user cannot read it. Run as an ordinary user (`nobody` through
+/// setpriv when the tests run as root, since root reads everything anyway).
+#[test]
+fn a_test_command_cannot_read_its_parents_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    const CANARY: &str = "parent-secret-canary-4f1d";
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::write(root.join("baton.yaml"), crate::EXAMPLE.replace(
+        r#"run: ["sh", "-c", "echo \"smoke-testing $BATON_IMAGE\"; test -n \"$BATON_IMAGE_DIGEST\""]"#,
+        r#"run: ["sh", "-c", "echo parent=$PPID; tr '\\0' '\\n' < /proc/$PPID/environ; echo read-status=$?"]"#,
+    )).unwrap();
+    for env in ["staging", "production"] {
+        std::fs::create_dir_all(root.join("manifests").join(env)).unwrap();
+        std::fs::write(
+            root.join("manifests").join(env).join("web.yaml"),
+            crate::STAGING,
+        )
+        .unwrap();
+    }
+    let push = crate::push_file(&root, "1.0.0", 'c', "2026-11-20T10:00:00Z");
+    let as_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(1)
+        == 0;
+    let mut cmd = if as_root {
+        // nobody must be able to reach the binary and own the project
+        for entry in walk(&root) {
+            std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+        }
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_baton"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+    };
+    let o = cmd
+        .args(["--json", "ingest"])
+        .arg(&push)
+        .current_dir(&root)
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_STATE_DIR")
+        .env("BATON_PARENT_SECRET", CANARY)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = v["runs"][0]["run"].as_str().unwrap().to_string();
+    let output =
+        std::fs::read_to_string(root.join(format!(".baton/store/runs/web/{run}/tests/output.log")))
+            .unwrap();
+    assert!(output.contains("parent="), "the test ran: {output}");
+    assert!(
+        !output.contains(CANARY),
+        "the test read baton's environment through /proc:\n{output}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -116,6 +116,22 @@ fn each_mutation_is_caught_with_a_non_zero_exit() {
             "ingest holds deploy-functions",
         ),
         (
+            "the gate role writes approval records again (a compromised gate forges approvals)",
+            Box::new(|t| {
+                statements(t, "GateRole").push(json!({"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": {"Fn::Sub": "${StateBucket.Arn}/approvals/*"}}))
+            }),
+            "approvals-writer",
+            "GateRole statement",
+        ),
+        (
+            "the test role writes every key of the bucket",
+            Box::new(|t| {
+                statements(t, "TestRole").push(json!({"Effect": "Allow", "Action": ["s3:Put*"], "Resource": {"Fn::Sub": "${StateBucket.Arn}/*"}}))
+            }),
+            "approvals-writer",
+            "only approve may",
+        ),
+        (
             "shared role",
             Box::new(|t| {
                 t["Resources"]["TestFunction"]["Properties"]["Role"] =

@@ -12,8 +12,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const EXAMPLE: &str = include_str!("../../../examples/baton.yaml");
-const STAGING: &str = include_str!("../../../examples/manifests/staging/web.yaml");
+pub(crate) const EXAMPLE: &str = include_str!("../../../examples/baton.yaml");
+pub(crate) const STAGING: &str = include_str!("../../../examples/manifests/staging/web.yaml");
 
 /// A child process killed when dropped.
 pub struct Proc(pub std::process::Child);
@@ -105,7 +105,7 @@ fn project() -> (tempfile::TempDir, PathBuf) {
     (dir, root)
 }
 
-fn push_file(root: &Path, tag: &str, hex: char, at: &str) -> PathBuf {
+pub(crate) fn push_file(root: &Path, tag: &str, hex: char, at: &str) -> PathBuf {
     let digest = format!("sha256:{}", hex.to_string().repeat(64));
     let v = serde_json::json!({"events": [{
         "id": format!("n-{tag}"), "timestamp": at, "action": "push",

@@ -96,5 +96,6 @@ pub async fn run(event: LambdaEvent<Value>) -> Result<Value, Error> {
 
 /// `main` of the test function: serves the Lambda Runtime API.
 pub fn main() -> std::process::ExitCode {
+    crate::sandbox::protect_this_process();
     crate::function::block_on(lambda_runtime::run(service_fn(run)))
 }
