@@ -187,6 +187,31 @@ pub fn writes_approvals(action: &str, resource: &str) -> bool {
     iam_glob(key, "approvals/app/0123456789abcdef/production.json")
 }
 
+/// The stages whose records (`runs/<app>/<run>/stages/<stage>…`) `action` on `resource`
+/// can write. A stage that can write another's record could change what that stage
+/// resumes from (a deploy's progress, a recorded input).
+pub fn writes_stage_records_of(action: &str, resource: &str) -> Vec<&'static str> {
+    if !iam_glob(action, "s3:PutObject") {
+        return vec![];
+    }
+    let key = match resource.split_once('/') {
+        _ if resource == "*" => "*",
+        Some((_, key)) => key,
+        None => return vec![],
+    };
+    crate::stages::StageName::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .filter(|s| {
+            iam_glob(key, &format!("runs/app/0123456789abcdef/stages/{s}.json"))
+                || iam_glob(
+                    key,
+                    &format!("runs/app/0123456789abcdef/stages/{s}.production.json"),
+                )
+        })
+        .collect()
+}
+
 /// One grant: a stage holds these actions on these resources.
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
@@ -209,7 +234,8 @@ pub struct KubeGrant {
 /// Something the security team should hear about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Finding {
-    /// `wildcard`, `outside-row`, `approvals-writer`, `shared-role`, `cluster-role`,
+    /// `wildcard`, `outside-row`, `approvals-writer`, `foreign-stage-records`,
+    /// `shared-role`, `cluster-role`,
     /// `system-masters`, `test-in-production-namespace`, `unnamed-workloads`, `drift`.
     pub code: String,
     pub stage: Option<String>,
@@ -423,6 +449,20 @@ pub fn audit(template: &Value, manifests: &[(String, Value)]) -> Report {
                                 stage: Some(stage.clone()),
                                 message: format!(
                                     "{role_id} {sid}: {a} on {r} can write approval records; only approve may (deploy trusts them, so this role could forge a production approval)"
+                                ),
+                            });
+                        }
+                        let foreign: Vec<&str> = writes_stage_records_of(a, r)
+                            .into_iter()
+                            .filter(|s| *s != stage.as_str())
+                            .collect();
+                        if !foreign.is_empty() {
+                            report.findings.push(Finding {
+                                code: "foreign-stage-records".into(),
+                                stage: Some(stage.clone()),
+                                message: format!(
+                                    "{role_id} {sid}: {a} on {r} can write the stage records of {}; a stage writes only its own (scope it to runs/*/stages/{stage}.*)",
+                                    foreign.join(", ")
                                 ),
                             });
                         }
@@ -718,6 +758,17 @@ mod tests {
         ));
         assert!(!writes_approvals("s3:PutObject", &format!("{b}/runs/*")));
         assert!(!writes_approvals("s3:ListBucket", b));
+        assert_eq!(
+            writes_stage_records_of("s3:PutObject", &format!("{b}/runs/*/stages/test.*")),
+            ["test"]
+        );
+        assert_eq!(
+            writes_stage_records_of("s3:PutObject", &format!("{b}/runs/*")).len(),
+            7
+        );
+        assert!(
+            writes_stage_records_of("s3:PutObject", &format!("{b}/runs/*/events/*")).is_empty()
+        );
         assert_eq!(
             capability("s3:GetObject", &format!("{b}/approvals/*")),
             "store:approvals:read"

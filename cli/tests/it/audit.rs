@@ -132,6 +132,14 @@ fn each_mutation_is_caught_with_a_non_zero_exit() {
             "only approve may",
         ),
         (
+            "the test role writes every stage's records (it could rewrite deploy's progress)",
+            Box::new(|t| {
+                statements(t, "TestRole").push(json!({"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": {"Fn::Sub": "${StateBucket.Arn}/runs/*"}}))
+            }),
+            "foreign-stage-records",
+            "ingest, gate, approve, deploy, promote, notify",
+        ),
+        (
             "shared role",
             Box::new(|t| {
                 t["Resources"]["TestFunction"]["Properties"]["Role"] =

@@ -1368,3 +1368,172 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
         format!("{HOST}/demo/web@{}", s.digest)
     );
 }
+
+/// Least privilege proven, not asserted: moto enforces IAM for requests signed with keys
+/// IAM created (after `/moto-api/reset-auth`). Each stage's store access runs under a
+/// user carrying exactly the S3 statements of its role in `infra/template.yaml`, and
+/// only the approve stage can write an approval record, only deploy (and approve) read
+/// one, only deploy writes deployment history.
+///
+/// moto evaluates actions and resources, not conditions, and authorizes SNS publishes
+/// against resource `*` (so resource-scoped `sns:Publish` grants cannot be exercised
+/// here); S3 is what the approval records live in. A first claim on a missing key reads
+/// as 404 here because moto does not model the ListBucket rule; on AWS the rule is
+/// evaluated with the key as `s3:prefix` (ceph/ceph#68577 matches that), which the
+/// template's `ListOwnPrefixes` conditions cover.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
+    let m = moto().await;
+    let admin = m.config().await;
+    let s3_admin = baton::aws::ports::Clients::new(&admin).s3;
+    s3_admin
+        .create_bucket()
+        .bucket("baton-state")
+        .send()
+        .await
+        .unwrap();
+    let iam = aws_sdk_iam::Client::new(&admin);
+    let template = baton::audit::load_template(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml"),
+    )
+    .unwrap();
+    let stages = [
+        "ingest", "test", "gate", "approve", "deploy", "promote", "notify",
+    ];
+    let mut stores = vec![];
+    for stage in stages {
+        let role_id = format!("{}{}Role", stage[..1].to_uppercase(), &stage[1..]);
+        let role = &template["Resources"][&role_id];
+        let statements: Vec<serde_json::Value> = baton::audit::role_statements(role)
+            .into_iter()
+            .filter(|(_, actions, _)| actions.iter().any(|a| a.starts_with("s3:")))
+            .map(|(sid, actions, resources)| {
+                let resources: Vec<String> = resources
+                    .iter()
+                    .map(|r| r.replace("${StateBucket.Arn}", "arn:aws:s3:::baton-state"))
+                    .collect();
+                json!({"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources})
+            })
+            .collect();
+        let user = format!("baton-{stage}");
+        iam.create_user().user_name(&user).send().await.unwrap();
+        iam.put_user_policy()
+            .user_name(&user)
+            .policy_name(format!("baton-{stage}"))
+            .policy_document(json!({"Version": "2012-10-17", "Statement": statements}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let key = iam
+            .create_access_key()
+            .user_name(&user)
+            .send()
+            .await
+            .unwrap()
+            .access_key
+            .unwrap();
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&m.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key.access_key_id(),
+                key.secret_access_key(),
+                None,
+                None,
+                "stage",
+            ))
+            .load()
+            .await;
+        stores.push((
+            stage,
+            S3Store::new(baton::aws::ports::Clients::new(&conf).s3, "baton-state"),
+        ));
+    }
+    S3Store::new(s3_admin.clone(), "baton-state")
+        .put(
+            "config/baton.yaml",
+            b"apps: []".to_vec(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    // From here on, every request is authorized against its signer's policies.
+    let r = reqwest::Client::new()
+        .post(format!("{}/moto-api/reset-auth", m.endpoint))
+        .body("0")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "moto enforces IAM now");
+    assert!(
+        S3Store::new(s3_admin, "baton-state")
+            .get("config/baton.yaml")
+            .await
+            .is_err(),
+        "the unsigned-by-IAM admin key is refused: enforcement is on"
+    );
+    let approval = "approvals/web/0123456789abcdef/production.json";
+    let by = |name: &str| &stores.iter().find(|(s, _)| *s == name).unwrap().1;
+    by("approve")
+        .put(approval, b"{}".to_vec(), Precondition::IfNoneMatch)
+        .await
+        .expect("approve writes approval records");
+    for (stage, store) in &stores {
+        let run_key = if *stage == "notify" {
+            "runs/web/0123456789abcdef/notifications/slack/e1.json".to_string()
+        } else {
+            format!("runs/web/0123456789abcdef/stages/{stage}.json")
+        };
+        assert_eq!(
+            store.get(&run_key).await.unwrap(),
+            None,
+            "{stage}: a first claim on a missing key reads as absent"
+        );
+        store
+            .put(&run_key, b"{}".to_vec(), Precondition::IfNoneMatch)
+            .await
+            .unwrap_or_else(|e| panic!("{stage} claims its stage record: {e}"));
+        assert!(
+            store.get("config/baton.yaml").await.unwrap().is_some(),
+            "{stage} reads the configuration"
+        );
+        let writes = store
+            .put(approval, b"{\"forged\":true}".to_vec(), Precondition::None)
+            .await;
+        assert_eq!(
+            writes.is_ok(),
+            *stage == "approve",
+            "{stage}: writing an approval record"
+        );
+        let reads = store.get(approval).await;
+        assert_eq!(
+            reads.is_ok(),
+            matches!(*stage, "approve" | "deploy"),
+            "{stage}: reading an approval record"
+        );
+        let deploy_record = store
+            .put(
+                "runs/web/0123456789abcdef/stages/deploy.production.json",
+                b"{}".to_vec(),
+                Precondition::None,
+            )
+            .await;
+        assert_eq!(
+            deploy_record.is_ok(),
+            *stage == "deploy",
+            "{stage}: writing deploy's stage record (its progress is what a rollback restores)"
+        );
+        let history = store
+            .put(
+                "deployments/web/production/current.json",
+                b"{}".to_vec(),
+                Precondition::None,
+            )
+            .await;
+        assert_eq!(
+            history.is_ok(),
+            *stage == "deploy",
+            "{stage}: writing what is live"
+        );
+    }
+}
