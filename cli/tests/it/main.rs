@@ -4,6 +4,7 @@
 mod attacks;
 mod audit;
 mod aws_cli;
+mod canary;
 mod registry;
 mod runtime;
 
