@@ -52,7 +52,7 @@ pub async fn run(
 
 fn print_report(r: &Report) {
     println!(
-        "{:<8} {:<18} {:<58} RESOURCES",
+        "{:<8} {:<20} {:<58} RESOURCES",
         "STAGE", "CAPABILITY", "ACTIONS"
     );
     let mut last = String::new();
@@ -75,7 +75,7 @@ fn print_report(r: &Report) {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "{:<8} {:<18} {:<58} {}",
+            "{:<8} {:<20} {:<58} {}",
             stage,
             g.capability,
             g.actions.join(", "),

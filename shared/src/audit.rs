@@ -25,6 +25,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:list",
                 "registry-read",
                 "publish",
@@ -36,6 +37,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:list",
                 "queue",
                 "publish",
@@ -49,6 +51,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:list",
                 "queue",
                 "publish",
@@ -60,6 +63,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:approvals",
                 "store:approvals:read",
                 "store:list",
@@ -73,6 +77,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:deployments",
                 "store:approvals:read",
                 "store:list",
@@ -91,6 +96,7 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
                 "logs",
                 "store:config",
                 "store:runs",
+                "store:runs:write",
                 "store:list",
                 "queue",
                 "publish",
@@ -100,7 +106,14 @@ pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
             "targets",
         ),
         "notify" => (
-            &["logs", "store:config", "store:runs", "store:list", "queue"],
+            &[
+                "logs",
+                "store:config",
+                "store:runs",
+                "store:runs:write",
+                "store:list",
+                "queue",
+            ],
             "everything else",
         ),
         _ => return None,
@@ -118,6 +131,8 @@ pub fn capability(action: &str, resource: &str) -> String {
             "getobject" | "getobjectversion" if resource.contains("/approvals/") => {
                 "store:approvals:read".into()
             }
+            // Reading the run log is everyone's; what a stage writes there is its own.
+            "putobject" if resource.contains("/runs/") => "store:runs:write".into(),
             "getobject" | "putobject" | "getobjectversion" => {
                 let prefix = ["config", "runs", "approvals", "deployments"]
                     .into_iter()
@@ -785,6 +800,10 @@ mod tests {
         assert_eq!(capability("ecr:BatchGetImage", "arn"), "registry-read");
         assert_eq!(
             capability("s3:PutObject", "${StateBucket.Arn}/runs/*"),
+            "store:runs:write"
+        );
+        assert_eq!(
+            capability("s3:GetObject", "${StateBucket.Arn}/runs/*"),
             "store:runs"
         );
         assert_eq!(
