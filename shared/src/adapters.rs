@@ -176,12 +176,10 @@ pub fn webhook(
 ) -> Result<crate::embedded::WebhookNotifier> {
     let url = match (&w.url, &w.url_env) {
         (Some(u), _) => u.clone(),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
-            crate::error::Error::permanent(
-                format!("reaction {}", reaction.name),
-                format!("environment variable {var} (notify.webhook.url_env) is not set"),
-            )
-        })?,
+        (None, Some(var)) => crate::config::secret_env(
+            var,
+            &format!("reaction {} (notify.webhook.url_env)", reaction.name),
+        )?,
         (None, None) => {
             return Err(crate::error::Error::invalid(
                 format!("reaction {}", reaction.name),

@@ -50,14 +50,7 @@ impl DistributionRegistry {
     /// Builds the adapter; credentials are read from the environment now, so a missing
     /// variable is reported at start-up, naming it.
     pub fn from_config(cfg: &RegistryConfig, client: Http) -> Result<DistributionRegistry> {
-        let env = |var: &str| {
-            std::env::var(var).map_err(|_| {
-                Error::invalid(
-                    format!("registry {}", cfg.host),
-                    format!("environment variable {var} is not set"),
-                )
-            })
-        };
+        let env = |var: &str| crate::config::secret_env(var, &format!("registry {}", cfg.host));
         let creds = match &cfg.auth {
             RegistryAuth::None => Credentials::None,
             RegistryAuth::Basic {

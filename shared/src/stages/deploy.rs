@@ -92,6 +92,7 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
     let env_name = ctx.environment.clone().unwrap_or_default();
     let app = p.config.app(&ctx.app)?;
     let env = app.environment(&env_name)?;
+    check_image_of_app(app, &ctx)?;
     if let crate::config::ApprovalPolicy::Manual(m) = &env.approval {
         verify_approval(p, input, &ctx, &env_name, m).await?;
     }
@@ -115,6 +116,37 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
         p.release_lease(&ctx.app, &env_name, &lease).await;
     }
     result
+}
+
+/// Deploys only an image of the app's own repository (and registry, when configured),
+/// under the run id its digest gives: an event naming another image, whoever
+/// published it, deploys nothing.
+fn check_image_of_app(app: &crate::config::AppConfig, ctx: &RunContext) -> Result<()> {
+    let img = &ctx.image;
+    let why = if img.repository != app.repository {
+        format!(
+            "the image's repository {} is not app {}'s ({})",
+            img.repository, app.name, app.repository
+        )
+    } else if app.registry.as_ref().is_some_and(|r| *r != img.registry) {
+        format!(
+            "the image's registry {} is not app {}'s",
+            img.registry, app.name
+        )
+    } else if ctx.run != crate::ids::run_id(&app.name, &img.digest) {
+        format!(
+            "run {} is not the run of {} in app {}",
+            ctx.run,
+            img.short_digest(),
+            app.name
+        )
+    } else {
+        return Ok(());
+    };
+    tracing::error!(run = %ctx.run, app = %ctx.app, %why, "deploy refused an image that is not the app's");
+    Err(Error::Refused(format!(
+        "deploy refused: {why}; nothing was deployed"
+    )))
 }
 
 /// Checks the approvals record behind an `approval.granted` for a manual environment;

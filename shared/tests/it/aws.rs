@@ -1537,3 +1537,60 @@ async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
         );
     }
 }
+
+/// In an `auto` environment no approval is needed, but an event naming an image other
+/// than the app's own (another repository, a run id that is not its digest's) still
+/// deploys nothing, whoever publishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_approval_for_an_image_outside_the_app_deploys_nothing() {
+    let s = stack().await;
+    let before = s.alias_image().await;
+    let bus = SnsBus::new(aws_sdk_sns::Client::new(&s.m.config().await), &s.topic);
+    let digest = format!("sha256:{}", "6".repeat(64));
+    for (repository, run) in [
+        ("demo/evil", baton::ids::run_id("web", &digest)),
+        ("demo/web", "0123456789abcdef".to_string()),
+    ] {
+        let forged = Event::new(
+            format!("forged-{repository}-{run}").replace('/', "-"),
+            "gate",
+            chrono::Utc::now(),
+            baton::event::Payload::ApprovalGranted(baton::event::ApprovalGranted {
+                ctx: baton::event::RunContext {
+                    run: run.clone(),
+                    app: "web".into(),
+                    environment: Some("staging".into()),
+                    image: baton::event::Image::parse(HOST, repository, "9.9.9", &digest).unwrap(),
+                    causation: "forged".into(),
+                    attempt: 1,
+                    sequence: 1,
+                    pushed_by: None,
+                },
+                policy: baton::event::GrantPolicy::Auto,
+                approved_by: vec![],
+            }),
+        );
+        EventBus::publish(&bus, &BusMessage::from_event(&forged))
+            .await
+            .unwrap();
+        s.drive(1).await;
+        assert_eq!(
+            s.alias_image().await,
+            before,
+            "{repository} {run}: nothing deployed"
+        );
+        let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+        let rec = store
+            .get(&baton::store::stage_key(
+                "web",
+                &run,
+                "deploy",
+                Some("staging"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let rec: serde_json::Value = serde_json::from_slice(&rec.bytes).unwrap();
+        assert_eq!(rec["error"]["kind"], "refused", "{rec}");
+    }
+}
