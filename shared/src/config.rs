@@ -1293,8 +1293,10 @@ impl Config {
                 m.required
             ));
         }
-        if m.expires_after.is_zero() {
-            p.push(format!("{at}.expires_after: must be more than 0"));
+        if m.expires_after.is_zero() || m.expires_after > Duration::from_secs(366 * 24 * 3600) {
+            p.push(format!(
+                "{at}.expires_after: must be more than 0 and at most 366d"
+            ));
         }
     }
 

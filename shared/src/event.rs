@@ -215,6 +215,10 @@ pub struct ApprovalRequested {
     /// Where to decide, when an HTTP endpoint serves approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Set when the source did not say who pushed: what the policy does then (`refuse`:
+    /// no approval is taken; `allow`: taken without the self-approval check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_pusher: Option<crate::policy::approval::UnknownPusher>,
 }
 
 /// How an approval was granted.
@@ -545,7 +549,17 @@ impl Event {
             .unwrap_or_default();
         let detail = match &self.payload {
             Payload::TestsPassed(r) | Payload::TestsFailed(r) => format!(": {}", r.summary),
-            Payload::ApprovalRequested(r) => format!(": {} approval(s) needed", r.required),
+            Payload::ApprovalRequested(r) => match r.unknown_pusher {
+                Some(crate::policy::approval::UnknownPusher::Refuse) => format!(
+                    ": {} approval(s) needed; the pusher is unknown, so approvals are refused (unknown_pusher: refuse)",
+                    r.required
+                ),
+                Some(crate::policy::approval::UnknownPusher::Allow) => format!(
+                    ": {} approval(s) needed; the pusher is unknown and self-approval is not checked",
+                    r.required
+                ),
+                None => format!(": {} approval(s) needed", r.required),
+            },
             Payload::ApprovalGranted(g) if !g.approved_by.is_empty() => {
                 format!(": approved by {}", g.approved_by.join(", "))
             }

@@ -53,6 +53,9 @@ pub struct PendingApproval {
     pub groups: Vec<String>,
     pub expires_at: DateTime<Utc>,
     pub pushed_by: Option<String>,
+    /// How no-self-approval stands: checked against the pusher, allowed, or (when the
+    /// source did not say who pushed) refused or not checked, as the policy says.
+    pub self_approval: String,
     pub url: Option<String>,
 }
 
@@ -82,6 +85,7 @@ impl<P: Ports> Pipeline<P> {
                 Payload::ApprovalRequested(r) => r.url.clone(),
                 _ => None,
             };
+            let self_approval = crate::policy::approval::self_approval_rule(&rec.rules);
             out.push(PendingApproval {
                 image: rec.request.ctx().image.clone(),
                 app: rec.app,
@@ -92,6 +96,7 @@ impl<P: Ports> Pipeline<P> {
                 approvers: rec.rules.approvers,
                 groups: rec.rules.groups.into_iter().map(|(g, _)| g).collect(),
                 expires_at: rec.rules.expires_at,
+                self_approval,
                 pushed_by: rec.rules.pushed_by,
                 url,
             });

@@ -444,6 +444,25 @@ async fn an_unknown_pusher_cannot_be_approved_unless_the_policy_says_so() {
         .wait_status(&digest, "awaiting approval (production)")
         .await;
     let run = s.api.runs().await[0]["run"].as_str().unwrap().to_string();
+    // the request says so
+    let pending: Value = s
+        .api
+        .client
+        .get(format!("{}/approvals", s.api.base))
+        .bearer_auth(ALICE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        pending[0]["self_approval"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: the source did not say who pushed"),
+        "{pending}"
+    );
     let before = manifest(&s.root, "production");
     let (status, body) = s
         .api

@@ -56,7 +56,12 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let config = self.config().await?;
+        let mut config = self.config().await?;
+        // Every call has a deadline: a hung API server fails the check (retried by the
+        // bus) instead of holding the stage forever.
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.write_timeout = Some(Duration::from_secs(60));
         let client = kube::Client::try_from(config).map_err(|e| access_error(&self.cfg.name, e))?;
         *guard = Some((Instant::now(), client.clone()));
         Ok(client)

@@ -39,7 +39,9 @@ impl ApprovalStatus {
 
 /// What a policy does when the source did not say who pushed the image, so the
 /// no-self-approval rule cannot be checked. Never silently "allow".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownPusher {
     /// No one may approve (any approver could be the pusher); reject, or let it expire.
@@ -226,6 +228,20 @@ pub fn check(
         return Ok(Check::AlreadyRecorded);
     }
     Ok(Check::Record)
+}
+
+/// How the no-self-approval rule stands for a request, in words (approval listings).
+pub fn self_approval_rule(rules: &ApprovalRules) -> String {
+    match (&rules.pushed_by, rules.allow_self_approval, rules.unknown_pusher) {
+        (_, true, _) => "allowed: the pusher may approve (allow_self_approval)".into(),
+        (Some(p), false, _) => format!("checked: {p} pushed and may not approve"),
+        (None, false, UnknownPusher::Refuse) => {
+            "refused: the source did not say who pushed, so no approval is taken (unknown_pusher: refuse)".into()
+        }
+        (None, false, UnknownPusher::Allow) => {
+            "not checked: the source did not say who pushed (unknown_pusher: allow)".into()
+        }
+    }
 }
 
 /// Why no one may approve when the pusher is unknown and the policy refuses.

@@ -60,8 +60,15 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
             note: Some(format!("{env_name}: approved by policy (auto)")),
         }),
         ApprovalPolicy::Manual(m) => {
-            let expires_at =
-                sctx.now + Duration::from_std(m.expires_after).unwrap_or(Duration::days(1));
+            let expires_at = Duration::from_std(m.expires_after)
+                .ok()
+                .and_then(|d| sctx.now.checked_add_signed(d))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("{env_name} approval policy"),
+                        "expires_after is too far in the future",
+                    )
+                })?;
             let url = p.settings.approvals_url.as_ref().map(|base| {
                 format!(
                     "{}/approvals/{}/{}",
@@ -70,6 +77,19 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
                     env_name
                 )
             });
+            // The request says when the no-self-approval rule cannot be checked, and
+            // what the policy does then.
+            let unknown_pusher =
+                (ctx.pushed_by.is_none() && !m.allow_self_approval).then_some(m.unknown_pusher);
+            let unknown = match unknown_pusher {
+                Some(crate::policy::approval::UnknownPusher::Refuse) => {
+                    "; pusher unknown: approvals refused (unknown_pusher: refuse)"
+                }
+                Some(crate::policy::approval::UnknownPusher::Allow) => {
+                    "; pusher unknown: self-approval not checked (unknown_pusher: allow)"
+                }
+                None => "",
+            };
             Ok(Step::Done {
                 outputs: vec![Payload::ApprovalRequested(ApprovalRequested {
                     ctx,
@@ -78,9 +98,10 @@ pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCt
                     required: m.required,
                     expires_at,
                     url,
+                    unknown_pusher,
                 })],
                 note: Some(format!(
-                    "{env_name}: {} approval(s) requested, expires {}",
+                    "{env_name}: {} approval(s) requested, expires {}{unknown}",
                     m.required,
                     expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )),
