@@ -206,6 +206,25 @@ impl StageRecord {
         }
     }
 
+    /// Starts a new attempt, claimed by `owner` until `lease_until`.
+    fn restart(
+        &mut self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        owner: &str,
+        note: String,
+    ) {
+        self.attempt += 1;
+        self.outputs.clear();
+        self.progress = None;
+        self.error = None;
+        self.finished_at = None;
+        self.note = None;
+        self.lease_until = Some(lease_until);
+        self.owner = Some(owner.to_string());
+        self.transition(StageStatus::Running, now, Some(note));
+    }
+
     /// Wall time from the first claim to the final outcome (or to `now`).
     pub fn duration(&self, now: DateTime<Utc>) -> chrono::Duration {
         self.finished_at.unwrap_or(now) - self.started_at
@@ -567,17 +586,11 @@ impl<P: Ports> Pipeline<P> {
                     }
                     _ => {}
                 }
-                rec.attempt += 1;
-                rec.outputs.clear();
-                rec.progress = None;
-                rec.error = None;
-                rec.finished_at = None;
-                rec.note = None;
-                rec.lease_until = Some(lease_until);
-                rec.transition(
-                    StageStatus::Running,
+                rec.restart(
                     now,
-                    Some("retried by operator".into()),
+                    lease_until,
+                    &self.settings.owner,
+                    "retried by operator".into(),
                 );
                 match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
                     Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
@@ -593,15 +606,7 @@ impl<P: Ports> Pipeline<P> {
             {
                 let note = format!("takes over from the refused {}", rec.input.describe());
                 rec.input = input.clone();
-                rec.attempt += 1;
-                rec.outputs.clear();
-                rec.progress = None;
-                rec.error = None;
-                rec.finished_at = None;
-                rec.note = None;
-                rec.lease_until = Some(lease_until);
-                rec.owner = Some(self.settings.owner.clone());
-                rec.transition(StageStatus::Running, now, Some(note));
+                rec.restart(now, lease_until, &self.settings.owner, note);
                 match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
                     Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
                     Err(Error::Conflict { .. }) => continue,

@@ -217,17 +217,7 @@ async fn test_commands_cannot_read_the_servers_secrets_and_die_with_their_group(
             "{secret} reached the test command:\n{output}"
         );
     }
-    let view: Value = s
-        .api
-        .client
-        .get(format!("{}/runs/{run}", s.api.base))
-        .bearer_auth(READER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view = s.api.get(&format!("/runs/{run}"), READER_TOKEN).await;
     assert!(!view.to_string().contains(ALICE_TOKEN));
     // the run ended; nothing it started is left
     let alive = std::fs::read_dir("/proc")
@@ -236,17 +226,7 @@ async fn test_commands_cannot_read_the_servers_secrets_and_die_with_their_group(
         .any(|c| String::from_utf8_lossy(&c).contains(&format!("sleep\0{marker}")));
     assert!(!alive, "the test's background process outlived it");
     // and no approval was recorded
-    let pending: Value = s
-        .api
-        .client
-        .get(format!("{}/approvals", s.api.base))
-        .bearer_auth(ALICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending = s.api.get("/approvals", ALICE_TOKEN).await;
     assert_eq!(pending[0]["approvals"], 0, "{pending}");
 }
 
@@ -445,17 +425,7 @@ async fn an_unknown_pusher_cannot_be_approved_unless_the_policy_says_so() {
         .await;
     let run = s.api.runs().await[0]["run"].as_str().unwrap().to_string();
     // the request says so
-    let pending: Value = s
-        .api
-        .client
-        .get(format!("{}/approvals", s.api.base))
-        .bearer_auth(ALICE_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pending = s.api.get("/approvals", ALICE_TOKEN).await;
     assert!(
         pending[0]["self_approval"]
             .as_str()

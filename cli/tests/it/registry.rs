@@ -229,6 +229,19 @@ impl Api {
         }
     }
 
+    /// `GET path` with a bearer token, as JSON (`null` when it is not JSON).
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
     pub(crate) async fn runs(&self) -> Vec<Value> {
         let v: Value = self
             .client

@@ -536,6 +536,24 @@ serve:
     alice: { iam: [{ role: "arn:aws:iam::123456789012:role/Approvers", session: alice }] }
 "#;
 
+/// alice's approver identity: the role that enforces her session name.
+const ALICE_ROLE: &str = "arn:aws:sts::123456789012:assumed-role/Approvers/alice";
+
+/// A decision to approve `run` in staging through the approve function URL, signed by
+/// `arn` of `account` (no IAM identity when `None`).
+fn approve_url_request(run: &str, arn: Option<&str>, account: &str) -> serde_json::Value {
+    let mut r = json!({
+        "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
+        "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
+        "isBase64Encoded": false,
+        "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64}
+    });
+    if let Some(a) = arn {
+        r["requestContext"]["authorizer"] = json!({"iam": {"userArn": a, "accountId": account}});
+    }
+    r
+}
+
 /// A stack with `tail` appended to its configuration.
 async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
     let m = moto().await;
@@ -861,6 +879,21 @@ impl Stack {
         assert_eq!(out["accepted"].as_array().unwrap().len(), 1, "{out}");
     }
 
+    /// The staging deploy record of `run`, as JSON.
+    async fn deploy_record(&self, run: &str) -> serde_json::Value {
+        let obj = S3Store::new(self.clients.s3.clone(), "baton-state")
+            .get(&baton::store::stage_key(
+                "web",
+                run,
+                "deploy",
+                Some("staging"),
+            ))
+            .await
+            .unwrap()
+            .expect("a deploy record");
+        serde_json::from_slice(&obj.bytes).unwrap()
+    }
+
     async fn alias_image(&self) -> String {
         let f = self
             .lambda
@@ -1151,19 +1184,7 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
     let before = s.alias_image().await;
     let run = baton::ids::run_id("web", &s.digest);
     let approve = s.app(baton::stages::StageName::Approve);
-    let request = |arn: Option<&str>, account: &str| {
-        let mut r = json!({
-            "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {"content-type": "application/json"},
-            "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
-            "isBase64Encoded": false,
-            "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64}
-        });
-        if let Some(a) = arn {
-            r["requestContext"]["authorizer"] =
-                json!({"iam": {"userArn": a, "accountId": account}});
-        }
-        r
-    };
+    let request = |arn: Option<&str>, account: &str| approve_url_request(&run, arn, account);
     const ACCT: &str = "123456789012";
     let out = approve.handle(request(None, ACCT)).await.unwrap();
     assert_eq!(out["statusCode"], 401, "no IAM identity, no decision");
@@ -1233,14 +1254,10 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
     let approve = s.app(baton::stages::StageName::Approve);
-    let request = json!({
-        "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {},
-        "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
-        "isBase64Encoded": false,
-        "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64,
-            "authorizer": {"iam": {"userArn": "arn:aws:sts::123456789012:assumed-role/Approvers/alice", "accountId": "123456789012"}}}
-    });
-    let out = approve.handle(request.clone()).await.unwrap();
+    let out = approve
+        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
+        .await
+        .unwrap();
     assert_eq!(out["statusCode"], 403, "{out}");
     assert!(
         out["body"].as_str().unwrap().contains("unknown_pusher"),
@@ -1254,12 +1271,9 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
         .await;
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
-    let mut request = request;
-    request["body"] =
-        json!(json!({"run": run, "environment": "staging", "decision": "approve"}).to_string());
     let out = s
         .app(baton::stages::StageName::Approve)
-        .handle(request)
+        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 403, "{out}");
@@ -1323,17 +1337,7 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
         log.contains(&"stage.failed".to_string()),
         "the refusal is reported: {log:?}"
     );
-    let deploy = store
-        .get(&baton::store::stage_key(
-            "web",
-            &run,
-            "deploy",
-            Some("staging"),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    let deploy: serde_json::Value = serde_json::from_slice(&deploy.bytes).unwrap();
+    let deploy = s.deploy_record(&run).await;
     assert_eq!(deploy["error"]["kind"], "refused", "{deploy}");
     let why = deploy["error"]["message"].as_str().unwrap();
     assert!(
@@ -1352,13 +1356,7 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
     // the genuine approval still deploys: a refused input does not hold the stage
     let out = s
         .app(baton::stages::StageName::Approve)
-        .handle(json!({
-            "version": "2.0", "rawPath": "/", "rawQueryString": "", "headers": {},
-            "body": json!({"run": run, "environment": "staging", "decision": "approve"}).to_string(),
-            "isBase64Encoded": false,
-            "requestContext": {"http": {"method": "POST", "path": "/"}, "timeEpoch": 1795230000000_i64,
-                "authorizer": {"iam": {"userArn": "arn:aws:sts::123456789012:assumed-role/Approvers/alice", "accountId": "123456789012"}}}
-        }))
+        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 200, "{out}");
@@ -1579,18 +1577,7 @@ async fn a_forged_approval_for_an_image_outside_the_app_deploys_nothing() {
             before,
             "{repository} {run}: nothing deployed"
         );
-        let store = S3Store::new(s.clients.s3.clone(), "baton-state");
-        let rec = store
-            .get(&baton::store::stage_key(
-                "web",
-                &run,
-                "deploy",
-                Some("staging"),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        let rec: serde_json::Value = serde_json::from_slice(&rec.bytes).unwrap();
+        let rec = s.deploy_record(&run).await;
         assert_eq!(rec["error"]["kind"], "refused", "{rec}");
     }
 }
