@@ -26,7 +26,7 @@ pub async fn run(
     let mut report = audit(&tpl, &manifests);
     if live {
         let stack = stack.unwrap_or_default();
-        let policies = baton::aws::iam::live_role_policies(&tpl, stack).await?;
+        let policies = baton::adapters::aws::iam::live_role_policies(&tpl, stack).await?;
         report.findings.extend(baton::audit::drift(&tpl, &policies));
     }
     if g.json {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::Global;
 
 async fn conf() -> aws_config::SdkConfig {
-    baton::aws::sdk_config().await
+    baton::adapters::aws::sdk_config().await
 }
 
 fn print(g: &Global, v: &Value, text: impl FnOnce()) -> Result<()> {
@@ -64,7 +64,7 @@ pub async fn retry(
 /// `baton dlq list STAGE --stack S`.
 pub async fn dlq_list(g: &Global, stack: &str, stage: &str) -> Result<ExitCode> {
     let sqs = aws_sdk_sqs::Client::new(&conf().await);
-    let dead = baton::aws::dlq::list(&sqs, stack, stage).await?;
+    let dead = baton::adapters::aws::dlq::list(&sqs, stack, stage).await?;
     print(g, &json!(dead), || {
         if dead.is_empty() {
             println!("{stack}-{stage}-dlq is empty");
@@ -84,7 +84,7 @@ pub async fn dlq_list(g: &Global, stack: &str, stage: &str) -> Result<ExitCode> 
 /// `baton dlq redrive STAGE --stack S`.
 pub async fn dlq_redrive(g: &Global, stack: &str, stage: &str) -> Result<ExitCode> {
     let sqs = aws_sdk_sqs::Client::new(&conf().await);
-    let n = baton::aws::dlq::redrive(&sqs, stack, stage).await?;
+    let n = baton::adapters::aws::dlq::redrive(&sqs, stack, stage).await?;
     print(g, &json!({"redriven": n}), || {
         println!("moved {n} message(s) from {stack}-{stage}-dlq back to {stack}-{stage}")
     })?;

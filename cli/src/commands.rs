@@ -5,14 +5,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow};
+use baton::adapters::embedded::DrainOptions;
 use baton::config::Config;
-use baton::embedded::DrainOptions;
-use baton::harness::Disposition;
-use baton::local::Local;
+use baton::envelopes::{DocumentKind, identify};
+use baton::pipeline::harness::Disposition;
+use baton::pipeline::{Settings, StageName};
 use baton::policy::approval::Verdict;
+use baton::runtime::local::Local;
 use baton::stages::approve::Decision;
-use baton::stages::{Settings, StageName};
-use baton::triggers::{DocumentKind, Trigger, identify};
+use baton::triggers::Trigger;
 use serde_json::{Value, json};
 
 use crate::output::{self, Progress};
@@ -117,7 +118,7 @@ async fn serve(g: &Global, listen: Option<String>) -> Result<ExitCode> {
         );
     }
     let local = Local::open(config, &g.state_dir, Settings::default())?;
-    let server = std::sync::Arc::new(baton::serve::Server::new(local, bound)?);
+    let server = std::sync::Arc::new(baton::runtime::serve::Server::new(local, bound)?);
     if g.json {
         println!("{}", json!({ "listening": format!("http://{bound}") }));
     } else {
@@ -155,8 +156,8 @@ async fn serve(g: &Global, listen: Option<String>) -> Result<ExitCode> {
 async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
     use std::io::IsTerminal;
     enum View {
-        Runs(Vec<baton::runs::RunSummary>),
-        Run(Box<baton::runs::RunView>),
+        Runs(Vec<baton::pipeline::runs::RunSummary>),
+        Run(Box<baton::pipeline::runs::RunView>),
     }
     let local = open(g)?;
     let p = &local.pipeline;
@@ -648,9 +649,9 @@ pub fn validate_file(path: &Path) -> Value {
         .parse()
         .map(|p| describe_parsed(&p)),
         DocumentKind::Sns => {
-            baton::triggers::event_from_sns_notification(&text).map(|e| e.summary())
+            baton::envelopes::event_from_sns_notification(&text).map(|e| e.summary())
         }
-        DocumentKind::FunctionUrl => baton::triggers::function_url_request(&value).map(|req| {
+        DocumentKind::FunctionUrl => baton::envelopes::function_url_request(&value).map(|req| {
             let http = &req.request_context.http;
             let caller = req
                 .request_context
@@ -666,7 +667,7 @@ pub fn validate_file(path: &Path) -> Value {
                 req.body.as_deref().map_or(0, str::len)
             )
         }),
-        DocumentKind::Sqs => baton::triggers::events_from_sqs(&value).and_then(|records| {
+        DocumentKind::Sqs => baton::envelopes::events_from_sqs(&value).and_then(|records| {
             let mut lines = vec![];
             for (id, r) in records {
                 lines.push(format!("{id}: {}", r?.summary()));

@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use baton::adapters::embedded::DrainOptions;
 use baton::config::{ApprovalPolicy, Config};
-use baton::embedded::DrainOptions;
 use baton::event::Image;
-use baton::local::Local;
+use baton::pipeline::Settings;
 use baton::policy::approval::Verdict;
-use baton::stages::Settings;
+use baton::runtime::local::Local;
 use baton::stages::approve::Decision;
 use baton::triggers::{Trigger, TriggerKind, parse_distribution};
 use serde_json::{Value, json};

@@ -226,7 +226,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    baton::sandbox::protect_this_process();
+    baton::adapters::sandbox::protect_this_process();
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use baton::embedded::Delivery;
+use baton::adapters::embedded::Delivery;
 use baton::event::Event;
-use baton::local::DeliveryReport;
-use baton::runs::{RunSummary, RunView};
+use baton::pipeline::runs::{RunSummary, RunView};
+use baton::runtime::local::DeliveryReport;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -214,7 +214,7 @@ pub fn writes_stage_records_of(action: &str, resource: &str) -> Vec<&'static str
         Some((_, key)) => key,
         None => return vec![],
     };
-    crate::stages::StageName::ALL
+    crate::pipeline::StageName::ALL
         .iter()
         .map(|s| s.as_str())
         .filter(|s| {

@@ -12,33 +12,21 @@
 
 pub mod adapters;
 pub mod audit;
-#[cfg(feature = "aws")]
-pub mod aws;
 pub mod config;
-pub mod distribution;
-pub mod embedded;
+pub mod envelopes;
 pub mod error;
 pub mod event;
-pub mod function;
-pub mod harness;
-pub mod http;
 pub mod identity;
 pub mod ids;
-#[cfg(feature = "kube")]
-pub mod k8s;
-pub mod local;
+pub mod pipeline;
 pub mod policy;
 pub mod ports;
 pub mod process;
 pub mod reference;
-pub mod runs;
-pub mod sandbox;
+pub mod runtime;
 pub mod schema;
-#[cfg(feature = "serve")]
-pub mod serve;
 pub mod stages;
 pub mod store;
-pub mod subscriptions;
 pub mod triggers;
 pub mod webhooks;
 

@@ -1,5 +1,5 @@
-//! The test function for the `lambda` test runner; see `baton::aws::test_function`.
+//! The test function for the `lambda` test runner; see `baton::runtime::lambda::test_function`.
 
 fn main() -> std::process::ExitCode {
-    baton::aws::test_function::main()
+    baton::runtime::lambda::test_function::main()
 }

@@ -2,5 +2,5 @@
 //! shared harness, and returns. All logic lives in `baton` (the `shared/` crate).
 
 fn main() -> std::process::ExitCode {
-    baton::function::main(baton::stages::StageName::Notify)
+    baton::runtime::function::main(baton::pipeline::StageName::Notify)
 }

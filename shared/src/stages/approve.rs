@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::{ApprovalGranted, ApprovalRejected, Event, EventType, GrantPolicy, Payload};
-use crate::harness::{Disposition, Input, Mode, StageCtx, Step};
+use crate::pipeline::harness::{Disposition, Input, Mode, StageCtx, Step};
+use crate::pipeline::{Pipeline, StageName, expect_type};
 use crate::policy::approval::{
     self, ApprovalRules, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Verdict,
 };
 use crate::ports::{Ports, Precondition};
-use crate::stages::{Pipeline, StageName, expect_type};
 use crate::store::{approval_key, get_json, put_json};
 
 /// An approval request and its decisions, at `approvals/<app>/<run>/<env>.json`.

@@ -16,14 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::{DeployFailed, DeploySucceeded, Event, EventType, Image, Payload, RunContext};
-use crate::harness::{StageCtx, Step};
 use crate::ids::stable_id;
+use crate::pipeline::harness::{StageCtx, Step};
+use crate::pipeline::{Pipeline, StageName, expect_type};
 use crate::policy::OrderKey;
 use crate::policy::tags::may_replace;
 use crate::ports::{
     Applied, DeployRequest, DeployTarget, ObjectStore, Ports, Precondition, Rollout,
 };
-use crate::stages::{Pipeline, StageName, expect_type};
 use crate::store::{current_key, get_json, history_key, history_prefix, lease_key, put_json};
 
 /// What is live in an environment: `deployments/<app>/<env>/current.json`.

@@ -7,9 +7,9 @@ use chrono::Duration;
 use crate::config::ApprovalPolicy;
 use crate::error::{Error, Result};
 use crate::event::{ApprovalGranted, ApprovalRequested, Event, EventType, GrantPolicy, Payload};
-use crate::harness::{Input, StageCtx, Step};
+use crate::pipeline::harness::{Input, StageCtx, Step};
+use crate::pipeline::{Pipeline, StageName, expect_type};
 use crate::ports::Ports;
-use crate::stages::{Pipeline, StageName, expect_type};
 
 /// The environment the gate decides for, or `None` when there is none.
 pub(crate) fn target_environment<P: Ports>(

@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::event::{Image, ImageBuilt, Payload, RunContext};
-use crate::harness::{Input, Mode, PushInput, Step};
 use crate::ids::run_id;
+use crate::pipeline::harness::{Input, Mode, PushInput, Step};
+use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{Ports, Registry};
-use crate::stages::{Pipeline, StageName};
 use crate::triggers::{Push, Trigger};
 
 /// What ingest did with a notification.
@@ -55,7 +55,7 @@ impl<P: Ports> Pipeline<P> {
                     let handled = self
                         .handle(StageName::Ingest, Input::Push(input), Mode::Deliver)
                         .await?;
-                    if let crate::harness::Disposition::Retry(e) = handled.disposition {
+                    if let crate::pipeline::harness::Disposition::Retry(e) = handled.disposition {
                         return Err(e);
                     }
                     report.accepted.push(Accepted {

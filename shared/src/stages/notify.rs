@@ -3,9 +3,9 @@
 //! event) pair is claimed once, so a re-delivered event notifies once.
 
 use crate::error::Result;
-use crate::harness::{ReactionInput, Step};
+use crate::pipeline::Pipeline;
+use crate::pipeline::harness::{ReactionInput, Step};
 use crate::ports::{Notifier, Ports};
-use crate::stages::Pipeline;
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &ReactionInput) -> Result<Step> {
     let reaction = p.config.reaction(&input.reaction)?;

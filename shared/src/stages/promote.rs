@@ -3,9 +3,9 @@
 
 use crate::error::Result;
 use crate::event::{Event, EventType, ImagePromoted, Payload};
-use crate::harness::Step;
+use crate::pipeline::harness::Step;
+use crate::pipeline::{Pipeline, StageName, expect_type};
 use crate::ports::{Ports, Registry};
-use crate::stages::{Pipeline, StageName, expect_type};
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event) -> Result<Step> {
     expect_type(

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::event::{Event, EventType, Payload, TestReport};
-use crate::harness::{StageCtx, Step};
+use crate::pipeline::harness::{StageCtx, Step};
+use crate::pipeline::{Pipeline, StageName, expect_type};
 use crate::ports::{ObjectStore, Ports, Precondition, TestProgress, TestRequest, TestRunner};
-use crate::stages::{Pipeline, StageName, expect_type};
 use crate::store::test_output_key;
 
 pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {

@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::Error;
-use baton::aws::ecr::EcrRegistry;
-use baton::aws::lambda::LambdaDeployTarget;
-use baton::aws::s3::S3Store;
-use baton::aws::sns::SnsBus;
+use baton::adapters::aws::ecr::EcrRegistry;
+use baton::adapters::aws::lambda::LambdaDeployTarget;
+use baton::adapters::aws::s3::S3Store;
+use baton::adapters::aws::sns::SnsBus;
 use baton::event::Event;
 use baton::ports::{
     BusMessage, DeployRequest, DeployTarget, EventBus, ObjectStore, Precondition, Registry, Rollout,
@@ -178,10 +178,11 @@ async fn sns_bus_fans_out_by_the_subscription_tables_filter_policies() {
         .unwrap()
         .to_string();
     let mut queues = vec![];
-    let mut subs: Vec<(String, serde_json::Value)> = baton::subscriptions::stage_subscriptions()
-        .into_iter()
-        .map(|s| (s.name.clone(), s.filter.json().clone()))
-        .collect();
+    let mut subs: Vec<(String, serde_json::Value)> =
+        baton::pipeline::subscriptions::stage_subscriptions()
+            .into_iter()
+            .map(|s| (s.name.clone(), s.filter.json().clone()))
+            .collect();
     subs.push(("email-reaction".into(), json!({"type": ["image.built"]})));
     for (name, policy) in &subs {
         let url = sqs
@@ -223,7 +224,7 @@ async fn sns_bus_fans_out_by_the_subscription_tables_filter_policies() {
         let expected = usize::from(name == "test" || name == "email-reaction");
         assert_eq!(msgs.len(), expected, "queue {name}");
         for msg in msgs {
-            let e = baton::triggers::event_from_sns_notification(msg.body().unwrap()).unwrap();
+            let e = baton::envelopes::event_from_sns_notification(msg.body().unwrap()).unwrap();
             assert_eq!(e, event, "the SNS envelope carries the event unchanged");
         }
     }
@@ -503,7 +504,7 @@ struct Stack {
     sqs: aws_sdk_sqs::Client,
     lambda: aws_sdk_lambda::Client,
     ecr: aws_sdk_ecr::Client,
-    clients: baton::aws::ports::Clients,
+    clients: baton::runtime::lambda::ports::Clients,
     config: std::sync::Arc<baton::config::Config>,
     topic: String,
     /// (stage, queue url)
@@ -558,7 +559,7 @@ fn approve_url_request(run: &str, arn: Option<&str>, account: &str) -> serde_jso
 async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
-    let clients = baton::aws::ports::Clients::new(&conf);
+    let clients = baton::runtime::lambda::ports::Clients::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let sns = aws_sdk_sns::Client::new(&conf);
     let ecr = aws_sdk_ecr::Client::new(&conf);
@@ -582,7 +583,7 @@ async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
         .to_string();
     let arn = |name: &str| format!("arn:aws:sqs:us-east-1:123456789012:{name}");
     let mut queues = vec![];
-    for sub in baton::subscriptions::stage_subscriptions() {
+    for sub in baton::pipeline::subscriptions::stage_subscriptions() {
         let name = format!("{STACK}-{}", sub.name);
         sqs.create_queue()
             .queue_name(format!("{name}-dlq"))
@@ -731,15 +732,21 @@ apps:
 }
 
 impl Stack {
-    fn app(&self, stage: baton::stages::StageName) -> baton::aws::handler::App {
-        let ports = baton::aws::ports::AwsPorts::new(
+    fn app(&self, stage: baton::pipeline::StageName) -> baton::runtime::lambda::handler::App {
+        let ports = baton::runtime::lambda::ports::AwsPorts::new(
             &self.clients,
             "baton-state",
             &self.topic,
             self.config.clone(),
         )
         .unwrap();
-        baton::aws::handler::App::new(stage, ports, self.config.clone(), self.sqs.clone()).unwrap()
+        baton::runtime::lambda::handler::App::new(
+            stage,
+            ports,
+            self.config.clone(),
+            self.sqs.clone(),
+        )
+        .unwrap()
     }
 
     async fn push_event(&self) {
@@ -779,7 +786,7 @@ impl Stack {
             body["account"] = json!("123456789012");
         }
         let out = self
-            .app(baton::stages::StageName::Ingest)
+            .app(baton::pipeline::StageName::Ingest)
             .handle(body)
             .await
             .unwrap();
@@ -872,7 +879,7 @@ impl Stack {
         event["detail"]["requestParameters"]["imageTag"] = json!("1.0.0");
         event["detail"]["responseElements"]["image"]["imageId"]["imageDigest"] = json!(self.digest);
         let out = self
-            .app(baton::stages::StageName::Ingest)
+            .app(baton::pipeline::StageName::Ingest)
             .handle(event)
             .await
             .unwrap();
@@ -976,7 +983,7 @@ async fn the_pipeline_runs_end_to_end_on_aws_apis() {
         "the e-mail reaction got exactly one message"
     );
     let e =
-        baton::triggers::event_from_sns_notification(got.messages()[0].body().unwrap()).unwrap();
+        baton::envelopes::event_from_sns_notification(got.messages()[0].body().unwrap()).unwrap();
     assert_eq!(e.event_type().as_str(), "image.built");
     assert!(
         s.sqs
@@ -1060,7 +1067,7 @@ async fn a_message_failing_three_times_rests_in_the_dlq_until_redriven() {
     s.push_event().await;
     s.run_ingest().await;
     s.drive(1).await;
-    let dead = baton::aws::dlq::list(&s.sqs, STACK, "deploy")
+    let dead = baton::adapters::aws::dlq::list(&s.sqs, STACK, "deploy")
         .await
         .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -1087,7 +1094,7 @@ async fn a_message_failing_three_times_rests_in_the_dlq_until_redriven() {
         .await
         .unwrap();
     assert_eq!(
-        baton::aws::dlq::redrive(&s.sqs, STACK, "deploy")
+        baton::adapters::aws::dlq::redrive(&s.sqs, STACK, "deploy")
             .await
             .unwrap(),
         1
@@ -1102,7 +1109,7 @@ async fn a_message_failing_three_times_rests_in_the_dlq_until_redriven() {
         Some("image.promoted")
     );
     assert!(
-        baton::aws::dlq::list(&s.sqs, STACK, "deploy")
+        baton::adapters::aws::dlq::list(&s.sqs, STACK, "deploy")
             .await
             .unwrap()
             .is_empty()
@@ -1154,7 +1161,7 @@ async fn retry_request_reruns_one_stage_in_its_function() {
         .unwrap();
     let run = baton::ids::run_id("web", &s.digest);
     let out = s
-        .app(baton::stages::StageName::Deploy)
+        .app(baton::pipeline::StageName::Deploy)
         .handle(json!({"baton": "retry", "run": run, "environment": "staging"}))
         .await
         .unwrap();
@@ -1183,7 +1190,7 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
     );
     let before = s.alias_image().await;
     let run = baton::ids::run_id("web", &s.digest);
-    let approve = s.app(baton::stages::StageName::Approve);
+    let approve = s.app(baton::pipeline::StageName::Approve);
     let request = |arn: Option<&str>, account: &str| approve_url_request(&run, arn, account);
     const ACCT: &str = "123456789012";
     let out = approve.handle(request(None, ACCT)).await.unwrap();
@@ -1253,7 +1260,7 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
     s.run_ingest().await;
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
-    let approve = s.app(baton::stages::StageName::Approve);
+    let approve = s.app(baton::pipeline::StageName::Approve);
     let out = approve
         .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
         .await
@@ -1272,7 +1279,7 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
     let out = s
-        .app(baton::stages::StageName::Approve)
+        .app(baton::pipeline::StageName::Approve)
         .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
         .await
         .unwrap();
@@ -1307,7 +1314,10 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
         }
     }
     let requested = requested.expect("approval.requested in the run log");
-    let bus = baton::aws::sns::SnsBus::new(aws_sdk_sns::Client::new(&s.m.config().await), &s.topic);
+    let bus = baton::adapters::aws::sns::SnsBus::new(
+        aws_sdk_sns::Client::new(&s.m.config().await),
+        &s.topic,
+    );
     for policy in [
         baton::event::GrantPolicy::Manual,
         baton::event::GrantPolicy::Auto,
@@ -1355,7 +1365,7 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
     );
     // the genuine approval still deploys: a refused input does not hold the stage
     let out = s
-        .app(baton::stages::StageName::Approve)
+        .app(baton::pipeline::StageName::Approve)
         .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
         .await
         .unwrap();
@@ -1383,7 +1393,7 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
 async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
     let m = moto().await;
     let admin = m.config().await;
-    let s3_admin = baton::aws::ports::Clients::new(&admin).s3;
+    let s3_admin = baton::runtime::lambda::ports::Clients::new(&admin).s3;
     s3_admin
         .create_bucket()
         .bucket("baton-state")
@@ -1444,7 +1454,10 @@ async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
             .await;
         stores.push((
             stage,
-            S3Store::new(baton::aws::ports::Clients::new(&conf).s3, "baton-state"),
+            S3Store::new(
+                baton::runtime::lambda::ports::Clients::new(&conf).s3,
+                "baton-state",
+            ),
         ));
     }
     S3Store::new(s3_admin.clone(), "baton-state")

@@ -13,11 +13,11 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use baton::adapters::embedded::DrainOptions;
 use baton::config::Config;
-use baton::embedded::DrainOptions;
 use baton::event::{EventType, Payload};
-use baton::local::Local;
-use baton::stages::Settings;
+use baton::pipeline::Settings;
+use baton::runtime::local::Local;
 use chrono::Utc;
 use serde_json::{Value, json};
 
@@ -906,7 +906,7 @@ mod sigv4 {
 #[test]
 fn eks_token_has_the_documented_format_and_a_valid_signature() {
     use base64::Engine;
-    use baton::k8s::eks::{AwsCredentials, TOKEN_PREFIX, token};
+    use baton::adapters::k8s::eks::{AwsCredentials, TOKEN_PREFIX, token};
     // The credentials and time of AWS's SigV4 test suite.
     let creds = AwsCredentials {
         access_key_id: "AKIDEXAMPLE".into(),
@@ -994,7 +994,10 @@ async fn real_cluster() {
         "name": "real", "kubeconfig": {"path": kubeconfig}
     }))
     .unwrap();
-    let cluster = Arc::new(baton::k8s::Cluster::new(cfg, std::path::PathBuf::from(".")));
+    let cluster = Arc::new(baton::adapters::k8s::Cluster::new(
+        cfg,
+        std::path::PathBuf::from("."),
+    ));
     let client = cluster.client().await.unwrap();
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &ns);
     let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
@@ -1012,7 +1015,7 @@ async fn real_cluster() {
         "sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a",
     )
     .unwrap();
-    let target = baton::k8s::KubeDeployTarget {
+    let target = baton::adapters::k8s::KubeDeployTarget {
         cluster: cluster.clone(),
         namespace: ns.clone(),
         workloads: vec![baton::config::WorkloadRef {
@@ -1045,7 +1048,7 @@ async fn real_cluster() {
         "cluster": "real", "namespace": ns, "command": ["/pause"], "deadline": "20s", "poll": "2s"
     }))
     .unwrap();
-    let runner = baton::k8s::KubeJobRunner::new(job_cfg, cluster);
+    let runner = baton::adapters::k8s::KubeJobRunner::new(job_cfg, cluster);
     let treq = baton::ports::TestRequest {
         app: "it".into(),
         run: format!("real{}", Utc::now().timestamp()),

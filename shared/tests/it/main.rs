@@ -11,12 +11,12 @@ mod samples;
 
 use std::path::{Path, PathBuf};
 
+use baton::adapters::embedded::{Delivery, DrainOptions, Subscriber};
 use baton::config::Config;
-use baton::embedded::{Delivery, DrainOptions, Subscriber};
 use baton::event::{Event, EventType, Image};
-use baton::local::Local;
+use baton::pipeline::Settings;
 use baton::ports::BusMessage;
-use baton::stages::Settings;
+use baton::runtime::local::Local;
 use baton::triggers::{Trigger, TriggerKind};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};

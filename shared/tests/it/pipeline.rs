@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 
 use baton::Error;
-use baton::embedded::DrainOptions;
+use baton::adapters::embedded::DrainOptions;
 use baton::event::{EventType, Payload};
+use baton::pipeline::StageName;
 use baton::policy::approval::Verdict;
-use baton::stages::StageName;
 use baton::stages::approve::Decision;
 use chrono::{Duration, Utc};
 
@@ -297,7 +297,7 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     assert_eq!(handled.status.map(|s| s.as_str()), Some("succeeded"));
     let after_retry = snapshot("deploy.");
     assert_eq!(before, after_retry, "only the deploy record changed");
-    let deploy: baton::harness::StageRecord =
+    let deploy: baton::pipeline::harness::StageRecord =
         serde_json::from_slice(&std::fs::read(stages_dir.join("deploy.staging.json")).unwrap())
             .unwrap();
     assert_eq!(deploy.attempt, 2);

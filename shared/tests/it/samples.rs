@@ -2,12 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use baton::envelopes::{DocumentKind, event_from_sns_notification, events_from_sqs, identify};
 use baton::event::{Event, EventType};
-use baton::triggers::{
-    DocumentKind, event_from_sns_notification, events_from_sqs, identify, parse_distribution,
-    parse_ecr,
-};
 use baton::triggers::{Trigger, TriggerKind};
+use baton::triggers::{parse_distribution, parse_ecr};
 use serde_json::Value;
 
 fn samples() -> Vec<PathBuf> {
@@ -70,7 +68,7 @@ fn every_sample_parses_as_what_it_is() {
                 event_from_sns_notification(&text).unwrap();
             }
             DocumentKind::FunctionUrl => {
-                let req = baton::triggers::function_url_request(&v).unwrap();
+                let req = baton::envelopes::function_url_request(&v).unwrap();
                 let caller = req.request_context.authorizer.and_then(|a| a.iam);
                 assert_eq!(
                     caller.and_then(|i| i.user_arn).as_deref(),
@@ -84,7 +82,7 @@ fn every_sample_parses_as_what_it_is() {
                     .as_object_mut()
                     .unwrap()
                     .remove("http");
-                let e = baton::triggers::function_url_request(&broken).unwrap_err();
+                let e = baton::envelopes::function_url_request(&broken).unwrap_err();
                 assert!(e.to_string().contains("requestContext"), "{e}");
             }
             DocumentKind::Sqs => {

@@ -6,21 +6,21 @@
 
 use std::sync::Arc;
 
+use crate::adapters::aws::ecr::EcrRegistry;
+use crate::adapters::aws::lambda::{LambdaDeployTarget, LambdaTestRunner};
+use crate::adapters::aws::s3::S3Store;
+use crate::adapters::aws::sns::SnsBus;
+use crate::adapters::embedded::CommandRunner;
+use crate::adapters::http::Http;
+use crate::adapters::registry::DistributionRegistry;
 use crate::adapters::{AnyTarget, AnyTestRunner};
-use crate::aws::ecr::EcrRegistry;
-use crate::aws::lambda::{LambdaDeployTarget, LambdaTestRunner};
-use crate::aws::s3::S3Store;
-use crate::aws::sns::SnsBus;
 use crate::config::{
     AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
 };
-use crate::distribution::DistributionRegistry;
-use crate::embedded::CommandRunner;
 use crate::error::{Error, Result};
 use crate::event::Image;
-use crate::http::Http;
-use crate::local::LocalNotifier;
 use crate::ports::{ObjectStore, Ports, Registry, Resolved};
+use crate::runtime::local::LocalNotifier;
 
 /// ECR, or the distribution API for hosts listed under `registries:`.
 pub struct AwsRegistry {

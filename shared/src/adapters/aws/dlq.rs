@@ -47,7 +47,7 @@ pub async fn list(sqs: &aws_sdk_sqs::Client, stack: &str, stage: &str) -> Result
     for m in got.messages() {
         let event = m
             .body()
-            .and_then(|b| crate::triggers::event_from_sns_notification(b).ok())
+            .and_then(|b| crate::envelopes::event_from_sns_notification(b).ok())
             .map(|e| format!("{} {}", e.event_type(), e.id));
         out.push(DeadMessage {
             message_id: m.message_id().unwrap_or_default().to_string(),

@@ -1,6 +1,6 @@
 //! A test function for the `lambda` test runner (`test: { lambda: { function: … } }`):
 //! package it with your test suite in a Lambda container image. For each image Baton
-//! tests, it runs `sh -c "$BATON_TEST_COMMAND"` in a sandbox ([`crate::sandbox`]): a
+//! tests, it runs `sh -c "$BATON_TEST_COMMAND"` in a sandbox ([`crate::adapters::sandbox`]): a
 //! cleared environment with `PATH`, the image (`BATON_IMAGE` = `registry/repository@sha256:…`,
 //! `BATON_DIGEST`, `BATON_TAG`, `BATON_REPOSITORY`, `BATON_APP`, `BATON_RUN`,
 //! `BATON_ATTEMPT`) and the variables `BATON_TEST_PASS_ENV` names (comma-separated), so
@@ -66,7 +66,7 @@ pub async fn run(event: LambdaEvent<Value>) -> Result<Value, Error> {
         .deadline()
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    let finished = crate::sandbox::run(&crate::sandbox::Command {
+    let finished = crate::adapters::sandbox::run(&crate::adapters::sandbox::Command {
         program: "sh".into(),
         args: vec!["-c".into(), command.clone()],
         env,
@@ -96,6 +96,6 @@ pub async fn run(event: LambdaEvent<Value>) -> Result<Value, Error> {
 
 /// `main` of the test function: serves the Lambda Runtime API.
 pub fn main() -> std::process::ExitCode {
-    crate::sandbox::protect_this_process();
-    crate::function::block_on(lambda_runtime::run(service_fn(run)))
+    crate::adapters::sandbox::protect_this_process();
+    crate::runtime::function::block_on(lambda_runtime::run(service_fn(run)))
 }

@@ -12,10 +12,10 @@ use std::sync::Mutex;
 use reqwest::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
+use crate::adapters::http::Http;
 use crate::config::{RegistryAuth, RegistryConfig};
 use crate::error::{Error, Message, Result};
 use crate::event::Image;
-use crate::http::Http;
 use crate::ports::{Registry, Resolved};
 use crate::reference::{Digest as ImageDigest, RegistryHost};
 

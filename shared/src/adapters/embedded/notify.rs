@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::adapters::http::Http;
 use crate::error::{Error, Message, Result};
 use crate::event::Event;
-use crate::http::Http;
 use crate::ports::Notifier;
 
 /// POSTs events to a webhook.

@@ -3,13 +3,10 @@
 
 pub mod dlq;
 pub mod ecr;
-pub mod handler;
 pub mod iam;
 pub mod lambda;
-pub mod ports;
 pub mod s3;
 pub mod sns;
-pub mod test_function;
 
 /// Loads the shared SDK configuration (region defaults to us-east-1 for global services).
 pub async fn sdk_config() -> aws_config::SdkConfig {

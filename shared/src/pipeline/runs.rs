@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Image, Payload};
-use crate::harness::{Handled, Mode, StageRecord, StageStatus};
+use crate::pipeline::harness::{Handled, Mode, StageRecord, StageStatus};
+use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{ObjectStore, Ports};
 use crate::stages::approve::ApprovalRecord;
-use crate::stages::{Pipeline, StageName};
 use crate::store::{approval_key, get_json, run_prefix, stage_key};
 
 /// One line of `baton status`.

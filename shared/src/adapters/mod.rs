@@ -2,7 +2,16 @@
 //! target behind one enum each, so the embedded runtime and the AWS functions choose
 //! from the same set (each ports implementation refuses what it cannot run).
 
-use crate::embedded::{CommandRunner, ManifestTarget};
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod embedded;
+pub mod http;
+#[cfg(feature = "kube")]
+pub mod k8s;
+pub mod registry;
+pub mod sandbox;
+
+use crate::adapters::embedded::{CommandRunner, ManifestTarget};
 use crate::error::Result;
 use crate::ports::{
     Applied, DeployRequest, DeployTarget, Rollout, TestProgress, TestRequest, TestRunner,
@@ -14,9 +23,9 @@ use crate::ports::{
 pub enum AnyTestRunner {
     Command(CommandRunner),
     #[cfg(feature = "kube")]
-    KubeJob(crate::k8s::KubeJobRunner),
+    KubeJob(crate::adapters::k8s::KubeJobRunner),
     #[cfg(feature = "aws")]
-    Lambda(crate::aws::lambda::LambdaTestRunner),
+    Lambda(crate::adapters::aws::lambda::LambdaTestRunner),
 }
 
 impl TestRunner for AnyTestRunner {
@@ -54,9 +63,9 @@ impl TestRunner for AnyTestRunner {
 pub enum AnyTarget {
     Manifest(ManifestTarget),
     #[cfg(feature = "kube")]
-    Kube(crate::k8s::KubeDeployTarget),
+    Kube(crate::adapters::k8s::KubeDeployTarget),
     #[cfg(feature = "aws")]
-    Lambda(crate::aws::lambda::LambdaDeployTarget),
+    Lambda(crate::adapters::aws::lambda::LambdaDeployTarget),
 }
 
 impl DeployTarget for AnyTarget {
@@ -103,7 +112,7 @@ impl DeployTarget for AnyTarget {
 #[derive(Debug, Default)]
 pub struct Clusters {
     #[cfg(feature = "kube")]
-    clusters: Vec<std::sync::Arc<crate::k8s::Cluster>>,
+    clusters: Vec<std::sync::Arc<crate::adapters::k8s::Cluster>>,
 }
 
 impl Clusters {
@@ -116,14 +125,17 @@ impl Clusters {
                 .clusters
                 .iter()
                 .map(|c| {
-                    std::sync::Arc::new(crate::k8s::Cluster::new(c.clone(), base_dir.to_path_buf()))
+                    std::sync::Arc::new(crate::adapters::k8s::Cluster::new(
+                        c.clone(),
+                        base_dir.to_path_buf(),
+                    ))
                 })
                 .collect(),
         }
     }
 
     #[cfg(feature = "kube")]
-    fn cluster(&self, name: &str) -> Result<std::sync::Arc<crate::k8s::Cluster>> {
+    fn cluster(&self, name: &str) -> Result<std::sync::Arc<crate::adapters::k8s::Cluster>> {
         self.clusters
             .iter()
             .find(|c| c.name() == name)
@@ -134,10 +146,9 @@ impl Clusters {
     /// The `kubernetes_job` test runner.
     pub fn test_runner(&self, job: &crate::config::KubeJobTest) -> Result<AnyTestRunner> {
         #[cfg(feature = "kube")]
-        return Ok(AnyTestRunner::KubeJob(crate::k8s::KubeJobRunner::new(
-            job.clone(),
-            self.cluster(&job.cluster)?,
-        )));
+        return Ok(AnyTestRunner::KubeJob(
+            crate::adapters::k8s::KubeJobRunner::new(job.clone(), self.cluster(&job.cluster)?),
+        ));
         #[cfg(not(feature = "kube"))]
         return Err(no_kube(&format!(
             "kubernetes_job test runner on cluster {}",
@@ -148,10 +159,12 @@ impl Clusters {
     /// The `kubernetes` deploy target.
     pub fn target(&self, deploy: &crate::config::KubeDeploy) -> Result<AnyTarget> {
         #[cfg(feature = "kube")]
-        return Ok(AnyTarget::Kube(crate::k8s::KubeDeployTarget::from_config(
-            deploy,
-            self.cluster(&deploy.cluster)?,
-        )));
+        return Ok(AnyTarget::Kube(
+            crate::adapters::k8s::KubeDeployTarget::from_config(
+                deploy,
+                self.cluster(&deploy.cluster)?,
+            ),
+        ));
         #[cfg(not(feature = "kube"))]
         return Err(no_kube(&format!(
             "kubernetes deploy target on cluster {}",
@@ -170,10 +183,10 @@ fn no_kube(what: &str) -> crate::error::Error {
 
 /// A webhook notifier; the URL inline or from the variable `url_env` names (a secret).
 pub fn webhook(
-    http: &crate::http::Http,
+    http: &crate::adapters::http::Http,
     reaction: &crate::config::ReactionConfig,
     w: &crate::config::WebhookConfig,
-) -> Result<crate::embedded::WebhookNotifier> {
+) -> Result<crate::adapters::embedded::WebhookNotifier> {
     let url = match (&w.url, &w.url_env) {
         (Some(u), _) => u.clone(),
         (None, Some(var)) => crate::config::secret_env(
@@ -187,7 +200,7 @@ pub fn webhook(
             ));
         }
     };
-    Ok(crate::embedded::WebhookNotifier::new(
+    Ok(crate::adapters::embedded::WebhookNotifier::new(
         http.clone(),
         url,
         w.timeout,

@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::event::EventType;
+use crate::pipeline::StageName;
 use crate::policy::FilterPolicy;
-use crate::stages::StageName;
 
 /// The `type` attribute of registry notifications on the embedded bus (ingest's
 /// trigger; in AWS, EventBridge and the function URL invoke ingest directly).

@@ -1,5 +1,5 @@
 //! `CommandRunner`: the embedded test runner. Runs the configured command in a sandbox
-//! ([`crate::sandbox`]: cleared environment, its own process group, a bounded output
+//! ([`crate::adapters::sandbox`]: cleared environment, its own process group, a bounded output
 //! tail) with the image, pinned by digest, in its environment: `BATON_IMAGE`
 //! (`repo@sha256:…`), `BATON_IMAGE_DIGEST`, `BATON_IMAGE_TAG`, `BATON_IMAGE_REPOSITORY`,
 //! `BATON_IMAGE_REGISTRY`, `BATON_APP`, `BATON_RUN`, `BATON_ATTEMPT`, plus `PATH` and the
@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::adapters::sandbox;
 use crate::config::CommandTest;
 use crate::error::{Error, Result};
 use crate::ports::{TestOutcome, TestProgress, TestRequest, TestRunner};
-use crate::sandbox;
 
 /// Runs a local command as the test.
 #[derive(Debug, Clone)]

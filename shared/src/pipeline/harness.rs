@@ -15,8 +15,8 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::event::{Event, Payload, RunContext, StageFailed};
 use crate::ids::output_event_id;
+use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{BusMessage, EventBus, Ports, Precondition};
-use crate::stages::{Pipeline, StageName};
 use crate::store::{event_key, get_json, put_json};
 use crate::triggers::Push;
 

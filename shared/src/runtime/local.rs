@@ -6,25 +6,25 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::adapters::embedded::{
+    CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier,
+    ManifestTarget, StoreRegistry, Subscriber, WebhookNotifier,
+};
+use crate::adapters::http::Http;
+use crate::adapters::registry::DistributionRegistry;
 use crate::adapters::{AnyTarget, AnyTestRunner};
 use crate::config::{
     AppConfig, Config, DeployConfig, EnvironmentConfig, NotifyConfig, ReactionConfig, TestConfig,
 };
-use crate::distribution::DistributionRegistry;
-use crate::embedded::{
-    CommandRunner, Delivery, DirStore, DrainOptions, DrainReport, EmbeddedBus, LogNotifier,
-    ManifestTarget, StoreRegistry, Subscriber, WebhookNotifier,
-};
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
-use crate::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::http::Http;
+use crate::pipeline::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::pipeline::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
+use crate::pipeline::{Pipeline, Settings, StageName};
 use crate::ports::{BusMessage, Notifier, Ports, Registry};
-use crate::stages::{Pipeline, Settings, StageName};
-use crate::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::Trigger;
 
-pub use crate::embedded::bus::DeliveryReport;
+pub use crate::adapters::embedded::bus::DeliveryReport;
 
 /// The queue registry notifications are sent to.
 pub const INGEST_QUEUE: &str = "ingest";

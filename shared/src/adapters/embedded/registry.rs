@@ -128,7 +128,7 @@ impl<S: ObjectStore> Registry for StoreRegistry<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::DirStore;
+    use crate::adapters::embedded::DirStore;
 
     fn image(tag: &str, hex: char) -> Image {
         Image::parse(

@@ -15,9 +15,9 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::adapters::k8s::{Cluster, kube_error};
 use crate::config::KubeJobTest;
 use crate::error::{Error, Result};
-use crate::k8s::{Cluster, kube_error};
 use crate::ports::{TestOutcome, TestProgress, TestRequest, TestRunner};
 
 /// Waiting reasons that mean the image will not run.
@@ -138,7 +138,7 @@ impl KubeJobRunner {
             Ok(s) => Box::pin(s),
             Err(e) => return format!("[logs unavailable: {e}]"),
         };
-        let mut tail = crate::sandbox::Tail::new(self.output_limit);
+        let mut tail = crate::adapters::sandbox::Tail::new(self.output_limit);
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match stream.read(&mut buf).await {

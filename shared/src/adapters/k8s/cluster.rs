@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use tokio::sync::Mutex;
 
+use crate::adapters::k8s::eks;
 use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
-use crate::k8s::eks;
 
 /// EKS tokens live 15 minutes; clients are rebuilt well before that.
 const EKS_CLIENT_LIFETIME: Duration = Duration::from_secs(10 * 60);

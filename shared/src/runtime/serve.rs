@@ -33,14 +33,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::adapters::embedded::DrainOptions;
 use crate::config::secret_env;
-use crate::embedded::DrainOptions;
 use crate::error::{Error, Result};
 use crate::ids::{is_name, is_run_prefix};
-use crate::local::Local;
 use crate::policy::approval::{Approver, Verdict};
 use crate::ports::{ObjectStore, Precondition};
 use crate::reference::excerpt;
+use crate::runtime::local::Local;
 use crate::stages::approve::Decision;
 use crate::webhooks::{Endpoint, RequestParts, same};
 

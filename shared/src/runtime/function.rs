@@ -1,5 +1,5 @@
 //! The entry point every function crate calls. In Lambda it serves the Runtime API
-//! (`crate::aws::handler`); elsewhere it runs exactly one stage on one input through the
+//! (`crate::runtime::lambda::handler`); elsewhere it runs exactly one stage on one input through the
 //! harness, on the embedded adapters, and reports what happened as JSON.
 //!
 //! Usage of a function binary: `<function> EVENT.json` (or `-` for stdin), with
@@ -13,12 +13,13 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::envelopes::{DocumentKind, identify};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::local::Local;
-use crate::stages::{Settings, StageName};
-use crate::triggers::{DocumentKind, Trigger, identify};
+use crate::pipeline::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::pipeline::{Settings, StageName};
+use crate::runtime::local::Local;
+use crate::triggers::Trigger;
 
 fn env_path(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
@@ -96,14 +97,14 @@ pub async fn run_once(stage: StageName) -> Result<Value> {
 }
 
 /// `main` of a function binary. Under the Lambda Runtime API (`AWS_LAMBDA_RUNTIME_API`
-/// set) it serves invocations with `crate::aws::handler`; otherwise it runs the stage
+/// set) it serves invocations with `crate::runtime::lambda::handler`; otherwise it runs the stage
 /// once on one input locally, prints the report, and exits non-zero on error.
 pub fn main(stage: StageName) -> std::process::ExitCode {
-    crate::sandbox::protect_this_process();
+    crate::adapters::sandbox::protect_this_process();
     // Under the Lambda Runtime API (in Lambda, `cargo lambda watch`): serve invocations.
     #[cfg(feature = "aws")]
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
-        return block_on(crate::aws::handler::run(stage));
+        return block_on(crate::runtime::lambda::handler::run(stage));
     }
     block_on(async {
         let report = run_once(stage)

@@ -23,13 +23,14 @@ use aws_lambda_events::lambda_function_urls::{
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use serde_json::{Value, json};
 
-use crate::aws::ports::{AwsPorts, Clients, load_config};
+use crate::envelopes::{DocumentKind, event_from_sns_notification, identify};
 use crate::error::{Error, Result};
-use crate::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::pipeline::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::pipeline::{Pipeline, Settings, StageName};
 use crate::policy::approval::Verdict;
+use crate::runtime::lambda::ports::{AwsPorts, Clients, load_config};
 use crate::stages::approve::Decision;
-use crate::stages::{Pipeline, Settings, StageName};
-use crate::triggers::{DocumentKind, Trigger, TriggerKind, event_from_sns_notification, identify};
+use crate::triggers::{Trigger, TriggerKind};
 use crate::webhooks::{Endpoint, RequestParts};
 
 /// Everything a function keeps between invocations (built once per container).
@@ -43,7 +44,7 @@ pub struct App {
 impl App {
     /// Builds the app from the function's environment and configuration.
     pub async fn from_env(stage: StageName) -> Result<App> {
-        let conf = super::sdk_config().await;
+        let conf = crate::adapters::aws::sdk_config().await;
         let clients = Clients::new(&conf);
         let config = Arc::new(load_config(&clients.s3).await?);
         let ports = AwsPorts::from_env(&clients, config.clone()).await?;
@@ -111,7 +112,7 @@ impl App {
                 .map_err(|e| Error::permanent("SQS batch response", e));
         }
         if payload.get("requestContext").is_some() && payload.get("rawPath").is_some() {
-            let response = match crate::triggers::function_url_request(&payload) {
+            let response = match crate::envelopes::function_url_request(&payload) {
                 Err(e) => http(400, json!({ "error": e.to_string() })),
                 Ok(req) => match self.stage {
                     StageName::Ingest => self.webhook(&req).await,
@@ -241,7 +242,7 @@ impl App {
             .queue_owner_aws_account_id(account)
             .send()
             .await
-            .map_err(|e| super::call_failed("get queue url", e))?
+            .map_err(|e| crate::adapters::aws::call_failed("get queue url", e))?
             .queue_url()
             .unwrap_or_default()
             .to_string();
@@ -255,7 +256,7 @@ impl App {
             .visibility_timeout(secs)
             .send()
             .await
-            .map_err(|e| super::call_failed("change message visibility", e))?;
+            .map_err(|e| crate::adapters::aws::call_failed("change message visibility", e))?;
         Ok(())
     }
 
@@ -492,7 +493,7 @@ pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Er
         .with_current_span(false)
         .without_time()
         .try_init();
-    crate::aws::ports::check_env().map_err(|e| {
+    crate::runtime::lambda::ports::check_env().map_err(|e| {
         tracing::error!(error = %e, kind = e.kind(), "cannot start");
         Box::new(e) as lambda_runtime::Error
     })?;

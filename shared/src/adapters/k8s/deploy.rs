@@ -18,9 +18,9 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 
+use crate::adapters::k8s::{Cluster, kube_error};
 use crate::config::{KubeDeploy, WorkloadRef};
 use crate::error::{Error, Result};
-use crate::k8s::{Cluster, kube_error};
 use crate::ports::{Applied, DeployRequest, DeployTarget, Rollout, WorkloadImage};
 
 /// Annotation: the run that set the image.
