@@ -165,10 +165,10 @@ async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
     let mut last = String::new();
     loop {
         let view = match run {
-            None => View::Runs(p.runs().await?),
+            None => View::Runs(baton::pipeline::runs::list(p).await?),
             Some(id) => {
-                let (app, run) = p.resolve_run(id).await?;
-                View::Run(Box::new(p.run_view(&app, &run).await?))
+                let (app, run) = baton::pipeline::runs::resolve(p, id).await?;
+                View::Run(Box::new(baton::pipeline::runs::view(p, &app, &run).await?))
             }
         };
         // What changes, one line per run or stage.
@@ -370,7 +370,7 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     }
     local.submit(&trigger)?;
     drain(&local, g.json).await?;
-    let runs = local.pipeline.runs().await?;
+    let runs = baton::pipeline::runs::list(&local.pipeline).await?;
     let mut touched = vec![];
     for push in &parsed.pushes {
         let Some(digest) = &push.digest else {
@@ -404,7 +404,7 @@ async fn status(g: &Global, run: Option<&str>) -> Result<ExitCode> {
     let p = &local.pipeline;
     match run {
         None => {
-            let runs = p.runs().await?;
+            let runs = baton::pipeline::runs::list(p).await?;
             if g.json {
                 print_json(&runs)?;
             } else {
@@ -412,8 +412,8 @@ async fn status(g: &Global, run: Option<&str>) -> Result<ExitCode> {
             }
         }
         Some(id) => {
-            let (app, run) = p.resolve_run(id).await?;
-            let view = p.run_view(&app, &run).await?;
+            let (app, run) = baton::pipeline::runs::resolve(p, id).await?;
+            let view = baton::pipeline::runs::view(p, &app, &run).await?;
             if g.json {
                 print_json(&view)?;
             } else {
@@ -428,11 +428,11 @@ async fn status(g: &Global, run: Option<&str>) -> Result<ExitCode> {
 async fn retry(g: &Global, run: &str, stage: &str, env: Option<&str>) -> Result<ExitCode> {
     let stage: StageName = stage.parse().map_err(|e: String| anyhow!(e))?;
     let local = open(g)?;
-    let handled = local.pipeline.retry(run, stage, env).await?;
+    let handled = baton::stages::retry(&local.pipeline, run, stage, env).await?;
     let ok = !matches!(handled.disposition, Disposition::Retry(_));
     drain(&local, g.json).await?;
-    let (app, run_id) = local.pipeline.resolve_run(run).await?;
-    let view = local.pipeline.run_view(&app, &run_id).await?;
+    let (app, run_id) = baton::pipeline::runs::resolve(&local.pipeline, run).await?;
+    let view = baton::pipeline::runs::view(&local.pipeline, &app, &run_id).await?;
     if g.json {
         print_json(&json!({
             "stage": stage.as_str(),
@@ -468,18 +468,19 @@ async fn decide(
 ) -> Result<ExitCode> {
     let local = open(g)?;
     let by = local.pipeline.config.approver(&who, "cli");
-    let report = local
-        .pipeline
-        .decide(Decision {
+    let report = baton::stages::approve::decide(
+        &local.pipeline,
+        Decision {
             run,
             environment: env,
             by,
             verdict,
             comment,
-        })
-        .await?;
+        },
+    )
+    .await?;
     drain(&local, g.json).await?;
-    let view = local.pipeline.run_view(&report.app, &report.run).await?;
+    let view = baton::pipeline::runs::view(&local.pipeline, &report.app, &report.run).await?;
     if g.json {
         print_json(&json!({ "decision": report, "run_status": view.status }))?;
     } else {
@@ -509,7 +510,7 @@ async fn rollback(
     who: Option<&str>,
 ) -> Result<ExitCode> {
     let local = open(g)?;
-    let report = local.pipeline.rollback(app, env, to, who).await?;
+    let report = baton::stages::deploy::rollback(&local.pipeline, app, env, to, who).await?;
     drain(&local, g.json).await?;
     if g.json {
         print_json(&report)?;

@@ -110,9 +110,8 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         .await?;
     progress.finish();
 
-    let (app, run) = p
-        .resolve_run(&baton::ids::run_id("web", &image.digest))
-        .await?;
+    let (app, run) =
+        baton::pipeline::runs::resolve(p, &baton::ids::run_id("web", &image.digest)).await?;
     let app_cfg = p.config.app(&app)?;
     // Approve every environment that waits, as its first configured approver.
     let mut decisions = vec![];
@@ -120,7 +119,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         let ApprovalPolicy::Manual(m) = &env.approval else {
             continue;
         };
-        let view = p.run_view(&app, &run).await?;
+        let view = baton::pipeline::runs::view(p, &app, &run).await?;
         if !view.status.starts_with("awaiting approval") {
             continue;
         }
@@ -141,15 +140,17 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
                 env.name
             );
         }
-        let report = p
-            .decide(Decision {
+        let report = baton::stages::approve::decide(
+            p,
+            Decision {
                 run: run.clone(),
                 environment: env.name.clone(),
                 by: p.config.approver(&approver, "cli"),
                 verdict: Verdict::Approve,
                 comment: Some("approved by baton demo".into()),
-            })
-            .await?;
+            },
+        )
+        .await?;
         decisions.push(report);
         let progress = Progress::new(g.json);
         progress.message(format!("deploying to {}", env.name));
@@ -159,10 +160,10 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         progress.finish();
     }
 
-    let view = p.run_view(&app, &run).await?;
+    let view = baton::pipeline::runs::view(p, &app, &run).await?;
     let mut deployed = vec![];
     for env in &app_cfg.environments {
-        let live = p.live(&app, &env.name).await?;
+        let live = baton::pipeline::deployments::live(p, &app, &env.name).await?;
         let manifests = match &env.deploy {
             baton::config::DeployConfig::Manifest(m) => {
                 p.config.resolve(&m.dir).display().to_string()

@@ -17,107 +17,12 @@ use crate::error::{Error, Result};
 /// Actions AWS offers no resource scoping for; `"*"` is accepted for them only.
 pub const WILDCARD_EXCEPTIONS: [&str; 2] = ["ecr:GetAuthorizationToken", "sts:GetCallerIdentity"];
 
-/// The stage table: what each stage may hold, and, in words, what it must never touch.
+/// The stage table: what each stage may hold, and, in words, what it must never touch
+/// (each stage's declaration, `crate::stages`).
 pub fn row(stage: &str) -> Option<(&'static [&'static str], &'static str)> {
-    Some(match stage {
-        "ingest" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:list",
-                "registry-read",
-                "publish",
-            ],
-            "deploy targets; push images",
-        ),
-        "test" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:list",
-                "queue",
-                "publish",
-                "invoke-functions",
-                "k8s:test",
-            ],
-            "production namespaces; registry writes",
-        ),
-        "gate" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:list",
-                "queue",
-                "publish",
-            ],
-            "targets; approval records",
-        ),
-        "approve" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:approvals",
-                "store:approvals:read",
-                "store:list",
-                "queue",
-                "publish",
-            ],
-            "targets",
-        ),
-        "deploy" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:deployments",
-                "store:approvals:read",
-                "store:list",
-                "queue",
-                "publish",
-                "deploy-functions",
-                "read-functions",
-                "registry-read",
-                "eks",
-                "k8s:deploy",
-            ],
-            "registry writes; test sandbox; writing approval records",
-        ),
-        "promote" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:list",
-                "queue",
-                "publish",
-                "registry-read",
-                "registry-write",
-            ],
-            "targets",
-        ),
-        "notify" => (
-            &[
-                "logs",
-                "store:config",
-                "store:runs",
-                "store:runs:write",
-                "store:list",
-                "queue",
-            ],
-            "everything else",
-        ),
-        _ => return None,
-    })
+    let name: crate::pipeline::StageName = stage.parse().ok()?;
+    let spec = crate::stages::spec(name);
+    Some((spec.may_hold, spec.never))
 }
 
 /// What an IAM action amounts to, in the vocabulary of the stage table.

@@ -204,26 +204,49 @@ pub trait Notifier: Send + Sync {
     fn notify(&self, reaction: &str, event: &Event) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// The adapters one deployment of Baton uses, chosen once at start-up.
+/// The adapters every stage uses: the bus and the store. A deployment of Baton chooses
+/// them once at start-up; a stage that needs more asks for one of the traits below, so
+/// a function links only the adapters its stage uses.
 pub trait Ports: Send + Sync + 'static {
     type Bus: EventBus;
     type Store: ObjectStore;
-    type Registry: Registry;
-    type Tests: TestRunner;
-    type Target: DeployTarget;
-    type Notifier: Notifier;
 
     fn bus(&self) -> &Self::Bus;
     fn store(&self) -> &Self::Store;
-    fn registry(&self) -> &Self::Registry;
-    /// The test runner configured for an app.
-    fn test_runner(&self, app: &AppConfig) -> Result<Self::Tests>;
-    /// The deploy target configured for an environment.
-    fn deploy_target(&self, app: &AppConfig, env: &EnvironmentConfig) -> Result<Self::Target>;
-    /// The notifier of a reaction.
-    fn notifier(&self, reaction: &ReactionConfig) -> Result<Self::Notifier>;
     /// Now. Tests may pin it.
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
 }
+
+/// A registry to resolve tags and retag images (ingest, promote).
+pub trait RegistryPorts: Ports {
+    type Registry: Registry;
+    fn registry(&self) -> &Self::Registry;
+}
+
+/// Test runners (test).
+pub trait TestPorts: Ports {
+    type Tests: TestRunner;
+    /// The test runner configured for an app.
+    fn test_runner(&self, app: &AppConfig) -> Result<Self::Tests>;
+}
+
+/// Deploy targets (deploy, rollback).
+pub trait TargetPorts: Ports {
+    type Target: DeployTarget;
+    /// The deploy target configured for an environment.
+    fn deploy_target(&self, app: &AppConfig, env: &EnvironmentConfig) -> Result<Self::Target>;
+}
+
+/// Notifiers (notify).
+pub trait NotifyPorts: Ports {
+    type Notifier: Notifier;
+    /// The notifier of a reaction.
+    fn notifier(&self, reaction: &ReactionConfig) -> Result<Self::Notifier>;
+}
+
+/// Every adapter: what runs every stage (the local runtime, the CLI).
+pub trait AllPorts: RegistryPorts + TestPorts + TargetPorts + NotifyPorts {}
+
+impl<P: RegistryPorts + TestPorts + TargetPorts + NotifyPorts> AllPorts for P {}

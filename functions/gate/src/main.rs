@@ -1,6 +1,7 @@
-//! The gate stage as its own function: parses its input, runs the gate stage through the
-//! shared harness, and returns. All logic lives in `baton` (the `shared/` crate).
+//! The gate stage as its own function: its stage and the adapters it adds to the bus
+//! and the store, handed to the one function entry point. All logic lives in `baton`
+//! (the `shared/` crate); this binary links only what the gate stage uses.
 
 fn main() -> std::process::ExitCode {
-    baton::runtime::function::main(baton::pipeline::StageName::Gate)
+    baton::runtime::function::main::<baton::stages::Gate, ()>()
 }

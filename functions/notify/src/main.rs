@@ -1,6 +1,10 @@
-//! The notify stage as its own function: parses its input, runs the notify stage through the
-//! shared harness, and returns. All logic lives in `baton` (the `shared/` crate).
+//! The notify stage as its own function: its stage and the adapters it adds to the bus
+//! and the store, handed to the one function entry point. All logic lives in `baton`
+//! (the `shared/` crate); this binary links only what the notify stage uses.
 
 fn main() -> std::process::ExitCode {
-    baton::runtime::function::main(baton::pipeline::StageName::Notify)
+    baton::runtime::function::main::<
+        baton::stages::Notify,
+        baton::runtime::lambda::ports::WithNotifier,
+    >()
 }

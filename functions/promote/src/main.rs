@@ -1,6 +1,10 @@
-//! The promote stage as its own function: parses its input, runs the promote stage through the
-//! shared harness, and returns. All logic lives in `baton` (the `shared/` crate).
+//! The promote stage as its own function: its stage and the adapters it adds to the bus
+//! and the store, handed to the one function entry point. All logic lives in `baton`
+//! (the `shared/` crate); this binary links only what the promote stage uses.
 
 fn main() -> std::process::ExitCode {
-    baton::runtime::function::main(baton::pipeline::StageName::Promote)
+    baton::runtime::function::main::<
+        baton::stages::Promote,
+        baton::runtime::lambda::ports::WithRegistry,
+    >()
 }

@@ -1,6 +1,8 @@
-//! The test stage as its own function: parses its input, runs the test stage through the
-//! shared harness, and returns. All logic lives in `baton` (the `shared/` crate).
+//! The test stage as its own function: its stage and the adapters it adds to the bus
+//! and the store, handed to the one function entry point. All logic lives in `baton`
+//! (the `shared/` crate); this binary links only what the test stage uses.
 
 fn main() -> std::process::ExitCode {
-    baton::runtime::function::main(baton::pipeline::StageName::Test)
+    baton::runtime::function::main::<baton::stages::Test, baton::runtime::lambda::ports::WithTests>(
+    )
 }

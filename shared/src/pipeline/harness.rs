@@ -2,8 +2,9 @@
 //! conditional create (dedupe), run the stage, derive output event ids from (input id,
 //! stage, output type, attempt), append them to the run log, publish, and record the
 //! outcome. Transient errors go back to the bus for a retry; permanent ones publish
-//! `stage.failed` with the reason. A stage that waits records its progress and asks the
-//! bus to deliver again later. Stages never copy any of this.
+//! `stage.failed` with the reason (when the stage reports failures). A stage that waits
+//! records its progress and asks the bus to deliver again later. The harness is generic
+//! over [`Stage`] and names no stage; stages never copy any of this.
 
 use std::time::Duration;
 
@@ -13,83 +14,12 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, Payload, RunContext, StageFailed};
+use crate::event::{Event, Payload, StageFailed};
 use crate::ids::output_event_id;
-use crate::pipeline::{Pipeline, StageName};
+use crate::pipeline::Pipeline;
+use crate::pipeline::stage::{Input, RecordKey, Stage, StageCtx, StageName, Step};
 use crate::ports::{BusMessage, EventBus, Ports, Precondition};
 use crate::store::{event_key, get_json, put_json};
-use crate::triggers::Push;
-
-/// What a stage consumes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Input {
-    /// A Baton event from the bus.
-    Event(Event),
-    /// A registry push (ingest), with the run context ingest computed for it.
-    Push(PushInput),
-    /// An event delivered to one reaction (notify).
-    Reaction(ReactionInput),
-}
-
-/// An event for a named reaction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReactionInput {
-    pub reaction: String,
-    pub event: Event,
-}
-
-/// A push accepted by ingest's repository and tag checks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PushInput {
-    pub push: Push,
-    pub ctx: RunContext,
-}
-
-impl Input {
-    /// The id outputs are derived from and duplicates are recognised by.
-    pub fn id(&self) -> String {
-        match self {
-            Input::Event(e) => e.id.clone(),
-            Input::Push(p) => format!(
-                "push:{}:{}:{}",
-                p.push.trigger.as_str(),
-                p.push.notification_id,
-                p.ctx.image.digest
-            ),
-            Input::Reaction(r) => format!("{}:{}", r.reaction, r.event.id),
-        }
-    }
-
-    pub fn ctx(&self) -> &RunContext {
-        match self {
-            Input::Event(e) => e.ctx(),
-            Input::Push(p) => &p.ctx,
-            Input::Reaction(r) => r.event.ctx(),
-        }
-    }
-
-    pub fn event(&self) -> Option<&Event> {
-        match self {
-            Input::Event(e) => Some(e),
-            Input::Reaction(r) => Some(&r.event),
-            Input::Push(_) => None,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Input::Event(e) => format!("{} {}", e.event_type(), e.id),
-            Input::Push(p) => format!("push of {}", p.ctx.image.tagged()),
-            Input::Reaction(r) => format!(
-                "{} {} for reaction {}",
-                r.event.event_type(),
-                r.event.id,
-                r.reaction
-            ),
-        }
-    }
-}
 
 /// Where a stage record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,54 +161,6 @@ impl StageRecord {
     }
 }
 
-/// What a stage decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Publish these (possibly none) and finish.
-    Done {
-        outputs: Vec<Payload>,
-        note: Option<String>,
-    },
-    /// Not finished: record `progress` and deliver the input again after `after`.
-    Wait {
-        after: Duration,
-        progress: Value,
-        note: String,
-    },
-}
-
-impl Step {
-    pub fn publish(outputs: Vec<Payload>) -> Step {
-        Step::Done {
-            outputs,
-            note: None,
-        }
-    }
-}
-
-/// What a stage sees besides its input.
-#[derive(Debug, Clone)]
-pub struct StageCtx {
-    pub stage: StageName,
-    pub attempt: u32,
-    pub input_id: String,
-    /// Progress recorded by a previous `Step::Wait`.
-    pub progress: Option<Value>,
-    pub now: DateTime<Utc>,
-}
-
-impl StageCtx {
-    /// The id the harness will give this stage's output of type `ty`.
-    pub fn output_id(&self, ty: crate::event::EventType) -> String {
-        output_event_id(
-            &self.input_id,
-            self.stage.as_str(),
-            ty.as_str(),
-            self.attempt,
-        )
-    }
-}
-
 /// How a delivery reached the harness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -328,361 +210,362 @@ impl Handled {
 /// How long a claim holds before another worker may take it over.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-impl<P: Ports> Pipeline<P> {
-    /// Runs `stage` on `input` under the harness.
-    pub async fn handle(&self, stage: StageName, input: Input, mode: Mode) -> Result<Handled> {
-        let ctx = input.ctx().clone();
-        let Some(key) = self.record_key(stage, &input)? else {
-            return Ok(Handled::ack(
-                format!("{stage}: nothing to do for {}", input.describe()),
-                false,
-                None,
-            ));
-        };
-        let (mut rec, mut etag) = match self.claim(stage, &input, &key, mode).await? {
-            Claim::Claimed(rec, etag) => (*rec, etag),
-            Claim::Skip(h) => return Ok(h),
-        };
+/// Runs `stage` on `input` under the harness.
+pub async fn handle<S: Stage<P>, P: Ports>(
+    p: &Pipeline<P>,
+    input: Input,
+    mode: Mode,
+) -> Result<Handled> {
+    let stage = S::SPEC.name;
+    let ctx = input.ctx().clone();
+    let Some(record) = S::record(p, &input)? else {
+        return Ok(Handled::ack(
+            format!("{stage}: nothing to do for {}", input.describe()),
+            false,
+            None,
+        ));
+    };
+    let key = record.key.clone();
+    let (mut rec, mut etag) = match claim::<S, P>(p, &record, &input, mode).await? {
+        Claim::Claimed(rec, etag) => (*rec, etag),
+        Claim::Skip(h) => return Ok(h),
+    };
 
-        // A crash after the outputs were fixed: publish them again, do not re-run.
-        if rec.status == StageStatus::Publishing {
-            return self.finish_publishing(&key, rec, etag).await;
-        }
-
-        let sctx = StageCtx {
-            stage,
-            attempt: rec.attempt,
-            input_id: input.id(),
-            progress: rec.progress.clone(),
-            now: self.ports.now(),
-        };
-        let span = tracing::info_span!("stage", stage = %stage, run = %ctx.run, app = %ctx.app,
-            env = ctx.environment.as_deref().unwrap_or("-"), attempt = rec.attempt);
-        let result = self.run_stage(stage, &input, &sctx).instrument(span).await;
-        let now = self.ports.now();
-        match result {
-            Ok(Step::Done { outputs, note }) => {
-                rec.outputs = outputs
-                    .into_iter()
-                    .map(|p| self.output_event(stage, &input, rec.attempt, p, now))
-                    .collect();
-                rec.error = None;
-                rec.progress = None;
-                rec.transition(StageStatus::Publishing, now, note);
-                etag = self.save(&key, &rec, etag).await?;
-                self.finish_publishing(&key, rec, etag).await
-            }
-            Ok(Step::Wait {
-                after,
-                progress,
-                note,
-            }) => {
-                rec.progress = Some(progress);
-                rec.lease_until = None;
-                rec.transition(StageStatus::Waiting, now, Some(note.clone()));
-                self.save(&key, &rec, etag).await?;
-                tracing::info!(%key, after_ms = after.as_millis() as u64, %note, "stage waiting");
-                Ok(Handled {
-                    disposition: Disposition::Later(after),
-                    record: Some(key),
-                    status: Some(StageStatus::Waiting),
-                    outputs: vec![],
-                    duplicate: false,
-                    note: Some(note),
-                })
-            }
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(%key, error = %e, kind = e.kind(), "stage failed transiently; will retry");
-                rec.error = Some((&e).into());
-                rec.lease_until = None;
-                rec.transition(StageStatus::Retrying, now, None);
-                self.save(&key, &rec, etag).await?;
-                Ok(Handled {
-                    disposition: Disposition::Retry(e),
-                    record: Some(key),
-                    status: Some(StageStatus::Retrying),
-                    outputs: vec![],
-                    duplicate: false,
-                    note: None,
-                })
-            }
-            Err(e) => {
-                tracing::error!(%key, error = %e, kind = e.kind(), "stage failed permanently");
-                rec.error = Some((&e).into());
-                rec.progress = None;
-                // Notifications report their own failures in their record only: a
-                // stage.failed from notify could trigger the same failing reaction again.
-                rec.outputs = if stage == StageName::Notify {
-                    vec![]
-                } else {
-                    let failed = Payload::StageFailed(StageFailed {
-                        ctx: ctx.clone(),
-                        stage: stage.as_str().into(),
-                        error_kind: e.kind().into(),
-                        reason: e.to_string(),
-                    });
-                    vec![self.output_event(stage, &input, rec.attempt, failed, now)]
-                };
-                rec.transition(StageStatus::Publishing, now, None);
-                etag = self.save(&key, &rec, etag).await?;
-                self.finish_publishing(&key, rec, etag).await
-            }
-        }
+    // A crash after the outputs were fixed: publish them again, do not re-run.
+    if rec.status == StageStatus::Publishing {
+        return finish_publishing(p, &key, rec, etag).await;
     }
 
-    /// Builds an output event: id derived from the input, causation and attempt set.
-    fn output_event(
-        &self,
-        stage: StageName,
-        input: &Input,
-        attempt: u32,
-        mut payload: Payload,
-        now: DateTime<Utc>,
-    ) -> Event {
-        let input_id = input.id();
-        {
-            let ctx = payload.ctx_mut();
-            ctx.causation = input_id.clone();
-            ctx.attempt = attempt;
+    let sctx = StageCtx {
+        stage,
+        attempt: rec.attempt,
+        input_id: input.id(),
+        progress: rec.progress.clone(),
+        now: p.ports.now(),
+    };
+    let span = tracing::info_span!("stage", stage = %stage, run = %ctx.run, app = %ctx.app,
+        env = ctx.environment.as_deref().unwrap_or("-"), attempt = rec.attempt);
+    let result = S::run(p, &input, &sctx).instrument(span).await;
+    let now = p.ports.now();
+    match result {
+        Ok(Step::Done { outputs, note }) => {
+            rec.outputs = outputs
+                .into_iter()
+                .map(|p| output_event(stage, &input, rec.attempt, p, now))
+                .collect();
+            rec.error = None;
+            rec.progress = None;
+            rec.transition(StageStatus::Publishing, now, note);
+            etag = save(p, &key, &rec, etag).await?;
+            finish_publishing(p, &key, rec, etag).await
         }
-        let id = output_event_id(
-            &input_id,
-            stage.as_str(),
-            payload.event_type().as_str(),
-            attempt,
-        );
-        Event::new(id, stage.as_str(), now, payload)
-    }
-
-    /// Appends events to their run logs and publishes them, in order.
-    pub async fn publish(&self, events: &[Event]) -> Result<()> {
-        for e in events {
-            let ctx = e.ctx();
-            let key = event_key(&ctx.app, &ctx.run, &e.id);
-            match put_json(self.ports.store(), &key, e, Precondition::IfNoneMatch).await {
-                Ok(_) | Err(Error::Conflict { .. }) => {}
-                Err(err) => return Err(err.context(format!("append {} to run log", e.id))),
-            }
-            self.ports
-                .bus()
-                .publish(&BusMessage::from_event(e))
-                .await
-                .map_err(|err| err.context(format!("publish {} {}", e.event_type(), e.id)))?;
-            tracing::info!(event = %e.event_type(), id = %e.id, run = %ctx.run, "published");
-        }
-        Ok(())
-    }
-
-    async fn finish_publishing(
-        &self,
-        key: &str,
-        mut rec: StageRecord,
-        etag: String,
-    ) -> Result<Handled> {
-        if let Err(e) = self.publish(&rec.outputs).await {
-            // Leave the record in `publishing` with its lease released: the next
-            // delivery republishes the same events at once.
+        Ok(Step::Wait {
+            after,
+            progress,
+            note,
+        }) => {
+            rec.progress = Some(progress);
             rec.lease_until = None;
-            if let Err(save) = self.save(key, &rec, etag).await {
-                tracing::warn!(%key, error = %save, "could not release the claim; it expires by itself");
-            }
-            return Ok(Handled {
+            rec.transition(StageStatus::Waiting, now, Some(note.clone()));
+            save(p, &key, &rec, etag).await?;
+            tracing::info!(%key, after_ms = after.as_millis() as u64, %note, "stage waiting");
+            Ok(Handled {
+                disposition: Disposition::Later(after),
+                record: Some(key),
+                status: Some(StageStatus::Waiting),
+                outputs: vec![],
+                duplicate: false,
+                note: Some(note),
+            })
+        }
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(%key, error = %e, kind = e.kind(), "stage failed transiently; will retry");
+            rec.error = Some((&e).into());
+            rec.lease_until = None;
+            rec.transition(StageStatus::Retrying, now, None);
+            save(p, &key, &rec, etag).await?;
+            Ok(Handled {
                 disposition: Disposition::Retry(e),
-                record: Some(key.to_string()),
-                status: Some(StageStatus::Publishing),
+                record: Some(key),
+                status: Some(StageStatus::Retrying),
                 outputs: vec![],
                 duplicate: false,
                 note: None,
-            });
-        }
-        let now = self.ports.now();
-        let status = if rec.error.is_some() {
-            StageStatus::Failed
-        } else {
-            StageStatus::Succeeded
-        };
-        rec.transition(status, now, None);
-        self.save(key, &rec, etag).await?;
-        Ok(Handled {
-            disposition: Disposition::Done,
-            record: Some(key.to_string()),
-            status: Some(status),
-            outputs: rec.outputs,
-            duplicate: false,
-            note: rec.note,
-        })
-    }
-
-    async fn save(&self, key: &str, rec: &StageRecord, etag: String) -> Result<String> {
-        put_json(self.ports.store(), key, rec, Precondition::IfMatch(etag))
-            .await
-            .map_err(|e| match e {
-                // Someone else took the record over (an expired lease): let the bus retry.
-                Error::Conflict { key } => Error::transient(
-                    format!("stage record {key}"),
-                    crate::error::Message("changed by another worker".into()),
-                ),
-                other => other,
             })
-    }
-
-    async fn claim(&self, stage: StageName, input: &Input, key: &str, mode: Mode) -> Result<Claim> {
-        let lease = self.settings.lease;
-        for _ in 0..5 {
-            let now = self.ports.now();
-            let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-            let existing: Option<(StageRecord, String)> = get_json(self.ports.store(), key).await?;
-            let Some((mut rec, etag)) = existing else {
-                if mode == Mode::Retry {
-                    return Err(Error::not_found("stage record", key.to_string()));
-                }
-                let ctx = input.ctx();
-                let mut rec = StageRecord {
-                    stage,
-                    app: ctx.app.clone(),
-                    run: ctx.run.clone(),
-                    environment: self.record_env(stage, input)?,
-                    status: StageStatus::Running,
-                    attempt: 1,
-                    input: input.clone(),
-                    started_at: now,
-                    updated_at: now,
-                    finished_at: None,
-                    lease_until: Some(lease_until),
-                    owner: Some(self.settings.owner.clone()),
-                    outputs: vec![],
-                    progress: None,
-                    note: None,
-                    error: None,
-                    history: vec![],
-                };
-                rec.transition(StageStatus::Running, now, None);
-                match put_json(self.ports.store(), key, &rec, Precondition::IfNoneMatch).await {
-                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                    Err(Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
+        }
+        Err(e) => {
+            tracing::error!(%key, error = %e, kind = e.kind(), "stage failed permanently");
+            rec.error = Some((&e).into());
+            rec.progress = None;
+            rec.outputs = if !S::SPEC.reports_failures {
+                vec![]
+            } else {
+                let failed = Payload::StageFailed(StageFailed {
+                    ctx: ctx.clone(),
+                    stage: stage.as_str().into(),
+                    error_kind: e.kind().into(),
+                    reason: e.to_string(),
+                });
+                vec![output_event(stage, &input, rec.attempt, failed, now)]
             };
-            // A lease ends at its time, or at once when its local owner process died.
-            let lease_live = rec.lease_until.is_some_and(|l| l > now)
-                && !rec.owner.as_deref().is_some_and(crate::process::is_dead);
+            rec.transition(StageStatus::Publishing, now, None);
+            etag = save(p, &key, &rec, etag).await?;
+            finish_publishing(p, &key, rec, etag).await
+        }
+    }
+}
+
+/// Builds an output event: id derived from the input, causation and attempt set.
+fn output_event(
+    stage: StageName,
+    input: &Input,
+    attempt: u32,
+    mut payload: Payload,
+    now: DateTime<Utc>,
+) -> Event {
+    let input_id = input.id();
+    {
+        let ctx = payload.ctx_mut();
+        ctx.causation = input_id.clone();
+        ctx.attempt = attempt;
+    }
+    let id = output_event_id(
+        &input_id,
+        stage.as_str(),
+        payload.event_type().as_str(),
+        attempt,
+    );
+    Event::new(id, stage.as_str(), now, payload)
+}
+
+/// Appends events to their run logs and publishes them, in order.
+pub async fn publish<P: Ports>(p: &Pipeline<P>, events: &[Event]) -> Result<()> {
+    for e in events {
+        let ctx = e.ctx();
+        let key = event_key(&ctx.app, &ctx.run, &e.id);
+        match put_json(p.ports.store(), &key, e, Precondition::IfNoneMatch).await {
+            Ok(_) | Err(Error::Conflict { .. }) => {}
+            Err(err) => return Err(err.context(format!("append {} to run log", e.id))),
+        }
+        p.ports
+            .bus()
+            .publish(&BusMessage::from_event(e))
+            .await
+            .map_err(|err| err.context(format!("publish {} {}", e.event_type(), e.id)))?;
+        tracing::info!(event = %e.event_type(), id = %e.id, run = %ctx.run, "published");
+    }
+    Ok(())
+}
+
+async fn finish_publishing<P: Ports>(
+    p: &Pipeline<P>,
+    key: &str,
+    mut rec: StageRecord,
+    etag: String,
+) -> Result<Handled> {
+    if let Err(e) = publish(p, &rec.outputs).await {
+        // Leave the record in `publishing` with its lease released: the next
+        // delivery republishes the same events at once.
+        rec.lease_until = None;
+        if let Err(save) = save(p, key, &rec, etag).await {
+            tracing::warn!(%key, error = %save, "could not release the claim; it expires by itself");
+        }
+        return Ok(Handled {
+            disposition: Disposition::Retry(e),
+            record: Some(key.to_string()),
+            status: Some(StageStatus::Publishing),
+            outputs: vec![],
+            duplicate: false,
+            note: None,
+        });
+    }
+    let now = p.ports.now();
+    let status = if rec.error.is_some() {
+        StageStatus::Failed
+    } else {
+        StageStatus::Succeeded
+    };
+    rec.transition(status, now, None);
+    save(p, key, &rec, etag).await?;
+    Ok(Handled {
+        disposition: Disposition::Done,
+        record: Some(key.to_string()),
+        status: Some(status),
+        outputs: rec.outputs,
+        duplicate: false,
+        note: rec.note,
+    })
+}
+
+async fn save<P: Ports>(
+    p: &Pipeline<P>,
+    key: &str,
+    rec: &StageRecord,
+    etag: String,
+) -> Result<String> {
+    put_json(p.ports.store(), key, rec, Precondition::IfMatch(etag))
+        .await
+        .map_err(|e| match e {
+            // Someone else took the record over (an expired lease): let the bus retry.
+            Error::Conflict { key } => Error::transient(
+                format!("stage record {key}"),
+                crate::error::Message("changed by another worker".into()),
+            ),
+            other => other,
+        })
+}
+
+async fn claim<S: Stage<P>, P: Ports>(
+    p: &Pipeline<P>,
+    record: &RecordKey,
+    input: &Input,
+    mode: Mode,
+) -> Result<Claim> {
+    let stage = S::SPEC.name;
+    let key = record.key.as_str();
+    let lease = p.settings.lease;
+    for _ in 0..5 {
+        let now = p.ports.now();
+        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let existing: Option<(StageRecord, String)> = get_json(p.ports.store(), key).await?;
+        let Some((mut rec, etag)) = existing else {
             if mode == Mode::Retry {
-                match rec.status {
-                    // A stage whose outcome was a failure (tests failed, a deploy
-                    // failed) may run again: a flaky suite, a fixed cluster.
-                    StageStatus::Succeeded if !rec.outputs.iter().any(is_failure_outcome) => {
-                        return Err(Error::Refused(format!(
-                            "{stage} already succeeded for run {} ({}) without a failure; nothing to retry",
-                            rec.run,
-                            rec.environment.as_deref().unwrap_or("all environments")
-                        )));
-                    }
-                    StageStatus::Running | StageStatus::Publishing if lease_live => {
-                        return Err(Error::Refused(format!(
-                            "{stage} is running for run {} right now (lease until {}); retry after it ends",
-                            rec.run,
-                            rec.lease_until.map(|l| l.to_rfc3339()).unwrap_or_default()
-                        )));
-                    }
-                    _ => {}
-                }
-                rec.restart(
-                    now,
-                    lease_until,
-                    &self.settings.owner,
-                    "retried by operator".into(),
-                );
-                match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                    Err(Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
+                return Err(Error::not_found("stage record", key.to_string()));
             }
-            // An input a rule refused (a forged approval.granted, say) does not hold the
-            // stage's record against a later input: the genuine one takes the record over.
-            if rec.input.id() != input.id()
-                && rec.status == StageStatus::Failed
-                && rec.error.as_ref().is_some_and(|e| e.kind == "refused")
-            {
-                let note = format!("takes over from the refused {}", rec.input.describe());
-                rec.input = input.clone();
-                rec.restart(now, lease_until, &self.settings.owner, note);
-                match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                    Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                    Err(Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
+            let ctx = input.ctx();
+            let mut rec = StageRecord {
+                stage,
+                app: ctx.app.clone(),
+                run: ctx.run.clone(),
+                environment: record.environment.clone(),
+                status: StageStatus::Running,
+                attempt: 1,
+                input: input.clone(),
+                started_at: now,
+                updated_at: now,
+                finished_at: None,
+                lease_until: Some(lease_until),
+                owner: Some(p.settings.owner.clone()),
+                outputs: vec![],
+                progress: None,
+                note: None,
+                error: None,
+                history: vec![],
+            };
+            rec.transition(StageStatus::Running, now, None);
+            match put_json(p.ports.store(), key, &rec, Precondition::IfNoneMatch).await {
+                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
             }
-            if rec.input.id() != input.id() {
+        };
+        // A lease ends at its time, or at once when its local owner process died.
+        let lease_live = rec.lease_until.is_some_and(|l| l > now)
+            && !rec.owner.as_deref().is_some_and(crate::process::is_dead);
+        if mode == Mode::Retry {
+            match rec.status {
+                // A stage whose outcome was a failure (tests failed, a deploy
+                // failed) may run again: a flaky suite, a fixed cluster.
+                StageStatus::Succeeded if !S::may_retry(&rec.outputs) => {
+                    return Err(Error::Refused(format!(
+                        "{stage} already succeeded for run {} ({}) without a failure; nothing to retry",
+                        rec.run,
+                        rec.environment.as_deref().unwrap_or("all environments")
+                    )));
+                }
+                StageStatus::Running | StageStatus::Publishing if lease_live => {
+                    return Err(Error::Refused(format!(
+                        "{stage} is running for run {} right now (lease until {}); retry after it ends",
+                        rec.run,
+                        rec.lease_until.map(|l| l.to_rfc3339()).unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+            rec.restart(
+                now,
+                lease_until,
+                &p.settings.owner,
+                "retried by operator".into(),
+            );
+            match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        // An input a rule refused (a forged approval.granted, say) does not hold the
+        // stage's record against a later input: the genuine one takes the record over.
+        if rec.input.id() != input.id()
+            && rec.status == StageStatus::Failed
+            && rec.error.as_ref().is_some_and(|e| e.kind == "refused")
+        {
+            let note = format!("takes over from the refused {}", rec.input.describe());
+            rec.input = input.clone();
+            rec.restart(now, lease_until, &p.settings.owner, note);
+            match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if rec.input.id() != input.id() {
+            return Ok(Claim::Skip(Handled::ack(
+                format!(
+                    "{stage}: run {} already handled by {}; {} is a duplicate",
+                    rec.run,
+                    rec.input.describe(),
+                    input.describe()
+                ),
+                true,
+                Some(key.to_string()),
+            )));
+        }
+        match rec.status {
+            StageStatus::Succeeded | StageStatus::Failed => {
                 return Ok(Claim::Skip(Handled::ack(
                     format!(
-                        "{stage}: run {} already handled by {}; {} is a duplicate",
-                        rec.run,
-                        rec.input.describe(),
+                        "{stage}: duplicate delivery of {} ignored",
                         input.describe()
                     ),
                     true,
                     Some(key.to_string()),
                 )));
             }
-            match rec.status {
-                StageStatus::Succeeded | StageStatus::Failed => {
-                    return Ok(Claim::Skip(Handled::ack(
-                        format!(
-                            "{stage}: duplicate delivery of {} ignored",
-                            input.describe()
-                        ),
-                        true,
-                        Some(key.to_string()),
-                    )));
-                }
-                StageStatus::Running | StageStatus::Publishing if lease_live => {
-                    return Ok(Claim::Skip(Handled {
-                        disposition: Disposition::Retry(Error::transient(
-                            format!("{stage} for run {}", rec.run),
-                            crate::error::Message(
-                                "in progress under another worker's lease".into(),
-                            ),
-                        )),
-                        record: Some(key.to_string()),
-                        status: Some(rec.status),
-                        outputs: vec![],
-                        duplicate: true,
-                        note: None,
-                    }));
-                }
-                _ => {}
+            StageStatus::Running | StageStatus::Publishing if lease_live => {
+                return Ok(Claim::Skip(Handled {
+                    disposition: Disposition::Retry(Error::transient(
+                        format!("{stage} for run {}", rec.run),
+                        crate::error::Message("in progress under another worker's lease".into()),
+                    )),
+                    record: Some(key.to_string()),
+                    status: Some(rec.status),
+                    outputs: vec![],
+                    duplicate: true,
+                    note: None,
+                }));
             }
-            // Waiting, retrying, or an expired lease: take it (same attempt).
-            rec.lease_until = Some(lease_until);
-            rec.owner = Some(self.settings.owner.clone());
-            if rec.status != StageStatus::Publishing {
-                rec.transition(StageStatus::Running, now, None);
-            }
-            match put_json(self.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            _ => {}
         }
-        Err(Error::transient(
-            format!("claim {key}"),
-            crate::error::Message("too much contention".into()),
-        ))
+        // Waiting, retrying, or an expired lease: take it (same attempt).
+        rec.lease_until = Some(lease_until);
+        rec.owner = Some(p.settings.owner.clone());
+        if rec.status != StageStatus::Publishing {
+            rec.transition(StageStatus::Running, now, None);
+        }
+        match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+            Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
+            Err(Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Err(Error::transient(
+        format!("claim {key}"),
+        crate::error::Message("too much contention".into()),
+    ))
 }
 
 enum Claim {
     Claimed(Box<StageRecord>, String),
     Skip(Handled),
-}
-
-/// An outcome a retry may replace: failed tests, or a deploy that failed (not one that a
-/// newer image superseded, which a retry cannot change).
-fn is_failure_outcome(e: &Event) -> bool {
-    match &e.payload {
-        crate::event::Payload::TestsFailed(_) => true,
-        crate::event::Payload::DeployFailed(d) => d.code != "superseded",
-        _ => false,
-    }
 }

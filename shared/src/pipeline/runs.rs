@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Image, Payload};
-use crate::pipeline::harness::{Handled, Mode, StageRecord, StageStatus};
+use crate::pipeline::approvals::ApprovalRecord;
+use crate::pipeline::harness::{StageRecord, StageStatus};
 use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{ObjectStore, Ports};
-use crate::stages::approve::ApprovalRecord;
 use crate::store::{approval_key, get_json, run_prefix, stage_key};
 
 /// One line of `baton status`.
@@ -40,243 +40,182 @@ pub struct RunView {
     pub approvals: Vec<ApprovalRecord>,
 }
 
-/// An approval waiting for decisions (`GET /approvals`).
-#[derive(Debug, Clone, Serialize)]
-pub struct PendingApproval {
-    pub app: String,
-    pub run: String,
-    pub environment: String,
-    pub image: Image,
-    pub approvals: u32,
-    pub required: u32,
-    pub approvers: Vec<String>,
-    pub groups: Vec<String>,
-    pub expires_at: DateTime<Utc>,
-    pub pushed_by: Option<String>,
-    /// How no-self-approval stands: checked against the pusher, allowed, or (when the
-    /// source did not say who pushed) refused or not checked, as the policy says.
-    pub self_approval: String,
-    pub url: Option<String>,
+/// Finds a run by its id or a unique prefix of it (at least 4 characters).
+pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, String)> {
+    if id.len() < 4 {
+        return Err(Error::Refused(format!(
+            "run id {id:?} is too short; give at least 4 characters"
+        )));
+    }
+    let mut found = BTreeSet::new();
+    for app in &p.config.apps {
+        let prefix = format!("runs/{}/", app.name);
+        for key in p.ports.store().list(&prefix).await? {
+            if let Some(run) = key[prefix.len()..].split('/').next()
+                && run.starts_with(id)
+            {
+                found.insert((app.name.clone(), run.to_string()));
+            }
+        }
+    }
+    match found.len() {
+        0 => Err(Error::not_found("run", id)),
+        1 => Ok(found.into_iter().next().unwrap_or_default()),
+        _ => Err(Error::Refused(format!(
+            "run id {id:?} is ambiguous: {}",
+            found
+                .iter()
+                .map(|(_, r)| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
-impl<P: Ports> Pipeline<P> {
-    /// Approvals still waiting for decisions, oldest first.
-    pub async fn pending_approvals(&self) -> Result<Vec<PendingApproval>> {
-        let store = self.ports.store();
-        let now = self.ports.now();
-        let mut out = vec![];
-        for key in store.list("approvals/").await? {
-            let Some((rec, _)) = get_json::<_, ApprovalRecord>(store, &key).await? else {
-                continue;
-            };
-            if rec.status != crate::policy::approval::ApprovalStatus::Pending
-                || rec.rules.expires_at <= now
-            {
-                continue;
-            }
-            let approvals = rec
-                .decisions
-                .iter()
-                .filter(|d| d.verdict == crate::policy::approval::Verdict::Approve)
-                .map(|d| d.by.as_str())
-                .collect::<BTreeSet<_>>()
-                .len() as u32;
-            let url = match &rec.request.payload {
-                Payload::ApprovalRequested(r) => r.url.clone(),
-                _ => None,
-            };
-            let self_approval = crate::policy::approval::self_approval_rule(&rec.rules);
-            out.push(PendingApproval {
-                image: rec.request.ctx().image.clone(),
-                app: rec.app,
-                run: rec.run,
-                environment: rec.environment,
-                approvals,
-                required: rec.rules.required,
-                approvers: rec.rules.approvers,
-                groups: rec.rules.groups.into_iter().map(|(g, _)| g).collect(),
-                expires_at: rec.rules.expires_at,
-                self_approval,
-                pushed_by: rec.rules.pushed_by,
-                url,
-            });
-        }
-        out.sort_by_key(|a| a.expires_at);
-        Ok(out)
-    }
+/// The app a run belongs to.
+pub async fn find_run<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<String> {
+    Ok(resolve(p, id).await?.0)
+}
 
-    /// Finds a run by its id or a unique prefix of it (at least 4 characters).
-    pub async fn resolve_run(&self, id: &str) -> Result<(String, String)> {
-        if id.len() < 4 {
+/// The full run id from an id or prefix.
+pub async fn resolve_run_id<P: Ports>(p: &Pipeline<P>, _app: &str, id: &str) -> Result<String> {
+    Ok(resolve(p, id).await?.1)
+}
+
+/// Every run, newest first.
+pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
+    let mut ids = BTreeSet::new();
+    for app in &p.config.apps {
+        let prefix = format!("runs/{}/", app.name);
+        for key in p.ports.store().list(&prefix).await? {
+            if let Some(run) = key[prefix.len()..].split('/').next() {
+                ids.insert((app.name.clone(), run.to_string()));
+            }
+        }
+    }
+    let mut out = vec![];
+    for (app, run) in ids {
+        let v = view(p, &app, &run).await?;
+        out.push(RunSummary {
+            started_at: v.stages.iter().map(|s| s.started_at).min(),
+            updated_at: v.stages.iter().map(|s| s.updated_at).max(),
+            app: v.app,
+            run: v.run,
+            image: v.image,
+            status: v.status,
+        });
+    }
+    out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
+    Ok(out)
+}
+
+/// A run's records, events and approvals.
+pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &str) -> Result<RunView> {
+    let store = p.ports.store();
+    let prefix = run_prefix(app, run);
+    let mut stages = vec![];
+    let mut events = vec![];
+    for key in store.list(&prefix).await? {
+        let rest = &key[prefix.len()..];
+        if rest.starts_with("stages/") {
+            if let Some((rec, _)) = get_json::<_, StageRecord>(store, &key).await? {
+                stages.push(rec);
+            }
+        } else if rest.starts_with("events/")
+            && let Some((e, _)) = get_json::<_, Event>(store, &key).await?
+        {
+            events.push(e);
+        }
+    }
+    if stages.is_empty() && events.is_empty() {
+        return Err(Error::not_found("run", run));
+    }
+    let app_cfg = p.config.app(app)?;
+    let env_index = |e: &Option<String>| {
+        e.as_ref()
+            .and_then(|e| app_cfg.environments.iter().position(|x| &x.name == e))
+            .unwrap_or(0)
+    };
+    stages.sort_by_key(|s| (s.started_at, env_index(&s.environment), s.stage));
+    events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    let mut approvals = vec![];
+    for env in &app_cfg.environments {
+        if let Some((a, _)) =
+            get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await?
+        {
+            approvals.push(a);
+        }
+    }
+    let image = events.first().map(|e| e.ctx().image.clone());
+    let status = status_of(app_cfg, &stages, &events);
+    Ok(RunView {
+        app: app.into(),
+        run: run.into(),
+        image,
+        status,
+        stages,
+        events,
+        approvals,
+    })
+}
+
+/// The record `baton retry` re-runs exactly one stage from (its recorded input, as a new
+/// attempt). Per-environment stages need `env` unless the stage ran in one environment
+/// only.
+pub async fn retry_record<P: Ports>(
+    p: &Pipeline<P>,
+    run: &str,
+    stage: StageName,
+    env: Option<&str>,
+) -> Result<StageRecord> {
+    if crate::stages::spec(stage).consumes == crate::pipeline::stage::Consumes::Reactions {
+        return Err(Error::Refused(
+            "notify runs per reaction; redrive its dead letters instead".into(),
+        ));
+    }
+    let (app, run) = resolve(p, run).await?;
+    let app_cfg = p.config.app(&app)?;
+    let env = match (crate::stages::spec(stage).per_environment, env) {
+        (false, Some(e)) => {
             return Err(Error::Refused(format!(
-                "run id {id:?} is too short; give at least 4 characters"
+                "{stage} runs once per image; drop --env {e}"
             )));
         }
-        let mut found = BTreeSet::new();
-        for app in &self.config.apps {
-            let prefix = format!("runs/{}/", app.name);
-            for key in self.ports.store().list(&prefix).await? {
-                if let Some(run) = key[prefix.len()..].split('/').next()
-                    && run.starts_with(id)
-                {
-                    found.insert((app.name.clone(), run.to_string()));
+        (false, None) => None,
+        (true, Some(e)) => Some(app_cfg.environment(e)?.name.clone()),
+        (true, None) => {
+            let ran: Vec<String> = view(p, &app, &run)
+                .await?
+                .stages
+                .into_iter()
+                .filter(|s| s.stage == stage)
+                .filter_map(|s| s.environment)
+                .collect();
+            match ran.as_slice() {
+                [one] => Some(one.clone()),
+                [] => {
+                    return Err(Error::Refused(format!(
+                        "{stage} has not run for run {run}; nothing to retry"
+                    )));
+                }
+                many => {
+                    return Err(Error::Refused(format!(
+                        "{stage} ran in {}; say which with --env",
+                        many.join(", ")
+                    )));
                 }
             }
         }
-        match found.len() {
-            0 => Err(Error::not_found("run", id)),
-            1 => Ok(found.into_iter().next().unwrap_or_default()),
-            _ => Err(Error::Refused(format!(
-                "run id {id:?} is ambiguous: {}",
-                found
-                    .iter()
-                    .map(|(_, r)| r.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
-
-    /// The app a run belongs to.
-    pub async fn find_run(&self, id: &str) -> Result<String> {
-        Ok(self.resolve_run(id).await?.0)
-    }
-
-    /// The full run id from an id or prefix.
-    pub async fn resolve_run_id(&self, _app: &str, id: &str) -> Result<String> {
-        Ok(self.resolve_run(id).await?.1)
-    }
-
-    /// Every run, newest first.
-    pub async fn runs(&self) -> Result<Vec<RunSummary>> {
-        let mut ids = BTreeSet::new();
-        for app in &self.config.apps {
-            let prefix = format!("runs/{}/", app.name);
-            for key in self.ports.store().list(&prefix).await? {
-                if let Some(run) = key[prefix.len()..].split('/').next() {
-                    ids.insert((app.name.clone(), run.to_string()));
-                }
-            }
-        }
-        let mut out = vec![];
-        for (app, run) in ids {
-            let v = self.run_view(&app, &run).await?;
-            out.push(RunSummary {
-                started_at: v.stages.iter().map(|s| s.started_at).min(),
-                updated_at: v.stages.iter().map(|s| s.updated_at).max(),
-                app: v.app,
-                run: v.run,
-                image: v.image,
-                status: v.status,
-            });
-        }
-        out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
-        Ok(out)
-    }
-
-    /// A run's records, events and approvals.
-    pub async fn run_view(&self, app: &str, run: &str) -> Result<RunView> {
-        let store = self.ports.store();
-        let prefix = run_prefix(app, run);
-        let mut stages = vec![];
-        let mut events = vec![];
-        for key in store.list(&prefix).await? {
-            let rest = &key[prefix.len()..];
-            if rest.starts_with("stages/") {
-                if let Some((rec, _)) = get_json::<_, StageRecord>(store, &key).await? {
-                    stages.push(rec);
-                }
-            } else if rest.starts_with("events/")
-                && let Some((e, _)) = get_json::<_, Event>(store, &key).await?
-            {
-                events.push(e);
-            }
-        }
-        if stages.is_empty() && events.is_empty() {
-            return Err(Error::not_found("run", run));
-        }
-        let app_cfg = self.config.app(app)?;
-        let env_index = |e: &Option<String>| {
-            e.as_ref()
-                .and_then(|e| app_cfg.environments.iter().position(|x| &x.name == e))
-                .unwrap_or(0)
-        };
-        stages.sort_by_key(|s| (s.started_at, env_index(&s.environment), s.stage));
-        events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        let mut approvals = vec![];
-        for env in &app_cfg.environments {
-            if let Some((a, _)) =
-                get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await?
-            {
-                approvals.push(a);
-            }
-        }
-        let image = events.first().map(|e| e.ctx().image.clone());
-        let status = status_of(app_cfg, &stages, &events);
-        Ok(RunView {
-            app: app.into(),
-            run: run.into(),
-            image,
-            status,
-            stages,
-            events,
-            approvals,
-        })
-    }
-
-    /// Re-runs exactly one stage of a run from its recorded input, as a new attempt.
-    /// Per-environment stages need `env` unless the stage ran in one environment only.
-    pub async fn retry(&self, run: &str, stage: StageName, env: Option<&str>) -> Result<Handled> {
-        if stage == StageName::Notify {
-            return Err(Error::Refused(
-                "notify runs per reaction; redrive its dead letters instead".into(),
-            ));
-        }
-        let (app, run) = self.resolve_run(run).await?;
-        let app_cfg = self.config.app(&app)?;
-        let env = match (stage.per_environment(), env) {
-            (false, Some(e)) => {
-                return Err(Error::Refused(format!(
-                    "{stage} runs once per image; drop --env {e}"
-                )));
-            }
-            (false, None) => None,
-            (true, Some(e)) => Some(app_cfg.environment(e)?.name.clone()),
-            (true, None) => {
-                let ran: Vec<String> = self
-                    .run_view(&app, &run)
-                    .await?
-                    .stages
-                    .into_iter()
-                    .filter(|s| s.stage == stage)
-                    .filter_map(|s| s.environment)
-                    .collect();
-                match ran.as_slice() {
-                    [one] => Some(one.clone()),
-                    [] => {
-                        return Err(Error::Refused(format!(
-                            "{stage} has not run for run {run}; nothing to retry"
-                        )));
-                    }
-                    many => {
-                        return Err(Error::Refused(format!(
-                            "{stage} ran in {}; say which with --env",
-                            many.join(", ")
-                        )));
-                    }
-                }
-            }
-        };
-        let key = stage_key(&app, &run, stage.as_str(), env.as_deref());
-        let Some((rec, _)) = get_json::<_, StageRecord>(self.ports.store(), &key).await? else {
-            return Err(Error::Refused(format!(
-                "{stage} has not run for run {run}{}; nothing to retry",
-                env.map(|e| format!(" in {e}")).unwrap_or_default()
-            )));
-        };
-        tracing::info!(%run, %stage, attempt = rec.attempt + 1, "retrying stage");
-        self.handle(stage, rec.input, Mode::Retry).await
-    }
+    };
+    let key = stage_key(&app, &run, stage.as_str(), env.as_deref());
+    let Some((rec, _)) = get_json::<_, StageRecord>(p.ports.store(), &key).await? else {
+        return Err(Error::Refused(format!(
+            "{stage} has not run for run {run}{}; nothing to retry",
+            env.map(|e| format!(" in {e}")).unwrap_or_default()
+        )));
+    };
+    tracing::info!(%run, %stage, attempt = rec.attempt + 1, "retrying stage");
+    Ok(rec)
 }
 
 /// The overall status of a run, from its records and events.

@@ -1,10 +1,11 @@
-//! The subscription table: which stage consumes which event types. Infra (SNS
-//! subscriptions with filter policies), the embedded bus and the tests all read this one
-//! table; reactions from the configuration are added beside it.
+//! The subscription table: which stage consumes which event types, read from the stages'
+//! declarations (`crate::stages::SPECS`). Infra (SNS subscriptions with filter
+//! policies), the embedded bus and the tests all read this one table; reactions from the
+//! configuration are added beside it.
 
 use crate::config::Config;
-use crate::event::EventType;
 use crate::pipeline::StageName;
+use crate::pipeline::stage::Consumes;
 use crate::policy::FilterPolicy;
 
 /// The `type` attribute of registry notifications on the embedded bus (ingest's
@@ -22,27 +23,18 @@ pub struct Subscription {
     pub reaction: Option<String>,
 }
 
-/// The event types each event-driven stage consumes.
-pub const STAGE_TABLE: [(StageName, &[EventType]); 5] = [
-    (StageName::Test, &[EventType::ImageBuilt]),
-    (
-        StageName::Gate,
-        &[EventType::TestsPassed, EventType::DeploySucceeded],
-    ),
-    (StageName::Approve, &[EventType::ApprovalRequested]),
-    (StageName::Deploy, &[EventType::ApprovalGranted]),
-    (StageName::Promote, &[EventType::DeploySucceeded]),
-];
-
-/// The stage subscriptions on the events topic.
+/// The stage subscriptions on the events topic: one per stage that consumes events.
 pub fn stage_subscriptions() -> Vec<Subscription> {
-    STAGE_TABLE
+    crate::stages::SPECS
         .iter()
-        .map(|(stage, types)| Subscription {
-            name: stage.as_str().into(),
-            stage: *stage,
-            filter: FilterPolicy::types(types.iter().map(|t| t.as_str())),
-            reaction: None,
+        .filter_map(|spec| match spec.consumes {
+            Consumes::Events(types) => Some(Subscription {
+                name: spec.name.as_str().into(),
+                stage: spec.name,
+                filter: FilterPolicy::types(types.iter().map(|t| t.as_str())),
+                reaction: None,
+            }),
+            Consumes::Triggers | Consumes::Reactions => None,
         })
         .collect()
 }
@@ -62,7 +54,7 @@ pub fn all_subscriptions(config: &Config) -> Vec<Subscription> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AttrValue, Attributes};
+    use crate::event::{AttrValue, Attributes, EventType};
 
     fn typed(t: &str) -> Attributes {
         [("type".to_string(), AttrValue::String(t.into()))]

@@ -18,10 +18,13 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
-use crate::pipeline::harness::{Disposition, Input, Mode, ReactionInput};
+use crate::pipeline::harness::{Disposition, Mode};
+use crate::pipeline::stage::{Input, ReactionInput};
 use crate::pipeline::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::pipeline::{Pipeline, Settings, StageName};
-use crate::ports::{BusMessage, Notifier, Ports, Registry};
+use crate::ports::{
+    BusMessage, Notifier, NotifyPorts, Ports, Registry, RegistryPorts, TargetPorts, TestPorts,
+};
 use crate::triggers::Trigger;
 
 pub use crate::adapters::embedded::bus::DeliveryReport;
@@ -129,10 +132,6 @@ fn aws_only(what: &str) -> Error {
 impl Ports for LocalPorts {
     type Bus = EmbeddedBus;
     type Store = DirStore;
-    type Registry = LocalRegistry;
-    type Tests = AnyTestRunner;
-    type Target = AnyTarget;
-    type Notifier = LocalNotifier;
 
     fn bus(&self) -> &EmbeddedBus {
         &self.bus
@@ -140,9 +139,17 @@ impl Ports for LocalPorts {
     fn store(&self) -> &DirStore {
         &self.store
     }
+}
+
+impl RegistryPorts for LocalPorts {
+    type Registry = LocalRegistry;
     fn registry(&self) -> &LocalRegistry {
         &self.registry
     }
+}
+
+impl TestPorts for LocalPorts {
+    type Tests = AnyTestRunner;
     fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
         match &app.test {
             TestConfig::Command(c) => Ok(AnyTestRunner::Command(CommandRunner::from_config(
@@ -153,6 +160,10 @@ impl Ports for LocalPorts {
             TestConfig::Lambda(_) => Err(aws_only("the lambda test runner")),
         }
     }
+}
+
+impl TargetPorts for LocalPorts {
+    type Target = AnyTarget;
     fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<AnyTarget> {
         match &env.deploy {
             DeployConfig::Manifest(m) => {
@@ -164,6 +175,10 @@ impl Ports for LocalPorts {
             DeployConfig::Lambda(_) => Err(aws_only("the lambda deploy target")),
         }
     }
+}
+
+impl NotifyPorts for LocalPorts {
+    type Notifier = LocalNotifier;
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
         match &reaction.notify {
             NotifyConfig::Log(l) => Ok(LocalNotifier::Log(LogNotifier {
@@ -277,7 +292,7 @@ impl Local {
             }),
             None => Input::Event(event),
         };
-        match self.pipeline.handle(stage, input, Mode::Deliver).await {
+        match crate::stages::handle(&self.pipeline, stage, input, Mode::Deliver).await {
             Ok(h) => match h.disposition {
                 Disposition::Done => Delivery::Done,
                 Disposition::Later(d) => Delivery::Later(d, h.note.unwrap_or_default()),
@@ -296,7 +311,7 @@ impl Subscriber for Local {
                 Ok(t) => t,
                 Err(e) => return Delivery::Dead(format!("unreadable registry notification: {e}")),
             };
-            return match self.pipeline.ingest(&trigger).await {
+            return match crate::stages::ingest::ingest(&self.pipeline, &trigger).await {
                 Ok(report) => {
                     for reason in &report.ignored {
                         tracing::info!(%reason, "ignored");

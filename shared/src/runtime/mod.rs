@@ -2,6 +2,7 @@
 //! directory, and the dispatcher), `serve` (its HTTP server), `lambda` (the function
 //! handler on AWS) and `function` (the entry point every function binary calls).
 
+#[cfg(feature = "aws")]
 pub mod function;
 #[cfg(feature = "aws")]
 pub mod lambda;

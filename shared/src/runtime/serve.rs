@@ -37,11 +37,12 @@ use crate::adapters::embedded::DrainOptions;
 use crate::config::secret_env;
 use crate::error::{Error, Result};
 use crate::ids::{is_name, is_run_prefix};
+use crate::pipeline::{approvals, runs};
 use crate::policy::approval::{Approver, Verdict};
 use crate::ports::{ObjectStore, Precondition};
 use crate::reference::excerpt;
 use crate::runtime::local::Local;
-use crate::stages::approve::Decision;
+use crate::stages::approve::{self, Decision};
 use crate::webhooks::{Endpoint, RequestParts, same};
 
 use crate::stages::approve::MAX_DECISION_BODY;
@@ -501,7 +502,7 @@ async fn list_approvals(State(s): State<Arc<Server>>, headers: HeaderMap) -> Res
     let Some(Caller::Approver(_)) = s.caller(&headers) else {
         return unauthenticated("an approver");
     };
-    match s.local.pipeline.pending_approvals().await {
+    match approvals::pending(&s.local.pipeline).await {
         Ok(list) => reply(StatusCode::OK, json!(list)),
         Err(e) => error_reply(&e),
     }
@@ -556,17 +557,17 @@ async fn decide(
             );
         }
     };
-    let result = s
-        .local
-        .pipeline
-        .decide(Decision {
+    let result = approve::decide(
+        &s.local.pipeline,
+        Decision {
             run,
             environment: env,
             by: who,
             verdict: parsed.decision,
             comment: parsed.comment,
-        })
-        .await;
+        },
+    )
+    .await;
     s.wake.notify_one();
     match result {
         Ok(report) => reply(StatusCode::OK, json!(report)),
@@ -580,7 +581,7 @@ async fn list_runs(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response
         Some(Caller::Reader(who)) => tracing::debug!(reader = %who, "runs listed"),
         Some(Caller::Approver(a)) => tracing::debug!(approver = %a.name, "runs listed"),
     }
-    match s.local.pipeline.runs().await {
+    match runs::list(&s.local.pipeline).await {
         Ok(runs) => reply(StatusCode::OK, json!(runs)),
         Err(e) => error_reply(&e),
     }
@@ -599,8 +600,8 @@ async fn show_run(
     }
     let p = &s.local.pipeline;
     let view = async {
-        let (app, run) = p.resolve_run(&run).await?;
-        p.run_view(&app, &run).await
+        let (app, run) = runs::resolve(p, &run).await?;
+        runs::view(p, &app, &run).await
     }
     .await;
     match view {

@@ -7,8 +7,10 @@ use chrono::Duration;
 use crate::config::ApprovalPolicy;
 use crate::error::{Error, Result};
 use crate::event::{ApprovalGranted, ApprovalRequested, Event, EventType, GrantPolicy, Payload};
-use crate::pipeline::harness::{Input, StageCtx, Step};
-use crate::pipeline::{Pipeline, StageName, expect_type};
+use crate::pipeline::Pipeline;
+use crate::pipeline::stage::{
+    Consumes, Input, RecordKey, Stage, StageCtx, StageName, StageSpec, Step,
+};
 use crate::ports::Ports;
 
 /// The environment the gate decides for, or `None` when there is none.
@@ -34,12 +36,45 @@ pub(crate) fn target_environment<P: Ports>(
     })
 }
 
-pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
-    expect_type(
-        StageName::Gate,
-        input.event_type(),
-        &[EventType::TestsPassed, EventType::DeploySucceeded],
-    )?;
+const CONSUMES: &[EventType] = &[EventType::TestsPassed, EventType::DeploySucceeded];
+
+/// The gate stage.
+pub struct Gate;
+
+pub static SPEC: StageSpec = StageSpec {
+    name: StageName::Gate,
+    consumes: Consumes::Events(CONSUMES),
+    per_environment: true,
+    reports_failures: true,
+    may_hold: &[
+        "logs",
+        "store:config",
+        "store:runs",
+        "store:runs:write",
+        "store:list",
+        "queue",
+        "publish",
+    ],
+    never: "targets; approval records",
+};
+
+impl<P: Ports> Stage<P> for Gate {
+    const SPEC: &'static StageSpec = &SPEC;
+
+    fn record(p: &Pipeline<P>, input: &Input) -> Result<Option<RecordKey>> {
+        let ctx = input.ctx();
+        Ok(target_environment(p, input)?.map(|env| RecordKey {
+            key: crate::store::stage_key(&ctx.app, &ctx.run, "gate", Some(&env)),
+            environment: Some(env),
+        }))
+    }
+
+    async fn run(p: &Pipeline<P>, input: &Input, ctx: &StageCtx) -> Result<Step> {
+        step(p, input.expect_event(StageName::Gate, CONSUMES)?, ctx).await
+    }
+}
+
+async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
     let Some(env_name) = target_environment(p, &Input::Event(input.clone()))? else {
         return Ok(Step::Done {
             outputs: vec![],

@@ -3,16 +3,62 @@
 
 use crate::error::Result;
 use crate::event::{Event, EventType, ImagePromoted, Payload};
-use crate::pipeline::harness::Step;
-use crate::pipeline::{Pipeline, StageName, expect_type};
-use crate::ports::{Ports, Registry};
+use crate::pipeline::Pipeline;
+use crate::pipeline::stage::{
+    Consumes, Input, RecordKey, Stage, StageCtx, StageName, StageSpec, Step, per_environment,
+};
+use crate::ports::{Registry, RegistryPorts};
 
-pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event) -> Result<Step> {
-    expect_type(
-        StageName::Promote,
-        input.event_type(),
-        &[EventType::DeploySucceeded],
-    )?;
+const CONSUMES: &[EventType] = &[EventType::DeploySucceeded];
+
+/// The promote stage.
+pub struct Promote;
+
+pub static SPEC: StageSpec = StageSpec {
+    name: StageName::Promote,
+    consumes: Consumes::Events(CONSUMES),
+    per_environment: true,
+    reports_failures: true,
+    may_hold: &[
+        "logs",
+        "store:config",
+        "store:runs",
+        "store:runs:write",
+        "store:list",
+        "queue",
+        "publish",
+        "registry-read",
+        "registry-write",
+    ],
+    never: "targets",
+};
+
+impl<P: RegistryPorts> Stage<P> for Promote {
+    const SPEC: &'static StageSpec = &SPEC;
+
+    fn record(p: &Pipeline<P>, input: &Input) -> Result<Option<RecordKey>> {
+        let _ = p;
+        let mut rec = per_environment(StageName::Promote, input)?;
+        // A rollback is a new deploy of an old run: promote retags again, in a record
+        // of its own.
+        if let Input::Event(e) = input
+            && let Payload::DeploySucceeded(d) = &e.payload
+            && d.rollback
+        {
+            let ctx = input.ctx();
+            let env = rec.environment.clone().unwrap_or_default();
+            let scope = format!("{env}.rollback-{}", &e.id[..e.id.len().min(8)]);
+            rec.key = crate::store::stage_key(&ctx.app, &ctx.run, "promote", Some(&scope));
+        }
+        Ok(Some(rec))
+    }
+
+    async fn run(p: &Pipeline<P>, input: &Input, ctx: &StageCtx) -> Result<Step> {
+        step(p, input.expect_event(StageName::Promote, CONSUMES)?, ctx).await
+    }
+}
+
+async fn step<P: RegistryPorts>(p: &Pipeline<P>, input: &Event, _sctx: &StageCtx) -> Result<Step> {
     let ctx = input.ctx();
     let app = p.config.app(&ctx.app)?;
     let env_name = ctx.environment.as_deref().unwrap_or_default();

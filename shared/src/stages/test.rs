@@ -7,17 +7,58 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::event::{Event, EventType, Payload, TestReport};
-use crate::pipeline::harness::{StageCtx, Step};
-use crate::pipeline::{Pipeline, StageName, expect_type};
-use crate::ports::{ObjectStore, Ports, Precondition, TestProgress, TestRequest, TestRunner};
+use crate::pipeline::Pipeline;
+use crate::pipeline::stage::{
+    Consumes, Input, RecordKey, Stage, StageCtx, StageName, StageSpec, Step, per_image,
+};
+use crate::ports::{ObjectStore, Precondition, TestPorts, TestProgress, TestRequest, TestRunner};
 use crate::store::test_output_key;
 
-pub(crate) async fn run<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
-    expect_type(
-        StageName::Test,
-        input.event_type(),
-        &[EventType::ImageBuilt],
-    )?;
+const CONSUMES: &[EventType] = &[EventType::ImageBuilt];
+
+/// The test stage.
+pub struct Test;
+
+pub static SPEC: StageSpec = StageSpec {
+    name: StageName::Test,
+    consumes: Consumes::Events(CONSUMES),
+    per_environment: false,
+    reports_failures: true,
+    may_hold: &[
+        "logs",
+        "store:config",
+        "store:runs",
+        "store:runs:write",
+        "store:list",
+        "queue",
+        "publish",
+        "invoke-functions",
+        "k8s:test",
+    ],
+    never: "production namespaces; registry writes",
+};
+
+impl<P: TestPorts> Stage<P> for Test {
+    const SPEC: &'static StageSpec = &SPEC;
+
+    fn record(p: &Pipeline<P>, input: &Input) -> Result<Option<RecordKey>> {
+        let _ = p;
+        Ok(Some(per_image(StageName::Test, input.ctx())))
+    }
+
+    /// A failed suite may run again (a flaky test, a fixed dependency).
+    fn may_retry(outputs: &[Event]) -> bool {
+        outputs
+            .iter()
+            .any(|e| e.event_type() == EventType::TestsFailed)
+    }
+
+    async fn run(p: &Pipeline<P>, input: &Input, ctx: &StageCtx) -> Result<Step> {
+        step(p, input.expect_event(StageName::Test, CONSUMES)?, ctx).await
+    }
+}
+
+async fn step<P: TestPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
     let ctx = input.ctx();
     let app = p.config.app(&ctx.app)?;
     let runner = p.ports.test_runner(app)?;

@@ -504,7 +504,7 @@ struct Stack {
     sqs: aws_sdk_sqs::Client,
     lambda: aws_sdk_lambda::Client,
     ecr: aws_sdk_ecr::Client,
-    clients: baton::runtime::lambda::ports::Clients,
+    clients: baton::adapters::aws::Clients,
     config: std::sync::Arc<baton::config::Config>,
     topic: String,
     /// (stage, queue url)
@@ -559,7 +559,7 @@ fn approve_url_request(run: &str, arn: Option<&str>, account: &str) -> serde_jso
 async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
-    let clients = baton::runtime::lambda::ports::Clients::new(&conf);
+    let clients = baton::adapters::aws::Clients::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let sns = aws_sdk_sns::Client::new(&conf);
     let ecr = aws_sdk_ecr::Client::new(&conf);
@@ -732,21 +732,36 @@ apps:
 }
 
 impl Stack {
-    fn app(&self, stage: baton::pipeline::StageName) -> baton::runtime::lambda::handler::App {
-        let ports = baton::runtime::lambda::ports::AwsPorts::new(
-            &self.clients,
-            "baton-state",
-            &self.topic,
-            self.config.clone(),
-        )
-        .unwrap();
-        baton::runtime::lambda::handler::App::new(
-            stage,
-            ports,
-            self.config.clone(),
-            self.sqs.clone(),
-        )
-        .unwrap()
+    /// The function of `stage`, built as the stack builds it (its stage and adapters),
+    /// invoked with `payload`.
+    async fn invoke(
+        &self,
+        stage: baton::pipeline::StageName,
+        payload: serde_json::Value,
+    ) -> baton::Result<serde_json::Value> {
+        use baton::pipeline::StageName as N;
+        use baton::runtime::lambda::handler::{App, Function};
+        use baton::runtime::lambda::ports::{
+            AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests,
+        };
+        async fn call<S: Function<X>, X: Extra>(
+            s: &Stack,
+            payload: serde_json::Value,
+        ) -> baton::Result<serde_json::Value> {
+            let ports = AwsPorts::<X>::new(&s.clients, "baton-state", &s.topic, s.config.clone())?;
+            App::<S, X>::new(ports, s.config.clone(), s.sqs.clone())?
+                .handle(payload)
+                .await
+        }
+        match stage {
+            N::Ingest => call::<baton::stages::Ingest, WithRegistry>(self, payload).await,
+            N::Test => call::<baton::stages::Test, WithTests>(self, payload).await,
+            N::Gate => call::<baton::stages::Gate, ()>(self, payload).await,
+            N::Approve => call::<baton::stages::Approve, ()>(self, payload).await,
+            N::Deploy => call::<baton::stages::Deploy, WithTargets>(self, payload).await,
+            N::Promote => call::<baton::stages::Promote, WithRegistry>(self, payload).await,
+            N::Notify => call::<baton::stages::Notify, WithNotifier>(self, payload).await,
+        }
     }
 
     async fn push_event(&self) {
@@ -786,8 +801,7 @@ impl Stack {
             body["account"] = json!("123456789012");
         }
         let out = self
-            .app(baton::pipeline::StageName::Ingest)
-            .handle(body)
+            .invoke(baton::pipeline::StageName::Ingest, body)
             .await
             .unwrap();
         assert_eq!(out["accepted"].as_array().unwrap().len(), 1, "{out}");
@@ -816,10 +830,13 @@ impl Stack {
                        "eventSourceARN": format!("arn:aws:sqs:us-east-1:123456789012:{STACK}-{stage}"), "awsRegion": "us-east-1"})
             })
             .collect();
-        let app = self.app(stage.parse().unwrap());
+        let app: baton::pipeline::StageName = stage.parse().unwrap();
         let mut failed: Vec<String> = vec![];
         for _ in 0..times {
-            let resp = app.handle(json!({ "Records": records })).await.unwrap();
+            let resp = self
+                .invoke(app, json!({ "Records": records }))
+                .await
+                .unwrap();
             failed = resp["batchItemFailures"]
                 .as_array()
                 .unwrap()
@@ -879,8 +896,7 @@ impl Stack {
         event["detail"]["requestParameters"]["imageTag"] = json!("1.0.0");
         event["detail"]["responseElements"]["image"]["imageId"]["imageDigest"] = json!(self.digest);
         let out = self
-            .app(baton::pipeline::StageName::Ingest)
-            .handle(event)
+            .invoke(baton::pipeline::StageName::Ingest, event)
             .await
             .unwrap();
         assert_eq!(out["accepted"].as_array().unwrap().len(), 1, "{out}");
@@ -1161,8 +1177,10 @@ async fn retry_request_reruns_one_stage_in_its_function() {
         .unwrap();
     let run = baton::ids::run_id("web", &s.digest);
     let out = s
-        .app(baton::pipeline::StageName::Deploy)
-        .handle(json!({"baton": "retry", "run": run, "environment": "staging"}))
+        .invoke(
+            baton::pipeline::StageName::Deploy,
+            json!({"baton": "retry", "run": run, "environment": "staging"}),
+        )
         .await
         .unwrap();
     assert_eq!(out["status"], "succeeded", "{out}");
@@ -1190,10 +1208,10 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
     );
     let before = s.alias_image().await;
     let run = baton::ids::run_id("web", &s.digest);
-    let approve = s.app(baton::pipeline::StageName::Approve);
+    let approve = baton::pipeline::StageName::Approve;
     let request = |arn: Option<&str>, account: &str| approve_url_request(&run, arn, account);
     const ACCT: &str = "123456789012";
-    let out = approve.handle(request(None, ACCT)).await.unwrap();
+    let out = s.invoke(approve, request(None, ACCT)).await.unwrap();
     assert_eq!(out["statusCode"], 401, "no IAM identity, no decision");
     for (arn, account, why) in [
         (
@@ -1217,7 +1235,10 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
             "an ARN whose account is not the caller's",
         ),
     ] {
-        let out = approve.handle(request(Some(arn), account)).await.unwrap();
+        let out = s
+            .invoke(approve, request(Some(arn), account))
+            .await
+            .unwrap();
         assert_eq!(out["statusCode"], 403, "{why}: {out}");
     }
     s.drive(1).await;
@@ -1235,11 +1256,14 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
     .unwrap();
     assert_eq!(rec["decisions"], json!([]), "no decision was recorded");
     // the mapped principal: the role's enforced session
-    let out = approve
-        .handle(request(
-            Some("arn:aws:sts::123456789012:assumed-role/Approvers/alice"),
-            ACCT,
-        ))
+    let out = s
+        .invoke(
+            approve,
+            request(
+                Some("arn:aws:sts::123456789012:assumed-role/Approvers/alice"),
+                ACCT,
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 200, "{out}");
@@ -1260,9 +1284,12 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
     s.run_ingest().await;
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
-    let approve = s.app(baton::pipeline::StageName::Approve);
-    let out = approve
-        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
+    let approve = baton::pipeline::StageName::Approve;
+    let out = s
+        .invoke(
+            approve,
+            approve_url_request(&run, Some(ALICE_ROLE), "123456789012"),
+        )
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 403, "{out}");
@@ -1279,8 +1306,10 @@ async fn an_unknown_or_self_pusher_cannot_be_approved_through_the_url() {
     s.drive(1).await;
     let run = baton::ids::run_id("web", &s.digest);
     let out = s
-        .app(baton::pipeline::StageName::Approve)
-        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
+        .invoke(
+            baton::pipeline::StageName::Approve,
+            approve_url_request(&run, Some(ALICE_ROLE), "123456789012"),
+        )
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 403, "{out}");
@@ -1365,8 +1394,10 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
     );
     // the genuine approval still deploys: a refused input does not hold the stage
     let out = s
-        .app(baton::pipeline::StageName::Approve)
-        .handle(approve_url_request(&run, Some(ALICE_ROLE), "123456789012"))
+        .invoke(
+            baton::pipeline::StageName::Approve,
+            approve_url_request(&run, Some(ALICE_ROLE), "123456789012"),
+        )
         .await
         .unwrap();
     assert_eq!(out["statusCode"], 200, "{out}");
@@ -1393,7 +1424,7 @@ async fn a_forged_approval_granted_from_a_compromised_stage_deploys_nothing() {
 async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
     let m = moto().await;
     let admin = m.config().await;
-    let s3_admin = baton::runtime::lambda::ports::Clients::new(&admin).s3;
+    let s3_admin = baton::adapters::aws::Clients::new(&admin).s3;
     s3_admin
         .create_bucket()
         .bucket("baton-state")
@@ -1454,10 +1485,7 @@ async fn each_stage_role_reaches_only_its_own_store_prefixes_under_moto_iam() {
             .await;
         stores.push((
             stage,
-            S3Store::new(
-                baton::runtime::lambda::ports::Clients::new(&conf).s3,
-                "baton-state",
-            ),
+            S3Store::new(baton::adapters::aws::Clients::new(&conf).s3, "baton-state"),
         ));
     }
     S3Store::new(s3_admin.clone(), "baton-state")

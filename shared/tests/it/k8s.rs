@@ -17,6 +17,7 @@ use baton::adapters::embedded::DrainOptions;
 use baton::config::Config;
 use baton::event::{EventType, Payload};
 use baton::pipeline::Settings;
+use baton::ports::TestPorts;
 use baton::runtime::local::Local;
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -807,7 +808,7 @@ async fn redelivery_never_creates_a_second_job() {
     );
     assert_eq!(fake.requests("POST", "/jobs").len(), 1);
     // the runner itself: a start after a crash finds the Job instead of creating one
-    use baton::ports::{Ports, TestRunner};
+    use baton::ports::TestRunner;
     let cfg = env.local.pipeline.config.clone();
     let runner = env
         .local

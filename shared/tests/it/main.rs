@@ -209,18 +209,14 @@ impl Env {
     }
 
     pub async fn events(&self, image: &Image) -> Vec<Event> {
-        self.local
-            .pipeline
-            .run_view("web", &self.run_of(image))
+        baton::pipeline::runs::view(&self.local.pipeline, "web", &self.run_of(image))
             .await
             .unwrap()
             .events
     }
 
     pub async fn status(&self, image: &Image) -> String {
-        self.local
-            .pipeline
-            .run_view("web", &self.run_of(image))
+        baton::pipeline::runs::view(&self.local.pipeline, "web", &self.run_of(image))
             .await
             .unwrap()
             .status

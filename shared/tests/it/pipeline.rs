@@ -49,12 +49,12 @@ async fn full_pipeline_event_sequence_and_manifests() {
     );
 
     let run = env.run_of(&img);
-    let report = env
-        .local
-        .pipeline
-        .decide(decision(&run[..8], "production", "alice", Verdict::Approve))
-        .await
-        .unwrap();
+    let report = baton::stages::approve::decide(
+        &env.local.pipeline,
+        decision(&run[..8], "production", "alice", Verdict::Approve),
+    )
+    .await
+    .unwrap();
     assert!(report.recorded);
     env.drain().await;
     let events = env.events(&img).await;
@@ -137,7 +137,9 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
     assert_eq!(rep.dead, 0);
     assert_eq!(env.status(&img).await, "deployed");
     for e in ["staging", "production"] {
-        let history = env.local.pipeline.history("web", e).await.unwrap();
+        let history = baton::pipeline::deployments::history(&env.local.pipeline, "web", e)
+            .await
+            .unwrap();
         assert_eq!(history.len(), 1, "exactly one deploy to {e}");
     }
     let events = env.events(&img).await;
@@ -151,18 +153,14 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
     assert_eq!(log.lines().count(), 8, "one notification per event: {log}");
     // and re-publishing the whole log again changes nothing
     for e in &events {
-        env.local
-            .pipeline
-            .publish(std::slice::from_ref(e))
+        baton::pipeline::harness::publish(&env.local.pipeline, std::slice::from_ref(e))
             .await
             .unwrap();
     }
     env.drain().await;
     assert_eq!(env.events(&img).await.len(), 8);
     assert_eq!(
-        env.local
-            .pipeline
-            .history("web", "production")
+        baton::pipeline::deployments::history(&env.local.pipeline, "web", "production")
             .await
             .unwrap()
             .len(),
@@ -188,10 +186,7 @@ async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
     assert_eq!(r.exit_code, Some(3));
     assert_eq!(r.summary, "exit code 3");
     assert_eq!(env.status(&img).await, "tests failed");
-    let view = env
-        .local
-        .pipeline
-        .run_view("web", &env.run_of(&img))
+    let view = baton::pipeline::runs::view(&env.local.pipeline, "web", &env.run_of(&img))
         .await
         .unwrap();
     assert!(view.stages.iter().all(|s| s.stage != StageName::Deploy));
@@ -205,12 +200,14 @@ async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
 
     // A flaky or fixed suite: the test stage may run again, and the run goes on.
     std::fs::write(env.root().join("tests-fixed"), "").unwrap();
-    let handled = env
-        .local
-        .pipeline
-        .retry(&env.run_of(&img), StageName::Test, None)
-        .await
-        .unwrap();
+    let handled = baton::stages::retry(
+        &env.local.pipeline,
+        &env.run_of(&img),
+        StageName::Test,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(handled.outputs[0].event_type(), EventType::TestsPassed);
     assert_eq!(handled.outputs[0].ctx().attempt, 2);
     env.drain().await;
@@ -226,12 +223,14 @@ async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
     );
     assert_eq!(env.status(&img).await, "awaiting approval (production)");
     // Passed now: a second retry has nothing to replace.
-    let e = env
-        .local
-        .pipeline
-        .retry(&env.run_of(&img), StageName::Test, None)
-        .await
-        .unwrap_err();
+    let e = baton::stages::retry(
+        &env.local.pipeline,
+        &env.run_of(&img),
+        StageName::Test,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("already succeeded"), "{e}");
 }
 
@@ -288,10 +287,7 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     let fixed = env.root().join("gitops/staging");
     std::fs::create_dir_all(&fixed).unwrap();
     std::fs::write(fixed.join("web.yaml"), crate::STAGING_MANIFEST).unwrap();
-    let handled = env
-        .local
-        .pipeline
-        .retry(&run, StageName::Deploy, None)
+    let handled = baton::stages::retry(&env.local.pipeline, &run, StageName::Deploy, None)
         .await
         .unwrap();
     assert_eq!(handled.status.map(|s| s.as_str()), Some("succeeded"));
@@ -310,10 +306,7 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     env.drain().await;
     assert_eq!(env.status(&img).await, "awaiting approval (production)");
     // retrying a succeeded stage is refused
-    let e = env
-        .local
-        .pipeline
-        .retry(&run, StageName::Test, None)
+    let e = baton::stages::retry(&env.local.pipeline, &run, StageName::Test, None)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Refused(_)), "{e}");
@@ -345,51 +338,52 @@ async fn approvals_refuse_non_approvers_the_pusher_and_late_decisions() {
     assert_eq!(parked.parked, 1);
     let run = env.run_of(&img);
     let p = &env.local.pipeline;
-    let e = p
-        .decide(decision(&run, "production", "mallory", Verdict::Approve))
-        .await
-        .unwrap_err();
+    let e = baton::stages::approve::decide(
+        p,
+        decision(&run, "production", "mallory", Verdict::Approve),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&e, Error::Refused(m) if m.contains("mallory may not")),
         "{e}"
     );
-    let e = p
-        .decide(decision(&run, "production", "carol", Verdict::Approve))
-        .await
-        .unwrap_err();
+    let e =
+        baton::stages::approve::decide(p, decision(&run, "production", "carol", Verdict::Approve))
+            .await
+            .unwrap_err();
     assert!(
         matches!(&e, Error::Refused(m) if m.contains("self-approval")),
         "{e}"
     );
-    let e = p
-        .decide(decision(&run, "staging", "alice", Verdict::Approve))
+    let e = baton::stages::approve::decide(p, decision(&run, "staging", "alice", Verdict::Approve))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("automatically"), "{e}");
     // one of two approvals: still pending
-    let r = p
-        .decide(decision(&run, "production", "alice", Verdict::Approve))
-        .await
-        .unwrap();
+    let r =
+        baton::stages::approve::decide(p, decision(&run, "production", "alice", Verdict::Approve))
+            .await
+            .unwrap();
     assert_eq!(
         (r.approvals, r.required, r.status.as_str()),
         (1, 2, "pending")
     );
-    let r = p
-        .decide(decision(&run, "production", "alice", Verdict::Approve))
-        .await
-        .unwrap();
+    let r =
+        baton::stages::approve::decide(p, decision(&run, "production", "alice", Verdict::Approve))
+            .await
+            .unwrap();
     assert!(!r.recorded, "the same approver counts once");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let e = p
-        .decide(decision(&run, "production", "bob", Verdict::Approve))
-        .await
-        .unwrap_err();
+    let e =
+        baton::stages::approve::decide(p, decision(&run, "production", "bob", Verdict::Approve))
+            .await
+            .unwrap_err();
     assert!(
         matches!(&e, Error::Refused(m) if m.contains("expired")),
         "{e}"
     );
-    let rec: baton::stages::approve::ApprovalRecord = serde_json::from_slice(
+    let rec: baton::pipeline::approvals::ApprovalRecord = serde_json::from_slice(
         &std::fs::read(
             env.root()
                 .join(format!("state/store/approvals/web/{run}/production.json")),
@@ -399,9 +393,7 @@ async fn approvals_refuse_non_approvers_the_pusher_and_late_decisions() {
     .unwrap();
     assert_eq!(rec.decisions.len(), 1, "refused decisions are not recorded");
     assert!(
-        env.local
-            .pipeline
-            .live("web", "production")
+        baton::pipeline::deployments::live(&env.local.pipeline, "web", "production")
             .await
             .unwrap()
             .is_none()
@@ -423,19 +415,20 @@ async fn a_rejection_stops_the_run() {
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
     env.drain().await;
     let run = env.run_of(&img);
-    env.local
-        .pipeline
-        .decide(decision(&run, "production", "bob", Verdict::Reject))
-        .await
-        .unwrap();
+    baton::stages::approve::decide(
+        &env.local.pipeline,
+        decision(&run, "production", "bob", Verdict::Reject),
+    )
+    .await
+    .unwrap();
     env.drain().await;
     assert_eq!(env.status(&img).await, "rejected (production)");
-    let e = env
-        .local
-        .pipeline
-        .decide(decision(&run, "production", "alice", Verdict::Approve))
-        .await
-        .unwrap_err();
+    let e = baton::stages::approve::decide(
+        &env.local.pipeline,
+        decision(&run, "production", "alice", Verdict::Approve),
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("already rejected"), "{e}");
 }
 
@@ -447,10 +440,7 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     env.drain().await;
     let older = env.push("1.1.0", "ci-bot", t0 + Duration::seconds(5)).await;
     env.drain().await;
-    let live = env
-        .local
-        .pipeline
-        .live("web", "staging")
+    let live = baton::pipeline::deployments::live(&env.local.pipeline, "web", "staging")
         .await
         .unwrap()
         .unwrap();
@@ -465,11 +455,9 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     assert_eq!(f.code, "superseded");
     assert!(f.reason.contains("1.2.0"), "{}", f.reason);
     // an explicit rollback may go back; newer-wins applies only to pipeline deploys
-    let r = env
-        .local
-        .pipeline
-        .rollback("web", "staging", None, Some("alice"))
-        .await;
+    let r =
+        baton::stages::deploy::rollback(&env.local.pipeline, "web", "staging", None, Some("alice"))
+            .await;
     assert!(
         matches!(r, Err(Error::Refused(_))),
         "only one image was ever deployed"
@@ -477,19 +465,14 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     let even_newer = env.push("1.3.0", "ci-bot", t0 + Duration::seconds(9)).await;
     env.drain().await;
     assert!(env.manifest("staging").contains(even_newer.digest.as_str()));
-    let r = env
-        .local
-        .pipeline
-        .rollback("web", "staging", None, Some("alice"))
-        .await
-        .unwrap();
+    let r =
+        baton::stages::deploy::rollback(&env.local.pipeline, "web", "staging", None, Some("alice"))
+            .await
+            .unwrap();
     assert_eq!(r.to, newer.reference());
     env.drain().await;
     assert!(env.manifest("staging").contains(newer.digest.as_str()));
-    let live = env
-        .local
-        .pipeline
-        .live("web", "staging")
+    let live = baton::pipeline::deployments::live(&env.local.pipeline, "web", "staging")
         .await
         .unwrap()
         .unwrap();
@@ -546,16 +529,21 @@ async fn a_restart_mid_run_loses_nothing() {
     let local = open(dir.path(), &s);
     local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
     let run = baton::ids::run_id("web", &img.digest);
-    let view = local.pipeline.run_view("web", &run).await.unwrap();
-    assert_eq!(view.status, "awaiting approval (production)");
-    assert_eq!(sequence(&view.events), FULL_SEQUENCE[..6]);
-    local
-        .pipeline
-        .decide(decision(&run, "production", "alice", Verdict::Approve))
+    let view = baton::pipeline::runs::view(&local.pipeline, "web", &run)
         .await
         .unwrap();
+    assert_eq!(view.status, "awaiting approval (production)");
+    assert_eq!(sequence(&view.events), FULL_SEQUENCE[..6]);
+    baton::stages::approve::decide(
+        &local.pipeline,
+        decision(&run, "production", "alice", Verdict::Approve),
+    )
+    .await
+    .unwrap();
     local.drain(&DrainOptions::default(), |_| {}).await.unwrap();
-    let view = local.pipeline.run_view("web", &run).await.unwrap();
+    let view = baton::pipeline::runs::view(&local.pipeline, "web", &run)
+        .await
+        .unwrap();
     assert_eq!(sequence(&view.events), FULL_SEQUENCE);
 }
 
@@ -567,11 +555,14 @@ async fn only_configured_repositories_and_tags_start_runs() {
     let ingest = |repo: &str, tag: &str, id: &str| {
         let payload = dist_push(repo, tag, &d, "x", Utc::now(), id);
         async move {
-            p.ingest(&baton::triggers::Trigger {
-                kind: baton::triggers::TriggerKind::Distribution,
-                received_at: Utc::now(),
-                payload,
-            })
+            baton::stages::ingest::ingest(
+                p,
+                &baton::triggers::Trigger {
+                    kind: baton::triggers::TriggerKind::Distribution,
+                    received_at: Utc::now(),
+                    payload,
+                },
+            )
             .await
         }
     };
@@ -588,7 +579,7 @@ async fn only_configured_repositories_and_tags_start_runs() {
             r.ignored
         );
     }
-    assert!(p.runs().await.unwrap().is_empty());
+    assert!(baton::pipeline::runs::list(p).await.unwrap().is_empty());
     // the same digest under two tags is one run; a registry retry is no second run
     let r1 = ingest("demo/web", "1.0.0", "d").await.unwrap();
     let r2 = ingest("demo/web", "1.0.1", "e").await.unwrap();
@@ -596,8 +587,11 @@ async fn only_configured_repositories_and_tags_start_runs() {
     assert_eq!(r1.accepted[0].run, r2.accepted[0].run);
     assert!(!r1.accepted[0].duplicate && r2.accepted[0].duplicate && r3.accepted[0].duplicate);
     env.drain().await;
-    assert_eq!(p.runs().await.unwrap().len(), 1);
-    let events = p.run_view("web", &r1.accepted[0].run).await.unwrap().events;
+    assert_eq!(baton::pipeline::runs::list(p).await.unwrap().len(), 1);
+    let events = baton::pipeline::runs::view(p, "web", &r1.accepted[0].run)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(
         events
             .iter()
@@ -606,14 +600,16 @@ async fn only_configured_repositories_and_tags_start_runs() {
         1
     );
     // malformed notifications are refused naming the field
-    let e = p
-        .ingest(&baton::triggers::Trigger {
+    let e = baton::stages::ingest::ingest(
+        p,
+        &baton::triggers::Trigger {
             kind: baton::triggers::TriggerKind::Distribution,
             received_at: Utc::now(),
             payload: serde_json::json!({"events": [{"id": "x"}]}),
-        })
-        .await
-        .unwrap_err();
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("events[0]"), "{e}");
 }
 

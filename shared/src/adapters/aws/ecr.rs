@@ -19,7 +19,7 @@ const ACCEPTED: [&str; 4] = [
 /// ECR repositories of one account and region.
 #[derive(Debug, Clone)]
 pub struct EcrRegistry {
-    client: aws_sdk_ecr::Client,
+    client: crate::adapters::aws::Lazy<aws_sdk_ecr::Client>,
 }
 
 /// The account id of `123456789012.dkr.ecr.<region>.amazonaws.com`.
@@ -30,8 +30,10 @@ pub fn registry_id(host: &str) -> Option<String> {
 }
 
 impl EcrRegistry {
-    pub fn new(client: aws_sdk_ecr::Client) -> EcrRegistry {
-        EcrRegistry { client }
+    pub fn new(client: impl Into<crate::adapters::aws::Lazy<aws_sdk_ecr::Client>>) -> EcrRegistry {
+        EcrRegistry {
+            client: client.into(),
+        }
     }
 
     async fn get(

@@ -31,7 +31,7 @@ use crate::ports::{
 /// Deploys an image to a Lambda function behind an alias.
 #[derive(Debug, Clone)]
 pub struct LambdaDeployTarget {
-    client: aws_sdk_lambda::Client,
+    client: crate::adapters::aws::Lazy<aws_sdk_lambda::Client>,
     function: String,
     alias: String,
     timeout: Duration,
@@ -59,9 +59,12 @@ fn step_began(description: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 }
 
 impl LambdaDeployTarget {
-    pub fn new(client: aws_sdk_lambda::Client, cfg: &LambdaDeploy) -> LambdaDeployTarget {
+    pub fn new(
+        client: impl Into<crate::adapters::aws::Lazy<aws_sdk_lambda::Client>>,
+        cfg: &LambdaDeploy,
+    ) -> LambdaDeployTarget {
         LambdaDeployTarget {
-            client,
+            client: client.into(),
             function: cfg.function.clone(),
             alias: cfg.alias.clone(),
             timeout: cfg.timeout,
@@ -438,15 +441,18 @@ impl DeployTarget for LambdaDeployTarget {
 /// Runs tests by invoking a test function.
 #[derive(Debug, Clone)]
 pub struct LambdaTestRunner {
-    client: aws_sdk_lambda::Client,
+    client: crate::adapters::aws::Lazy<aws_sdk_lambda::Client>,
     function: String,
     output_limit: usize,
 }
 
 impl LambdaTestRunner {
-    pub fn new(client: aws_sdk_lambda::Client, cfg: &LambdaTest) -> LambdaTestRunner {
+    pub fn new(
+        client: impl Into<crate::adapters::aws::Lazy<aws_sdk_lambda::Client>>,
+        cfg: &LambdaTest,
+    ) -> LambdaTestRunner {
         LambdaTestRunner {
-            client,
+            client: client.into(),
             function: cfg.function.clone(),
             output_limit: 64 * 1024,
         }

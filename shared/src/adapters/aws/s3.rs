@@ -11,15 +11,18 @@ use crate::ports::{Object, ObjectStore, Precondition};
 /// A bucket (and optional key prefix) as the object store.
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: aws_sdk_s3::Client,
+    client: crate::adapters::aws::Lazy<aws_sdk_s3::Client>,
     bucket: String,
     prefix: String,
 }
 
 impl S3Store {
-    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
+    pub fn new(
+        client: impl Into<crate::adapters::aws::Lazy<aws_sdk_s3::Client>>,
+        bucket: impl Into<String>,
+    ) -> S3Store {
         S3Store {
-            client,
+            client: client.into(),
             bucket: bucket.into(),
             prefix: String::new(),
         }

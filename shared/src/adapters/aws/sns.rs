@@ -10,14 +10,17 @@ use crate::ports::{BusMessage, EventBus};
 /// The events topic.
 #[derive(Debug, Clone)]
 pub struct SnsBus {
-    client: aws_sdk_sns::Client,
+    client: crate::adapters::aws::Lazy<aws_sdk_sns::Client>,
     topic_arn: String,
 }
 
 impl SnsBus {
-    pub fn new(client: aws_sdk_sns::Client, topic_arn: impl Into<String>) -> SnsBus {
+    pub fn new(
+        client: impl Into<crate::adapters::aws::Lazy<aws_sdk_sns::Client>>,
+        topic_arn: impl Into<String>,
+    ) -> SnsBus {
         SnsBus {
-            client,
+            client: client.into(),
             topic_arn: topic_arn.into(),
         }
     }

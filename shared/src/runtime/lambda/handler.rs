@@ -1,5 +1,6 @@
-//! The Lambda side of every function: one handler that takes the raw invocation
-//! payload and routes it by shape to the stage it was built for.
+//! The Lambda side of every function: one handler, generic over the function's stage
+//! (and the adapters it adds, `X`), that takes the raw invocation payload and routes it
+//! by shape. What a stage's function serves besides its queue is its [`Function`] impl.
 //!
 //! * SQS batches (event source mapping, SNS envelope in each body): each record runs
 //!   through the harness; transient failures and waits are reported as
@@ -23,82 +24,194 @@ use aws_lambda_events::lambda_function_urls::{
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use serde_json::{Value, json};
 
+use crate::adapters::aws::{Clients, Lazy};
+use crate::config::Config;
 use crate::envelopes::{DocumentKind, event_from_sns_notification, identify};
 use crate::error::{Error, Result};
-use crate::pipeline::harness::{Disposition, Input, Mode, ReactionInput};
-use crate::pipeline::{Pipeline, Settings, StageName};
+use crate::event::Event;
+use crate::pipeline::harness::{self, Disposition, Mode};
+use crate::pipeline::stage::{Input, ReactionInput, Stage};
+use crate::pipeline::{Pipeline, Settings, runs};
 use crate::policy::approval::Verdict;
-use crate::runtime::lambda::ports::{AwsPorts, Clients, load_config};
+use crate::runtime::lambda::ports::{
+    AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests, load_config,
+};
 use crate::stages::approve::Decision;
+use crate::stages::{Approve, Deploy, Gate, Ingest, Notify, Promote, Test, approve, ingest};
 use crate::triggers::{Trigger, TriggerKind};
 use crate::webhooks::{Endpoint, RequestParts};
 
-/// Everything a function keeps between invocations (built once per container).
-pub struct App {
-    pub stage: StageName,
-    pub pipeline: Pipeline<AwsPorts>,
-    sqs: aws_sdk_sqs::Client,
-    endpoints: Vec<Endpoint>,
+/// What a stage's function does with each kind of invocation besides its queue's
+/// batches, which every function takes.
+pub trait Function<X: Extra>: Stage<AwsPorts<X>> + Sized {
+    /// The webhook endpoints its URL serves (ingest).
+    fn endpoints(_config: &Config) -> Result<Vec<Endpoint>> {
+        Ok(vec![])
+    }
+
+    /// The inputs an event from its queue becomes (notify: one per matching reaction).
+    fn inputs(_config: &Config, event: Event) -> Vec<Input> {
+        vec![Input::Event(event)]
+    }
+
+    /// A request through its function URL (ingest: webhooks; approve: decisions).
+    fn url(
+        _app: &App<Self, X>,
+        _req: &LambdaFunctionUrlRequest,
+    ) -> impl std::future::Future<Output = LambdaFunctionUrlResponse> + Send {
+        async {
+            http(
+                404,
+                json!({ "error": format!("the {} function has no URL", Self::SPEC.name) }),
+            )
+        }
+    }
+
+    /// Any other payload (ingest: an ECR event from EventBridge).
+    fn other(
+        _app: &App<Self, X>,
+        _payload: Value,
+    ) -> impl std::future::Future<Output = Result<Value>> + Send {
+        async {
+            Err(Error::invalid(
+                "invocation",
+                format!(
+                    "the {} function takes SQS batches and retry requests",
+                    Self::SPEC.name
+                ),
+            ))
+        }
+    }
 }
 
-impl App {
+impl Function<WithRegistry> for Ingest {
+    fn endpoints(config: &Config) -> Result<Vec<Endpoint>> {
+        let endpoints = config
+            .serve
+            .webhooks
+            .iter()
+            .map(Endpoint::from_config)
+            .collect::<Result<Vec<_>>>()?;
+        // The function URL is public: an endpoint without authentication would let
+        // anyone start runs.
+        if let Some(open) = endpoints.iter().find(|e| e.is_open()) {
+            return Err(Error::invalid(
+                format!("webhook {}", open.name),
+                "auth: none is refused on the ingest function URL, which anyone on the internet can call; configure the registry's authentication",
+            ));
+        }
+        Ok(endpoints)
+    }
+
+    async fn url(
+        app: &App<Self, WithRegistry>,
+        req: &LambdaFunctionUrlRequest,
+    ) -> LambdaFunctionUrlResponse {
+        app.webhook(req).await
+    }
+
+    async fn other(app: &App<Self, WithRegistry>, payload: Value) -> Result<Value> {
+        match identify(&payload) {
+            Some(DocumentKind::Trigger(TriggerKind::Ecr)) => {
+                let report = ingest::ingest(
+                    &app.pipeline,
+                    &Trigger {
+                        kind: TriggerKind::Ecr,
+                        received_at: chrono::Utc::now(),
+                        payload,
+                    },
+                )
+                .await?;
+                Ok(json!({ "accepted": report.accepted, "ignored": report.ignored }))
+            }
+            _ => Err(Error::invalid(
+                "invocation",
+                "the ingest function takes ECR events and webhooks",
+            )),
+        }
+    }
+}
+
+impl Function<()> for Approve {
+    async fn url(app: &App<Self, ()>, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
+        app.decision(req).await
+    }
+}
+
+impl Function<WithNotifier> for Notify {
+    fn inputs(config: &Config, event: Event) -> Vec<Input> {
+        let attrs = event.attributes();
+        config
+            .reactions
+            .iter()
+            .filter(|r| {
+                r.on.matches(&attrs) && matches!(r.notify, crate::config::NotifyConfig::Webhook(_))
+            })
+            .map(|r| {
+                Input::Reaction(ReactionInput {
+                    reaction: r.name.clone(),
+                    event: event.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Function<WithTests> for Test {}
+impl Function<()> for Gate {}
+impl Function<WithTargets> for Deploy {}
+impl Function<WithRegistry> for Promote {}
+
+/// Everything a function keeps between invocations (built once per container).
+pub struct App<S, X: Extra> {
+    pub pipeline: Pipeline<AwsPorts<X>>,
+    sqs: Lazy<aws_sdk_sqs::Client>,
+    endpoints: Vec<Endpoint>,
+    stage: std::marker::PhantomData<fn() -> S>,
+}
+
+impl<S: Function<X>, X: Extra> App<S, X> {
     /// Builds the app from the function's environment and configuration.
-    pub async fn from_env(stage: StageName) -> Result<App> {
+    pub async fn from_env() -> Result<App<S, X>> {
         let conf = crate::adapters::aws::sdk_config().await;
         let clients = Clients::new(&conf);
-        let config = Arc::new(load_config(&clients.s3).await?);
-        let ports = AwsPorts::from_env(&clients, config.clone()).await?;
-        App::new(stage, ports, config, aws_sdk_sqs::Client::new(&conf))
+        let config = Arc::new(load_config(&clients).await?);
+        let ports = AwsPorts::from_env(&clients, config.clone())?;
+        App::new(ports, config, clients.sqs.clone())
     }
 
     pub fn new(
-        stage: StageName,
-        ports: AwsPorts,
-        config: Arc<crate::config::Config>,
-        sqs: aws_sdk_sqs::Client,
-    ) -> Result<App> {
-        let endpoints = if stage == StageName::Ingest {
-            let endpoints = config
-                .serve
-                .webhooks
-                .iter()
-                .map(Endpoint::from_config)
-                .collect::<Result<Vec<_>>>()?;
-            // The function URL is public: an endpoint without authentication would let
-            // anyone start runs.
-            if let Some(open) = endpoints.iter().find(|e| e.is_open()) {
-                return Err(Error::invalid(
-                    format!("webhook {}", open.name),
-                    "auth: none is refused on the ingest function URL, which anyone on the internet can call; configure the registry's authentication",
-                ));
-            }
-            endpoints
-        } else {
-            vec![]
-        };
+        ports: AwsPorts<X>,
+        config: Arc<Config>,
+        sqs: impl Into<Lazy<aws_sdk_sqs::Client>>,
+    ) -> Result<App<S, X>> {
+        let endpoints = S::endpoints(&config)?;
         let settings = Settings {
             approvals_url: config.serve.public_url.clone(),
             ..Settings::default()
         };
         Ok(App {
-            stage,
             pipeline: Pipeline::new(ports, config, settings),
-            sqs,
+            sqs: sqs.into(),
             endpoints,
+            stage: std::marker::PhantomData,
         })
     }
 
     /// Handles one invocation payload.
     pub async fn handle(&self, payload: Value) -> Result<Value> {
+        let stage = S::SPEC.name;
         // `baton retry RUN STAGE --stack …` invokes the stage's own function with this.
         if payload.get("baton").and_then(Value::as_str) == Some("retry") {
             let run = payload["run"]
                 .as_str()
                 .ok_or_else(|| Error::invalid("retry request", "run: missing"))?;
             let env = payload["environment"].as_str();
-            let handled = self.pipeline.retry(run, self.stage, env).await?;
+            let rec = runs::retry_record(&self.pipeline, run, stage, env).await?;
+            let handled =
+                harness::handle::<S, AwsPorts<X>>(&self.pipeline, rec.input, Mode::Retry).await?;
             return Ok(json!({
-                "stage": self.stage.as_str(),
+                "stage": stage.as_str(),
                 "status": handled.status.map(|s| s.as_str()),
                 "outputs": handled.outputs.iter().map(|e| json!({"type": e.event_type().as_str(), "id": e.id})).collect::<Vec<_>>(),
                 "retry_later": matches!(handled.disposition, Disposition::Retry(_)),
@@ -114,42 +227,12 @@ impl App {
         if payload.get("requestContext").is_some() && payload.get("rawPath").is_some() {
             let response = match crate::envelopes::function_url_request(&payload) {
                 Err(e) => http(400, json!({ "error": e.to_string() })),
-                Ok(req) => match self.stage {
-                    StageName::Ingest => self.webhook(&req).await,
-                    StageName::Approve => self.decision(&req).await,
-                    other => http(
-                        404,
-                        json!({ "error": format!("the {other} function has no URL") }),
-                    ),
-                },
+                Ok(req) => S::url(self, &req).await,
             };
             return serde_json::to_value(response)
                 .map_err(|e| Error::permanent("function URL response", e));
         }
-        match (self.stage, identify(&payload)) {
-            (StageName::Ingest, Some(DocumentKind::Trigger(TriggerKind::Ecr))) => {
-                let report = self
-                    .pipeline
-                    .ingest(&Trigger {
-                        kind: TriggerKind::Ecr,
-                        received_at: chrono::Utc::now(),
-                        payload,
-                    })
-                    .await?;
-                Ok(json!({ "accepted": report.accepted, "ignored": report.ignored }))
-            }
-            (stage, _) => Err(Error::invalid(
-                "invocation",
-                format!(
-                    "the {stage} function takes SQS batches{}",
-                    match stage {
-                        StageName::Ingest => ", ECR events and webhooks",
-                        StageName::Approve => " and decisions on its URL",
-                        _ => "",
-                    }
-                ),
-            )),
-        }
+        S::other(self, payload).await
     }
 
     async fn sqs_batch(&self, ev: SqsEvent) -> SqsBatchResponse {
@@ -188,32 +271,11 @@ impl App {
     /// Runs one record; `Ok(Some(delay))` asks for a re-delivery after `delay`.
     async fn record(&self, body: &str) -> Result<Option<std::time::Duration>> {
         let event = event_from_sns_notification(body)?;
-        let inputs: Vec<Input> = if self.stage == StageName::Notify {
-            let attrs = event.attributes();
-            self.pipeline
-                .config
-                .reactions
-                .iter()
-                .filter(|r| {
-                    r.on.matches(&attrs)
-                        && matches!(r.notify, crate::config::NotifyConfig::Webhook(_))
-                })
-                .map(|r| {
-                    Input::Reaction(ReactionInput {
-                        reaction: r.name.clone(),
-                        event: event.clone(),
-                    })
-                })
-                .collect()
-        } else {
-            vec![Input::Event(event)]
-        };
+        let inputs = S::inputs(&self.pipeline.config, event);
         let mut later = None;
         for input in inputs {
-            let handled = self
-                .pipeline
-                .handle(self.stage, input, Mode::Deliver)
-                .await?;
+            let handled =
+                harness::handle::<S, AwsPorts<X>>(&self.pipeline, input, Mode::Deliver).await?;
             match handled.disposition {
                 Disposition::Done => {}
                 Disposition::Later(d) => {
@@ -258,52 +320,6 @@ impl App {
             .await
             .map_err(|e| crate::adapters::aws::call_failed("change message visibility", e))?;
         Ok(())
-    }
-
-    async fn webhook(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
-        let path = req.raw_path.as_deref().unwrap_or("");
-        let Some(name) = path.strip_prefix("/hooks/") else {
-            return http(404, json!({ "error": "webhooks are POST /hooks/<name>" }));
-        };
-        let Some(ep) = self.endpoints.iter().find(|e| e.name == name) else {
-            return http(404, json!({ "error": format!("no webhook named {name}") }));
-        };
-        if req.body.as_deref().map_or(0, str::len) > 2 * crate::webhooks::MAX_WEBHOOK_BODY {
-            return http(413, json!({ "error": "the body is too large" }));
-        }
-        let body = body_of(req);
-        if body.len() > crate::webhooks::MAX_WEBHOOK_BODY {
-            return http(413, json!({ "error": "the body is too large" }));
-        }
-        let auth = {
-            let header = |n: &str| {
-                req.headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            ep.authenticate(&RequestParts {
-                header: &header,
-                query: req.raw_query_string.as_deref(),
-                body: &body,
-            })
-        };
-        if let Err(why) = auth {
-            tracing::warn!(webhook = %name, reason = %why.0, "webhook refused");
-            return http(401, json!({ "error": "unauthorized" }));
-        }
-        let (trigger, _) = match ep.trigger(&body, chrono::Utc::now()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(webhook = %name, error = %e, "malformed webhook");
-                return http(400, json!({ "error": e.to_string() }));
-            }
-        };
-        match self.pipeline.ingest(&trigger).await {
-            Ok(r) => http(202, json!({ "accepted": r.accepted, "ignored": r.ignored })),
-            Err(e) if e.is_retryable() => http(503, json!({ "error": e.to_string() })),
-            Err(e) => http(400, json!({ "error": e.to_string() })),
-        }
     }
 
     async fn decision(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
@@ -358,16 +374,17 @@ impl App {
                 json!({ "error": "run must be a run id (4 to 16 lowercase hex digits) and environment an environment name" }),
             );
         }
-        let result = self
-            .pipeline
-            .decide(Decision {
+        let result = approve::decide(
+            &self.pipeline,
+            Decision {
                 run: body.run,
                 environment: body.environment,
                 by: who,
                 verdict: body.decision,
                 comment: body.comment,
-            })
-            .await;
+            },
+        )
+        .await;
         match result {
             Ok(r) => http(200, json!(r)),
             Err(Error::Refused(m)) if m.contains("already") => http(409, json!({ "error": m })),
@@ -375,6 +392,54 @@ impl App {
             Err(e @ Error::NotFound { .. }) => http(404, json!({ "error": e.to_string() })),
             Err(e @ Error::Invalid { .. }) => http(400, json!({ "error": e.to_string() })),
             Err(e) => http(503, json!({ "error": e.to_string() })),
+        }
+    }
+}
+
+impl<S: Function<WithRegistry>> App<S, WithRegistry> {
+    async fn webhook(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
+        let path = req.raw_path.as_deref().unwrap_or("");
+        let Some(name) = path.strip_prefix("/hooks/") else {
+            return http(404, json!({ "error": "webhooks are POST /hooks/<name>" }));
+        };
+        let Some(ep) = self.endpoints.iter().find(|e| e.name == name) else {
+            return http(404, json!({ "error": format!("no webhook named {name}") }));
+        };
+        if req.body.as_deref().map_or(0, str::len) > 2 * crate::webhooks::MAX_WEBHOOK_BODY {
+            return http(413, json!({ "error": "the body is too large" }));
+        }
+        let body = body_of(req);
+        if body.len() > crate::webhooks::MAX_WEBHOOK_BODY {
+            return http(413, json!({ "error": "the body is too large" }));
+        }
+        let auth = {
+            let header = |n: &str| {
+                req.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            ep.authenticate(&RequestParts {
+                header: &header,
+                query: req.raw_query_string.as_deref(),
+                body: &body,
+            })
+        };
+        if let Err(why) = auth {
+            tracing::warn!(webhook = %name, reason = %why.0, "webhook refused");
+            return http(401, json!({ "error": "unauthorized" }));
+        }
+        let (trigger, _) = match ep.trigger(&body, chrono::Utc::now()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(webhook = %name, error = %e, "malformed webhook");
+                return http(400, json!({ "error": e.to_string() }));
+            }
+        };
+        match ingest::ingest(&self.pipeline, &trigger).await {
+            Ok(r) => http(202, json!({ "accepted": r.accepted, "ignored": r.ignored })),
+            Err(e) if e.is_retryable() => http(503, json!({ "error": e.to_string() })),
+            Err(e) => http(400, json!({ "error": e.to_string() })),
         }
     }
 }
@@ -408,14 +473,16 @@ fn http(status: u16, body: Value) -> LambdaFunctionUrlResponse {
 /// small machine it takes only the CPU time that the poll, the kernel's network
 /// processing and the Runtime API leave. It is built once per container; if building
 /// fails, the invocation reports why and the next one tries again.
-struct Starting {
-    stage: StageName,
-    pending: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Result<App>>>>,
-    app: tokio::sync::OnceCell<App>,
+/// The app being built on the start thread.
+type Building<S, X> = tokio::sync::oneshot::Receiver<Result<App<S, X>>>;
+
+struct Starting<S, X: Extra> {
+    pending: std::sync::Mutex<Option<Building<S, X>>>,
+    app: tokio::sync::OnceCell<App<S, X>>,
 }
 
-impl Starting {
-    fn start(stage: StageName) -> Starting {
+impl<S: Function<X>, X: Extra> Starting<S, X> {
+    fn start() -> Starting<S, X> {
         let rt = tokio::runtime::Handle::current();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
@@ -423,7 +490,7 @@ impl Starting {
             .spawn(move || {
                 lower_priority();
                 // The runtime's own thread drives the I/O (it is in `block_on`).
-                let _ = tx.send(rt.block_on(App::from_env(stage)));
+                let _ = tx.send(rt.block_on(Box::pin(App::from_env())));
             });
         let pending = match spawned {
             Ok(_) => Some(rx),
@@ -433,24 +500,23 @@ impl Starting {
             }
         };
         Starting {
-            stage,
             pending: std::sync::Mutex::new(pending),
             app: tokio::sync::OnceCell::new(),
         }
     }
 
-    async fn get(&self) -> Result<&App> {
+    async fn get(&self) -> Result<&App<S, X>> {
         self.app
             .get_or_try_init(|| async {
                 let pending = self.pending.lock().ok().and_then(|mut p| p.take());
                 let built = match pending {
                     Some(rx) => rx.await.map_err(|_| {
                         Error::permanent(
-                            format!("{} function start", self.stage),
+                            format!("{} function start", S::SPEC.name),
                             "the thread building the app ended without a result",
                         )
                     })?,
-                    None => App::from_env(self.stage).await,
+                    None => Box::pin(App::from_env()).await,
                 };
                 built.inspect_err(|e| {
                     tracing::error!(error = %e, kind = e.kind(), "cannot start; the next invocation tries again")
@@ -484,7 +550,7 @@ fn lower_priority() {
 /// [`Starting`]), then every invocation goes to [`App::handle`]. Logs are JSON lines.
 /// A function whose environment lacks `BATON_BUCKET` or `BATON_TOPIC_ARN` stops at once,
 /// naming the variable.
-pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Error> {
+pub async fn run<S: Function<X>, X: Extra>() -> std::result::Result<(), lambda_runtime::Error> {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -497,13 +563,15 @@ pub async fn run(stage: StageName) -> std::result::Result<(), lambda_runtime::Er
         tracing::error!(error = %e, kind = e.kind(), "cannot start");
         Box::new(e) as lambda_runtime::Error
     })?;
-    let starting = Arc::new(Starting::start(stage));
+    let starting = Arc::new(Starting::<S, X>::start());
     lambda_runtime::run(lambda_runtime::service_fn(
         move |ev: lambda_runtime::LambdaEvent<Value>| {
             let starting = starting.clone();
             async move {
+                // Boxed: the handler's future is deep (every stage's logic under the
+                // harness), and a box here keeps the runtime's future shallow.
                 let result = match starting.get().await {
-                    Ok(app) => app.handle(ev.payload).await,
+                    Ok(app) => Box::pin(app.handle(ev.payload)).await,
                     Err(e) => Err(e),
                 };
                 result.map_err(|e| {

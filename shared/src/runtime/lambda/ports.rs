@@ -1,11 +1,13 @@
-//! `AwsPorts`: the ports of the Lambda functions. SNS bus, S3 store, ECR (or a
-//! distribution registry for configured hosts), Lambda and Kubernetes targets and test
-//! runners. Built once per container from the environment the stack sets:
-//! `BATON_BUCKET`, `BATON_TOPIC_ARN`, and the configuration from `BATON_CONFIG_S3`
-//! (`s3://bucket/key`) or `BATON_CONFIG` (a file).
+//! `AwsPorts<X>`: the ports of a Lambda function. Every function has the SNS bus, the S3
+//! store and the configuration; `X` adds only what its stage uses: a registry (ingest,
+//! promote), test runners (test), deploy targets (deploy), notifiers (notify), nothing
+//! (gate, approve). So a function links only its own adapters. Built once per container
+//! from the environment the stack sets: `BATON_BUCKET`, `BATON_TOPIC_ARN`, and the
+//! configuration from `BATON_CONFIG_S3` (`s3://bucket/key`) or `BATON_CONFIG` (a file).
 
 use std::sync::Arc;
 
+use crate::adapters::aws::Clients;
 use crate::adapters::aws::ecr::EcrRegistry;
 use crate::adapters::aws::lambda::{LambdaDeployTarget, LambdaTestRunner};
 use crate::adapters::aws::s3::S3Store;
@@ -19,7 +21,9 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::event::Image;
-use crate::ports::{ObjectStore, Ports, Registry, Resolved};
+use crate::ports::{
+    NotifyPorts, ObjectStore, Ports, Registry, RegistryPorts, Resolved, TargetPorts, TestPorts,
+};
 use crate::runtime::local::LocalNotifier;
 
 /// ECR, or the distribution API for hosts listed under `registries:`.
@@ -48,15 +52,13 @@ impl Registry for AwsRegistry {
     }
 }
 
-/// The AWS clients and adapters.
-pub struct AwsPorts {
+/// The ports of a function: the bus, the store and the configuration, plus `X`, the
+/// adapters its stage needs.
+pub struct AwsPorts<X> {
     pub bus: SnsBus,
     pub store: S3Store,
-    pub registry: AwsRegistry,
-    lambda: aws_sdk_lambda::Client,
-    http: Http,
-    config: Arc<Config>,
-    clusters: crate::adapters::Clusters,
+    pub config: Arc<Config>,
+    pub extra: X,
 }
 
 /// A required variable of the function's environment; set but empty counts as unset.
@@ -82,33 +84,8 @@ pub fn check_env() -> Result<()> {
     Ok(())
 }
 
-/// Clients for one SDK configuration.
-pub struct Clients {
-    pub s3: aws_sdk_s3::Client,
-    pub sns: aws_sdk_sns::Client,
-    pub ecr: aws_sdk_ecr::Client,
-    pub lambda: aws_sdk_lambda::Client,
-}
-
-impl Clients {
-    pub fn new(conf: &aws_config::SdkConfig) -> Clients {
-        // Path-style S3 addressing works with every endpoint, emulators included.
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(conf)
-                .force_path_style(true)
-                .build(),
-        );
-        Clients {
-            s3,
-            sns: aws_sdk_sns::Client::new(conf),
-            ecr: aws_sdk_ecr::Client::new(conf),
-            lambda: aws_sdk_lambda::Client::new(conf),
-        }
-    }
-}
-
 /// Loads the configuration named by the environment.
-pub async fn load_config(s3: &aws_sdk_s3::Client) -> Result<Config> {
+pub async fn load_config(clients: &Clients) -> Result<Config> {
     if let Ok(url) = std::env::var("BATON_CONFIG_S3") {
         let rest = url.strip_prefix("s3://").ok_or_else(|| {
             Error::invalid("BATON_CONFIG_S3", format!("{url:?} is not s3://bucket/key"))
@@ -116,7 +93,7 @@ pub async fn load_config(s3: &aws_sdk_s3::Client) -> Result<Config> {
         let (bucket, key) = rest.split_once('/').ok_or_else(|| {
             Error::invalid("BATON_CONFIG_S3", format!("{url:?} is not s3://bucket/key"))
         })?;
-        let obj = S3Store::new(s3.clone(), bucket)
+        let obj = S3Store::new(clients.s3.clone(), bucket)
             .get(key)
             .await?
             .ok_or_else(|| {
@@ -134,36 +111,37 @@ pub async fn load_config(s3: &aws_sdk_s3::Client) -> Result<Config> {
     ))
 }
 
-impl AwsPorts {
+/// What a function adds to the bus and the store, built from the clients and the
+/// configuration.
+pub trait Extra: Sized + Send + Sync + 'static {
+    fn build(clients: &Clients, config: &Config) -> Result<Self>;
+}
+
+/// Nothing more (gate, approve).
+impl Extra for () {
+    fn build(_: &Clients, _: &Config) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<X: Extra> AwsPorts<X> {
     /// Builds the ports from clients, a bucket and a topic.
     pub fn new(
         clients: &Clients,
         bucket: &str,
         topic_arn: &str,
         config: Arc<Config>,
-    ) -> Result<AwsPorts> {
-        let http = Http::new();
-        let remote = config
-            .registries
-            .iter()
-            .map(|r| DistributionRegistry::from_config(r, http.clone()))
-            .collect::<Result<Vec<_>>>()?;
+    ) -> Result<AwsPorts<X>> {
         Ok(AwsPorts {
             bus: SnsBus::new(clients.sns.clone(), topic_arn),
             store: S3Store::new(clients.s3.clone(), bucket),
-            registry: AwsRegistry {
-                ecr: EcrRegistry::new(clients.ecr.clone()),
-                remote,
-            },
-            lambda: clients.lambda.clone(),
-            http,
-            clusters: crate::adapters::Clusters::new(&config, std::path::Path::new("/tmp")),
+            extra: X::build(clients, &config)?,
             config,
         })
     }
 
     /// Builds the ports from the function's environment.
-    pub async fn from_env(clients: &Clients, config: Arc<Config>) -> Result<AwsPorts> {
+    pub fn from_env(clients: &Clients, config: Arc<Config>) -> Result<AwsPorts<X>> {
         AwsPorts::new(
             clients,
             &env("BATON_BUCKET")?,
@@ -173,13 +151,9 @@ impl AwsPorts {
     }
 }
 
-impl Ports for AwsPorts {
+impl<X: Send + Sync + 'static> Ports for AwsPorts<X> {
     type Bus = SnsBus;
     type Store = S3Store;
-    type Registry = AwsRegistry;
-    type Tests = AnyTestRunner;
-    type Target = AnyTarget;
-    type Notifier = LocalNotifier;
 
     fn bus(&self) -> &SnsBus {
         &self.bus
@@ -187,40 +161,117 @@ impl Ports for AwsPorts {
     fn store(&self) -> &S3Store {
         &self.store
     }
-    fn registry(&self) -> &AwsRegistry {
-        &self.registry
+}
+
+/// The registry (ingest, promote).
+pub struct WithRegistry(pub AwsRegistry);
+
+impl Extra for WithRegistry {
+    fn build(clients: &Clients, config: &Config) -> Result<WithRegistry> {
+        let http = Http::new();
+        let remote = config
+            .registries
+            .iter()
+            .map(|r| DistributionRegistry::from_config(r, http.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WithRegistry(AwsRegistry {
+            ecr: EcrRegistry::new(clients.ecr.clone()),
+            remote,
+        }))
     }
+}
+
+impl RegistryPorts for AwsPorts<WithRegistry> {
+    type Registry = AwsRegistry;
+    fn registry(&self) -> &AwsRegistry {
+        &self.extra.0
+    }
+}
+
+/// Test runners (test): a test Lambda, a Kubernetes Job, or a command shipped with the
+/// test function's package.
+pub struct WithTests {
+    lambda: crate::adapters::aws::Lazy<aws_sdk_lambda::Client>,
+    clusters: crate::adapters::Clusters,
+}
+
+impl Extra for WithTests {
+    fn build(clients: &Clients, config: &Config) -> Result<WithTests> {
+        Ok(WithTests {
+            lambda: clients.lambda.clone(),
+            clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
+        })
+    }
+}
+
+impl TestPorts for AwsPorts<WithTests> {
+    type Tests = AnyTestRunner;
     fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
         match &app.test {
             TestConfig::Lambda(l) => Ok(AnyTestRunner::Lambda(LambdaTestRunner::new(
-                self.lambda.clone(),
+                self.extra.lambda.clone(),
                 l,
             ))),
-            // A command shipped with the test function's package.
             TestConfig::Command(c) => Ok(AnyTestRunner::Command(CommandRunner::from_config(
                 c,
                 &self.config.base_dir,
             ))),
-            TestConfig::KubernetesJob(j) => self.clusters.test_runner(j),
+            TestConfig::KubernetesJob(j) => self.extra.clusters.test_runner(j),
         }
     }
+}
+
+/// Deploy targets (deploy): Lambda functions and Kubernetes workloads.
+pub struct WithTargets {
+    lambda: crate::adapters::aws::Lazy<aws_sdk_lambda::Client>,
+    clusters: crate::adapters::Clusters,
+}
+
+impl Extra for WithTargets {
+    fn build(clients: &Clients, config: &Config) -> Result<WithTargets> {
+        Ok(WithTargets {
+            lambda: clients.lambda.clone(),
+            clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
+        })
+    }
+}
+
+impl TargetPorts for AwsPorts<WithTargets> {
+    type Target = AnyTarget;
     fn deploy_target(&self, _app: &AppConfig, env: &EnvironmentConfig) -> Result<AnyTarget> {
         match &env.deploy {
             DeployConfig::Lambda(l) => Ok(AnyTarget::Lambda(LambdaDeployTarget::new(
-                self.lambda.clone(),
+                self.extra.lambda.clone(),
                 l,
             ))),
-            DeployConfig::Kubernetes(k) => self.clusters.target(k),
+            DeployConfig::Kubernetes(k) => self.extra.clusters.target(k),
             DeployConfig::Manifest(_) => Err(Error::permanent(
                 format!("environment {}", env.name),
                 "the manifest target writes a local directory; in AWS use lambda or kubernetes",
             )),
         }
     }
+}
+
+/// Notifiers (notify): webhooks. E-mail is an SNS e-mail subscription.
+pub struct WithNotifier {
+    http: Http,
+}
+
+impl Extra for WithNotifier {
+    fn build(_: &Clients, _: &Config) -> Result<WithNotifier> {
+        Ok(WithNotifier { http: Http::new() })
+    }
+}
+
+impl NotifyPorts for AwsPorts<WithNotifier> {
+    type Notifier = LocalNotifier;
     fn notifier(&self, reaction: &ReactionConfig) -> Result<LocalNotifier> {
         match &reaction.notify {
             NotifyConfig::Webhook(w) => Ok(LocalNotifier::Webhook(crate::adapters::webhook(
-                &self.http, reaction, w,
+                &self.extra.http,
+                reaction,
+                w,
             )?)),
             NotifyConfig::Log(_) => Err(Error::permanent(
                 format!("reaction {}", reaction.name),
