@@ -4,7 +4,7 @@
 //! A position-independent executable must be relocated by the dynamic loader at every
 //! start: for a function binary that is about 45,000 relocations and a copy-on-write
 //! page fault for every page of relocated data, which took most of the gap between a
-//! Baton function's cold start and a minimal `lambda_runtime` function's (see the README,
+//! Baton function's cold start and a minimal `lambda_runtime` function's (see docs/performance.md,
 //! "Cold start"). The code is still compiled position-independent; only the final link
 //! differs, and the kernel still randomises the stack, heap and shared libraries. What
 //! is given up is a random load address for the executable itself, as with Go's default

@@ -1,14 +1,21 @@
-//! Baton's library: the event contract, configuration, the stage harness, the logic of
-//! every stage over ports, and the adapters. Function crates and the `baton` CLI are thin
-//! wrappers around it.
+//! Baton's library. The function crates (`functions/<stage>`) and the `baton` CLI are
+//! thin wrappers around it. By role, from the bottom up:
 //!
-//! * [`event`], [`triggers`]: what travels (CloudEvents, registry notifications, AWS
-//!   envelopes) and their parsers.
-//! * [`config`]: the validated pipeline configuration.
-//! * [`policy`]: pure decisions (filter policies, tag policies, newer-wins, approvals).
-//! * [`ports`]: the traits stages use; [`embedded`]: the local adapters.
-//! * [`harness`]: claim, run, publish, record, for every stage; [`stages`]: the stages.
-//! * [`local`]: the pipeline on embedded adapters with its dispatcher.
+//! | layer | modules | what |
+//! |---|---|---|
+//! | core (no I/O) | [`reference`], [`ids`], [`event`], [`error`] | image reference parts parsed to the OCI grammar; run and event ids; the CloudEvents contract; the error type |
+//! | | [`config`], [`identity`], [`policy`] | the validated `baton.yaml`; approvers as IAM principals; pure decisions (filter and tag policies, newer wins, approvals) |
+//! | | [`triggers`], [`envelopes`], [`webhooks`] | registry notifications (one file per source), AWS envelopes, webhook authentication |
+//! | | [`ports`], [`store`] | the traits stages use (bus, store, registry, tests, targets, notifiers) and the store's key layout |
+//! | pipeline | [`pipeline`] | `Pipeline` (ports, configuration, settings); the `Stage` trait; the harness (claim, run, publish, record); subscriptions; approval records; what is live where; run queries |
+//! | | [`stages`] | the seven stages, one file each: declaration, record, logic |
+//! | adapters | [`adapters`] | embedded (directory store, durable bus, manifest target, command runner), AWS, Kubernetes, the distribution registry, the sandbox for user commands |
+//! | runtimes | [`runtime`] | `local` (the embedded adapters and the dispatcher), `serve` (HTTP), `lambda` (the function handler), `function` (every function's `main`) |
+//! | tools | [`audit`], [`schema`], [`process`] | `baton audit` over the stack and RBAC; the events' JSON Schemas; who holds a claim |
+//!
+//! A stage reads only through ports, so the same stage code runs on the embedded
+//! adapters (`baton demo`, `baton serve`, the tests) and in its Lambda function, where it
+//! links only the adapters its stage needs.
 
 pub mod adapters;
 pub mod audit;

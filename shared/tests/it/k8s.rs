@@ -979,7 +979,7 @@ fn eks_token_has_the_documented_format_and_a_valid_signature() {
 ///
 /// ```sh
 /// KUBECONFIG=~/.kube/config BATON_TEST_NAMESPACE=baton-it \
-///   cargo test -p baton-shared --features kube --test it -- --ignored real_cluster
+///   cargo test -p baton --features kube --test it -- --ignored real_cluster
 /// ```
 ///
 /// It needs a namespace where it may create a Deployment named `baton-it` and Jobs
