@@ -97,13 +97,13 @@ fn load_config(g: &Global) -> Result<Config> {
     })
 }
 
-async fn serve(g: &Global, listen: Option<String>) -> Result<ExitCode> {
+async fn serve(g: &Global, listen: Option<std::net::SocketAddr>) -> Result<ExitCode> {
     let mut config = load_config(g)?;
     if let Some(addr) = listen {
         config.serve.listen = addr;
     }
-    let addr = config.serve.listen.clone();
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let addr = config.serve.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;

@@ -12,6 +12,7 @@ use baton::adapters::embedded::DrainOptions;
 use baton::config::{ApprovalPolicy, Config};
 use baton::event::Image;
 use baton::pipeline::Settings;
+use baton::pipeline::runs::RunStatus;
 use baton::policy::approval::Verdict;
 use baton::runtime::local::Local;
 use baton::stages::approve::Decision;
@@ -120,7 +121,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
             continue;
         };
         let view = baton::pipeline::runs::view(p, &app, &run).await?;
-        if !view.status.starts_with("awaiting approval") {
+        if !matches!(view.status, RunStatus::AwaitingApproval(_)) {
             continue;
         }
         let approver = m
@@ -143,7 +144,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         let report = baton::stages::approve::decide(
             p,
             Decision {
-                run: run.clone(),
+                run: run.to_string(),
                 environment: env.name.clone(),
                 by: p.config.approver(&approver, "cli"),
                 verdict: Verdict::Approve,
@@ -181,7 +182,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
             manifests,
         ));
     }
-    let ok = view.status == "deployed";
+    let ok = view.status == RunStatus::Deployed;
     let elapsed = started.elapsed();
     if g.json {
         println!(
@@ -219,10 +220,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
-            "error: the demo run ended as {:?}, not deployed",
-            view.status
-        );
+        eprintln!("error: the demo run ended as {}, not deployed", view.status);
         Ok(ExitCode::from(1))
     }
 }

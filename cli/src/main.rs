@@ -74,9 +74,9 @@ pub enum Command {
     },
     /// Receive registry webhooks and approval decisions over HTTP and run the pipeline.
     Serve {
-        /// Address to listen on (default: `serve.listen` of the configuration).
+        /// Address to listen on, `ip:port` (default: `serve.listen` of the configuration).
         #[arg(long)]
-        listen: Option<String>,
+        listen: Option<std::net::SocketAddr>,
     },
     /// Re-run exactly one stage of a run from its recorded input event.
     Retry {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ids::RunId;
 use crate::reference::{Digest, ImageRef, RegistryHost, Repository, Tag};
 
 /// The CloudEvents spec version Baton writes and accepts.
@@ -153,7 +154,7 @@ pub fn short_digest(digest: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunContext {
     /// Run id: deterministic from (app, image digest).
-    pub run: String,
+    pub run: RunId,
     /// The configured app this image belongs to.
     pub app: String,
     /// The environment the event applies to (approval, deploy, promote).
@@ -271,14 +272,33 @@ pub struct DeploySucceeded {
     pub detail: String,
 }
 
+/// Why a deploy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCode {
+    /// A newer image is live; newer wins (only `baton rollback` goes back).
+    Superseded,
+    /// The rollout did not finish (the previous image may have been put back).
+    RolloutFailed,
+}
+
+impl FailureCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::Superseded => "superseded",
+            FailureCode::RolloutFailed => "rollout_failed",
+        }
+    }
+}
+
 /// `deploy.failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DeployFailed {
     #[serde(flatten)]
     pub ctx: RunContext,
     pub target: String,
-    /// Machine-readable cause: `superseded`, `rollout_failed`.
-    pub code: String,
+    /// Machine-readable cause.
+    pub code: FailureCode,
     /// What happened, in words.
     pub reason: String,
     /// Whether the previous image was put back.
@@ -724,7 +744,7 @@ mod tests {
 
     pub(crate) fn sample_ctx() -> RunContext {
         RunContext {
-            run: "0123456789abcdef".into(),
+            run: crate::ids::run_id("web", "sha256:0"),
             app: "web".into(),
             environment: Some("staging".into()),
             image: Image::parse(

@@ -1,7 +1,31 @@
 //! Deterministic identifiers: run ids from (app, digest), output event ids from
 //! (input id, stage, output type, attempt). Pure functions, no I/O.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::reference::{ParseError, string_type};
+
+string_type!(
+    /// A run id: 16 lowercase hex digits, derived from (app, image digest), so the same
+    /// digest pushed under two tags is one run.
+    RunId,
+    "RunId",
+    "^[0-9a-f]{16}$",
+    16,
+    |s| {
+        if is_run_id(s) {
+            Ok(())
+        } else {
+            Err(ParseError::new(s, "a run id (16 lowercase hex digits)"))
+        }
+    }
+);
 
 fn sha256_hex(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -44,8 +68,8 @@ pub fn is_label(s: &str, max: usize) -> bool {
 }
 
 /// The run id of an image of an app: the same digest pushed under two tags is one run.
-pub fn run_id(app: &str, digest: &str) -> String {
-    sha256_hex(&["run", app, digest])[..16].to_string()
+pub fn run_id(app: &str, digest: &str) -> RunId {
+    RunId(sha256_hex(&["run", app, digest])[..16].to_string())
 }
 
 /// The id of an event a stage publishes. A re-run of the same attempt after a crash

@@ -102,7 +102,7 @@ pub trait Registry: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct TestRequest {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub image: Image,
     pub attempt: u32,
 }
@@ -146,7 +146,7 @@ pub trait TestRunner: Send + Sync {
 pub struct DeployRequest {
     pub app: String,
     pub environment: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub image: Image,
     /// Change cause recorded with the change (run, tag, who).
     pub cause: String,

@@ -29,7 +29,7 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    fn new(value: &str, expected: &'static str) -> ParseError {
+    pub(crate) fn new(value: &str, expected: &'static str) -> ParseError {
         ParseError {
             excerpt: excerpt(value),
             expected,
@@ -171,6 +171,10 @@ macro_rules! string_type {
         }
     };
 }
+
+/// Declares a string type checked once when built or deserialized (used by
+/// [`crate::ids::RunId`] too).
+pub(crate) use string_type;
 
 string_type!(
     /// A registry host, `host[:port]` (`localhost:5000`, `ghcr.io`,

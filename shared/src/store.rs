@@ -82,3 +82,59 @@ pub async fn put_json<S: ObjectStore, T: Serialize>(
         .map_err(|e| Error::permanent(format!("write {key}"), e))?;
     store.put(key, bytes, cond).await
 }
+
+/// What [`compare_and_swap`]'s `decide` wants done with the current value.
+pub enum Change<T, R> {
+    /// Write this value (create it when there was none, else replace the one read).
+    Write(T),
+    /// Write nothing; return this.
+    Stop(R),
+}
+
+/// How a [`compare_and_swap`] ended.
+pub enum Swapped<T, R> {
+    /// The value was written; its new etag.
+    Written(T, String),
+    /// `decide` stopped.
+    Stopped(R),
+}
+
+/// The one compare-and-swap loop: reads `key`, lets `decide` choose from the current
+/// value (`None` when absent), and writes the choice conditionally (`If-None-Match` for
+/// a create, `If-Match` the etag read for a replace). A lost race reads again, up to five
+/// times; then it is a transient error (`what` names the object).
+pub async fn compare_and_swap<S, T, R>(
+    store: &S,
+    key: &str,
+    what: &str,
+    mut decide: impl FnMut(Option<T>) -> Result<Change<T, R>>,
+) -> Result<Swapped<T, R>>
+where
+    S: ObjectStore,
+    T: Serialize + DeserializeOwned,
+{
+    for _ in 0..5 {
+        let current: Option<(T, String)> = get_json(store, key).await?;
+        let (value, etag) = match current {
+            Some((v, etag)) => (Some(v), Some(etag)),
+            None => (None, None),
+        };
+        let next = match decide(value)? {
+            Change::Stop(r) => return Ok(Swapped::Stopped(r)),
+            Change::Write(next) => next,
+        };
+        let cond = match etag {
+            Some(etag) => Precondition::IfMatch(etag),
+            None => Precondition::IfNoneMatch,
+        };
+        match put_json(store, key, &next, cond).await {
+            Ok(etag) => return Ok(Swapped::Written(next, etag)),
+            Err(Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::transient(
+        what.to_string(),
+        crate::error::Message(format!("{key}: too much contention")),
+    ))
+}

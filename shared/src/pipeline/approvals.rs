@@ -20,7 +20,7 @@ use crate::store::get_json;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub environment: String,
     pub status: ApprovalStatus,
     /// The `approval.requested` event this record answers.
@@ -71,7 +71,7 @@ pub fn rules_from_config(
 #[derive(Debug, Clone, Serialize)]
 pub struct PendingApproval {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub environment: String,
     pub image: Image,
     pub approvals: u32,

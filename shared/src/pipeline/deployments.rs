@@ -15,28 +15,39 @@ use crate::error::{Error, Result};
 use crate::event::{Image, RunContext};
 use crate::pipeline::Pipeline;
 use crate::ports::{Applied, ObjectStore, Ports, Precondition};
-use crate::store::{current_key, get_json, history_key, history_prefix, lease_key, put_json};
+use crate::store::{
+    Change, Swapped, compare_and_swap, current_key, get_json, history_key, history_prefix,
+    lease_key, put_json,
+};
+
+/// How an image became live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployKind {
+    /// The pipeline deployed it.
+    Deploy,
+    /// An operator rolled back to it.
+    Rollback,
+}
 
 /// What is live in an environment: `deployments/<app>/<env>/current.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveRecord {
     pub image: Image,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub deployed_at: DateTime<Utc>,
     /// The run context of the deploy (for rollback events).
     pub ctx: RunContext,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    pub kind: DeployKind,
 }
 
 /// One deploy in an environment's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    pub kind: DeployKind,
     pub image: Image,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub ctx: RunContext,
     pub applied: Applied,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,40 +79,33 @@ pub async fn acquire_lease_for<P: Ports>(
     hold: std::time::Duration,
 ) -> Result<String> {
     let key = lease_key(app, env);
-    let store = p.ports.store();
-    for _ in 0..5 {
+    let what = format!("deploy lease for {app}/{env}");
+    let swapped = compare_and_swap(p.ports.store(), &key, &what, |cur: Option<Lease>| {
         let now = p.ports.now();
-        let until = now + chrono::Duration::from_std(hold).unwrap_or_default();
-        let lease = Lease {
-            holder: holder.into(),
-            until,
-        };
-        let cond = match get_json::<_, Lease>(store, &key).await? {
-            None => Precondition::IfNoneMatch,
-            Some((cur, etag)) if cur.until <= now || cur.holder == holder => {
-                Precondition::IfMatch(etag)
-            }
-            Some((cur, _)) => {
-                return Err(Error::transient(
-                    format!("deploy lease for {app}/{env}"),
-                    crate::error::Message(format!(
-                        "held by {} until {}",
-                        cur.holder,
-                        cur.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    )),
-                ));
-            }
-        };
-        match put_json(store, &key, &lease, cond).await {
-            Ok(_) => return Ok(holder.to_string()),
-            Err(Error::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
+        let until = chrono::Duration::from_std(hold)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .ok_or_else(|| Error::invalid(what.clone(), "the lease time is out of range"))?;
+        Ok(match cur {
+            Some(cur) if cur.until > now && cur.holder != holder => Change::Stop(cur),
+            _ => Change::Write(Lease {
+                holder: holder.into(),
+                until,
+            }),
+        })
+    })
+    .await?;
+    match swapped {
+        Swapped::Written(..) => Ok(holder.to_string()),
+        Swapped::Stopped(cur) => Err(Error::transient(
+            what,
+            crate::error::Message(format!(
+                "held by {} until {}",
+                cur.holder,
+                cur.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )),
+        )),
     }
-    Err(Error::transient(
-        format!("deploy lease for {app}/{env}"),
-        crate::error::Message("too much contention".into()),
-    ))
 }
 
 /// Frees the lease if `holder` still holds it (it expires by itself otherwise).
@@ -127,7 +131,7 @@ pub async fn record_live<P: Ports>(
     ctx: &RunContext,
     env: &str,
     applied: &Applied,
-    kind: &str,
+    kind: DeployKind,
     by: Option<&str>,
 ) -> Result<()> {
     let now = p.ports.now();
@@ -136,7 +140,7 @@ pub async fn record_live<P: Ports>(
     ctx.environment = Some(env.to_string());
     let entry = HistoryEntry {
         at: now,
-        kind: kind.into(),
+        kind,
         image: ctx.image.clone(),
         run: ctx.run.clone(),
         ctx: ctx.clone(),
@@ -155,7 +159,7 @@ pub async fn record_live<P: Ports>(
         run: ctx.run.clone(),
         deployed_at: now,
         ctx: ctx.clone(),
-        kind: kind.into(),
+        kind,
     };
     put_json(
         store,

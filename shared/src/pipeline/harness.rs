@@ -19,7 +19,7 @@ use crate::ids::output_event_id;
 use crate::pipeline::Pipeline;
 use crate::pipeline::stage::{Input, RecordKey, Stage, StageCtx, StageName, Step};
 use crate::ports::{BusMessage, EventBus, Ports, Precondition};
-use crate::store::{event_key, get_json, put_json};
+use crate::store::{Change, Swapped, compare_and_swap, event_key, put_json};
 
 /// Where a stage record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ pub struct Transition {
 pub struct StageRecord {
     pub stage: StageName,
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     pub status: StageStatus,
@@ -423,12 +423,14 @@ async fn claim<S: Stage<P>, P: Ports>(
 ) -> Result<Claim> {
     let stage = S::SPEC.name;
     let key = record.key.as_str();
-    let lease = p.settings.lease;
-    for _ in 0..5 {
+    let lease = chrono::Duration::from_std(p.settings.lease)
+        .map_err(|_| Error::invalid("settings", "the lease time is out of range"))?;
+    let swapped = compare_and_swap(p.ports.store(), key, "stage record", |cur: Option<StageRecord>| {
         let now = p.ports.now();
-        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let existing: Option<(StageRecord, String)> = get_json(p.ports.store(), key).await?;
-        let Some((mut rec, etag)) = existing else {
+        let lease_until = now
+            .checked_add_signed(lease)
+            .ok_or_else(|| Error::invalid("settings", "the lease time is out of range"))?;
+        let Some(mut rec) = cur else {
             if mode == Mode::Retry {
                 return Err(Error::not_found("stage record", key.to_string()));
             }
@@ -453,11 +455,7 @@ async fn claim<S: Stage<P>, P: Ports>(
                 history: vec![],
             };
             rec.transition(StageStatus::Running, now, None);
-            match put_json(p.ports.store(), key, &rec, Precondition::IfNoneMatch).await {
-                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            return Ok(Change::Write(rec));
         };
         // A lease ends at its time, or at once when its local owner process died.
         let lease_live = rec.lease_until.is_some_and(|l| l > now)
@@ -488,11 +486,7 @@ async fn claim<S: Stage<P>, P: Ports>(
                 &p.settings.owner,
                 "retried by operator".into(),
             );
-            match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            return Ok(Change::Write(rec));
         }
         // An input a rule refused (a forged approval.granted, say) does not hold the
         // stage's record against a later input: the genuine one takes the record over.
@@ -503,14 +497,10 @@ async fn claim<S: Stage<P>, P: Ports>(
             let note = format!("takes over from the refused {}", rec.input.describe());
             rec.input = input.clone();
             rec.restart(now, lease_until, &p.settings.owner, note);
-            match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-                Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            return Ok(Change::Write(rec));
         }
         if rec.input.id() != input.id() {
-            return Ok(Claim::Skip(Handled::ack(
+            return Ok(Change::Stop(Handled::ack(
                 format!(
                     "{stage}: run {} already handled by {}; {} is a duplicate",
                     rec.run,
@@ -523,7 +513,7 @@ async fn claim<S: Stage<P>, P: Ports>(
         }
         match rec.status {
             StageStatus::Succeeded | StageStatus::Failed => {
-                return Ok(Claim::Skip(Handled::ack(
+                return Ok(Change::Stop(Handled::ack(
                     format!(
                         "{stage}: duplicate delivery of {} ignored",
                         input.describe()
@@ -533,7 +523,7 @@ async fn claim<S: Stage<P>, P: Ports>(
                 )));
             }
             StageStatus::Running | StageStatus::Publishing if lease_live => {
-                return Ok(Claim::Skip(Handled {
+                return Ok(Change::Stop(Handled {
                     disposition: Disposition::Retry(Error::transient(
                         format!("{stage} for run {}", rec.run),
                         crate::error::Message("in progress under another worker's lease".into()),
@@ -553,16 +543,13 @@ async fn claim<S: Stage<P>, P: Ports>(
         if rec.status != StageStatus::Publishing {
             rec.transition(StageStatus::Running, now, None);
         }
-        match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
-            Ok(etag) => return Ok(Claim::Claimed(Box::new(rec), etag)),
-            Err(Error::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::transient(
-        format!("claim {key}"),
-        crate::error::Message("too much contention".into()),
-    ))
+        Ok(Change::Write(rec))
+    })
+    .await?;
+    Ok(match swapped {
+        Swapped::Written(rec, etag) => Claim::Claimed(Box::new(rec), etag),
+        Swapped::Stopped(handled) => Claim::Skip(handled),
+    })
 }
 
 enum Claim {

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::event::{Event, Image, Payload};
+use crate::event::{Event, FailureCode, Image, Payload};
+use crate::ids::RunId;
 use crate::pipeline::approvals::ApprovalRecord;
 use crate::pipeline::harness::{StageRecord, StageStatus};
 use crate::pipeline::{Pipeline, StageName};
@@ -19,9 +20,9 @@ use crate::store::{approval_key, get_json, run_prefix, stage_key};
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub image: Option<Image>,
-    pub status: String,
+    pub status: RunStatus,
     pub started_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
 }
@@ -30,9 +31,9 @@ pub struct RunSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunView {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub image: Option<Image>,
-    pub status: String,
+    pub status: RunStatus,
     /// Stage records in pipeline order.
     pub stages: Vec<StageRecord>,
     /// The run log, in publication order.
@@ -41,7 +42,7 @@ pub struct RunView {
 }
 
 /// Finds a run by its id or a unique prefix of it (at least 4 characters).
-pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, String)> {
+pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, RunId)> {
     if id.len() < 4 {
         return Err(Error::Refused(format!(
             "run id {id:?} is too short; give at least 4 characters"
@@ -51,16 +52,17 @@ pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, Str
     for app in &p.config.apps {
         let prefix = format!("runs/{}/", app.name);
         for key in p.ports.store().list(&prefix).await? {
-            if let Some(run) = key[prefix.len()..].split('/').next()
+            if let Some(run) = run_of_key(&key, &prefix)
                 && run.starts_with(id)
             {
-                found.insert((app.name.clone(), run.to_string()));
+                found.insert((app.name.clone(), run));
             }
         }
     }
-    match found.len() {
-        0 => Err(Error::not_found("run", id)),
-        1 => Ok(found.into_iter().next().unwrap_or_default()),
+    let mut it = found.iter();
+    match (it.next(), it.next()) {
+        (None, _) => Err(Error::not_found("run", id)),
+        (Some(one), None) => Ok(one.clone()),
         _ => Err(Error::Refused(format!(
             "run id {id:?} is ambiguous: {}",
             found
@@ -72,14 +74,10 @@ pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, Str
     }
 }
 
-/// The app a run belongs to.
-pub async fn find_run<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<String> {
-    Ok(resolve(p, id).await?.0)
-}
-
-/// The full run id from an id or prefix.
-pub async fn resolve_run_id<P: Ports>(p: &Pipeline<P>, _app: &str, id: &str) -> Result<String> {
-    Ok(resolve(p, id).await?.1)
+/// The run id in a store key under `prefix` (`runs/<app>/`); keys that do not hold one
+/// are skipped.
+fn run_of_key(key: &str, prefix: &str) -> Option<RunId> {
+    key.strip_prefix(prefix)?.split('/').next()?.parse().ok()
 }
 
 /// Every run, newest first.
@@ -88,8 +86,8 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
     for app in &p.config.apps {
         let prefix = format!("runs/{}/", app.name);
         for key in p.ports.store().list(&prefix).await? {
-            if let Some(run) = key[prefix.len()..].split('/').next() {
-                ids.insert((app.name.clone(), run.to_string()));
+            if let Some(run) = run_of_key(&key, &prefix) {
+                ids.insert((app.name.clone(), run));
             }
         }
     }
@@ -110,7 +108,7 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
 }
 
 /// A run's records, events and approvals.
-pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &str) -> Result<RunView> {
+pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<RunView> {
     let store = p.ports.store();
     let prefix = run_prefix(app, run);
     let mut stages = vec![];
@@ -128,7 +126,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &str) -> Result<Run
         }
     }
     if stages.is_empty() && events.is_empty() {
-        return Err(Error::not_found("run", run));
+        return Err(Error::not_found("run", run.as_str()));
     }
     let app_cfg = p.config.app(app)?;
     let env_index = |e: &Option<String>| {
@@ -150,7 +148,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &str) -> Result<Run
     let status = status_of(app_cfg, &stages, &events);
     Ok(RunView {
         app: app.into(),
-        run: run.into(),
+        run: run.clone(),
         image,
         status,
         stages,
@@ -218,17 +216,78 @@ pub async fn retry_record<P: Ports>(
     Ok(rec)
 }
 
+/// Where a run stands now, in words `baton status` prints (and JSON carries as that
+/// string): `deployed`, `awaiting approval (production)`, `tests failed`, …
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStatus {
+    /// The last environment runs its image (not through a rollback).
+    Deployed,
+    AwaitingApproval(String),
+    TestsFailed,
+    Rejected(String),
+    /// A newer image is live in this environment.
+    Superseded(String),
+    DeployFailed {
+        environment: String,
+        rolled_back: bool,
+    },
+    /// A stage stopped on a permanent error.
+    FailedAt {
+        stage: StageName,
+        environment: Option<String>,
+    },
+    Retrying(StageName),
+    InProgress,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunStatus::Deployed => f.write_str("deployed"),
+            RunStatus::AwaitingApproval(env) => write!(f, "awaiting approval ({env})"),
+            RunStatus::TestsFailed => f.write_str("tests failed"),
+            RunStatus::Rejected(env) => write!(f, "rejected ({env})"),
+            RunStatus::Superseded(env) => write!(f, "superseded ({env})"),
+            RunStatus::DeployFailed {
+                environment,
+                rolled_back,
+            } => write!(
+                f,
+                "deploy failed ({environment}{})",
+                if *rolled_back { ", rolled back" } else { "" }
+            ),
+            RunStatus::FailedAt { stage, environment } => write!(
+                f,
+                "failed at {stage}{}",
+                environment
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            RunStatus::Retrying(stage) => write!(f, "retrying {stage}"),
+            RunStatus::InProgress => f.write_str("in progress"),
+        }
+    }
+}
+
+impl Serialize for RunStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+
 /// The overall status of a run, from its records and events.
-fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[Event]) -> String {
+fn status_of(
+    app: &crate::config::AppConfig,
+    stages: &[StageRecord],
+    events: &[Event],
+) -> RunStatus {
     if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Failed) {
-        return format!(
-            "failed at {}{}",
-            s.stage,
-            s.environment
-                .as_ref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        );
+        return RunStatus::FailedAt {
+            stage: s.stage,
+            environment: s.environment.clone(),
+        };
     }
     let last_env = app.environments.last().map(|e| e.name.as_str());
     let mut deployed_last = false;
@@ -238,17 +297,17 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
         let env = e.ctx().environment.clone().unwrap_or_default();
         match &e.payload {
             Payload::TestsPassed(_) => break,
-            Payload::TestsFailed(_) => return "tests failed".into(),
+            Payload::TestsFailed(_) => return RunStatus::TestsFailed,
             Payload::DeployFailed(_) if deployed.contains(&env) => {}
-            Payload::ApprovalRejected(_) => return format!("rejected ({env})"),
-            Payload::DeployFailed(d) if d.code == "superseded" => {
-                return format!("superseded ({env})");
+            Payload::ApprovalRejected(_) => return RunStatus::Rejected(env),
+            Payload::DeployFailed(d) if d.code == FailureCode::Superseded => {
+                return RunStatus::Superseded(env);
             }
             Payload::DeployFailed(d) => {
-                return format!(
-                    "deploy failed ({env}{})",
-                    if d.rolled_back { ", rolled back" } else { "" }
-                );
+                return RunStatus::DeployFailed {
+                    environment: env,
+                    rolled_back: d.rolled_back,
+                };
             }
             Payload::DeploySucceeded(d) => {
                 if Some(env.as_str()) == last_env && !d.rollback {
@@ -260,19 +319,17 @@ fn status_of(app: &crate::config::AppConfig, stages: &[StageRecord], events: &[E
         }
     }
     if deployed_last {
-        return "deployed".into();
+        return RunStatus::Deployed;
     }
+    // Waiting at the approve stage: the approval is the stage that waits for people.
     if let Some(s) = stages
         .iter()
         .find(|s| s.stage == StageName::Approve && s.status == StageStatus::Waiting)
     {
-        return format!(
-            "awaiting approval ({})",
-            s.environment.as_deref().unwrap_or("")
-        );
+        return RunStatus::AwaitingApproval(s.environment.clone().unwrap_or_default());
     }
     if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Retrying) {
-        return format!("retrying {}", s.stage);
+        return RunStatus::Retrying(s.stage);
     }
-    "in progress".into()
+    RunStatus::InProgress
 }

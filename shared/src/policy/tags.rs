@@ -17,8 +17,10 @@ pub enum TagPolicySpec {
     Regex(String),
 }
 
-/// A compiled tag policy.
-#[derive(Debug, Clone)]
+/// A compiled tag policy: the configuration holds it compiled (it is read from and
+/// written as its [`TagPolicySpec`]), so a push never recompiles a pattern.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "TagPolicySpec", into = "TagPolicySpec")]
 pub struct TagPolicy {
     spec: TagPolicySpec,
     matcher: Matcher,
@@ -86,6 +88,26 @@ impl TagPolicy {
             TagPolicySpec::Glob(g) => format!("glob {g}"),
             TagPolicySpec::Regex(r) => format!("regex {r}"),
         }
+    }
+}
+
+impl TryFrom<TagPolicySpec> for TagPolicy {
+    type Error = String;
+    fn try_from(spec: TagPolicySpec) -> Result<TagPolicy, String> {
+        TagPolicy::compile(&spec).map_err(|e| {
+            let key = match spec {
+                TagPolicySpec::Semver(_) => "semver",
+                TagPolicySpec::Glob(_) => "glob",
+                TagPolicySpec::Regex(_) => "regex",
+            };
+            format!("{key}: {e}")
+        })
+    }
+}
+
+impl From<TagPolicy> for TagPolicySpec {
+    fn from(p: TagPolicy) -> TagPolicySpec {
+        p.spec
     }
 }
 

@@ -7,6 +7,7 @@
 //! configuration, never from the event that asked: a forged `approval.requested` cannot
 //! lower the bar. Only this stage writes approval records; deploy checks them.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -21,8 +22,8 @@ use crate::pipeline::stage::{
 use crate::policy::approval::{
     self, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Verdict,
 };
-use crate::ports::{Ports, Precondition};
-use crate::store::{approval_key, get_json, put_json};
+use crate::ports::Ports;
+use crate::store::{Change, Swapped, approval_key, compare_and_swap, get_json};
 
 /// Largest approval decision body taken over HTTP.
 pub const MAX_DECISION_BODY: usize = 16 * 1024;
@@ -42,7 +43,7 @@ pub struct Decision {
 #[derive(Debug, Clone, Serialize)]
 pub struct DecisionReport {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub environment: String,
     pub status: ApprovalStatus,
     pub approvals: u32,
@@ -98,148 +99,152 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
     let ctx = &req.ctx;
     let env = ctx.environment.clone().unwrap_or_default();
     let key = approval_key(&ctx.app, &ctx.run, &env);
-    let store = p.ports.store();
-    for _ in 0..5 {
-        let now = sctx.now;
-        let (mut rec, etag) = match get_json::<_, ApprovalRecord>(store, &key).await? {
-            Some(found) => found,
-            None => {
-                let rules =
-                    approvals::rules_from_config(&p.config, &req.ctx, &env, req.expires_at, now)?;
-                if rules.approvers != req.approvers
-                    || rules.required != req.required
-                    || req.groups
-                        != rules
-                            .groups
-                            .iter()
-                            .map(|(g, _)| g.clone())
-                            .collect::<Vec<_>>()
-                {
-                    tracing::warn!(run = %ctx.run, env = %env, event = %input.id,
-                        "approval.requested names other rules than the configuration; the configuration's apply");
-                }
-                let rec = ApprovalRecord {
-                    app: ctx.app.clone(),
-                    run: ctx.run.clone(),
-                    environment: env.clone(),
-                    status: ApprovalStatus::Pending,
-                    request: input.clone(),
-                    rules,
-                    decisions: vec![],
-                    created_at: now,
-                    updated_at: now,
-                };
-                match put_json(store, &key, &rec, Precondition::IfNoneMatch).await {
-                    Ok(etag) => (rec, etag),
-                    Err(Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        let outcome = approval::outcome(&rec.rules, &rec.decisions, now);
-        let (status, step) = match outcome {
-            Outcome::Pending { have, need } => {
-                let left = (rec.rules.expires_at - now).to_std().unwrap_or_default();
-                return Ok(Step::Wait {
+    let now = sctx.now;
+    // Open the record (rules from the configuration) or read it, decide where it stands,
+    // and write the status when it changed.
+    let mut step = None;
+    compare_and_swap(
+        p.ports.store(),
+        &key,
+        "approvals record",
+        |cur: Option<ApprovalRecord>| {
+            let created = cur.is_none();
+            let mut rec = match cur {
+                Some(rec) => rec,
+                None => open_record(p, input, req, &env, now)?,
+            };
+            let (status, s) = evaluate(p, &rec, &env, now);
+            step = Some(s);
+            Ok(if created || rec.status != status {
+                rec.status = status;
+                rec.updated_at = now;
+                Change::Write(rec)
+            } else {
+                Change::Stop(())
+            })
+        },
+    )
+    .await?;
+    step.ok_or_else(|| Error::permanent(format!("approvals record {key}"), "not evaluated"))
+}
+
+/// A new approvals record for a request, with the configuration's rules.
+fn open_record<P: Ports>(
+    p: &Pipeline<P>,
+    input: &Event,
+    req: &crate::event::ApprovalRequested,
+    env: &str,
+    now: DateTime<Utc>,
+) -> Result<ApprovalRecord> {
+    let ctx = &req.ctx;
+    let rules = approvals::rules_from_config(&p.config, ctx, env, req.expires_at, now)?;
+    let groups: Vec<String> = rules.groups.iter().map(|(g, _)| g.clone()).collect();
+    if rules.approvers != req.approvers || rules.required != req.required || req.groups != groups {
+        tracing::warn!(run = %ctx.run, env = %env, event = %input.id,
+            "approval.requested names other rules than the configuration; the configuration's apply");
+    }
+    Ok(ApprovalRecord {
+        app: ctx.app.clone(),
+        run: ctx.run.clone(),
+        environment: env.to_string(),
+        status: ApprovalStatus::Pending,
+        request: input.clone(),
+        rules,
+        decisions: vec![],
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// Where a record stands now, and what the stage does about it.
+fn evaluate<P: Ports>(
+    p: &Pipeline<P>,
+    rec: &ApprovalRecord,
+    env: &str,
+    now: DateTime<Utc>,
+) -> (ApprovalStatus, Step) {
+    let ctx = rec.request.ctx();
+    match approval::outcome(&rec.rules, &rec.decisions, now) {
+        Outcome::Pending { have, need } => {
+            let left = (rec.rules.expires_at - now).to_std().unwrap_or_default();
+            (
+                ApprovalStatus::Pending,
+                Step::Wait {
                     after: left.clamp(std::time::Duration::from_secs(1), p.settings.max_wait),
                     progress: serde_json::json!({ "approvals": have, "required": need }),
                     note: format!("{env}: waiting for approval ({have} of {need})"),
-                });
-            }
-            Outcome::Granted { by } => (
-                ApprovalStatus::Granted,
-                Step::Done {
-                    note: Some(format!("{env}: approved by {}", by.join(", "))),
-                    outputs: vec![Payload::ApprovalGranted(ApprovalGranted {
-                        ctx: ctx.clone(),
-                        policy: GrantPolicy::Manual,
-                        approved_by: by,
-                    })],
                 },
-            ),
-            Outcome::Rejected { by, reason } => (
-                ApprovalStatus::Rejected,
-                Step::Done {
-                    note: Some(format!("{env}: rejected by {by}")),
-                    outputs: vec![Payload::ApprovalRejected(ApprovalRejected {
-                        ctx: ctx.clone(),
-                        rejected_by: Some(by),
-                        reason,
-                    })],
-                },
-            ),
-            Outcome::Expired => (
-                ApprovalStatus::Expired,
-                Step::Done {
-                    note: Some(format!("{env}: approval request expired")),
-                    outputs: vec![Payload::ApprovalRejected(ApprovalRejected {
-                        ctx: ctx.clone(),
-                        rejected_by: None,
-                        reason: format!(
-                            "approval request expired at {}",
-                            rec.rules
-                                .expires_at
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        ),
-                    })],
-                },
-            ),
-        };
-        if rec.status != status {
-            rec.status = status;
-            rec.updated_at = now;
-            match put_json(store, &key, &rec, Precondition::IfMatch(etag)).await {
-                Ok(_) => {}
-                Err(Error::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            )
         }
-        return Ok(step);
+        Outcome::Granted { by } => (
+            ApprovalStatus::Granted,
+            Step::Done {
+                note: Some(format!("{env}: approved by {}", by.join(", "))),
+                outputs: vec![Payload::ApprovalGranted(ApprovalGranted {
+                    ctx: ctx.clone(),
+                    policy: GrantPolicy::Manual,
+                    approved_by: by,
+                })],
+            },
+        ),
+        Outcome::Rejected { by, reason } => (
+            ApprovalStatus::Rejected,
+            Step::Done {
+                note: Some(format!("{env}: rejected by {by}")),
+                outputs: vec![Payload::ApprovalRejected(ApprovalRejected {
+                    ctx: ctx.clone(),
+                    rejected_by: Some(by),
+                    reason,
+                })],
+            },
+        ),
+        Outcome::Expired => (
+            ApprovalStatus::Expired,
+            Step::Done {
+                note: Some(format!("{env}: approval request expired")),
+                outputs: vec![Payload::ApprovalRejected(ApprovalRejected {
+                    ctx: ctx.clone(),
+                    rejected_by: None,
+                    reason: format!(
+                        "approval request expired at {}",
+                        rec.rules
+                            .expires_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                })],
+            },
+        ),
     }
-    Err(Error::transient(
-        format!("approvals record {key}"),
-        crate::error::Message("too much contention".into()),
-    ))
 }
 
 /// Records an approver's decision and lets the approve stage act on it.
 /// Refusals (not an approver, self-approval, expired, already decided) are
 /// `Error::Refused` with one line saying why; nothing is recorded then.
 pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionReport> {
-    let app_name = runs::find_run(p, &d.run).await?;
-    let run = runs::resolve_run_id(p, &app_name, &d.run).await?;
+    let (app_name, run) = runs::resolve(p, &d.run).await?;
     let app = p.config.app(&app_name)?;
     app.environment(&d.environment)?;
     let key = approval_key(&app_name, &run, &d.environment);
     let store = p.ports.store();
-    let mut recorded = false;
-    let mut done = false;
-    for _ in 0..5 {
-        let Some((mut rec, etag)) = get_json::<_, ApprovalRecord>(store, &key).await? else {
-            return Err(Error::Refused(
-                why_no_approval(p, &app_name, &run, &d.environment).await?,
-            ));
+    let now = p.ports.now();
+    let swapped = compare_and_swap(store, &key, "approvals record", |cur: Option<ApprovalRecord>| {
+        let Some(mut rec) = cur else {
+            return Ok(Change::Stop(Err(Error::Refused(why_no_approval(
+                p,
+                &app_name,
+                &run,
+                &d.environment,
+            )?))));
         };
-        let now = p.ports.now();
-        match approval::check(
-            &rec.rules,
-            rec.status,
-            &rec.decisions,
-            &d.by,
-            d.verdict,
-            now,
-        ) {
+        match approval::check(&rec.rules, rec.status, &rec.decisions, &d.by, d.verdict, now) {
             Err(why) => {
                 tracing::info!(run = %run, env = %d.environment, by = %d.by.name, %why, "decision refused");
-                return Err(Error::Refused(format!(
+                Ok(Change::Stop(Err(Error::Refused(format!(
                     "run {run} in {}: {why}",
                     d.environment
-                )));
+                )))))
             }
-            Ok(Check::AlreadyRecorded) => {
-                done = true;
-                break;
-            }
+            Ok(Check::AlreadyRecorded) => Ok(Change::Stop(Ok(()))),
             Ok(Check::Record) => {
                 rec.decisions.push(DecisionRecord {
                     by: d.by.name.clone(),
@@ -249,37 +254,30 @@ pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionRe
                     principal: Some(d.by.principal.clone()),
                 });
                 rec.updated_at = now;
-                match put_json(store, &key, &rec, Precondition::IfMatch(etag)).await {
-                    Ok(_) => {
-                        recorded = true;
-                        done = true;
-                        tracing::info!(run = %run, env = %d.environment, by = %d.by.name,
-                            principal = %d.by.principal, verdict = ?d.verdict, "decision recorded");
-                        let handled = harness::handle::<Approve, P>(
-                            p,
-                            Input::Event(rec.request.clone()),
-                            Mode::Deliver,
-                        )
-                        .await?;
-                        if let Disposition::Retry(e) = handled.disposition {
-                            // The approve stage is busy elsewhere; its next delivery
-                            // sees this decision.
-                            tracing::warn!(error = %e, "approve stage will pick the decision up later");
-                        }
-                        break;
-                    }
-                    Err(Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
+                Ok(Change::Write(rec))
             }
         }
-    }
-    if !done {
-        return Err(Error::transient(
-            format!("approvals record {key}"),
-            crate::error::Message("too much contention".into()),
-        ));
-    }
+    })
+    .await?;
+    let recorded = match swapped {
+        Swapped::Stopped(result) => {
+            result?;
+            false
+        }
+        Swapped::Written(rec, _) => {
+            tracing::info!(run = %run, env = %d.environment, by = %d.by.name,
+                principal = %d.by.principal, verdict = ?d.verdict, "decision recorded");
+            let handled =
+                harness::handle::<Approve, P>(p, Input::Event(rec.request.clone()), Mode::Deliver)
+                    .await?;
+            if let Disposition::Retry(e) = handled.disposition {
+                // The approve stage is busy elsewhere; its next delivery sees this
+                // decision.
+                tracing::warn!(error = %e, "approve stage will pick the decision up later");
+            }
+            true
+        }
+    };
     let (rec, _) = get_json::<_, ApprovalRecord>(store, &key)
         .await?
         .ok_or_else(|| Error::not_found("approval", key.clone()))?;
@@ -301,12 +299,7 @@ pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionRe
     })
 }
 
-async fn why_no_approval<P: Ports>(
-    p: &Pipeline<P>,
-    app: &str,
-    run: &str,
-    env: &str,
-) -> Result<String> {
+fn why_no_approval<P: Ports>(p: &Pipeline<P>, app: &str, run: &str, env: &str) -> Result<String> {
     let app_cfg = p.config.app(app)?;
     if let Ok(e) = app_cfg.environment(env)
         && e.approval == crate::config::ApprovalPolicy::Auto

@@ -14,11 +14,13 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::event::{DeployFailed, DeploySucceeded, Event, EventType, Payload, RunContext};
+use crate::event::{
+    DeployFailed, DeploySucceeded, Event, EventType, FailureCode, Payload, RunContext,
+};
 use crate::ids::stable_id;
 use crate::pipeline::Pipeline;
 use crate::pipeline::approvals;
-use crate::pipeline::deployments::{self, HistoryEntry, LiveRecord};
+use crate::pipeline::deployments::{self, DeployKind, HistoryEntry, LiveRecord};
 use crate::pipeline::harness;
 use crate::pipeline::stage::{
     Consumes, Input, RecordKey, Stage, StageCtx, StageName, StageSpec, Step, per_environment,
@@ -35,7 +37,7 @@ pub struct RollbackReport {
     pub environment: String,
     pub from: Option<String>,
     pub to: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub event: String,
 }
 
@@ -44,8 +46,7 @@ fn order_key<P: Ports>(p: &Pipeline<P>, ctx: &RunContext) -> OrderKey {
         .config
         .app(&ctx.app)
         .ok()
-        .and_then(|a| a.tag_policy().ok())
-        .and_then(|pol| pol.version_of(&ctx.image.tag));
+        .and_then(|a| a.tags.version_of(&ctx.image.tag));
     OrderKey {
         version,
         sequence: ctx.sequence,
@@ -92,9 +93,9 @@ impl<P: TargetPorts> Stage<P> for Deploy {
     /// A failed rollout may run again (a fixed cluster); a superseded deploy may not: a
     /// newer image is live, and a retry cannot change that.
     fn may_retry(outputs: &[Event]) -> bool {
-        outputs
-            .iter()
-            .any(|e| matches!(&e.payload, Payload::DeployFailed(d) if d.code != "superseded"))
+        outputs.iter().any(
+            |e| matches!(&e.payload, Payload::DeployFailed(d) if d.code != FailureCode::Superseded),
+        )
     }
 
     async fn run(p: &Pipeline<P>, input: &Input, ctx: &StageCtx) -> Result<Step> {
@@ -210,7 +211,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                         outputs: vec![Payload::DeployFailed(DeployFailed {
                             ctx: ctx.clone(),
                             target: target.kind().into(),
-                            code: "superseded".into(),
+                            code: FailureCode::Superseded,
                             reason,
                             rolled_back: false,
                             live: Some(live.image.reference()),
@@ -226,7 +227,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
     };
     match target.rollout(req).await? {
         Rollout::Complete { detail } => {
-            deployments::record_live(p, ctx, env_name, &applied, "deploy", None).await?;
+            deployments::record_live(p, ctx, env_name, &applied, DeployKind::Deploy, None).await?;
             Ok(Step::Done {
                 note: Some(format!("{env_name}: {detail}")),
                 outputs: vec![Payload::DeploySucceeded(DeploySucceeded {
@@ -273,7 +274,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                 outputs: vec![Payload::DeployFailed(DeployFailed {
                     ctx: ctx.clone(),
                     target: target.kind().into(),
-                    code: "rollout_failed".into(),
+                    code: FailureCode::RolloutFailed,
                     reason,
                     rolled_back,
                     live: if rolled_back {
@@ -390,7 +391,7 @@ pub async fn rollback<P: TargetPorts>(
                 }
             }
         }
-        deployments::record_live(p, &entry.ctx, env, &applied, "rollback", by).await?;
+        deployments::record_live(p, &entry.ctx, env, &applied, DeployKind::Rollback, by).await?;
         Ok(applied)
     }
     .await;

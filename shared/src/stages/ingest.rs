@@ -69,7 +69,7 @@ pub struct IngestReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
     pub app: String,
-    pub run: String,
+    pub run: crate::ids::RunId,
     pub tag: String,
     pub digest: String,
     /// True when this digest already had a run (another tag or a registry retry).
@@ -124,7 +124,7 @@ async fn accept<P: RegistryPorts>(
             push.registry, push.repository, push.tag
         )));
     };
-    let policy = app.tag_policy()?;
+    let policy = &app.tags;
     if !policy.matches(&push.tag) {
         return Ok(Err(format!(
             "{}:{}: tag does not match app {}'s tag policy ({})",

@@ -286,7 +286,7 @@ async fn lambda_target_updates_publishes_and_moves_the_alias() {
     let req = |hex: char| DeployRequest {
         app: "web".into(),
         environment: "production".into(),
-        run: "r".into(),
+        run: baton::ids::run_id("web", "r"),
         image: baton::event::Image::parse(
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
             "demo/web",
@@ -404,7 +404,7 @@ async fn lambda_target_shifts_traffic_in_steps_and_rolls_back_mid_shift() {
     let req = |hex: char| DeployRequest {
         app: "api".into(),
         environment: "production".into(),
-        run: "r".into(),
+        run: baton::ids::run_id("web", "r"),
         image: baton::event::Image::parse(
             "123456789012.dkr.ecr.us-east-1.amazonaws.com",
             "demo/api",
@@ -1588,7 +1588,7 @@ async fn a_forged_approval_for_an_image_outside_the_app_deploys_nothing() {
     let digest = format!("sha256:{}", "6".repeat(64));
     for (repository, run) in [
         ("demo/evil", baton::ids::run_id("web", &digest)),
-        ("demo/web", "0123456789abcdef".to_string()),
+        ("demo/web", "0123456789abcdef".parse().unwrap()),
     ] {
         let forged = Event::new(
             format!("forged-{repository}-{run}").replace('/', "-"),

@@ -567,7 +567,10 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
     assert_eq!(job["spec"]["backoffLimit"], 0);
     assert_eq!(job["spec"]["activeDeadlineSeconds"], 60);
     assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
-    assert_eq!(job["metadata"]["labels"]["baton.dev/run"], env.run_of(&img));
+    assert_eq!(
+        job["metadata"]["labels"]["baton.dev/run"],
+        env.run_of(&img).as_str()
+    );
     let c = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], img.reference(), "pinned by digest");
     assert_eq!(c["command"], json!(["/bin/run-tests"]));
@@ -614,7 +617,7 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
         json!({"template": {"spec": {"containers": [{"name": "app", "image": img.reference()}]}}})
     );
     let a = &p.body["metadata"]["annotations"];
-    assert_eq!(a["baton.dev/run"], env.run_of(&img));
+    assert_eq!(a["baton.dev/run"], env.run_of(&img).as_str());
     assert_eq!(a["baton.dev/previous-image"], OLD);
     assert!(
         a["kubernetes.io/change-cause"]
@@ -647,7 +650,7 @@ async fn stuck_rollout_rolls_back_and_names_the_cause() {
     let Payload::DeployFailed(f) = &last.payload else {
         panic!("deploy.failed: {:?}", sequence(&events))
     };
-    assert_eq!(f.code, "rollout_failed");
+    assert_eq!(f.code, baton::event::FailureCode::RolloutFailed);
     assert!(f.rolled_back);
     assert!(
         f.reason.contains("ProgressDeadlineExceeded"),
@@ -1020,7 +1023,7 @@ async fn real_cluster() {
         cluster: cluster.clone(),
         namespace: ns.clone(),
         workloads: vec![baton::config::WorkloadRef {
-            kind: "Deployment".into(),
+            kind: baton::config::WorkloadKind::Deployment,
             name: "baton-it".into(),
             container: "app".into(),
             namespace: None,
@@ -1031,7 +1034,7 @@ async fn real_cluster() {
     let req = baton::ports::DeployRequest {
         app: "it".into(),
         environment: "it".into(),
-        run: "real-cluster-test".into(),
+        run: baton::ids::run_id("it", "real-cluster-test"),
         image: image.clone(),
         cause: "baton real-cluster test".into(),
     };
@@ -1052,7 +1055,7 @@ async fn real_cluster() {
     let runner = baton::adapters::k8s::KubeJobRunner::new(job_cfg, cluster);
     let treq = baton::ports::TestRequest {
         app: "it".into(),
-        run: format!("real{}", Utc::now().timestamp()),
+        run: baton::ids::run_id("it", &format!("real{}", Utc::now().timestamp())),
         image,
         attempt: 1,
     };

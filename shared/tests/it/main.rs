@@ -204,7 +204,7 @@ impl Env {
         );
     }
 
-    pub fn run_of(&self, image: &Image) -> String {
+    pub fn run_of(&self, image: &Image) -> baton::ids::RunId {
         baton::ids::run_id("web", &image.digest)
     }
 
@@ -220,6 +220,7 @@ impl Env {
             .await
             .unwrap()
             .status
+            .to_string()
     }
 
     pub fn manifest(&self, env: &str) -> String {

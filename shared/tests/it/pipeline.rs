@@ -452,7 +452,7 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     let Payload::DeployFailed(f) = &last.payload else {
         panic!("deploy.failed")
     };
-    assert_eq!(f.code, "superseded");
+    assert_eq!(f.code, baton::event::FailureCode::Superseded);
     assert!(f.reason.contains("1.2.0"), "{}", f.reason);
     // an explicit rollback may go back; newer-wins applies only to pipeline deploys
     let r =
@@ -477,8 +477,11 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (live.image.digest.as_str(), live.kind.as_str()),
-        (newer.digest.as_str(), "rollback")
+        (live.image.digest.as_str(), live.kind),
+        (
+            newer.digest.as_str(),
+            baton::pipeline::deployments::DeployKind::Rollback
+        )
     );
     // the rolled-back run's log records it, and the staging tag follows
     let last = env
@@ -532,7 +535,10 @@ async fn a_restart_mid_run_loses_nothing() {
     let view = baton::pipeline::runs::view(&local.pipeline, "web", &run)
         .await
         .unwrap();
-    assert_eq!(view.status, "awaiting approval (production)");
+    assert_eq!(
+        view.status,
+        baton::pipeline::runs::RunStatus::AwaitingApproval("production".into())
+    );
     assert_eq!(sequence(&view.events), FULL_SEQUENCE[..6]);
     baton::stages::approve::decide(
         &local.pipeline,
@@ -680,7 +686,7 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
         "only tests.failed matches; image.built does not"
     );
     assert_eq!(bodies[0]["event"]["type"], "tests.failed");
-    assert_eq!(bodies[0]["event"]["data"]["run"], env.run_of(&img));
+    assert_eq!(bodies[0]["event"]["data"]["run"], env.run_of(&img).as_str());
     assert!(
         bodies[0]["text"]
             .as_str()

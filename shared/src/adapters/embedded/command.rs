@@ -62,7 +62,7 @@ pub fn image_env(req: &TestRequest) -> Vec<(String, String)> {
             req.image.registry.to_string(),
         ),
         ("BATON_APP".into(), req.app.clone()),
-        ("BATON_RUN".into(), req.run.clone()),
+        ("BATON_RUN".into(), req.run.to_string()),
         ("BATON_ATTEMPT".into(), req.attempt.to_string()),
     ]
 }

@@ -79,7 +79,7 @@ impl ManifestTarget {
                     if !kind.is_empty() {
                         seen.push(format!("{kind}/{name}"));
                     }
-                    if kind != w.kind || name != w.name {
+                    if kind != w.kind.as_str() || name != w.name {
                         continue;
                     }
                     if let Some(want) = &w.namespace
@@ -508,7 +508,7 @@ spec:
         ManifestTarget {
             dir: dir.to_path_buf(),
             workloads: vec![WorkloadRef {
-                kind: "Deployment".into(),
+                kind: crate::config::WorkloadKind::Deployment,
                 name: "web".into(),
                 container: container.into(),
                 namespace: Some("shop".into()),
@@ -520,7 +520,7 @@ spec:
         DeployRequest {
             app: "web".into(),
             environment: "staging".into(),
-            run: "r".into(),
+            run: crate::ids::run_id("web", "sha256:0"),
             image: Image::parse(
                 "registry.local",
                 "web",

@@ -19,7 +19,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::adapters::k8s::{Cluster, kube_error};
-use crate::config::{KubeDeploy, WorkloadRef};
+use crate::config::{KubeDeploy, WorkloadKind, WorkloadRef};
 use crate::error::{Error, Result};
 use crate::ports::{Applied, DeployRequest, DeployTarget, Rollout, WorkloadImage};
 
@@ -100,8 +100,8 @@ impl KubeDeployTarget {
             )
         };
         let ctx = |e: kube::Error| kube_error(&format!("get {}", self.what(w)), e);
-        let wl = match w.kind.as_str() {
-            "Deployment" => {
+        let wl = match w.kind {
+            WorkloadKind::Deployment => {
                 let d = Api::<Deployment>::namespaced(client, ns)
                     .get_opt(&w.name)
                     .await
@@ -134,7 +134,7 @@ impl KubeDeployTarget {
                         .collect(),
                 }
             }
-            "StatefulSet" => {
+            WorkloadKind::StatefulSet => {
                 let s = Api::<StatefulSet>::namespaced(client, ns)
                     .get_opt(&w.name)
                     .await
@@ -158,7 +158,7 @@ impl KubeDeployTarget {
                     conditions: vec![],
                 }
             }
-            "DaemonSet" => {
+            WorkloadKind::DaemonSet => {
                 let d = Api::<DaemonSet>::namespaced(client, ns)
                     .get_opt(&w.name)
                     .await
@@ -178,12 +178,6 @@ impl KubeDeployTarget {
                     annotations: d.metadata.annotations.unwrap_or_default(),
                     conditions: vec![],
                 }
-            }
-            other => {
-                return Err(Error::invalid(
-                    "workload",
-                    format!("kind {other} is not supported"),
-                ));
             }
         };
         Ok(wl)
@@ -227,26 +221,22 @@ impl KubeDeployTarget {
         };
         let ns = &self.namespace;
         let ctx = |e: kube::Error| kube_error(&format!("patch {}", self.what(w)), e);
-        match w.kind.as_str() {
-            "Deployment" => Api::<Deployment>::namespaced(client, ns)
+        match w.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(client, ns)
                 .patch(&w.name, &pp, &Patch::Strategic(&body))
                 .await
                 .map(|_| ())
                 .map_err(ctx),
-            "StatefulSet" => Api::<StatefulSet>::namespaced(client, ns)
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client, ns)
                 .patch(&w.name, &pp, &Patch::Strategic(&body))
                 .await
                 .map(|_| ())
                 .map_err(ctx),
-            "DaemonSet" => Api::<DaemonSet>::namespaced(client, ns)
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client, ns)
                 .patch(&w.name, &pp, &Patch::Strategic(&body))
                 .await
                 .map(|_| ())
                 .map_err(ctx),
-            other => Err(Error::invalid(
-                "workload",
-                format!("kind {other} is not supported"),
-            )),
         }
     }
 
