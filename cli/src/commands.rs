@@ -368,7 +368,7 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
             .record_push(&image, push.pushed_at)
             .await?;
     }
-    local.submit(&trigger)?;
+    local.submit(&trigger).await?;
     drain(&local, g.json).await?;
     let runs = baton::pipeline::runs::list(&local.pipeline).await?;
     let mut touched = vec![];
@@ -531,7 +531,8 @@ async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
     match action {
         DlqAction::List { subscription } => {
             let dead: Vec<_> = bus
-                .dead_letters()?
+                .dead_letters()
+                .await?
                 .into_iter()
                 .filter(|d| subscription.as_deref().is_none_or(|s| s == d.subscription))
                 .collect();
@@ -553,9 +554,9 @@ async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
             }
         }
         DlqAction::Redrive { subscription } => {
-            let n = bus.redrive(subscription.as_deref())?;
+            let n = bus.redrive(subscription.as_deref()).await?;
             drain(&local, g.json).await?;
-            let left = bus.dead_letters()?.len();
+            let left = bus.dead_letters().await?.len();
             if g.json {
                 print_json(&json!({ "redriven": n, "dead_letters_left": left }))?;
             } else {

@@ -99,11 +99,13 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
         println!("state, configuration and manifests in {}", dir.display());
         println!();
     }
-    local.submit(&Trigger {
-        kind: TriggerKind::Distribution,
-        received_at: chrono::Utc::now(),
-        payload,
-    })?;
+    local
+        .submit(&Trigger {
+            kind: TriggerKind::Distribution,
+            received_at: chrono::Utc::now(),
+            payload,
+        })
+        .await?;
     let progress = Progress::new(g.json);
     progress.message("running stages");
     local

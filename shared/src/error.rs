@@ -34,6 +34,11 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The request came too late: what it acts on is already settled (an approval
+    /// already granted, rejected or expired).
+    #[error("{0}")]
+    Settled(String),
+
     /// A named thing does not exist (run, stage, environment, object).
     #[error("{what} not found: {name}")]
     NotFound { what: &'static str, name: String },
@@ -51,8 +56,23 @@ impl Error {
             Error::Transient { .. } => "transient",
             Error::Permanent { .. } => "permanent",
             Error::Refused(_) => "refused",
+            Error::Settled(_) => "settled",
             Error::NotFound { .. } => "not_found",
             Error::Conflict { .. } => "conflict",
+        }
+    }
+
+    /// The HTTP status an error answers with, for `baton serve` and the function URLs
+    /// alike: 400 bad input, 403 refused, 404 not found, 409 already settled, 503 try
+    /// again, 500 otherwise.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::Invalid { .. } => 400,
+            Error::Refused(_) => 403,
+            Error::NotFound { .. } => 404,
+            Error::Settled(_) => 409,
+            Error::Transient { .. } | Error::Conflict { .. } => 503,
+            Error::Permanent { .. } => 500,
         }
     }
 

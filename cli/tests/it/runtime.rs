@@ -394,3 +394,32 @@ apps:
         "the retry is in the run log: {types:?}"
     );
 }
+
+/// A function binary is a Lambda function and nothing else: outside the Runtime API it
+/// runs no stage on anything, says what it is and how to run stages locally, and exits 2.
+#[test]
+fn a_function_binary_outside_lambda_says_what_it_is_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for stage in ["ingest", "gate", "deploy"] {
+        let out = Command::new(bin_dir().join(format!("baton-fn-{stage}")))
+            .env_clear()
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stage}: {err}");
+        assert!(
+            err.contains(&format!("AWS Lambda function for the {stage} stage"))
+                && err.contains("AWS_LAMBDA_RUNTIME_API")
+                && err.contains("baton demo"),
+            "{stage}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{stage}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -276,7 +276,6 @@ impl Serialize for RunStatus {
     }
 }
 
-
 /// The overall status of a run, from its records and events.
 fn status_of(
     app: &crate::config::AppConfig,

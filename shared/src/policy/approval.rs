@@ -179,6 +179,23 @@ impl ApprovalRules {
     }
 }
 
+/// Why a decision is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A rule says no (who may decide, self-approval, expiry).
+    NotAllowed(String),
+    /// The approval is already granted, rejected or expired.
+    Settled(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotAllowed(m) | Refusal::Settled(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Checks one decision against the rules and the decisions so far. `Err` is the refusal,
 /// one line that says why.
 pub fn check(
@@ -188,37 +205,41 @@ pub fn check(
     who: &Approver,
     verdict: Verdict,
     now: DateTime<Utc>,
-) -> Result<Check, String> {
+) -> Result<Check, Refusal> {
+    let no = Refusal::NotAllowed;
     let name = who.name.as_str();
     if name.trim().is_empty() {
-        return Err("an approver identity is required".into());
+        return Err(no("an approver identity is required".into()));
     }
     if !rules.may_decide(name) {
-        return Err(format!(
+        return Err(no(format!(
             "{name} may not decide this approval (allowed: {})",
             rules.allowed_description()
-        ));
+        )));
     }
     if status != ApprovalStatus::Pending {
-        return Err(format!("this approval is already {}", status.as_str()));
+        return Err(Refusal::Settled(format!(
+            "this approval is already {}",
+            status.as_str()
+        )));
     }
     if now >= rules.expires_at {
-        return Err(format!(
+        return Err(no(format!(
             "this approval expired at {}",
             rules
                 .expires_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ));
+        )));
     }
     if verdict == Verdict::Approve && !rules.allow_self_approval {
         let others: Vec<&str> = who.names().collect();
         if is_pusher(rules, name, &others) {
-            return Err(format!(
+            return Err(no(format!(
                 "{name} pushed this image and may not approve it (no self-approval)"
-            ));
+            )));
         }
         if rules.pushed_by.is_none() && rules.unknown_pusher == UnknownPusher::Refuse {
-            return Err(UNKNOWN_PUSHER_REFUSED.into());
+            return Err(no(UNKNOWN_PUSHER_REFUSED.into()));
         }
     }
     if decisions
@@ -385,7 +406,8 @@ mod tests {
             Verdict::Approve,
             now,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("mallory may not") && e.contains("alice") && e.contains("sre"),
             "{e}"
@@ -415,7 +437,8 @@ mod tests {
             Verdict::Approve,
             now,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("self-approval"), "{e}");
         // the pusher may still reject their own image
         assert_eq!(
@@ -456,7 +479,10 @@ mod tests {
             late,
         )
         .unwrap_err();
-        assert!(e.contains("expired"), "{e}");
+        assert!(
+            matches!(&e, Refusal::NotAllowed(m) if m.contains("expired")),
+            "{e:?}"
+        );
         let e = check(
             &r,
             ApprovalStatus::Granted,
@@ -466,7 +492,10 @@ mod tests {
             Utc::now(),
         )
         .unwrap_err();
-        assert!(e.contains("already granted"), "{e}");
+        assert_eq!(
+            e,
+            Refusal::Settled("this approval is already granted".into())
+        );
         assert_eq!(outcome(&r, &[], late), Outcome::Expired);
     }
 
@@ -521,7 +550,8 @@ mod tests {
             Verdict::Approve,
             now,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown_pusher"), "{e}");
         // rejecting stays possible
         assert_eq!(
@@ -567,7 +597,8 @@ mod tests {
             Verdict::Approve,
             now,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("self-approval"),
             "session name alice is alice: {e}"

@@ -246,7 +246,7 @@ impl Local {
     }
 
     /// Queues a registry notification for ingest (durable once this returns).
-    pub fn submit(&self, trigger: &Trigger) -> Result<String> {
+    pub async fn submit(&self, trigger: &Trigger) -> Result<String> {
         let body = serde_json::to_string(trigger).map_err(|e| Error::invalid("trigger", e))?;
         let id = crate::ids::stable_id(&["trigger", &body]);
         let mut attributes = crate::event::Attributes::new();
@@ -255,14 +255,18 @@ impl Local {
             "trigger".into(),
             AttrValue::String(trigger.kind.as_str().into()),
         );
-        self.pipeline.ports.bus.send_to(
-            INGEST_QUEUE,
-            &BusMessage {
-                id: id.clone(),
-                attributes,
-                body,
-            },
-        )?;
+        self.pipeline
+            .ports
+            .bus
+            .send_to(
+                INGEST_QUEUE,
+                &BusMessage {
+                    id: id.clone(),
+                    attributes,
+                    body,
+                },
+            )
+            .await?;
         Ok(id)
     }
 

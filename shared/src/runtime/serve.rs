@@ -80,14 +80,7 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 fn error_reply(e: &Error) -> Response {
-    let status = match e {
-        Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::Refused(m) if m.contains("already") => StatusCode::CONFLICT,
-        Error::Refused(_) => StatusCode::FORBIDDEN,
-        Error::Transient { .. } | Error::Conflict { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Permanent { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     reply(status, json!({ "error": e.to_string(), "kind": e.kind() }))
 }
 
@@ -470,7 +463,7 @@ async fn hook(
                     json!({ "queued": false, "pushes": pushes, "ignored": parsed.ignored }),
                 );
             }
-            match s.local.submit(&trigger) {
+            match s.local.submit(&trigger).await {
                 Ok(id) => {
                     s.wake.notify_one();
                     tracing::info!(webhook = %name, %id, pushes = pushes.len(), "webhook queued");

@@ -20,7 +20,7 @@ use crate::pipeline::stage::{
     Consumes, Input, RecordKey, Stage, StageCtx, StageName, StageSpec, Step, per_environment,
 };
 use crate::policy::approval::{
-    self, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Verdict,
+    self, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Refusal, Verdict,
 };
 use crate::ports::Ports;
 use crate::store::{Change, Swapped, approval_key, compare_and_swap, get_json};
@@ -239,10 +239,11 @@ pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionRe
         match approval::check(&rec.rules, rec.status, &rec.decisions, &d.by, d.verdict, now) {
             Err(why) => {
                 tracing::info!(run = %run, env = %d.environment, by = %d.by.name, %why, "decision refused");
-                Ok(Change::Stop(Err(Error::Refused(format!(
-                    "run {run} in {}: {why}",
-                    d.environment
-                )))))
+                let message = format!("run {run} in {}: {why}", d.environment);
+                Ok(Change::Stop(Err(match why {
+                    Refusal::NotAllowed(_) => Error::Refused(message),
+                    Refusal::Settled(_) => Error::Settled(message),
+                })))
             }
             Ok(Check::AlreadyRecorded) => Ok(Change::Stop(Ok(()))),
             Ok(Check::Record) => {

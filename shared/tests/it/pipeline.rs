@@ -659,7 +659,7 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
         .await
         .unwrap();
     assert_eq!(rep.dead, 1, "the failing webhook exhausts its 3 attempts");
-    let dead = env.local.pipeline.ports.bus.dead_letters().unwrap();
+    let dead = env.local.pipeline.ports.bus.dead_letters().await.unwrap();
     assert_eq!(dead[0].subscription, "notify.on-failure");
     assert!(
         dead[0].error.as_deref().unwrap().contains("503"),
@@ -677,7 +677,7 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
     assert!(seen.bodies.lock().unwrap().is_empty());
 
     *seen.fail.lock().unwrap() = false;
-    assert_eq!(env.local.pipeline.ports.bus.redrive(None).unwrap(), 1);
+    assert_eq!(env.local.pipeline.ports.bus.redrive(None).await.unwrap(), 1);
     env.drain().await;
     let bodies = seen.bodies.lock().unwrap().clone();
     assert_eq!(

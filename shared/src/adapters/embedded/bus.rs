@@ -11,14 +11,15 @@
 //!
 //! Pending deliveries are the matched subscriptions without a final outcome. Appends
 //! hold an exclusive file lock, so several `baton` processes may publish; one process at
-//! a time delivers (`dispatch.lock`).
+//! a time delivers (`dispatch.lock`). Reading and appending the log (locks, `fsync`) runs
+//! on tokio's blocking pool, never on an async worker.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -150,8 +151,12 @@ pub struct DrainReport {
     pub dead: usize,
 }
 
-/// The embedded bus.
-pub struct EmbeddedBus {
+/// The embedded bus: a handle on its log (clones share it).
+#[derive(Clone)]
+pub struct EmbeddedBus(Arc<Log>);
+
+/// The log behind the bus, with its synchronous (blocking) file operations.
+struct Log {
     dir: PathBuf,
     subscriptions: Vec<(String, FilterPolicy)>,
     retry: BusConfig,
@@ -165,9 +170,200 @@ impl EmbeddedBus {
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
     ) -> Result<EmbeddedBus> {
-        let dir = dir.into();
+        Ok(EmbeddedBus(Arc::new(Log::open(
+            dir.into(),
+            subscriptions,
+            retry,
+        )?)))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.0.dir
+    }
+
+    /// Runs `f` on the log on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Log) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let log = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&log))
+            .await
+            .map_err(|e| Error::permanent("embedded bus", format!("a log task failed: {e}")))?
+    }
+
+    /// Publishes to every subscription whose filter policy matches (SNS publish); the
+    /// message's sequence number.
+    pub async fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
+        let msg = msg.clone();
+        self.blocking(move |log| log.publish_message(&msg)).await
+    }
+
+    /// Sends to one queue only, bypassing the topic (SQS SendMessage): how registry
+    /// notifications reach ingest, as EventBridge and function URLs do in AWS.
+    pub async fn send_to(&self, queue: &str, msg: &BusMessage) -> Result<u64> {
+        let (queue, msg) = (queue.to_string(), msg.clone());
+        self.blocking(move |log| log.append_message(&msg, vec![queue]))
+            .await
+    }
+
+    /// Deliveries not yet finished (due now, retrying or waiting), as last read.
+    pub fn pending(&self) -> usize {
+        self.0.state().pending.len()
+    }
+
+    /// The dead-letter list.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        self.blocking(Log::dead_letters).await
+    }
+
+    /// Moves dead letters (of one subscription, or all) back to their queues.
+    pub async fn redrive(&self, subscription: Option<&str>) -> Result<usize> {
+        let subscription = subscription.map(str::to_string);
+        self.blocking(move |log| log.redrive(subscription.as_deref()))
+            .await
+    }
+
+    /// Delivers until nothing is due: retries are waited for, short waits too; waits
+    /// longer than `park_after` are left parked (they resume on the next drain).
+    /// Only one process drains at a time: `Error::Refused` when another one is.
+    pub async fn drain<S: Subscriber>(
+        &self,
+        subscriber: &S,
+        opts: &DrainOptions,
+        mut progress: impl FnMut(&DeliveryReport),
+    ) -> Result<DrainReport> {
+        let path = self.0.dir.join("dispatch.lock");
+        let guard = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        if guard.try_lock().is_err() {
+            return Err(Error::Refused(
+                "another baton process is delivering on this state directory (e.g. `baton serve`); it will process what was queued".into(),
+            ));
+        }
+        let mut report = DrainReport::default();
+        loop {
+            if opts.max_deliveries.is_some_and(|m| report.delivered >= m) {
+                break;
+            }
+            self.blocking(Log::refresh).await?;
+            let now = Utc::now();
+            let next = {
+                let st = self.0.state();
+                let due = st
+                    .pending
+                    .iter()
+                    .filter(|(_, e)| e.not_before <= now)
+                    .min_by_key(|((seq, _), e)| (e.not_before, *seq))
+                    .map(|((seq, sub), e)| (*seq, sub.clone(), e.attempts));
+                match due {
+                    // A pending entry always has its message (both come from the same
+                    // log); an empty body makes a broken log visible as a dead letter.
+                    Some((seq, sub, attempts)) => Some(Ok((
+                        seq,
+                        sub,
+                        attempts,
+                        st.messages
+                            .get(&seq)
+                            .map(|m| m.message.clone())
+                            .unwrap_or_else(|| BusMessage {
+                                id: format!("missing-{seq}"),
+                                attributes: Default::default(),
+                                body: String::new(),
+                            }),
+                    ))),
+                    None => {
+                        let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
+                        let soonest = st
+                            .pending
+                            .values()
+                            .filter(|e| !e.waiting || e.not_before - now <= park)
+                            .map(|e| e.not_before)
+                            .min();
+                        match soonest {
+                            Some(t) => Some(Err((t - now).to_std().unwrap_or_default())),
+                            None => {
+                                report.parked = st.pending.len();
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            let (seq, sub, attempts, msg) = match next {
+                None => break,
+                Some(Err(sleep)) => {
+                    tokio::time::sleep(
+                        sleep.clamp(Duration::from_millis(5), Duration::from_secs(1)),
+                    )
+                    .await;
+                    continue;
+                }
+                Some(Ok(found)) => found,
+            };
+            let started = std::time::Instant::now();
+            let outcome = subscriber.deliver(&sub, &msg).await;
+            let attempt = attempts + 1;
+            let now = Utc::now();
+            let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
+                seq,
+                subscription: sub.clone(),
+                outcome,
+                attempts,
+                not_before,
+                error: error.cloned(),
+                at: now,
+            };
+            let after = |d: Duration| Some(now + chrono::Duration::from_std(d).unwrap_or_default());
+            let line = match &outcome {
+                Delivery::Done => line(Outcome::Done, attempt, None, None),
+                Delivery::Retry(err) if attempt >= self.0.retry.max_attempts => {
+                    tracing::error!(subscription = %sub, id = %msg.id, attempts = attempt, error = %err, "dead-lettered");
+                    line(Outcome::Dead, attempt, None, Some(err))
+                }
+                Delivery::Retry(err) => line(
+                    Outcome::Retry,
+                    attempt,
+                    after(self.0.backoff(attempt)),
+                    Some(err),
+                ),
+                Delivery::Later(wait, _) => line(Outcome::Wait, attempts, after(*wait), None),
+                Delivery::Dead(err) => {
+                    tracing::error!(subscription = %sub, id = %msg.id, error = %err, "dead-lettered");
+                    line(Outcome::Dead, attempt, None, Some(err))
+                }
+            };
+            let dead = line.outcome == Outcome::Dead;
+            self.blocking(move |log| log.record(line)).await?;
+            report.delivered += 1;
+            if dead {
+                report.dead += 1;
+            }
+            progress(&DeliveryReport {
+                subscription: sub,
+                message: msg,
+                outcome,
+                attempt,
+                elapsed: started.elapsed(),
+            });
+        }
+        drop(guard);
+        Ok(report)
+    }
+}
+
+impl Log {
+    fn open(
+        dir: PathBuf,
+        subscriptions: Vec<(String, FilterPolicy)>,
+        retry: BusConfig,
+    ) -> Result<Log> {
         fs::create_dir_all(&dir).map_err(|e| Error::io("create bus directory", &dir, e))?;
-        let bus = EmbeddedBus {
+        let bus = Log {
             dir,
             subscriptions,
             retry,
@@ -181,10 +377,6 @@ impl EmbeddedBus {
             bus.refresh()?;
         }
         Ok(bus)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn lock_file(&self, name: &str) -> Result<File> {
@@ -262,8 +454,7 @@ impl EmbeddedBus {
         self.refresh()
     }
 
-    /// Publishes to every subscription whose filter policy matches (SNS publish).
-    pub fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
+    fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
         let subscriptions: Vec<String> = self
             .subscriptions
             .iter()
@@ -271,12 +462,6 @@ impl EmbeddedBus {
             .map(|(n, _)| n.clone())
             .collect();
         self.append_message(msg, subscriptions)
-    }
-
-    /// Sends to one queue only, bypassing the topic (SQS SendMessage): how registry
-    /// notifications reach ingest, as EventBridge and function URLs do in AWS.
-    pub fn send_to(&self, queue: &str, msg: &BusMessage) -> Result<u64> {
-        self.append_message(msg, vec![queue.to_string()])
     }
 
     fn append_message(&self, msg: &BusMessage, subscriptions: Vec<String>) -> Result<u64> {
@@ -296,19 +481,12 @@ impl EmbeddedBus {
         Ok(seq)
     }
 
-    /// Deliveries not yet finished (due now, retrying or waiting).
-    pub fn pending(&self) -> usize {
-        self.state().pending.len()
-    }
-
-    /// The dead-letter list.
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+    fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.refresh()?;
         Ok(self.state().dead.values().cloned().collect())
     }
 
-    /// Moves dead letters (of one subscription, or all) back to their queues.
-    pub fn redrive(&self, subscription: Option<&str>) -> Result<usize> {
+    fn redrive(&self, subscription: Option<&str>) -> Result<usize> {
         let dead = self.dead_letters()?;
         let mut n = 0;
         for d in dead
@@ -335,137 +513,6 @@ impl EmbeddedBus {
             .initial_backoff
             .saturating_mul(factor)
             .min(self.retry.max_backoff)
-    }
-
-    /// Delivers until nothing is due: retries are waited for, short waits too; waits
-    /// longer than `park_after` are left parked (they resume on the next drain).
-    /// Only one process drains at a time: `Error::Refused` when another one is.
-    pub async fn drain<S: Subscriber>(
-        &self,
-        subscriber: &S,
-        opts: &DrainOptions,
-        mut progress: impl FnMut(&DeliveryReport),
-    ) -> Result<DrainReport> {
-        let path = self.dir.join("dispatch.lock");
-        let guard = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        if guard.try_lock().is_err() {
-            return Err(Error::Refused(
-                "another baton process is delivering on this state directory (e.g. `baton serve`); it will process what was queued".into(),
-            ));
-        }
-        let mut report = DrainReport::default();
-        loop {
-            if opts.max_deliveries.is_some_and(|m| report.delivered >= m) {
-                break;
-            }
-            self.refresh()?;
-            let now = Utc::now();
-            let next = {
-                let st = self.state();
-                let due = st
-                    .pending
-                    .iter()
-                    .filter(|(_, e)| e.not_before <= now)
-                    .min_by_key(|((seq, _), e)| (e.not_before, *seq))
-                    .map(|((seq, sub), e)| (*seq, sub.clone(), e.attempts));
-                match due {
-                    // A pending entry always has its message (both come from the same
-                    // log); an empty body makes a broken log visible as a dead letter.
-                    Some((seq, sub, attempts)) => Some(Ok((
-                        seq,
-                        sub,
-                        attempts,
-                        st.messages
-                            .get(&seq)
-                            .map(|m| m.message.clone())
-                            .unwrap_or_else(|| BusMessage {
-                                id: format!("missing-{seq}"),
-                                attributes: Default::default(),
-                                body: String::new(),
-                            }),
-                    ))),
-                    None => {
-                        let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
-                        let soonest = st
-                            .pending
-                            .values()
-                            .filter(|e| !e.waiting || e.not_before - now <= park)
-                            .map(|e| e.not_before)
-                            .min();
-                        match soonest {
-                            Some(t) => Some(Err((t - now).to_std().unwrap_or_default())),
-                            None => {
-                                report.parked = st.pending.len();
-                                None
-                            }
-                        }
-                    }
-                }
-            };
-            let (seq, sub, attempts, msg) = match next {
-                None => break,
-                Some(Err(sleep)) => {
-                    tokio::time::sleep(
-                        sleep.clamp(Duration::from_millis(5), Duration::from_secs(1)),
-                    )
-                    .await;
-                    continue;
-                }
-                Some(Ok(found)) => found,
-            };
-            let started = std::time::Instant::now();
-            let outcome = subscriber.deliver(&sub, &msg).await;
-            let attempt = attempts + 1;
-            let now = Utc::now();
-            let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
-                seq,
-                subscription: sub.clone(),
-                outcome,
-                attempts,
-                not_before,
-                error: error.cloned(),
-                at: now,
-            };
-            let after = |d: Duration| Some(now + chrono::Duration::from_std(d).unwrap_or_default());
-            let line = match &outcome {
-                Delivery::Done => line(Outcome::Done, attempt, None, None),
-                Delivery::Retry(err) if attempt >= self.retry.max_attempts => {
-                    tracing::error!(subscription = %sub, id = %msg.id, attempts = attempt, error = %err, "dead-lettered");
-                    line(Outcome::Dead, attempt, None, Some(err))
-                }
-                Delivery::Retry(err) => line(
-                    Outcome::Retry,
-                    attempt,
-                    after(self.backoff(attempt)),
-                    Some(err),
-                ),
-                Delivery::Later(wait, _) => line(Outcome::Wait, attempts, after(*wait), None),
-                Delivery::Dead(err) => {
-                    tracing::error!(subscription = %sub, id = %msg.id, error = %err, "dead-lettered");
-                    line(Outcome::Dead, attempt, None, Some(err))
-                }
-            };
-            let dead = line.outcome == Outcome::Dead;
-            self.record(line)?;
-            report.delivered += 1;
-            if dead {
-                report.dead += 1;
-            }
-            progress(&DeliveryReport {
-                subscription: sub,
-                message: msg,
-                outcome,
-                attempt,
-                elapsed: started.elapsed(),
-            });
-        }
-        drop(guard);
-        Ok(report)
     }
 }
 
@@ -564,7 +611,7 @@ fn truncate_partial_line(path: &Path) -> Result<()> {
 
 impl EventBus for EmbeddedBus {
     async fn publish(&self, msg: &BusMessage) -> Result<()> {
-        self.publish_message(msg).map(|_| ())
+        self.publish_message(msg).await.map(|_| ())
     }
 }
 
@@ -627,9 +674,9 @@ mod tests {
     async fn fans_out_by_filter_and_retries_then_dead_letters() {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
-        bus.publish_message(&msg("m1", "x")).unwrap();
-        bus.publish_message(&msg("m2", "y")).unwrap();
-        bus.publish_message(&msg("m3", "z")).unwrap();
+        bus.publish_message(&msg("m1", "x")).await.unwrap();
+        bus.publish_message(&msg("m2", "y")).await.unwrap();
+        bus.publish_message(&msg("m3", "z")).await.unwrap();
         let r = recorder(1);
         let rep = bus
             .drain(&r, &DrainOptions::default(), |_| {})
@@ -649,20 +696,20 @@ mod tests {
         assert_eq!(rep.dead, 0);
         assert_eq!(bus.pending(), 0);
 
-        bus.publish_message(&msg("m4", "y")).unwrap();
+        bus.publish_message(&msg("m4", "y")).await.unwrap();
         let r = recorder(10);
         let rep = bus
             .drain(&r, &DrainOptions::default(), |_| {})
             .await
             .unwrap();
         assert_eq!(rep.dead, 1);
-        let dead = bus.dead_letters().unwrap();
+        let dead = bus.dead_letters().await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].message_id, "m4");
         assert_eq!(dead[0].attempts, 3);
         assert_eq!(dead[0].error.as_deref(), Some("boom"));
         // redrive brings it back
-        assert_eq!(bus.redrive(Some("b")).unwrap(), 1);
+        assert_eq!(bus.redrive(Some("b")).await.unwrap(), 1);
         let r = recorder(0);
         bus.drain(&r, &DrainOptions::default(), |_| {})
             .await
@@ -671,7 +718,7 @@ mod tests {
             r.seen.lock().unwrap().clone(),
             vec![("b".to_string(), "m4".to_string())]
         );
-        assert!(bus.dead_letters().unwrap().is_empty());
+        assert!(bus.dead_letters().await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -680,7 +727,9 @@ mod tests {
         {
             let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
             for i in 0..4 {
-                bus.publish_message(&msg(&format!("m{i}"), "x")).unwrap();
+                bus.publish_message(&msg(&format!("m{i}"), "x"))
+                    .await
+                    .unwrap();
             }
             let r = recorder(0);
             let opts = DrainOptions {
@@ -704,7 +753,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.seen.lock().unwrap().len(), 5);
-        bus.publish_message(&msg("after", "y")).unwrap();
+        bus.publish_message(&msg("after", "y")).await.unwrap();
         assert_eq!(bus.pending(), 1);
     }
 
@@ -725,7 +774,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
-        bus.publish_message(&msg("m1", "x")).unwrap();
+        bus.publish_message(&msg("m1", "x")).await.unwrap();
         let w = Waiter(AtomicUsize::new(0));
         let rep = bus
             .drain(&w, &DrainOptions::default(), |_| {})
@@ -744,9 +793,9 @@ mod tests {
             max_backoff: Duration::from_millis(500),
         };
         let bus = EmbeddedBus::open(dir.path(), subs(), cfg).unwrap();
-        assert_eq!(bus.backoff(1), Duration::from_millis(100));
-        assert_eq!(bus.backoff(2), Duration::from_millis(200));
-        assert_eq!(bus.backoff(3), Duration::from_millis(400));
-        assert_eq!(bus.backoff(4), Duration::from_millis(500));
+        assert_eq!(bus.0.backoff(1), Duration::from_millis(100));
+        assert_eq!(bus.0.backoff(2), Duration::from_millis(200));
+        assert_eq!(bus.0.backoff(3), Duration::from_millis(400));
+        assert_eq!(bus.0.backoff(4), Duration::from_millis(500));
     }
 }

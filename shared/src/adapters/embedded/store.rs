@@ -1,7 +1,8 @@
 //! `DirStore`: the object store as a directory, with the same keys as S3 and atomic
 //! conditional writes. Create-if-absent links a fully written temp file into place (so a
 //! reader never sees half an object and two creators cannot both win); compare-and-swap
-//! runs under an exclusive file lock, so separate `baton` processes are safe too.
+//! runs under an exclusive file lock, so separate `baton` processes are safe too. The
+//! file work (locks, `fsync`) runs on tokio's blocking pool, never on an async worker.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -163,17 +164,33 @@ impl DirStore {
     }
 }
 
+impl DirStore {
+    /// Runs `f` on a copy of this handle on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(DirStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| Error::permanent("store", format!("a file task failed: {e}")))?
+    }
+}
+
 impl ObjectStore for DirStore {
     async fn get(&self, key: &str) -> Result<Option<Object>> {
-        self.get_sync(key)
+        let key = key.to_string();
+        self.blocking(move |s| s.get_sync(&key)).await
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
-        self.put_sync(key, bytes, cond)
+        let key = key.to_string();
+        self.blocking(move |s| s.put_sync(&key, bytes, cond)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        self.list_sync(prefix)
+        let prefix = prefix.to_string();
+        self.blocking(move |s| s.list_sync(&prefix)).await
     }
 }
 

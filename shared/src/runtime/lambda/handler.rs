@@ -387,11 +387,10 @@ impl<S: Function<X>, X: Extra> App<S, X> {
         .await;
         match result {
             Ok(r) => http(200, json!(r)),
-            Err(Error::Refused(m)) if m.contains("already") => http(409, json!({ "error": m })),
-            Err(Error::Refused(m)) => http(403, json!({ "error": m })),
-            Err(e @ Error::NotFound { .. }) => http(404, json!({ "error": e.to_string() })),
-            Err(e @ Error::Invalid { .. }) => http(400, json!({ "error": e.to_string() })),
-            Err(e) => http(503, json!({ "error": e.to_string() })),
+            Err(e) => http(
+                e.http_status(),
+                json!({ "error": e.to_string(), "kind": e.kind() }),
+            ),
         }
     }
 }
