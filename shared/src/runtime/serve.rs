@@ -1,19 +1,12 @@
-//! `baton serve`: the always-on local form of Baton. An HTTP server (axum on hyper) that
-//! takes registry webhooks, approval decisions and status queries, and a dispatcher that
-//! delivers the embedded bus to the stages.
+//! `baton serve`: the always-on local form of Baton. It serves the HTTP API
+//! ([`crate::runtime::api`]: registry webhooks, approval decisions and status queries) on
+//! hyper, and a dispatcher delivers the embedded bus to the stages.
 //!
-//! * `POST /hooks/<name>`: a registry notification. Authenticated as its source
-//!   documents (401 otherwise, logged without the secret), from the headers alone before
-//!   the body is read wherever the scheme allows (all but an HMAC over the body); bodies
-//!   over 1 MiB get 413. Malformed bodies get 400 with the reason and are kept under
-//!   `deadletters/webhooks/` in the store; accepted ones are written to the durable bus
-//!   and answered 202 at once, so a crash after 202 loses nothing.
-//! * `GET /approvals`, `POST /approvals/<run>/<env>` (`{"decision": "approve"|"reject",
-//!   "comment": …}`): the approver is who the request authenticates as (a per-approver
-//!   bearer token, or a trusted proxy's identity header together with the proxy's shared
-//!   secret), never the body.
-//! * `GET /runs`, `GET /runs/<run>`: JSON status, for approvers and configured readers.
-//!   `GET /healthz` answers anyone.
+//! As the API's host it authenticates approvers and readers by bearer token (each their
+//! own, from `serve.approvers.<who>.token_env` and `serve.readers.<who>.token_env`), or
+//! a trusted proxy's identity header together with the proxy's shared secret; queues an
+//! accepted webhook on the durable bus and answers 202 at once (so a crash after 202
+//! loses nothing); and keeps a malformed webhook's body under `deadletters/webhooks/`.
 //!
 //! Every connection has `serve.request_timeout` to send its headers and then its body;
 //! at most `serve.max_connections` are served at once (the rest wait in the backlog).
@@ -23,30 +16,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::extract::ConnectInfo;
+use axum::http::{Extensions, HeaderMap};
 use chrono::Utc;
-use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::adapters::embedded::DrainOptions;
 use crate::config::secret_env;
 use crate::error::{Error, Result};
-use crate::ids::{is_name, is_run_prefix};
-use crate::pipeline::{approvals, runs};
-use crate::policy::approval::{Approver, Verdict};
+use crate::pipeline::Pipeline;
 use crate::ports::{ObjectStore, Precondition};
-use crate::reference::excerpt;
-use crate::runtime::local::Local;
-use crate::stages::approve::{self, Decision};
-use crate::webhooks::{Endpoint, RequestParts, same};
-
-use crate::stages::approve::MAX_DECISION_BODY;
-use crate::webhooks::MAX_WEBHOOK_BODY;
+use crate::runtime::api::{self, Caller, Denied, Host, Routes};
+use crate::runtime::local::{Local, LocalPorts};
+use crate::triggers::Trigger;
+use crate::webhooks::{Endpoint, same};
 
 /// The trusted proxy, with its secret resolved.
 struct Proxy {
@@ -67,55 +51,6 @@ pub struct Server {
     max_connections: usize,
     request_timeout: Duration,
     wake: Notify,
-}
-
-/// Who a request authenticates as.
-enum Caller {
-    Approver(Approver),
-    Reader(String),
-}
-
-fn reply(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-fn error_reply(e: &Error) -> Response {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    reply(status, json!({ "error": e.to_string(), "kind": e.kind() }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecisionBody {
-    decision: Verdict,
-    #[serde(default)]
-    comment: Option<String>,
-}
-
-/// Why a body could not be read.
-enum BodyError {
-    TooLarge,
-    TimedOut,
-    Broken,
-}
-
-impl BodyError {
-    fn reply(&self, limit: usize) -> Response {
-        match self {
-            BodyError::TooLarge => reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "error": format!("the body is larger than {limit} bytes") }),
-            ),
-            BodyError::TimedOut => reply(
-                StatusCode::REQUEST_TIMEOUT,
-                json!({ "error": "the body did not arrive in time" }),
-            ),
-            BodyError::Broken => reply(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": "the body could not be read" }),
-            ),
-        }
-    }
 }
 
 impl Server {
@@ -192,15 +127,9 @@ impl Server {
             .map(|e| (e.name.as_str(), e.source.as_str()))
     }
 
+    /// The HTTP API with this server as its host.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/hooks/{name}", post(hook))
-            .route("/approvals", get(list_approvals))
-            .route("/approvals/{run}/{env}", post(decide))
-            .route("/runs", get(list_runs))
-            .route("/runs/{run}", get(show_run))
-            .with_state(self.clone())
+        api::router(self.clone())
     }
 
     /// Serves until `shutdown` completes; the dispatcher runs beside the server. Each
@@ -303,7 +232,7 @@ impl Server {
     /// Who a request authenticates as, if anyone: a bearer token of an approver or a
     /// reader, or the trusted proxy's user header on a request carrying the proxy's
     /// secret. A header without the secret is nobody, whoever sends it.
-    fn caller(&self, headers: &HeaderMap) -> Option<Caller> {
+    fn identify(&self, headers: &HeaderMap) -> Option<Caller> {
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         if let Some(token) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
             let token = token.trim().as_bytes();
@@ -357,248 +286,59 @@ impl Server {
             tracing::error!(%key, error = %e, "could not keep the malformed webhook body");
         }
     }
+}
 
-    /// Reads a body of at most `limit` bytes within the request timeout.
-    async fn body(&self, body: Body, limit: usize) -> std::result::Result<Bytes, BodyError> {
-        match tokio::time::timeout(self.request_timeout, axum::body::to_bytes(body, limit)).await {
-            Err(_) => Err(BodyError::TimedOut),
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => {
-                // `to_bytes` reports an over-long body as http-body's "length limit
-                // exceeded" somewhere in the chain.
-                let mut cur: Option<&dyn std::error::Error> = Some(&e);
-                while let Some(err) = cur {
-                    if err.to_string().contains("length limit exceeded") {
-                        return Err(BodyError::TooLarge);
-                    }
-                    cur = err.source();
-                }
-                Err(BodyError::Broken)
-            }
+impl Host for Server {
+    type Ports = LocalPorts;
+
+    fn pipeline(&self) -> &Pipeline<LocalPorts> {
+        &self.local.pipeline
+    }
+
+    fn routes(&self) -> Routes {
+        Routes {
+            hooks: true,
+            decisions: true,
+            queries: true,
         }
     }
-}
 
-/// A declared body length over `limit` (refused before reading it).
-fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64)
-}
+    fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
 
-async fn hook(
-    State(s): State<Arc<Server>>,
-    Path(name): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Some(ep) = s.endpoints.iter().find(|e| e.name == name) else {
-        return reply(
-            StatusCode::NOT_FOUND,
-            json!({ "error": format!("no webhook named {}", excerpt(&name)) }),
-        );
-    };
-    let header = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let refused = |why: &str| {
-        tracing::warn!(webhook = %name, %peer, reason = %why, "webhook refused");
-        reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }))
-    };
-    // Authenticate from the headers before reading a byte of the body where the scheme
-    // allows it: an unauthenticated client costs no body buffer.
-    if ep.authenticates_before_body()
-        && let Err(why) = ep.authenticate(&RequestParts {
-            header: &header,
-            query: query.as_deref(),
-            body: &[],
-        })
-    {
-        return refused(&why.0);
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        _extensions: &Extensions,
+    ) -> std::result::Result<Caller, Denied> {
+        self.identify(headers).ok_or(Denied::Anonymous)
     }
-    if declared_too_large(&headers, MAX_WEBHOOK_BODY) {
-        tracing::warn!(webhook = %name, %peer, "webhook body over the limit refused");
-        return BodyError::TooLarge.reply(MAX_WEBHOOK_BODY);
-    }
-    let body = match s.body(body, MAX_WEBHOOK_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(webhook = %name, %peer, "webhook body refused");
-            return e.reply(MAX_WEBHOOK_BODY);
-        }
-    };
-    if !ep.authenticates_before_body()
-        && let Err(why) = ep.authenticate(&RequestParts {
-            header: &header,
-            query: query.as_deref(),
-            body: &body,
-        })
-    {
-        return refused(&why.0);
-    }
-    match ep.trigger(&body, Utc::now()) {
-        Err(e) => {
-            tracing::warn!(webhook = %name, error = %e, "malformed webhook kept as a dead letter");
-            s.dead_letter(&name, &body, &e).await;
-            error_reply(&e)
-        }
-        Ok((trigger, parsed)) => {
-            let pushes: Vec<_> = parsed
-                .pushes
-                .iter()
-                .map(
-                    |p| json!({ "repository": p.repository, "tag": p.tag, "registry": p.registry }),
-                )
-                .collect();
-            if parsed.pushes.is_empty() {
-                return reply(
-                    StatusCode::ACCEPTED,
-                    json!({ "queued": false, "pushes": pushes, "ignored": parsed.ignored }),
-                );
-            }
-            match s.local.submit(&trigger).await {
-                Ok(id) => {
-                    s.wake.notify_one();
-                    tracing::info!(webhook = %name, %id, pushes = pushes.len(), "webhook queued");
-                    reply(
-                        StatusCode::ACCEPTED,
-                        json!({ "queued": true, "id": id, "pushes": pushes, "ignored": parsed.ignored }),
-                    )
-                }
-                Err(e) => {
-                    tracing::error!(webhook = %name, error = %e, "could not queue webhook");
-                    reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({ "error": "could not queue; retry" }),
-                    )
-                }
-            }
-        }
-    }
-}
 
-fn unauthenticated(what: &str) -> Response {
-    reply(
-        StatusCode::UNAUTHORIZED,
-        json!({ "error": format!("authenticate as {what} (Authorization: Bearer <your token>)") }),
-    )
-}
+    fn how_to_authenticate(&self) -> &'static str {
+        "Authorization: Bearer <your token>"
+    }
 
-async fn list_approvals(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
-    let Some(Caller::Approver(_)) = s.caller(&headers) else {
-        return unauthenticated("an approver");
-    };
-    match approvals::pending(&s.local.pipeline).await {
-        Ok(list) => reply(StatusCode::OK, json!(list)),
-        Err(e) => error_reply(&e),
+    fn body_timeout(&self) -> Duration {
+        self.request_timeout
     }
-}
 
-/// Checks a run id (or prefix) and an environment name from a path; the refusal (a
-/// 400) names the part.
-fn path_names(run: &str, env: Option<&str>) -> Option<Response> {
-    let why = if !is_run_prefix(run) {
-        format!(
-            "run: {} is not a run id (4 to 16 lowercase hex digits)",
-            excerpt(run)
-        )
-    } else if let Some(env) = env
-        && !is_name(env)
-    {
-        format!("environment: {} is not an environment name", excerpt(env))
-    } else {
-        return None;
-    };
-    Some(reply(StatusCode::BAD_REQUEST, json!({ "error": why })))
-}
+    /// Queues the notification on the durable bus for ingest; the dispatcher takes it.
+    async fn accept(&self, webhook: &str, trigger: Trigger) -> Result<Map<String, Value>> {
+        let id = self.local.submit(&trigger).await?;
+        self.wake.notify_one();
+        tracing::info!(%webhook, %id, "webhook queued");
+        let mut fields = Map::new();
+        fields.insert("queued".into(), json!(true));
+        fields.insert("id".into(), json!(id));
+        Ok(fields)
+    }
 
-async fn decide(
-    State(s): State<Arc<Server>>,
-    Path((run, env)): Path<(String, String)>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Some(Caller::Approver(who)) = s.caller(&headers) else {
-        tracing::warn!(run = %excerpt(&run), env = %excerpt(&env), %peer,
-            "approval decision without an approver identity refused");
-        return unauthenticated("an approver");
-    };
-    if let Some(r) = path_names(&run, Some(&env)) {
-        return r;
+    async fn malformed(&self, webhook: &str, body: &[u8], error: &Error) {
+        self.dead_letter(webhook, body, error).await;
     }
-    if declared_too_large(&headers, MAX_DECISION_BODY) {
-        return BodyError::TooLarge.reply(MAX_DECISION_BODY);
-    }
-    let body = match s.body(body, MAX_DECISION_BODY).await {
-        Ok(b) => b,
-        Err(e) => return e.reply(MAX_DECISION_BODY),
-    };
-    let parsed: DecisionBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({ "error": format!("body: {e} (expected {{\"decision\": \"approve\"|\"reject\", \"comment\": …}})") }),
-            );
-        }
-    };
-    let result = approve::decide(
-        &s.local.pipeline,
-        Decision {
-            run,
-            environment: env,
-            by: who,
-            verdict: parsed.decision,
-            comment: parsed.comment,
-        },
-    )
-    .await;
-    s.wake.notify_one();
-    match result {
-        Ok(report) => reply(StatusCode::OK, json!(report)),
-        Err(e) => error_reply(&e),
-    }
-}
 
-async fn list_runs(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response {
-    match s.caller(&headers) {
-        None => return unauthenticated("an approver or a reader"),
-        Some(Caller::Reader(who)) => tracing::debug!(reader = %who, "runs listed"),
-        Some(Caller::Approver(a)) => tracing::debug!(approver = %a.name, "runs listed"),
-    }
-    match runs::list(&s.local.pipeline).await {
-        Ok(runs) => reply(StatusCode::OK, json!(runs)),
-        Err(e) => error_reply(&e),
-    }
-}
-
-async fn show_run(
-    State(s): State<Arc<Server>>,
-    Path(run): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if s.caller(&headers).is_none() {
-        return unauthenticated("an approver or a reader");
-    }
-    if let Some(r) = path_names(&run, None) {
-        return r;
-    }
-    let p = &s.local.pipeline;
-    let view = async {
-        let (app, run) = runs::resolve(p, &run).await?;
-        runs::view(p, &app, &run).await
-    }
-    .await;
-    match view {
-        Ok(v) => reply(StatusCode::OK, json!(v)),
-        Err(e) => error_reply(&e),
+    fn decided(&self) {
+        self.wake.notify_one();
     }
 }

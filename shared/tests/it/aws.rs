@@ -1622,3 +1622,108 @@ async fn a_forged_approval_for_an_image_outside_the_app_deploys_nothing() {
         assert_eq!(rec["error"]["kind"], "refused", "{rec}");
     }
 }
+
+/// A function URL request to `path` with these headers and body.
+fn url_request(
+    method: &str,
+    path: &str,
+    headers: serde_json::Value,
+    body: &str,
+) -> serde_json::Value {
+    json!({
+        "version": "2.0", "rawPath": path, "rawQueryString": "", "headers": headers,
+        "body": body, "isBase64Encoded": false,
+        "requestContext": {"http": {"method": method, "path": path, "sourceIp": "203.0.113.7"},
+                           "timeEpoch": 1795230000000_i64}
+    })
+}
+
+/// The ingest function URL serves the HTTP API's webhook route, as `baton serve` does:
+/// an authenticated registry notification for the app's registry is ingested at once
+/// (202 with the run); no secret is 401, an unknown hook or a route ingest does not serve
+/// 404, a malformed body 400, and none of them starts anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingest_url_takes_authenticated_webhooks_through_the_http_api() {
+    // The webhook's secret must come from the environment; cargo sets
+    // CARGO_MANIFEST_DIR for every test process, so it serves as one without setting
+    // variables in a multi-threaded test.
+    let s = stack_full(
+        "auto",
+        "",
+        r#"
+serve:
+  webhooks:
+    - { name: registry, source: distribution, auth: { header: { name: X-Registry-Secret, secret_env: CARGO_MANIFEST_DIR } } }
+"#,
+    )
+    .await;
+    let secret = env!("CARGO_MANIFEST_DIR");
+    let at = chrono::Utc::now().to_rfc3339();
+    let notification = json!({"events": [
+        {"id": "hook-1", "timestamp": at, "action": "push",
+         "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": s.digest,
+                    "repository": "demo/web", "tag": "1.0.0",
+                    "url": format!("https://{HOST}/v2/demo/web/manifests/{}", s.digest)},
+         "request": {"host": HOST}, "actor": {"name": "ci-bot"}}
+    ]})
+    .to_string();
+    let ingest = baton::pipeline::StageName::Ingest;
+    let authed = json!({"content-type": "application/json", "x-registry-secret": secret});
+    let run = baton::ids::run_id("web", &s.digest);
+    let refused = [
+        (
+            url_request(
+                "POST",
+                "/hooks/registry",
+                json!({"content-type": "application/json", "x-registry-secret": "guess"}),
+                &notification,
+            ),
+            401,
+            "a wrong secret",
+        ),
+        (
+            url_request("POST", "/hooks/registry", json!({}), &notification),
+            401,
+            "no secret",
+        ),
+        (
+            url_request("POST", "/hooks/other", authed.clone(), &notification),
+            404,
+            "an unknown hook",
+        ),
+        (
+            url_request("GET", "/runs", authed.clone(), ""),
+            404,
+            "a route the ingest function does not serve",
+        ),
+        (
+            url_request("POST", "/hooks/registry", authed.clone(), "{not json"),
+            400,
+            "a malformed body",
+        ),
+    ];
+    for (request, status, why) in refused {
+        let out = s.invoke(ingest, request).await.unwrap();
+        assert_eq!(out["statusCode"], status, "{why}: {out}");
+    }
+    assert!(
+        s.run_log().await.is_empty(),
+        "no refused request started a run"
+    );
+    let out = s
+        .invoke(
+            ingest,
+            url_request("POST", "/hooks/registry", authed, &notification),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 202, "{out}");
+    let body: serde_json::Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["accepted"][0]["run"], run.as_str(), "{body}");
+    assert_eq!(body["pushes"][0]["tag"], "1.0.0", "{body}");
+    assert_eq!(
+        s.run_log().await.first().map(String::as_str),
+        Some("image.built"),
+        "ingested at once"
+    );
+}

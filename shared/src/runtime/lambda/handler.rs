@@ -8,21 +8,23 @@
 //!   back after the delay and no function idles); other records are deleted by Lambda.
 //!   Unreadable bodies fail too, so after the queue's `maxReceiveCount` they rest in the
 //!   DLQ instead of being lost.
-//! * ingest: the EventBridge "ECR Image Action" event, or a registry webhook through the
-//!   function URL (`/hooks/<name>`, authenticated as `serve.webhooks` says).
-//! * approve: a decision through the function URL; the approver is the configured
-//!   approver whose IAM principal (`serve.approvers.<name>.iam`) is the caller's verified
-//!   ARN (`requestContext.authorizer.iam`), never the body and never a name the caller
-//!   picks; an identity no approver maps to is refused.
+//! * function URL requests: served by the HTTP API's router ([`crate::runtime::api`]),
+//!   the same one `baton serve` serves, with the function as its host. Ingest serves the
+//!   registry webhooks (`POST /hooks/<name>`, authenticated as `serve.webhooks` says) and
+//!   ingests an accepted one at once; approve serves decisions, whose approver is the
+//!   configured approver whose IAM principal (`serve.approvers.<name>.iam`) is the
+//!   caller's verified ARN (`requestContext.authorizer.iam`), never the body and never a
+//!   name the caller picks; an identity no approver maps to is refused (403).
+//! * ingest also takes the EventBridge "ECR Image Action" event.
 
 use std::sync::Arc;
 
-use aws_lambda_events::http::{HeaderValue, header::CONTENT_TYPE};
+use aws_lambda_events::http::{Extensions, HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use aws_lambda_events::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
 };
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::adapters::aws::{Clients, Lazy};
 use crate::config::Config;
@@ -32,14 +34,14 @@ use crate::event::Event;
 use crate::pipeline::harness::{self, Disposition, Mode};
 use crate::pipeline::stage::{Input, ReactionInput, Stage};
 use crate::pipeline::{Pipeline, Settings, runs};
-use crate::policy::approval::Verdict;
+use crate::reference::excerpt;
+use crate::runtime::api::{self, Caller, Denied, Host, Routes};
 use crate::runtime::lambda::ports::{
     AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests, load_config,
 };
-use crate::stages::approve::Decision;
-use crate::stages::{Approve, Deploy, Gate, Ingest, Notify, Promote, Test, approve, ingest};
+use crate::stages::{Approve, Deploy, Gate, Ingest, Notify, Promote, Test, ingest};
 use crate::triggers::{Trigger, TriggerKind};
-use crate::webhooks::{Endpoint, RequestParts};
+use crate::webhooks::Endpoint;
 
 /// What a stage's function does with each kind of invocation besides its queue's
 /// batches, which every function takes.
@@ -54,16 +56,21 @@ pub trait Function<X: Extra>: Stage<AwsPorts<X>> + Sized {
         vec![Input::Event(event)]
     }
 
-    /// A request through its function URL (ingest: webhooks; approve: decisions).
-    fn url(
-        _app: &App<Self, X>,
-        _req: &LambdaFunctionUrlRequest,
-    ) -> impl std::future::Future<Output = LambdaFunctionUrlResponse> + Send {
+    /// The routes of the HTTP API its function URL serves (none: every path is 404).
+    fn routes() -> Routes {
+        Routes::default()
+    }
+
+    /// An authenticated webhook that names pushes (ingest ingests it).
+    fn accept(
+        _pipeline: &Pipeline<AwsPorts<X>>,
+        _trigger: Trigger,
+    ) -> impl std::future::Future<Output = Result<Map<String, Value>>> + Send {
         async {
-            http(
-                404,
-                json!({ "error": format!("the {} function has no URL", Self::SPEC.name) }),
-            )
+            Err(Error::not_found(
+                "webhook endpoint",
+                format!("the {} function takes no webhooks", Self::SPEC.name),
+            ))
         }
     }
 
@@ -103,11 +110,22 @@ impl Function<WithRegistry> for Ingest {
         Ok(endpoints)
     }
 
-    async fn url(
-        app: &App<Self, WithRegistry>,
-        req: &LambdaFunctionUrlRequest,
-    ) -> LambdaFunctionUrlResponse {
-        app.webhook(req).await
+    fn routes() -> Routes {
+        Routes {
+            hooks: true,
+            ..Routes::default()
+        }
+    }
+
+    async fn accept(
+        pipeline: &Pipeline<AwsPorts<WithRegistry>>,
+        trigger: Trigger,
+    ) -> Result<Map<String, Value>> {
+        let report = ingest::ingest(pipeline, &trigger).await?;
+        let mut fields = Map::new();
+        fields.insert("accepted".into(), json!(report.accepted));
+        fields.insert("ignored".into(), json!(report.ignored));
+        Ok(fields)
     }
 
     async fn other(app: &App<Self, WithRegistry>, payload: Value) -> Result<Value> {
@@ -133,8 +151,11 @@ impl Function<WithRegistry> for Ingest {
 }
 
 impl Function<()> for Approve {
-    async fn url(app: &App<Self, ()>, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
-        app.decision(req).await
+    fn routes() -> Routes {
+        Routes {
+            decisions: true,
+            ..Routes::default()
+        }
     }
 }
 
@@ -164,10 +185,76 @@ impl Function<WithRegistry> for Promote {}
 
 /// Everything a function keeps between invocations (built once per container).
 pub struct App<S, X: Extra> {
-    pub pipeline: Pipeline<AwsPorts<X>>,
+    pub pipeline: Arc<Pipeline<AwsPorts<X>>>,
     sqs: Lazy<aws_sdk_sqs::Client>,
+    /// The HTTP API, for function URL requests.
+    router: axum::Router,
+    stage: std::marker::PhantomData<fn() -> S>,
+}
+
+/// The function as the HTTP API's host.
+struct FunctionHost<S, X: Extra> {
+    pipeline: Arc<Pipeline<AwsPorts<X>>>,
     endpoints: Vec<Endpoint>,
     stage: std::marker::PhantomData<fn() -> S>,
+}
+
+/// The IAM principal Lambda verified for a function URL request (`AWS_IAM` auth).
+#[derive(Debug, Clone)]
+struct IamCaller {
+    arn: String,
+    account: Option<String>,
+}
+
+impl<S: Function<X>, X: Extra> Host for FunctionHost<S, X> {
+    type Ports = AwsPorts<X>;
+
+    fn pipeline(&self) -> &Pipeline<AwsPorts<X>> {
+        &self.pipeline
+    }
+
+    fn routes(&self) -> Routes {
+        S::routes()
+    }
+
+    fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The approver whose `serve.approvers.<name>.iam` principal is the verified caller.
+    fn caller(
+        &self,
+        _headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> std::result::Result<Caller, Denied> {
+        let Some(iam) = extensions.get::<IamCaller>() else {
+            return Err(Denied::Anonymous);
+        };
+        let config = &self.pipeline.config;
+        match config.approver_for_iam(&iam.arn, iam.account.as_deref()) {
+            Some(name) => Ok(Caller::Approver(config.approver(name, &iam.arn))),
+            None => {
+                tracing::warn!(caller = %excerpt(&iam.arn), "a request from an IAM identity no approver maps to");
+                Err(Denied::Unknown(format!(
+                    "{} is not an approver: map it under serve.approvers.<name>.iam (an IAM user ARN, or a role ARN with the session name the role enforces)",
+                    excerpt(&iam.arn)
+                )))
+            }
+        }
+    }
+
+    fn how_to_authenticate(&self) -> &'static str {
+        "call the function URL with AWS_IAM (SigV4) credentials"
+    }
+
+    fn body_timeout(&self) -> std::time::Duration {
+        // Lambda hands the whole body over at once.
+        std::time::Duration::from_secs(10)
+    }
+
+    async fn accept(&self, _webhook: &str, trigger: Trigger) -> Result<Map<String, Value>> {
+        S::accept(&self.pipeline, trigger).await
+    }
 }
 
 impl<S: Function<X>, X: Extra> App<S, X> {
@@ -190,10 +277,16 @@ impl<S: Function<X>, X: Extra> App<S, X> {
             approvals_url: config.serve.public_url.clone(),
             ..Settings::default()
         };
-        Ok(App {
-            pipeline: Pipeline::new(ports, config, settings),
-            sqs: sqs.into(),
+        let pipeline = Arc::new(Pipeline::new(ports, config, settings));
+        let router = api::router(Arc::new(FunctionHost::<S, X> {
+            pipeline: pipeline.clone(),
             endpoints,
+            stage: std::marker::PhantomData,
+        }));
+        Ok(App {
+            pipeline,
+            sqs: sqs.into(),
+            router,
             stage: std::marker::PhantomData,
         })
     }
@@ -227,7 +320,7 @@ impl<S: Function<X>, X: Extra> App<S, X> {
         if payload.get("requestContext").is_some() && payload.get("rawPath").is_some() {
             let response = match crate::envelopes::function_url_request(&payload) {
                 Err(e) => http(400, json!({ "error": e.to_string() })),
-                Ok(req) => S::url(self, &req).await,
+                Ok(req) => function_url(&self.router, req).await,
             };
             return serde_json::to_value(response)
                 .map_err(|e| Error::permanent("function URL response", e));
@@ -321,137 +414,100 @@ impl<S: Function<X>, X: Extra> App<S, X> {
             .map_err(|e| crate::adapters::aws::call_failed("change message visibility", e))?;
         Ok(())
     }
+}
 
-    async fn decision(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
-        let iam = req
-            .request_context
-            .authorizer
-            .as_ref()
-            .and_then(|a| a.iam.as_ref());
-        let Some(arn) = iam.and_then(|i| i.user_arn.as_deref()) else {
-            return http(
-                401,
-                json!({ "error": "call the approve URL with AWS_IAM (SigV4) credentials" }),
-            );
-        };
-        let account = iam.and_then(|i| i.account_id.as_deref());
-        let config = &self.pipeline.config;
-        let Some(name) = config.approver_for_iam(arn, account) else {
-            tracing::warn!(caller = %crate::reference::excerpt(arn), "approval decision from an IAM identity no approver maps to");
-            return http(
-                403,
-                json!({ "error": format!(
-                    "{} is not an approver: map it under serve.approvers.<name>.iam (an IAM user ARN, or a role ARN with the session name the role enforces)",
-                    crate::reference::excerpt(arn)
-                ) }),
-            );
-        };
-        let who = config.approver(name, arn);
-        if req.body.as_deref().map_or(0, str::len) > 2 * crate::stages::approve::MAX_DECISION_BODY {
-            return http(413, json!({ "error": "the body is too large" }));
-        }
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Body {
-            run: String,
-            environment: String,
-            decision: Verdict,
-            #[serde(default)]
-            comment: Option<String>,
-        }
-        let body: Body = match serde_json::from_slice(&body_of(req)) {
-            Ok(b) => b,
-            Err(e) => {
-                return http(
-                    400,
-                    json!({ "error": format!("body: {e} (expected {{\"run\", \"environment\", \"decision\": \"approve\"|\"reject\", \"comment\"?}})") }),
-                );
-            }
-        };
-        if !crate::ids::is_run_prefix(&body.run) || !crate::ids::is_name(&body.environment) {
+/// Serves a function URL request through the HTTP API's router: the request becomes an
+/// HTTP request (method, path, query, headers, body; the verified IAM caller and the
+/// source address as extensions) and the router's answer the function URL response.
+async fn function_url(
+    router: &axum::Router,
+    req: LambdaFunctionUrlRequest,
+) -> LambdaFunctionUrlResponse {
+    use tower::ServiceExt;
+
+    let limit = crate::webhooks::MAX_WEBHOOK_BODY.max(crate::stages::approve::MAX_DECISION_BODY);
+    // Base64 makes a body a third longer; anything twice the limit is refused unread.
+    if req.body.as_deref().map_or(0, str::len) > 2 * limit {
+        return http(413, json!({ "error": "the body is too large" }));
+    }
+    let body = match body_of(&req) {
+        Ok(b) => b,
+        Err(why) => return http(400, json!({ "error": why })),
+    };
+    let path = req.raw_path.as_deref().unwrap_or("/");
+    let uri = match req.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let method = req.request_context.http.method.as_deref().unwrap_or("GET");
+    let mut request = match axum::http::Request::builder()
+        .method(method)
+        .uri(&uri)
+        .body(axum::body::Body::from(body))
+    {
+        Ok(r) => r,
+        Err(e) => {
             return http(
                 400,
-                json!({ "error": "run must be a run id (4 to 16 lowercase hex digits) and environment an environment name" }),
+                json!({ "error": format!("{} {}: not an HTTP request ({e})", excerpt(method), excerpt(&uri)) }),
             );
         }
-        let result = approve::decide(
-            &self.pipeline,
-            Decision {
-                run: body.run,
-                environment: body.environment,
-                by: who,
-                verdict: body.decision,
-                comment: body.comment,
-            },
-        )
-        .await;
-        match result {
-            Ok(r) => http(200, json!(r)),
-            Err(e) => http(
-                e.http_status(),
-                json!({ "error": e.to_string(), "kind": e.kind() }),
-            ),
-        }
+    };
+    *request.headers_mut() = req.headers;
+    let peer = req
+        .request_context
+        .http
+        .source_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map_or_else(
+            || std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            |ip| std::net::SocketAddr::new(ip, 0),
+        );
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    if let Some(iam) = req
+        .request_context
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.iam.as_ref())
+        && let Some(arn) = &iam.user_arn
+    {
+        request.extensions_mut().insert(IamCaller {
+            arn: arn.clone(),
+            account: iam.account_id.clone(),
+        });
     }
+    let response = match router.clone().oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, 4 * limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the HTTP API's answer");
+            return http(500, json!({ "error": "the answer could not be read" }));
+        }
+    };
+    let mut out = LambdaFunctionUrlResponse::default();
+    out.status_code = i64::from(parts.status.as_u16());
+    out.headers = parts.headers;
+    out.body = Some(String::from_utf8_lossy(&bytes).into_owned());
+    out
 }
 
-impl<S: Function<WithRegistry>> App<S, WithRegistry> {
-    async fn webhook(&self, req: &LambdaFunctionUrlRequest) -> LambdaFunctionUrlResponse {
-        let path = req.raw_path.as_deref().unwrap_or("");
-        let Some(name) = path.strip_prefix("/hooks/") else {
-            return http(404, json!({ "error": "webhooks are POST /hooks/<name>" }));
-        };
-        let Some(ep) = self.endpoints.iter().find(|e| e.name == name) else {
-            return http(404, json!({ "error": format!("no webhook named {name}") }));
-        };
-        if req.body.as_deref().map_or(0, str::len) > 2 * crate::webhooks::MAX_WEBHOOK_BODY {
-            return http(413, json!({ "error": "the body is too large" }));
-        }
-        let body = body_of(req);
-        if body.len() > crate::webhooks::MAX_WEBHOOK_BODY {
-            return http(413, json!({ "error": "the body is too large" }));
-        }
-        let auth = {
-            let header = |n: &str| {
-                req.headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            ep.authenticate(&RequestParts {
-                header: &header,
-                query: req.raw_query_string.as_deref(),
-                body: &body,
-            })
-        };
-        if let Err(why) = auth {
-            tracing::warn!(webhook = %name, reason = %why.0, "webhook refused");
-            return http(401, json!({ "error": "unauthorized" }));
-        }
-        let (trigger, _) = match ep.trigger(&body, chrono::Utc::now()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(webhook = %name, error = %e, "malformed webhook");
-                return http(400, json!({ "error": e.to_string() }));
-            }
-        };
-        match ingest::ingest(&self.pipeline, &trigger).await {
-            Ok(r) => http(202, json!({ "accepted": r.accepted, "ignored": r.ignored })),
-            Err(e) if e.is_retryable() => http(503, json!({ "error": e.to_string() })),
-            Err(e) => http(400, json!({ "error": e.to_string() })),
-        }
-    }
-}
-
-fn body_of(req: &LambdaFunctionUrlRequest) -> Vec<u8> {
+/// The body of a function URL request (base64-decoded when Lambda encoded it).
+fn body_of(req: &LambdaFunctionUrlRequest) -> std::result::Result<Vec<u8>, &'static str> {
     use base64::Engine;
     let body = req.body.as_deref().unwrap_or("");
     if req.is_base64_encoded {
         base64::engine::general_purpose::STANDARD
             .decode(body)
-            .unwrap_or_default()
+            .map_err(|_| "the body is not valid base64")
     } else {
-        body.as_bytes().to_vec()
+        Ok(body.as_bytes().to_vec())
     }
 }
 

@@ -1,0 +1,536 @@
+//! The HTTP API: one axum [`Router`] that `baton serve` and the AWS function URLs both
+//! serve. What differs between them is its [`Host`]: who a request authenticates as
+//! (bearer tokens and a trusted proxy for `baton serve`; the verified IAM principal a
+//! function URL hands over), what an accepted webhook becomes (queued on the durable bus;
+//! ingested at once by the ingest function), and which routes it serves.
+//!
+//! * `POST /hooks/<name>`: a registry notification. Authenticated as its source
+//!   documents (401 otherwise, logged without the secret), from the headers alone before
+//!   the body is read wherever the scheme allows (all but an HMAC over the body); bodies
+//!   over 1 MiB get 413. Malformed bodies get 400 with the reason (`baton serve` keeps
+//!   them under `deadletters/webhooks/` in the store); accepted ones get 202.
+//! * `POST /approvals/<run>/<env>` (`{"decision": "approve"|"reject", "comment": …}`), or
+//!   `POST /` with `{"run", "environment", "decision", "comment"}`: a decision. The
+//!   approver is who the request authenticates as, never the body.
+//! * `GET /approvals`, `GET /runs`, `GET /runs/<run>`: JSON status (`baton serve`).
+//! * `GET /healthz` answers anyone.
+//!
+//! Errors are JSON `{"error", "kind"}` with the status [`Error::http_status`] gives: the
+//! one place a refusal becomes a 403 and an approval already settled a 409.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+use crate::ids::{is_name, is_run_prefix};
+use crate::pipeline::{Pipeline, approvals, runs};
+use crate::policy::approval::{Approver, Verdict};
+use crate::ports::Ports;
+use crate::reference::excerpt;
+use crate::stages::approve::{self, Decision, MAX_DECISION_BODY};
+use crate::triggers::Trigger;
+use crate::webhooks::{Endpoint, MAX_WEBHOOK_BODY, RequestParts};
+
+/// Who a request authenticates as.
+pub enum Caller {
+    Approver(Approver),
+    Reader(String),
+}
+
+/// Why a request is nobody.
+pub enum Denied {
+    /// It carries no identity (401).
+    Anonymous,
+    /// It carries an identity that is no approver or reader (403, saying why).
+    Unknown(String),
+}
+
+/// The routes a host serves besides `/healthz`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Routes {
+    /// `POST /hooks/<name>`.
+    pub hooks: bool,
+    /// `POST /approvals/<run>/<env>` and `POST /`.
+    pub decisions: bool,
+    /// `GET /approvals`, `GET /runs`, `GET /runs/<run>`.
+    pub queries: bool,
+}
+
+/// What the HTTP API needs from the runtime serving it.
+pub trait Host: Send + Sync + 'static {
+    type Ports: Ports;
+
+    fn pipeline(&self) -> &Pipeline<Self::Ports>;
+
+    fn routes(&self) -> Routes;
+
+    /// The webhook endpoints, with their resolved secrets.
+    fn endpoints(&self) -> &[Endpoint];
+
+    /// Who the request with these headers and extensions authenticates as.
+    fn caller(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> std::result::Result<Caller, Denied>;
+
+    /// How to authenticate, for a 401 (`Authorization: Bearer <your token>`).
+    fn how_to_authenticate(&self) -> &'static str;
+
+    /// The longest a client may take to send its body.
+    fn body_timeout(&self) -> Duration;
+
+    /// Takes an authenticated, parsed webhook that names pushes; the fields it returns
+    /// join the 202 answer.
+    fn accept(
+        &self,
+        webhook: &str,
+        trigger: Trigger,
+    ) -> impl std::future::Future<Output = Result<Map<String, Value>>> + Send;
+
+    /// Keeps the body of a malformed webhook, where the host has somewhere to.
+    fn malformed(
+        &self,
+        _webhook: &str,
+        _body: &[u8],
+        _error: &Error,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// A decision was recorded (`baton serve` wakes its dispatcher).
+    fn decided(&self) {}
+}
+
+/// The router of `host`.
+pub fn router<H: Host>(host: Arc<H>) -> Router {
+    let routes = host.routes();
+    let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
+    if routes.hooks {
+        r = r.route("/hooks/{name}", post(hook::<H>));
+    }
+    if routes.decisions {
+        r = r
+            .route("/", post(decide_body::<H>))
+            .route("/approvals/{run}/{env}", post(decide_path::<H>));
+    }
+    if routes.queries {
+        r = r
+            .route("/approvals", get(list_approvals::<H>))
+            .route("/runs", get(list_runs::<H>))
+            .route("/runs/{run}", get(show_run::<H>));
+    }
+    r.fallback(|| async {
+        reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "no such endpoint" }),
+        )
+    })
+    .with_state(host)
+}
+
+/// A JSON answer.
+pub fn reply(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// An error as its status and `{"error", "kind"}`.
+pub fn error_reply(e: &Error) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    reply(status, json!({ "error": e.to_string(), "kind": e.kind() }))
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    TimedOut,
+    Broken,
+}
+
+impl BodyError {
+    fn reply(&self, limit: usize) -> Response {
+        match self {
+            BodyError::TooLarge => reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("the body is larger than {limit} bytes") }),
+            ),
+            BodyError::TimedOut => reply(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({ "error": "the body did not arrive in time" }),
+            ),
+            BodyError::Broken => reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "the body could not be read" }),
+            ),
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> std::result::Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(BodyError::TimedOut),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            // `to_bytes` reports an over-long body as http-body's "length limit
+            // exceeded" somewhere in the chain.
+            let mut cur: Option<&dyn std::error::Error> = Some(&e);
+            while let Some(err) = cur {
+                if err.to_string().contains("length limit exceeded") {
+                    return Err(BodyError::TooLarge);
+                }
+                cur = err.source();
+            }
+            Err(BodyError::Broken)
+        }
+    }
+}
+
+/// A declared body length over `limit` (refused before reading it).
+fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+}
+
+/// The peer a request came from, for logs (`0.0.0.0:0` when unknown).
+fn peer_of(extensions: &Extensions) -> SocketAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn unauthenticated<H: Host>(h: &H, what: &str, denied: Denied) -> Response {
+    match denied {
+        Denied::Anonymous => reply(
+            StatusCode::UNAUTHORIZED,
+            json!({ "error": format!("authenticate as {what} ({})", h.how_to_authenticate()) }),
+        ),
+        Denied::Unknown(why) => reply(StatusCode::FORBIDDEN, json!({ "error": why })),
+    }
+}
+
+async fn hook<H: Host>(
+    State(h): State<Arc<H>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let (headers, peer) = (&parts.headers, peer_of(&parts.extensions));
+    let Some(ep) = h.endpoints().iter().find(|e| e.name == name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no webhook named {}", excerpt(&name)) }),
+        );
+    };
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let refused = |why: &str| {
+        tracing::warn!(webhook = %name, %peer, reason = %why, "webhook refused");
+        reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }))
+    };
+    // Authenticate from the headers before reading a byte of the body where the scheme
+    // allows it: an unauthenticated client costs no body buffer.
+    if ep.authenticates_before_body()
+        && let Err(why) = ep.authenticate(&RequestParts {
+            header: &header,
+            query: query.as_deref(),
+            body: &[],
+        })
+    {
+        return refused(&why.0);
+    }
+    if declared_too_large(headers, MAX_WEBHOOK_BODY) {
+        tracing::warn!(webhook = %name, %peer, "webhook body over the limit refused");
+        return BodyError::TooLarge.reply(MAX_WEBHOOK_BODY);
+    }
+    let body = match read_body(body, MAX_WEBHOOK_BODY, h.body_timeout()).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(webhook = %name, %peer, "webhook body refused");
+            return e.reply(MAX_WEBHOOK_BODY);
+        }
+    };
+    if !ep.authenticates_before_body()
+        && let Err(why) = ep.authenticate(&RequestParts {
+            header: &header,
+            query: query.as_deref(),
+            body: &body,
+        })
+    {
+        return refused(&why.0);
+    }
+    let (trigger, parsed) = match ep.trigger(&body, Utc::now()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(webhook = %name, error = %e, "malformed webhook");
+            h.malformed(&name, &body, &e).await;
+            return error_reply(&e);
+        }
+    };
+    let pushes: Vec<Value> = parsed
+        .pushes
+        .iter()
+        .map(|p| json!({ "repository": p.repository, "tag": p.tag, "registry": p.registry }))
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("pushes".into(), json!(pushes));
+    answer.insert("ignored".into(), json!(parsed.ignored));
+    if pushes.is_empty() {
+        answer.insert("queued".into(), json!(false));
+        return reply(StatusCode::ACCEPTED, Value::Object(answer));
+    }
+    match h.accept(&name, trigger).await {
+        Ok(fields) => {
+            tracing::info!(webhook = %name, pushes = pushes.len(), "webhook accepted");
+            answer.extend(fields);
+            reply(StatusCode::ACCEPTED, Value::Object(answer))
+        }
+        Err(e) if e.is_retryable() => {
+            tracing::error!(webhook = %name, error = %e, "could not take the webhook");
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "could not take the notification; retry", "kind": e.kind() }),
+            )
+        }
+        Err(e) => error_reply(&e),
+    }
+}
+
+async fn list_approvals<H: Host>(
+    State(h): State<Arc<H>>,
+    request: axum::extract::Request,
+) -> Response {
+    match h.caller(request.headers(), request.extensions()) {
+        Ok(Caller::Approver(_)) => {}
+        Ok(Caller::Reader(_)) => return unauthenticated(&*h, "an approver", Denied::Anonymous),
+        Err(d) => return unauthenticated(&*h, "an approver", d),
+    }
+    match approvals::pending(h.pipeline()).await {
+        Ok(list) => reply(StatusCode::OK, json!(list)),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// Checks a run id (or prefix) and an environment name; the refusal (a 400) names the
+/// part.
+fn check_names(run: &str, env: Option<&str>) -> Option<Response> {
+    let why = if !is_run_prefix(run) {
+        format!(
+            "run: {} is not a run id (4 to 16 lowercase hex digits)",
+            excerpt(run)
+        )
+    } else if let Some(env) = env
+        && !is_name(env)
+    {
+        format!("environment: {} is not an environment name", excerpt(env))
+    } else {
+        return None;
+    };
+    Some(reply(StatusCode::BAD_REQUEST, json!({ "error": why })))
+}
+
+/// `POST /approvals/<run>/<env>`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathDecision {
+    decision: Verdict,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST /`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BodyDecision {
+    run: String,
+    environment: String,
+    decision: Verdict,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// The approver a decision request authenticates as, or the answer that refuses it.
+fn approver<H: Host>(
+    h: &H,
+    parts: &axum::http::request::Parts,
+    what: &str,
+) -> std::result::Result<Approver, Box<Response>> {
+    match h.caller(&parts.headers, &parts.extensions) {
+        Ok(Caller::Approver(who)) => Ok(who),
+        Ok(Caller::Reader(_)) => Err(Box::new(unauthenticated(
+            h,
+            "an approver",
+            Denied::Anonymous,
+        ))),
+        Err(denied) => {
+            tracing::warn!(request = %what, peer = %peer_of(&parts.extensions),
+                "approval decision without an approver identity refused");
+            Err(Box::new(unauthenticated(h, "an approver", denied)))
+        }
+    }
+}
+
+/// A decision's body, or the answer that refuses it.
+async fn decision_body<H: Host>(
+    h: &H,
+    headers: &HeaderMap,
+    body: Body,
+) -> std::result::Result<Bytes, Response> {
+    if declared_too_large(headers, MAX_DECISION_BODY) {
+        return Err(BodyError::TooLarge.reply(MAX_DECISION_BODY));
+    }
+    read_body(body, MAX_DECISION_BODY, h.body_timeout())
+        .await
+        .map_err(|e| e.reply(MAX_DECISION_BODY))
+}
+
+async fn decide_path<H: Host>(
+    State(h): State<Arc<H>>,
+    Path((run, env)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let what = format!("{}/{}", excerpt(&run), excerpt(&env));
+    let who = match approver(&*h, &parts, &what) {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
+    if let Some(r) = check_names(&run, Some(&env)) {
+        return r;
+    }
+    let body = match decision_body(&*h, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed: PathDecision = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("body: {e} (expected {{\"decision\": \"approve\"|\"reject\", \"comment\": …}})") }),
+            );
+        }
+    };
+    decide(&*h, who, run, env, parsed.decision, parsed.comment).await
+}
+
+async fn decide_body<H: Host>(
+    State(h): State<Arc<H>>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let who = match approver(&*h, &parts, "POST /") {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
+    let body = match decision_body(&*h, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed: BodyDecision = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("body: {e} (expected {{\"run\", \"environment\", \"decision\": \"approve\"|\"reject\", \"comment\"?}})") }),
+            );
+        }
+    };
+    if let Some(r) = check_names(&parsed.run, Some(&parsed.environment)) {
+        return r;
+    }
+    decide(
+        &*h,
+        who,
+        parsed.run,
+        parsed.environment,
+        parsed.decision,
+        parsed.comment,
+    )
+    .await
+}
+
+async fn decide<H: Host>(
+    h: &H,
+    by: Approver,
+    run: String,
+    environment: String,
+    verdict: Verdict,
+    comment: Option<String>,
+) -> Response {
+    let result = approve::decide(
+        h.pipeline(),
+        Decision {
+            run,
+            environment,
+            by,
+            verdict,
+            comment,
+        },
+    )
+    .await;
+    h.decided();
+    match result {
+        Ok(report) => reply(StatusCode::OK, json!(report)),
+        Err(e) => error_reply(&e),
+    }
+}
+
+async fn list_runs<H: Host>(State(h): State<Arc<H>>, request: axum::extract::Request) -> Response {
+    match h.caller(request.headers(), request.extensions()) {
+        Err(d) => return unauthenticated(&*h, "an approver or a reader", d),
+        Ok(Caller::Reader(who)) => tracing::debug!(reader = %who, "runs listed"),
+        Ok(Caller::Approver(a)) => tracing::debug!(approver = %a.name, "runs listed"),
+    }
+    match runs::list(h.pipeline()).await {
+        Ok(runs) => reply(StatusCode::OK, json!(runs)),
+        Err(e) => error_reply(&e),
+    }
+}
+
+async fn show_run<H: Host>(
+    State(h): State<Arc<H>>,
+    Path(run): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Err(d) = h.caller(request.headers(), request.extensions()) {
+        return unauthenticated(&*h, "an approver or a reader", d);
+    }
+    if let Some(r) = check_names(&run, None) {
+        return r;
+    }
+    let p = h.pipeline();
+    let view = async {
+        let (app, run) = runs::resolve(p, &run).await?;
+        runs::view(p, &app, &run).await
+    }
+    .await;
+    match view {
+        Ok(v) => reply(StatusCode::OK, json!(v)),
+        Err(e) => error_reply(&e),
+    }
+}
