@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod http;
 #[cfg(feature = "kube")]
 pub mod k8s;
+pub mod memory;
 pub mod registry;
 pub mod sandbox;
 

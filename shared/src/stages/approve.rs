@@ -313,3 +313,83 @@ fn why_no_approval<P: Ports>(p: &Pipeline<P>, app: &str, run: &str, env: &str) -
         "no approval has been requested for run {run} in {env} yet (see `baton status {run}`)"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::stages::testing::{pipeline, published, sample};
+
+    fn decision(
+        p: &Pipeline<crate::adapters::memory::MemPorts>,
+        by: &str,
+        verdict: Verdict,
+    ) -> Decision {
+        Decision {
+            run: "ab781cee5e2f2eae".into(),
+            environment: "production".into(),
+            by: p.config.approver(by, "test"),
+            verdict,
+            comment: None,
+        }
+    }
+
+    /// The rules come from the configuration, never from the request: a forged request
+    /// naming mallory as the approver does not make her one.
+    #[tokio::test]
+    async fn a_request_waits_for_a_configured_approver_then_grants_once() {
+        let p = pipeline();
+        let forged = sample("approval.requested", |v| {
+            v["data"]["approvers"] = json!(["mallory"]);
+            v["data"]["groups"] = json!([]);
+        });
+        let h = harness::handle::<Approve, _>(&p, Input::Event(forged), Mode::Deliver)
+            .await
+            .unwrap();
+        assert!(
+            matches!(h.disposition, Disposition::Later(_)),
+            "{:?}",
+            h.note
+        );
+        assert!(published(&p).is_empty());
+
+        let e = decide(&p, decision(&p, "mallory", Verdict::Approve))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Refused(m) if m.contains("mallory may not")),
+            "{e}"
+        );
+
+        let report = decide(&p, decision(&p, "alice", Verdict::Approve))
+            .await
+            .unwrap();
+        assert!(report.recorded);
+        assert_eq!(published(&p), ["approval.granted"]);
+
+        let e = decide(&p, decision(&p, "bob", Verdict::Reject))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Settled(_)), "{e}");
+        assert_eq!(e.http_status(), 409);
+        assert_eq!(published(&p), ["approval.granted"], "nothing more");
+    }
+
+    #[tokio::test]
+    async fn a_decision_without_a_request_says_why() {
+        let p = pipeline();
+        // A run exists (its gate ran) but no approval was asked for.
+        harness::handle::<crate::stages::Gate, _>(
+            &p,
+            Input::Event(sample("tests.passed", |_| {})),
+            Mode::Deliver,
+        )
+        .await
+        .unwrap();
+        let e = decide(&p, decision(&p, "alice", Verdict::Approve))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Refused(_)), "{e}");
+    }
+}

@@ -144,3 +144,75 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::EventType;
+    use crate::pipeline::harness::{self, Mode};
+    use crate::stages::testing::{pipeline, published, sample, t0};
+
+    #[tokio::test]
+    async fn passed_tests_are_granted_by_an_auto_policy_once() {
+        let p = pipeline();
+        let passed = sample("tests.passed", |_| {});
+        let first = harness::handle::<Gate, _>(&p, Input::Event(passed.clone()), Mode::Deliver)
+            .await
+            .unwrap();
+        assert_eq!(first.outputs.len(), 1);
+        let Payload::ApprovalGranted(g) = &first.outputs[0].payload else {
+            panic!("{:?}", first.outputs[0].payload);
+        };
+        assert_eq!(
+            (g.policy, g.ctx.environment.as_deref()),
+            (GrantPolicy::Auto, Some("staging"))
+        );
+        // A redelivery publishes nothing more.
+        let again = harness::handle::<Gate, _>(&p, Input::Event(passed), Mode::Deliver)
+            .await
+            .unwrap();
+        assert!(again.duplicate && again.outputs.is_empty());
+        assert_eq!(published(&p), ["approval.granted"]);
+    }
+
+    #[tokio::test]
+    async fn a_staging_deploy_requests_production_approval_from_the_configuration() {
+        let p = pipeline();
+        let deployed = sample("deploy.succeeded", |v| {
+            v["data"]["environment"] = json!("staging");
+        });
+        let h = harness::handle::<Gate, _>(&p, Input::Event(deployed), Mode::Deliver)
+            .await
+            .unwrap();
+        let Payload::ApprovalRequested(r) = &h.outputs[0].payload else {
+            panic!("{:?}", h.outputs);
+        };
+        assert_eq!(r.ctx.environment.as_deref(), Some("production"));
+        assert_eq!(
+            (r.approvers.as_slice(), r.required),
+            (&["alice".to_string(), "bob".to_string()][..], 1)
+        );
+        assert_eq!(r.expires_at, t0() + Duration::hours(2));
+        assert_eq!(h.outputs[0].event_type(), EventType::ApprovalRequested);
+    }
+
+    #[tokio::test]
+    async fn the_last_environment_and_rollbacks_promote_nowhere() {
+        let p = pipeline();
+        for deployed in [
+            sample("deploy.succeeded", |_| {}),
+            sample("deploy.succeeded", |v| {
+                v["data"]["environment"] = json!("staging");
+                v["data"]["rollback"] = json!(true);
+            }),
+        ] {
+            let h = harness::handle::<Gate, _>(&p, Input::Event(deployed), Mode::Deliver)
+                .await
+                .unwrap();
+            assert!(h.outputs.is_empty(), "{:?}", h.note);
+        }
+        assert!(published(&p).is_empty());
+    }
+}

@@ -25,6 +25,8 @@ pub mod ingest;
 pub mod notify;
 pub mod promote;
 pub mod test;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use approve::Approve;
 pub use deploy::Deploy;
