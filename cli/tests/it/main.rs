@@ -16,59 +16,14 @@ use serde_json::Value;
 pub(crate) const EXAMPLE: &str = include_str!("../../../examples/baton.yaml");
 pub(crate) const STAGING: &str = include_str!("../../../examples/manifests/staging/web.yaml");
 
-/// A child process killed when dropped.
-pub struct Proc(pub std::process::Child);
+pub use baton_testkit::Proc;
+pub use baton_testkit::moto::sdk;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts moto server (installed by `.ci/run` into `target/ci-venv`) on a free port.
-pub async fn moto() -> (Proc, String) {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/moto_server");
-    let bin = if venv.is_file() {
-        venv
-    } else {
-        std::env::var_os("PATH")
-            .and_then(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
-            .expect("moto_server is not installed: run .ci/run once (it installs moto[server] into target/ci-venv) or pip install 'moto[server]'")
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let proc = Proc(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "moto_server did not start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    (proc, format!("http://127.0.0.1:{port}"))
-}
-
-/// SDK configuration for moto at `endpoint`.
-pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_iam::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await
+/// moto server on a free port (stopped when the first part is dropped) and its endpoint.
+pub async fn moto() -> (baton_testkit::moto::Moto, String) {
+    let m = baton_testkit::moto::moto().await;
+    let endpoint = m.endpoint.clone();
+    (m, endpoint)
 }
 
 fn baton(dir: &Path, args: &[&str]) -> Output {

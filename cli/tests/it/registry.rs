@@ -4,38 +4,13 @@
 //! one fails the test (it never skips).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub(crate) fn require(program: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{program} is not installed: `apt-get install docker-registry skopeo umoci` (.ci/run does this)"
-    );
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed when dropped.
-pub(crate) struct Proc(pub(crate) Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub(crate) use baton_testkit::registry::{digest_of, push, start as start_registry};
+pub(crate) use baton_testkit::{Proc, free_port};
 
 pub(crate) async fn wait_http(url: &str) {
     let client = reqwest::Client::new();
@@ -52,87 +27,6 @@ pub(crate) async fn wait_http(url: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{url} did not come up");
-}
-
-/// docker-registry with a notification endpoint pointing at `notify` (if any).
-pub(crate) async fn start_registry(dir: &Path, notify: Option<(&str, &str)>) -> (Proc, u16) {
-    require("docker-registry");
-    let port = free_port();
-    let notifications = match notify {
-        Some((url, secret)) => format!(
-            "notifications:\n  endpoints:\n    - name: baton\n      url: {url}\n      headers: {{ Authorization: [\"{secret}\"] }}\n      timeout: 2s\n      threshold: 10\n      backoff: 200ms\n"
-        ),
-        None => String::new(),
-    };
-    let cfg = format!(
-        "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\nhttp: {{ addr: 127.0.0.1:{port} }}\n{notifications}",
-        dir.join("registry-data").display()
-    );
-    let path = dir.join("registry.yml");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-        .spawn()
-        .expect("start docker-registry");
-    wait_http(&format!("http://127.0.0.1:{port}/v2/")).await;
-    (Proc(child), port)
-}
-
-/// Builds a one-layer-less OCI image whose config names `tag` (so every tag has its own
-/// digest) and pushes it; returns the digest the registry reports.
-pub(crate) fn push(dir: &Path, registry: u16, repo: &str, tag: &str) -> String {
-    require("umoci");
-    require("skopeo");
-    let layout = dir.join("oci");
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    if !layout.exists() {
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout));
-    }
-    let image = format!("{}:{tag}", layout.display());
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env",
-        &format!("VERSION={tag}"),
-    ]));
-    let dest = format!("docker://127.0.0.1:{registry}/{repo}:{tag}");
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        &format!("oci:{image}"),
-        &dest,
-    ]));
-    digest_of(registry, repo, tag)
-}
-
-pub(crate) fn digest_of(registry: u16, repo: &str, tag: &str) -> String {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
-        .arg(format!("docker://127.0.0.1:{registry}/{repo}:{tag}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "inspect {repo}:{tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub(crate) const HOOK_SECRET: &str = "Bearer hook-s3cret";

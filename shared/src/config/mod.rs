@@ -391,60 +391,269 @@ reactions:
         assert!(c.app_for_repository("any", "team/api").is_none());
     }
 
-    fn err(text: &str) -> String {
-        load(text).unwrap_err().to_string()
+    /// How a case changes [`GOOD`].
+    enum Edit {
+        /// Replace this text (which must occur) with that.
+        Replace(&'static str, &'static str),
+        /// Append top-level keys.
+        Append(&'static str),
+        /// The whole file.
+        Whole(&'static str),
+    }
+    use Edit::{Append, Replace, Whole};
+
+    const PRODUCTION_MANIFEST: &str =
+        "manifest: { dir: manifests/production, workloads: [{ name: web, container: app }] }";
+    const STAGING_WORKLOAD: &str = "{ name: web, container: app }] }\n      - name: production";
+
+    /// Every case: what is wrong, the edit, and what the error must say (the field's
+    /// path first).
+    const BAD: &[(&str, Edit, &[&str])] = &[
+        (
+            "a bad semver range",
+            Replace("semver: \">=1.0.0\"", "semver: \"~>1\""),
+            &["apps[0].tags: semver", "semver range"],
+        ),
+        (
+            "an unknown tag policy",
+            Replace("tags: { semver: \">=1.0.0\" }", "tags: { wildcard: \"*\" }"),
+            &["apps[0].tags", "semver"],
+        ),
+        (
+            "a bad regex",
+            Replace("tags: { semver: \">=1.0.0\" }", "tags: { regex: \"(\" }"),
+            &["apps[0].tags: regex", "regular expression"],
+        ),
+        (
+            "more approvals than approvers",
+            Replace("required: 2", "required: 5"),
+            &["apps[0].environments[1].approval.required", "only 3 people"],
+        ),
+        (
+            "an undeclared group",
+            Replace("groups: [release-managers]", "groups: [admins]"),
+            &["apps[0].environments[1].approval.groups[0]", "admins"],
+        ),
+        (
+            "an unknown approval policy",
+            Replace("approval: auto", "approval: sometimes"),
+            &["apps[0].environments[0].approval", "auto"],
+        ),
+        (
+            "a duration that is none",
+            Replace("expires_after: 2h", "expires_after: soon"),
+            &["apps[0].environments[1].approval.expires_after", "duration"],
+        ),
+        (
+            "an expiry over a year",
+            Replace("expires_after: 2h", "expires_after: 400d"),
+            &["apps[0].environments[1].approval.expires_after", "366d"],
+        ),
+        (
+            "an empty group",
+            Replace("release-managers: [bob, carol]", "release-managers: []"),
+            &["groups.release-managers", "at least one member"],
+        ),
+        (
+            "an unknown workload field",
+            Replace(
+                STAGING_WORKLOAD,
+                "{ name: web, container: app, colour: red }] }\n      - name: production",
+            ),
+            &[
+                "apps[0].environments[0].deploy.manifest.workloads[0]",
+                "colour",
+            ],
+        ),
+        (
+            "an unknown workload kind",
+            Replace(
+                STAGING_WORKLOAD,
+                "{ name: web, container: app, kind: Pod }] }\n      - name: production",
+            ),
+            &["workloads[0].kind", "Pod", "Deployment"],
+        ),
+        (
+            "a workload without a container",
+            Replace(
+                STAGING_WORKLOAD,
+                "{ name: web, container: \"\" }] }\n      - name: production",
+            ),
+            &["apps[0].environments[0].deploy.manifest.workloads[0].container"],
+        ),
+        (
+            "an app name that is no label",
+            Replace("name: web\n", "name: Web_App\n"),
+            &["apps[0].name", "lowercase"],
+        ),
+        (
+            "a repository with a tag",
+            Replace("repository: team/web", "repository: team/web:1.0"),
+            &["apps[0].repository"],
+        ),
+        (
+            "an environment declared twice",
+            Replace(
+                "environments:\n      - name: staging",
+                "environments:\n      - name: production",
+            ),
+            &["apps[0].environments[1].name", "declared twice"],
+        ),
+        (
+            "a test without a program",
+            Replace(
+                "command: { run: [\"true\"], timeout: 1m }",
+                "command: { run: [], timeout: 1m }",
+            ),
+            &["apps[0].test.command.run"],
+        ),
+        (
+            "an undeclared cluster",
+            Replace(
+                PRODUCTION_MANIFEST,
+                "kubernetes: { cluster: nope, namespace: web, workloads: [{ name: web, container: app }] }",
+            ),
+            &["apps[0].environments[1].deploy.kubernetes.cluster", "nope"],
+        ),
+        (
+            "a canary of 100%",
+            Replace(
+                PRODUCTION_MANIFEST,
+                "lambda: { function: web, traffic: { canary: { percent: 100, wait: 5m } } }",
+            ),
+            &[
+                "apps[0].environments[1].deploy.lambda.traffic.canary.percent",
+                "between 1 and 99",
+            ],
+        ),
+        (
+            "a canary without a wait",
+            Replace(
+                PRODUCTION_MANIFEST,
+                "lambda: { function: web, traffic: { canary: { percent: 10 } } }",
+            ),
+            &["traffic.canary", "wait"],
+        ),
+        (
+            "an unknown traffic shift",
+            Replace(
+                PRODUCTION_MANIFEST,
+                "lambda: { function: web, traffic: { blue_green: {} } }",
+            ),
+            &["deploy.lambda.traffic"],
+        ),
+        (
+            "a reaction URL that is no http(s)",
+            Replace("url_env: SLACK_URL", "url: ftp://x"),
+            &["reactions[0].notify.webhook.url", "http(s)"],
+        ),
+        (
+            "a filter that is no list",
+            Replace("type: [deploy.failed]", "type: deploy.failed"),
+            &["reactions[0].on"],
+        ),
+        ("no app", Whole("apps: []"), &["apps: at least one"]),
+        (
+            "another format version",
+            Append("version: 2\n"),
+            &["version: 2 is not supported"],
+        ),
+        (
+            "an unknown top-level key",
+            Append("colour: red\n"),
+            &["colour"],
+        ),
+        (
+            "a listen that is no address",
+            Append("serve:\n  listen: localhost\n"),
+            &["serve.listen", "127.0.0.1:8080"],
+        ),
+        (
+            "an open webhook off loopback",
+            Append(
+                "serve:\n  listen: 0.0.0.0:8080\n  webhooks:\n    - { name: hub, source: distribution, auth: none }\n",
+            ),
+            &["serve.webhooks[0].auth", "loopback"],
+        ),
+        (
+            "an ECR webhook",
+            Append("serve:\n  webhooks:\n    - { name: hub, source: ecr, auth: none }\n"),
+            &["serve.webhooks[0].source", "EventBridge"],
+        ),
+        (
+            "an approver without an identity",
+            Append("serve:\n  approvers:\n    alice: {}\n"),
+            &["serve.approvers.alice", "token_env"],
+        ),
+        (
+            "the retired identity header",
+            Append("serve:\n  identity_header: X-User\n"),
+            &["serve.identity_header", "trusted_proxy"],
+        ),
+        (
+            "no connection allowed",
+            Append("serve:\n  max_connections: 0\n"),
+            &["serve.max_connections", "at least 1"],
+        ),
+        (
+            "no delivery attempt",
+            Append("bus:\n  max_attempts: 0\n"),
+            &["bus.max_attempts", "at least 1"],
+        ),
+        (
+            "a cluster reached two ways",
+            Append("clusters:\n  - { name: c1, in_cluster: {}, url: \"https://k.example.com\" }\n"),
+            &["clusters[0]", "exactly one"],
+        ),
+        (
+            "a token realm that is no origin",
+            Append(
+                "registries:\n  - { host: r.example.com, token_realms: [\"https://auth.example.com/token\"] }\n",
+            ),
+            &["registries[0].token_realms[0]", "origin"],
+        ),
+        (
+            "a registry declared twice",
+            Append("registries:\n  - { host: r.example.com }\n  - { host: r.example.com }\n"),
+            &["registries[1].host", "declared twice"],
+        ),
+    ];
+
+    #[test]
+    fn each_bad_field_is_refused_by_its_path() {
+        let mut wrong = vec![];
+        for (what, edit, want) in BAD {
+            let text = match edit {
+                Replace(from, to) => {
+                    assert!(
+                        GOOD.contains(from),
+                        "{what}: the case's text is not in GOOD"
+                    );
+                    GOOD.replacen(from, to, 1)
+                }
+                Append(more) => format!("{GOOD}{more}"),
+                Whole(text) => text.to_string(),
+            };
+            match load(&text) {
+                Ok(_) => wrong.push(format!("{what}: accepted")),
+                Err(e) => {
+                    let e = e.to_string();
+                    if !want.iter().all(|w| e.contains(w)) {
+                        wrong.push(format!("{what}: {e:?} does not say {want:?}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
-    fn errors_name_the_field() {
-        let e = err(&GOOD.replace("semver: \">=1.0.0\"", "semver: \"~>1\""));
-        assert!(e.contains("apps[0].tags: semver"), "{e}");
-        let e = err(&GOOD.replace("tags: { semver: \">=1.0.0\" }", "tags: { wildcard: \"*\" }"));
-        assert!(e.contains("apps[0].tags") && e.contains("semver"), "{e}");
-        let e = err(&GOOD.replace("required: 2", "required: 5"));
-        assert!(
-            e.contains("apps[0].environments[1].approval.required"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("groups: [release-managers]", "groups: [admins]"));
-        assert!(
-            e.contains("approval.groups[0]") && e.contains("admins"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("approval: auto", "approval: sometimes"));
-        assert!(
-            e.contains("apps[0].environments[0].approval") && e.contains("auto"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("expires_after: 2h", "expires_after: soon"));
-        assert!(e.contains("expires_after") && e.contains("duration"), "{e}");
-        let e = err(&GOOD.replace(
-            "{ name: web, container: app }] }\n      - name: production",
-            "{ name: web, container: app, colour: red }] }\n      - name: production",
-        ));
-        assert!(e.contains("workloads[0]") && e.contains("colour"), "{e}");
-        let e = err(&GOOD.replace("name: web\n", "name: Web_App\n"));
-        assert!(e.contains("apps[0].name"), "{e}");
-        let e = err(&GOOD.replace("url_env: SLACK_URL", "url: ftp://x"));
-        assert!(e.contains("reactions[0].notify.webhook.url"), "{e}");
-        let e = err(&GOOD.replace("type: [deploy.failed]", "type: deploy.failed"));
-        assert!(e.contains("reactions[0].on"), "{e}");
-        let e = err(&GOOD.replace("repository: team/web", "repository: team/web:1.0"));
-        assert!(e.contains("apps[0].repository"), "{e}");
-        let e = err(&GOOD.replace(
-            "environments:\n      - name: staging",
-            "environments:\n      - name: production",
-        ));
-        assert!(e.contains("declared twice"), "{e}");
-        let e = err("apps: []");
-        assert!(e.contains("apps: at least one"), "{e}");
-        let lambda = |traffic: &str| {
-            GOOD.replace(
-                "manifest: { dir: manifests/production, workloads: [{ name: web, container: app }] }",
-                &format!("lambda: {{ function: web, traffic: {traffic} }}"),
-            )
-        };
-        let c = load(&lambda("{ linear: { step: 25, every: 2m } }")).unwrap();
+    fn a_linear_traffic_shift_reads_as_steps() {
+        let c = load(&GOOD.replace(
+            PRODUCTION_MANIFEST,
+            "lambda: { function: web, traffic: { linear: { step: 25, every: 2m } } }",
+        ))
+        .unwrap();
         let DeployConfig::Lambda(l) = &c.apps[0].environments[1].deploy else {
             panic!("lambda")
         };
@@ -454,16 +663,6 @@ reactions:
             (25, 50, 100)
         );
         assert_eq!(shift.hold(), Duration::from_secs(120));
-        let e = err(&lambda("{ canary: { percent: 100, wait: 5m } }"));
-        assert!(
-            e.contains("apps[0].environments[1].deploy.lambda.traffic.canary.percent")
-                && e.contains("between 1 and 99"),
-            "{e}"
-        );
-        let e = err(&lambda("{ canary: { percent: 10 } }"));
-        assert!(e.contains("traffic.canary") && e.contains("wait"), "{e}");
-        let e = err(&lambda("{ blue_green: {} }"));
-        assert!(e.contains("deploy.lambda.traffic"), "{e}");
     }
 
     #[test]

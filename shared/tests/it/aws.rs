@@ -3,9 +3,8 @@
 //! fan-out with the subscription table's filter policies, ECR resolve and retag, the
 //! Lambda deploy target (update code, publish version, move alias, move it back).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use baton::Error;
 use baton::adapters::aws::ecr::EcrRegistry;
@@ -19,64 +18,7 @@ use baton::ports::{
 use baton::store::get_json;
 use serde_json::json;
 
-pub struct Moto {
-    child: Child,
-    pub endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/moto_server");
-    if venv.is_file() {
-        return venv;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
-        .expect("moto_server is not installed: run .ci/run once (it installs moto[server] into target/ci-venv) or pip install 'moto[server]'")
-}
-
-/// Starts moto server on a free port and waits until it answers.
-pub async fn moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-impl Moto {
-    pub async fn config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "testing", "testing", None, None, "moto",
-            ))
-            .load()
-            .await
-    }
-}
+use baton_testkit::moto::{Moto, moto};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_has_real_conditional_writes() {

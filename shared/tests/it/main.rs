@@ -19,93 +19,16 @@ use baton::ports::BusMessage;
 use baton::runtime::local::Local;
 use baton::triggers::{Trigger, TriggerKind};
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 use tempfile::TempDir;
 
-pub const STAGING_MANIFEST: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  template:
-    spec:
-      containers:
-        - name: app
-          image: localhost:5000/demo/web:0.1.0  # set by baton
-";
-
-/// Knobs of the test configuration.
-pub struct Setup {
-    pub test_cmd: String,
-    pub production: String,
-    pub staging_dir: String,
-    pub reactions: String,
-    pub max_attempts: u32,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Setup {
-            test_cmd:
-                r#"["sh", "-c", "echo testing $BATON_IMAGE; test -n \"$BATON_IMAGE_DIGEST\""]"#
-                    .into(),
-            production:
-                "{ approvers: [alice], groups: [release-managers], required: 1, expires_after: 1h }"
-                    .into(),
-            staging_dir: "manifests/staging".into(),
-            reactions:
-                "  - name: all\n    on: { type: [{ exists: true }] }\n    notify: { log: {} }\n"
-                    .into(),
-            max_attempts: 3,
-        }
-    }
-}
+pub use baton_testkit::build::{
+    Setup, WEB_MANIFEST as STAGING_MANIFEST, digest, dist_push, write_manifests,
+};
 
 /// A configured pipeline in a temporary directory.
 pub struct Env {
     pub dir: TempDir,
     pub local: Local,
-}
-
-pub fn config_text(s: &Setup) -> String {
-    format!(
-        r#"
-groups:
-  release-managers: [bob, carol]
-apps:
-  - name: web
-    registry: localhost:5000
-    repository: demo/web
-    tags: {{ semver: ">=1.0.0" }}
-    test:
-      command: {{ run: {test}, timeout: 30s }}
-    environments:
-      - name: staging
-        approval: auto
-        deploy:
-          manifest: {{ dir: {staging}, workloads: [{{ name: web, container: app }}] }}
-      - name: production
-        approval: {prod}
-        deploy:
-          manifest: {{ dir: manifests/production, workloads: [{{ name: web, container: app }}] }}
-reactions:
-{reactions}
-bus: {{ max_attempts: {attempts}, initial_backoff: 5ms, max_backoff: 20ms }}
-"#,
-        test = s.test_cmd,
-        staging = s.staging_dir,
-        prod = s.production,
-        reactions = s.reactions,
-        attempts = s.max_attempts,
-    )
-}
-
-pub fn write_manifests(root: &Path) {
-    for env in ["staging", "production"] {
-        let d = root.join("manifests").join(env);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("web.yaml"), STAGING_MANIFEST).unwrap();
-    }
 }
 
 pub fn setup(s: Setup) -> Env {
@@ -116,38 +39,9 @@ pub fn setup(s: Setup) -> Env {
 }
 
 pub fn open(root: &Path, s: &Setup) -> Local {
-    std::fs::write(root.join("baton.yaml"), config_text(s)).unwrap();
+    std::fs::write(root.join("baton.yaml"), s.config()).unwrap();
     let config = Config::load(&root.join("baton.yaml")).unwrap();
     Local::open(config, &root.join("state"), Settings::default()).unwrap()
-}
-
-pub fn digest(seed: &str) -> String {
-    use sha2::Digest;
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
-    )
-}
-
-/// A distribution notification envelope with a blob push and a tagged manifest push.
-pub fn dist_push(
-    repo: &str,
-    tag: &str,
-    digest: &str,
-    actor: &str,
-    at: DateTime<Utc>,
-    id: &str,
-) -> Value {
-    json!({"events": [
-        {"id": format!("{id}-blob"), "timestamp": at.to_rfc3339(), "action": "push",
-         "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "repository": repo,
-                    "url": format!("http://localhost:5000/v2/{repo}/blobs/{digest}")},
-         "request": {"host": "localhost:5000"}, "actor": {"name": actor}},
-        {"id": id, "timestamp": at.to_rfc3339(), "action": "push",
-         "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "repository": repo,
-                    "url": format!("http://localhost:5000/v2/{repo}/manifests/{digest}"), "tag": tag},
-         "request": {"host": "localhost:5000"}, "actor": {"name": actor}}
-    ]})
 }
 
 impl Env {
