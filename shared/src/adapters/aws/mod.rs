@@ -8,7 +8,9 @@ pub mod lambda;
 pub mod s3;
 pub mod sns;
 
-/// Loads the shared SDK configuration (region defaults to us-east-1 for global services).
+/// Loads the SDK configuration through the standard chain (environment, profiles, SSO,
+/// web identity, IMDS, …), for the CLI; the region defaults to us-east-1 for global
+/// services.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     let region =
         aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
@@ -17,6 +19,50 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .timeout_config(timeouts())
         .load()
         .await
+}
+
+/// The SDK configuration of a function, from what Lambda puts in its environment: the
+/// function role's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`), `AWS_REGION`, and the endpoint overrides `AWS_ENDPOINT_URL` and
+/// `AWS_ENDPOINT_URL_<SERVICE>` (emulators). A function has no profile files, SSO, IMDS
+/// or web identity; leaving the chain that reads them out keeps each function binary
+/// smaller and its start shorter.
+pub fn function_sdk_config() -> aws_config::SdkConfig {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let region = var("AWS_REGION")
+        .or_else(|| var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let mut conf = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            ),
+        )
+        .identity_cache(aws_config::identity::IdentityCache::lazy().build())
+        .retry_config(aws_config::retry::RetryConfig::standard())
+        .timeout_config(timeouts())
+        .service_config(EnvEndpoints);
+    if let Some(url) = var("AWS_ENDPOINT_URL") {
+        conf = conf.endpoint_url(url);
+    }
+    conf.build()
+}
+
+/// Service settings from the environment, as the SDK's own loader reads them: the
+/// service's variable first (`AWS_ENDPOINT_URL_LAMBDA`: the setting's variable and the
+/// service id in upper case, spaces as `_`), then the setting's (`AWS_ENDPOINT_URL`).
+#[derive(Debug)]
+struct EnvEndpoints;
+
+impl aws_types::service_config::LoadServiceConfig for EnvEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        let service = key.service_id().to_uppercase().replace(' ', "_");
+        [format!("{}_{service}", key.env()), key.env().to_string()]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    }
 }
 
 /// An SDK client built on first use. Building one loads and parses the platform's root
@@ -79,14 +125,15 @@ impl<C: Clone + Send + Sync + 'static> From<C> for Lazy<C> {
     }
 }
 
-/// The clients of one SDK configuration, each built on first use.
+/// The clients every function uses (S3, SNS, SQS), each built on first use, and the
+/// configuration the others are made from: only a function that asks for the ECR or
+/// the Lambda client links it.
 #[derive(Clone)]
 pub struct Clients {
     pub s3: Lazy<aws_sdk_s3::Client>,
     pub sns: Lazy<aws_sdk_sns::Client>,
     pub sqs: Lazy<aws_sdk_sqs::Client>,
-    pub ecr: Lazy<aws_sdk_ecr::Client>,
-    pub lambda: Lazy<aws_sdk_lambda::Client>,
+    conf: aws_config::SdkConfig,
 }
 
 impl Clients {
@@ -100,15 +147,25 @@ impl Clients {
                     .build(),
             )
         });
-        let lazy = |conf: &aws_config::SdkConfig| conf.clone();
-        let (a, b, d, e) = (lazy(conf), lazy(conf), lazy(conf), lazy(conf));
+        let (a, b) = (conf.clone(), conf.clone());
         Clients {
             s3,
             sns: Lazy::new(move || aws_sdk_sns::Client::new(&a)),
             sqs: Lazy::new(move || aws_sdk_sqs::Client::new(&b)),
-            ecr: Lazy::new(move || aws_sdk_ecr::Client::new(&d)),
-            lambda: Lazy::new(move || aws_sdk_lambda::Client::new(&e)),
+            conf: conf.clone(),
         }
+    }
+
+    /// An ECR client, built on first use (ingest, promote).
+    pub fn ecr(&self) -> Lazy<aws_sdk_ecr::Client> {
+        let c = self.conf.clone();
+        Lazy::new(move || aws_sdk_ecr::Client::new(&c))
+    }
+
+    /// A Lambda client, built on first use (test, deploy).
+    pub fn lambda(&self) -> Lazy<aws_sdk_lambda::Client> {
+        let c = self.conf.clone();
+        Lazy::new(move || aws_sdk_lambda::Client::new(&c))
     }
 }
 

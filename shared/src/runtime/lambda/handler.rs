@@ -19,6 +19,9 @@
 
 use std::sync::Arc;
 
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
 use aws_lambda_events::http::{Extensions, HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use aws_lambda_events::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
@@ -260,7 +263,7 @@ impl<S: Function<X>, X: Extra> Host for FunctionHost<S, X> {
 impl<S: Function<X>, X: Extra> App<S, X> {
     /// Builds the app from the function's environment and configuration.
     pub async fn from_env() -> Result<App<S, X>> {
-        let conf = crate::adapters::aws::sdk_config().await;
+        let conf = crate::adapters::aws::function_sdk_config();
         let clients = Clients::new(&conf);
         let config = Arc::new(load_config(&clients).await?);
         let ports = AwsPorts::from_env(&clients, config.clone())?;
@@ -606,13 +609,19 @@ fn lower_priority() {
 /// A function whose environment lacks `BATON_BUCKET` or `BATON_TOPIC_ARN` stops at once,
 /// naming the variable.
 pub async fn run<S: Function<X>, X: Extra>() -> std::result::Result<(), lambda_runtime::Error> {
+    // `RUST_LOG` as targets and levels (`info`, `baton=debug,info`); no regex engine.
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
         .with_current_span(false)
         .without_time()
+        .finish()
+        .with(targets)
         .try_init();
     crate::runtime::lambda::ports::check_env().map_err(|e| {
         tracing::error!(error = %e, kind = e.kind(), "cannot start");

@@ -175,7 +175,7 @@ impl Extra for WithRegistry {
             .map(|r| DistributionRegistry::from_config(r, http.clone()))
             .collect::<Result<Vec<_>>>()?;
         Ok(WithRegistry(AwsRegistry {
-            ecr: EcrRegistry::new(clients.ecr.clone()),
+            ecr: EcrRegistry::new(clients.ecr()),
             remote,
         }))
     }
@@ -198,7 +198,7 @@ pub struct WithTests {
 impl Extra for WithTests {
     fn build(clients: &Clients, config: &Config) -> Result<WithTests> {
         Ok(WithTests {
-            lambda: clients.lambda.clone(),
+            lambda: clients.lambda(),
             clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
         })
     }
@@ -230,7 +230,7 @@ pub struct WithTargets {
 impl Extra for WithTargets {
     fn build(clients: &Clients, config: &Config) -> Result<WithTargets> {
         Ok(WithTargets {
-            lambda: clients.lambda.clone(),
+            lambda: clients.lambda(),
             clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
         })
     }
