@@ -26,7 +26,8 @@ pub async fn run(
     let mut report = audit(&tpl, &manifests);
     if live {
         let stack = stack.unwrap_or_default();
-        let policies = baton::adapters::aws::iam::live_role_policies(&tpl, stack).await?;
+        let roles = baton::audit::role_names(&tpl, stack);
+        let policies = baton::adapters::aws::iam::live_role_policies(&roles).await?;
         report.findings.extend(baton::audit::drift(&tpl, &policies));
     }
     if g.json {

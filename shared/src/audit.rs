@@ -211,6 +211,22 @@ pub fn load_manifests(dir: &Path) -> Result<Vec<(String, Value)>> {
 
 /// Renders an intrinsic as text (`{"Fn::Sub": "a${B}"}` → `a${B}`, `{"Ref": "X"}` →
 /// `${X}`, `{"Fn::GetAtt": ["A", "Arn"]}` → `${A.Arn}`).
+/// The stack's roles: logical id → role name, for `stack`.
+pub fn role_names(template: &Value, stack: &str) -> std::collections::BTreeMap<String, String> {
+    template["Resources"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| r["Type"] == "AWS::IAM::Role")
+        .map(|(id, r)| {
+            (
+                id.clone(),
+                render(&r["Properties"]["RoleName"]).replace("${AWS::StackName}", stack),
+            )
+        })
+        .collect()
+}
+
 pub fn render(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),

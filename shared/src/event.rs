@@ -219,7 +219,7 @@ pub struct ApprovalRequested {
     /// Set when the source did not say who pushed: what the policy does then (`refuse`:
     /// no approval is taken; `allow`: taken without the self-approval check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown_pusher: Option<crate::policy::approval::UnknownPusher>,
+    pub unknown_pusher: Option<UnknownPusher>,
 }
 
 /// How an approval was granted.
@@ -230,6 +230,18 @@ pub enum GrantPolicy {
     Auto,
     /// Enough listed approvers approved.
     Manual,
+}
+
+/// What a policy does when the source did not say who pushed the image, so the
+/// no-self-approval rule cannot be checked. Never silently "allow".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPusher {
+    /// No one may approve (any approver could be the pusher); reject, or let it expire.
+    #[default]
+    Refuse,
+    /// Approvals are taken; the record says the self-approval check was not made.
+    Allow,
 }
 
 /// `approval.granted`.
@@ -570,11 +582,11 @@ impl Event {
         let detail = match &self.payload {
             Payload::TestsPassed(r) | Payload::TestsFailed(r) => format!(": {}", r.summary),
             Payload::ApprovalRequested(r) => match r.unknown_pusher {
-                Some(crate::policy::approval::UnknownPusher::Refuse) => format!(
+                Some(UnknownPusher::Refuse) => format!(
                     ": {} approval(s) needed; the pusher is unknown, so approvals are refused (unknown_pusher: refuse)",
                     r.required
                 ),
-                Some(crate::policy::approval::UnknownPusher::Allow) => format!(
+                Some(UnknownPusher::Allow) => format!(
                     ": {} approval(s) needed; the pusher is unknown and self-approval is not checked",
                     r.required
                 ),

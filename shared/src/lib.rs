@@ -7,7 +7,7 @@
 //! | | [`config`], [`identity`], [`policy`] | the validated `baton.yaml`; approvers as IAM principals; pure decisions (filter and tag policies, newer wins, approvals) |
 //! | | [`triggers`], [`envelopes`], [`webhooks`] | registry notifications (one file per source), AWS envelopes, webhook authentication |
 //! | | [`ports`], [`store`] | the traits stages use (bus, store, registry, tests, targets, notifiers) and the store's key layout |
-//! | pipeline | [`pipeline`] | `Pipeline` (ports, configuration, settings); the `Stage` trait; the harness (claim, run, publish, record); subscriptions; approval records; what is live where; run queries |
+//! | pipeline | [`pipeline`] | `Pipeline` (ports, configuration, settings); the `Stage` trait; the harness (claim, run, publish, record); approval records; what is live where; run queries |
 //! | | [`stages`] | the seven stages, one file each: declaration, record, logic |
 //! | adapters | [`adapters`] | embedded (directory store, durable bus, manifest target, command runner), AWS, Kubernetes, the distribution registry, the sandbox for user commands |
 //! | runtimes | [`runtime`] | `local` (the embedded adapters and the dispatcher), `serve` (HTTP), `lambda` (the function handler), `function` (every function's `main`) |

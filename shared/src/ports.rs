@@ -98,6 +98,19 @@ pub trait Registry: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// The last `limit` bytes of a test's output, on a character boundary, as runners keep
+/// it (the end is where failures are).
+pub fn bound_output(output: &str, limit: usize) -> String {
+    if output.len() <= limit {
+        return output.to_string();
+    }
+    let mut start = output.len() - limit;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {} bytes cut …]\n{}", start, &output[start..])
+}
+
 /// What to test.
 #[derive(Debug, Clone)]
 pub struct TestRequest {
@@ -250,3 +263,13 @@ pub trait NotifyPorts: Ports {
 pub trait AllPorts: RegistryPorts + TestPorts + TargetPorts + NotifyPorts {}
 
 impl<P: RegistryPorts + TestPorts + TargetPorts + NotifyPorts> AllPorts for P {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bound_output_keeps_the_tail_on_char_boundaries() {
+        assert_eq!(super::bound_output("abc", 10), "abc");
+        let b = super::bound_output("ééééé", 3);
+        assert!(b.ends_with('é') && b.contains("cut"), "{b}");
+    }
+}

@@ -3,12 +3,12 @@
 //!
 //! * [`stage`]: what a stage is (the `Stage` trait, its declaration, its input and step);
 //! * [`harness`]: claim, run, publish, record, for any stage;
-//! * [`subscriptions`]: which queue feeds which stage, read from the declarations;
 //! * [`approvals`], [`deployments`]: the approval records and what is live where, over
 //!   the store;
 //! * [`runs`]: queries over runs and `retry`.
 //!
-//! The stages themselves are `crate::stages`.
+//! The stages themselves, and what is read from all their declarations (the subscription
+//! table), are `crate::stages`: they depend on this module, never the other way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,6 @@ pub mod deployments;
 pub mod harness;
 pub mod runs;
 pub mod stage;
-pub mod subscriptions;
 
 pub use stage::{Input, PushInput, ReactionInput, RecordKey, Stage, StageCtx, StageName, Step};
 

@@ -12,6 +12,7 @@ use crate::event::{Event, FailureCode, Image, Payload};
 use crate::ids::RunId;
 use crate::pipeline::approvals::ApprovalRecord;
 use crate::pipeline::harness::{StageRecord, StageStatus};
+use crate::pipeline::stage::StageSpec;
 use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{ObjectStore, Ports};
 use crate::store::{approval_key, get_json, run_prefix, stage_key};
@@ -158,22 +159,23 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
 }
 
 /// The record `baton retry` re-runs exactly one stage from (its recorded input, as a new
-/// attempt). Per-environment stages need `env` unless the stage ran in one environment
-/// only.
+/// attempt), for the stage `spec` declares. Per-environment stages need `env` unless the
+/// stage ran in one environment only.
 pub async fn retry_record<P: Ports>(
     p: &Pipeline<P>,
     run: &str,
-    stage: StageName,
+    spec: &StageSpec,
     env: Option<&str>,
 ) -> Result<StageRecord> {
-    if crate::stages::spec(stage).consumes == crate::pipeline::stage::Consumes::Reactions {
+    let stage = spec.name;
+    if spec.consumes == crate::pipeline::stage::Consumes::Reactions {
         return Err(Error::Refused(
             "notify runs per reaction; redrive its dead letters instead".into(),
         ));
     }
     let (app, run) = resolve(p, run).await?;
     let app_cfg = p.config.app(&app)?;
-    let env = match (crate::stages::spec(stage).per_environment, env) {
+    let env = match (spec.per_environment, env) {
         (false, Some(e)) => {
             return Err(Error::Refused(format!(
                 "{stage} runs once per image; drop --env {e}"

@@ -37,19 +37,9 @@ impl ApprovalStatus {
     }
 }
 
-/// What a policy does when the source did not say who pushed the image, so the
-/// no-self-approval rule cannot be checked. Never silently "allow".
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownPusher {
-    /// No one may approve (any approver could be the pusher); reject, or let it expire.
-    #[default]
-    Refuse,
-    /// Approvals are taken; the record says the self-approval check was not made.
-    Allow,
-}
+/// What a policy does when the pusher is unknown (declared with the event contract,
+/// whose `approval.requested` carries it).
+pub use crate::event::UnknownPusher;
 
 /// The rules in force for one request, taken from the configuration (never from the
 /// event that asked) when the request was made, so a decision is judged by the rules

@@ -20,11 +20,11 @@ use crate::error::{Error, Result};
 use crate::event::{AttrValue, Event};
 use crate::pipeline::harness::{Disposition, Mode};
 use crate::pipeline::stage::{Input, ReactionInput};
-use crate::pipeline::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::pipeline::{Pipeline, Settings, StageName};
 use crate::ports::{
     BusMessage, Notifier, NotifyPorts, Ports, Registry, RegistryPorts, TargetPorts, TestPorts,
 };
+use crate::stages::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::Trigger;
 
 pub use crate::adapters::embedded::bus::DeliveryReport;

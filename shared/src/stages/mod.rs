@@ -11,6 +11,9 @@
 //! | [`deploy`] | `approval.granted` | `deploy.succeeded` / `deploy.failed` | a deploy target |
 //! | [`promote`] | `deploy.succeeded` | `image.promoted` | a registry |
 //! | [`notify`] | what reactions match | – | a notifier |
+//!
+//! [`SPECS`] lists the declarations; [`subscriptions`] (which queue feeds which stage)
+//! and the audit rows are read from it.
 
 use crate::error::Result;
 use crate::pipeline::Pipeline;
@@ -24,6 +27,7 @@ pub mod gate;
 pub mod ingest;
 pub mod notify;
 pub mod promote;
+pub mod subscriptions;
 pub mod test;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -81,7 +85,7 @@ pub async fn retry<P: AllPorts>(
     name: StageName,
     env: Option<&str>,
 ) -> Result<Handled> {
-    let rec = crate::pipeline::runs::retry_record(p, run, name, env).await?;
+    let rec = crate::pipeline::runs::retry_record(p, run, spec(name), env).await?;
     handle(p, name, rec.input, Mode::Retry).await
 }
 

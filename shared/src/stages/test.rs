@@ -85,7 +85,7 @@ async fn step<P: TestPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> 
         }),
         TestProgress::Finished(outcome) => {
             let key = test_output_key(&ctx.app, &ctx.run);
-            let output = bound(&outcome.output, p.settings.test_output_limit);
+            let output = crate::ports::bound_output(&outcome.output, p.settings.test_output_limit);
             p.ports
                 .store()
                 .put(&key, output.into_bytes(), Precondition::None)
@@ -104,27 +104,5 @@ async fn step<P: TestPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> 
                 Payload::TestsFailed(report)
             }]))
         }
-    }
-}
-
-/// Keeps the last `limit` bytes of output (the end is where failures are).
-pub fn bound(output: &str, limit: usize) -> String {
-    if output.len() <= limit {
-        return output.to_string();
-    }
-    let mut start = output.len() - limit;
-    while !output.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[… {} bytes cut …]\n{}", start, &output[start..])
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bound_keeps_the_tail_on_char_boundaries() {
-        assert_eq!(super::bound("abc", 10), "abc");
-        let b = super::bound("ééééé", 3);
-        assert!(b.ends_with('é') && b.contains("cut"), "{b}");
     }
 }

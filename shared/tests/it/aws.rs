@@ -121,7 +121,7 @@ async fn sns_bus_fans_out_by_the_subscription_tables_filter_policies() {
         .to_string();
     let mut queues = vec![];
     let mut subs: Vec<(String, serde_json::Value)> =
-        baton::pipeline::subscriptions::stage_subscriptions()
+        baton::stages::subscriptions::stage_subscriptions()
             .into_iter()
             .map(|s| (s.name.clone(), s.filter.json().clone()))
             .collect();
@@ -525,7 +525,7 @@ async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
         .to_string();
     let arn = |name: &str| format!("arn:aws:sqs:us-east-1:123456789012:{name}");
     let mut queues = vec![];
-    for sub in baton::pipeline::subscriptions::stage_subscriptions() {
+    for sub in baton::stages::subscriptions::stage_subscriptions() {
         let name = format!("{STACK}-{}", sub.name);
         sqs.create_queue()
             .queue_name(format!("{name}-dlq"))

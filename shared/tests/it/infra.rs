@@ -147,7 +147,7 @@ fn template_subscriptions_match_the_subscription_table() {
         );
         from_template.insert(stage, r["Properties"]["FilterPolicy"].clone());
     }
-    for sub in baton::pipeline::subscriptions::stage_subscriptions() {
+    for sub in baton::stages::subscriptions::stage_subscriptions() {
         let got = from_template
             .remove(sub.stage.as_str())
             .unwrap_or_else(|| panic!("the template has no subscription for {}", sub.stage));

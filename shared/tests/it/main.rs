@@ -6,6 +6,7 @@ mod aws;
 mod infra;
 #[cfg(feature = "kube")]
 mod k8s;
+mod layout;
 mod pipeline;
 mod samples;
 

@@ -4,27 +4,23 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::audit::render;
 use crate::error::{Error, Message, Result};
 
-/// `role logical id → [(action, resources)]` of the deployed stack's roles. Roles absent
-/// from the account are absent from the map (the drift check reports them).
+/// `role logical id → [(action, resources)]` of the deployed roles named by `roles`
+/// (logical id → role name; [`crate::audit::role_names`] reads them from the template).
+/// Roles absent from the account are absent from the map (the drift check reports them).
 pub async fn live_role_policies(
-    template: &Value,
-    stack: &str,
+    roles: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Vec<(String, Vec<String>)>>> {
     let iam = aws_sdk_iam::Client::new(&super::sdk_config().await);
     let mut out = BTreeMap::new();
-    let resources = template["Resources"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    for (id, r) in resources {
-        if r["Type"] != "AWS::IAM::Role" {
-            continue;
-        }
-        let name = render(&r["Properties"]["RoleName"]).replace("${AWS::StackName}", stack);
-        let listed = match iam.list_role_policies().role_name(&name).send().await {
+    for (id, name) in roles {
+        let listed = match iam
+            .list_role_policies()
+            .role_name(name.as_str())
+            .send()
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 let service = e.into_service_error();
@@ -41,7 +37,7 @@ pub async fn live_role_policies(
         for policy in listed.policy_names() {
             let got = iam
                 .get_role_policy()
-                .role_name(&name)
+                .role_name(name.as_str())
                 .policy_name(policy)
                 .send()
                 .await
@@ -64,11 +60,17 @@ pub async fn live_role_policies(
                 if st["Effect"] != "Allow" {
                     continue;
                 }
+                // A deployed policy holds plain strings (the template's functions are
+                // resolved).
                 let list = |v: &Value| -> Vec<String> {
                     match v {
-                        Value::Array(a) => a.iter().map(render).collect(),
-                        Value::Null => vec![],
-                        other => vec![render(other)],
+                        Value::Array(a) => a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect(),
+                        Value::String(s) => vec![s.clone()],
+                        _ => vec![],
                     }
                 };
                 let resources = list(&st["Resource"]);
@@ -77,7 +79,7 @@ pub async fn live_role_policies(
                 }
             }
         }
-        out.insert(id, grants);
+        out.insert(id.clone(), grants);
     }
     Ok(out)
 }

@@ -493,7 +493,7 @@ impl TestRunner for LambdaTestRunner {
             .payload()
             .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
             .unwrap_or_default();
-        let output = crate::stages::test::bound(&body, self.output_limit);
+        let output = crate::ports::bound_output(&body, self.output_limit);
         if let Some(err) = out.function_error() {
             return Ok(TestProgress::Finished(TestOutcome {
                 passed: false,
@@ -521,7 +521,7 @@ impl TestRunner for LambdaTestRunner {
             exit_code: None,
             output: v["output"]
                 .as_str()
-                .map(|o| crate::stages::test::bound(o, self.output_limit))
+                .map(|o| crate::ports::bound_output(o, self.output_limit))
                 .unwrap_or(output),
         }))
     }

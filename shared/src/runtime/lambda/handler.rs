@@ -303,7 +303,7 @@ impl<S: Function<X>, X: Extra> App<S, X> {
                 .as_str()
                 .ok_or_else(|| Error::invalid("retry request", "run: missing"))?;
             let env = payload["environment"].as_str();
-            let rec = runs::retry_record(&self.pipeline, run, stage, env).await?;
+            let rec = runs::retry_record(&self.pipeline, run, S::SPEC, env).await?;
             let handled =
                 harness::handle::<S, AwsPorts<X>>(&self.pipeline, rec.input, Mode::Retry).await?;
             return Ok(json!({

@@ -1,5 +1,5 @@
 //! The subscription table: which stage consumes which event types, read from the stages'
-//! declarations (`crate::stages::SPECS`). Infra (SNS subscriptions with filter
+//! declarations ([`crate::stages::SPECS`]). Infra (SNS subscriptions with filter
 //! policies), the embedded bus and the tests all read this one table; reactions from the
 //! configuration are added beside it.
 
