@@ -17,9 +17,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 101;
-const FUNCTIONS: [&str; 7] = [
-    "ingest", "test", "gate", "approve", "deploy", "promote", "notify",
-];
+/// One function per stage: `baton-fn-<stage>`.
+const FUNCTIONS: [baton::pipeline::StageName; 7] = baton::pipeline::StageName::ALL;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -286,9 +285,10 @@ fn main() {
     );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for ((name, bin, _), s) in bins.iter().zip(&stats) {
+        // The stripped binary's size and the peak RSS, in MiB.
         let size = std::fs::metadata(bin).map_or(0.0, |m| m.len() as f64 / 1_048_576.0);
         println!(
-            "{:<18} {:>9.2}ms {:>7.2}ms {:>6.2} {:>13.2}ms {:>6.2} {:>7.1} MB {:>5.1} MB",
+            "{:<18} {:>9.2}ms {:>7.2}ms {:>6.2} {:>13.2}ms {:>6.2} {:>6.1} MiB {:>5.1} MiB",
             name,
             ms(s.poll),
             ms(s.poll_p90),

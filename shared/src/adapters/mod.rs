@@ -117,11 +117,37 @@ pub struct Clusters {
 }
 
 impl Clusters {
+    /// The configured clusters, for a process on a machine with files: a kubeconfig
+    /// (paths relative to `base_dir`) and the in-cluster account are readable.
     pub fn new(config: &crate::config::Config, base_dir: &std::path::Path) -> Clusters {
+        #[cfg(feature = "kube")]
+        return Clusters::with(config, base_dir, Some(crate::adapters::k8s::from_files));
         #[cfg(not(feature = "kube"))]
-        let _ = (config, base_dir);
+        {
+            let _ = (config, base_dir);
+            Clusters {}
+        }
+    }
+
+    /// The configured clusters, for a Lambda function: reached by `eks` or `url` only
+    /// (no kubeconfig reader is linked).
+    pub fn for_function(config: &crate::config::Config) -> Clusters {
+        #[cfg(feature = "kube")]
+        return Clusters::with(config, std::path::Path::new("/tmp"), None);
+        #[cfg(not(feature = "kube"))]
+        {
+            let _ = config;
+            Clusters {}
+        }
+    }
+
+    #[cfg(feature = "kube")]
+    fn with(
+        config: &crate::config::Config,
+        base_dir: &std::path::Path,
+        files: Option<crate::adapters::k8s::FileAccess>,
+    ) -> Clusters {
         Clusters {
-            #[cfg(feature = "kube")]
             clusters: config
                 .clusters
                 .iter()
@@ -129,6 +155,7 @@ impl Clusters {
                     std::sync::Arc::new(crate::adapters::k8s::Cluster::new(
                         c.clone(),
                         base_dir.to_path_buf(),
+                        files,
                     ))
                 })
                 .collect(),

@@ -1001,6 +1001,7 @@ async fn real_cluster() {
     let cluster = Arc::new(baton::adapters::k8s::Cluster::new(
         cfg,
         std::path::PathBuf::from("."),
+        Some(baton::adapters::k8s::from_files),
     ));
     let client = cluster.client().await.unwrap();
     let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &ns);
@@ -1074,4 +1075,25 @@ async fn real_cluster() {
         !o.passed && o.summary.starts_with("deadline exceeded"),
         "pause never exits: {o:?}"
     );
+}
+
+/// A Lambda function has no kubeconfig or in-cluster account (and links no reader for
+/// them): a cluster configured that way is refused with what to use instead.
+#[tokio::test]
+async fn a_function_refuses_kubeconfig_and_in_cluster_access_naming_eks() {
+    for access in [
+        json!({"name": "dev", "kubeconfig": {"context": "kind-dev"}}),
+        json!({"name": "dev", "in_cluster": {}}),
+    ] {
+        let cfg: baton::config::ClusterConfig = serde_json::from_value(access).unwrap();
+        let cluster = baton::adapters::k8s::Cluster::new(cfg, std::path::PathBuf::from("."), None);
+        let Err(e) = cluster.client().await else {
+            panic!("a client without access");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("cluster dev") && e.contains("Lambda function") && e.contains("eks:"),
+            "{e}"
+        );
+    }
 }

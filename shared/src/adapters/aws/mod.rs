@@ -1,5 +1,7 @@
-//! AWS adapters (feature `aws`). Endpoint, region and credentials come from the standard
-//! AWS chain (`AWS_ENDPOINT_URL` selects an emulator); nothing here branches on "local".
+//! AWS adapters (feature `aws`). Endpoint, region and credentials come from the
+//! environment Lambda sets in a function ([`function_sdk_config`]) and from the standard
+//! AWS chain in the CLI ([`sdk_config`]); `AWS_ENDPOINT_URL` selects an emulator; nothing
+//! here branches on "local".
 
 pub mod dlq;
 pub mod ecr;

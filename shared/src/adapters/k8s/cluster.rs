@@ -2,11 +2,17 @@
 //! from a kubeconfig (path and context), the in-cluster service account, an EKS bearer
 //! token presigned with this process's own AWS credentials (refreshed before it
 //! expires), or a plain URL (`kubectl proxy`, test servers).
+//!
+//! A kubeconfig and the in-cluster account are files of the machine Baton runs on
+//! ([`from_files`]); the CLI and `baton serve` pass that reader, a Lambda function has
+//! no such files and does not, so it links no kubeconfig (YAML) reader and a cluster
+//! configured that way is refused with what to use instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
 use crate::adapters::k8s::eks;
@@ -16,10 +22,16 @@ use crate::error::{Error, Result};
 /// EKS tokens live 15 minutes; clients are rebuilt well before that.
 const EKS_CLIENT_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
+/// Reads a cluster's access from this machine's files: its kubeconfig, or the
+/// in-cluster service account.
+pub type FileAccess =
+    for<'a> fn(&'a ClusterConfig, &'a Path) -> BoxFuture<'a, Result<kube::Config>>;
+
 /// One cluster and its (lazily built) client.
 pub struct Cluster {
     pub cfg: ClusterConfig,
     base_dir: PathBuf,
+    files: Option<FileAccess>,
     client: Mutex<Option<(Instant, kube::Client)>>,
 }
 
@@ -36,10 +48,13 @@ fn access_error(cluster: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Cluster {
-    pub fn new(cfg: ClusterConfig, base_dir: PathBuf) -> Cluster {
+    /// A cluster reached by `eks` or `url`, or through `files` (a kubeconfig, the
+    /// in-cluster account) where this process has them.
+    pub fn new(cfg: ClusterConfig, base_dir: PathBuf, files: Option<FileAccess>) -> Cluster {
         Cluster {
             cfg,
             base_dir,
+            files,
             client: Mutex::new(None),
         }
     }
@@ -75,36 +90,14 @@ impl Cluster {
                 .map_err(|e| access_error(name, format!("url {url:?}: {e}")))?;
             return Ok(kube::Config::new(uri));
         }
-        if self.cfg.in_cluster.is_some() {
-            return kube::Config::incluster()
-                .map_err(|e| access_error(name, format!("in-cluster: {e}")));
-        }
-        if let Some(k) = &self.cfg.kubeconfig {
-            let kubeconfig = match &k.path {
-                Some(p) => {
-                    let p = if p.is_absolute() {
-                        p.clone()
-                    } else {
-                        self.base_dir.join(p)
-                    };
-                    kube::config::Kubeconfig::read_from(&p).map_err(|e| {
-                        access_error(name, format!("kubeconfig {}: {e}", p.display()))
-                    })?
-                }
-                None => kube::config::Kubeconfig::read().map_err(|e| {
-                    access_error(
-                        name,
-                        format!("kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
-                    )
-                })?,
+        if self.cfg.in_cluster.is_some() || self.cfg.kubeconfig.is_some() {
+            let Some(files) = self.files else {
+                return Err(access_error(
+                    name,
+                    "a kubeconfig or the in-cluster account is not available to a Lambda function; reach the cluster with eks: {cluster, region, endpoint, ca_data} (or url:)",
+                ));
             };
-            let options = kube::config::KubeConfigOptions {
-                context: k.context.clone(),
-                ..Default::default()
-            };
-            return kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| access_error(name, format!("kubeconfig: {e}")));
+            return files(&self.cfg, &self.base_dir).await;
         }
         if let Some(e) = &self.cfg.eks {
             let uri = e.endpoint.parse().map_err(|err| {
@@ -122,6 +115,52 @@ impl Cluster {
         }
         Err(access_error(name, "no access method configured"))
     }
+}
+
+/// The [`FileAccess`] of a process that has files: the in-cluster service account, or a
+/// kubeconfig (its path relative to `base_dir`, else `$KUBECONFIG` or `~/.kube/config`)
+/// with its context.
+pub fn from_files<'a>(
+    cfg: &'a ClusterConfig,
+    base_dir: &'a Path,
+) -> BoxFuture<'a, Result<kube::Config>> {
+    Box::pin(async move {
+        let name = &cfg.name;
+        if cfg.in_cluster.is_some() {
+            return kube::Config::incluster()
+                .map_err(|e| access_error(name, format!("in-cluster: {e}")));
+        }
+        let Some(k) = &cfg.kubeconfig else {
+            return Err(access_error(
+                name,
+                "no kubeconfig or in-cluster access configured",
+            ));
+        };
+        let kubeconfig = match &k.path {
+            Some(p) => {
+                let p = if p.is_absolute() {
+                    p.clone()
+                } else {
+                    base_dir.join(p)
+                };
+                kube::config::Kubeconfig::read_from(&p)
+                    .map_err(|e| access_error(name, format!("kubeconfig {}: {e}", p.display())))?
+            }
+            None => kube::config::Kubeconfig::read().map_err(|e| {
+                access_error(
+                    name,
+                    format!("kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"),
+                )
+            })?,
+        };
+        let options = kube::config::KubeConfigOptions {
+            context: k.context.clone(),
+            ..Default::default()
+        };
+        kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| access_error(name, format!("kubeconfig: {e}")))
+    })
 }
 
 /// DER certificates from base64 of a PEM bundle (kubeconfig's

@@ -199,7 +199,7 @@ impl Extra for WithTests {
     fn build(clients: &Clients, config: &Config) -> Result<WithTests> {
         Ok(WithTests {
             lambda: clients.lambda(),
-            clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
+            clusters: crate::adapters::Clusters::for_function(config),
         })
     }
 }
@@ -231,7 +231,7 @@ impl Extra for WithTargets {
     fn build(clients: &Clients, config: &Config) -> Result<WithTargets> {
         Ok(WithTargets {
             lambda: clients.lambda(),
-            clusters: crate::adapters::Clusters::new(config, std::path::Path::new("/tmp")),
+            clusters: crate::adapters::Clusters::for_function(config),
         })
     }
 }
