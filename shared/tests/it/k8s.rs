@@ -47,6 +47,7 @@ struct Recorded {
     path: String,
     query: String,
     content_type: String,
+    authorization: String,
     body: Value,
 }
 
@@ -237,6 +238,11 @@ fn record(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
     });
 }
@@ -344,6 +350,7 @@ async fn logs_handler(
         path: format!("/pods/{pod}/log"),
         query: query.unwrap_or_default(),
         content_type: String::new(),
+        authorization: String::new(),
         body: Value::Null,
     });
     st.logs
@@ -1095,5 +1102,28 @@ async fn a_function_refuses_kubeconfig_and_in_cluster_access_naming_eks() {
             e.contains("cluster dev") && e.contains("Lambda function") && e.contains("eks:"),
             "{e}"
         );
+    }
+}
+
+/// The client of `eks` and `url` clusters (kube's HTTP stack without its kubeconfig
+/// authentication) sends the bearer token on every request, and none when there is none.
+#[tokio::test]
+async fn the_direct_client_sends_the_bearer_token() {
+    let fake = fake_cluster(
+        "registry.local/shop/web:1",
+        Rollout::Succeeds(1),
+        JobScript::Succeeds(1, ""),
+    )
+    .await;
+    for (token, want) in [(Some("t0ken.signed"), "Bearer t0ken.signed"), (None, "")] {
+        let mut config = kube::Config::new(fake.url.parse().unwrap());
+        config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
+        let client = baton::adapters::k8s::direct_client(config).unwrap();
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(client, "shop");
+        let d = api.get("web").await.unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("web"));
+        let got = fake.requests("GET", "/deployments/web");
+        assert_eq!(got.last().map(|r| r.authorization.as_str()), Some(want));
     }
 }

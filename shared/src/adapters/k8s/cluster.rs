@@ -4,9 +4,12 @@
 //! expires), or a plain URL (`kubectl proxy`, test servers).
 //!
 //! A kubeconfig and the in-cluster account are files of the machine Baton runs on
-//! ([`from_files`]); the CLI and `baton serve` pass that reader, a Lambda function has
-//! no such files and does not, so it links no kubeconfig (YAML) reader and a cluster
-//! configured that way is refused with what to use instead.
+//! ([`from_files`], with kube's whole authentication: exec plugins, auth providers,
+//! refreshed token files); the CLI and `baton serve` pass that reader. A Lambda function
+//! has no such files and does not, so it links neither a kubeconfig (YAML) reader nor
+//! that authentication (with its JSONPath and regex engines), and a cluster configured
+//! that way is refused with what to use instead. `eks` and `url` clusters are reached
+//! through [`direct_client`]: kube's HTTP stack with the bearer token as a header.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,10 +25,33 @@ use crate::error::{Error, Result};
 /// EKS tokens live 15 minutes; clients are rebuilt well before that.
 const EKS_CLIENT_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
-/// Reads a cluster's access from this machine's files: its kubeconfig, or the
-/// in-cluster service account.
+/// Builds a client for a cluster reached through this machine's files: its kubeconfig,
+/// or the in-cluster service account (with the timeouts applied).
 pub type FileAccess =
-    for<'a> fn(&'a ClusterConfig, &'a Path) -> BoxFuture<'a, Result<kube::Config>>;
+    for<'a> fn(&'a ClusterConfig, &'a Path, Timeouts) -> BoxFuture<'a, Result<kube::Client>>;
+
+/// Connect, read and write timeouts of every Kubernetes call: a hung API server fails
+/// the check (retried by the bus) instead of holding the stage forever.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(10),
+    read: Duration::from_secs(60),
+    write: Duration::from_secs(60),
+};
+
+impl Timeouts {
+    fn apply(self, config: &mut kube::Config) {
+        config.connect_timeout = Some(self.connect);
+        config.read_timeout = Some(self.read);
+        config.write_timeout = Some(self.write);
+    }
+}
 
 /// One cluster and its (lazily built) client.
 pub struct Cluster {
@@ -71,33 +97,32 @@ impl Cluster {
         {
             return Ok(client.clone());
         }
-        let mut config = self.config().await?;
-        // Every call has a deadline: a hung API server fails the check (retried by the
-        // bus) instead of holding the stage forever.
-        config.connect_timeout = Some(Duration::from_secs(10));
-        config.read_timeout = Some(Duration::from_secs(60));
-        config.write_timeout = Some(Duration::from_secs(60));
-        let client = kube::Client::try_from(config).map_err(|e| access_error(&self.cfg.name, e))?;
-        *guard = Some((Instant::now(), client.clone()));
-        Ok(client)
-    }
-
-    async fn config(&self) -> Result<kube::Config> {
         let name = &self.cfg.name;
-        if let Some(url) = &self.cfg.url {
-            let uri = url
-                .parse()
-                .map_err(|e| access_error(name, format!("url {url:?}: {e}")))?;
-            return Ok(kube::Config::new(uri));
-        }
-        if self.cfg.in_cluster.is_some() || self.cfg.kubeconfig.is_some() {
+        let client = if self.cfg.in_cluster.is_some() || self.cfg.kubeconfig.is_some() {
             let Some(files) = self.files else {
                 return Err(access_error(
                     name,
                     "a kubeconfig or the in-cluster account is not available to a Lambda function; reach the cluster with eks: {cluster, region, endpoint, ca_data} (or url:)",
                 ));
             };
-            return files(&self.cfg, &self.base_dir).await;
+            files(&self.cfg, &self.base_dir, TIMEOUTS).await?
+        } else {
+            let mut config = self.direct_config()?;
+            TIMEOUTS.apply(&mut config);
+            direct_client(config).map_err(|e| access_error(name, e))?
+        };
+        *guard = Some((Instant::now(), client.clone()));
+        Ok(client)
+    }
+
+    /// The configuration of a cluster reached by `url` or `eks`.
+    fn direct_config(&self) -> Result<kube::Config> {
+        let name = &self.cfg.name;
+        if let Some(url) = &self.cfg.url {
+            let uri = url
+                .parse()
+                .map_err(|e| access_error(name, format!("url {url:?}: {e}")))?;
+            return Ok(kube::Config::new(uri));
         }
         if let Some(e) = &self.cfg.eks {
             let uri = e.endpoint.parse().map_err(|err| {
@@ -117,14 +142,72 @@ impl Cluster {
     }
 }
 
+/// A client over kube's HTTP stack (TLS with the configured roots, timeouts, the
+/// cluster's base URI) that sends `config`'s bearer token, if any, as `Authorization`:
+/// what `kube::Client::try_from` builds, less the authentication layer of kubeconfig
+/// users (exec plugins, auth providers, token files), which no `eks` or `url` cluster
+/// uses.
+pub fn direct_client(config: kube::Config) -> std::result::Result<kube::Client, String> {
+    use kube::client::ConfigExt;
+    use secrecy::ExposeSecret;
+    use tower::ServiceExt;
+
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // The process's provider, as kube installs it; a race to install is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
+    let mut plain = hyper_util::client::legacy::connect::HttpConnector::new();
+    plain.enforce_http(false);
+    let https = config
+        .rustls_https_connector_with_connector(plain)
+        .map_err(|e| format!("TLS: {e}"))?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    let client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let bearer = match &config.auth_info.token {
+        Some(t) => {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.expose_secret()))
+                .map_err(|_| "the bearer token is not a valid header value".to_string())?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .service(client)
+        .map_request(move |mut req: http::Request<kube::client::Body>| {
+            if let Some(v) = &bearer {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, v.clone());
+            }
+            req
+        })
+        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
+    Ok(kube::Client::new(service, config.default_namespace))
+}
+
 /// The [`FileAccess`] of a process that has files: the in-cluster service account, or a
 /// kubeconfig (its path relative to `base_dir`, else `$KUBECONFIG` or `~/.kube/config`)
-/// with its context.
+/// with its context; the client is kube's own, with all its authentication.
 pub fn from_files<'a>(
     cfg: &'a ClusterConfig,
     base_dir: &'a Path,
-) -> BoxFuture<'a, Result<kube::Config>> {
+    timeouts: Timeouts,
+) -> BoxFuture<'a, Result<kube::Client>> {
     Box::pin(async move {
+        let mut config = files_config(cfg, base_dir).await?;
+        timeouts.apply(&mut config);
+        kube::Client::try_from(config).map_err(|e| access_error(&cfg.name, e))
+    })
+}
+
+async fn files_config(cfg: &ClusterConfig, base_dir: &Path) -> Result<kube::Config> {
+    {
         let name = &cfg.name;
         if cfg.in_cluster.is_some() {
             return kube::Config::incluster()
@@ -160,7 +243,7 @@ pub fn from_files<'a>(
         kube::Config::from_custom_kubeconfig(kubeconfig, &options)
             .await
             .map_err(|e| access_error(name, format!("kubeconfig: {e}")))
-    })
+    }
 }
 
 /// DER certificates from base64 of a PEM bundle (kubeconfig's

@@ -6,7 +6,7 @@ pub mod deploy;
 pub mod eks;
 pub mod job;
 
-pub use cluster::{Cluster, FileAccess, from_files};
+pub use cluster::{Cluster, FileAccess, Timeouts, direct_client, from_files};
 pub use deploy::KubeDeployTarget;
 pub use job::KubeJobRunner;
 
