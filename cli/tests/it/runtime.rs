@@ -38,13 +38,17 @@ fn cargo_lambda() -> PathBuf {
 /// Builds the function binaries. `--tests` makes the features the same as in
 /// `cargo test --workspace` (dev-dependencies included), so every library that run built
 /// is reused and only the function binaries are linked.
+/// Once per test process: the tests that run function binaries share one build.
 fn build_functions() {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--workspace", "--bins", "--tests", "--quiet"])
-        .current_dir(root())
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build --workspace --bins");
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *BUILT.get_or_init(|| {
+        Command::new(env!("CARGO"))
+            .args(["build", "--workspace", "--bins", "--tests", "--quiet"])
+            .current_dir(root())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(ok, "cargo build --workspace --bins --tests failed");
 }
 
 /// Starts `cargo lambda watch` (Runtime API and Invoke API) on a free port.
@@ -399,6 +403,7 @@ apps:
 /// runs no stage on anything, says what it is and how to run stages locally, and exits 2.
 #[test]
 fn a_function_binary_outside_lambda_says_what_it_is_and_runs_nothing() {
+    build_functions();
     let dir = tempfile::tempdir().unwrap();
     for stage in ["ingest", "gate", "deploy"] {
         let out = Command::new(bin_dir().join(format!("baton-fn-{stage}")))

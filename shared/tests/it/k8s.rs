@@ -1127,3 +1127,146 @@ async fn the_direct_client_sends_the_bearer_token() {
         assert_eq!(got.last().map(|r| r.authorization.as_str()), Some(want));
     }
 }
+
+/// Runs `openssl` (the Debian package) in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl makes the test certificates");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA named `ca` and a serving certificate for 127.0.0.1 it signs, made by `openssl`
+/// in `dir`: (the CA's certificate, the server's certificate, the server's key), as DER.
+fn loopback_certificates(
+    dir: &std::path::Path,
+    ca: &str,
+) -> (
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+    ];
+    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+    let (crt, key) = (format!("{ca}-server.crt"), format!("{ca}-server.key"));
+    let subject = format!("/CN={ca}");
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-subj", &subject, "-keyout", &ca_key, "-out", &ca_crt],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            &["-addext", "basicConstraints=critical,CA:FALSE"],
+            &[
+                "-CA", &ca_crt, "-CAkey", &ca_key, "-keyout", &key, "-out", &crt,
+            ],
+        ]
+        .concat(),
+    );
+    (
+        rustls::pki_types::CertificateDer::from_pem_file(dir.join(ca_crt)).unwrap(),
+        rustls::pki_types::CertificateDer::from_pem_file(dir.join(crt)).unwrap(),
+        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(key)).unwrap(),
+    )
+}
+
+/// The direct client verifies the API server: with the cluster's CA (what `eks.ca_data`
+/// gives) it reaches the server over TLS and sends the token; a server whose
+/// certificate another CA signed, or one the platform's trust store does not know (no
+/// CA configured, as for `url`), is refused before any request is sent.
+#[tokio::test]
+async fn the_direct_client_trusts_only_the_configured_ca() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let fake = fake_cluster(
+        "registry.local/shop/web:1",
+        Rollout::Succeeds(1),
+        JobScript::Succeeds(1, ""),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster_ca, server_cert, server_key) = loopback_certificates(dir.path(), "cluster-ca");
+    let (other_ca, _, _) = loopback_certificates(dir.path(), "other-ca");
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![server_cert], server_key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_url = format!("https://{}", listener.local_addr().unwrap());
+    let plain = fake.url.trim_start_matches("http://").to_string();
+    // TLS in front of the test API server: decrypt, then copy bytes both ways.
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, plain) = (acceptor.clone(), plain.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&plain).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+
+    let get = |roots: Option<Vec<Vec<u8>>>| {
+        let url = tls_url.clone();
+        async move {
+            let mut config = kube::Config::new(url.parse().unwrap());
+            config.root_cert = roots;
+            config.auth_info.token = Some(secrecy::SecretString::from("t0ken".to_string()));
+            let client = baton::adapters::k8s::direct_client(config).unwrap();
+            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+                kube::Api::namespaced(client, "shop");
+            api.get("web").await
+        }
+    };
+    let d = get(Some(vec![cluster_ca.to_vec()])).await.unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("web"));
+    let sent = fake.requests("GET", "/deployments/web");
+    assert_eq!(sent.len(), 1, "one request through TLS");
+    assert_eq!(sent[0].authorization, "Bearer t0ken");
+
+    for (roots, what) in [
+        (Some(vec![other_ca.to_vec()]), "another CA"),
+        (None, "no CA"),
+    ] {
+        // The cause is in the error's chain, which Display leaves out.
+        let e = format!("{:?}", get(roots).await.expect_err(what));
+        assert!(e.contains("InvalidCertificate"), "{what}: {e}");
+    }
+    assert_eq!(
+        fake.requests("GET", "/deployments/web").len(),
+        1,
+        "no request reaches an unverified server"
+    );
+}

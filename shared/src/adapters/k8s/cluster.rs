@@ -142,13 +142,15 @@ impl Cluster {
     }
 }
 
-/// A client over kube's HTTP stack (TLS with the configured roots, timeouts, the
-/// cluster's base URI) that sends `config`'s bearer token, if any, as `Authorization`:
-/// what `kube::Client::try_from` builds, less the authentication layer of kubeconfig
-/// users (exec plugins, auth providers, token files), which no `eks` or `url` cluster
-/// uses.
+/// A client over kube's HTTP stack (TLS, timeouts, the cluster's base URI) that sends
+/// `config`'s bearer token, if any, as `Authorization`: what `kube::Client::try_from`
+/// builds, less everything kubeconfig users may need (exec plugins, auth providers,
+/// token files, client certificates), which no `eks` or `url` cluster uses. The server
+/// is verified against `config.root_cert` when set (an EKS cluster's CA), else against
+/// the platform's trust store, as kube does.
 pub fn direct_client(config: kube::Config) -> std::result::Result<kube::Client, String> {
     use kube::client::ConfigExt;
+    use rustls_platform_verifier::BuilderVerifierExt;
     use secrecy::ExposeSecret;
     use tower::ServiceExt;
 
@@ -156,11 +158,28 @@ pub fn direct_client(config: kube::Config) -> std::result::Result<kube::Client, 
         // The process's provider, as kube installs it; a race to install is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
+    let tls = match &config.root_cert {
+        Some(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for der in roots {
+                store
+                    .add(rustls::pki_types::CertificateDer::from(der.as_slice()))
+                    .map_err(|e| format!("a CA certificate is not usable: {e}"))?;
+            }
+            rustls::ClientConfig::builder().with_root_certificates(store)
+        }
+        None => rustls::ClientConfig::builder()
+            .with_platform_verifier()
+            .map_err(|e| format!("the platform's trust store: {e}"))?,
+    }
+    .with_no_client_auth();
     let mut plain = hyper_util::client::legacy::connect::HttpConnector::new();
     plain.enforce_http(false);
-    let https = config
-        .rustls_https_connector_with_connector(plain)
-        .map_err(|e| format!("TLS: {e}"))?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(plain);
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
