@@ -241,8 +241,9 @@ fn main() {
     ];
     let release = root().join("target/release");
     let baseline_bin = release.join("examples/minimal_lambda");
-    // The first invocation: an (empty) SQS batch, which every function answers only
-    // once its clients and configuration are ready; the minimal function echoes it.
+    // The first invocation: an (empty) SQS batch, which every function answers once its
+    // configuration is read (it calls no AWS service, so no SDK client is built: they
+    // are built on first use); the minimal function echoes it.
     const FIRST: &str = r#"{"Records":[]}"#;
     // Rounds: each round starts the minimal function and every Baton function once,
     // so a change in the machine's load during the benchmark shows on both sides of a
@@ -298,6 +299,36 @@ fn main() {
             s.rss_kib as f64 / 1024.0,
             size
         );
+    }
+    // What each binary links of the heavy dependencies, read from the source paths its
+    // panic locations keep (`…/kube-client-5.0.0/src/…`) even when stripped.
+    const HEAVY: [&str; 6] = [
+        "kube-client",
+        "k8s-openapi",
+        "aws-sdk-lambda",
+        "aws-sdk-ecr",
+        "aws-sdk-iam",
+        "regex-automata",
+    ];
+    println!("links (of {}):", HEAVY.join(", "));
+    for (name, bin, _) in &bins {
+        let bytes = std::fs::read(bin).unwrap_or_default();
+        let linked: Vec<&str> = HEAVY
+            .iter()
+            .copied()
+            .filter(|c| {
+                let needle = format!("/{c}-");
+                bytes
+                    .windows(needle.len() + 1)
+                    .any(|w| w.starts_with(needle.as_bytes()) && w[needle.len()].is_ascii_digit())
+            })
+            .collect();
+        let linked = if linked.is_empty() {
+            "none".to_string()
+        } else {
+            linked.join(", ")
+        };
+        println!("  {name:<18} {linked}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
