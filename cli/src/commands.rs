@@ -368,7 +368,7 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
             .record_push(&image, push.pushed_at)
             .await?;
     }
-    local.submit(&trigger).await?;
+    local.submit_parsed(&parsed).await?;
     drain(&local, g.json).await?;
     let runs = baton::pipeline::runs::list(&local.pipeline).await?;
     let mut touched = vec![];

@@ -425,6 +425,84 @@ async fn a_kill_right_after_202_loses_nothing() {
     );
 }
 
+/// What `baton serve` acknowledges it can process: a notification nested as deep as the
+/// JSON reader takes is queued as its parsed pushes and starts its run (it was once
+/// answered 202 and then dead-lettered as unreadable), and one nested deeper is
+/// refused with 400 and queues nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deeply_nested_webhook_is_processed_or_refused_never_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let serve_port = free_port();
+    let (_registry, reg) = start_registry(&root, None).await;
+    write_project(&root, reg, "echo ok", "");
+    let digest = push(&root, reg, "demo/app", "1.0.0");
+    let _serve = start_serve(&root, serve_port).await;
+    let post = |depth: usize| {
+        // `extra` holds `depth` nested arrays; the envelope adds 4 levels.
+        let extra = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let body = format!(
+            r#"{{"events": [{{"id": "n-deep-{depth}", "timestamp": "2026-11-20T10:00:00Z", "action": "push",
+              "target": {{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "{digest}",
+                         "repository": "demo/app", "tag": "1.0.0", "extra": {extra}}},
+              "request": {{"host": "127.0.0.1:{reg}"}}}}]}}"#
+        );
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{serve_port}/hooks/registry"))
+                .header("Authorization", HOOK_SECRET)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(400).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(123).await;
+    assert_eq!(status, 202, "{body}");
+    let api = Api::new(serve_port);
+    api.wait_status(&digest, "awaiting approval (production)")
+        .await;
+    assert!(manifest(&root, "staging").contains(&digest));
+    let out = crate::baton(&root, &["--json", "dlq", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let letters: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(letters, json!([]), "nothing dead-lettered");
+
+    // /healthz says what holds: the dispatcher, the queue, the state directory; 503
+    // while the state directory cannot be written, 200 again once it can.
+    let health = || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{serve_port}/healthz"))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, h) = health().await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["dispatcher"], "running", "{h}");
+    assert_eq!(h["state_dir"], "writable", "{h}");
+    assert!(h["queue_depth"].is_u64(), "{h}");
+    std::fs::rename(root.join(".baton"), root.join(".baton-away")).unwrap();
+    let (status, h) = health().await;
+    std::fs::rename(root.join(".baton-away"), root.join(".baton")).unwrap();
+    assert_eq!(status, 503, "{h}");
+    assert_eq!(h["status"], "unhealthy", "{h}");
+    assert!(
+        h["state_dir"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot write the state directory"),
+        "{h}"
+    );
+    assert_eq!(health().await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn other_registries_webhooks_through_http() {
     let dir = tempfile::tempdir().unwrap();

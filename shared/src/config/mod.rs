@@ -92,11 +92,15 @@ pub fn secret_env(var: &str, field: &str) -> Result<String> {
     }
 }
 
-/// `"10m"`, `"24h"`, `"500ms"` as [`Duration`].
+/// `"10m"`, `"24h"`, `"500ms"` as [`Duration`], at most [`duration::MAX`]: every time
+/// computed from a configured duration stays far inside what dates and timers hold.
 pub mod duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The longest duration a configuration may give: 366 days.
+    pub const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
@@ -104,11 +108,17 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             serde::de::Error::custom(format!(
                 "{s:?} is not a duration ({e}); e.g. \"30s\", \"10m\", \"24h\""
             ))
-        })
+        })?;
+        if d > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is longer than the longest duration a configuration takes (366 days)"
+            )));
+        }
+        Ok(d)
     }
 }
 
@@ -447,7 +457,12 @@ reactions:
         (
             "an expiry over a year",
             Replace("expires_after: 2h", "expires_after: 400d"),
-            &["apps[0].environments[1].approval.expires_after", "366d"],
+            &["apps[0].environments[1].approval.expires_after", "366 days"],
+        ),
+        (
+            "a duration beyond what dates hold",
+            Replace("timeout: 1m }", "timeout: 300000y }"),
+            &["apps[0].test.command.timeout", "366 days"],
         ),
         (
             "an empty group",

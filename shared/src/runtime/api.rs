@@ -39,7 +39,7 @@ use crate::policy::approval::{Approver, Verdict};
 use crate::ports::Ports;
 use crate::reference::excerpt;
 use crate::stages::approve::{self, Decision, MAX_DECISION_BODY};
-use crate::triggers::Trigger;
+use crate::triggers::Parsed;
 use crate::webhooks::{Endpoint, MAX_WEBHOOK_BODY, RequestParts};
 
 /// Who a request authenticates as.
@@ -96,7 +96,7 @@ pub trait Host: Send + Sync + 'static {
     fn accept(
         &self,
         webhook: &str,
-        trigger: Trigger,
+        parsed: Parsed,
     ) -> impl std::future::Future<Output = Result<Map<String, Value>>> + Send;
 
     /// Keeps the body of a malformed webhook, where the host has somewhere to.
@@ -111,12 +111,17 @@ pub trait Host: Send + Sync + 'static {
 
     /// A decision was recorded (`baton serve` wakes its dispatcher).
     fn decided(&self) {}
+
+    /// What `GET /healthz` reports: healthy or not (503), and the details.
+    fn health(&self) -> impl std::future::Future<Output = (bool, Value)> + Send {
+        async { (true, json!({ "status": "ok" })) }
+    }
 }
 
 /// The router of `host`.
 pub fn router<H: Host>(host: Arc<H>) -> Router {
     let routes = host.routes();
-    let mut r = Router::new().route("/healthz", get(|| async { "ok" }));
+    let mut r = Router::new().route("/healthz", get(healthz::<H>));
     if routes.hooks {
         r = r.route("/hooks/{name}", post(hook::<H>));
     }
@@ -228,6 +233,17 @@ fn unauthenticated<H: Host>(h: &H, what: &str, denied: Denied) -> Response {
     }
 }
 
+/// `GET /healthz`: anyone may ask; 503 when the host is not healthy.
+async fn healthz<H: Host>(State(h): State<Arc<H>>) -> Response {
+    let (healthy, details) = h.health().await;
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(status, details)
+}
+
 async fn hook<H: Host>(
     State(h): State<Arc<H>>,
     Path(name): Path<String>,
@@ -283,7 +299,7 @@ async fn hook<H: Host>(
     {
         return refused(&why.0);
     }
-    let (trigger, parsed) = match ep.trigger(&body, Utc::now()) {
+    let (_, parsed) = match ep.trigger(&body, Utc::now()) {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(webhook = %name, error = %e, "malformed webhook");
@@ -303,7 +319,7 @@ async fn hook<H: Host>(
         answer.insert("queued".into(), json!(false));
         return reply(StatusCode::ACCEPTED, Value::Object(answer));
     }
-    match h.accept(&name, trigger).await {
+    match h.accept(&name, parsed).await {
         Ok(fields) => {
             tracing::info!(webhook = %name, pushes = pushes.len(), "webhook accepted");
             answer.extend(fields);

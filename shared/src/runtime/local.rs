@@ -25,7 +25,7 @@ use crate::ports::{
     BusMessage, Notifier, NotifyPorts, Ports, Registry, RegistryPorts, TargetPorts, TestPorts,
 };
 use crate::stages::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
-use crate::triggers::Trigger;
+use crate::triggers::{Parsed, Trigger};
 
 pub use crate::adapters::embedded::bus::DeliveryReport;
 
@@ -245,16 +245,24 @@ impl Local {
         &self.pipeline.ports.state_dir
     }
 
-    /// Queues a registry notification for ingest (durable once this returns).
+    /// Parses a registry notification and queues its pushes for ingest (durable once
+    /// this returns); a malformed notification is refused here, naming the field, and
+    /// nothing is queued.
     pub async fn submit(&self, trigger: &Trigger) -> Result<String> {
-        let body = serde_json::to_string(trigger).map_err(|e| Error::invalid("trigger", e))?;
-        let id = crate::ids::stable_id(&["trigger", &body]);
+        self.submit_parsed(&trigger.parse()?).await
+    }
+
+    /// Queues the pushes of a parsed notification for ingest (durable once this
+    /// returns). The queue holds exactly what was parsed: what is acknowledged can be
+    /// processed.
+    pub async fn submit_parsed(&self, parsed: &Parsed) -> Result<String> {
+        let body = serde_json::to_string(parsed).map_err(|e| Error::invalid("pushes", e))?;
+        let id = crate::ids::stable_id(&["pushes", &body]);
         let mut attributes = crate::event::Attributes::new();
         attributes.insert("type".into(), AttrValue::String(REGISTRY_PUSH.into()));
-        attributes.insert(
-            "trigger".into(),
-            AttrValue::String(trigger.kind.as_str().into()),
-        );
+        if let Some(kind) = parsed.pushes.first().map(|p| p.trigger) {
+            attributes.insert("trigger".into(), AttrValue::String(kind.as_str().into()));
+        }
         self.pipeline
             .ports
             .bus
@@ -311,11 +319,11 @@ impl Local {
 impl Subscriber for Local {
     async fn deliver(&self, subscription: &str, msg: &BusMessage) -> Delivery {
         if subscription == INGEST_QUEUE {
-            let trigger: Trigger = match serde_json::from_str(&msg.body) {
+            let parsed: Parsed = match serde_json::from_str(&msg.body) {
                 Ok(t) => t,
-                Err(e) => return Delivery::Dead(format!("unreadable registry notification: {e}")),
+                Err(e) => return Delivery::Dead(format!("unreadable queued pushes: {e}")),
             };
-            return match crate::stages::ingest::ingest(&self.pipeline, &trigger).await {
+            return match crate::stages::ingest::ingest_parsed(&self.pipeline, parsed).await {
                 Ok(report) => {
                     for reason in &report.ignored {
                         tracing::info!(%reason, "ignored");

@@ -29,7 +29,7 @@ use crate::pipeline::Pipeline;
 use crate::ports::{ObjectStore, Precondition};
 use crate::runtime::api::{self, Caller, Denied, Host, Routes};
 use crate::runtime::local::{Local, LocalPorts};
-use crate::triggers::Trigger;
+use crate::triggers::Parsed;
 use crate::webhooks::{Endpoint, same};
 
 /// The trusted proxy, with its secret resolved.
@@ -51,6 +51,26 @@ pub struct Server {
     max_connections: usize,
     request_timeout: Duration,
     wake: Notify,
+    dispatcher: std::sync::Mutex<Dispatcher>,
+}
+
+/// What the dispatcher last did, for `/healthz`.
+#[derive(Debug, Clone, Default)]
+struct Dispatcher {
+    running: bool,
+    /// Another process holds the state directory's delivery lock.
+    refused: Option<String>,
+    /// The last drain's error, until a later drain succeeds.
+    error: Option<String>,
+}
+
+/// Marks the dispatcher stopped however its task ends (a panic or an abort too).
+struct Running<'a>(&'a std::sync::Mutex<Dispatcher>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+    }
 }
 
 impl Server {
@@ -117,6 +137,7 @@ impl Server {
             max_connections: cfg.max_connections.max(1),
             request_timeout: cfg.request_timeout,
             wake: Notify::new(),
+            dispatcher: Default::default(),
         })
     }
 
@@ -202,7 +223,13 @@ impl Server {
         Ok(())
     }
 
+    fn set_dispatcher(&self, f: impl FnOnce(&mut Dispatcher)) {
+        f(&mut self.dispatcher.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     async fn dispatch_forever(&self) {
+        self.set_dispatcher(|d| d.running = true);
+        let _running = Running(&self.dispatcher);
         let mut warned = false;
         loop {
             let result = self
@@ -213,14 +240,21 @@ impl Server {
                 })
                 .await;
             match result {
-                Ok(_) => warned = false,
+                Ok(_) => {
+                    warned = false;
+                    self.set_dispatcher(|d| (d.refused, d.error) = (None, None));
+                }
                 Err(Error::Refused(msg)) => {
                     if !warned {
                         tracing::warn!(%msg, "not delivering for now");
                         warned = true;
                     }
+                    self.set_dispatcher(|d| d.refused = Some(msg));
                 }
-                Err(e) => tracing::error!(error = %e, "dispatcher error; retrying"),
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher error; retrying");
+                    self.set_dispatcher(|d| d.error = Some(e.to_string()));
+                }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
@@ -324,8 +358,8 @@ impl Host for Server {
     }
 
     /// Queues the notification on the durable bus for ingest; the dispatcher takes it.
-    async fn accept(&self, webhook: &str, trigger: Trigger) -> Result<Map<String, Value>> {
-        let id = self.local.submit(&trigger).await?;
+    async fn accept(&self, webhook: &str, parsed: Parsed) -> Result<Map<String, Value>> {
+        let id = self.local.submit_parsed(&parsed).await?;
         self.wake.notify_one();
         tracing::info!(%webhook, %id, "webhook queued");
         let mut fields = Map::new();
@@ -340,5 +374,45 @@ impl Host for Server {
 
     fn decided(&self) {
         self.wake.notify_one();
+    }
+
+    /// Healthy when the dispatcher runs without error and the state directory takes a
+    /// write; the queue depth is reported either way.
+    async fn health(&self) -> (bool, Value) {
+        let d = self
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let dir = self.local.state_dir().to_path_buf();
+        let probe = tokio::task::spawn_blocking(move || {
+            let path = dir.join(".healthz");
+            std::fs::write(&path, b"ok").and_then(|_| std::fs::remove_file(&path))
+        })
+        .await;
+        let state_dir = match probe {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot write the state directory: {e}")),
+            Err(e) => Err(format!("the probe did not finish: {e}")),
+        };
+        let dispatcher = if !d.running {
+            "stopped".to_string()
+        } else if let Some(e) = &d.error {
+            format!("failing: {e}")
+        } else if let Some(r) = &d.refused {
+            format!("waiting: {r}")
+        } else {
+            "running".to_string()
+        };
+        let healthy = d.running && d.error.is_none() && state_dir.is_ok();
+        (
+            healthy,
+            json!({
+                "status": if healthy { "ok" } else { "unhealthy" },
+                "dispatcher": dispatcher,
+                "queue_depth": self.local.pipeline.ports.bus.pending(),
+                "state_dir": match &state_dir { Ok(()) => "writable".to_string(), Err(e) => e.clone() },
+            }),
+        )
     }
 }

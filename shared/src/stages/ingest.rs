@@ -13,7 +13,7 @@ use crate::pipeline::stage::{
     Consumes, Input, PushInput, RecordKey, Stage, StageCtx, StageName, StageSpec, Step, per_image,
 };
 use crate::ports::{Registry, RegistryPorts};
-use crate::triggers::{Push, Trigger};
+use crate::triggers::{Parsed, Push, Trigger};
 
 /// The ingest stage.
 pub struct Ingest;
@@ -79,7 +79,15 @@ pub struct Accepted {
 /// Runs a registry notification through ingest. Malformed input is an `Error::Invalid`
 /// naming the field; pushes that start nothing are listed with why.
 pub async fn ingest<P: RegistryPorts>(p: &Pipeline<P>, trigger: &Trigger) -> Result<IngestReport> {
-    let parsed = trigger.parse()?;
+    ingest_parsed(p, trigger.parse()?).await
+}
+
+/// Starts a run for every push of an already parsed notification that the
+/// configuration takes (the ingest queue of `baton serve` holds these).
+pub async fn ingest_parsed<P: RegistryPorts>(
+    p: &Pipeline<P>,
+    parsed: Parsed,
+) -> Result<IngestReport> {
     let mut report = IngestReport {
         accepted: vec![],
         ignored: parsed.ignored,

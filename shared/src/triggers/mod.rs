@@ -81,6 +81,7 @@ pub struct Trigger {
 pub struct Push {
     pub trigger: TriggerKind,
     /// The registry's id of the notification (dedup across registry retries).
+    #[serde(deserialize_with = "de_notification_id")]
     pub notification_id: String,
     pub registry: RegistryHost,
     pub repository: Repository,
@@ -90,8 +91,23 @@ pub struct Push {
     pub digest: Option<Digest>,
     pub pushed_at: DateTime<Utc>,
     /// Who pushed, as the source says (a registry user, an IAM principal ARN).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_pusher")]
     pub pushed_by: Option<String>,
+}
+
+// A `Push` read back from the ingest queue is checked as the parser checked it: the
+// queue is a trust boundary like the bus.
+fn de_notification_id<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<String, D::Error> {
+    notification_id("push", "notification_id", String::deserialize(d)?)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_pusher<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    pusher("push", "pushed_by", Option::<String>::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// A reference part of a notification, parsed; the error names the field.
@@ -134,10 +150,14 @@ pub(crate) fn pusher(what: &str, field: &str, v: Option<String>) -> Result<Optio
     }
 }
 
-/// Pushes found in a notification, and why the rest of it was ignored.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Pushes found in a notification, and why the rest of it was ignored: what an accepted
+/// webhook becomes, and what the ingest queue holds (every part already parsed, so what
+/// is acknowledged is what is processed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Parsed {
     pub pushes: Vec<Push>,
+    #[serde(default)]
     pub ignored: Vec<String>,
 }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BusConfig;
@@ -306,7 +307,23 @@ impl EmbeddedBus {
                 Some(Ok(found)) => found,
             };
             let started = std::time::Instant::now();
-            let outcome = subscriber.deliver(&sub, &msg).await;
+            // A panic in one delivery is that message's failure (retried, then
+            // dead-lettered), never the end of the dispatcher.
+            let outcome = match std::panic::AssertUnwindSafe(subscriber.deliver(&sub, &msg))
+                .catch_unwind()
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    tracing::error!(subscription = %sub, id = %msg.id, panic = %what, "a delivery panicked");
+                    Delivery::Retry(format!("the delivery panicked: {what}"))
+                }
+            };
             let attempt = attempts + 1;
             let now = Utc::now();
             let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
@@ -433,13 +450,18 @@ impl Log {
         Ok(())
     }
 
+    /// Appends one line; the caller holds the log's lock. A partial line left by a
+    /// writer that died mid-append (it held the lock, so it is gone) is cut first, so
+    /// the new line is never merged into it.
     fn append(&self, file: &str, line: &str) -> Result<()> {
         let path = self.dir.join(file);
         let mut f = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
+        cut_torn_tail(&mut f, &path)?;
         f.write_all(format!("{line}\n").as_bytes())
             .map_err(|e| Error::io("append to", &path, e))?;
         f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
@@ -586,26 +608,51 @@ fn read_new_lines(path: &Path, offset: &mut u64) -> Result<Vec<String>> {
 }
 
 fn truncate_partial_line(path: &Path) -> Result<()> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("read", path, e)),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
+    cut_torn_tail(&mut f, path)
+}
+
+/// Cuts what follows the last newline of a log file (a line whose writer died before
+/// finishing it), reading backwards from the end in blocks.
+fn cut_torn_tail(f: &mut File, path: &Path) -> Result<()> {
+    const BLOCK: u64 = 64 * 1024;
+    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    if len == 0 {
         return Ok(());
     }
-    let keep = bytes
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map(|i| i + 1)
-        .unwrap_or(0);
-    tracing::warn!(path = %path.display(), dropped = bytes.len() - keep, "dropping a partial line left by a crash");
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    f.set_len(keep as u64)
-        .map_err(|e| Error::io("truncate", path, e))?;
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))
+        .and_then(|_| f.read_exact(&mut last))
+        .map_err(|e| Error::io("read", path, e))?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let mut end = len;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io("seek", path, e))?;
+        f.read_exact(chunk)
+            .map_err(|e| Error::io("read", path, e))?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        tracing::warn!(path = %path.display(), dropped = len - keep, "dropping a partial line left by a writer that died");
+        f.set_len(keep)
+            .map_err(|e| Error::io("truncate", path, e))?;
+    }
     Ok(())
 }
 
@@ -755,6 +802,78 @@ mod tests {
         assert_eq!(r.seen.lock().unwrap().len(), 5);
         bus.publish_message(&msg("after", "y")).await.unwrap();
         assert_eq!(bus.pending(), 1);
+    }
+
+    /// A publisher that dies mid-append while another process keeps the bus open: the
+    /// next append cuts the partial line instead of merging into it, so the next
+    /// acknowledged message is delivered.
+    #[tokio::test]
+    async fn a_torn_append_under_a_running_bus_loses_no_later_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        bus.publish_message(&msg("m0", "y")).await.unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("messages.jsonl"))
+            .unwrap();
+        // Longer than one read block, so the cut is found across blocks.
+        f.write_all(format!("{{\"seq\": 7, \"body\": \"{}", "x".repeat(100_000)).as_bytes())
+            .unwrap();
+        drop(f);
+        bus.publish_message(&msg("m1", "y")).await.unwrap();
+        let r = recorder(0);
+        bus.drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            r.seen.lock().unwrap().clone(),
+            vec![
+                ("b".to_string(), "m0".to_string()),
+                ("b".to_string(), "m1".to_string())
+            ]
+        );
+        let text = std::fs::read_to_string(dir.path().join("messages.jsonl")).unwrap();
+        assert!(
+            text.ends_with('\n') && !text.contains("xxx"),
+            "the torn line is gone"
+        );
+    }
+
+    /// A panic in one delivery is that message's failure: it is retried and then
+    /// dead-lettered, and the dispatcher goes on delivering the others.
+    #[tokio::test]
+    async fn a_panicking_delivery_is_retried_then_dead_lettered_and_the_rest_go_on() {
+        struct Panics(AtomicUsize);
+        impl Subscriber for Panics {
+            async fn deliver(&self, _sub: &str, msg: &BusMessage) -> Delivery {
+                if msg.id == "bad" {
+                    panic!("date overflow in {}", msg.id);
+                }
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Delivery::Done
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        bus.publish_message(&msg("bad", "y")).await.unwrap();
+        bus.publish_message(&msg("good", "y")).await.unwrap();
+        let p = Panics(AtomicUsize::new(0));
+        let rep = bus
+            .drain(&p, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            p.0.load(Ordering::SeqCst),
+            1,
+            "the good message was delivered"
+        );
+        assert_eq!(rep.dead, 1);
+        let dead = bus.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].message_id, "bad");
+        assert_eq!(dead[0].attempts, 3, "retried like any failure");
+        let error = dead[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("panicked: date overflow in bad"), "{error}");
     }
 
     #[tokio::test]

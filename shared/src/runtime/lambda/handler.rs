@@ -43,7 +43,7 @@ use crate::runtime::lambda::ports::{
     AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests, load_config,
 };
 use crate::stages::{Approve, Deploy, Gate, Ingest, Notify, Promote, Test, ingest};
-use crate::triggers::{Trigger, TriggerKind};
+use crate::triggers::{Parsed, Trigger, TriggerKind};
 use crate::webhooks::Endpoint;
 
 /// What a stage's function does with each kind of invocation besides its queue's
@@ -67,7 +67,7 @@ pub trait Function<X: Extra>: Stage<AwsPorts<X>> + Sized {
     /// An authenticated webhook that names pushes (ingest ingests it).
     fn accept(
         _pipeline: &Pipeline<AwsPorts<X>>,
-        _trigger: Trigger,
+        _parsed: Parsed,
     ) -> impl std::future::Future<Output = Result<Map<String, Value>>> + Send {
         async {
             Err(Error::not_found(
@@ -122,9 +122,9 @@ impl Function<WithRegistry> for Ingest {
 
     async fn accept(
         pipeline: &Pipeline<AwsPorts<WithRegistry>>,
-        trigger: Trigger,
+        parsed: Parsed,
     ) -> Result<Map<String, Value>> {
-        let report = ingest::ingest(pipeline, &trigger).await?;
+        let report = ingest::ingest_parsed(pipeline, parsed).await?;
         let mut fields = Map::new();
         fields.insert("accepted".into(), json!(report.accepted));
         fields.insert("ignored".into(), json!(report.ignored));
@@ -255,8 +255,8 @@ impl<S: Function<X>, X: Extra> Host for FunctionHost<S, X> {
         std::time::Duration::from_secs(10)
     }
 
-    async fn accept(&self, _webhook: &str, trigger: Trigger) -> Result<Map<String, Value>> {
-        S::accept(&self.pipeline, trigger).await
+    async fn accept(&self, _webhook: &str, parsed: Parsed) -> Result<Map<String, Value>> {
+        S::accept(&self.pipeline, parsed).await
     }
 }
 
