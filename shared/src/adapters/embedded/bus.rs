@@ -13,6 +13,15 @@
 //! hold an exclusive file lock, so several `baton` processes may publish; one process at
 //! a time delivers (`dispatch.lock`). Reading and appending the log (locks, `fsync`) runs
 //! on tokio's blocking pool, never on an async worker.
+//!
+//! Memory and disk follow the work in flight, not the history: a process holds only
+//! the messages that still have a pending delivery or a dead letter, and once the
+//! messages file has grown past [`COMPACT_AFTER`] bytes and what is live is under a
+//! quarter of it, the log is compacted: the live messages and their delivery state are
+//! written to a new generation (`messages.<n>.jsonl`, `deliveries.<n>.jsonl`), synced,
+//! and made current by renaming the `generation` file over the old one; the old
+//! generation is then deleted. Every read happens under the lock and reads `generation`
+//! first, so no process reads a generation that is being replaced.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -104,14 +113,36 @@ pub struct DeadLetter {
     pub at: DateTime<Utc>,
 }
 
+/// The messages file size after which the log is compacted, when what is live is under
+/// a quarter of it.
+pub const COMPACT_AFTER: u64 = 4 * 1024 * 1024;
+
 #[derive(Debug, Default)]
 struct State {
+    /// The log generation these offsets and entries were read from.
+    generation: u64,
     msg_offset: u64,
     del_offset: u64,
     next_seq: u64,
-    messages: BTreeMap<u64, LoggedMessage>,
+    /// Messages with a pending delivery or a dead letter, and the size of their lines.
+    messages: BTreeMap<u64, (LoggedMessage, u64)>,
+    /// The sum of the line sizes of `messages`.
+    live_bytes: u64,
     pending: BTreeMap<(u64, String), Entry>,
     dead: BTreeMap<(u64, String), DeadLetter>,
+}
+
+impl State {
+    /// Drops a message from memory once no delivery of it is pending or dead.
+    fn release(&mut self, seq: u64) {
+        let range = (seq, String::new())..(seq.saturating_add(1), String::new());
+        if self.pending.range(range.clone()).next().is_none()
+            && self.dead.range(range).next().is_none()
+            && let Some((_, bytes)) = self.messages.remove(&seq)
+        {
+            self.live_bytes = self.live_bytes.saturating_sub(bytes);
+        }
+    }
 }
 
 /// One delivery, as reported to a drain's progress callback.
@@ -213,6 +244,12 @@ impl EmbeddedBus {
         self.0.state().pending.len()
     }
 
+    /// How many messages this process holds in memory: those with a pending delivery
+    /// or a dead letter.
+    pub fn held(&self) -> usize {
+        self.0.state().messages.len()
+    }
+
     /// The dead-letter list.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         self.blocking(Log::dead_letters).await
@@ -251,7 +288,7 @@ impl EmbeddedBus {
             if opts.max_deliveries.is_some_and(|m| report.delivered >= m) {
                 break;
             }
-            self.blocking(Log::refresh).await?;
+            self.blocking(Log::refresh_locked).await?;
             let now = Utc::now();
             let next = {
                 let st = self.0.state();
@@ -270,7 +307,7 @@ impl EmbeddedBus {
                         attempts,
                         st.messages
                             .get(&seq)
-                            .map(|m| m.message.clone())
+                            .map(|(m, _)| m.message.clone())
                             .unwrap_or_else(|| BusMessage {
                                 id: format!("missing-{seq}"),
                                 attributes: Default::default(),
@@ -388,12 +425,171 @@ impl Log {
         };
         {
             let _lock = bus.lock_file("lock")?;
+            let generation = bus.current_generation()?;
             // A crash mid-append leaves a partial last line: it was never acknowledged.
-            truncate_partial_line(&bus.dir.join("messages.jsonl"))?;
-            truncate_partial_line(&bus.dir.join("deliveries.jsonl"))?;
+            truncate_partial_line(&bus.file("messages", generation))?;
+            truncate_partial_line(&bus.file("deliveries", generation))?;
+            bus.remove_other_generations(generation);
             bus.refresh()?;
         }
         Ok(bus)
+    }
+
+    /// A log file of a generation: generation 0 is the original `<kind>.jsonl`.
+    fn file(&self, kind: &str, generation: u64) -> PathBuf {
+        match generation {
+            0 => self.dir.join(format!("{kind}.jsonl")),
+            n => self.dir.join(format!("{kind}.{n}.jsonl")),
+        }
+    }
+
+    /// The current generation (`generation` file; 0 when there is none). The caller
+    /// holds the lock.
+    fn current_generation(&self) -> Result<u64> {
+        let path = self.dir.join("generation");
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().map_err(|e| {
+                Error::permanent(
+                    "embedded bus",
+                    format!(
+                        "{} holds {:?}, not a generation number ({e}); restore it from a backup or remove the bus directory",
+                        path.display(),
+                        crate::reference::excerpt(text.trim())
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    /// Deletes the files of generations other than `keep` (left by a compaction that
+    /// was interrupted). The caller holds the lock.
+    fn remove_other_generations(&self, keep: u64) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let generation = ["messages", "deliveries"].iter().find_map(|kind| {
+                if name == format!("{kind}.jsonl") {
+                    Some(0)
+                } else {
+                    name.strip_prefix(&format!("{kind}."))?
+                        .strip_suffix(".jsonl")?
+                        .parse::<u64>()
+                        .ok()
+                }
+            });
+            if generation.is_some_and(|g| g != keep) {
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an old bus generation");
+                }
+            }
+        }
+    }
+
+    /// Writes the live messages and their delivery state as the next generation, makes
+    /// it current and deletes the old one, when the messages file is mostly history.
+    /// The caller holds the lock.
+    fn maybe_compact(&self) -> Result<()> {
+        let (old, next) = {
+            let st = self.state();
+            if st.msg_offset < COMPACT_AFTER || st.live_bytes.saturating_mul(4) > st.msg_offset {
+                return Ok(());
+            }
+            let next = st.generation.saturating_add(1);
+            let live =
+                |key: &(u64, String)| st.pending.contains_key(key) || st.dead.contains_key(key);
+            let mut messages = Vec::new();
+            for (seq, (m, _)) in &st.messages {
+                let line = LoggedMessage {
+                    subscriptions: m
+                        .subscriptions
+                        .iter()
+                        .filter(|s| live(&(*seq, (*s).clone())))
+                        .cloned()
+                        .collect(),
+                    ..m.clone()
+                };
+                serde_json::to_writer(&mut messages, &line)
+                    .map_err(|e| Error::permanent("bus compaction", e))?;
+                messages.push(b'\n');
+            }
+            let mut deliveries = Vec::new();
+            let now = Utc::now();
+            let lines = st
+                .pending
+                .iter()
+                .filter(|((seq, _), e)| {
+                    e.attempts > 0
+                        || e.waiting
+                        || st
+                            .messages
+                            .get(seq)
+                            .is_none_or(|(m, _)| m.at != e.not_before)
+                })
+                .map(|((seq, sub), e)| DeliveryLine {
+                    seq: *seq,
+                    subscription: sub.clone(),
+                    outcome: if e.waiting {
+                        Outcome::Wait
+                    } else {
+                        Outcome::Retry
+                    },
+                    attempts: e.attempts,
+                    not_before: Some(e.not_before),
+                    error: None,
+                    at: now,
+                })
+                .chain(st.dead.iter().map(|((seq, sub), d)| DeliveryLine {
+                    seq: *seq,
+                    subscription: sub.clone(),
+                    outcome: Outcome::Dead,
+                    attempts: d.attempts,
+                    not_before: None,
+                    error: d.error.clone(),
+                    at: d.at,
+                }));
+            for line in lines {
+                serde_json::to_writer(&mut deliveries, &line)
+                    .map_err(|e| Error::permanent("bus compaction", e))?;
+                deliveries.push(b'\n');
+            }
+            for (kind, bytes) in [("messages", &messages), ("deliveries", &deliveries)] {
+                let path = self.file(kind, next);
+                let mut f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io("write", &path, e))?;
+            }
+            tracing::info!(
+                generation = next,
+                history_bytes = st.msg_offset,
+                live_bytes = messages.len(),
+                "compacting the bus log"
+            );
+            (st.generation, next)
+        };
+        let tmp = self.dir.join("generation.tmp");
+        let path = self.dir.join("generation");
+        let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        f.write_all(next.to_string().as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync", &self.dir, e))?;
+        for kind in ["messages", "deliveries"] {
+            let old = self.file(kind, old);
+            if let Err(e) = fs::remove_file(&old) {
+                tracing::warn!(file = %old.display(), error = %e, "could not remove the old bus generation");
+            }
+        }
+        // Read the new generation back: the state is rebuilt the way a restart would.
+        self.refresh()
     }
 
     fn lock_file(&self, name: &str) -> Result<File> {
@@ -413,14 +609,34 @@ impl Log {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads log lines appended since the last read (by this or another process).
+    /// [`Log::refresh`] under the lock.
+    fn refresh_locked(&self) -> Result<()> {
+        let _lock = self.lock_file("lock")?;
+        self.refresh()
+    }
+
+    /// Reads log lines appended since the last read (by this or another process),
+    /// starting over when another process compacted the log. The caller holds the lock.
     fn refresh(&self) -> Result<()> {
+        let generation = self.current_generation()?;
         let mut st = self.state();
-        let msgs = read_new_lines(&self.dir.join("messages.jsonl"), &mut st.msg_offset)?;
-        for line in msgs {
-            match serde_json::from_str::<LoggedMessage>(&line) {
+        if generation != st.generation {
+            let next_seq = st.next_seq;
+            *st = State {
+                generation,
+                next_seq,
+                ..State::default()
+            };
+        }
+        let st = &mut *st;
+        let mut offset = st.msg_offset;
+        for_each_new_line(&self.file("messages", generation), &mut offset, |line| {
+            match serde_json::from_slice::<LoggedMessage>(line) {
                 Ok(m) => {
-                    st.next_seq = st.next_seq.max(m.seq + 1);
+                    st.next_seq = st.next_seq.max(m.seq.saturating_add(1));
+                    if m.subscriptions.is_empty() {
+                        return;
+                    }
                     for s in &m.subscriptions {
                         st.pending.insert(
                             (m.seq, s.clone()),
@@ -431,30 +647,36 @@ impl Log {
                             },
                         );
                     }
-                    st.messages.insert(m.seq, m);
+                    let bytes = line.len() as u64;
+                    st.live_bytes = st.live_bytes.saturating_add(bytes);
+                    if let Some((_, old)) = st.messages.insert(m.seq, (m, bytes)) {
+                        st.live_bytes = st.live_bytes.saturating_sub(old);
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable line in bus/messages.jsonl")
+                    tracing::error!(error = %e, "skipping unreadable line in the bus's messages")
                 }
             }
-        }
-        let dels = read_new_lines(&self.dir.join("deliveries.jsonl"), &mut st.del_offset)?;
-        for line in dels {
-            match serde_json::from_str::<DeliveryLine>(&line) {
-                Ok(d) => apply_delivery(&mut st, d),
+        })?;
+        st.msg_offset = offset;
+        let mut offset = st.del_offset;
+        for_each_new_line(&self.file("deliveries", generation), &mut offset, |line| {
+            match serde_json::from_slice::<DeliveryLine>(line) {
+                Ok(d) => apply_delivery(st, d),
                 Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable line in bus/deliveries.jsonl")
+                    tracing::error!(error = %e, "skipping unreadable line in the bus's deliveries")
                 }
             }
-        }
+        })?;
+        st.del_offset = offset;
         Ok(())
     }
 
     /// Appends one line; the caller holds the log's lock. A partial line left by a
     /// writer that died mid-append (it held the lock, so it is gone) is cut first, so
     /// the new line is never merged into it.
-    fn append(&self, file: &str, line: &str) -> Result<()> {
-        let path = self.dir.join(file);
+    fn append(&self, kind: &str, line: &str) -> Result<()> {
+        let path = self.file(kind, self.state().generation);
         let mut f = OpenOptions::new()
             .create(true)
             .read(true)
@@ -472,8 +694,9 @@ impl Log {
         let _lock = self.lock_file("lock")?;
         self.refresh()?;
         let text = serde_json::to_string(&line).map_err(|e| Error::permanent("bus record", e))?;
-        self.append("deliveries.jsonl", &text)?;
-        self.refresh()
+        self.append("deliveries", &text)?;
+        self.refresh()?;
+        self.maybe_compact()
     }
 
     fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
@@ -498,13 +721,13 @@ impl Log {
         };
         let text =
             serde_json::to_string(&logged).map_err(|e| Error::permanent("bus publish", e))?;
-        self.append("messages.jsonl", &text)?;
+        self.append("messages", &text)?;
         self.refresh()?;
         Ok(seq)
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        self.refresh()?;
+        self.refresh_locked()?;
         Ok(self.state().dead.values().cloned().collect())
     }
 
@@ -543,6 +766,7 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
     match d.outcome {
         Outcome::Done => {
             st.pending.remove(&key);
+            st.release(d.seq);
         }
         Outcome::Retry | Outcome::Wait => {
             if let Some(e) = st.pending.get_mut(&key) {
@@ -553,7 +777,7 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
         }
         Outcome::Dead => {
             st.pending.remove(&key);
-            let msg = st.messages.get(&d.seq);
+            let msg = st.messages.get(&d.seq).map(|(m, _)| m);
             let dl = DeadLetter {
                 seq: d.seq,
                 subscription: d.subscription,
@@ -583,28 +807,35 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
     }
 }
 
-/// Reads complete lines after `offset`, advancing it past them.
-fn read_new_lines(path: &Path, offset: &mut u64) -> Result<Vec<String>> {
-    let mut f = match File::open(path) {
+/// Hands each complete line after `offset` to `f` (without its newline), advancing
+/// `offset` past it; reads in blocks, so a long log is never held whole.
+fn for_each_new_line(path: &Path, offset: &mut u64, mut f: impl FnMut(&[u8])) -> Result<()> {
+    use std::io::BufRead;
+    let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    f.seek(SeekFrom::Start(*offset))
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    reader
+        .seek(SeekFrom::Start(*offset))
         .map_err(|e| Error::io("seek", path, e))?;
-    let mut buf = String::new();
-    f.read_to_string(&mut buf)
-        .map_err(|e| Error::io("read", path, e))?;
-    let complete = match buf.rfind('\n') {
-        Some(i) => i + 1,
-        None => return Ok(vec![]),
-    };
-    *offset += complete as u64;
-    Ok(buf[..complete]
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect())
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("read", path, e))?;
+        // The end, or a line still being written: it is read when it is complete.
+        if n == 0 || line.last() != Some(&b'\n') {
+            return Ok(());
+        }
+        *offset = offset.saturating_add(n as u64);
+        let text = &line[..n - 1];
+        if !text.iter().all(u8::is_ascii_whitespace) {
+            f(text);
+        }
+    }
 }
 
 fn truncate_partial_line(path: &Path) -> Result<()> {
@@ -802,6 +1033,141 @@ mod tests {
         assert_eq!(r.seen.lock().unwrap().len(), 5);
         bus.publish_message(&msg("after", "y")).await.unwrap();
         assert_eq!(bus.pending(), 1);
+    }
+
+    fn big(id: &str, ty: &str) -> BusMessage {
+        BusMessage {
+            body: format!("\"{}\"", "b".repeat(64 * 1024)),
+            ..msg(id, ty)
+        }
+    }
+
+    fn log_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    /// History leaves memory and disk: delivered messages are dropped from memory at
+    /// once, and once the log is mostly history it is compacted to what is live (a dead
+    /// letter, a parked wait, an undelivered message), which survives a restart and is
+    /// then delivered as before.
+    #[tokio::test]
+    async fn delivered_history_is_dropped_and_the_log_compacted_keeping_what_is_live() {
+        struct Parks;
+        impl Subscriber for Parks {
+            async fn deliver(&self, _sub: &str, msg: &BusMessage) -> Delivery {
+                match msg.id.as_str() {
+                    "dead" => Delivery::Dead("malformed".into()),
+                    "parked" => Delivery::Later(Duration::from_secs(3600), "approval".into()),
+                    _ => Delivery::Done,
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        bus.publish_message(&msg("dead", "y")).await.unwrap();
+        bus.publish_message(&msg("parked", "y")).await.unwrap();
+        bus.drain(&Parks, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(bus.held(), 2, "the dead letter and the parked message");
+        let mut peak = 0;
+        for i in 0..200 {
+            bus.publish_message(&big(&format!("m{i}"), "y"))
+                .await
+                .unwrap();
+            bus.drain(&Parks, &DrainOptions::default(), |_| {})
+                .await
+                .unwrap();
+            assert!(
+                bus.held() <= 3,
+                "only live messages are held: {}",
+                bus.held()
+            );
+            peak = peak.max(log_bytes(dir.path()));
+        }
+        // 200 × 64 KiB went through; the log never held much more than the threshold.
+        assert!(peak < COMPACT_AFTER + 3 * 64 * 1024, "peak {peak}");
+        let generation: u64 = std::fs::read_to_string(dir.path().join("generation"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(generation >= 2, "compacted more than once: {generation}");
+        assert!(
+            !dir.path().join("messages.jsonl").exists(),
+            "generation 0 is gone"
+        );
+        let files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".jsonl"))
+            .collect();
+        assert_eq!(files.len(), 2, "one generation on disk: {files:?}");
+
+        // A restart reads the compacted log: the same dead letter and parked delivery.
+        drop(bus);
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        assert_eq!(bus.pending(), 1);
+        let dead = bus.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].message_id.as_str(), dead[0].error.as_deref()),
+            ("dead", Some("malformed"))
+        );
+        let rep = bus
+            .drain(&Parks, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            (rep.delivered, rep.parked),
+            (0, 1),
+            "the wait is still parked"
+        );
+        assert_eq!(bus.redrive(None).await.unwrap(), 1);
+        let r = recorder(0);
+        bus.drain(&r, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            r.seen.lock().unwrap().clone(),
+            vec![("b".to_string(), "dead".to_string())]
+        );
+    }
+
+    /// Another process with the bus open (a `baton ingest` next to `baton serve`) keeps
+    /// working across a compaction: it notices the new generation and appends there.
+    #[tokio::test]
+    async fn a_second_process_follows_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        let b = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        b.publish_message(&msg("early", "y")).await.unwrap();
+        let r = recorder(0);
+        for i in 0..80 {
+            a.publish_message(&big(&format!("m{i}"), "y"))
+                .await
+                .unwrap();
+            a.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
+        }
+        assert!(dir.path().join("generation").exists(), "compacted");
+        b.publish_message(&msg("late", "y")).await.unwrap();
+        a.drain(&r, &DrainOptions::default(), |_| {}).await.unwrap();
+        let seen: Vec<String> = r
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(seen.first().map(String::as_str), Some("early"));
+        assert_eq!(seen.last().map(String::as_str), Some("late"));
+        assert_eq!(seen.len(), 82, "each message once");
+        assert_eq!(a.pending(), 0);
     }
 
     /// A publisher that dies mid-append while another process keeps the bus open: the
