@@ -7,6 +7,7 @@ mod aws_cli;
 mod canary;
 mod registry;
 mod runtime;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -71,7 +71,7 @@ serve:
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
 }
 
-async fn start_serve(root: &Path, port: u16) -> Proc {
+pub(crate) async fn start_serve(root: &Path, port: u16) -> Proc {
     start_serve_with(root, port, &[]).await
 }
 

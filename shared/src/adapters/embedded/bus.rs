@@ -482,10 +482,10 @@ impl Log {
                         .ok()
                 }
             });
-            if generation.is_some_and(|g| g != keep) {
-                if let Err(e) = fs::remove_file(entry.path()) {
-                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an old bus generation");
-                }
+            if generation.is_some_and(|g| g != keep)
+                && let Err(e) = fs::remove_file(entry.path())
+            {
+                tracing::warn!(file = %entry.path().display(), error = %e, "could not remove an old bus generation");
             }
         }
     }

@@ -1,0 +1,172 @@
+//! Soak: `baton serve` (this build) takes pushes over HTTP for many apps, batch after
+//! batch, and its resident memory follows the work in flight, not the history of runs.
+//! Prints the figures; asserts the growth bound and that every run deployed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::registry::{HOOK_SECRET, start_serve};
+
+const APPS: usize = 20;
+
+fn write_config(root: &Path) {
+    let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: example/app:0.0.1 # set by baton\n";
+    let mut apps = String::new();
+    for i in 0..APPS {
+        for env in ["staging", "production"] {
+            let dir = root.join(format!("manifests/{env}/app{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("app.yaml"), manifest).unwrap();
+        }
+        apps.push_str(&format!(
+            r#"  - name: app{i}
+    registry: localhost:5000
+    repository: soak/app{i}
+    tags: {{ semver: ">=1.0.0" }}
+    test: {{ command: {{ run: ["true"] }} }}
+    environments:
+      - {{ name: staging, approval: auto, deploy: {{ manifest: {{ dir: manifests/staging/app{i}, workloads: [{{ name: app, container: app }}] }} }} }}
+      - {{ name: production, approval: auto, deploy: {{ manifest: {{ dir: manifests/production/app{i}, workloads: [{{ name: app, container: app }}] }} }} }}
+"#
+        ));
+    }
+    let cfg = format!(
+        "apps:\n{apps}serve:\n  webhooks:\n    - {{ name: registry, source: distribution, auth: {{ header: {{ name: Authorization, secret_env: BATON_TEST_HOOK_SECRET }} }} }}\n"
+    );
+    std::fs::write(root.join("baton.yaml"), cfg).unwrap();
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Pushes `BATCHES` × `BATCH` images (each a run through test, staging and production)
+/// and samples RSS after each batch has been processed. Runs after the first quarter
+/// may not grow RSS by more than 10%, nor may the bus's files grow with history.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_follows_work_in_flight_not_history() {
+    const BATCH: usize = 100;
+    let batches: usize = std::env::var("BATON_SOAK_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_config(root);
+    let port = baton_testkit::free_port();
+    let serve = start_serve(root, port).await;
+    let pid = serve.0.id();
+    let client = reqwest::Client::new();
+    let health = || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let started = Instant::now();
+    let mut samples = vec![];
+    for b in 0..batches {
+        for i in 0..BATCH {
+            let n = b * BATCH + i;
+            let app = n % APPS;
+            let tag = format!("1.{}.0", n / APPS);
+            let digest = baton_testkit::build::digest(&format!("soak-{n}"));
+            let body = baton_testkit::build::dist_push(
+                &format!("soak/app{app}"),
+                &tag,
+                &digest,
+                "ci",
+                chrono::Utc::now(),
+                &format!("n-{n}"),
+            );
+            let r = client
+                .post(format!("http://127.0.0.1:{port}/hooks/registry"))
+                .header("Authorization", HOOK_SECRET)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let h = health().await;
+            if h["queue_depth"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "batch {b} not processed: {h}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let runs = (b + 1) * BATCH;
+        let rss = rss_kib(pid);
+        let bus = dir_bytes(&root.join(".baton/bus"));
+        let state = dir_bytes(&root.join(".baton"));
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "soak: {runs:>6} runs  {:>7.0} runs/min  RSS {:>6.1} MiB  bus {:>6.1} MiB  state {:>7.1} MiB",
+            runs as f64 / elapsed * 60.0,
+            rss as f64 / 1024.0,
+            bus as f64 / 1_048_576.0,
+            state as f64 / 1_048_576.0
+        );
+        samples.push((runs, rss, bus));
+    }
+    // Every app's production manifest carries its last pushed image.
+    for app in 0..APPS {
+        let last = (0..batches * BATCH)
+            .rev()
+            .find(|n| n % APPS == app)
+            .unwrap();
+        let digest = baton_testkit::build::digest(&format!("soak-{last}"));
+        let m =
+            std::fs::read_to_string(root.join(format!("manifests/production/app{app}/app.yaml")))
+                .unwrap();
+        assert!(m.contains(&digest), "app{app} deployed its last push: {m}");
+    }
+    let quarter = samples[samples.len() / 4 - 1];
+    let last = samples[samples.len() - 1];
+    assert!(
+        last.1 as f64 <= quarter.1 as f64 * 1.10,
+        "RSS grew with history: {} KiB after {} runs, {} KiB after {} runs",
+        quarter.1,
+        quarter.0,
+        last.1,
+        last.0
+    );
+    assert!(
+        last.2 <= baton::adapters::embedded::bus::COMPACT_AFTER * 3,
+        "the bus's files are bounded: {} bytes",
+        last.2
+    );
+}
