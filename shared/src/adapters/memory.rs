@@ -29,6 +29,11 @@ impl MemStore {
     pub fn keys(&self) -> Vec<String> {
         lock(&self.objects).keys().cloned().collect()
     }
+
+    /// Removes an object (tests: an object lost to a cleanup or a restore).
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
+    }
 }
 
 impl ObjectStore for MemStore {

@@ -39,6 +39,10 @@ pub struct LiveRecord {
     /// The run context of the deploy (for rollback events).
     pub ctx: RunContext,
     pub kind: DeployKind,
+    /// The fence of the deploy lease it was written under: a write under an older
+    /// lease (a worker that lost it) never replaces it.
+    #[serde(default)]
+    pub fence: u64,
 }
 
 /// One deploy in an environment's history.
@@ -58,6 +62,18 @@ pub struct HistoryEntry {
 pub struct Lease {
     pub holder: String,
     pub until: DateTime<Utc>,
+    /// Incremented each time the lease changes hands (a renewal keeps it): writes made
+    /// under the lease carry it, so a holder that lost the lease cannot overwrite what
+    /// a later holder wrote.
+    #[serde(default)]
+    pub fence: u64,
+}
+
+/// A deploy lease held: who holds it and its fence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub holder: String,
+    pub fence: u64,
 }
 
 /// Takes (or renews) the environment's deploy lease for the pipeline's lease time.
@@ -66,7 +82,7 @@ pub async fn acquire_lease<P: Ports>(
     app: &str,
     env: &str,
     holder: &str,
-) -> Result<String> {
+) -> Result<Held> {
     acquire_lease_for(p, app, env, holder, p.settings.lease).await
 }
 
@@ -77,9 +93,11 @@ pub async fn acquire_lease_for<P: Ports>(
     env: &str,
     holder: &str,
     hold: std::time::Duration,
-) -> Result<String> {
+) -> Result<Held> {
     let key = lease_key(app, env);
     let what = format!("deploy lease for {app}/{env}");
+    // A new fence is above the live record's too (the lease object may be gone).
+    let live_fence = live(p, app, env).await?.map_or(0, |l| l.fence);
     let swapped = compare_and_swap(p.ports.store(), &key, &what, |cur: Option<Lease>| {
         let now = p.ports.now();
         let until = chrono::Duration::from_std(hold)
@@ -88,15 +106,29 @@ pub async fn acquire_lease_for<P: Ports>(
             .ok_or_else(|| Error::invalid(what.clone(), "the lease time is out of range"))?;
         Ok(match cur {
             Some(cur) if cur.until > now && cur.holder != holder => Change::Stop(cur),
-            _ => Change::Write(Lease {
+            // A renewal keeps the fence; a lease taken anew gets the next one.
+            Some(cur) => Change::Write(Lease {
                 holder: holder.into(),
                 until,
+                fence: if cur.until > now {
+                    cur.fence
+                } else {
+                    cur.fence.max(live_fence).saturating_add(1)
+                },
+            }),
+            None => Change::Write(Lease {
+                holder: holder.into(),
+                until,
+                fence: live_fence.saturating_add(1),
             }),
         })
     })
     .await?;
     match swapped {
-        Swapped::Written(..) => Ok(holder.to_string()),
+        Swapped::Written(lease, _) => Ok(Held {
+            holder: lease.holder,
+            fence: lease.fence,
+        }),
         Swapped::Stopped(cur) => Err(Error::transient(
             what,
             crate::error::Message(format!(
@@ -116,8 +148,8 @@ pub async fn release_lease<P: Ports>(p: &Pipeline<P>, app: &str, env: &str, hold
         && cur.holder == holder
     {
         let released = Lease {
-            holder: holder.into(),
             until: p.ports.now(),
+            ..cur
         };
         if let Err(e) = put_json(store, &key, &released, Precondition::IfMatch(etag)).await {
             tracing::warn!(%key, error = %e, "could not release deploy lease; it expires by itself");
@@ -125,7 +157,10 @@ pub async fn release_lease<P: Ports>(p: &Pipeline<P>, app: &str, env: &str, hold
     }
 }
 
-/// Records a deploy (or rollback) as live and in the environment's history.
+/// Records a deploy (or rollback) made under `lease` in the environment's history and
+/// as live. The live record is replaced by compare-and-swap, and only by a write under
+/// the same or a later lease: a worker that lost its lease (it stalled past the lease
+/// time and another deploy took over) is refused, naming both.
 pub async fn record_live<P: Ports>(
     p: &Pipeline<P>,
     ctx: &RunContext,
@@ -133,6 +168,7 @@ pub async fn record_live<P: Ports>(
     applied: &Applied,
     kind: DeployKind,
     by: Option<&str>,
+    lease: &Held,
 ) -> Result<()> {
     let now = p.ports.now();
     let store = p.ports.store();
@@ -160,15 +196,31 @@ pub async fn record_live<P: Ports>(
         deployed_at: now,
         ctx: ctx.clone(),
         kind,
+        fence: lease.fence,
     };
-    put_json(
+    let what = format!("live record of {}/{env}", ctx.app);
+    let swapped = compare_and_swap(
         store,
         &current_key(&ctx.app, env),
-        &live,
-        Precondition::None,
+        &what,
+        |cur: Option<LiveRecord>| {
+            Ok(match cur {
+                Some(cur) if cur.fence > lease.fence => Change::Stop(cur),
+                _ => Change::Write(live.clone()),
+            })
+        },
     )
     .await?;
-    Ok(())
+    match swapped {
+        Swapped::Written(..) => Ok(()),
+        Swapped::Stopped(cur) => Err(Error::permanent(
+            what,
+            crate::error::Message(format!(
+                "{} lost its deploy lease (fence {}) and run {} has since recorded {} as live (fence {}); this deploy's result is not recorded",
+                lease.holder, lease.fence, cur.run, cur.image.tag, cur.fence
+            )),
+        )),
+    }
 }
 
 /// What is live in an environment.
@@ -190,4 +242,79 @@ pub async fn history<P: Ports>(p: &Pipeline<P>, app: &str, env: &str) -> Result<
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::testing::{pipeline, sample};
+
+    fn applied() -> Applied {
+        Applied {
+            previous: vec![],
+            changed: true,
+            detail: "patched".into(),
+        }
+    }
+
+    /// A worker that stalls past its lease and wakes after another deploy took over
+    /// cannot overwrite what that deploy recorded as live; a renewal keeps the fence, a
+    /// lease taken anew gets a higher one, also when the lease object is gone.
+    #[tokio::test]
+    async fn a_worker_that_lost_its_lease_cannot_overwrite_the_live_record() {
+        let p = pipeline();
+        let ctx = sample("image.built", |_| {}).ctx().clone();
+        let a = acquire_lease(&p, "web", "staging", "run-a").await.unwrap();
+        assert_eq!(
+            acquire_lease(&p, "web", "staging", "run-a").await.unwrap(),
+            a,
+            "a renewal keeps the fence"
+        );
+        let busy = acquire_lease(&p, "web", "staging", "run-b").await;
+        assert!(busy.is_err_and(|e| e.is_retryable() && e.to_string().contains("held by run-a")));
+
+        // run-a stalls past its lease; run-b takes it and records its deploy.
+        p.ports.advance(chrono::Duration::minutes(5));
+        let b = acquire_lease(&p, "web", "staging", "run-b").await.unwrap();
+        assert!(b.fence > a.fence, "{b:?} after {a:?}");
+        record_live(
+            &p,
+            &ctx,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            &b,
+        )
+        .await
+        .unwrap();
+
+        // run-a wakes up and finishes its deploy: refused, and b's record stays.
+        let mut stale = ctx.clone();
+        stale.image.tag = "0.9.0".parse().unwrap();
+        let e = record_live(
+            &p,
+            &stale,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            &a,
+        )
+        .await
+        .unwrap_err();
+        assert!(!e.is_retryable());
+        let msg = e.to_string();
+        assert!(msg.contains("run-a lost its deploy lease"), "{msg}");
+        let now = live(&p, "web", "staging").await.unwrap().unwrap();
+        assert_eq!(
+            (now.image.tag.to_string(), now.fence),
+            (ctx.image.tag.to_string(), b.fence)
+        );
+
+        // The lease object lost (a cleanup, a restore): the next fence is still higher.
+        p.ports.store.remove(&lease_key("web", "staging"));
+        let c = acquire_lease(&p, "web", "staging", "run-c").await.unwrap();
+        assert!(c.fence > b.fence, "{c:?} after {b:?}");
+    }
 }

@@ -245,7 +245,9 @@ pub async fn handle<S: Stage<P>, P: Ports>(
     };
     let span = tracing::info_span!("stage", stage = %stage, run = %ctx.run, app = %ctx.app,
         env = ctx.environment.as_deref().unwrap_or("-"), attempt = rec.attempt);
-    let result = S::run(p, &input, &sctx).instrument(span).await;
+    // On the heap: a stage's future (deploy's holds a rollout, a lease and records) is
+    // large, and the harness's callers run on threads with small stacks.
+    let result = Box::pin(S::run(p, &input, &sctx)).instrument(span).await;
     let now = p.ports.now();
     match result {
         Ok(Step::Done { outputs, note }) => {

@@ -126,10 +126,19 @@ async fn step<P: TargetPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
         ),
     };
     let lease = deployments::acquire_lease(p, &ctx.app, &env_name, &ctx.run).await?;
-    let result = deploy_under_lease(p, &target, &req, &ctx, env.rollback_on_failure, sctx).await;
+    let result = deploy_under_lease(
+        p,
+        &target,
+        &req,
+        &ctx,
+        env.rollback_on_failure,
+        sctx,
+        &lease,
+    )
+    .await;
     // A waiting rollout keeps the lease (renewed on every check); everything else frees it.
     if !matches!(result, Ok(Step::Wait { .. })) {
-        deployments::release_lease(p, &ctx.app, &env_name, &lease).await;
+        deployments::release_lease(p, &ctx.app, &env_name, &lease.holder).await;
     }
     result
 }
@@ -172,6 +181,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
     ctx: &RunContext,
     rollback_on_failure: bool,
     sctx: &StageCtx,
+    lease: &deployments::Held,
 ) -> Result<Step> {
     let store = p.ports.store();
     let env_name = &req.environment;
@@ -227,7 +237,8 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
     };
     match target.rollout(req).await? {
         Rollout::Complete { detail } => {
-            deployments::record_live(p, ctx, env_name, &applied, DeployKind::Deploy, None).await?;
+            deployments::record_live(p, ctx, env_name, &applied, DeployKind::Deploy, None, lease)
+                .await?;
             Ok(Step::Done {
                 note: Some(format!("{env_name}: {detail}")),
                 outputs: vec![Payload::DeploySucceeded(DeploySucceeded {
@@ -353,7 +364,7 @@ pub async fn rollback<P: TargetPorts>(
     };
     let target = p.ports.deploy_target(app_cfg, env_cfg)?;
     let holder = format!("rollback-{}", entry.run);
-    deployments::acquire_lease(p, app, env, &holder).await?;
+    let lease = deployments::acquire_lease(p, app, env, &holder).await?;
     let req = DeployRequest {
         app: app.into(),
         environment: env.into(),
@@ -384,6 +395,8 @@ pub async fn rollback<P: TargetPorts>(
                     }
                     tracing::info!(%detail, "rollback rolling out");
                     tokio::time::sleep(check_after.min(Duration::from_secs(10))).await;
+                    // Renewed while the rollout goes on, so no deploy takes over.
+                    deployments::acquire_lease(p, app, env, &holder).await?;
                 }
                 Rollout::Failed { reason } => {
                     target.restore(&req, &applied.previous).await?;
@@ -391,7 +404,16 @@ pub async fn rollback<P: TargetPorts>(
                 }
             }
         }
-        deployments::record_live(p, &entry.ctx, env, &applied, DeployKind::Rollback, by).await?;
+        deployments::record_live(
+            p,
+            &entry.ctx,
+            env,
+            &applied,
+            DeployKind::Rollback,
+            by,
+            &lease,
+        )
+        .await?;
         Ok(applied)
     }
     .await;
