@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback { app, env, to, who } => {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
+        Command::Gc { dry_run } => gc(g, dry_run).await,
         Command::Dlq { action } => match (&g.stack, action) {
             (Some(stack), DlqAction::List { subscription }) => {
                 crate::aws_mode::dlq_list(g, stack, &stage_arg(subscription)?).await
@@ -563,6 +564,46 @@ async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
                 println!("redrove {n} message(s); {left} dead letter(s) left");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
+    if g.stack.is_some() {
+        return Err(anyhow!(
+            "baton gc works on the local state directory; on AWS, keep run records with an S3 lifecycle rule on runs/ (docs/aws.md)"
+        ));
+    }
+    let local = open(g)?;
+    let report = local.gc(dry_run).await?;
+    if g.json {
+        print_json(&report)?;
+    } else {
+        let r = &local.pipeline.config.retention;
+        for d in &report.removed {
+            println!(
+                "{} {} {} (last updated {})",
+                if dry_run { "would remove" } else { "removed" },
+                d.app,
+                d.run,
+                d.updated_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "never".into())
+            );
+        }
+        println!(
+            "{} {} run(s){}; kept {} (live, waiting or running, the newest {} per app, or younger than {})",
+            if dry_run { "would remove" } else { "removed" },
+            report.removed.len(),
+            if dry_run {
+                String::new()
+            } else {
+                format!(", {:.1} MiB freed", report.bytes_freed as f64 / 1_048_576.0)
+            },
+            report.kept,
+            r.keep_last,
+            humantime::format_duration(r.max_age)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -140,6 +140,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ReactAction,
     },
+    /// Remove finished runs' records as the configuration's `retention` says (runs live
+    /// somewhere, waiting or running, and each app's newest are kept).
+    Gc {
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Dead letters of the embedded bus.
     Dlq {
         #[command(subcommand)]

@@ -148,6 +148,28 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&o)[0]["status"], "deployed");
+
+    // gc keeps the live run (and says so), removes nothing from a fresh state
+    let demo = [
+        "--config",
+        "demo-state/baton.yaml",
+        "--state-dir",
+        "demo-state",
+    ];
+    let o = baton(
+        dir.path(),
+        &[&demo[..], &["--json", "gc", "--dry-run"]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        (v["dry_run"].as_bool(), v["kept"].as_u64()),
+        (Some(true), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["removed"], serde_json::json!([]));
+    let o = baton(dir.path(), &[&demo[..], &["gc"]].concat());
+    assert!(stdout(&o).contains("removed 0 run(s)"), "{}", stdout(&o));
 }
 
 #[test]

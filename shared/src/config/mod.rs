@@ -21,6 +21,7 @@ mod bus;
 mod clusters;
 mod reactions;
 mod registries;
+mod retention;
 mod serve;
 
 pub use apps::*;
@@ -28,6 +29,7 @@ pub use bus::*;
 pub use clusters::*;
 pub use reactions::*;
 pub use registries::*;
+pub use retention::*;
 pub use serve::*;
 
 /// The whole configuration.
@@ -59,6 +61,9 @@ pub struct Config {
     /// runner use, by name.
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// How long finished runs are kept (`baton gc`, and `baton serve` periodically).
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Directory relative paths in this file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -242,6 +247,7 @@ impl Config {
             }
         }
         self.serve.check("serve", &mut p);
+        self.retention.check("retention", &mut p);
         p
     }
 
@@ -458,6 +464,11 @@ reactions:
             "an expiry over a year",
             Replace("expires_after: 2h", "expires_after: 400d"),
             &["apps[0].environments[1].approval.expires_after", "366 days"],
+        ),
+        (
+            "a retention shorter than a retry window",
+            Replace("apps:\n", "retention: { max_age: 10m }\napps:\n"),
+            &["retention.max_age", "at least 1h"],
         ),
         (
             "a duration beyond what dates hold",

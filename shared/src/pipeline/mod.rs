@@ -19,6 +19,7 @@ use crate::ports::Ports;
 pub mod approvals;
 pub mod deployments;
 pub mod harness;
+pub mod retention;
 pub mod runs;
 pub mod stage;
 

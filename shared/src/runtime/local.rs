@@ -27,6 +27,17 @@ use crate::ports::{
 use crate::stages::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::{Parsed, Trigger};
 
+/// What [`Local::gc`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// The runs removed (or that would be, with `dry_run`).
+    pub removed: Vec<crate::pipeline::retention::Decision>,
+    /// Runs kept.
+    pub kept: usize,
+    pub bytes_freed: u64,
+}
+
 pub use crate::adapters::embedded::bus::DeliveryReport;
 
 /// The queue registry notifications are sent to.
@@ -279,6 +290,50 @@ impl Local {
     }
 
     /// Delivers queued messages to their stages until nothing is due.
+    /// Applies the configuration's run retention: removes the records of the runs it
+    /// lets go (nothing with `dry_run`) and says what it decided.
+    pub async fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        self.gc_at(chrono::Utc::now(), dry_run).await
+    }
+
+    /// [`Local::gc`] as if the time were `now`.
+    pub async fn gc_at(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<GcReport> {
+        use crate::pipeline::retention::{Verdict, decide};
+        let p = &self.pipeline;
+        let decisions = decide(p, &p.config.retention, now).await?;
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        for d in decisions {
+            if d.verdict != Verdict::Expired {
+                report.kept += 1;
+                continue;
+            }
+            if !dry_run {
+                let store = &p.ports.store;
+                report.bytes_freed = report
+                    .bytes_freed
+                    .saturating_add(
+                        store
+                            .remove_prefix(&crate::store::run_prefix(&d.app, &d.run))
+                            .await?,
+                    )
+                    .saturating_add(
+                        store
+                            .remove_prefix(&format!("approvals/{}/{}/", d.app, d.run))
+                            .await?,
+                    );
+            }
+            report.removed.push(d);
+        }
+        Ok(report)
+    }
+
     pub async fn drain(
         &self,
         opts: &DrainOptions,

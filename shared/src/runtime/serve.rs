@@ -168,6 +168,10 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move { s.dispatch_forever().await })
         };
+        let retention = {
+            let s = self.clone();
+            tokio::spawn(async move { s.retain_forever().await })
+        };
         let router = self.router();
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let (closing, _) = tokio::sync::watch::channel(false);
@@ -220,7 +224,31 @@ impl Server {
         }
         let _ = closing.send(true);
         dispatcher.abort();
+        retention.abort();
         Ok(())
+    }
+
+    /// Applies the run retention every `retention.every` (never when it is 0s).
+    async fn retain_forever(&self) {
+        let every = self.local.pipeline.config.retention.every;
+        if every.is_zero() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            match self.local.gc(false).await {
+                Ok(r) if !r.removed.is_empty() => {
+                    tracing::info!(
+                        removed = r.removed.len(),
+                        kept = r.kept,
+                        bytes = r.bytes_freed,
+                        "retention removed finished runs"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention failed; trying again later"),
+            }
+        }
     }
 
     fn set_dispatcher(&self, f: impl FnOnce(&mut Dispatcher)) {

@@ -694,3 +694,90 @@ async fn webhook_reactions_post_json_and_dead_letter_then_redrive() {
             .contains("tests.failed web")
     );
 }
+
+/// Retention removes the records of finished runs past `max_age`, and keeps the run
+/// live in an environment and the app's newest; what is live and the deploy history
+/// stay, so a rollback to a removed run's image still works. A dry run removes nothing.
+#[tokio::test]
+async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
+    let s = Setup {
+        test_cmd: r#"["sh", "-c", "test \"$BATON_IMAGE_TAG\" != 1.3.0"]"#.into(),
+        production: "auto".into(),
+        ..Setup::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path());
+    std::fs::write(
+        dir.path().join("baton.yaml"),
+        s.config() + "retention: { max_age: 1h, keep_last: 1 }\n",
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
+    let env = Env { dir, local };
+    let mut images = vec![];
+    for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
+        images.push(env.push(tag, "ci-bot", Utc::now()).await);
+        env.drain().await;
+    }
+    assert_eq!(env.status(&images[3]).await, "tests failed");
+    assert!(
+        env.manifest("production")
+            .contains(&images[2].digest.to_string())
+    );
+    let runs = |e: &Env| {
+        let p = e.root().join("state/store/runs/web");
+        std::fs::read_dir(p).map_or(0, |d| d.count())
+    };
+    assert_eq!(runs(&env), 4);
+
+    // Within max_age nothing goes; a dry run two hours later names the two old runs.
+    let now = Utc::now();
+    assert!(
+        env.local
+            .gc_at(now, false)
+            .await
+            .unwrap()
+            .removed
+            .is_empty()
+    );
+    let later = now + chrono::Duration::hours(2);
+    let dry = env.local.gc_at(later, true).await.unwrap();
+    let mut named: Vec<String> = dry.removed.iter().map(|d| d.run.to_string()).collect();
+    named.sort();
+    let mut want = vec![
+        env.run_of(&images[0]).to_string(),
+        env.run_of(&images[1]).to_string(),
+    ];
+    want.sort();
+    assert_eq!(named, want);
+    assert_eq!(runs(&env), 4, "a dry run removes nothing");
+
+    let done = env.local.gc_at(later, false).await.unwrap();
+    assert_eq!((done.removed.len(), done.kept), (2, 2));
+    assert!(done.bytes_freed > 0);
+    assert_eq!(runs(&env), 2);
+    let left: Vec<_> = baton::pipeline::runs::list(&env.local.pipeline)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run)
+        .collect();
+    assert_eq!(left, vec![env.run_of(&images[3]), env.run_of(&images[2])]);
+
+    // The history still knows 1.1.0: production goes back to it.
+    let back = baton::stages::deploy::rollback(
+        &env.local.pipeline,
+        "web",
+        "production",
+        None,
+        Some("alice"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        env.manifest("production")
+            .contains(&images[1].digest.to_string()),
+        "{back:?}"
+    );
+}

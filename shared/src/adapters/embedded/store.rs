@@ -175,6 +175,43 @@ impl DirStore {
             .await
             .map_err(|e| Error::permanent("store", format!("a file task failed: {e}")))?
     }
+
+    /// Removes every object under `prefix` (a key prefix ending in `/`); the bytes
+    /// freed. Nothing under it may be written meanwhile (retention removes only
+    /// finished runs).
+    pub async fn remove_prefix(&self, prefix: &str) -> Result<u64> {
+        let Some(dir_key) = prefix.strip_suffix('/') else {
+            return Err(Error::invalid(
+                "store prefix",
+                format!("{prefix:?} does not end with /"),
+            ));
+        };
+        let dir = self.path_of(dir_key)?;
+        self.blocking(move |_| {
+            let mut bytes = 0u64;
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                let entries = match fs::read_dir(&d) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("list", &d, e)),
+                };
+                for entry in entries.flatten() {
+                    match entry.metadata() {
+                        Ok(m) if m.is_dir() => stack.push(entry.path()),
+                        Ok(m) => bytes = bytes.saturating_add(m.len()),
+                        Err(_) => {}
+                    }
+                }
+            }
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(bytes),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(bytes),
+                Err(e) => Err(Error::io("remove", &dir, e)),
+            }
+        })
+        .await
+    }
 }
 
 impl ObjectStore for DirStore {
