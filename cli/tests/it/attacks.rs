@@ -63,18 +63,6 @@ fn notification(registry: u16, digest: &str, tag: &str, host: &str, actor: Optio
     json!({ "events": [ev] })
 }
 
-async fn post_hook(api: &Api, body: &str) -> (u16, Value) {
-    let r = api
-        .client
-        .post(format!("{}/hooks/registry", api.base))
-        .header("Authorization", HOOK_SECRET)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 fn manifests(root: &Path) -> (String, String) {
     (manifest(root, "staging"), manifest(root, "production"))
 }
@@ -140,7 +128,7 @@ async fn injected_registry_host_tag_or_repository_never_reaches_a_manifest() {
         ),
     ];
     for (field, body) in attacks {
-        let (status, v) = post_hook(&s.api, &body.to_string()).await;
+        let (status, v) = s.api.hook(&body.to_string()).await;
         assert_eq!(status, 400, "{field}: {v}");
         let e = v["error"].as_str().unwrap();
         assert!(
@@ -157,11 +145,10 @@ async fn injected_registry_host_tag_or_repository_never_reaches_a_manifest() {
     assert!(s.api.runs().await.is_empty(), "no run started");
     assert_eq!(manifests(&s.root), before, "manifests byte-identical");
     // the same push, well-formed, deploys by digest: only the image line changes
-    let (status, v) = post_hook(
-        &s.api,
-        &notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string(),
-    )
-    .await;
+    let (status, v) = s
+        .api
+        .hook(&notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string())
+        .await;
     assert_eq!(status, 202, "{v}");
     s.api
         .wait_status(&digest, "awaiting approval (production)")
@@ -186,11 +173,10 @@ async fn test_commands_cannot_read_the_servers_secrets_and_die_with_their_group(
     let s = served(&cmd, |c, _| c, &[]).await;
     let digest = push(&s.root, s.registry, "demo/app", "1.0.0");
     let host = format!("127.0.0.1:{}", s.registry);
-    let (status, _) = post_hook(
-        &s.api,
-        &notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string(),
-    )
-    .await;
+    let (status, _) = s
+        .api
+        .hook(&notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string())
+        .await;
     assert_eq!(status, 202);
     s.api
         .wait_status(&digest, "awaiting approval (production)")
@@ -242,11 +228,9 @@ async fn a_test_that_outlives_its_timeout_is_killed_with_its_children() {
     .await;
     let digest = push(&s.root, s.registry, "demo/app", "1.0.0");
     let host = format!("127.0.0.1:{}", s.registry);
-    post_hook(
-        &s.api,
-        &notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string(),
-    )
-    .await;
+    s.api
+        .hook(&notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string())
+        .await;
     s.api.wait_status(&digest, "tests failed").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let alive = std::fs::read_dir("/proc")
@@ -354,11 +338,9 @@ async fn an_identity_header_without_the_proxy_secret_approves_nothing() {
     .await;
     let digest = push(&s.root, s.registry, "demo/app", "1.0.0");
     let host = format!("127.0.0.1:{}", s.registry);
-    post_hook(
-        &s.api,
-        &notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string(),
-    )
-    .await;
+    s.api
+        .hook(&notification(s.registry, &digest, "1.0.0", &host, Some("ci-bot")).to_string())
+        .await;
     s.api
         .wait_status(&digest, "awaiting approval (production)")
         .await;
@@ -415,11 +397,9 @@ async fn an_unknown_pusher_cannot_be_approved_unless_the_policy_says_so() {
     let s = served("true", |c, _| c.replace(", unknown_pusher: allow", ""), &[]).await;
     let digest = push(&s.root, s.registry, "demo/app", "1.0.0");
     let host = format!("127.0.0.1:{}", s.registry);
-    post_hook(
-        &s.api,
-        &notification(s.registry, &digest, "1.0.0", &host, None).to_string(),
-    )
-    .await;
+    s.api
+        .hook(&notification(s.registry, &digest, "1.0.0", &host, None).to_string())
+        .await;
     s.api
         .wait_status(&digest, "awaiting approval (production)")
         .await;

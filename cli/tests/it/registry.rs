@@ -136,6 +136,19 @@ impl Api {
             .unwrap_or(Value::Null)
     }
 
+    /// `POST /hooks/registry` with the webhook's secret: the status and the JSON answer.
+    pub(crate) async fn hook(&self, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}/hooks/registry", self.base))
+            .header("Authorization", HOOK_SECRET)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     pub(crate) async fn runs(&self) -> Vec<Value> {
         let v: Value = self
             .client
@@ -374,14 +387,8 @@ async fn a_kill_right_after_202_loses_nothing() {
         "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
                    "repository": "demo/app", "tag": "1.0.0"},
         "request": {"host": format!("127.0.0.1:{reg}")}}]});
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{serve_port}/hooks/registry"))
-        .header("Authorization", HOOK_SECRET)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
+    let (status, answer) = Api::new(serve_port).hook(&body.to_string()).await;
+    assert_eq!(status, 202, "{answer}");
     drop(serve); // SIGKILL, right after the 202
     // nothing finished yet
     let staging = manifest(&root, "staging");
@@ -447,16 +454,7 @@ async fn a_deeply_nested_webhook_is_processed_or_refused_never_lost() {
                          "repository": "demo/app", "tag": "1.0.0", "extra": {extra}}},
               "request": {{"host": "127.0.0.1:{reg}"}}}}]}}"#
         );
-        async move {
-            let r = reqwest::Client::new()
-                .post(format!("http://127.0.0.1:{serve_port}/hooks/registry"))
-                .header("Authorization", HOOK_SECRET)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
+        async move { Api::new(serve_port).hook(&body).await }
     };
     let (status, body) = post(400).await;
     assert_eq!(status, 400, "{body}");
@@ -718,4 +716,96 @@ fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Unmounts a test filesystem however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk acknowledges nothing: with the state directory on a small filesystem
+/// (tmpfs, mounted by the test; root required, as in CI) filled to the last byte, a
+/// push is answered 503 and `/healthz` is 503 naming the state directory; once space
+/// returns, the same push is taken and deploys, and nothing half-written is left in
+/// the way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let state = root.join(".baton");
+    std::fs::create_dir_all(&state).unwrap();
+    let out = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "baton-test",
+            state.to_str().unwrap(),
+        ])
+        .output()
+        .expect("mount (util-linux)");
+    assert!(
+        out.status.success(),
+        "this test mounts a small tmpfs and needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _mounted = Mounted(state.clone());
+    let serve_port = free_port();
+    let (_registry, reg) = start_registry(&root, None).await;
+    write_project(&root, reg, "echo ok", "");
+    let digest = push(&root, reg, "demo/app", "1.0.0");
+    let _serve = start_serve(&root, serve_port).await;
+    let api = Api::new(serve_port);
+    let body = json!({"events": [{
+        "id": "n-full", "timestamp": "2026-11-20T10:00:00Z", "action": "push",
+        "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                   "repository": "demo/app", "tag": "1.0.0"},
+        "request": {"host": format!("127.0.0.1:{reg}")}}]})
+    .to_string();
+
+    // Fill the filesystem: one file takes every free byte.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&block) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let mut byte = [0u8; 1];
+        while f.write(&byte).is_ok_and(|n| n == 1) {
+            byte[0] = 1;
+        }
+    }
+    let (status, answer) = api.hook(&body).await;
+    assert_eq!(status, 503, "{answer}");
+    let r = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let h: Value = r.json().await.unwrap();
+    assert!(
+        h["state_dir"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot write"),
+        "{h}"
+    );
+    assert!(api.runs().await.is_empty(), "nothing was started");
+
+    // Space returns: the registry's retry is taken and the run goes through.
+    std::fs::remove_file(&filler).unwrap();
+    let (status, answer) = api.hook(&body).await;
+    assert_eq!(status, 202, "{answer}");
+    api.wait_status(&digest, "awaiting approval (production)")
+        .await;
+    assert!(manifest(&root, "staging").contains(&digest));
+    let r = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
 }

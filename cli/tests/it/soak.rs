@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::registry::{HOOK_SECRET, start_serve};
+use crate::registry::{Api, start_serve};
 
 const APPS: usize = 20;
 
@@ -83,10 +83,10 @@ async fn memory_follows_work_in_flight_not_history() {
     let port = baton_testkit::free_port();
     let serve = start_serve(root, port).await;
     let pid = serve.0.id();
-    let client = reqwest::Client::new();
+    let api = Api::new(port);
     let health = || async {
-        client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
+        api.client
+            .get(format!("{}/healthz", api.base))
             .send()
             .await
             .unwrap()
@@ -110,14 +110,8 @@ async fn memory_follows_work_in_flight_not_history() {
                 chrono::Utc::now(),
                 &format!("n-{n}"),
             );
-            let r = client
-                .post(format!("http://127.0.0.1:{port}/hooks/registry"))
-                .header("Authorization", HOOK_SECRET)
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 202);
+            let (status, answer) = api.hook(&body.to_string()).await;
+            assert_eq!(status, 202, "{answer}");
         }
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
