@@ -48,6 +48,17 @@ pub fn history_prefix(app: &str, env: &str) -> String {
 pub fn history_key(app: &str, env: &str, at_ms: i64, run: &str) -> String {
     format!("deployments/{app}/{env}/history/{at_ms:013}-{run}.json")
 }
+/// The run index: one entry a run, under the day it started, ordered by time.
+pub fn run_index_key(at: chrono::DateTime<chrono::Utc>, run: &str) -> String {
+    format!(
+        "index/runs/{}/{:013}-{run}",
+        at.format("%Y-%m-%d"),
+        at.timestamp_millis().max(0)
+    )
+}
+/// The run index's days, one marker each.
+pub const RUN_INDEX_DAYS: &str = "index/days/";
+pub const RUN_INDEX: &str = "index/runs/";
 pub fn lease_key(app: &str, env: &str) -> String {
     format!("deployments/{app}/{env}/lease.json")
 }

@@ -33,7 +33,7 @@ fn write_config(root: &Path) {
         ));
     }
     let cfg = format!(
-        "apps:\n{apps}serve:\n  webhooks:\n    - {{ name: registry, source: distribution, auth: {{ header: {{ name: Authorization, secret_env: BATON_TEST_HOOK_SECRET }} }} }}\n"
+        "apps:\n{apps}serve:\n  webhooks:\n    - {{ name: registry, source: distribution, auth: {{ header: {{ name: Authorization, secret_env: BATON_TEST_HOOK_SECRET }} }} }}\n  readers:\n    ci: {{ token_env: BATON_TEST_READER_TOKEN }}\n"
     );
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
 }
@@ -147,6 +147,54 @@ async fn memory_follows_work_in_flight_not_history() {
             std::fs::read_to_string(root.join(format!("manifests/production/app{app}/app.yaml")))
                 .unwrap();
         assert!(m.contains(&digest), "app{app} deployed its last push: {m}");
+    }
+    // Listing reads one page, whatever the history: time GET /runs?limit=50.
+    let mut times = vec![];
+    let mut next = None;
+    for i in 0..20 {
+        let url = match (&next, i % 2) {
+            (Some(after), 1) => format!("{}/runs?limit=50&after={after}", api.base),
+            _ => format!("{}/runs?limit=50", api.base),
+        };
+        let t = Instant::now();
+        let r = api
+            .client
+            .get(url)
+            .bearer_auth(crate::registry::READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        next = r
+            .headers()
+            .get("baton-next-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let page: Vec<Value> = r.json().await.unwrap();
+        times.push(t.elapsed());
+        assert_eq!(page.len(), 50);
+        assert!(
+            next.is_some(),
+            "more pages after 50 of {} runs",
+            batches * BATCH
+        );
+    }
+    times.sort();
+    println!(
+        "soak: GET /runs?limit=50 at {} runs: median {:?}, max {:?} (debug build)",
+        batches * BATCH,
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+    for bad in ["limit=0", "limit=5000", "after=..%2F..%2Fetc"] {
+        let r = api
+            .client
+            .get(format!("{}/runs?{bad}", api.base))
+            .bearer_auth(crate::registry::READER_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
     }
     let quarter = samples[samples.len() / 4 - 1];
     let last = samples[samples.len() - 1];

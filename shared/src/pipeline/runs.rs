@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::event::{Event, FailureCode, Image, Payload};
@@ -15,7 +15,10 @@ use crate::pipeline::harness::{StageRecord, StageStatus};
 use crate::pipeline::stage::StageSpec;
 use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{ObjectStore, Ports};
-use crate::store::{approval_key, get_json, run_prefix, stage_key};
+use crate::store::{
+    RUN_INDEX, RUN_INDEX_DAYS, approval_key, get_json, put_json, run_index_key, run_prefix,
+    stage_key,
+};
 
 /// One line of `baton status`.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +109,147 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     Ok(out)
+}
+
+/// An entry of the run index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IndexEntry {
+    app: String,
+}
+
+/// Adds a run to the run index (idempotent), as started at `at`.
+pub async fn index<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    run: &RunId,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    let store = p.ports.store();
+    let key = run_index_key(at, run);
+    let day = key
+        .strip_prefix(RUN_INDEX)
+        .and_then(|k| k.split('/').next())
+        .unwrap_or_default();
+    for (key, value) in [
+        (
+            key.clone(),
+            serde_json::json!(IndexEntry { app: app.into() }),
+        ),
+        (format!("{RUN_INDEX_DAYS}{day}"), serde_json::json!({})),
+    ] {
+        match put_json(store, &key, &value, crate::ports::Precondition::IfNoneMatch).await {
+            Ok(_) | Err(Error::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Builds the run index from the run records when it has no entry at all (a state
+/// directory from before the index); reads every run once.
+async fn ensure_index<P: Ports>(p: &Pipeline<P>) -> Result<()> {
+    if !p.ports.store().list(RUN_INDEX_DAYS).await?.is_empty() {
+        return Ok(());
+    }
+    let all = list(p).await?;
+    if !all.is_empty() {
+        tracing::info!(runs = all.len(), "building the run index");
+    }
+    for r in all {
+        index(
+            p,
+            &r.app,
+            &r.run,
+            r.started_at.unwrap_or_else(|| p.ports.now()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One page of runs, newest first, and the cursor of the next page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub runs: Vec<RunSummary>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// A page cursor: `<day>/<13 digits>-<run id>`, as [`Page::next`] gives.
+pub fn is_cursor(s: &str) -> bool {
+    let Some((day, rest)) = s.split_once('/') else {
+        return false;
+    };
+    let Some((ms, run)) = rest.split_once('-') else {
+        return false;
+    };
+    day.len() == 10
+        && chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok()
+        && ms.len() == 13
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && run.parse::<RunId>().is_ok()
+}
+
+/// Up to `limit` runs, newest first, older than the cursor `after`: reads the index of
+/// the days it needs and the records of the runs it returns, whatever the history.
+pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) -> Result<Page> {
+    ensure_index(p).await?;
+    let store = p.ports.store();
+    let mut days = store.list(RUN_INDEX_DAYS).await?;
+    days.reverse();
+    let mut runs = vec![];
+    let mut last: Option<String> = None;
+    for day_key in days {
+        let day = &day_key[RUN_INDEX_DAYS.len()..];
+        if after.is_some_and(|a| a.get(..10).is_some_and(|a_day| day > a_day)) {
+            continue;
+        }
+        let mut keys = store.list(&format!("{RUN_INDEX}{day}/")).await?;
+        keys.reverse();
+        for key in keys {
+            let cursor = &key[RUN_INDEX.len()..];
+            if after.is_some_and(|a| cursor >= a) {
+                continue;
+            }
+            if runs.len() == limit {
+                return Ok(Page { runs, next: last });
+            }
+            let Some(run) = cursor
+                .rsplit_once('-')
+                .and_then(|(_, r)| r.parse::<RunId>().ok())
+            else {
+                continue;
+            };
+            let Some((entry, _)) = get_json::<_, IndexEntry>(store, &key).await? else {
+                continue;
+            };
+            // A run removed by retention, or of an app no longer configured: skipped.
+            let Ok(v) = view(p, &entry.app, &run).await else {
+                continue;
+            };
+            runs.push(RunSummary {
+                started_at: v.stages.iter().map(|s| s.started_at).min(),
+                updated_at: v.stages.iter().map(|s| s.updated_at).max(),
+                app: v.app,
+                run: v.run,
+                image: v.image,
+                status: v.status,
+            });
+            last = Some(cursor.to_string());
+        }
+    }
+    Ok(Page { runs, next: None })
+}
+
+/// The keys of a run's index entries (for retention to remove); reads the index.
+pub async fn index_keys_of<S: ObjectStore>(store: &S, run: &RunId) -> Result<Vec<String>> {
+    let suffix = format!("-{run}");
+    Ok(store
+        .list(RUN_INDEX)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(&suffix))
+        .collect())
 }
 
 /// A run's records, events and approvals.

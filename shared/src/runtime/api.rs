@@ -516,14 +516,47 @@ async fn decide<H: Host>(
     }
 }
 
+/// `GET /runs?limit=&after=`: a page of runs, newest first (`limit` 1 to 1000, 50 by
+/// default); the next page's cursor is in the `Baton-Next-After` header.
 async fn list_runs<H: Host>(State(h): State<Arc<H>>, request: axum::extract::Request) -> Response {
     match h.caller(request.headers(), request.extensions()) {
         Err(d) => return unauthenticated(&*h, "an approver or a reader", d),
         Ok(Caller::Reader(who)) => tracing::debug!(reader = %who, "runs listed"),
         Ok(Caller::Approver(a)) => tracing::debug!(approver = %a.name, "runs listed"),
     }
-    match runs::list(h.pipeline()).await {
-        Ok(runs) => reply(StatusCode::OK, json!(runs)),
+    let mut limit = 50usize;
+    let mut after = None;
+    for (k, v) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => {
+                    return error_reply(&Error::invalid(
+                        "limit",
+                        "must be a number from 1 to 1000",
+                    ));
+                }
+            },
+            "after" if runs::is_cursor(&v) => after = Some(v.into_owned()),
+            "after" => {
+                return error_reply(&Error::invalid(
+                    "after",
+                    "must be a cursor from the Baton-Next-After header of the previous page",
+                ));
+            }
+            _ => {}
+        }
+    }
+    match runs::page(h.pipeline(), limit, after.as_deref()).await {
+        Ok(page) => {
+            let mut r = reply(StatusCode::OK, json!(page.runs));
+            if let Some(next) = page.next
+                && let Ok(v) = axum::http::HeaderValue::from_str(&next)
+            {
+                r.headers_mut().insert("baton-next-after", v);
+            }
+            r
+        }
         Err(e) => error_reply(&e),
     }
 }

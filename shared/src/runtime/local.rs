@@ -328,6 +328,9 @@ impl Local {
                             .remove_prefix(&format!("approvals/{}/{}/", d.app, d.run))
                             .await?,
                     );
+                for key in crate::pipeline::runs::index_keys_of(store, &d.run).await? {
+                    store.remove(&key).await?;
+                }
             }
             report.removed.push(d);
         }
@@ -382,6 +385,16 @@ impl Subscriber for Local {
                 Ok(report) => {
                     for reason in &report.ignored {
                         tracing::info!(%reason, "ignored");
+                    }
+                    let now = self.pipeline.ports.now();
+                    for a in report.accepted.iter().filter(|a| !a.duplicate) {
+                        if let Err(e) =
+                            crate::pipeline::runs::index(&self.pipeline, &a.app, &a.run, now).await
+                        {
+                            // The run goes on; the index is rebuilt from the records
+                            // only when empty, so this run may be missing from pages.
+                            tracing::warn!(run = %a.run, error = %e, "could not index the run");
+                        }
                     }
                     Delivery::Done
                 }

@@ -64,12 +64,13 @@ struct Dispatcher {
     error: Option<String>,
 }
 
-/// Marks the dispatcher stopped however its task ends (a panic or an abort too).
-struct Running<'a>(&'a std::sync::Mutex<Dispatcher>);
+/// Marks the dispatcher stopped however its task ends (a panic or an abort too, even
+/// before it first ran).
+struct Running(Arc<Server>);
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+        self.0.set_dispatcher(|d| d.running = false);
     }
 }
 
@@ -165,8 +166,11 @@ impl Server {
         use hyper_util::service::TowerToHyperService;
 
         let dispatcher = {
-            let s = self.clone();
-            tokio::spawn(async move { s.dispatch_forever().await })
+            // Running from now: /healthz may be asked before the task first runs.
+            self.set_dispatcher(|d| d.running = true);
+            let running = Running(self.clone());
+            // The guard lives in the task's future: dropped when it ends or is aborted.
+            tokio::spawn(async move { running.0.dispatch_forever().await })
         };
         let retention = {
             let s = self.clone();
@@ -256,8 +260,6 @@ impl Server {
     }
 
     async fn dispatch_forever(&self) {
-        self.set_dispatcher(|d| d.running = true);
-        let _running = Running(&self.dispatcher);
         let mut warned = false;
         loop {
             let result = self

@@ -781,3 +781,82 @@ async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
         "{back:?}"
     );
 }
+
+/// Runs are listed a page at a time from the run index, newest first, with a cursor to
+/// the next page; an index that is missing (a state directory from before it) is
+/// rebuilt from the run records; retention removes a run's index entry with it.
+#[tokio::test]
+async fn runs_are_paged_newest_first_from_the_index() {
+    use baton::pipeline::runs::{index_keys_of, page};
+    let s = Setup {
+        production: "auto".into(),
+        ..Setup::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path());
+    std::fs::write(
+        dir.path().join("baton.yaml"),
+        s.config() + "retention: { max_age: 1h, keep_last: 1 }\n",
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
+    let env = Env { dir, local };
+    let mut runs = vec![];
+    for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"] {
+        let img = env.push(tag, "ci-bot", Utc::now()).await;
+        env.drain().await;
+        runs.push(env.run_of(&img));
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let p = &env.local.pipeline;
+    let mut seen = vec![];
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let pg = page(p, 2, after.as_deref()).await.unwrap();
+        assert!(pg.runs.len() <= 2);
+        seen.extend(pg.runs.iter().map(|r| r.run.clone()));
+        pages += 1;
+        match pg.next {
+            Some(next) => {
+                assert!(baton::pipeline::runs::is_cursor(&next), "{next}");
+                after = Some(next);
+            }
+            None => break,
+        }
+    }
+    let newest_first: Vec<_> = runs.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(pages, 3);
+
+    // An index lost (or never built) is rebuilt from the records.
+    std::fs::remove_dir_all(env.root().join("state/store/index")).unwrap();
+    let all = page(p, 50, None).await.unwrap();
+    assert_eq!(
+        all.runs.iter().map(|r| r.run.clone()).collect::<Vec<_>>(),
+        newest_first
+    );
+    assert!(all.next.is_none());
+
+    // Retention takes the removed runs out of the index too.
+    let done = env
+        .local
+        .gc_at(Utc::now() + Duration::hours(2), false)
+        .await
+        .unwrap();
+    assert_eq!(done.removed.len(), 4, "all but 1.4.0, live and the newest");
+    for d in &done.removed {
+        assert!(
+            index_keys_of(&p.ports.store, &d.run)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let left = page(p, 50, None).await.unwrap();
+    assert_eq!(
+        left.runs.iter().map(|r| r.run.clone()).collect::<Vec<_>>(),
+        vec![runs[4].clone()]
+    );
+}

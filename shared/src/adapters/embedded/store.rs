@@ -176,6 +176,17 @@ impl DirStore {
             .map_err(|e| Error::permanent("store", format!("a file task failed: {e}")))?
     }
 
+    /// Removes one object (absent is fine).
+    pub async fn remove(&self, key: &str) -> Result<()> {
+        let path = self.path_of(key)?;
+        self.blocking(move |_| match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", &path, e)),
+        })
+        .await
+    }
+
     /// Removes every object under `prefix` (a key prefix ending in `/`); the bytes
     /// freed. Nothing under it may be written meanwhile (retention removes only
     /// finished runs).
