@@ -24,8 +24,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo { dir } => crate::demo::run(&dir, g).await,
         Command::Ingest { file } => ingest(g, &file).await,
-        Command::Status { run, watch: false } => status(g, run.as_deref()).await,
-        Command::Status { run, watch: true } => watch(g, run.as_deref()).await,
+        Command::Status {
+            run,
+            watch: false,
+            limit,
+        } => status(g, run.as_deref(), limit.into()).await,
+        Command::Status {
+            run,
+            watch: true,
+            limit,
+        } => watch(g, run.as_deref(), limit.into()).await,
         Command::Serve { listen } => serve(g, listen).await,
         Command::Retry { run, stage, env } => match &g.stack {
             Some(stack) => {
@@ -154,7 +162,7 @@ async fn serve(g: &Global, listen: Option<std::net::SocketAddr>) -> Result<ExitC
 }
 
 /// Redraws the run list (or one run's timeline) as it changes.
-async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
+async fn watch(g: &Global, run: Option<&str>, limit: usize) -> Result<ExitCode> {
     use std::io::IsTerminal;
     enum View {
         Runs(Vec<baton::pipeline::runs::RunSummary>),
@@ -166,7 +174,7 @@ async fn watch(g: &Global, run: Option<&str>) -> Result<ExitCode> {
     let mut last = String::new();
     loop {
         let view = match run {
-            None => View::Runs(baton::pipeline::runs::list(p).await?),
+            None => View::Runs(baton::pipeline::runs::page(p, limit, None).await?.runs),
             Some(id) => {
                 let (app, run) = baton::pipeline::runs::resolve(p, id).await?;
                 View::Run(Box::new(baton::pipeline::runs::view(p, &app, &run).await?))
@@ -400,16 +408,19 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn status(g: &Global, run: Option<&str>) -> Result<ExitCode> {
+async fn status(g: &Global, run: Option<&str>, limit: usize) -> Result<ExitCode> {
     let local = open(g)?;
     let p = &local.pipeline;
     match run {
         None => {
-            let runs = baton::pipeline::runs::list(p).await?;
+            let page = baton::pipeline::runs::page(p, limit, None).await?;
             if g.json {
-                print_json(&runs)?;
+                print_json(&page.runs)?;
             } else {
-                output::print_runs(&runs);
+                output::print_runs(&page.runs);
+                if page.next.is_some() {
+                    println!("(the newest {limit}; --limit N for more)");
+                }
             }
         }
         Some(id) => {

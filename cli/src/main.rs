@@ -71,6 +71,9 @@ pub enum Command {
         /// Keep watching: redraw as runs advance (Ctrl-C to stop).
         #[arg(long)]
         watch: bool,
+        /// Without RUN: the newest this many runs.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
     },
     /// Receive registry webhooks and approval decisions over HTTP and run the pipeline.
     Serve {

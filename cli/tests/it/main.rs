@@ -303,6 +303,19 @@ fn ingest_approve_status_and_rollback_through_the_cli() {
     let o = baton(&root, &["--json", "status"]);
     let runs = json(&o);
     assert_eq!(runs.as_array().unwrap().len(), 2);
+    // --limit: the newest only, and a hint that there are more
+    let o = baton(&root, &["--json", "status", "--limit", "1"]);
+    let newest = json(&o);
+    assert_eq!(newest.as_array().map(Vec::len), Some(1));
+    assert_eq!(newest[0]["run"], runs[0]["run"]);
+    let o = baton(&root, &["status", "--limit", "1"]);
+    assert!(
+        stdout(&o).contains("the newest 1; --limit N for more"),
+        "{}",
+        stdout(&o)
+    );
+    let o = baton(&root, &["status", "--limit", "0"]);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {}", stderr(&o));
 }
 
 #[test]
