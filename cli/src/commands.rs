@@ -379,17 +379,20 @@ async fn ingest(g: &Global, file: &Path) -> Result<ExitCode> {
     }
     local.submit_parsed(&parsed).await?;
     drain(&local, g.json).await?;
-    let runs = baton::pipeline::runs::list(&local.pipeline).await?;
+    // The runs these pushes started (a run's id derives from its app and digest).
+    let p = &local.pipeline;
     let mut touched = vec![];
     for push in &parsed.pushes {
-        let Some(digest) = &push.digest else {
+        let (Some(digest), Some(app)) = (
+            &push.digest,
+            p.config
+                .app_for_repository(push.registry.as_str(), push.repository.as_str()),
+        ) else {
             continue;
         };
-        if let Some(r) = runs
-            .iter()
-            .find(|r| r.image.as_ref().is_some_and(|i| &i.digest == digest))
-        {
-            touched.push(r.clone());
+        let run = baton::ids::run_id(&app.name, digest.as_str());
+        if let Ok(r) = baton::pipeline::runs::summary(p, &app.name, &run).await {
+            touched.push(r);
         }
     }
     if g.json {

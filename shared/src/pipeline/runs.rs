@@ -84,6 +84,19 @@ fn run_of_key(key: &str, prefix: &str) -> Option<RunId> {
     key.strip_prefix(prefix)?.split('/').next()?.parse().ok()
 }
 
+/// One run's line of `baton status`.
+pub async fn summary<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<RunSummary> {
+    let v = view(p, app, run).await?;
+    Ok(RunSummary {
+        started_at: v.stages.iter().map(|s| s.started_at).min(),
+        updated_at: v.stages.iter().map(|s| s.updated_at).max(),
+        app: v.app,
+        run: v.run,
+        image: v.image,
+        status: v.status,
+    })
+}
+
 /// Every run, newest first.
 pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
     let mut ids = BTreeSet::new();
@@ -97,15 +110,7 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
     }
     let mut out = vec![];
     for (app, run) in ids {
-        let v = view(p, &app, &run).await?;
-        out.push(RunSummary {
-            started_at: v.stages.iter().map(|s| s.started_at).min(),
-            updated_at: v.stages.iter().map(|s| s.updated_at).max(),
-            app: v.app,
-            run: v.run,
-            image: v.image,
-            status: v.status,
-        });
+        out.push(summary(p, &app, &run).await?);
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     Ok(out)
@@ -224,17 +229,10 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
                 continue;
             };
             // A run removed by retention, or of an app no longer configured: skipped.
-            let Ok(v) = view(p, &entry.app, &run).await else {
+            let Ok(summary) = summary(p, &entry.app, &run).await else {
                 continue;
             };
-            runs.push(RunSummary {
-                started_at: v.stages.iter().map(|s| s.started_at).min(),
-                updated_at: v.stages.iter().map(|s| s.updated_at).max(),
-                app: v.app,
-                run: v.run,
-                image: v.image,
-                status: v.status,
-            });
+            runs.push(summary);
             last = Some(cursor.to_string());
         }
     }
