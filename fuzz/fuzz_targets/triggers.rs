@@ -7,14 +7,7 @@
 use baton::triggers::{Parsed, Trigger, TriggerKind};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [TriggerKind; 6] = [
-    TriggerKind::Ecr,
-    TriggerKind::Distribution,
-    TriggerKind::Dockerhub,
-    TriggerKind::Harbor,
-    TriggerKind::Ghcr,
-    TriggerKind::Quay,
-];
+const KINDS: [TriggerKind; 6] = TriggerKind::ALL;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {

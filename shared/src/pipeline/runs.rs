@@ -239,14 +239,16 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
     Ok(Page { runs, next: None })
 }
 
-/// The keys of a run's index entries (for retention to remove); reads the index.
-pub async fn index_keys_of<S: ObjectStore>(store: &S, run: &RunId) -> Result<Vec<String>> {
-    let suffix = format!("-{run}");
+/// The keys of these runs' index entries (for retention to remove); lists the index once.
+pub async fn index_keys_of<S: ObjectStore>(store: &S, runs: &[RunId]) -> Result<Vec<String>> {
     Ok(store
         .list(RUN_INDEX)
         .await?
         .into_iter()
-        .filter(|k| k.ends_with(&suffix))
+        .filter(|k| {
+            k.rsplit_once('-')
+                .is_some_and(|(_, r)| runs.iter().any(|run| run.as_str() == r))
+        })
         .collect())
 }
 

@@ -328,11 +328,15 @@ impl Local {
                             .remove_prefix(&format!("approvals/{}/{}/", d.app, d.run))
                             .await?,
                     );
-                for key in crate::pipeline::runs::index_keys_of(store, &d.run).await? {
-                    store.remove(&key).await?;
-                }
             }
             report.removed.push(d);
+        }
+        if !dry_run && !report.removed.is_empty() {
+            let store = &p.ports.store;
+            let removed: Vec<_> = report.removed.iter().map(|d| d.run.clone()).collect();
+            for key in crate::pipeline::runs::index_keys_of(store, &removed).await? {
+                store.remove(&key).await?;
+            }
         }
         Ok(report)
     }

@@ -427,8 +427,9 @@ impl Host for Server {
         };
         let dispatcher = if !d.running {
             "stopped".to_string()
-        } else if let Some(e) = &d.error {
-            format!("failing: {e}")
+        } else if d.error.is_some() {
+            // /healthz answers anyone: the error (paths, runs) stays in the log.
+            "failing: see the server's log".to_string()
         } else if let Some(r) = &d.refused {
             format!("waiting: {r}")
         } else {

@@ -66,7 +66,8 @@ impl TriggerKind {
     }
 }
 
-/// A raw registry notification as the embedded bus carries it to ingest.
+/// A raw registry notification, before [`Trigger::parse`]: what a webhook body or an
+/// EventBridge event is read into at the edge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trigger {
     pub kind: TriggerKind,

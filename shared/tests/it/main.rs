@@ -33,9 +33,16 @@ pub struct Env {
 }
 
 pub fn setup(s: Setup) -> Env {
+    setup_with(s, "")
+}
+
+/// [`setup`] with top-level configuration sections appended to the file.
+pub fn setup_with(s: Setup, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     write_manifests(dir.path());
-    let local = open(dir.path(), &s);
+    std::fs::write(dir.path().join("baton.yaml"), s.config() + extra).unwrap();
+    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
     Env { dir, local }
 }
 

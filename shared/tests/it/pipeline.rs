@@ -705,16 +705,7 @@ async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
         production: "auto".into(),
         ..Setup::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path());
-    std::fs::write(
-        dir.path().join("baton.yaml"),
-        s.config() + "retention: { max_age: 1h, keep_last: 1 }\n",
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
-    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
-    let env = Env { dir, local };
+    let env = setup_with(s, "retention: { max_age: 1h, keep_last: 1 }\n");
     let mut images = vec![];
     for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0"] {
         images.push(env.push(tag, "ci-bot", Utc::now()).await);
@@ -792,16 +783,7 @@ async fn runs_are_paged_newest_first_from_the_index() {
         production: "auto".into(),
         ..Setup::default()
     };
-    let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path());
-    std::fs::write(
-        dir.path().join("baton.yaml"),
-        s.config() + "retention: { max_age: 1h, keep_last: 1 }\n",
-    )
-    .unwrap();
-    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
-    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
-    let env = Env { dir, local };
+    let env = setup_with(s, "retention: { max_age: 1h, keep_last: 1 }\n");
     let mut runs = vec![];
     for tag in ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"] {
         let img = env.push(tag, "ci-bot", Utc::now()).await;
@@ -848,7 +830,7 @@ async fn runs_are_paged_newest_first_from_the_index() {
     assert_eq!(done.removed.len(), 4, "all but 1.4.0, live and the newest");
     for d in &done.removed {
         assert!(
-            index_keys_of(&p.ports.store, &d.run)
+            index_keys_of(&p.ports.store, std::slice::from_ref(&d.run))
                 .await
                 .unwrap()
                 .is_empty()
