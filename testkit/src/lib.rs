@@ -8,11 +8,14 @@
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
 //! * [`build`]: configuration and registry-notification builders.
+//! * [`fleet`]: many apps for load (soak, benchmark), and a process's memory and a
+//!   directory's disk.
 //!
 //! `.ci/run` installs every program these start; a missing one fails the test with what
 //! to install (it never skips).
 
 pub mod build;
+pub mod fleet;
 pub mod moto;
 pub mod registry;
 

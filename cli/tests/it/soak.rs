@@ -2,7 +2,6 @@
 //! batch, and its resident memory follows the work in flight, not the history of runs.
 //! Prints the figures; asserts the growth bound and that every run deployed.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -10,62 +9,6 @@ use serde_json::Value;
 use crate::registry::{Api, start_serve};
 
 const APPS: usize = 20;
-
-fn write_config(root: &Path) {
-    let manifest = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: example/app:0.0.1 # set by baton\n";
-    let mut apps = String::new();
-    for i in 0..APPS {
-        for env in ["staging", "production"] {
-            let dir = root.join(format!("manifests/{env}/app{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("app.yaml"), manifest).unwrap();
-        }
-        apps.push_str(&format!(
-            r#"  - name: app{i}
-    registry: localhost:5000
-    repository: soak/app{i}
-    tags: {{ semver: ">=1.0.0" }}
-    test: {{ command: {{ run: ["true"] }} }}
-    environments:
-      - {{ name: staging, approval: auto, deploy: {{ manifest: {{ dir: manifests/staging/app{i}, workloads: [{{ name: app, container: app }}] }} }} }}
-      - {{ name: production, approval: auto, deploy: {{ manifest: {{ dir: manifests/production/app{i}, workloads: [{{ name: app, container: app }}] }} }} }}
-"#
-        ));
-    }
-    let cfg = format!(
-        "apps:\n{apps}serve:\n  webhooks:\n    - {{ name: registry, source: distribution, auth: {{ header: {{ name: Authorization, secret_env: BATON_TEST_HOOK_SECRET }} }} }}\n  readers:\n    ci: {{ token_env: BATON_TEST_READER_TOKEN }}\n"
-    );
-    std::fs::write(root.join("baton.yaml"), cfg).unwrap();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
 
 /// Pushes `BATCHES` × `BATCH` images (each a run through test, staging and production)
 /// and samples RSS after each batch has been processed. Runs after the first quarter
@@ -79,7 +22,7 @@ async fn memory_follows_work_in_flight_not_history() {
         .unwrap_or(12);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write_config(root);
+    baton_testkit::fleet::write_config(root, APPS, "soak");
     let port = baton_testkit::free_port();
     let serve = start_serve(root, port).await;
     let pid = serve.0.id();
@@ -123,9 +66,9 @@ async fn memory_follows_work_in_flight_not_history() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let runs = (b + 1) * BATCH;
-        let rss = rss_kib(pid);
-        let bus = dir_bytes(&root.join(".baton/bus"));
-        let state = dir_bytes(&root.join(".baton"));
+        let rss = baton_testkit::fleet::proc_kib(pid, "VmRSS");
+        let bus = baton_testkit::fleet::usage(&root.join(".baton/bus")).bytes;
+        let state = baton_testkit::fleet::usage(&root.join(".baton")).bytes;
         let elapsed = started.elapsed().as_secs_f64();
         println!(
             "soak: {runs:>6} runs  {:>7.0} runs/min  RSS {:>6.1} MiB  bus {:>6.1} MiB  state {:>7.1} MiB",

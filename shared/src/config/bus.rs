@@ -19,6 +19,9 @@ pub struct BusConfig {
     /// Upper bound of the retry delay.
     #[serde(default = "default_max_backoff", with = "duration")]
     pub max_backoff: Duration,
+    /// Deliveries `baton serve` runs at once (1–256).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
 
 impl Default for BusConfig {
@@ -27,6 +30,7 @@ impl Default for BusConfig {
             max_attempts: default_attempts(),
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
+            concurrency: default_concurrency(),
         }
     }
 }
@@ -37,6 +41,9 @@ fn default_attempts() -> u32 {
 fn default_initial_backoff() -> Duration {
     Duration::from_millis(200)
 }
+fn default_concurrency() -> usize {
+    16
+}
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
 }
@@ -46,6 +53,12 @@ impl BusConfig {
     pub(super) fn check(&self, at: &str, p: &mut Vec<String>) {
         if self.max_attempts == 0 {
             p.push(format!("{at}.max_attempts: must be at least 1"));
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            p.push(format!(
+                "{at}.concurrency: must be 1 to 256 deliveries at once, not {}",
+                self.concurrency
+            ));
         }
     }
 }

@@ -52,10 +52,14 @@ pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, Run
             "run id {id:?} is too short; give at least 4 characters"
         )));
     }
+    if !crate::ids::is_run_prefix(id) {
+        return Err(Error::not_found("run", id));
+    }
     let mut found = BTreeSet::new();
     for app in &p.config.apps {
+        // Lists only the runs starting with `id`, not the app's history.
         let prefix = format!("runs/{}/", app.name);
-        for key in p.ports.store().list(&prefix).await? {
+        for key in p.ports.store().list(&format!("{prefix}{id}")).await? {
             if let Some(run) = run_of_key(&key, &prefix)
                 && run.starts_with(id)
             {

@@ -50,7 +50,7 @@ pub struct Server {
     proxy: Option<Proxy>,
     max_connections: usize,
     request_timeout: Duration,
-    wake: Notify,
+    wake: Arc<Notify>,
     dispatcher: std::sync::Mutex<Dispatcher>,
 }
 
@@ -137,7 +137,7 @@ impl Server {
             proxy,
             max_connections: cfg.max_connections.max(1),
             request_timeout: cfg.request_timeout,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             dispatcher: Default::default(),
         })
     }
@@ -261,10 +261,15 @@ impl Server {
 
     async fn dispatch_forever(&self) {
         let mut warned = false;
+        let opts = DrainOptions {
+            concurrency: self.local.pipeline.config.bus.concurrency,
+            wake: Some(self.wake.clone()),
+            ..DrainOptions::default()
+        };
         loop {
             let result = self
                 .local
-                .drain(&DrainOptions::default(), |d| {
+                .drain(&opts, |d| {
                     tracing::info!(subscription = %d.subscription, id = %d.message.id,
                         outcome = ?d.outcome, ms = d.elapsed.as_millis() as u64, "delivered");
                 })

@@ -23,16 +23,18 @@
 //! generation is then deleted. Every read happens under the lock and reads `generation`
 //! first, so no process reads a generation that is being replaced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BusConfig;
@@ -162,6 +164,10 @@ pub struct DrainOptions {
     pub max_deliveries: Option<usize>,
     /// Waits longer than this are parked: the drain returns instead of sleeping.
     pub park_after: Duration,
+    /// Deliveries in flight at once (at least 1).
+    pub concurrency: usize,
+    /// Notified when new work is queued, so an idle drain starts it at once.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for DrainOptions {
@@ -169,6 +175,8 @@ impl Default for DrainOptions {
         DrainOptions {
             max_deliveries: None,
             park_after: Duration::from_secs(30),
+            concurrency: 1,
+            wake: None,
         }
     }
 }
@@ -193,6 +201,23 @@ struct Log {
     subscriptions: Vec<(String, FilterPolicy)>,
     retry: BusConfig,
     state: Mutex<State>,
+    /// Publishes waiting for the next group commit.
+    group: Mutex<Group>,
+    committed: Condvar,
+    /// Syncs of the log's files by this process.
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+/// Group commit of publishes: each publisher queues its message; one of them (the
+/// leader) appends everything queued with one write and one sync and hands each its
+/// sequence number; the others wait for that. Nothing returns before it is on disk.
+#[derive(Default)]
+struct Group {
+    queue: Vec<(u64, BusMessage, Vec<String>)>,
+    leading: bool,
+    next_ticket: u64,
+    /// Results by ticket (errors as text: every publisher of a failed batch gets it).
+    done: BTreeMap<u64, std::result::Result<u64, String>>,
 }
 
 impl EmbeddedBus {
@@ -244,6 +269,12 @@ impl EmbeddedBus {
         self.0.state().pending.len()
     }
 
+    /// How many times this process has synced the log's files (appends and
+    /// compactions).
+    pub fn syncs(&self) -> u64 {
+        self.0.syncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How many messages this process holds in memory: those with a pending delivery
     /// or a dead letter.
     pub fn held(&self) -> usize {
@@ -263,7 +294,11 @@ impl EmbeddedBus {
     }
 
     /// Delivers until nothing is due: retries are waited for, short waits too; waits
-    /// longer than `park_after` are left parked (they resume on the next drain).
+    /// longer than `park_after` are left parked (they resume on the next drain). Up to
+    /// `opts.concurrency` deliveries run at once (as Lambda runs a queue's batches
+    /// concurrently; every stage is idempotent and ordered by its records, not by the
+    /// queue); the outcomes of deliveries that finish together are recorded with one
+    /// append and one sync.
     /// Only one process drains at a time: `Error::Refused` when another one is.
     pub async fn drain<S: Subscriber>(
         &self,
@@ -283,131 +318,198 @@ impl EmbeddedBus {
                 "another baton process is delivering on this state directory (e.g. `baton serve`); it will process what was queued".into(),
             ));
         }
+        let concurrency = opts.concurrency.max(1);
         let mut report = DrainReport::default();
+        let mut flying = FuturesUnordered::new();
+        let mut busy: HashSet<(u64, String)> = HashSet::new();
         loop {
-            if opts.max_deliveries.is_some_and(|m| report.delivered >= m) {
-                break;
-            }
-            self.blocking(Log::refresh_locked).await?;
-            let now = Utc::now();
-            let next = {
+            let budget = opts.max_deliveries.map_or(usize::MAX, |m| {
+                m.saturating_sub(report.delivered.saturating_add(flying.len()))
+            });
+            let room = concurrency.saturating_sub(flying.len()).min(budget);
+            // How long until something not yet started is due; `None`: nothing is.
+            let mut wait = None;
+            if room > 0 {
+                self.blocking(Log::refresh_locked).await?;
+                let now = Utc::now();
                 let st = self.0.state();
-                let due = st
+                let mut due: Vec<(DateTime<Utc>, u64, String, u32)> = st
                     .pending
                     .iter()
-                    .filter(|(_, e)| e.not_before <= now)
-                    .min_by_key(|((seq, _), e)| (e.not_before, *seq))
-                    .map(|((seq, sub), e)| (*seq, sub.clone(), e.attempts));
-                match due {
+                    .filter(|(k, e)| e.not_before <= now && !busy.contains(*k))
+                    .map(|((seq, sub), e)| (e.not_before, *seq, sub.clone(), e.attempts))
+                    .collect();
+                due.sort();
+                due.truncate(room);
+                for (_, seq, sub, attempts) in due {
                     // A pending entry always has its message (both come from the same
                     // log); an empty body makes a broken log visible as a dead letter.
-                    Some((seq, sub, attempts)) => Some(Ok((
-                        seq,
-                        sub,
-                        attempts,
-                        st.messages
-                            .get(&seq)
-                            .map(|(m, _)| m.message.clone())
-                            .unwrap_or_else(|| BusMessage {
-                                id: format!("missing-{seq}"),
-                                attributes: Default::default(),
-                                body: String::new(),
-                            }),
-                    ))),
-                    None => {
-                        let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
-                        let soonest = st
-                            .pending
-                            .values()
-                            .filter(|e| !e.waiting || e.not_before - now <= park)
-                            .map(|e| e.not_before)
-                            .min();
-                        match soonest {
-                            Some(t) => Some(Err((t - now).to_std().unwrap_or_default())),
-                            None => {
-                                report.parked = st.pending.len();
-                                None
-                            }
-                        }
+                    let msg = st
+                        .messages
+                        .get(&seq)
+                        .map(|(m, _)| m.message.clone())
+                        .unwrap_or_else(|| BusMessage {
+                            id: format!("missing-{seq}"),
+                            attributes: Default::default(),
+                            body: String::new(),
+                        });
+                    busy.insert((seq, sub.clone()));
+                    flying.push(Self::deliver_one(subscriber, seq, sub, attempts, msg));
+                }
+                if flying.len() < concurrency {
+                    let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
+                    let later = st
+                        .pending
+                        .iter()
+                        .filter(|(k, e)| {
+                            !busy.contains(*k) && (!e.waiting || e.not_before - now <= park)
+                        })
+                        .map(|(_, e)| e.not_before)
+                        .min();
+                    wait = later.map(|t| (t - now).to_std().unwrap_or_default());
+                    if flying.is_empty() && later.is_none() {
+                        report.parked = st.pending.len();
                     }
                 }
-            };
-            let (seq, sub, attempts, msg) = match next {
-                None => break,
-                Some(Err(sleep)) => {
-                    tokio::time::sleep(
-                        sleep.clamp(Duration::from_millis(5), Duration::from_secs(1)),
-                    )
-                    .await;
-                    continue;
-                }
-                Some(Ok(found)) => found,
-            };
-            let started = std::time::Instant::now();
-            // A panic in one delivery is that message's failure (retried, then
-            // dead-lettered), never the end of the dispatcher.
-            let outcome = match std::panic::AssertUnwindSafe(subscriber.deliver(&sub, &msg))
-                .catch_unwind()
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| panic.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic");
-                    tracing::error!(subscription = %sub, id = %msg.id, panic = %what, "a delivery panicked");
-                    Delivery::Retry(format!("the delivery panicked: {what}"))
-                }
-            };
-            let attempt = attempts + 1;
-            let now = Utc::now();
-            let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
-                seq,
-                subscription: sub.clone(),
-                outcome,
-                attempts,
-                not_before,
-                error: error.cloned(),
-                at: now,
-            };
-            let after = |d: Duration| Some(now + chrono::Duration::from_std(d).unwrap_or_default());
-            let line = match &outcome {
-                Delivery::Done => line(Outcome::Done, attempt, None, None),
-                Delivery::Retry(err) if attempt >= self.0.retry.max_attempts => {
-                    tracing::error!(subscription = %sub, id = %msg.id, attempts = attempt, error = %err, "dead-lettered");
-                    line(Outcome::Dead, attempt, None, Some(err))
-                }
-                Delivery::Retry(err) => line(
-                    Outcome::Retry,
-                    attempt,
-                    after(self.0.backoff(attempt)),
-                    Some(err),
-                ),
-                Delivery::Later(wait, _) => line(Outcome::Wait, attempts, after(*wait), None),
-                Delivery::Dead(err) => {
-                    tracing::error!(subscription = %sub, id = %msg.id, error = %err, "dead-lettered");
-                    line(Outcome::Dead, attempt, None, Some(err))
-                }
-            };
-            let dead = line.outcome == Outcome::Dead;
-            self.blocking(move |log| log.record(line)).await?;
-            report.delivered += 1;
-            if dead {
-                report.dead += 1;
             }
-            progress(&DeliveryReport {
-                subscription: sub,
-                message: msg,
-                outcome,
-                attempt,
-                elapsed: started.elapsed(),
-            });
+            if flying.is_empty() {
+                match wait {
+                    Some(d) if budget > 0 => {
+                        self.idle(opts, d).await;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            // Wait for a delivery to finish; with a slot free, also for new work.
+            let first = if flying.len() < concurrency && budget > flying.len() {
+                let d = wait.unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    done = flying.next() => done,
+                    () = self.idle(opts, d) => None,
+                }
+            } else {
+                flying.next().await
+            };
+            let Some(first) = first else { continue };
+            let mut finished = vec![first];
+            while let Some(Some(more)) = flying.next().now_or_never() {
+                finished.push(more);
+            }
+            let lines: Vec<DeliveryLine> = finished.iter().map(|f| self.outcome_line(f)).collect();
+            for f in &finished {
+                busy.remove(&(f.seq, f.sub.clone()));
+            }
+            let dead = lines.iter().filter(|l| l.outcome == Outcome::Dead).count();
+            self.blocking(move |log| log.record_all(lines)).await?;
+            report.delivered += finished.len();
+            report.dead += dead;
+            for f in finished {
+                progress(&DeliveryReport {
+                    subscription: f.sub,
+                    message: f.msg,
+                    outcome: f.outcome,
+                    attempt: f.attempts + 1,
+                    elapsed: f.elapsed,
+                });
+            }
         }
         drop(guard);
         Ok(report)
     }
+
+    /// Sleeps `d` (between 5 ms and 1 s), or until woken by new work.
+    async fn idle(&self, opts: &DrainOptions, d: Duration) {
+        let sleep = tokio::time::sleep(d.clamp(Duration::from_millis(5), Duration::from_secs(1)));
+        match &opts.wake {
+            Some(wake) => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => sleep.await,
+        }
+    }
+
+    /// One delivery; a panic in it is that message's failure (retried, then
+    /// dead-lettered), never the end of the dispatcher.
+    async fn deliver_one<S: Subscriber>(
+        subscriber: &S,
+        seq: u64,
+        sub: String,
+        attempts: u32,
+        msg: BusMessage,
+    ) -> Finished {
+        let started = std::time::Instant::now();
+        let outcome = match std::panic::AssertUnwindSafe(subscriber.deliver(&sub, &msg))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                tracing::error!(subscription = %sub, id = %msg.id, panic = %what, "a delivery panicked");
+                Delivery::Retry(format!("the delivery panicked: {what}"))
+            }
+        };
+        Finished {
+            seq,
+            sub,
+            attempts,
+            msg,
+            outcome,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The log line that records a finished delivery.
+    fn outcome_line(&self, f: &Finished) -> DeliveryLine {
+        let attempt = f.attempts + 1;
+        let now = Utc::now();
+        let line = |outcome, attempts, not_before, error: Option<&String>| DeliveryLine {
+            seq: f.seq,
+            subscription: f.sub.clone(),
+            outcome,
+            attempts,
+            not_before,
+            error: error.cloned(),
+            at: now,
+        };
+        let after = |d: Duration| Some(now + chrono::Duration::from_std(d).unwrap_or_default());
+        match &f.outcome {
+            Delivery::Done => line(Outcome::Done, attempt, None, None),
+            Delivery::Retry(err) if attempt >= self.0.retry.max_attempts => {
+                tracing::error!(subscription = %f.sub, id = %f.msg.id, attempts = attempt, error = %err, "dead-lettered");
+                line(Outcome::Dead, attempt, None, Some(err))
+            }
+            Delivery::Retry(err) => line(
+                Outcome::Retry,
+                attempt,
+                after(self.0.backoff(attempt)),
+                Some(err),
+            ),
+            Delivery::Later(wait, _) => line(Outcome::Wait, f.attempts, after(*wait), None),
+            Delivery::Dead(err) => {
+                tracing::error!(subscription = %f.sub, id = %f.msg.id, error = %err, "dead-lettered");
+                line(Outcome::Dead, attempt, None, Some(err))
+            }
+        }
+    }
+}
+
+/// A delivery that has run.
+struct Finished {
+    seq: u64,
+    sub: String,
+    attempts: u32,
+    msg: BusMessage,
+    outcome: Delivery,
+    elapsed: Duration,
 }
 
 impl Log {
@@ -422,6 +524,9 @@ impl Log {
             subscriptions,
             retry,
             state: Mutex::new(State::default()),
+            group: Mutex::new(Group::default()),
+            committed: Condvar::new(),
+            syncs: Default::default(),
         };
         {
             let _lock = bus.lock_file("lock")?;
@@ -604,6 +709,10 @@ impl Log {
         Ok(f)
     }
 
+    fn group(&self) -> std::sync::MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves state that the log can rebuild.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -672,10 +781,10 @@ impl Log {
         Ok(())
     }
 
-    /// Appends one line; the caller holds the log's lock. A partial line left by a
+    /// Appends lines (each ending in a newline) and syncs; the caller holds the log's lock. A partial line left by a
     /// writer that died mid-append (it held the lock, so it is gone) is cut first, so
     /// the new line is never merged into it.
-    fn append(&self, kind: &str, line: &str) -> Result<()> {
+    fn append(&self, kind: &str, lines: &str) -> Result<()> {
         let path = self.file(kind, self.state().generation);
         let mut f = OpenOptions::new()
             .create(true)
@@ -684,16 +793,32 @@ impl Log {
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
         cut_torn_tail(&mut f, &path)?;
-        f.write_all(format!("{line}\n").as_bytes())
+        f.write_all(lines.as_bytes())
             .map_err(|e| Error::io("append to", &path, e))?;
         f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     fn record(&self, line: DeliveryLine) -> Result<()> {
+        self.record_all(vec![line])
+    }
+
+    /// Records delivery outcomes: one append, one sync.
+    fn record_all(&self, lines: Vec<DeliveryLine>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for line in &lines {
+            text.push_str(
+                &serde_json::to_string(line).map_err(|e| Error::permanent("bus record", e))?,
+            );
+            text.push('\n');
+        }
         let _lock = self.lock_file("lock")?;
         self.refresh()?;
-        let text = serde_json::to_string(&line).map_err(|e| Error::permanent("bus record", e))?;
         self.append("deliveries", &text)?;
         self.refresh()?;
         self.maybe_compact()
@@ -709,21 +834,65 @@ impl Log {
         self.append_message(msg, subscriptions)
     }
 
+    /// Appends a message (group-committed with concurrent publishes); its sequence
+    /// number once it is on disk.
     fn append_message(&self, msg: &BusMessage, subscriptions: Vec<String>) -> Result<u64> {
+        let ticket = {
+            let mut g = self.group();
+            let t = g.next_ticket;
+            g.next_ticket = t.wrapping_add(1);
+            g.queue.push((t, msg.clone(), subscriptions));
+            t
+        };
+        let mut g = self.group();
+        loop {
+            if let Some(result) = g.done.remove(&ticket) {
+                return result
+                    .map_err(|e| Error::transient("bus publish", crate::error::Message(e)));
+            }
+            if g.leading {
+                g = self.committed.wait(g).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            g.leading = true;
+            let batch = std::mem::take(&mut g.queue);
+            drop(g);
+            let tickets: Vec<u64> = batch.iter().map(|(t, _, _)| *t).collect();
+            let results: Vec<std::result::Result<u64, String>> = match self.commit(batch) {
+                Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e.to_string()); tickets.len()],
+            };
+            g = self.group();
+            g.leading = false;
+            g.done.extend(tickets.into_iter().zip(results));
+            self.committed.notify_all();
+        }
+    }
+
+    /// Appends queued messages with one write and one sync; their sequence numbers.
+    fn commit(&self, batch: Vec<(u64, BusMessage, Vec<String>)>) -> Result<Vec<u64>> {
         let _lock = self.lock_file("lock")?;
         self.refresh()?;
-        let seq = self.state().next_seq;
-        let logged = LoggedMessage {
-            seq,
-            at: Utc::now(),
-            message: msg.clone(),
-            subscriptions,
-        };
-        let text =
-            serde_json::to_string(&logged).map_err(|e| Error::permanent("bus publish", e))?;
+        let first = self.state().next_seq;
+        let mut text = String::new();
+        let mut seqs = vec![];
+        for (i, (_, message, subscriptions)) in batch.into_iter().enumerate() {
+            let seq = first.saturating_add(i as u64);
+            let logged = LoggedMessage {
+                seq,
+                at: Utc::now(),
+                message,
+                subscriptions,
+            };
+            text.push_str(
+                &serde_json::to_string(&logged).map_err(|e| Error::permanent("bus publish", e))?,
+            );
+            text.push('\n');
+            seqs.push(seq);
+        }
         self.append("messages", &text)?;
         self.refresh()?;
-        Ok(seq)
+        Ok(seqs)
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
@@ -922,6 +1091,7 @@ mod tests {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
+            concurrency: 1,
         }
     }
 
@@ -1269,6 +1439,113 @@ mod tests {
         assert_eq!(w.0.load(Ordering::SeqCst), 2, "b waited 20ms and finished");
     }
 
+    /// A subscriber that takes a while and counts how many deliveries overlap.
+    struct Slow {
+        now: AtomicUsize,
+        most: AtomicUsize,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Subscriber for Slow {
+        async fn deliver(&self, sub: &str, msg: &BusMessage) -> Delivery {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.seen.lock().unwrap().push(format!("{sub}/{}", msg.id));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Delivery::Done
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_run_concurrently_up_to_the_limit_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        for i in 0..12 {
+            bus.publish_message(&msg(&format!("m{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        let slow = Slow {
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        };
+        let opts = DrainOptions {
+            concurrency: 5,
+            ..DrainOptions::default()
+        };
+        let syncs = bus.syncs();
+        let rep = bus.drain(&slow, &opts, |_| {}).await.unwrap();
+        assert_eq!(rep.delivered, 24, "12 messages × subscriptions a and b");
+        let mut seen = slow.seen.into_inner().unwrap();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 24, "each delivery once");
+        assert_eq!(slow.most.load(Ordering::SeqCst), 5, "5 at once, never more");
+        assert!(
+            bus.syncs() - syncs < 24,
+            "outcomes finishing together share an append: {} syncs for 24",
+            bus.syncs() - syncs
+        );
+        assert_eq!(bus.pending(), 0);
+        // A limit on deliveries holds with concurrency too.
+        for i in 0..4 {
+            bus.publish_message(&msg(&format!("n{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        let limited = DrainOptions {
+            concurrency: 5,
+            max_deliveries: Some(3),
+            ..DrainOptions::default()
+        };
+        let slow = Slow {
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            seen: Mutex::new(vec![]),
+        };
+        let rep = bus.drain(&slow, &limited, |_| {}).await.unwrap();
+        assert_eq!(rep.delivered, 3);
+        assert_eq!(bus.pending(), 5);
+    }
+
+    #[test]
+    fn concurrent_publishes_share_one_sync_and_each_gets_its_own_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        // Hold the log's lock as another process would: the first publisher leads and
+        // waits for it; the next ones queue behind it.
+        let held = bus.0.lock_file("lock").unwrap();
+        let before = bus.syncs();
+        let threads: Vec<_> = (0..10)
+            .map(|i| {
+                let log = bus.0.clone();
+                std::thread::spawn(move || {
+                    log.publish_message(&msg(&format!("p{i}"), "x")).unwrap()
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while bus.0.group().queue.len() < 9 {
+            assert!(std::time::Instant::now() < deadline, "publishers queued");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(held);
+        let mut seqs: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 10, "distinct sequence numbers");
+        assert_eq!(
+            bus.syncs() - before,
+            2,
+            "the leader's own batch, then the nine queued"
+        );
+        bus.0.refresh_locked().unwrap();
+        assert_eq!(bus.held(), 10);
+        assert_eq!(bus.pending(), 20);
+    }
+
     #[test]
     fn backoff_doubles_and_caps() {
         let dir = tempfile::tempdir().unwrap();
@@ -1276,6 +1553,7 @@ mod tests {
             max_attempts: 10,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_millis(500),
+            concurrency: 1,
         };
         let bus = EmbeddedBus::open(dir.path(), subs(), cfg).unwrap();
         assert_eq!(bus.0.backoff(1), Duration::from_millis(100));

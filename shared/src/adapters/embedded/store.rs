@@ -149,13 +149,19 @@ impl DirStore {
                 }
                 let path = entry.path();
                 let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let key = rel.to_string_lossy().replace('\\', "/");
                 if ft.is_dir() {
-                    stack.push(path);
-                } else if let Ok(rel) = path.strip_prefix(&self.root) {
-                    let key = rel.to_string_lossy().replace('\\', "/");
-                    if key.starts_with(prefix) {
-                        out.push(key);
+                    // Only directories that can hold keys with the prefix: a listing of
+                    // `runs/web/ab12` reads `runs/web` and the runs starting `ab12`.
+                    let dir = format!("{key}/");
+                    if dir.starts_with(prefix) || prefix.starts_with(&dir) {
+                        stack.push(path);
                     }
+                } else if key.starts_with(prefix) {
+                    out.push(key);
                 }
             }
         }

@@ -1,0 +1,523 @@
+//! The pipeline under load: `baton serve` (this release build) with 100 apps, each
+//! tested by `true` and deployed by manifest to staging and production without approval,
+//! takes registry pushes over HTTP on loopback. Prints, and with `--write` puts into the
+//! README between its `bench:pipeline` markers, a table of:
+//!
+//! - **throughput**: runs (push → production deployed) per minute with pushes sent as
+//!   fast as the server accepts them, 8 at a time;
+//! - **latency**: push sent → production deployed (the deploy's `finished_at`), p50 and
+//!   p99, with pushes arriving at a steady rate (10,000/min, or 80% of the measured
+//!   throughput when that is lower);
+//! - **memory**: resident and peak resident memory of the server after each phase;
+//! - **state**: the state directory's growth per run, in file bytes and in disk blocks;
+//! - **syncs**: `fsync`, `fdatasync` and `syncfs` calls per run, counted by `strace -f`
+//!   on a second server taking paced pushes (skipped, and said, without `strace`);
+//! - **queries**: `GET /runs?limit=50` latency, first page and deep pages, after the
+//!   state holds 100,000 runs (the runs beyond those the phases made are copies of a
+//!   finished run, hard-linked, with their own ids and index entries spread over 60 days).
+//!
+//! Run: `cargo bench -p baton-cli --bench pipeline [-- --write]`. Sizes:
+//! `BATON_BENCH_RUNS` (throughput pushes, 3,000), `BATON_BENCH_SECONDS` (latency phase,
+//! 30), `BATON_BENCH_INDEX_RUNS` (100,000). Figures depend on the machine and its disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_testkit::fleet::{self, HOOK_SECRET_ENV, READER_TOKEN_ENV, Usage};
+use baton_testkit::{Proc, build, free_port};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+const APPS: usize = 100;
+const SECRET: &str = "bench-hook-secret";
+const READER: &str = "bench-reader-token";
+const TARGET_RATE: f64 = 10_000.0;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    _proc: Proc,
+    pid: u32,
+    base: String,
+}
+
+/// Starts `baton serve` in `root`; under `strace -f -c` writing to `trace` when given.
+async fn start(root: &Path, trace: Option<&Path>) -> Server {
+    let port = free_port();
+    let baton = env!("CARGO_BIN_EXE_baton");
+    let mut cmd = match trace {
+        Some(out) => {
+            let mut c = Command::new("strace");
+            c.args([
+                "-f",
+                "-c",
+                "-e",
+                "trace=fsync,fdatasync,syncfs,sync_file_range",
+                "-o",
+            ])
+            .arg(out)
+            .arg(baton);
+            c
+        }
+        None => Command::new(baton),
+    };
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(root)
+        .env_remove("BATON_CONFIG")
+        .env_remove("BATON_STATE_DIR")
+        .env(HOOK_SECRET_ENV, SECRET)
+        .env(READER_TOKEN_ENV, READER)
+        .env("BATON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("serve.log")).expect("create serve.log"));
+    let child = cmd.spawn().expect("start baton serve");
+    let pid = child.id();
+    baton_testkit::wait_tcp(port, Duration::from_secs(120), "baton serve").await;
+    Server {
+        _proc: Proc(child),
+        pid,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// The `n`th push of the bench: app `n % APPS`, its own digest and tag.
+fn push_of(n: usize) -> (String, String, String) {
+    let app = format!("app{}", n % APPS);
+    let digest = build::digest(&format!("bench-{n}"));
+    let body = build::dist_push(
+        &format!("bench/{app}"),
+        &format!("1.{}.0", n / APPS),
+        &digest,
+        "ci",
+        Utc::now(),
+        &format!("n-{n}"),
+    );
+    (app, digest, body.to_string())
+}
+
+async fn send(client: &reqwest::Client, base: &str, body: String) {
+    let r = client
+        .post(format!("{base}/hooks/registry"))
+        .header("Authorization", SECRET)
+        .body(body)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status().as_u16(), 202, "push refused");
+}
+
+/// Waits until the server's queue is empty.
+async fn idle(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let h: Value = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .json()
+            .await
+            .expect("healthz JSON");
+        if h["queue_depth"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the queue did not drain: {h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// When run `n`'s production deploy finished, from its record.
+async fn deployed_at(client: &reqwest::Client, base: &str, n: usize) -> DateTime<Utc> {
+    let (app, digest, _) = push_of(n);
+    let run = baton::ids::run_id(&app, &digest);
+    let v: Value = client
+        .get(format!("{base}/runs/{run}"))
+        .bearer_auth(READER)
+        .send()
+        .await
+        .expect("GET /runs/<run>")
+        .json()
+        .await
+        .expect("run JSON");
+    let at = v["stages"].as_array().and_then(|stages| {
+        stages.iter().find_map(|s| {
+            (s["stage"] == "deploy"
+                && s["environment"] == "production"
+                && s["status"] == "succeeded")
+                .then(|| s["finished_at"].as_str())
+                .flatten()
+        })
+    });
+    at.and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("run {n} ({app}, {run}) was not deployed to production: {v}"))
+}
+
+/// Sends pushes `from..to` at `per_min`, returning when each was sent.
+async fn paced(
+    client: &reqwest::Client,
+    base: &str,
+    from: usize,
+    to: usize,
+    per_min: f64,
+) -> Vec<DateTime<Utc>> {
+    let interval = Duration::from_secs_f64(60.0 / per_min);
+    let start = tokio::time::Instant::now();
+    let mut tasks = vec![];
+    for (i, n) in (from..to).enumerate() {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let (client, base) = (client.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            let (_, _, body) = push_of(n);
+            let at = Utc::now();
+            send(&client, &base, body).await;
+            at
+        }));
+    }
+    let mut sent = vec![];
+    for t in tasks {
+        sent.push(t.await.expect("push task"));
+    }
+    sent
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Copies the finished run `template` (hard links) as `count` more runs with index
+/// entries spread over the 60 days before now, so listings face a long history.
+fn seed_history(store: &Path, template: (&str, &str), count: usize) -> usize {
+    let (app, run) = template;
+    let src = store.join(format!("runs/{app}/{run}"));
+    let mut files = vec![];
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)
+            .expect("read the template run")
+            .flatten()
+        {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&src) {
+                files.push(rel.to_path_buf());
+            }
+        }
+    }
+    let now = Utc::now();
+    let step_ms = (60 * 86_400_000 / count.max(1)) as i64;
+    let started = Instant::now();
+    for i in 0..count {
+        let app = format!("app{}", i % APPS);
+        let run = baton::ids::run_id(&app, &build::digest(&format!("history-{i}")));
+        let dir = store.join(format!("runs/{app}/{run}"));
+        for rel in &files {
+            let to = dir.join(rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).expect("create a run directory");
+            }
+            std::fs::hard_link(src.join(rel), &to).expect("link a run file");
+        }
+        let at = now - chrono::Duration::milliseconds(step_ms * (count - i) as i64);
+        let key = baton::store::run_index_key(at, run.as_str());
+        let path = store.join(&key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create an index day");
+        }
+        std::fs::write(&path, format!("{{\"app\":\"{app}\"}}")).expect("write an index entry");
+        if let Some(day) = key
+            .strip_prefix(baton::store::RUN_INDEX)
+            .and_then(|k| k.split('/').next())
+        {
+            let marker = store.join(format!("{}{day}", baton::store::RUN_INDEX_DAYS));
+            if !marker.exists() {
+                std::fs::create_dir_all(marker.parent().expect("index/days"))
+                    .expect("create index/days");
+                std::fs::write(&marker, "{}").expect("write a day marker");
+            }
+        }
+        if (i + 1) % 20_000 == 0 {
+            eprintln!(
+                "  seeded {} runs ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    files.len()
+}
+
+/// Times `GET /runs?limit=50` on the first page and on pages after `cursors`.
+async fn time_pages(
+    client: &reqwest::Client,
+    base: &str,
+    cursors: &[String],
+) -> (Vec<f64>, Vec<f64>) {
+    let mut first = vec![];
+    let mut deep = vec![];
+    for i in 0..200 {
+        let url = if i % 2 == 0 || cursors.is_empty() {
+            format!("{base}/runs?limit=50")
+        } else {
+            format!("{base}/runs?limit=50&after={}", cursors[i % cursors.len()])
+        };
+        let t = Instant::now();
+        let r = client
+            .get(&url)
+            .bearer_auth(READER)
+            .send()
+            .await
+            .expect("GET /runs");
+        assert_eq!(r.status().as_u16(), 200, "{url}");
+        let page: Vec<Value> = r.json().await.expect("a page of runs");
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(page.len(), 50, "{url} returned a full page");
+        if url.contains("after=") {
+            deep.push(ms);
+        } else {
+            first.push(ms);
+        }
+    }
+    first.sort_by(f64::total_cmp);
+    deep.sort_by(f64::total_cmp);
+    (first, deep)
+}
+
+/// Counts sync calls in an `strace -c` summary.
+fn syncs_in(trace: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(trace).ok()?;
+    let mut total = 0;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if let Some(name) = cols.last()
+            && ["fsync", "fdatasync", "syncfs", "sync_file_range"].contains(name)
+        {
+            // `% time, seconds, usecs/call, calls, [errors,] syscall`
+            total += cols.get(3).and_then(|c| c.parse::<u64>().ok())?;
+        }
+    }
+    Some(total)
+}
+
+fn strace_available() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn write_readme(table: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).expect("read README.md");
+    let (begin, end) = (
+        "<!-- bench:pipeline:begin -->",
+        "<!-- bench:pipeline:end -->",
+    );
+    let (Some(a), Some(b)) = (readme.find(begin), readme.find(end)) else {
+        panic!("README.md has no {begin} … {end} markers");
+    };
+    let out = format!("{}{begin}\n{table}{}", &readme[..a], &readme[b..]);
+    std::fs::write(&path, out).expect("write README.md");
+    println!("wrote the table into {}", path.display());
+}
+
+#[tokio::main]
+async fn main() {
+    let write = std::env::args().any(|a| a == "--write");
+    let runs = env_usize("BATON_BENCH_RUNS", 3_000);
+    let seconds = env_usize("BATON_BENCH_SECONDS", 30);
+    let history = env_usize("BATON_BENCH_INDEX_RUNS", 100_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root: PathBuf = dir.path().to_path_buf();
+    fleet::write_config(&root, APPS, "bench");
+    let client = reqwest::Client::new();
+    let server = start(&root, None).await;
+    let base = server.base.clone();
+    let state = root.join(".baton");
+
+    // Warm-up: one run per app.
+    let mut next = 0usize;
+    for n in 0..APPS {
+        send(&client, &base, push_of(n).2).await;
+    }
+    next += APPS;
+    idle(&client, &base).await;
+    let warm_rss = fleet::proc_kib(server.pid, "VmRSS");
+
+    // Throughput: pushes as fast as accepted, 8 at a time.
+    eprintln!("throughput: {runs} pushes");
+    let before: Usage = fleet::usage(&state);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut workers = vec![];
+    for _ in 0..8 {
+        let (client, base, counter) = (client.clone(), base.clone(), counter.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if i >= runs {
+                    break;
+                }
+                send(&client, &base, push_of(next + i).2).await;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("push worker");
+    }
+    let accepted = t0.elapsed();
+    idle(&client, &base).await;
+    let elapsed = t0.elapsed();
+    let per_min = runs as f64 / elapsed.as_secs_f64() * 60.0;
+    eprintln!(
+        "  {runs} runs in {:.1} s ({:.1} s to accept): {per_min:.0} runs/min",
+        elapsed.as_secs_f64(),
+        accepted.as_secs_f64()
+    );
+    for n in next..next + runs {
+        deployed_at(&client, &base, n).await;
+    }
+    let after: Usage = fleet::usage(&state);
+    next += runs;
+    let rss_throughput = fleet::proc_kib(server.pid, "VmRSS");
+    let per_run = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / runs as f64 / 1024.0;
+    let bytes_per_run = per_run(after.bytes, before.bytes);
+    let disk_per_run = per_run(after.disk, before.disk);
+    let files_per_run = (after.files.saturating_sub(before.files)) as f64 / runs as f64;
+
+    // Latency at a steady arrival rate.
+    let rate = TARGET_RATE.min(per_min * 0.8);
+    let count = (rate / 60.0 * seconds as f64) as usize;
+    eprintln!("latency: {count} pushes at {rate:.0}/min");
+    let sent = paced(&client, &base, next, next + count, rate).await;
+    idle(&client, &base).await;
+    let mut lat = vec![];
+    for (i, at) in sent.iter().enumerate() {
+        let done = deployed_at(&client, &base, next + i).await;
+        lat.push((done - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+    }
+    next += count;
+    lat.sort_by(f64::total_cmp);
+    let rss_latency = fleet::proc_kib(server.pid, "VmRSS");
+    let peak = fleet::proc_kib(server.pid, "VmHWM");
+    let made = next;
+
+    // Queries over a long history.
+    drop(server);
+    let template_app = "app0";
+    let template_run = baton::ids::run_id(template_app, &push_of(APPS).1);
+    let extra = history.saturating_sub(made);
+    eprintln!("history: seeding {extra} runs");
+    let linked = seed_history(
+        &state.join("store"),
+        (template_app, template_run.as_str()),
+        extra,
+    );
+    let t_restart = Instant::now();
+    let server = start(&root, None).await;
+    let restart = t_restart.elapsed();
+    let index: Vec<String> = {
+        let mut keys = vec![];
+        let day_dir = state.join("store/index/runs");
+        for d in std::fs::read_dir(&day_dir).expect("index days").flatten() {
+            for e in std::fs::read_dir(d.path()).expect("an index day").flatten() {
+                keys.push(format!(
+                    "{}/{}",
+                    d.file_name().to_string_lossy(),
+                    e.file_name().to_string_lossy()
+                ));
+            }
+        }
+        keys.sort();
+        keys
+    };
+    let total_runs = index.len();
+    let cursors: Vec<String> = (0..100)
+        .map(|i| index[(i * 7_919 + 1_000) % (total_runs - 100)].clone())
+        .collect();
+    let (first, deep) = time_pages(&client, &server.base, &cursors).await;
+    drop(server);
+
+    // Syncs per run, under strace.
+    let syncs = if strace_available() {
+        let dir2 = tempfile::tempdir().expect("temp dir");
+        fleet::write_config(dir2.path(), APPS, "bench");
+        let trace = dir2.path().join("strace.txt");
+        let server = start(dir2.path(), Some(&trace)).await;
+        let n = 600usize;
+        eprintln!("syncs: {n} pushes at {rate:.0}/min under strace");
+        paced(&client, &server.base, 0, n, rate).await;
+        idle(&client, &server.base).await;
+        for i in 0..n {
+            deployed_at(&client, &server.base, i).await;
+        }
+        let one = n;
+        send(&client, &server.base, push_of(one).2).await;
+        idle(&client, &server.base).await;
+        // SIGTERM to baton (strace's child); strace writes its summary when it exits.
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &server.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while syncs_in(&trace).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(server);
+        syncs_in(&trace).map(|s| s as f64 / (n + 1) as f64)
+    } else {
+        None
+    };
+
+    let table = format!(
+        "| figure | value | target |\n|---|---|---|\n\
+         | throughput ({runs} pushes, 8 at a time) | {per_min:.0} runs/min | ≥ 10,000 |\n\
+         | push → production deployed at {rate:.0}/min ({count} runs) | p50 {:.1} ms, p99 {:.1} ms | p50 ≤ 10 ms, p99 ≤ 50 ms |\n\
+         | RSS after warm-up / throughput / latency phases (peak) | {} / {} / {} ({}) | flat |\n\
+         | state per run | {bytes_per_run:.1} KiB in {files_per_run:.1} files, {disk_per_run:.1} KiB on disk | ≤ 16 KB |\n\
+         | syncs per run (strace, 601 runs at {rate:.0}/min) | {} | ≤ 15 |\n\
+         | `GET /runs?limit=50` at {total_runs} runs, first page | p50 {:.1} ms, p99 {:.1} ms | p99 ≤ 20 ms |\n\
+         | the same, 100 deep pages | p50 {:.1} ms, p99 {:.1} ms | p99 ≤ 20 ms |\n\
+         | restart with {total_runs} runs (until `/healthz` answers) | {:.0} ms | |\n",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        mib(warm_rss),
+        mib(rss_throughput),
+        mib(rss_latency),
+        mib(peak),
+        syncs.map_or("not measured (install strace)".to_string(), |s| format!(
+            "{s:.1}"
+        )),
+        percentile(&first, 0.5),
+        percentile(&first, 0.99),
+        percentile(&deep, 0.5),
+        percentile(&deep, 0.99),
+        restart.as_secs_f64() * 1000.0,
+    );
+    println!(
+        "\nbaton serve, release build, {APPS} apps, {} CPUs, {} (history runs link {linked} files each)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        Utc::now().format("%Y-%m-%d"),
+    );
+    print!("{table}");
+    if write {
+        write_readme(&table);
+    }
+}
