@@ -200,34 +200,45 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// Copies the finished run `template` (hard links) as `count` more runs with index
-/// entries spread over the 60 days before now, so listings face a long history.
-fn seed_history(store: &Path, template: (&str, &str), count: usize) -> usize {
-    let (app, run) = template;
-    let src = store.join(format!("runs/{app}/{run}"));
-    let mut files = vec![];
-    let mut stack = vec![src.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)
-            .expect("read the template run")
-            .flatten()
-        {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(&src) {
-                files.push(rel.to_path_buf());
+/// Copies finished runs (hard links: run `i` copies `templates[i % len]`, the finished
+/// run of app `i % APPS`, so no file reaches the file system's link limit) as `count`
+/// more runs with index entries spread over the 60 days before now, so listings face a
+/// long history. Returns the files a run has.
+fn seed_history(store: &Path, templates: &[(String, String)], count: usize) -> usize {
+    let files_of = |src: &Path| {
+        let mut files = vec![];
+        let mut stack = vec![src.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d)
+                .expect("read a template run")
+                .flatten()
+            {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(src) {
+                    files.push(rel.to_path_buf());
+                }
             }
         }
-    }
+        files
+    };
+    let templates: Vec<(String, PathBuf, Vec<PathBuf>)> = templates
+        .iter()
+        .map(|(app, run)| {
+            let src = store.join(format!("runs/{app}/{run}"));
+            let files = files_of(&src);
+            (app.clone(), src, files)
+        })
+        .collect();
     let now = Utc::now();
     let step_ms = (60 * 86_400_000 / count.max(1)) as i64;
     let started = Instant::now();
     for i in 0..count {
-        let app = format!("app{}", i % APPS);
-        let run = baton::ids::run_id(&app, &build::digest(&format!("history-{i}")));
+        let (app, src, files) = &templates[i % templates.len()];
+        let run = baton::ids::run_id(app, &build::digest(&format!("history-{i}")));
         let dir = store.join(format!("runs/{app}/{run}"));
-        for rel in &files {
+        for rel in files {
             let to = dir.join(rel);
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent).expect("create a run directory");
@@ -260,7 +271,7 @@ fn seed_history(store: &Path, template: (&str, &str), count: usize) -> usize {
             );
         }
     }
-    files.len()
+    templates.first().map_or(0, |t| t.2.len())
 }
 
 /// Times `GET /runs?limit=50` on the first page and on pages after `cursors`.
@@ -302,6 +313,9 @@ async fn time_pages(
 /// Counts sync calls in an `strace -c` summary.
 fn syncs_in(trace: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(trace).ok()?;
+    if !text.lines().any(|l| l.trim_end().ends_with("total")) {
+        return None;
+    }
     let mut total = 0;
     for line in text.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
@@ -416,21 +430,28 @@ async fn main() {
     }
     next += count;
     lat.sort_by(f64::total_cmp);
+    eprintln!(
+        "  p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
     let rss_latency = fleet::proc_kib(server.pid, "VmRSS");
     let peak = fleet::proc_kib(server.pid, "VmHWM");
     let made = next;
 
     // Queries over a long history.
     drop(server);
-    let template_app = "app0";
-    let template_run = baton::ids::run_id(template_app, &push_of(APPS).1);
+    // The first throughput push of each app: finished runs to copy.
+    let templates: Vec<(String, String)> = (APPS..2 * APPS)
+        .map(|n| {
+            let (app, digest, _) = push_of(n);
+            let run = baton::ids::run_id(&app, &digest).as_str().to_string();
+            (app, run)
+        })
+        .collect();
     let extra = history.saturating_sub(made);
     eprintln!("history: seeding {extra} runs");
-    let linked = seed_history(
-        &state.join("store"),
-        (template_app, template_run.as_str()),
-        extra,
-    );
+    let linked = seed_history(&state.join("store"), &templates, extra);
     let t_restart = Instant::now();
     let server = start(&root, None).await;
     let restart = t_restart.elapsed();
@@ -476,11 +497,8 @@ async fn main() {
         let _ = Command::new("pkill")
             .args(["-TERM", "-P", &server.pid.to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while syncs_in(&trace).is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        drop(server);
+        let mut server = server;
+        let _ = server._proc.0.wait();
         syncs_in(&trace).map(|s| s as f64 / (n + 1) as f64)
     } else {
         None

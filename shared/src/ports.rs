@@ -72,6 +72,22 @@ pub trait ObjectStore: Send + Sync {
     ) -> impl Future<Output = Result<String>> + Send;
     /// Keys starting with `prefix`, sorted.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Every object under `prefix` with its key, sorted by key (a run's records at
+    /// once). Objects removed between the listing and the read are left out.
+    fn get_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, Object)>>> + Send {
+        async move {
+            let mut out = vec![];
+            for key in self.list(prefix).await? {
+                if let Some(obj) = self.get(&key).await? {
+                    out.push((key, obj));
+                }
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// What a registry says about a tag.

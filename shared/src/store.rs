@@ -70,16 +70,18 @@ pub async fn get_json<S: ObjectStore, T: DeserializeOwned>(
 ) -> Result<Option<(T, String)>> {
     match store.get(key).await? {
         None => Ok(None),
-        Some(obj) => {
-            let v = serde_json::from_slice(&obj.bytes).map_err(|e| {
-                Error::permanent(
-                    format!("read {key}"),
-                    format!("stored object is not valid: {e}"),
-                )
-            })?;
-            Ok(Some((v, obj.etag)))
-        }
+        Some(obj) => Ok(Some((json_of(key, &obj.bytes)?, obj.etag))),
     }
+}
+
+/// Parses the stored object `key`.
+pub fn json_of<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::permanent(
+            format!("read {key}"),
+            format!("stored object is not valid: {e}"),
+        )
+    })
 }
 
 /// Serializes and writes a JSON object under a precondition.

@@ -534,6 +534,9 @@ async fn other_registries_webhooks_through_http() {
         "  webhooks:\n",
         "  webhooks:\n    - { name: hub, source: dockerhub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: harbor, source: harbor, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gh, source: ghcr, auth: { hmac: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: quay, source: quay, auth: { basic: { username: quay, password_env: BATON_TEST_HOOK_SECRET } } }\n",
     );
+    // hub and quay promote to the same repository's `staging` tag: one delivery at a
+    // time, so the last push decides it (side by side, the last promotion would).
+    cfg.push_str("bus:\n  concurrency: 1\n");
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
     for name in ["hub", "harbor", "ghcr", "quay"] {
         let d = root.join(format!("manifests/staging-{name}"));

@@ -59,6 +59,31 @@ fn path() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
+/// The program to start: a bare name is looked up on `path` here, so the child starts
+/// by `posix_spawn` (the standard library falls back to a `fork` of the whole server,
+/// copying its page tables, when it must search a `PATH` it was given). A name not
+/// found is passed on and fails to start with the system's error.
+fn resolve(program: &str, path: &str) -> std::path::PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if !program.contains('/') {
+            let found = std::env::split_paths(path)
+                .map(|d| d.join(program))
+                .find(|p| {
+                    std::fs::metadata(p)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                });
+            if let Some(found) = found {
+                return found;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    program.into()
+}
+
 /// The last `limit` bytes written, and how many came before them: output of any length
 /// in bounded memory.
 #[derive(Debug, Default)]
@@ -144,11 +169,12 @@ impl Drop for GroupGuard {
 
 /// Runs a command to completion or its timeout; see the module documentation.
 pub async fn run(cmd: &Command) -> Result<Finished> {
-    let mut c = tokio::process::Command::new(&cmd.program);
+    let path = path();
+    let mut c = tokio::process::Command::new(resolve(&cmd.program, &path));
     c.args(&cmd.args)
         .current_dir(&cmd.workdir)
         .env_clear()
-        .env("PATH", path())
+        .env("PATH", &path)
         .envs(cmd.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -212,6 +238,27 @@ mod tests {
             timeout,
             output_limit: limit,
         }
+    }
+
+    #[test]
+    fn bare_names_are_looked_up_on_the_given_path() {
+        let found = resolve("sh", "/no/such/dir:/usr/bin:/bin");
+        assert!(found.is_absolute() && found.ends_with("sh"), "{found:?}");
+        assert_eq!(
+            resolve("no-such-program-here", "/usr/bin:/bin"),
+            std::path::PathBuf::from("no-such-program-here")
+        );
+        assert_eq!(
+            resolve("./run.sh", "/usr/bin"),
+            std::path::PathBuf::from("./run.sh")
+        );
+        // A directory or a file without execute permission is not a program.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tool")).unwrap();
+        std::fs::write(dir.path().join("data"), "x").unwrap();
+        let p = dir.path().display().to_string();
+        assert_eq!(resolve("tool", &p), std::path::PathBuf::from("tool"));
+        assert_eq!(resolve("data", &p), std::path::PathBuf::from("data"));
     }
 
     #[test]

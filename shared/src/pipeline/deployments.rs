@@ -58,21 +58,29 @@ pub struct HistoryEntry {
     pub by: Option<String>,
 }
 
+/// The deploy lease: `deployments/<app>/<env>/lease.json`. Held by a run (the deploy
+/// of one run may wait across deliveries: a rollout, a traffic shift) and, within the
+/// run, by one worker: the one that claimed the run's deploy stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lease {
     pub holder: String,
+    /// The worker of `holder` that holds it (one stage claim: `host/pid/start#n`).
+    #[serde(default)]
+    pub worker: String,
     pub until: DateTime<Utc>,
-    /// Incremented each time the lease changes hands (a renewal keeps it): writes made
-    /// under the lease carry it, so a holder that lost the lease cannot overwrite what
-    /// a later holder wrote.
+    /// Incremented each time the lease changes hands, to another run or to another
+    /// worker of the same run (a renewal by the same worker keeps it): writes made
+    /// under the lease carry it, so a worker that lost the lease cannot overwrite what
+    /// a later one wrote.
     #[serde(default)]
     pub fence: u64,
 }
 
-/// A deploy lease held: who holds it and its fence.
+/// A deploy lease held: by which run and worker, and its fence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     pub holder: String,
+    pub worker: String,
     pub fence: u64,
 }
 
@@ -82,16 +90,21 @@ pub async fn acquire_lease<P: Ports>(
     app: &str,
     env: &str,
     holder: &str,
+    worker: &str,
 ) -> Result<Held> {
-    acquire_lease_for(p, app, env, holder, p.settings.lease).await
+    acquire_lease_for(p, app, env, holder, worker, p.settings.lease).await
 }
 
-/// Takes (or renews) the environment's deploy lease for `hold`.
+/// Takes (or renews) the environment's deploy lease for `hold`. Another run's live
+/// lease refuses (transient: retry later); another worker of the same run takes it over
+/// with the next fence (only the worker holding the run's stage claim asks, so the
+/// earlier one stalled or died, and whatever it still writes is refused).
 pub async fn acquire_lease_for<P: Ports>(
     p: &Pipeline<P>,
     app: &str,
     env: &str,
     holder: &str,
+    worker: &str,
     hold: std::time::Duration,
 ) -> Result<Held> {
     let key = lease_key(app, env);
@@ -106,11 +119,12 @@ pub async fn acquire_lease_for<P: Ports>(
             .ok_or_else(|| Error::invalid(what.clone(), "the lease time is out of range"))?;
         Ok(match cur {
             Some(cur) if cur.until > now && cur.holder != holder => Change::Stop(cur),
-            // A renewal keeps the fence; a lease taken anew gets the next one.
+            // A renewal keeps the fence; a lease taken anew, or over, gets the next one.
             Some(cur) => Change::Write(Lease {
                 holder: holder.into(),
+                worker: worker.into(),
                 until,
-                fence: if cur.until > now {
+                fence: if cur.until > now && cur.worker == worker {
                     cur.fence
                 } else {
                     cur.fence.max(live_fence).saturating_add(1)
@@ -118,6 +132,7 @@ pub async fn acquire_lease_for<P: Ports>(
             }),
             None => Change::Write(Lease {
                 holder: holder.into(),
+                worker: worker.into(),
                 until,
                 fence: live_fence.saturating_add(1),
             }),
@@ -127,6 +142,7 @@ pub async fn acquire_lease_for<P: Ports>(
     match swapped {
         Swapped::Written(lease, _) => Ok(Held {
             holder: lease.holder,
+            worker: lease.worker,
             fence: lease.fence,
         }),
         Swapped::Stopped(cur) => Err(Error::transient(
@@ -140,12 +156,13 @@ pub async fn acquire_lease_for<P: Ports>(
     }
 }
 
-/// Frees the lease if `holder` still holds it (it expires by itself otherwise).
-pub async fn release_lease<P: Ports>(p: &Pipeline<P>, app: &str, env: &str, holder: &str) {
+/// Frees the lease if this worker still holds it (it expires by itself otherwise).
+pub async fn release_lease<P: Ports>(p: &Pipeline<P>, app: &str, env: &str, held: &Held) {
     let key = lease_key(app, env);
     let store = p.ports.store();
     if let Ok(Some((cur, etag))) = get_json::<_, Lease>(store, &key).await
-        && cur.holder == holder
+        && cur.holder == held.holder
+        && cur.worker == held.worker
     {
         let released = Lease {
             until: p.ports.now(),
@@ -172,6 +189,20 @@ pub async fn record_live<P: Ports>(
 ) -> Result<()> {
     let now = p.ports.now();
     let store = p.ports.store();
+    let what = format!("live record of {}/{env}", ctx.app);
+    // The lease taken over since (by another run, or another worker of this run): this
+    // worker's result is stale.
+    if let Some((cur, _)) = get_json::<_, Lease>(store, &lease_key(&ctx.app, env)).await?
+        && cur.fence > lease.fence
+    {
+        return Err(Error::permanent(
+            what,
+            crate::error::Message(format!(
+                "{} ({}) lost its deploy lease (fence {}) to {} ({}, fence {}); this deploy's result is not recorded",
+                lease.holder, lease.worker, lease.fence, cur.holder, cur.worker, cur.fence
+            )),
+        ));
+    }
     let mut ctx = ctx.clone();
     ctx.environment = Some(env.to_string());
     let entry = HistoryEntry {
@@ -198,7 +229,6 @@ pub async fn record_live<P: Ports>(
         kind,
         fence: lease.fence,
     };
-    let what = format!("live record of {}/{env}", ctx.app);
     let swapped = compare_and_swap(
         store,
         &current_key(&ctx.app, env),
@@ -216,8 +246,8 @@ pub async fn record_live<P: Ports>(
         Swapped::Stopped(cur) => Err(Error::permanent(
             what,
             crate::error::Message(format!(
-                "{} lost its deploy lease (fence {}) and run {} has since recorded {} as live (fence {}); this deploy's result is not recorded",
-                lease.holder, lease.fence, cur.run, cur.image.tag, cur.fence
+                "{} ({}) lost its deploy lease (fence {}) and run {} has since recorded {} as live (fence {}); this deploy's result is not recorded",
+                lease.holder, lease.worker, lease.fence, cur.run, cur.image.tag, cur.fence
             )),
         )),
     }
@@ -264,18 +294,24 @@ mod tests {
     async fn a_worker_that_lost_its_lease_cannot_overwrite_the_live_record() {
         let p = pipeline();
         let ctx = sample("image.built", |_| {}).ctx().clone();
-        let a = acquire_lease(&p, "web", "staging", "run-a").await.unwrap();
+        let a = acquire_lease(&p, "web", "staging", "run-a", "w1")
+            .await
+            .unwrap();
         assert_eq!(
-            acquire_lease(&p, "web", "staging", "run-a").await.unwrap(),
+            acquire_lease(&p, "web", "staging", "run-a", "w1")
+                .await
+                .unwrap(),
             a,
             "a renewal keeps the fence"
         );
-        let busy = acquire_lease(&p, "web", "staging", "run-b").await;
+        let busy = acquire_lease(&p, "web", "staging", "run-b", "w2").await;
         assert!(busy.is_err_and(|e| e.is_retryable() && e.to_string().contains("held by run-a")));
 
         // run-a stalls past its lease; run-b takes it and records its deploy.
         p.ports.advance(chrono::Duration::minutes(5));
-        let b = acquire_lease(&p, "web", "staging", "run-b").await.unwrap();
+        let b = acquire_lease(&p, "web", "staging", "run-b", "w2")
+            .await
+            .unwrap();
         assert!(b.fence > a.fence, "{b:?} after {a:?}");
         record_live(
             &p,
@@ -305,7 +341,7 @@ mod tests {
         .unwrap_err();
         assert!(!e.is_retryable());
         let msg = e.to_string();
-        assert!(msg.contains("run-a lost its deploy lease"), "{msg}");
+        assert!(msg.contains("run-a (w1) lost its deploy lease"), "{msg}");
         let now = live(&p, "web", "staging").await.unwrap().unwrap();
         assert_eq!(
             (now.image.tag.to_string(), now.fence),
@@ -314,7 +350,62 @@ mod tests {
 
         // The lease object lost (a cleanup, a restore): the next fence is still higher.
         p.ports.store.remove(&lease_key("web", "staging"));
-        let c = acquire_lease(&p, "web", "staging", "run-c").await.unwrap();
+        let c = acquire_lease(&p, "web", "staging", "run-c", "w3")
+            .await
+            .unwrap();
         assert!(c.fence > b.fence, "{c:?} after {b:?}");
+    }
+
+    /// The same run's deploy taken over by another worker (the first one's stage claim
+    /// expired while it stalled): the new worker gets the next fence at once, the
+    /// stalled one can neither write the live record nor release the lease.
+    #[tokio::test]
+    async fn a_stalled_worker_of_the_same_run_is_fenced_by_the_worker_that_took_over() {
+        let p = pipeline();
+        let ctx = sample("image.built", |_| {}).ctx().clone();
+        let first = acquire_lease(&p, "web", "staging", "run-a", "w1")
+            .await
+            .unwrap();
+        let second = acquire_lease(&p, "web", "staging", "run-a", "w2")
+            .await
+            .unwrap();
+        assert!(second.fence > first.fence, "{second:?} after {first:?}");
+        assert_eq!(
+            acquire_lease(&p, "web", "staging", "run-a", "w2")
+                .await
+                .unwrap(),
+            second,
+            "its renewal keeps the fence"
+        );
+        let e = record_live(
+            &p,
+            &ctx,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            &first,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("lost its deploy lease"), "{e}");
+        release_lease(&p, "web", "staging", &first).await;
+        let busy = acquire_lease(&p, "web", "staging", "run-b", "w3").await;
+        assert!(busy.is_err(), "the stalled worker's release freed nothing");
+        record_live(
+            &p,
+            &ctx,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            &second,
+        )
+        .await
+        .unwrap();
+        release_lease(&p, "web", "staging", &second).await;
+        acquire_lease(&p, "web", "staging", "run-b", "w3")
+            .await
+            .unwrap();
     }
 }

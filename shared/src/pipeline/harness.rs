@@ -210,6 +210,15 @@ impl Handled {
 /// How long a claim holds before another worker may take it over.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
+/// A worker identity unique in this process: `owner#n`.
+pub fn worker_id(owner: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "{owner}#{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// Runs `stage` on `input` under the harness.
 pub async fn handle<S: Stage<P>, P: Ports>(
     p: &Pipeline<P>,
@@ -242,12 +251,24 @@ pub async fn handle<S: Stage<P>, P: Ports>(
         input_id: input.id(),
         progress: rec.progress.clone(),
         now: p.ports.now(),
+        worker: worker_id(&p.settings.owner),
     };
     let span = tracing::info_span!("stage", stage = %stage, run = %ctx.run, app = %ctx.app,
         env = ctx.environment.as_deref().unwrap_or("-"), attempt = rec.attempt);
     // On the heap: a stage's future (deploy's holds a rollout, a lease and records) is
     // large, and the harness's callers run on threads with small stacks.
-    let result = Box::pin(S::run(p, &input, &sctx)).instrument(span).await;
+    // The claim is renewed while the stage runs, however long it takes; each renewal
+    // moves the etag the final save must match.
+    let claim_state = std::sync::Mutex::new((etag, rec.lease_until));
+    let result = {
+        let work = Box::pin(S::run(p, &input, &sctx)).instrument(span);
+        let renew = Box::pin(renew_claim(p, &key, &rec, &claim_state));
+        tokio::select! {
+            r = work => r,
+            never = renew => match never {},
+        }
+    };
+    (etag, rec.lease_until) = claim_state.into_inner().unwrap_or_else(|p| p.into_inner());
     let now = p.ports.now();
     match result {
         Ok(Step::Done { outputs, note }) => {
@@ -397,6 +418,41 @@ async fn finish_publishing<P: Ports>(
         duplicate: false,
         note: rec.note,
     })
+}
+
+/// Renews a claim every third of the lease while its stage runs (never returns; stops
+/// renewing when another worker took the record over, whose save then wins).
+async fn renew_claim<P: Ports>(
+    p: &Pipeline<P>,
+    key: &str,
+    rec: &StageRecord,
+    state: &std::sync::Mutex<(String, Option<DateTime<Utc>>)>,
+) -> std::convert::Infallible {
+    let every = (p.settings.lease / 3).max(Duration::from_millis(20));
+    let mut rec = rec.clone();
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        tokio::time::sleep(every).await;
+        let now = p.ports.now();
+        let Some(until) = chrono::Duration::from_std(p.settings.lease)
+            .ok()
+            .and_then(|l| now.checked_add_signed(l))
+        else {
+            return std::future::pending().await;
+        };
+        rec.lease_until = Some(until);
+        let etag = lock().0.clone();
+        match put_json(p.ports.store(), key, &rec, Precondition::IfMatch(etag)).await {
+            Ok(etag) => *lock() = (etag, Some(until)),
+            Err(Error::Conflict { .. }) => {
+                tracing::warn!(%key, "the claim was taken over by another worker; no longer renewing it");
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not renew the claim; trying again");
+            }
+        }
+    }
 }
 
 async fn save<P: Ports>(
@@ -557,4 +613,90 @@ async fn claim<S: Stage<P>, P: Ports>(
 enum Claim {
     Claimed(Box<StageRecord>, String),
     Skip(Handled),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::adapters::memory::MemPorts;
+    use crate::pipeline::stage::{Consumes, StageSpec, per_image};
+    use crate::stages::testing::{pipeline, sample};
+
+    /// A stage that runs until the test lets it finish.
+    struct Slow;
+
+    fn go() -> &'static tokio::sync::Notify {
+        static GO: OnceLock<tokio::sync::Notify> = OnceLock::new();
+        GO.get_or_init(tokio::sync::Notify::new)
+    }
+
+    static SLOW: StageSpec = StageSpec {
+        name: StageName::Test,
+        consumes: Consumes::Events(&[]),
+        per_environment: false,
+        reports_failures: true,
+        may_hold: &[],
+        never: "",
+    };
+
+    impl Stage<MemPorts> for Slow {
+        const SPEC: &'static StageSpec = &SLOW;
+
+        fn record(_p: &Pipeline<MemPorts>, input: &Input) -> Result<Option<RecordKey>> {
+            Ok(Some(per_image(StageName::Test, input.ctx())))
+        }
+
+        async fn run(_p: &Pipeline<MemPorts>, _input: &Input, _ctx: &StageCtx) -> Result<Step> {
+            go().notified().await;
+            Ok(Step::publish(vec![]))
+        }
+    }
+
+    /// A stage running longer than its lease keeps its claim: the claim is renewed while
+    /// it runs, a second delivery meanwhile is told to retry, and the stage's final save
+    /// matches the renewed record.
+    #[tokio::test]
+    async fn a_claim_is_renewed_while_its_stage_runs() {
+        let mut p = pipeline();
+        p.settings.lease = Duration::from_millis(150);
+        let input = Input::Event(sample("image.built", |_| {}));
+        let key = per_image(StageName::Test, input.ctx()).key;
+        let drive = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            // Far beyond the lease taken at the claim.
+            p.ports.advance(chrono::Duration::minutes(10));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (rec, _): (StageRecord, String) = crate::store::get_json(p.ports.store(), &key)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.status, StageStatus::Running);
+            assert!(
+                rec.lease_until.is_some_and(|l| l > p.ports.now()),
+                "renewed: {:?} at {}",
+                rec.lease_until,
+                p.ports.now()
+            );
+            let second = handle::<Slow, _>(&p, input.clone(), Mode::Deliver).await;
+            assert!(
+                matches!(
+                    &second,
+                    Ok(Handled { disposition: Disposition::Retry(e), .. })
+                        if e.to_string().contains("another worker's lease")
+                ),
+                "a second delivery waits for the renewed claim: {second:?}"
+            );
+            go().notify_one();
+        };
+        let (first, ()) = tokio::join!(handle::<Slow, _>(&p, input.clone(), Mode::Deliver), drive);
+        let first = first.unwrap();
+        assert_eq!(first.status, Some(StageStatus::Succeeded), "{first:?}");
+        let (rec, _): (StageRecord, String) = crate::store::get_json(p.ports.store(), &key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.status, StageStatus::Succeeded);
+    }
 }

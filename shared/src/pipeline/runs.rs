@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use futures::StreamExt;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -16,8 +18,8 @@ use crate::pipeline::stage::StageSpec;
 use crate::pipeline::{Pipeline, StageName};
 use crate::ports::{ObjectStore, Ports};
 use crate::store::{
-    RUN_INDEX, RUN_INDEX_DAYS, approval_key, get_json, put_json, run_index_key, run_prefix,
-    stage_key,
+    RUN_INDEX, RUN_INDEX_DAYS, approval_key, get_json, json_of, put_json, run_index_key,
+    run_prefix, stage_key,
 };
 
 /// One line of `baton status`.
@@ -215,29 +217,41 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
         }
         let mut keys = store.list(&format!("{RUN_INDEX}{day}/")).await?;
         keys.reverse();
-        for key in keys {
-            let cursor = &key[RUN_INDEX.len()..];
-            if after.is_some_and(|a| cursor >= a) {
-                continue;
-            }
+        let mut keys = keys
+            .into_iter()
+            .filter(|key| after.is_none_or(|a| &key[RUN_INDEX.len()..] < a))
+            .peekable();
+        while keys.peek().is_some() {
             if runs.len() == limit {
                 return Ok(Page { runs, next: last });
             }
-            let Some(run) = cursor
-                .rsplit_once('-')
-                .and_then(|(_, r)| r.parse::<RunId>().ok())
-            else {
-                continue;
-            };
-            let Some((entry, _)) = get_json::<_, IndexEntry>(store, &key).await? else {
-                continue;
-            };
-            // A run removed by retention, or of an app no longer configured: skipped.
-            let Ok(summary) = summary(p, &entry.app, &run).await else {
-                continue;
-            };
-            runs.push(summary);
-            last = Some(cursor.to_string());
+            // The next runs this page needs, read side by side, kept in index order.
+            let chunk: Vec<String> = keys.by_ref().take(limit - runs.len()).collect();
+            let read = futures::stream::iter(chunk)
+                .map(|key| async move {
+                    let Some(run) = key
+                        .rsplit_once('-')
+                        .and_then(|(_, r)| r.parse::<RunId>().ok())
+                    else {
+                        return Ok(None);
+                    };
+                    let Some((entry, _)) = get_json::<_, IndexEntry>(store, &key).await? else {
+                        return Ok(None);
+                    };
+                    // A run removed by retention, or of an app no longer configured:
+                    // skipped.
+                    Ok(summary(p, &entry.app, &run).await.ok().map(|s| (key, s)))
+                })
+                .buffered(16)
+                .collect::<Vec<Result<Option<(String, RunSummary)>>>>()
+                .await;
+            for found in read {
+                let Some((key, summary)) = found? else {
+                    continue;
+                };
+                runs.push(summary);
+                last = Some(key[RUN_INDEX.len()..].to_string());
+            }
         }
     }
     Ok(Page { runs, next: None })
@@ -262,16 +276,12 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
     let prefix = run_prefix(app, run);
     let mut stages = vec![];
     let mut events = vec![];
-    for key in store.list(&prefix).await? {
+    for (key, obj) in store.get_prefix(&prefix).await? {
         let rest = &key[prefix.len()..];
         if rest.starts_with("stages/") {
-            if let Some((rec, _)) = get_json::<_, StageRecord>(store, &key).await? {
-                stages.push(rec);
-            }
-        } else if rest.starts_with("events/")
-            && let Some((e, _)) = get_json::<_, Event>(store, &key).await?
-        {
-            events.push(e);
+            stages.push(json_of::<StageRecord>(&key, &obj.bytes)?);
+        } else if rest.starts_with("events/") {
+            events.push(json_of::<Event>(&key, &obj.bytes)?);
         }
     }
     if stages.is_empty() && events.is_empty() {
@@ -285,14 +295,16 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
     };
     stages.sort_by_key(|s| (s.started_at, env_index(&s.environment), s.stage));
     events.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-    let mut approvals = vec![];
-    for env in &app_cfg.environments {
-        if let Some((a, _)) =
-            get_json::<_, ApprovalRecord>(store, &approval_key(app, run, &env.name)).await?
-        {
-            approvals.push(a);
-        }
+    // The configured environments' approvals, in their order.
+    let mut found = std::collections::BTreeMap::new();
+    for (key, obj) in store.get_prefix(&format!("approvals/{app}/{run}/")).await? {
+        found.insert(key.clone(), json_of::<ApprovalRecord>(&key, &obj.bytes)?);
     }
+    let approvals = app_cfg
+        .environments
+        .iter()
+        .filter_map(|env| found.remove(&approval_key(app, run, &env.name)))
+        .collect();
     let image = events.first().map(|e| e.ctx().image.clone());
     let status = status_of(app_cfg, &stages, &events);
     Ok(RunView {

@@ -238,6 +238,9 @@ pub struct StageCtx {
     /// Progress recorded by a previous `Step::Wait`.
     pub progress: Option<Value>,
     pub now: DateTime<Utc>,
+    /// This run of the stage: the claim's owner and a number unique in the process
+    /// (what the deploy lease is held by).
+    pub worker: String,
 }
 
 impl StageCtx {

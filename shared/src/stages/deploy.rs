@@ -125,7 +125,7 @@ async fn step<P: TargetPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
             ctx.image.short_digest()
         ),
     };
-    let lease = deployments::acquire_lease(p, &ctx.app, &env_name, &ctx.run).await?;
+    let lease = deployments::acquire_lease(p, &ctx.app, &env_name, &ctx.run, &sctx.worker).await?;
     let result = deploy_under_lease(
         p,
         &target,
@@ -138,7 +138,7 @@ async fn step<P: TargetPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
     .await;
     // A waiting rollout keeps the lease (renewed on every check); everything else frees it.
     if !matches!(result, Ok(Step::Wait { .. })) {
-        deployments::release_lease(p, &ctx.app, &env_name, &lease.holder).await;
+        deployments::release_lease(p, &ctx.app, &env_name, &lease).await;
     }
     result
 }
@@ -263,6 +263,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                 &ctx.app,
                 env_name,
                 &ctx.run,
+                &lease.worker,
                 after + p.settings.lease,
             )
             .await?;
@@ -364,7 +365,8 @@ pub async fn rollback<P: TargetPorts>(
     };
     let target = p.ports.deploy_target(app_cfg, env_cfg)?;
     let holder = format!("rollback-{}", entry.run);
-    let lease = deployments::acquire_lease(p, app, env, &holder).await?;
+    let worker = crate::pipeline::harness::worker_id(&p.settings.owner);
+    let lease = deployments::acquire_lease(p, app, env, &holder, &worker).await?;
     let req = DeployRequest {
         app: app.into(),
         environment: env.into(),
@@ -396,7 +398,7 @@ pub async fn rollback<P: TargetPorts>(
                     tracing::info!(%detail, "rollback rolling out");
                     tokio::time::sleep(check_after.min(Duration::from_secs(10))).await;
                     // Renewed while the rollout goes on, so no deploy takes over.
-                    deployments::acquire_lease(p, app, env, &holder).await?;
+                    deployments::acquire_lease(p, app, env, &holder, &worker).await?;
                 }
                 Rollout::Failed { reason } => {
                     target.restore(&req, &applied.previous).await?;
@@ -417,7 +419,7 @@ pub async fn rollback<P: TargetPorts>(
         Ok(applied)
     }
     .await;
-    deployments::release_lease(p, app, env, &holder).await;
+    deployments::release_lease(p, app, env, &lease).await;
     let applied = result?;
     let now = p.ports.now();
     let mut ctx = entry.ctx.clone();

@@ -69,6 +69,15 @@ async fn step<P: RegistryPorts>(p: &Pipeline<P>, input: &Event, _sctx: &StageCtx
             note: Some(format!("{env_name}: promotion disabled")),
         });
     }
+    // Deliveries run side by side: an older run's promotion may arrive after a newer
+    // image went live. The tag follows what is live, never an image that was replaced.
+    let live = crate::pipeline::deployments::live(p, &ctx.app, env_name).await?;
+    if let Some(note) = superseded(live.as_ref(), ctx) {
+        return Ok(Step::Done {
+            outputs: vec![],
+            note: Some(format!("{env_name}: {note}")),
+        });
+    }
     let tag = env.promote_tag()?;
     p.ports
         .registry()
@@ -86,4 +95,55 @@ async fn step<P: RegistryPorts>(p: &Pipeline<P>, input: &Event, _sctx: &StageCtx
             ctx.image.short_digest()
         )),
     })
+}
+
+/// Why this image is not promoted: another one is live in the environment now.
+fn superseded(
+    live: Option<&crate::pipeline::deployments::LiveRecord>,
+    ctx: &crate::event::RunContext,
+) -> Option<String> {
+    let live = live?;
+    (live.image.digest != ctx.image.digest).then(|| {
+        format!(
+            "not promoted: {} ({}) is live now",
+            live.image.tagged(),
+            live.image.short_digest()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::deployments::{DeployKind, LiveRecord};
+    use crate::stages::testing::sample;
+
+    #[test]
+    fn only_the_live_image_is_promoted() {
+        let ctx = sample("deploy.succeeded", |_| {}).ctx().clone();
+        let live = |digest: &str| {
+            let mut c = ctx.clone();
+            c.image.digest = digest.parse().unwrap();
+            c.image.tag = "2.0.0".parse().unwrap();
+            LiveRecord {
+                image: c.image.clone(),
+                run: c.run.clone(),
+                deployed_at: chrono::Utc::now(),
+                ctx: c,
+                kind: DeployKind::Deploy,
+                fence: 1,
+            }
+        };
+        assert_eq!(superseded(None, &ctx), None);
+        assert_eq!(
+            superseded(Some(&live(ctx.image.digest.as_str())), &ctx),
+            None
+        );
+        let newer = live(&format!("sha256:{}", "b".repeat(64)));
+        let note = superseded(Some(&newer), &ctx).unwrap();
+        assert!(
+            note.contains("2.0.0") && note.contains("is live now"),
+            "{note}"
+        );
+    }
 }

@@ -22,6 +22,9 @@ pub struct DirStore {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How many lock files a store has.
+const LOCK_STRIPES: u16 = 128;
+
 fn etag_of(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
 }
@@ -30,7 +33,16 @@ impl DirStore {
     /// Opens (and creates) a store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<DirStore> {
         let root = root.into();
-        fs::create_dir_all(root.join(".locks")).map_err(|e| Error::io("create store", &root, e))?;
+        let locks = root.join(".locks");
+        fs::create_dir_all(&locks).map_err(|e| Error::io("create store", &root, e))?;
+        // Earlier versions kept a lock file per key: removed (best effort).
+        if let Ok(entries) = fs::read_dir(&locks) {
+            for e in entries.flatten() {
+                if e.file_name().len() != 3 {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(DirStore { root })
     }
 
@@ -66,9 +78,13 @@ impl DirStore {
         Ok(tmp)
     }
 
+    /// The lock of a key: one of [`LOCK_STRIPES`] files, so the locks stay a fixed
+    /// handful of files whatever the number of keys (keys sharing a stripe wait for
+    /// each other's compare-and-swap, a few microseconds).
     fn lock(&self, key: &str) -> Result<File> {
-        let name = hex::encode(&Sha256::digest(key.as_bytes())[..12]);
-        let path = self.root.join(".locks").join(name);
+        let hash = Sha256::digest(key.as_bytes());
+        let stripe = u16::from_be_bytes([hash[0], hash[1]]) % LOCK_STRIPES;
+        let path = self.root.join(".locks").join(format!("{stripe:03}"));
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -95,6 +111,11 @@ impl DirStore {
         let path = self.path_of(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let etag = etag_of(&bytes);
+        // A create over an existing object fails without writing (the link below still
+        // decides a race).
+        if matches!(cond, Precondition::IfNoneMatch) && path.exists() {
+            return Err(Error::Conflict { key: key.into() });
+        }
         let tmp = self.write_temp(&dir, &bytes)?;
         let result = match cond {
             Precondition::IfNoneMatch => match fs::hard_link(&tmp, &path) {
@@ -245,6 +266,21 @@ impl ObjectStore for DirStore {
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let prefix = prefix.to_string();
         self.blocking(move |s| s.list_sync(&prefix)).await
+    }
+
+    /// One trip to the blocking pool for the listing and every read.
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Object)>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| {
+            let mut out = vec![];
+            for key in s.list_sync(&prefix)? {
+                if let Some(obj) = s.get_sync(&key)? {
+                    out.push((key, obj));
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }
 
