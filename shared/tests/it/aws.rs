@@ -365,8 +365,17 @@ async fn lambda_target_shifts_traffic_in_steps_and_rolls_back_mid_shift() {
     let target = LambdaDeployTarget::new(lambda.clone(), &cfg);
     let applied = target.apply(&req('2')).await.unwrap();
     assert!(applied.changed);
-    assert!(applied.detail.contains("50%"), "{}", applied.detail);
     assert_eq!(applied.previous[0].image, old);
+    assert_eq!(
+        alias_routing(&lambda, "api").await,
+        ("1".to_string(), vec![]),
+        "the alias waits for the code update, nothing shifted yet"
+    );
+    // The first check finds the update done: the version is published and takes 50%.
+    match target.rollout(&req('2')).await.unwrap() {
+        Rollout::Progressing { detail, .. } => assert!(detail.contains("50%"), "{detail}"),
+        other => panic!("expected the shift to start, got {other:?}"),
+    }
     let (primary, weights) = alias_routing(&lambda, "api").await;
     assert_eq!(
         primary, "1",
@@ -417,6 +426,10 @@ async fn lambda_target_shifts_traffic_in_steps_and_rolls_back_mid_shift() {
     .unwrap();
     let target = LambdaDeployTarget::new(lambda.clone(), &cfg);
     let applied = target.apply(&req('3')).await.unwrap();
+    assert!(matches!(
+        target.rollout(&req('3')).await.unwrap(),
+        Rollout::Progressing { .. }
+    ));
     let (primary, weights) = alias_routing(&lambda, "api").await;
     assert_eq!(primary, new_version);
     assert_eq!(weights.len(), 1);

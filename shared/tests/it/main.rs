@@ -3,6 +3,8 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+#[cfg(feature = "aws")]
+mod filter_differential;
 mod infra;
 #[cfg(feature = "kube")]
 mod k8s;

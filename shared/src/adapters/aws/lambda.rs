@@ -1,9 +1,13 @@
 //! Lambda as a deploy target and as a test runner.
 //!
-//! `LambdaDeployTarget`: UpdateFunctionCode to `repo@sha256:…`, wait until
-//! LastUpdateStatus is Successful (or report why not), PublishVersion, move the alias.
-//! Restore moves the alias back to the version it had (all of its traffic). Already at
-//! the digest: nothing.
+//! `LambdaDeployTarget`: `apply` calls UpdateFunctionCode to `repo@sha256:…` and marks
+//! the alias (`baton: updating code to <image> since <time>`); each `rollout` check
+//! reads LastUpdateStatus once and, when it is Successful, publishes the version and
+//! moves the alias (or starts a traffic shift). Nothing waits inside a function: an
+//! update in progress is `Progressing`, so the deploy stage's message comes back after
+//! `poll` (the deploy function's timeout bounds one check, not the update); an update
+//! still in progress after `timeout` fails the rollout. Restore moves the alias back to
+//! the version it had (all of its traffic). Already at the digest: nothing.
 //!
 //! With `traffic` (canary or linear), the alias keeps its version and routes a share of
 //! its traffic to the new one (a weighted alias); each `rollout` check moves the next
@@ -14,7 +18,7 @@
 //! `LambdaTestRunner`: invokes a test function with the image reference; its answer
 //! `{"passed": bool, "summary": "…", "output": "…"}` decides, a function error fails.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::LastUpdateStatus;
@@ -50,7 +54,43 @@ struct AliasState {
     description: String,
 }
 
-/// When the current step of a shift began, from the alias description.
+/// What a check of a code update says while it is not done (`None`: it is, go on):
+/// failed, still in progress (check again after `poll`), or in progress for longer than
+/// `timeout`.
+fn update_pending(
+    function: &str,
+    status: Option<&LastUpdateStatus>,
+    reason: &str,
+    elapsed: Duration,
+    timeout: Duration,
+    poll: Duration,
+) -> Option<Rollout> {
+    match status {
+        Some(LastUpdateStatus::Successful) | None => None,
+        Some(LastUpdateStatus::Failed) => Some(Rollout::Failed {
+            reason: format!(
+                "the code update of Lambda function {function} failed: {}",
+                reason.trim()
+            ),
+        }),
+        Some(_) if elapsed > timeout => Some(Rollout::Failed {
+            reason: format!(
+                "the code update of Lambda function {function} is still in progress after {}",
+                humantime::format_duration(timeout)
+            ),
+        }),
+        Some(_) => Some(Rollout::Progressing {
+            detail: format!("code update of {function} in progress"),
+            check_after: poll,
+        }),
+    }
+}
+
+/// The alias description while a code update is awaited: `<UPDATING><image> since <t>`.
+const UPDATING: &str = "baton: updating code to ";
+
+/// When the current step of a shift (or an awaited update) began, from the alias
+/// description.
 fn step_began(description: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let (_, since) = description.rsplit_once(" since ")?;
     chrono::DateTime::parse_from_rfc3339(since.trim())
@@ -140,45 +180,119 @@ impl LambdaDeployTarget {
         }
     }
 
-    async fn wait_updated(&self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let c = self
-                .client
-                .get_function_configuration()
-                .function_name(&self.function)
-                .send()
-                .await
-                .map_err(|e| {
-                    call_failed(
-                        format!("get configuration of {}", self.function),
-                        e.into_service_error(),
-                    )
-                })?;
-            match c.last_update_status() {
-                Some(LastUpdateStatus::Successful) | None => return Ok(()),
-                Some(LastUpdateStatus::Failed) => {
-                    return Err(Error::permanent(
-                        format!("update of Lambda function {}", self.function),
-                        format!(
-                            "failed: {} {}",
-                            c.last_update_status_reason_code()
-                                .map(|r| r.as_str())
-                                .unwrap_or(""),
-                            c.last_update_status_reason().unwrap_or("")
-                        ),
-                    ));
-                }
-                _ if started.elapsed() > self.timeout => {
-                    return Err(Error::permanent(
-                        format!("update of Lambda function {}", self.function),
-                        format!(
-                            "still in progress after {}",
-                            humantime::format_duration(self.timeout)
-                        ),
-                    ));
-                }
-                _ => tokio::time::sleep(self.poll).await,
+    /// Marks the alias as waiting for a code update to `image` (its version and routing
+    /// unchanged), so a later check knows what it is waiting for.
+    async fn mark_updating(&self, image: &str) -> Result<()> {
+        self.client
+            .update_alias()
+            .function_name(&self.function)
+            .name(&self.alias)
+            .description(format!(
+                "{UPDATING}{image} since {}",
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+            .send()
+            .await
+            .map_err(|e| {
+                call_failed(
+                    format!("mark alias {}:{} as updating", self.function, self.alias),
+                    e.into_service_error(),
+                )
+            })?;
+        Ok(())
+    }
+
+    /// One check of a code update to `want`: still in progress, failed, or done, in
+    /// which case the version is published and the alias moved (or a shift started).
+    async fn finish_update(
+        &self,
+        req: &DeployRequest,
+        alias: Option<&AliasState>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Rollout> {
+        let want = req.image.reference();
+        let c = self
+            .client
+            .get_function_configuration()
+            .function_name(&self.function)
+            .send()
+            .await
+            .map_err(|e| {
+                call_failed(
+                    format!("get configuration of {}", self.function),
+                    e.into_service_error(),
+                )
+            })?;
+        let status = c.last_update_status();
+        let reason = format!(
+            "{} {}",
+            c.last_update_status_reason_code()
+                .map(|r| r.as_str())
+                .unwrap_or(""),
+            c.last_update_status_reason().unwrap_or("")
+        );
+        let elapsed = since
+            .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(r) = update_pending(
+            &self.function,
+            status,
+            &reason,
+            elapsed,
+            self.timeout,
+            self.poll,
+        ) {
+            return Ok(r);
+        }
+        let latest = self.image_of("$LATEST").await?;
+        if latest != want {
+            return Ok(Rollout::Failed {
+                reason: format!(
+                    "Lambda function {} runs {latest} now, not {want}: another update replaced this one",
+                    self.function
+                ),
+            });
+        }
+        let published = self
+            .client
+            .publish_version()
+            .function_name(&self.function)
+            .description(req.cause.chars().take(256).collect::<String>())
+            .send()
+            .await
+            .map_err(|e| {
+                call_failed(
+                    format!("publish a version of {}", self.function),
+                    e.into_service_error(),
+                )
+            })?;
+        let version = published.version().unwrap_or("$LATEST").to_string();
+        match (alias, self.traffic) {
+            (Some(a), Some(shift)) if a.version != version => {
+                self.set_share(&a.version, &version, shift.first()).await?;
+                Ok(Rollout::Progressing {
+                    detail: format!(
+                        "{} version {version} takes {}% of alias {} ({}), version {} the rest",
+                        self.function,
+                        shift.first(),
+                        self.alias,
+                        match shift {
+                            TrafficShift::Canary { .. } => "canary",
+                            TrafficShift::Linear { .. } => "linear",
+                        },
+                        a.version
+                    ),
+                    check_after: shift.hold(),
+                })
+            }
+            _ => {
+                self.point_alias(&version, alias.is_some()).await?;
+                Ok(Rollout::Complete {
+                    detail: format!(
+                        "{} version {version} behind alias {}",
+                        self.function, self.alias
+                    ),
+                })
             }
         }
     }
@@ -342,44 +456,9 @@ impl DeployTarget for LambdaDeployTarget {
                     call_failed(format!("update code of {}", self.function), s)
                 }
             })?;
-        self.wait_updated().await?;
-        let published = self
-            .client
-            .publish_version()
-            .function_name(&self.function)
-            .description(req.cause.chars().take(256).collect::<String>())
-            .send()
-            .await
-            .map_err(|e| {
-                call_failed(
-                    format!("publish a version of {}", self.function),
-                    e.into_service_error(),
-                )
-            })?;
-        let version = published.version().unwrap_or("$LATEST").to_string();
-        let detail = match (&before, self.traffic) {
-            (Some(a), Some(shift)) if a.version != version => {
-                self.set_share(&a.version, &version, shift.first()).await?;
-                format!(
-                    "{} version {version} takes {}% of alias {} ({}), version {} the rest",
-                    self.function,
-                    shift.first(),
-                    self.alias,
-                    match shift {
-                        TrafficShift::Canary { .. } => "canary",
-                        TrafficShift::Linear { .. } => "linear",
-                    },
-                    a.version
-                )
-            }
-            _ => {
-                self.point_alias(&version, before.is_some()).await?;
-                format!(
-                    "{} version {version} behind alias {}",
-                    self.function, self.alias
-                )
-            }
-        };
+        if before.is_some() {
+            self.mark_updating(&want).await?;
+        }
         Ok(Applied {
             previous: before
                 .map(|a| {
@@ -390,17 +469,23 @@ impl DeployTarget for LambdaDeployTarget {
                 })
                 .unwrap_or_default(),
             changed: true,
-            detail,
+            detail: format!("{} code updated to {want}", self.function),
         })
     }
 
     async fn rollout(&self, req: &DeployRequest) -> Result<Rollout> {
         let want = req.image.reference();
         let Some(alias) = self.alias_state().await? else {
-            return Ok(Rollout::Failed {
-                reason: format!("alias {} of {} does not exist", self.alias, self.function),
-            });
+            // A first deploy: the alias is created once the update is done.
+            return self.finish_update(req, None, None).await;
         };
+        if let Some(rest) = alias.description.strip_prefix(UPDATING)
+            && rest.split(" since ").next() == Some(want.as_str())
+        {
+            return self
+                .finish_update(req, Some(&alias), step_began(&alias.description))
+                .await;
+        }
         if alias.image == want && alias.shifting.is_none() {
             return Ok(Rollout::Complete {
                 detail: format!("alias {} serves version {}", self.alias, alias.version),
@@ -531,5 +616,61 @@ impl TestRunner for LambdaTestRunner {
             "lambda test runner",
             "an invocation finishes in one delivery; there is no progress to check",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_in_progress_is_checked_again_later_never_waited_for() {
+        let (timeout, poll) = (Duration::from_secs(600), Duration::from_secs(5));
+        let check = |status, elapsed| {
+            update_pending(
+                "web",
+                status,
+                "",
+                Duration::from_secs(elapsed),
+                timeout,
+                poll,
+            )
+        };
+        assert_eq!(check(Some(&LastUpdateStatus::Successful), 0), None);
+        assert_eq!(check(None, 0), None);
+        assert_eq!(
+            check(Some(&LastUpdateStatus::InProgress), 30),
+            Some(Rollout::Progressing {
+                detail: "code update of web in progress".into(),
+                check_after: poll,
+            })
+        );
+        assert!(matches!(
+            check(Some(&LastUpdateStatus::InProgress), 601),
+            Some(Rollout::Failed { reason }) if reason.contains("still in progress after 10m")
+        ));
+        assert!(matches!(
+            update_pending("web", Some(&LastUpdateStatus::Failed), "InvalidImage bad ", Duration::ZERO, timeout, poll),
+            Some(Rollout::Failed { reason }) if reason.ends_with("failed: InvalidImage bad")
+        ));
+    }
+
+    #[test]
+    fn the_awaited_update_is_read_back_from_the_alias_description() {
+        let d = format!(
+            "{UPDATING}repo@sha256:{} since 2026-11-29T12:00:00.000Z",
+            "a".repeat(64)
+        );
+        let rest = d.strip_prefix(UPDATING).unwrap();
+        assert_eq!(
+            rest.split(" since ").next(),
+            Some(format!("repo@sha256:{}", "a".repeat(64)).as_str())
+        );
+        assert_eq!(
+            step_began(&d),
+            chrono::DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z")
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        );
     }
 }

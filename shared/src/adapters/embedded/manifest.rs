@@ -69,90 +69,7 @@ impl ManifestTarget {
             let mut seen = vec![];
             let mut found = None;
             for (file, text, docs) in &parsed {
-                for doc in docs {
-                    let kind = doc.get("kind").and_then(Node::as_str).unwrap_or("");
-                    let name = doc
-                        .path(&["metadata", "name"])
-                        .and_then(Node::as_str)
-                        .unwrap_or("");
-                    let ns = doc.path(&["metadata", "namespace"]).and_then(Node::as_str);
-                    if !kind.is_empty() {
-                        seen.push(format!("{kind}/{name}"));
-                    }
-                    if kind != w.kind.as_str() || name != w.name {
-                        continue;
-                    }
-                    if let Some(want) = &w.namespace
-                        && ns.unwrap_or("default") != want
-                    {
-                        continue;
-                    }
-                    let containers = doc
-                        .path(&["spec", "template", "spec", "containers"])
-                        .and_then(Node::as_seq)
-                        .unwrap_or(&[]);
-                    let container = containers.iter().find(|c| {
-                        c.get("name").and_then(Node::as_str) == Some(w.container.as_str())
-                    });
-                    let Some(container) = container else {
-                        let names: Vec<&str> = containers
-                            .iter()
-                            .filter_map(|c| c.get("name").and_then(Node::as_str))
-                            .collect();
-                        return Err(Error::permanent(
-                            format!("{}/{} in {}", w.kind, w.name, file.display()),
-                            format!(
-                                "has no container named {:?} (containers: {})",
-                                w.container,
-                                if names.is_empty() {
-                                    "none".into()
-                                } else {
-                                    names.join(", ")
-                                }
-                            ),
-                        ));
-                    };
-                    let Some(Node::Scalar {
-                        value,
-                        start,
-                        end,
-                        style,
-                    }) = container.get("image")
-                    else {
-                        return Err(Error::permanent(
-                            format!("{}/{} in {}", w.kind, w.name, file.display()),
-                            format!("container {:?} has no image field", w.container),
-                        ));
-                    };
-                    let (start, end) = scalar_extent(
-                        text,
-                        char_to_byte(text, *start),
-                        char_to_byte(text, *end),
-                        *style,
-                    )
-                    .ok_or_else(|| {
-                        Error::permanent(
-                            format!("{}/{} in {}", w.kind, w.name, file.display()),
-                            format!(
-                                "the image of container {:?} is not a single-line scalar",
-                                w.container
-                            ),
-                        )
-                    })?;
-                    found = Some(Located {
-                        workload: format!("{}/{}:{}", w.kind, w.name, w.container),
-                        file: file.clone(),
-                        start,
-                        end,
-                        style: match style {
-                            ScalarStyle::SingleQuoted => reference::ScalarStyle::SingleQuoted,
-                            ScalarStyle::DoubleQuoted => reference::ScalarStyle::DoubleQuoted,
-                            _ => reference::ScalarStyle::Plain,
-                        },
-                        image: value.clone(),
-                    });
-                    break;
-                }
+                found = find_in(file, text, docs, w, &mut seen)?;
                 if found.is_some() {
                     break;
                 }
@@ -197,24 +114,11 @@ impl ManifestTarget {
             }
         }
         for (file, mut edits) in by_file {
-            let mut text =
+            let text =
                 fs::read_to_string(&file).map_err(|e| Error::io("read manifest", &file, e))?;
             edits.sort_by_key(|e| std::cmp::Reverse(e.0));
-            for (start, end, style, new) in edits {
-                let (scalar, requoted) = reference::yaml_scalar(&new, style);
-                let (s, e) = if style != reference::ScalarStyle::Plain && !requoted {
-                    (start + 1, end - 1)
-                } else {
-                    (start, end)
-                };
-                if e < s || e > text.len() {
-                    return Err(Error::permanent(
-                        format!("manifest {}", file.display()),
-                        "image scalar out of range",
-                    ));
-                }
-                text.replace_range(s..e, &scalar);
-            }
+            let text = apply_edits(text, &edits)
+                .map_err(|e| Error::permanent(format!("manifest {}", file.display()), e))?;
             let tmp = file.with_extension("yaml.baton-tmp");
             fs::write(&tmp, &text).map_err(|e| Error::io("write manifest", &tmp, e))?;
             fs::rename(&tmp, &file).map_err(|e| Error::io("replace manifest", &file, e))?;
@@ -233,6 +137,166 @@ impl ManifestTarget {
             })
             .collect())
     }
+}
+
+/// The image scalar of workload `w`'s container in one parsed file, if the file has the
+/// workload; the kinds and names it has are added to `seen`.
+fn find_in(
+    file: &Path,
+    text: &str,
+    docs: &[Node],
+    w: &WorkloadRef,
+    seen: &mut Vec<String>,
+) -> Result<Option<Located>> {
+    for doc in docs {
+        let kind = doc.get("kind").and_then(Node::as_str).unwrap_or("");
+        let name = doc
+            .path(&["metadata", "name"])
+            .and_then(Node::as_str)
+            .unwrap_or("");
+        let ns = doc.path(&["metadata", "namespace"]).and_then(Node::as_str);
+        if !kind.is_empty() {
+            seen.push(format!("{kind}/{name}"));
+        }
+        if kind != w.kind.as_str() || name != w.name {
+            continue;
+        }
+        if let Some(want) = &w.namespace
+            && ns.unwrap_or("default") != want
+        {
+            continue;
+        }
+        let containers = doc
+            .path(&["spec", "template", "spec", "containers"])
+            .and_then(Node::as_seq)
+            .unwrap_or(&[]);
+        let container = containers
+            .iter()
+            .find(|c| c.get("name").and_then(Node::as_str) == Some(w.container.as_str()));
+        let Some(container) = container else {
+            let names: Vec<&str> = containers
+                .iter()
+                .filter_map(|c| c.get("name").and_then(Node::as_str))
+                .collect();
+            return Err(Error::permanent(
+                format!("{}/{} in {}", w.kind, w.name, file.display()),
+                format!(
+                    "has no container named {:?} (containers: {})",
+                    w.container,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        };
+        let Some(Node::Scalar {
+            value,
+            start,
+            end,
+            style,
+        }) = container.get("image")
+        else {
+            return Err(Error::permanent(
+                format!("{}/{} in {}", w.kind, w.name, file.display()),
+                format!("container {:?} has no image field", w.container),
+            ));
+        };
+        // An empty (null) image has no extent of its own to replace: writing there
+        // could land anywhere in the structure. Refused; a placeholder image fixes it.
+        if value.trim().is_empty() {
+            return Err(Error::permanent(
+                format!("{}/{} in {}", w.kind, w.name, file.display()),
+                format!(
+                    "container {:?} has an empty image field; write a placeholder image there (e.g. `image: example/app:0.0.0`)",
+                    w.container
+                ),
+            ));
+        }
+        let (start, end) = scalar_extent(
+            text,
+            char_to_byte(text, *start),
+            char_to_byte(text, *end),
+            *style,
+        )
+        .ok_or_else(|| {
+            Error::permanent(
+                format!("{}/{} in {}", w.kind, w.name, file.display()),
+                format!(
+                    "the image of container {:?} is not a single-line scalar",
+                    w.container
+                ),
+            )
+        })?;
+        return Ok(Some(Located {
+            workload: format!("{}/{}:{}", w.kind, w.name, w.container),
+            file: file.to_path_buf(),
+            start,
+            end,
+            style: match style {
+                ScalarStyle::SingleQuoted => reference::ScalarStyle::SingleQuoted,
+                ScalarStyle::DoubleQuoted => reference::ScalarStyle::DoubleQuoted,
+                _ => reference::ScalarStyle::Plain,
+            },
+            image: value.clone(),
+        }));
+    }
+    Ok(None)
+}
+
+/// Applies edits (sorted from the end of the text) to a manifest's text.
+fn apply_edits(mut text: String, edits: &[Edit]) -> std::result::Result<String, &'static str> {
+    for (start, end, style, new) in edits {
+        let (scalar, requoted) = reference::yaml_scalar(new, *style);
+        let (s, e) = if *style != reference::ScalarStyle::Plain && !requoted {
+            (start + 1, end.saturating_sub(1))
+        } else {
+            (*start, *end)
+        };
+        if e < s || e > text.len() || !text.is_char_boundary(s) || !text.is_char_boundary(e) {
+            return Err("image scalar out of range");
+        }
+        text.replace_range(s..e, &scalar);
+    }
+    Ok(text)
+}
+
+/// A rewritten text, the range of the input that was replaced and the range of the
+/// output that replaced it.
+pub type Rewritten = (String, std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// What the rewriter does to one manifest's text (for fuzzing and tests): the image of
+/// `w`'s container set to `image`, with the byte range that changed in the input and in
+/// the output; `Ok(None)` when the text has no such workload.
+#[doc(hidden)]
+pub fn rewrite_text(
+    text: &str,
+    w: &WorkloadRef,
+    image: &ImageRef,
+) -> Result<Option<Rewritten>> {
+    let docs = parse_documents(text)
+        .map_err(|e| Error::permanent("manifest", format!("is not valid YAML: {e}")))?;
+    let Some(found) = find_in(Path::new("manifest"), text, &docs, w, &mut vec![])? else {
+        return Ok(None);
+    };
+    let edit = (found.start, found.end, found.style, image.clone());
+    let out = apply_edits(text.to_string(), std::slice::from_ref(&edit))
+        .map_err(|e| Error::permanent("manifest", e))?;
+    let tail = text.len() - found.end;
+    Ok(Some((
+        out.clone(),
+        found.start..found.end,
+        found.start..out.len() - tail,
+    )))
+}
+
+/// The image `w`'s container names in a manifest's text, as written.
+#[doc(hidden)]
+pub fn image_in(text: &str, w: &WorkloadRef) -> Result<Option<String>> {
+    let docs = parse_documents(text)
+        .map_err(|e| Error::permanent("manifest", format!("is not valid YAML: {e}")))?;
+    Ok(find_in(Path::new("manifest"), text, &docs, w, &mut vec![])?.map(|l| l.image))
 }
 
 /// A replacement of one scalar: (start, end, style, new reference).
@@ -566,6 +630,40 @@ spec:
                 .unwrap()
                 .contains(&format!("image: {}\n", r.image.reference()))
         );
+    }
+
+    /// Found by the `manifest` fuzz target: an empty image (`image:` then a comment)
+    /// has no extent of its own, and writing the reference there moved it out of the
+    /// container. Refused, and nothing is written.
+    #[test]
+    fn an_empty_image_field_is_refused_not_rewritten() {
+        let w = WorkloadRef {
+            kind: crate::config::WorkloadKind::Deployment,
+            name: "web".into(),
+            container: "app".into(),
+            namespace: None,
+        };
+        let image: ImageRef = req('a').image.pinned();
+        for empty in [
+            "image: # set by baton\n          ports: []",
+            "image:\n          ports: []",
+            "image: ''",
+        ] {
+            let text = format!(
+                "kind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          {empty}\n"
+            );
+            let e = rewrite_text(&text, &w, &image).unwrap_err();
+            assert!(
+                e.to_string().contains("empty image field"),
+                "{empty:?}: {e}"
+            );
+        }
+        // A placeholder is rewritten, and only it.
+        let text = "kind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n          image: x # set by baton\n";
+        let (out, before, after) = rewrite_text(text, &w, &image).unwrap().unwrap();
+        assert_eq!(&text[before.clone()], "x");
+        assert_eq!(out[after].to_string(), image.to_string());
+        assert_eq!(image_in(&out, &w).unwrap(), Some(image.to_string()));
     }
 
     #[tokio::test]
