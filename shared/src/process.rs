@@ -21,6 +21,33 @@ fn start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A crash injected right after a side effect, for the fault suite: when the
+/// environment variable `BATON_FAIL_POINT` is `<stage>:<point>` and this is that point
+/// (`claimed`, `outputs_fixed`, `applied`, `appended`, `published`, `recorded`,
+/// `acked`), the process kills itself with SIGKILL, as `kill -9` would: no unwinding, no
+/// flush, no cleanup. Unset (always, outside the fault suite) it is one load of a value
+/// read once.
+pub fn fail_point(stage: &str, point: &str) {
+    static WANT: OnceLock<Option<(String, String)>> = OnceLock::new();
+    let want = WANT.get_or_init(|| {
+        let v = std::env::var("BATON_FAIL_POINT").ok()?;
+        let (s, p) = v.split_once(':')?;
+        Some((s.to_string(), p.to_string()))
+    });
+    if let Some((s, p)) = want
+        && s == stage
+        && p == point
+    {
+        eprintln!("BATON_FAIL_POINT {stage}:{point}: killing this process");
+        #[cfg(unix)]
+        // SAFETY: kill takes plain integers; signalling ourselves cannot fail usefully.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        std::process::abort();
+    }
+}
+
 /// This process's owner id.
 pub fn instance_id() -> String {
     static ID: OnceLock<String> = OnceLock::new();

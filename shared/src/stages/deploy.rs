@@ -229,10 +229,11 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                     });
                 }
             }
-            target
-                .apply(req)
-                .await
-                .map_err(|e| e.context(format!("deploy {} to {env_name}", ctx.image.reference())))?
+            let applied = target.apply(req).await.map_err(|e| {
+                e.context(format!("deploy {} to {env_name}", ctx.image.reference()))
+            })?;
+            crate::process::fail_point("deploy", "applied");
+            applied
         }
     };
     match target.rollout(req).await? {

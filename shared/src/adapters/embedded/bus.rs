@@ -820,6 +820,9 @@ impl Log {
         let _lock = self.lock_file("lock")?;
         self.refresh()?;
         self.append("deliveries", &text)?;
+        for line in &lines {
+            crate::process::fail_point(&line.subscription, "acked");
+        }
         self.refresh()?;
         self.maybe_compact()
     }

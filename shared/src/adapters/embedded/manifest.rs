@@ -270,11 +270,7 @@ pub type Rewritten = (String, std::ops::Range<usize>, std::ops::Range<usize>);
 /// `w`'s container set to `image`, with the byte range that changed in the input and in
 /// the output; `Ok(None)` when the text has no such workload.
 #[doc(hidden)]
-pub fn rewrite_text(
-    text: &str,
-    w: &WorkloadRef,
-    image: &ImageRef,
-) -> Result<Option<Rewritten>> {
+pub fn rewrite_text(text: &str, w: &WorkloadRef, image: &ImageRef) -> Result<Option<Rewritten>> {
     let docs = parse_documents(text)
         .map_err(|e| Error::permanent("manifest", format!("is not valid YAML: {e}")))?;
     let Some(found) = find_in(Path::new("manifest"), text, &docs, w, &mut vec![])? else {

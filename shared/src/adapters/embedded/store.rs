@@ -35,6 +35,24 @@ impl DirStore {
         let root = root.into();
         let locks = root.join(".locks");
         fs::create_dir_all(&locks).map_err(|e| Error::io("create store", &root, e))?;
+        let tmp = root.join(".tmp");
+        fs::create_dir_all(&tmp).map_err(|e| Error::io("create store", &root, e))?;
+        // Objects are written in `.tmp/` and linked or renamed into place; a process
+        // killed mid-write leaves its file there. Those of processes that are gone are
+        // removed (a live process's are its writes in progress).
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(".tmp-"))
+                    .and_then(|n| n.split('-').next())
+                    .and_then(|p| p.parse::<u32>().ok());
+                if pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         // Earlier versions kept a lock file per key: removed (best effort).
         if let Ok(entries) = fs::read_dir(&locks) {
             for e in entries.flatten() {
@@ -58,6 +76,7 @@ impl DirStore {
                 .split('/')
                 .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".tmp-"))
             || key.starts_with(".locks")
+            || key.starts_with(".tmp")
         {
             return Err(Error::invalid(
                 "store key",
@@ -67,10 +86,15 @@ impl DirStore {
         Ok(self.root.join(key))
     }
 
+    /// Writes and syncs `bytes` to a new file in `.tmp/` (the object's directory is
+    /// created for the link or rename that follows).
     fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let tmp = self
+            .root
+            .join(".tmp")
+            .join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write", &tmp, e))?;
@@ -165,7 +189,7 @@ impl DirStore {
                 let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(".tmp-") || name == ".locks" {
+                if name.starts_with(".tmp") || name == ".locks" {
                     continue;
                 }
                 let path = entry.path();
@@ -336,6 +360,23 @@ mod tests {
         assert!(s.put("../x", vec![], Precondition::None).await.is_err());
         // no temp files left behind
         assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 2);
+        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+    }
+
+    /// A process killed mid-write leaves its temp file; the next open removes it, and
+    /// leaves the files of processes still running.
+    #[test]
+    fn temp_files_of_dead_processes_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        DirStore::open(dir.path()).unwrap();
+        let tmp = dir.path().join(".tmp");
+        let dead = tmp.join(".tmp-4194999-7");
+        let mine = tmp.join(format!(".tmp-{}-7", std::process::id()));
+        fs::write(&dead, "half a record").unwrap();
+        fs::write(&mine, "a write in progress").unwrap();
+        DirStore::open(dir.path()).unwrap();
+        assert!(!dead.exists(), "a dead process's temp file is removed");
+        assert!(mine.exists(), "a live process's temp file stays");
     }
 
     #[tokio::test]
