@@ -1,4 +1,5 @@
-//! moto server: the AWS APIs (S3, SNS, SQS, ECR, Lambda, IAM, EventBridge) on loopback.
+//! moto server: the AWS APIs (S3, SNS, SQS, ECR, Lambda, IAM, EventBridge) on loopback,
+//! and SNS topics with subscribed SQS queues on it.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -46,4 +47,50 @@ pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
         ))
         .load()
         .await
+}
+
+/// Creates an SNS topic; its ARN.
+pub async fn topic(sns: &aws_sdk_sns::Client, name: &str) -> String {
+    sns.create_topic()
+        .name(name)
+        .send()
+        .await
+        .expect("create an SNS topic")
+        .topic_arn()
+        .expect("the topic's ARN")
+        .to_string()
+}
+
+/// Creates an SQS queue subscribed to `topic` with a filter policy (raw delivery when
+/// `raw`: the message body and attributes as published); the queue's URL.
+pub async fn subscribed_queue(
+    sns: &aws_sdk_sns::Client,
+    sqs: &aws_sdk_sqs::Client,
+    topic: &str,
+    name: &str,
+    filter_policy: &str,
+    raw: bool,
+) -> String {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create an SQS queue")
+        .queue_url()
+        .expect("the queue's URL")
+        .to_string();
+    let mut sub = sns
+        .subscribe()
+        .topic_arn(topic)
+        .protocol("sqs")
+        .endpoint(format!("arn:aws:sqs:us-east-1:123456789012:{name}"))
+        .attributes("FilterPolicy", filter_policy);
+    if raw {
+        sub = sub.attributes("RawMessageDelivery", "true");
+    }
+    sub.send()
+        .await
+        .unwrap_or_else(|e| panic!("subscribe {name} with {filter_policy}: {e:?}"));
+    url
 }

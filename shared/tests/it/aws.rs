@@ -110,15 +110,7 @@ async fn sns_bus_fans_out_by_the_subscription_tables_filter_policies() {
     let conf = m.config().await;
     let sns = aws_sdk_sns::Client::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
-    let topic = sns
-        .create_topic()
-        .name("events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&sns, "events").await;
     let mut queues = vec![];
     let mut subs: Vec<(String, serde_json::Value)> =
         baton::stages::subscriptions::stage_subscriptions()
@@ -127,24 +119,15 @@ async fn sns_bus_fans_out_by_the_subscription_tables_filter_policies() {
             .collect();
     subs.push(("email-reaction".into(), json!({"type": ["image.built"]})));
     for (name, policy) in &subs {
-        let url = sqs
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
-        let arn = format!("arn:aws:sqs:us-east-1:123456789012:{name}");
-        sns.subscribe()
-            .topic_arn(&topic)
-            .protocol("sqs")
-            .endpoint(&arn)
-            .attributes("FilterPolicy", policy.to_string())
-            .send()
-            .await
-            .unwrap();
+        let url = baton_testkit::moto::subscribed_queue(
+            &sns,
+            &sqs,
+            &topic,
+            name,
+            &policy.to_string(),
+            false,
+        )
+        .await;
         queues.push((name.clone(), url));
     }
     let bus = SnsBus::new(sns, &topic);
@@ -575,23 +558,15 @@ async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
         queues.push((sub.name.clone(), url));
     }
     // an e-mail-style reaction: a subscription with a filter policy, no code
-    let reaction_queue = sqs
-        .create_queue()
-        .queue_name("email-reaction")
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
-    sns.subscribe()
-        .topic_arn(&topic)
-        .protocol("sqs")
-        .endpoint(arn("email-reaction"))
-        .attributes("FilterPolicy", json!({"type": ["image.built"]}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let reaction_queue = baton_testkit::moto::subscribed_queue(
+        &sns,
+        &sqs,
+        &topic,
+        "email-reaction",
+        &json!({"type": ["image.built"]}).to_string(),
+        false,
+    )
+    .await;
     // ECR pushes reach ingest through an EventBridge rule (an SQS target here; the stack
     // targets the function)
     let ingest_queue = sqs

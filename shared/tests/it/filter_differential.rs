@@ -164,15 +164,7 @@ async fn embedded_filter_policies_route_as_sns_does() {
     let conf = m.config().await;
     let sns = aws_sdk_sns::Client::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
-    let topic = sns
-        .create_topic()
-        .name("events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&sns, "events").await;
 
     const POLICIES: usize = 40;
     const MESSAGES: usize = 50;
@@ -181,25 +173,15 @@ async fn embedded_filter_policies_route_as_sns_does() {
         let p = policy(&mut r);
         let ours = FilterPolicy::parse(&p)
             .unwrap_or_else(|e| panic!("the embedded bus refuses a policy SNS takes: {p}: {e}"));
-        let name = format!("q{i}");
-        let url = sqs
-            .create_queue()
-            .queue_name(&name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
-        sns.subscribe()
-            .topic_arn(&topic)
-            .protocol("sqs")
-            .endpoint(format!("arn:aws:sqs:us-east-1:123456789012:{name}"))
-            .attributes("FilterPolicy", p.to_string())
-            .attributes("RawMessageDelivery", "true")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("moto refuses policy {p}: {e:?}"));
+        let url = baton_testkit::moto::subscribed_queue(
+            &sns,
+            &sqs,
+            &topic,
+            &format!("q{i}"),
+            &p.to_string(),
+            true,
+        )
+        .await;
         queues.push((p, ours, url));
     }
     let bus = SnsBus::new(sns, &topic);
