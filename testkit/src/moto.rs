@@ -94,3 +94,89 @@ pub async fn subscribed_queue(
         .unwrap_or_else(|e| panic!("subscribe {name} with {filter_policy}: {e:?}"));
     url
 }
+
+/// Requests seen by a [`counting_proxy`], by service and kind (`s3 GET`, `s3 PUT`,
+/// `sns`, `sqs`, `lambda`, `ecr`…).
+pub type Counts = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// A loopback reverse proxy in front of moto at `target` that counts the requests passing
+/// through by AWS service (the service of the request's SigV4 credential scope; for S3
+/// also the method, which S3 prices differently). Returns its endpoint and the counts.
+pub async fn counting_proxy(target: &str) -> (String, Counts) {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::{Request, State};
+    use axum::response::Response;
+
+    #[derive(Clone)]
+    struct Proxy {
+        target: String,
+        client: reqwest::Client,
+        counts: Counts,
+    }
+
+    async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+        let (parts, body) = req.into_parts();
+        let service = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split("Credential=").nth(1))
+            .and_then(|c| c.split('/').nth(3))
+            .unwrap_or("unsigned")
+            .to_string();
+        let kind = if service == "s3" {
+            format!("s3 {}", parts.method)
+        } else {
+            service
+        };
+        *p.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+        let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = p
+            .client
+            .request(parts.method.clone(), format!("{}{path}", p.target))
+            .body(bytes);
+        for (name, value) in &parts.headers {
+            if name != "host" && name != "content-length" {
+                out = out.header(name, value);
+            }
+        }
+        let Ok(answer) = out.send().await else {
+            return Response::builder()
+                .status(502)
+                .body(Body::from("moto did not answer"))
+                .unwrap_or_default();
+        };
+        let mut res = Response::builder().status(answer.status());
+        for (name, value) in answer.headers() {
+            if name != "content-length" && name != "transfer-encoding" {
+                res = res.header(name, value);
+            }
+        }
+        let body = answer.bytes().await.unwrap_or_default();
+        res.body(Body::from(body)).unwrap_or_default()
+    }
+
+    let counts = Counts::default();
+    let proxy = Proxy {
+        target: target.trim_end_matches('/').to_string(),
+        client: reqwest::Client::new(),
+        counts: counts.clone(),
+    };
+    let app = axum::Router::new().fallback(forward).with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the counting proxy");
+    let endpoint = format!(
+        "http://{}",
+        listener.local_addr().expect("the proxy's address")
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (endpoint, counts)
+}

@@ -442,6 +442,10 @@ struct Stack {
     sqs: aws_sdk_sqs::Client,
     lambda: aws_sdk_lambda::Client,
     ecr: aws_sdk_ecr::Client,
+    /// The functions' AWS requests, when built by [`stack_counted`].
+    requests: Option<baton_testkit::moto::Counts>,
+    /// Function invocations so far.
+    invocations: std::sync::atomic::AtomicUsize,
     clients: baton::adapters::aws::Clients,
     config: std::sync::Arc<baton::config::Config>,
     topic: String,
@@ -495,9 +499,24 @@ fn approve_url_request(run: &str, arn: Option<&str>, account: &str) -> serde_jso
 
 /// A stack with `tail` appended to its configuration.
 async fn stack_full(approval: &str, extra: &str, tail: &str) -> Stack {
+    stack_build(approval, extra, tail, false).await
+}
+
+/// A stack whose functions reach AWS through a counting proxy (`Stack::requests`).
+async fn stack_counted() -> Stack {
+    stack_build("auto", "", "", true).await
+}
+
+async fn stack_build(approval: &str, extra: &str, tail: &str, count: bool) -> Stack {
     let m = moto().await;
     let conf = m.config().await;
-    let clients = baton::adapters::aws::Clients::new(&conf);
+    let (clients, requests) = if count {
+        let (endpoint, counts) = baton_testkit::moto::counting_proxy(&m.endpoint).await;
+        let conf = baton_testkit::moto::sdk(&endpoint).await;
+        (baton::adapters::aws::Clients::new(&conf), Some(counts))
+    } else {
+        (baton::adapters::aws::Clients::new(&conf), None)
+    };
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let sns = aws_sdk_sns::Client::new(&conf);
     let ecr = aws_sdk_ecr::Client::new(&conf);
@@ -646,11 +665,16 @@ apps:
         "test config",
     )
     .unwrap();
+    if let Some(r) = &requests {
+        r.lock().unwrap().clear();
+    }
     Stack {
         m,
         sqs,
         lambda,
         ecr,
+        requests,
+        invocations: Default::default(),
         clients,
         config: std::sync::Arc::new(config),
         topic,
@@ -670,6 +694,8 @@ impl Stack {
         payload: serde_json::Value,
     ) -> baton::Result<serde_json::Value> {
         use baton::pipeline::StageName as N;
+        self.invocations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         use baton::runtime::lambda::handler::{App, Function};
         use baton::runtime::lambda::ports::{
             AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests,
@@ -874,6 +900,60 @@ impl Stack {
         events.sort_by_key(|e| e.time);
         events.iter().map(|e| e.event_type().to_string()).collect()
     }
+}
+
+/// What a run costs on AWS: the requests Baton's functions make for one run (an ECR
+/// push through ingest, test, gate, a Lambda deploy and promote), counted by a proxy in
+/// front of moto, priced per 1,000 runs next to CodePipeline V2 for the same stages.
+/// Prints the figures; asserts that the count stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_requests_per_run_and_their_cost() {
+    // us-east-1 list prices in USD (update when AWS changes them): S3 Standard PUT,
+    // COPY, POST and LIST per 1,000, GET and the rest per 1,000; SNS publishes, SQS
+    // requests and Lambda invocations per million; ECR, Lambda and IAM control-plane
+    // calls are free; CodePipeline V2 per action execution minute.
+    const S3_PUT_PER_1K: f64 = 0.005;
+    const S3_GET_PER_1K: f64 = 0.0004;
+    const SNS_PER_M: f64 = 0.50;
+    const SQS_PER_M: f64 = 0.40;
+    const LAMBDA_PER_M: f64 = 0.20;
+    const CODEPIPELINE_V2_PER_ACTION_MINUTE: f64 = 0.002;
+    // Source, test, deploy and promote: four actions of at least a minute each.
+    const CODEPIPELINE_ACTIONS: f64 = 4.0;
+
+    let s = stack_counted().await;
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest),
+        "the run deployed"
+    );
+    let counts = s.requests.as_ref().unwrap().lock().unwrap().clone();
+    let invocations = s.invocations.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64;
+    let s3_put = n("s3 PUT") + n("s3 POST");
+    let s3_get = n("s3 GET") + n("s3 HEAD");
+    let per_1000 = 1000.0
+        * (s3_put * S3_PUT_PER_1K / 1000.0
+            + s3_get * S3_GET_PER_1K / 1000.0
+            + n("sns") * SNS_PER_M / 1e6
+            // The event source mapping receives and deletes each batch: two SQS
+            // requests per invocation (its idle long polls are a fixed cost, not per run).
+            + (n("sqs") + 2.0 * invocations) * SQS_PER_M / 1e6
+            + invocations * LAMBDA_PER_M / 1e6);
+    let codepipeline = 1000.0 * CODEPIPELINE_ACTIONS * CODEPIPELINE_V2_PER_ACTION_MINUTE;
+    println!("AWS requests of one run, by service: {counts:?}; {invocations} function invocations");
+    println!(
+        "cost per 1,000 runs: Baton ${per_1000:.4} in requests and invocations (Lambda duration not included), CodePipeline V2 at least ${codepipeline:.2}"
+    );
+    let total: u64 = counts.values().sum();
+    assert!(
+        n("sns") > 0.0 && s3_put > 0.0 && s3_get > 0.0,
+        "the functions wrote, read and published: {counts:?}"
+    );
+    assert!(total <= 150, "requests per run grew to {total}: {counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
