@@ -239,7 +239,7 @@ pub async fn handle<S: Stage<P>, P: Ports>(
         Claim::Claimed(rec, etag) => (*rec, etag),
         Claim::Skip(h) => return Ok(h),
     };
-    crate::process::fail_point(stage.as_str(), "claimed");
+    p.fail_point(stage.as_str(), "claimed");
 
     // A crash after the outputs were fixed: publish them again, do not re-run.
     if rec.status == StageStatus::Publishing {
@@ -281,7 +281,7 @@ pub async fn handle<S: Stage<P>, P: Ports>(
             rec.progress = None;
             rec.transition(StageStatus::Publishing, now, note);
             etag = save(p, &key, &rec, etag).await?;
-            crate::process::fail_point(stage.as_str(), "outputs_fixed");
+            p.fail_point(stage.as_str(), "outputs_fixed");
             finish_publishing(p, &key, rec, etag).await
         }
         Ok(Step::Wait {
@@ -373,13 +373,13 @@ pub async fn publish<P: Ports>(p: &Pipeline<P>, events: &[Event]) -> Result<()> 
             Err(err) => return Err(err.context(format!("append {} to run log", e.id))),
         }
         let source = e.source.trim_start_matches("/baton/");
-        crate::process::fail_point(source, "appended");
+        p.fail_point(source, "appended");
         p.ports
             .bus()
             .publish(&BusMessage::from_event(e))
             .await
             .map_err(|err| err.context(format!("publish {} {}", e.event_type(), e.id)))?;
-        crate::process::fail_point(source, "published");
+        p.fail_point(source, "published");
         tracing::info!(event = %e.event_type(), id = %e.id, run = %ctx.run, "published");
     }
     Ok(())
@@ -415,7 +415,7 @@ async fn finish_publishing<P: Ports>(
     };
     rec.transition(status, now, None);
     save(p, key, &rec, etag).await?;
-    crate::process::fail_point(rec.stage.as_str(), "recorded");
+    p.fail_point(rec.stage.as_str(), "recorded");
     Ok(Handled {
         disposition: Disposition::Done,
         record: Some(key.to_string()),

@@ -38,6 +38,9 @@ pub struct Settings {
     pub max_wait: Duration,
     /// Who this worker is, recorded with its claims (see [`crate::process`]).
     pub owner: String,
+    /// Fault-suite only: `(stage, point)` at which this pipeline's work panics, as a
+    /// function that crashes there would stop (see [`Pipeline::fail_point`]).
+    pub fail_point: Option<(String, String)>,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             approvals_url: None,
             max_wait: Duration::from_secs(15 * 60),
             owner: crate::process::instance_id(),
+            fail_point: None,
         }
     }
 }
@@ -65,6 +69,20 @@ impl<P: Ports> Pipeline<P> {
             ports,
             config,
             settings,
+        }
+    }
+
+    /// A crash injected right after a side effect (the fault suites): the process
+    /// kills itself when `BATON_FAIL_POINT` names this point (see
+    /// [`crate::process::fail_point`]); this pipeline's work panics when its settings
+    /// name it (an in-process function stops there as a crashed one would).
+    pub fn fail_point(&self, stage: &str, point: &str) {
+        crate::process::fail_point(stage, point);
+        if let Some((s, p)) = &self.settings.fail_point
+            && s == stage
+            && p == point
+        {
+            panic!("fail point {stage}:{point}");
         }
     }
 }

@@ -232,7 +232,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
             let applied = target.apply(req).await.map_err(|e| {
                 e.context(format!("deploy {} to {env_name}", ctx.image.reference()))
             })?;
-            crate::process::fail_point("deploy", "applied");
+            p.fail_point("deploy", "applied");
             applied
         }
     };

@@ -446,6 +446,10 @@ struct Stack {
     requests: Option<baton_testkit::moto::Counts>,
     /// Function invocations so far.
     invocations: std::sync::atomic::AtomicUsize,
+    /// A fail point for the next invocation of its stage's function (the fault suite).
+    fail: std::sync::Mutex<Option<(String, String)>>,
+    /// The functions' claim lease, when not the default.
+    lease: Option<Duration>,
     clients: baton::adapters::aws::Clients,
     config: std::sync::Arc<baton::config::Config>,
     topic: String,
@@ -675,6 +679,8 @@ apps:
         ecr,
         requests,
         invocations: Default::default(),
+        fail: Default::default(),
+        lease: None,
         clients,
         config: std::sync::Arc::new(config),
         topic,
@@ -705,19 +711,41 @@ impl Stack {
             payload: serde_json::Value,
         ) -> baton::Result<serde_json::Value> {
             let ports = AwsPorts::<X>::new(&s.clients, "baton-state", &s.topic, s.config.clone())?;
-            App::<S, X>::new(ports, s.config.clone(), s.sqs.clone())?
-                .handle(payload)
-                .await
+            // A fail point fires once, in the function of its stage.
+            let fail = {
+                let mut f = s.fail.lock().unwrap();
+                if f.as_ref()
+                    .is_some_and(|(stage, _)| stage == S::SPEC.name.as_str())
+                {
+                    f.take()
+                } else {
+                    None
+                }
+            };
+            let lease = s.lease;
+            App::<S, X>::with_settings(ports, s.config.clone(), s.sqs.clone(), |settings| {
+                settings.fail_point = fail;
+                if let Some(lease) = lease {
+                    settings.lease = lease;
+                }
+            })?
+            .handle(payload)
+            .await
         }
-        match stage {
-            N::Ingest => call::<baton::stages::Ingest, WithRegistry>(self, payload).await,
-            N::Test => call::<baton::stages::Test, WithTests>(self, payload).await,
-            N::Gate => call::<baton::stages::Gate, ()>(self, payload).await,
-            N::Approve => call::<baton::stages::Approve, ()>(self, payload).await,
-            N::Deploy => call::<baton::stages::Deploy, WithTargets>(self, payload).await,
-            N::Promote => call::<baton::stages::Promote, WithRegistry>(self, payload).await,
-            N::Notify => call::<baton::stages::Notify, WithNotifier>(self, payload).await,
-        }
+        // On the heap: a function's future is large (deploy's most), and the test
+        // threads' stacks are small.
+        Box::pin(async move {
+            match stage {
+                N::Ingest => call::<baton::stages::Ingest, WithRegistry>(self, payload).await,
+                N::Test => call::<baton::stages::Test, WithTests>(self, payload).await,
+                N::Gate => call::<baton::stages::Gate, ()>(self, payload).await,
+                N::Approve => call::<baton::stages::Approve, ()>(self, payload).await,
+                N::Deploy => call::<baton::stages::Deploy, WithTargets>(self, payload).await,
+                N::Promote => call::<baton::stages::Promote, WithRegistry>(self, payload).await,
+                N::Notify => call::<baton::stages::Notify, WithNotifier>(self, payload).await,
+            }
+        })
+        .await
     }
 
     async fn push_event(&self) {
@@ -789,10 +817,16 @@ impl Stack {
         let app: baton::pipeline::StageName = stage.parse().unwrap();
         let mut failed: Vec<String> = vec![];
         for _ in 0..times {
-            let resp = self
-                .invoke(app, json!({ "Records": records }))
-                .await
-                .unwrap();
+            // A function that crashed (a fail point): Lambda reports the invocation
+            // failed and the batch stays in the queue, back after the visibility timeout.
+            let Ok(resp) = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                self.invoke(app, json!({ "Records": records })),
+            ))
+            .await
+            else {
+                return got.messages().len();
+            };
+            let resp = resp.unwrap();
             failed = resp["batchItemFailures"]
                 .as_array()
                 .unwrap()
@@ -954,6 +988,86 @@ async fn aws_requests_per_run_and_their_cost() {
         "the functions wrote, read and published: {counts:?}"
     );
     assert!(total <= 150, "requests per run grew to {total}: {counts:?}");
+}
+
+/// The fault suite on AWS APIs: a function stops (panics) right after a side effect of
+/// its stage; as Lambda does, the invocation fails and its batch comes back after the
+/// visibility timeout, and a new invocation finishes the work once the stopped one's
+/// claim has expired (on AWS it can only expire: another instance cannot see whether the
+/// owner lives). The run ends deployed with exactly one new Lambda version and each
+/// event once in the run log.
+async fn crash_on_aws(stage: &str, points: &[&str]) {
+    for point in points {
+        let what = format!("{stage}:{point}");
+        let mut s = stack().await;
+        s.lease = Some(Duration::from_millis(300));
+        *s.fail.lock().unwrap() = Some((stage.into(), point.to_string()));
+        s.push_event().await;
+        s.run_ingest().await;
+        s.drive(1).await;
+        assert!(
+            s.fail.lock().unwrap().is_none(),
+            "{what}: the fail point was reached"
+        );
+        assert_eq!(
+            s.alias_image().await,
+            format!("{HOST}/demo/web@{}", s.digest),
+            "{what}: the alias serves the pushed digest"
+        );
+        let versions = s
+            .lambda
+            .list_versions_by_function()
+            .function_name("web")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            versions.versions().len(),
+            3,
+            "{what}: $LATEST, the original and exactly one new version"
+        );
+        assert_eq!(
+            s.run_log().await,
+            [
+                "image.built",
+                "tests.passed",
+                "approval.granted",
+                "deploy.succeeded",
+                "image.promoted"
+            ],
+            "{what}: each event once"
+        );
+    }
+}
+
+const AWS_POINTS: [&str; 5] = [
+    "claimed",
+    "outputs_fixed",
+    "appended",
+    "published",
+    "recorded",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_test_function_loses_and_repeats_nothing() {
+    crash_on_aws("test", &AWS_POINTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_gate_function_loses_and_repeats_nothing() {
+    crash_on_aws("gate", &AWS_POINTS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_deploy_function_loses_and_repeats_nothing() {
+    let mut points = AWS_POINTS.to_vec();
+    points.insert(1, "applied");
+    crash_on_aws("deploy", &points).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_promote_function_loses_and_repeats_nothing() {
+    crash_on_aws("promote", &AWS_POINTS).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -275,11 +275,22 @@ impl<S: Function<X>, X: Extra> App<S, X> {
         config: Arc<Config>,
         sqs: impl Into<Lazy<aws_sdk_sqs::Client>>,
     ) -> Result<App<S, X>> {
+        Self::with_settings(ports, config, sqs, |_| {})
+    }
+
+    /// [`App::new`] with its settings edited (tests: a short lease, a fail point).
+    pub fn with_settings(
+        ports: AwsPorts<X>,
+        config: Arc<Config>,
+        sqs: impl Into<Lazy<aws_sdk_sqs::Client>>,
+        edit: impl FnOnce(&mut Settings),
+    ) -> Result<App<S, X>> {
         let endpoints = S::endpoints(&config)?;
-        let settings = Settings {
+        let mut settings = Settings {
             approvals_url: config.serve.public_url.clone(),
             ..Settings::default()
         };
+        edit(&mut settings);
         let pipeline = Arc::new(Pipeline::new(ports, config, settings));
         let router = api::router(Arc::new(FunctionHost::<S, X> {
             pipeline: pipeline.clone(),
