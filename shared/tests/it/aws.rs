@@ -919,6 +919,39 @@ impl Stack {
         f.code().unwrap().image_uri().unwrap().to_string()
     }
 
+    /// The run deployed exactly once: the alias serves the pushed digest, the function
+    /// has exactly one new version, and the run log holds each event once.
+    async fn deployed_once(&self, what: &str) {
+        assert_eq!(
+            self.alias_image().await,
+            format!("{HOST}/demo/web@{}", self.digest),
+            "{what}: the alias serves the pushed digest"
+        );
+        let versions = self
+            .lambda
+            .list_versions_by_function()
+            .function_name("web")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            versions.versions().len(),
+            3,
+            "{what}: $LATEST, the original and exactly one new version"
+        );
+        assert_eq!(
+            self.run_log().await,
+            [
+                "image.built",
+                "tests.passed",
+                "approval.granted",
+                "deploy.succeeded",
+                "image.promoted"
+            ],
+            "{what}: each event once"
+        );
+    }
+
     async fn run_log(&self) -> Vec<String> {
         let store = S3Store::new(self.clients.s3.clone(), "baton-state");
         let run = baton::ids::run_id("web", &self.digest);
@@ -1009,34 +1042,7 @@ async fn crash_on_aws(stage: &str, points: &[&str]) {
             s.fail.lock().unwrap().is_none(),
             "{what}: the fail point was reached"
         );
-        assert_eq!(
-            s.alias_image().await,
-            format!("{HOST}/demo/web@{}", s.digest),
-            "{what}: the alias serves the pushed digest"
-        );
-        let versions = s
-            .lambda
-            .list_versions_by_function()
-            .function_name("web")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            versions.versions().len(),
-            3,
-            "{what}: $LATEST, the original and exactly one new version"
-        );
-        assert_eq!(
-            s.run_log().await,
-            [
-                "image.built",
-                "tests.passed",
-                "approval.granted",
-                "deploy.succeeded",
-                "image.promoted"
-            ],
-            "{what}: each event once"
-        );
+        s.deployed_once(&what).await;
     }
 }
 
@@ -1077,33 +1083,7 @@ async fn the_pipeline_runs_end_to_end_on_aws_apis() {
     s.run_ingest().await;
     // every message is delivered twice: nothing changes
     s.drive(2).await;
-    assert_eq!(
-        s.alias_image().await,
-        format!("{HOST}/demo/web@{}", s.digest),
-        "the alias serves the pushed digest"
-    );
-    let versions = s
-        .lambda
-        .list_versions_by_function()
-        .function_name("web")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        versions.versions().len(),
-        3,
-        "$LATEST, the original and exactly one new version"
-    );
-    assert_eq!(
-        s.run_log().await,
-        [
-            "image.built",
-            "tests.passed",
-            "approval.granted",
-            "deploy.succeeded",
-            "image.promoted"
-        ]
-    );
+    s.deployed_once("every message delivered twice").await;
     let staging = EcrRegistry::new(s.ecr.clone())
         .resolve(HOST, "demo/web", "staging")
         .await
