@@ -16,6 +16,7 @@
 
 pub mod build;
 pub mod fleet;
+pub mod k8s;
 pub mod moto;
 pub mod registry;
 

@@ -1,547 +1,291 @@
-//! The Kubernetes adapters against a test API server: it serves the endpoints Baton uses
-//! (apps/v1 workloads, batch/v1 Jobs, pods by label, pod logs) with the real JSON
-//! shapes, keeps objects in memory, advances rollouts and Jobs by a script per test,
-//! and records every request so tests assert exact request shapes (method, path,
-//! content type, field manager, body).
+//! The Kubernetes adapters against a real control plane (`baton_testkit::k8s`: etcd,
+//! kube-apiserver with RBAC, the controller manager, the scheduler and kwok's simulated
+//! node), started once for this test process. Baton reaches it as the stages do in
+//! production: the deploy stage with the `baton-deploy` identity, the test stage with
+//! `baton-test`, each bound only by the RBAC of `infra/k8s/` applied into the test's own
+//! namespaces; rollouts are the real Deployment, StatefulSet and DaemonSet controllers'
+//! and Jobs the real Job controller's, with pods that kwok makes ready, failed or stuck
+//! (`testkit/src/k8s/kwok-stages.yaml`).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use baton::adapters::embedded::DrainOptions;
 use baton::config::Config;
-use baton::event::{EventType, Payload};
+use baton::event::{EventType, Image, Payload};
 use baton::pipeline::Settings;
 use baton::ports::TestPorts;
 use baton::runtime::local::Local;
+use baton::triggers::{Trigger, TriggerKind};
+use baton_testkit::k8s::{ADMIN, ControlPlane, DEPLOY, TEST};
 use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::{Env, Repeat, sequence};
 
-#[derive(Debug, Clone, Copy)]
-enum Rollout {
-    /// Complete after this many GETs following a PATCH.
-    Succeeds(u32),
-    /// New pods stay in ImagePullBackOff; the progress deadline passes after this many
-    /// GETs. A PATCH back to the original image completes at once.
-    StuckImagePull(u32),
+fn cluster() -> &'static ControlPlane {
+    baton_testkit::k8s::shared()
 }
 
-#[derive(Debug, Clone)]
-enum JobScript {
-    Succeeds(u32, &'static str),
-    FailsWith(i32, &'static str),
-    Deadline,
-    ImagePull,
+const DEPLOY_RBAC: &str = include_str!("../../../infra/k8s/deploy-rbac.yaml");
+const TEST_RBAC: &str = include_str!("../../../infra/k8s/test-rbac.yaml");
+
+/// What one test runs: Baton's configuration over its own namespaces.
+struct Case {
+    repo: &'static str,
+    /// Namespace of the test Jobs (infra/k8s/test-rbac.yaml applied).
+    tests: String,
+    /// Namespace of the workloads (infra/k8s/deploy-rbac.yaml applied).
+    shop: String,
+    kind: &'static str,
+    workload: &'static str,
+    container: &'static str,
+    job_env: &'static str,
+    deadline: &'static str,
 }
 
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    authorization: String,
-    body: Value,
-}
-
-struct FakeState {
-    deployments: BTreeMap<String, Value>,
-    original_image: String,
-    jobs: BTreeMap<String, Value>,
-    pods: Vec<Value>,
-    logs: BTreeMap<String, String>,
-    requests: Vec<Recorded>,
-    rollout: Rollout,
-    job_script: JobScript,
-    polls: u32,
-    job_polls: u32,
-}
-
-type Shared = Arc<Mutex<FakeState>>;
-
-fn status(code: u16, reason: &str, message: String) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": message, "reason": reason, "code": code});
-    (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
-}
-
-fn deployment(name: &str, image: &str, replicas: i64) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "shop", "generation": 1, "uid": "d-1", "resourceVersion": "1",
-                     "annotations": {}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "sidecar", "image": "envoyproxy/envoy:v1.30"},
-                                                 {"name": "app", "image": image}]}},
-            "progressDeadlineSeconds": 600
-        },
-        "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
-                   "readyReplicas": replicas, "availableReplicas": replicas,
-                   "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                                  {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]}
-    })
-}
-
-fn app_image(d: &Value) -> String {
-    d["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "app")
-        .map(|c| c["image"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-fn pod(
-    name: &str,
-    labels: Value,
-    image: &str,
-    container: &str,
-    state: Value,
-    ready: bool,
-) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "labels": labels},
-        "spec": {"containers": [{"name": container, "image": image}], "restartPolicy": "Never"},
-        "status": {"phase": "Pending", "containerStatuses": [{"name": container, "image": image, "imageID": "",
-                    "ready": ready, "restartCount": 0, "state": state}]}
-    })
-}
-
-/// Advances the deployment one GET along its script.
-fn advance_deployment(st: &mut FakeState, name: &str) {
-    let original = st.original_image.clone();
-    let rollout = st.rollout;
-    let Some(d) = st.deployments.get(name).cloned() else {
-        return;
-    };
-    let generation = d["metadata"]["generation"].as_i64().unwrap();
-    let replicas = d["spec"]["replicas"].as_i64().unwrap();
-    let image = app_image(&d);
-    if generation == 1 {
-        return; // never patched: steady
-    }
-    st.polls += 1;
-    let polls = st.polls;
-    let mut d = d;
-    let complete = json!({"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-        "readyReplicas": replicas, "availableReplicas": replicas,
-        "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}]});
-    let progressing = json!({"observedGeneration": generation, "replicas": replicas + 1, "updatedReplicas": 1,
-        "readyReplicas": replicas, "availableReplicas": replicas,
-        "conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]});
-    d["status"] = match rollout {
-        Rollout::Succeeds(after) if polls >= after => complete,
-        Rollout::Succeeds(_) => progressing,
-        Rollout::StuckImagePull(_) if image == original => {
-            st.pods.retain(|p| p["metadata"]["labels"]["app"] != name);
-            complete
+impl Case {
+    /// Two fresh namespaces with the RBAC of infra/k8s in them, and a workload `web`
+    /// of `kind` (container `app` beside a `sidecar`) running `image`, rolled out.
+    async fn new(kind: &'static str, image: &str) -> Case {
+        let cp = cluster();
+        let (tests, shop) = (cp.namespace("tests").await, cp.namespace("shop").await);
+        let admin = cp.api(ADMIN);
+        admin.apply_yaml(TEST_RBAC, &tests).await;
+        let plural = format!("{}s", kind.to_lowercase());
+        admin
+            .apply_yaml(
+                &DEPLOY_RBAC.replace("\"deployments\"", &format!("\"{plural}\"")),
+                &shop,
+            )
+            .await;
+        create_workload(&shop, kind, "web", image).await;
+        Case {
+            repo: "demo/web",
+            tests,
+            shop,
+            kind,
+            workload: "web",
+            container: "app",
+            job_env: "{}",
+            deadline: "1m",
         }
-        Rollout::StuckImagePull(after) => {
-            if !st
-                .pods
-                .iter()
-                .any(|p| p["metadata"]["labels"]["app"] == name)
-            {
-                let waiting = json!({"waiting": {"reason": "ImagePullBackOff",
-                    "message": format!("Back-off pulling image \"{image}\"")}});
-                st.pods.push(pod(
-                    "web-7d9c5b-x2x4p",
-                    json!({"app": name}),
-                    &image,
-                    "app",
-                    waiting,
-                    false,
-                ));
-            }
-            let mut s = progressing;
-            if polls >= after {
-                s["conditions"] = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                    "message": "ReplicaSet \"web-7d9c5b\" has timed out progressing."}]);
-            }
-            s
-        }
-    };
-    st.deployments.insert(name.to_string(), d);
-}
-
-fn advance_job(st: &mut FakeState, name: &str) {
-    let Some(job) = st.jobs.get(name).cloned() else {
-        return;
-    };
-    st.job_polls += 1;
-    let image = job["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let labels = json!({"job-name": name, "batch.kubernetes.io/job-name": name});
-    let pod_name = format!("{name}-abcde");
-    let terminated = |code: i32| json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}});
-    let (conditions, pod_state, logs) = match st.job_script.clone() {
-        JobScript::Succeeds(after, logs) if st.job_polls >= after => (
-            json!([{"type": "Complete", "status": "True"}]),
-            terminated(0),
-            logs,
-        ),
-        JobScript::Succeeds(_, _) => (json!([]), json!({"running": {}}), ""),
-        JobScript::FailsWith(code, logs) => (
-            json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]),
-            terminated(code),
-            logs,
-        ),
-        JobScript::Deadline => (
-            json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]),
-            json!({"terminated": {"exitCode": 137, "reason": "Error"}}),
-            "still running the suite...",
-        ),
-        JobScript::ImagePull => (
-            json!([]),
-            json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\"")}}),
-            "",
-        ),
-    };
-    let mut job = job;
-    job["status"] = json!({"conditions": conditions});
-    st.jobs.insert(name.to_string(), job);
-    st.pods
-        .retain(|p| p["metadata"]["name"] != pod_name.as_str());
-    st.pods
-        .push(pod(&pod_name, labels, &image, "test", pod_state, false));
-    st.logs.insert(pod_name, logs.to_string());
-}
-
-fn record(
-    st: &mut FakeState,
-    method: &Method,
-    path: String,
-    query: &Option<String>,
-    headers: &HeaderMap,
-    body: &Bytes,
-) {
-    st.requests.push(Recorded {
-        method: method.to_string(),
-        path,
-        query: query.clone().unwrap_or_default(),
-        content_type: headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        body: serde_json::from_slice(body).unwrap_or(Value::Null),
-    });
-}
-
-async fn deployment_handler(
-    State(s): State<Shared>,
-    method: Method,
-    Path((ns, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    record(
-        &mut st,
-        &method,
-        format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
-        &query,
-        &headers,
-        &body,
-    );
-    if ns != "shop" || !st.deployments.contains_key(&name) {
-        return status(
-            404,
-            "NotFound",
-            format!("deployments.apps \"{name}\" not found"),
-        );
     }
-    if method == Method::PATCH {
-        let patch: Value = serde_json::from_slice(&body).unwrap();
-        let d = st.deployments.get_mut(&name).unwrap();
-        if let Some(a) = patch["metadata"]["annotations"].as_object() {
-            for (k, v) in a {
-                d["metadata"]["annotations"][k] = v.clone();
-            }
-        }
-        for pc in patch["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            for c in d["spec"]["template"]["spec"]["containers"]
-                .as_array_mut()
-                .unwrap()
-            {
-                if c["name"] == pc["name"] {
-                    c["image"] = pc["image"].clone();
-                }
-            }
-        }
-        let g = d["metadata"]["generation"].as_i64().unwrap() + 1;
-        d["metadata"]["generation"] = json!(g);
-        let out = d.clone();
-        st.polls = 0;
-        return axum::Json(out).into_response();
-    }
-    advance_deployment(&mut st, &name);
-    axum::Json(st.deployments[&name].clone()).into_response()
-}
 
-fn matches_selector(p: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        p["metadata"]["labels"][k] == v
-    })
-}
-
-async fn pods_handler(
-    State(s): State<Shared>,
-    method: Method,
-    Path(ns): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    record(
-        &mut st,
-        &method,
-        format!("/api/v1/namespaces/{ns}/pods"),
-        &query,
-        &headers,
-        &Bytes::new(),
-    );
-    let selector = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "labelSelector")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
-    let items: Vec<Value> = st
-        .pods
-        .iter()
-        .filter(|p| matches_selector(p, &selector))
-        .cloned()
-        .collect();
-    axum::Json(json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items})).into_response()
-}
-
-async fn logs_handler(
-    State(s): State<Shared>,
-    Path((_ns, pod)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    st.requests.push(Recorded {
-        method: "GET".into(),
-        path: format!("/pods/{pod}/log"),
-        query: query.unwrap_or_default(),
-        content_type: String::new(),
-        authorization: String::new(),
-        body: Value::Null,
-    });
-    st.logs
-        .get(&pod)
-        .cloned()
-        .unwrap_or_default()
-        .into_response()
-}
-
-async fn jobs_handler(
-    State(s): State<Shared>,
-    method: Method,
-    Path(ns): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    record(
-        &mut st,
-        &method,
-        format!("/apis/batch/v1/namespaces/{ns}/jobs"),
-        &query,
-        &headers,
-        &body,
-    );
-    let mut job: Value = serde_json::from_slice(&body).unwrap();
-    let name = job["metadata"]["name"].as_str().unwrap().to_string();
-    if st.jobs.contains_key(&name) {
-        return status(
-            409,
-            "AlreadyExists",
-            format!("jobs.batch \"{name}\" already exists"),
-        );
-    }
-    job["metadata"]["uid"] = json!("j-1");
-    job["status"] = json!({});
-    st.jobs.insert(name, job.clone());
-    (StatusCode::CREATED, axum::Json(job)).into_response()
-}
-
-async fn job_handler(
-    State(s): State<Shared>,
-    method: Method,
-    Path((ns, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut st = s.lock().unwrap();
-    record(
-        &mut st,
-        &method,
-        format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}"),
-        &query,
-        &headers,
-        &body,
-    );
-    if !st.jobs.contains_key(&name) {
-        return status(404, "NotFound", format!("jobs.batch \"{name}\" not found"));
-    }
-    if method == Method::DELETE {
-        let job = st.jobs.remove(&name).unwrap();
-        return axum::Json(job).into_response();
-    }
-    advance_job(&mut st, &name);
-    axum::Json(st.jobs[&name].clone()).into_response()
-}
-
-struct Fake {
-    state: Shared,
-    url: String,
-}
-
-async fn fake_cluster(image: &str, rollout: Rollout, job_script: JobScript) -> Fake {
-    let mut deployments = BTreeMap::new();
-    deployments.insert("web".to_string(), deployment("web", image, 3));
-    let state: Shared = Arc::new(Mutex::new(FakeState {
-        deployments,
-        original_image: image.to_string(),
-        jobs: BTreeMap::new(),
-        pods: vec![],
-        logs: BTreeMap::new(),
-        requests: vec![],
-        rollout,
-        job_script,
-        polls: 0,
-        job_polls: 0,
-    }));
-    let app = Router::new()
-        .route(
-            "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-            get(deployment_handler).patch(deployment_handler),
-        )
-        .route("/api/v1/namespaces/{ns}/pods", get(pods_handler))
-        .route("/api/v1/namespaces/{ns}/pods/{pod}/log", get(logs_handler))
-        .route(
-            "/apis/batch/v1/namespaces/{ns}/jobs",
-            axum::routing::post(jobs_handler),
-        )
-        .route(
-            "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-            get(job_handler).delete(job_handler),
-        )
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Fake { state, url }
-}
-
-impl Fake {
-    fn requests(&self, method: &str, path_part: &str) -> Vec<Recorded> {
-        self.state
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_part))
-            .cloned()
-            .collect()
-    }
-    fn app_image(&self) -> String {
-        app_image(&self.state.lock().unwrap().deployments["web"])
-    }
-}
-
-fn config(url: &str, container: &str) -> String {
-    format!(
-        r#"
+    fn config(&self) -> String {
+        let kubeconfig = cluster().kubeconfig.display();
+        format!(
+            r#"
 clusters:
-  - name: fake
-    url: {url}
+  - name: deploy
+    kubeconfig: {{ path: {kubeconfig}, context: {DEPLOY} }}
+  - name: tests
+    kubeconfig: {{ path: {kubeconfig}, context: {TEST} }}
 apps:
   - name: web
     registry: localhost:5000
-    repository: demo/web
+    repository: {repo}
     tags: {{ semver: ">=1.0.0" }}
     test:
       kubernetes_job:
-        cluster: fake
-        namespace: baton-tests
+        cluster: tests
+        namespace: {tests}
         command: ["/bin/run-tests"]
         args: ["--suite", "smoke"]
-        env: {{ SUITE: smoke }}
+        env: {job_env}
         resources: {{ requests: {{ cpu: 100m, memory: 128Mi }}, limits: {{ memory: 256Mi }} }}
-        deadline: 1m
+        deadline: {deadline}
         ttl: 10m
-        poll: 10ms
+        poll: 200ms
     environments:
       - name: staging
         approval: auto
         promote: false
         deploy:
           kubernetes:
-            cluster: fake
-            namespace: shop
-            workloads: [{{ kind: Deployment, name: web, container: {container} }}]
-            timeout: 1m
-            poll: 10ms
+            cluster: deploy
+            namespace: {shop}
+            workloads: [{{ kind: {kind}, name: {workload}, container: {container} }}]
+            timeout: 2m
+            poll: 200ms
 bus: {{ max_attempts: 3, initial_backoff: 5ms, max_backoff: 20ms }}
-"#
+"#,
+            repo = self.repo,
+            tests = self.tests,
+            shop = self.shop,
+            kind = self.kind,
+            workload = self.workload,
+            container = self.container,
+            job_env = self.job_env,
+            deadline = self.deadline,
+        )
+    }
+
+    fn env(&self) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("baton.yaml"), self.config()).unwrap();
+        let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+        let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
+        Env { dir, local }
+    }
+
+    fn path(&self) -> String {
+        workload_path(&self.shop, self.kind, self.workload)
+    }
+
+    async fn object(&self) -> Value {
+        cluster().api(ADMIN).object(&self.path()).await
+    }
+}
+
+fn workload_path(ns: &str, kind: &str, name: &str) -> String {
+    format!(
+        "/apis/apps/v1/namespaces/{ns}/{}s/{name}",
+        kind.to_lowercase()
     )
 }
 
-fn env_for(cfg: &str) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("baton.yaml"), cfg).unwrap();
-    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
-    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
-    Env { dir, local }
+/// Creates workload `name` of `kind` in `ns` (as the administrator) and waits until it
+/// is rolled out.
+async fn create_workload(ns: &str, kind: &str, name: &str, image: &str) {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}},
+                     "spec": {"containers": [{"name": "sidecar", "image": "registry.local/proxy:1"},
+                                             {"name": "app", "image": image}]}}
+    });
+    match kind {
+        "Deployment" => {
+            spec["replicas"] = json!(3);
+            spec["progressDeadlineSeconds"] = json!(4);
+        }
+        "StatefulSet" => {
+            spec["replicas"] = json!(2);
+            spec["serviceName"] = json!(name);
+        }
+        _ => {}
+    }
+    let obj =
+        json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+    cluster()
+        .api(ADMIN)
+        .apply_yaml(&serde_json::to_string(&obj).unwrap(), ns)
+        .await;
+    let path = workload_path(ns, kind, name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = cluster().api(ADMIN).object(&path).await;
+        if rolled_out(&w) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind}/{name} in {ns} not rolled out within 60 s: {} (component logs in {})",
+            w["status"],
+            cluster().dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The controller has observed the latest spec and every replica is updated and ready.
+fn rolled_out(w: &Value) -> bool {
+    let s = &w["status"];
+    let observed = s["observedGeneration"] == w["metadata"]["generation"];
+    let (want, updated, ready) = match w["kind"].as_str() {
+        Some("DaemonSet") => (
+            &s["desiredNumberScheduled"],
+            &s["updatedNumberScheduled"],
+            &s["numberAvailable"],
+        ),
+        Some("StatefulSet") => (
+            &w["spec"]["replicas"],
+            &s["updatedReplicas"],
+            &s["availableReplicas"],
+        ),
+        _ => (
+            &w["spec"]["replicas"],
+            &s["updatedReplicas"],
+            &s["availableReplicas"],
+        ),
+    };
+    observed
+        && want.as_i64().is_some_and(|n| n > 0)
+        && updated == want
+        && ready == want
+        && s["replicas"]
+            .as_i64()
+            .is_none_or(|r| Some(r) == want.as_i64())
+}
+
+async fn wait_for<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 60 s (component logs in {})",
+            cluster().dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn app_image(w: &Value) -> String {
+    w["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .map(|c| c["image"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Records `repo:tag` in the embedded registry and queues the registry's notification.
+async fn push(env: &Env, repo: &str, tag: &str) -> Image {
+    let image = Image::parse(
+        "localhost:5000",
+        repo,
+        tag,
+        &crate::digest(&format!("{repo} {tag}")),
+    )
+    .unwrap();
+    let now = Utc::now();
+    env.local
+        .pipeline
+        .ports
+        .registry
+        .record_push(&image, now)
+        .await
+        .unwrap();
+    let payload = crate::dist_push(repo, tag, &image.digest, "ci-bot", now, &format!("n-{tag}"));
+    env.local
+        .submit(&Trigger {
+            kind: TriggerKind::Distribution,
+            received_at: now,
+            payload,
+        })
+        .await
+        .unwrap();
+    image
+}
+
+async fn run(case: &Case, tag: &str) -> (Env, Image) {
+    let env = case.env();
+    let img = push(&env, case.repo, tag).await;
+    env.drain().await;
+    (env, img)
 }
 
 const OLD: &str = "localhost:5000/demo/web:0.9.0";
 
-async fn run_push(env: &Env) -> baton::event::Image {
-    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
-    env.drain().await;
-    img
-}
-
 #[tokio::test]
-async fn job_passes_and_rollout_succeeds_with_exact_requests() {
-    let fake = fake_cluster(
-        OLD,
-        Rollout::Succeeds(3),
-        JobScript::Succeeds(2, "12 tests passed\n"),
-    )
-    .await;
-    let env = env_for(&config(&fake.url, "app"));
-    let img = run_push(&env).await;
+async fn a_job_passes_and_the_deployment_rolls_out_with_the_stage_identities() {
+    let case = Case::new("Deployment", OLD).await;
+    cluster().pod_logs(&case.tests, "12 tests passed\n").await;
+    let (env, img) = run(&case, "1.0.0").await;
     let events = env.events(&img).await;
     assert_eq!(
         sequence(&events),
@@ -564,13 +308,20 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
             .join(format!("state/store/{}", t.output_key.as_ref().unwrap())),
     )
     .unwrap();
-    assert_eq!(out, "12 tests passed\n");
+    assert_eq!(
+        out, "12 tests passed\n",
+        "the pod's log, through the API server"
+    );
 
-    // the Job, exactly
-    let posts = fake.requests("POST", "/jobs");
-    assert_eq!(posts.len(), 1);
-    let job = &posts[0].body;
-    assert_eq!(posts[0].path, "/apis/batch/v1/namespaces/baton-tests/jobs");
+    // The Job as the API server stored it.
+    let admin = cluster().api(ADMIN);
+    let (_, jobs) = admin
+        .get(&format!("/apis/batch/v1/namespaces/{}/jobs", case.tests))
+        .await
+        .unwrap();
+    let jobs = jobs["items"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "one Job");
+    let job = &jobs[0];
     assert_eq!(job["spec"]["backoffLimit"], 0);
     assert_eq!(job["spec"]["activeDeadlineSeconds"], 60);
     assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 600);
@@ -578,7 +329,12 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
         job["metadata"]["labels"]["baton.dev/run"],
         env.run_of(&img).as_str()
     );
-    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        job["status"]["succeeded"], 1,
+        "the Job controller saw its pod succeed"
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
     assert_eq!(c["image"], img.reference(), "pinned by digest");
     assert_eq!(c["command"], json!(["/bin/run-tests"]));
     assert_eq!(c["args"], json!(["--suite", "smoke"]));
@@ -590,40 +346,24 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
         c["env"]
             .as_array()
             .unwrap()
-            .contains(&json!({"name": "SUITE", "value": "smoke"}))
-    );
-    assert!(
-        c["env"]
-            .as_array()
-            .unwrap()
             .contains(&json!({"name": "BATON_IMAGE", "value": img.reference()}))
     );
-    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["restartPolicy"], "Never");
     // pushed code gets no cluster credentials, and runs restricted
-    let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["automountServiceAccountToken"], false);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
-    let logs = fake.requests("GET", "/log");
-    assert!(
-        logs[0].query.contains("container=test") && !logs[0].query.contains("limitBytes"),
-        "the whole log is streamed, its tail kept: {}",
-        logs[0].query
-    );
 
-    // the PATCH, exactly
-    let patches = fake.requests("PATCH", "/deployments/web");
-    assert_eq!(patches.len(), 1);
-    let p = &patches[0];
-    assert_eq!(p.path, "/apis/apps/v1/namespaces/shop/deployments/web");
-    assert_eq!(p.content_type, "application/strategic-merge-patch+json");
-    assert!(p.query.contains("fieldManager=baton"), "{}", p.query);
-    assert_eq!(
-        p.body["spec"],
-        json!({"template": {"spec": {"containers": [{"name": "app", "image": img.reference()}]}}})
-    );
-    let a = &p.body["metadata"]["annotations"];
+    // The Deployment: Baton's container changed by Baton's field manager, the sidecar
+    // untouched, the annotations set, and the real controller rolled it out.
+    let d = case.object().await;
+    assert_eq!(app_image(&d), img.reference());
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers[0]["image"], "registry.local/proxy:1");
+    let a = &d["metadata"]["annotations"];
     assert_eq!(a["baton.dev/run"], env.run_of(&img).as_str());
     assert_eq!(a["baton.dev/previous-image"], OLD);
     assert!(
@@ -632,85 +372,120 @@ async fn job_passes_and_rollout_succeeds_with_exact_requests() {
             .unwrap()
             .contains("1.0.0")
     );
-    assert_eq!(fake.app_image(), img.reference());
-    let Payload::DeploySucceeded(d) = &events[3].payload else {
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"baton"),
+        "field manager baton: {managers:?}"
+    );
+    assert!(
+        rolled_out(&d),
+        "deploy.succeeded only once rolled out: {}",
+        d["status"]
+    );
+    let Payload::DeploySucceeded(s) = &events[3].payload else {
         panic!()
     };
     assert_eq!(
-        (d.target.as_str(), d.changed, d.previous.as_deref()),
+        (s.target.as_str(), s.changed, s.previous.as_deref()),
         ("kubernetes", true, Some(OLD))
     );
 }
 
 #[tokio::test]
-async fn stuck_rollout_rolls_back_and_names_the_cause() {
-    let fake = fake_cluster(
-        OLD,
-        Rollout::StuckImagePull(3),
-        JobScript::Succeeds(1, "ok"),
-    )
-    .await;
-    let env = env_for(&config(&fake.url, "app"));
-    let img = run_push(&env).await;
+async fn a_rollout_that_never_becomes_ready_is_rolled_back_by_baton_and_converges() {
+    let mut case = Case::new("Deployment", OLD).await;
+    case.repo = "demo/never-ready";
+    let (env, img) = run(&case, "1.0.0").await;
     let events = env.events(&img).await;
-    let last = events.last().unwrap();
-    let Payload::DeployFailed(f) = &last.payload else {
+    let Payload::DeployFailed(f) = &events.last().unwrap().payload else {
         panic!("deploy.failed: {:?}", sequence(&events))
     };
     assert_eq!(f.code, baton::event::FailureCode::RolloutFailed);
     assert!(f.rolled_back);
     assert!(
         f.reason.contains("ProgressDeadlineExceeded"),
-        "{}",
+        "the controller's condition: {}",
         f.reason
     );
     assert!(
-        f.reason
-            .contains("pod web-7d9c5b-x2x4p: container app ImagePullBackOff"),
-        "{}",
+        f.reason.contains(": container app ImagePullBackOff"),
+        "names the stuck pod and why: {}",
         f.reason
     );
     assert_eq!(f.live.as_deref(), Some(OLD));
-    let patches = fake.requests("PATCH", "/deployments/web");
-    assert_eq!(patches.len(), 2, "the change and the rollback");
-    assert_eq!(
-        patches[1].body["spec"]["template"]["spec"]["containers"][0]["image"],
-        OLD
-    );
-    assert_eq!(fake.app_image(), OLD);
     assert_eq!(
         env.status(&img).await,
         "deploy failed (staging, rolled back)"
     );
+    assert_eq!(app_image(&case.object().await), OLD);
+    wait_for("the Deployment converges on the previous image", || async {
+        rolled_out(&case.object().await)
+    })
+    .await;
 }
 
 #[tokio::test]
-async fn already_live_digest_sends_no_patch() {
-    let live = format!("localhost:5000/demo/web@{}", crate::digest("web 1.0.0"));
-    let fake = fake_cluster(&live, Rollout::Succeeds(1), JobScript::Succeeds(1, "ok")).await;
-    let env = env_for(&config(&fake.url, "app"));
-    let img = run_push(&env).await;
+async fn statefulsets_and_daemonsets_roll_out_by_digest() {
+    for kind in ["StatefulSet", "DaemonSet"] {
+        let case = Case::new(kind, OLD).await;
+        let (env, img) = run(&case, "1.0.0").await;
+        let events = env.events(&img).await;
+        assert_eq!(
+            sequence(&events).last().map(String::as_str),
+            Some("deploy.succeeded[staging]"),
+            "{kind}: {:?}",
+            sequence(&events)
+        );
+        let w = case.object().await;
+        assert_eq!(app_image(&w), img.reference(), "{kind}");
+        assert!(rolled_out(&w), "{kind}: {}", w["status"]);
+    }
+}
+
+#[tokio::test]
+async fn an_already_live_digest_sends_no_patch() {
+    let live = format!(
+        "localhost:5000/demo/web@{}",
+        crate::digest("demo/web 1.0.0")
+    );
+    let case = Case::new("Deployment", &live).await;
+    let before = case.object().await["metadata"]["resourceVersion"].clone();
+    let (env, img) = run(&case, "1.0.0").await;
     assert_eq!(img.reference(), live);
     let events = env.events(&img).await;
     let Payload::DeploySucceeded(d) = &events.last().unwrap().payload else {
         panic!("{:?}", sequence(&events))
     };
     assert!(!d.changed);
-    assert!(
-        fake.requests("PATCH", "").is_empty(),
+    assert_eq!(
+        case.object().await["metadata"]["resourceVersion"],
+        before,
         "no PATCH when the digest is already live"
     );
 }
 
+async fn stage_failure(env: &Env, img: &Image) -> baton::event::StageFailed {
+    let events = env.events(img).await;
+    match &events.last().unwrap().payload {
+        Payload::StageFailed(f) => f.clone(),
+        _ => panic!("stage.failed: {:?}", sequence(&events)),
+    }
+}
+
 #[tokio::test]
-async fn missing_container_is_a_permanent_error_naming_it() {
-    let fake = fake_cluster(OLD, Rollout::Succeeds(1), JobScript::Succeeds(1, "ok")).await;
-    let env = env_for(&config(&fake.url, "api"));
-    let img = run_push(&env).await;
-    let events = env.events(&img).await;
-    let Payload::StageFailed(f) = &events.last().unwrap().payload else {
-        panic!("{:?}", sequence(&events))
-    };
+async fn a_missing_namespace_workload_or_container_is_a_permanent_error_naming_it() {
+    let mut case = Case::new("Deployment", OLD).await;
+    let before = case.object().await["metadata"]["resourceVersion"].clone();
+    let shop = case.shop.clone();
+
+    case.container = "api";
+    let (env, img) = run(&case, "1.0.0").await;
+    let f = stage_failure(&env, &img).await;
     assert_eq!(f.error_kind, "permanent");
     assert!(
         f.reason.contains("no container named \"api\"") && f.reason.contains("sidecar, app"),
@@ -718,45 +493,73 @@ async fn missing_container_is_a_permanent_error_naming_it() {
         f.reason
     );
     assert!(
-        f.reason.contains("Deployment/web in namespace shop"),
+        f.reason
+            .contains(&format!("Deployment/web in namespace {}", case.shop)),
         "{}",
         f.reason
     );
-    assert!(fake.requests("PATCH", "").is_empty());
-    // a missing workload too
-    let fake2 = fake_cluster(OLD, Rollout::Succeeds(1), JobScript::Succeeds(1, "ok")).await;
-    let env2 = env_for(
-        &config(&fake2.url, "app").replace("name: web, container", "name: checkout, container"),
-    );
-    let img = run_push(&env2).await;
-    let Payload::StageFailed(f) = &env2.events(&img).await.last().unwrap().payload.clone() else {
-        panic!()
-    };
+
+    // A workload the Role names that does not exist (with least privilege, one it does
+    // not name is refused before the server looks).
+    cluster()
+        .api(ADMIN)
+        .apply_yaml(&DEPLOY_RBAC.replace("[\"web\"]", "[\"web\", \"checkout\"]"), &shop)
+        .await;
+    case.container = "app";
+    case.workload = "checkout";
+    let (env, img) = run(&case, "1.0.0").await;
+    let f = stage_failure(&env, &img).await;
+    assert_eq!(f.error_kind, "permanent");
     assert!(
         f.reason.contains("Deployment/checkout") && f.reason.contains("not found"),
         "{}",
         f.reason
     );
+
+    case.workload = "web";
+    case.shop = "no-such-namespace".into();
+    let (env, img) = run(&case, "1.0.0").await;
+    let f = stage_failure(&env, &img).await;
+    assert_eq!(f.error_kind, "permanent");
+    // With least privilege a namespace the identity has no Role in is indistinguishable
+    // from a missing one: the API server answers 403 before looking.
+    assert!(
+        f.reason.contains("namespace no-such-namespace")
+            && f.reason.contains("forbidden")
+            && f.reason.contains("RBAC (infra/k8s)"),
+        "{}",
+        f.reason
+    );
+    let d = cluster()
+        .api(ADMIN)
+        .object(&workload_path(&shop, "Deployment", "web"))
+        .await;
+    assert_eq!(
+        d["metadata"]["resourceVersion"], before,
+        "nothing was patched"
+    );
 }
 
-async fn failed_test(script: JobScript) -> (baton::event::TestReport, Fake, Env) {
-    let fake = fake_cluster(OLD, Rollout::Succeeds(1), script).await;
-    let env = env_for(&config(&fake.url, "app"));
-    let img = run_push(&env).await;
+/// A test Job that fails (exit code from kwok's stage) on a 200 KB log: the end, where
+/// the failure is, is what is kept.
+async fn failed_test(case: &Case) -> (baton::event::TestReport, Env) {
+    let (env, img) = run(case, "1.0.0").await;
     let events = env.events(&img).await;
     assert_eq!(sequence(&events), ["image.built", "tests.failed"]);
     let Payload::TestsFailed(r) = events[1].payload.clone() else {
         unreachable!()
     };
-    assert!(fake.requests("PATCH", "").is_empty(), "nothing deployed");
-    (r, fake, env)
+    assert_eq!(app_image(&case.object().await), OLD, "nothing deployed");
+    (r, env)
 }
 
 #[tokio::test]
-async fn job_failure_reports_exit_code_and_the_tail_of_its_logs() {
-    // 200 KB of log: the end, where the failure is, is what is kept.
-    let log: &'static str = format!("{}FAIL checkout_test\n", "ok\n".repeat(70_000)).leak();
-    let (r, _fake, env) = failed_test(JobScript::FailsWith(3, log)).await;
+async fn a_failing_job_reports_its_exit_code_and_the_tail_of_its_log() {
+    let mut case = Case::new("Deployment", OLD).await;
+    case.job_env = "{ KWOK_EXIT_CODE: \"3\" }";
+    let log = format!("{}FAIL checkout_test\n", "ok\n".repeat(70_000));
+    cluster().pod_logs(&case.tests, &log).await;
+    let (r, env) = failed_test(&case).await;
     assert_eq!((r.summary.as_str(), r.exit_code), ("exit code 3", Some(3)));
     let out = std::fs::read_to_string(
         env.root()
@@ -772,31 +575,44 @@ async fn job_failure_reports_exit_code_and_the_tail_of_its_logs() {
 }
 
 #[tokio::test]
-async fn job_deadline_and_image_pull_failures() {
-    let (r, _fake, _env) = failed_test(JobScript::Deadline).await;
+async fn a_job_past_its_deadline_or_unable_to_pull_fails() {
+    let mut case = Case::new("Deployment", OLD).await;
+    case.job_env = "{ KWOK_RUN_FOREVER: \"1\" }";
+    case.deadline = "2s";
+    let (r, _env) = failed_test(&case).await;
     assert!(
-        r.summary.starts_with("deadline exceeded after 1m"),
+        r.summary.starts_with("deadline exceeded after 2s"),
         "{}",
         r.summary
     );
-    let (r, fake, _env) = failed_test(JobScript::ImagePull).await;
+
+    let mut case = Case::new("Deployment", OLD).await;
+    case.repo = "demo/unpullable";
+    let (r, _env) = failed_test(&case).await;
     assert!(
         r.summary.starts_with("image pull failed: ImagePullBackOff"),
         "{}",
         r.summary
     );
-    assert_eq!(
-        fake.requests("DELETE", "/jobs/").len(),
-        1,
-        "the stuck Job is deleted"
-    );
+    let (_, jobs) = cluster()
+        .api(ADMIN)
+        .get(&format!("/apis/batch/v1/namespaces/{}/jobs", case.tests))
+        .await
+        .unwrap();
+    let left: Vec<&Value> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    assert!(left.is_empty(), "the stuck Job is deleted: {left:?}");
 }
 
 #[tokio::test]
-async fn redelivery_never_creates_a_second_job() {
-    let fake = fake_cluster(OLD, Rollout::Succeeds(1), JobScript::Succeeds(3, "ok")).await;
-    let env = env_for(&config(&fake.url, "app"));
-    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
+async fn a_redelivered_event_never_creates_a_second_job() {
+    let case = Case::new("Deployment", OLD).await;
+    let env = case.env();
+    let img = push(&env, case.repo, "1.0.0").await;
     let thrice = Repeat {
         inner: &env.local,
         n: 3,
@@ -816,7 +632,14 @@ async fn redelivery_never_creates_a_second_job() {
             .count(),
         1
     );
-    assert_eq!(fake.requests("POST", "/jobs").len(), 1);
+    let jobs_path = format!("/apis/batch/v1/namespaces/{}/jobs", case.tests);
+    let count = || async {
+        cluster().api(ADMIN).object(&jobs_path).await["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count().await, 1);
     // the runner itself: a start after a crash finds the Job instead of creating one
     use baton::ports::TestRunner;
     let cfg = env.local.pipeline.config.clone();
@@ -837,7 +660,7 @@ async fn redelivery_never_creates_a_second_job() {
         matches!(p, baton::ports::TestProgress::Running { ref note, .. } if note.contains("already started")),
         "{p:?}"
     );
-    assert_eq!(fake.requests("POST", "/jobs").len(), 1);
+    assert_eq!(count().await, 1);
 }
 
 /// SigV4 presigning computed here from the specification, independently of the
@@ -985,105 +808,6 @@ fn eks_token_has_the_documented_format_and_a_valid_signature() {
     assert_ne!(t, other);
 }
 
-/// Runs the adapters against a real cluster. Ignored by default; to run it:
-///
-/// ```sh
-/// KUBECONFIG=~/.kube/config BATON_TEST_NAMESPACE=baton-it \
-///   cargo test -p baton --features kube --test it -- --ignored real_cluster
-/// ```
-///
-/// It needs a namespace where it may create a Deployment named `baton-it` and Jobs
-/// (the RBAC of `infra/k8s/` plus create on deployments). It fails, never skips, when
-/// the variables are missing.
-#[tokio::test]
-#[ignore = "needs a real cluster: set KUBECONFIG and BATON_TEST_NAMESPACE"]
-async fn real_cluster() {
-    use baton::ports::{DeployTarget, TestProgress, TestRunner};
-    let ns = std::env::var("BATON_TEST_NAMESPACE").expect("set BATON_TEST_NAMESPACE");
-    let kubeconfig = std::env::var("KUBECONFIG").expect("set KUBECONFIG");
-    let cfg: baton::config::ClusterConfig = serde_json::from_value(json!({
-        "name": "real", "kubeconfig": {"path": kubeconfig}
-    }))
-    .unwrap();
-    let cluster = Arc::new(baton::adapters::k8s::Cluster::new(
-        cfg,
-        std::path::PathBuf::from("."),
-        Some(baton::adapters::k8s::from_files),
-    ));
-    let client = cluster.client().await.unwrap();
-    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, &ns);
-    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "baton-it"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "baton-it"}},
-                 "template": {"metadata": {"labels": {"app": "baton-it"}},
-                              "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}}}
-    }))
-    .unwrap();
-    let _ = api.create(&Default::default(), &d).await;
-    let image = baton::event::Image::parse(
-        "registry.k8s.io",
-        "pause",
-        "3.10",
-        "sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a",
-    )
-    .unwrap();
-    let target = baton::adapters::k8s::KubeDeployTarget {
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-        workloads: vec![baton::config::WorkloadRef {
-            kind: baton::config::WorkloadKind::Deployment,
-            name: "baton-it".into(),
-            container: "app".into(),
-            namespace: None,
-        }],
-        timeout: std::time::Duration::from_secs(300),
-        poll: std::time::Duration::from_secs(2),
-    };
-    let req = baton::ports::DeployRequest {
-        app: "it".into(),
-        environment: "it".into(),
-        run: baton::ids::run_id("it", "real-cluster-test"),
-        image: image.clone(),
-        cause: "baton real-cluster test".into(),
-    };
-    target.apply(&req).await.unwrap();
-    loop {
-        match target.rollout(&req).await.unwrap() {
-            baton::ports::Rollout::Complete { .. } => break,
-            baton::ports::Rollout::Failed { reason } => panic!("{reason}"),
-            baton::ports::Rollout::Progressing { check_after, .. } => {
-                tokio::time::sleep(check_after).await
-            }
-        }
-    }
-    let job_cfg: baton::config::KubeJobTest = serde_json::from_value(json!({
-        "cluster": "real", "namespace": ns, "command": ["/pause"], "deadline": "20s", "poll": "2s"
-    }))
-    .unwrap();
-    let runner = baton::adapters::k8s::KubeJobRunner::new(job_cfg, cluster);
-    let treq = baton::ports::TestRequest {
-        app: "it".into(),
-        run: baton::ids::run_id("it", &format!("real{}", Utc::now().timestamp())),
-        image,
-        attempt: 1,
-    };
-    let mut p = runner.start(&treq).await.unwrap();
-    while let TestProgress::Running {
-        state, check_after, ..
-    } = p
-    {
-        tokio::time::sleep(check_after).await;
-        p = runner.check(&treq, &state).await.unwrap();
-    }
-    let TestProgress::Finished(o) = p else {
-        unreachable!()
-    };
-    assert!(
-        !o.passed && o.summary.starts_with("deadline exceeded"),
-        "pause never exits: {o:?}"
-    );
-}
-
 /// A Lambda function has no kubeconfig or in-cluster account (and links no reader for
 /// them): a cluster configured that way is refused with what to use instead.
 #[tokio::test]
@@ -1103,170 +827,4 @@ async fn a_function_refuses_kubeconfig_and_in_cluster_access_naming_eks() {
             "{e}"
         );
     }
-}
-
-/// The client of `eks` and `url` clusters (kube's HTTP stack without its kubeconfig
-/// authentication) sends the bearer token on every request, and none when there is none.
-#[tokio::test]
-async fn the_direct_client_sends_the_bearer_token() {
-    let fake = fake_cluster(
-        "registry.local/shop/web:1",
-        Rollout::Succeeds(1),
-        JobScript::Succeeds(1, ""),
-    )
-    .await;
-    for (token, want) in [(Some("t0ken.signed"), "Bearer t0ken.signed"), (None, "")] {
-        let mut config = kube::Config::new(fake.url.parse().unwrap());
-        config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
-        let client = baton::adapters::k8s::direct_client(config).unwrap();
-        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-            kube::Api::namespaced(client, "shop");
-        let d = api.get("web").await.unwrap();
-        assert_eq!(d.metadata.name.as_deref(), Some("web"));
-        let got = fake.requests("GET", "/deployments/web");
-        assert_eq!(got.last().map(|r| r.authorization.as_str()), Some(want));
-    }
-}
-
-/// Runs `openssl` (the Debian package) in `dir`.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl makes the test certificates");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA named `ca` and a serving certificate for 127.0.0.1 it signs, made by `openssl`
-/// in `dir`: (the CA's certificate, the server's certificate, the server's key), as DER.
-fn loopback_certificates(
-    dir: &std::path::Path,
-    ca: &str,
-) -> (
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    use rustls::pki_types::pem::PemObject;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-    ];
-    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-    let (crt, key) = (format!("{ca}-server.crt"), format!("{ca}-server.key"));
-    let subject = format!("/CN={ca}");
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-subj", &subject, "-keyout", &ca_key, "-out", &ca_crt],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ],
-            &["-addext", "basicConstraints=critical,CA:FALSE"],
-            &[
-                "-CA", &ca_crt, "-CAkey", &ca_key, "-keyout", &key, "-out", &crt,
-            ],
-        ]
-        .concat(),
-    );
-    (
-        rustls::pki_types::CertificateDer::from_pem_file(dir.join(ca_crt)).unwrap(),
-        rustls::pki_types::CertificateDer::from_pem_file(dir.join(crt)).unwrap(),
-        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(key)).unwrap(),
-    )
-}
-
-/// The direct client verifies the API server: with the cluster's CA (what `eks.ca_data`
-/// gives) it reaches the server over TLS and sends the token; a server whose
-/// certificate another CA signed, or one the platform's trust store does not know (no
-/// CA configured, as for `url`), is refused before any request is sent.
-#[tokio::test]
-async fn the_direct_client_trusts_only_the_configured_ca() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let fake = fake_cluster(
-        "registry.local/shop/web:1",
-        Rollout::Succeeds(1),
-        JobScript::Succeeds(1, ""),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cluster_ca, server_cert, server_key) = loopback_certificates(dir.path(), "cluster-ca");
-    let (other_ca, _, _) = loopback_certificates(dir.path(), "other-ca");
-    let tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![server_cert], server_key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tls_url = format!("https://{}", listener.local_addr().unwrap());
-    let plain = fake.url.trim_start_matches("http://").to_string();
-    // TLS in front of the test API server: decrypt, then copy bytes both ways.
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, plain) = (acceptor.clone(), plain.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&plain).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-                }
-            });
-        }
-    });
-
-    let get = |roots: Option<Vec<Vec<u8>>>| {
-        let url = tls_url.clone();
-        async move {
-            let mut config = kube::Config::new(url.parse().unwrap());
-            config.root_cert = roots;
-            config.auth_info.token = Some(secrecy::SecretString::from("t0ken".to_string()));
-            let client = baton::adapters::k8s::direct_client(config).unwrap();
-            let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-                kube::Api::namespaced(client, "shop");
-            api.get("web").await
-        }
-    };
-    let d = get(Some(vec![cluster_ca.to_vec()])).await.unwrap();
-    assert_eq!(d.metadata.name.as_deref(), Some("web"));
-    let sent = fake.requests("GET", "/deployments/web");
-    assert_eq!(sent.len(), 1, "one request through TLS");
-    assert_eq!(sent[0].authorization, "Bearer t0ken");
-
-    for (roots, what) in [
-        (Some(vec![other_ca.to_vec()]), "another CA"),
-        (None, "no CA"),
-    ] {
-        // The cause is in the error's chain, which Display leaves out.
-        let e = format!("{:?}", get(roots).await.expect_err(what));
-        assert!(e.contains("InvalidCertificate"), "{what}: {e}");
-    }
-    assert_eq!(
-        fake.requests("GET", "/deployments/web").len(),
-        1,
-        "no request reaches an unverified server"
-    );
 }
