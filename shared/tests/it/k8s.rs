@@ -503,7 +503,10 @@ async fn a_missing_namespace_workload_or_container_is_a_permanent_error_naming_i
     // not name is refused before the server looks).
     cluster()
         .api(ADMIN)
-        .apply_yaml(&DEPLOY_RBAC.replace("[\"web\"]", "[\"web\", \"checkout\"]"), &shop)
+        .apply_yaml(
+            &DEPLOY_RBAC.replace("[\"web\"]", "[\"web\", \"checkout\"]"),
+            &shop,
+        )
         .await;
     case.container = "app";
     case.workload = "checkout";
@@ -826,5 +829,277 @@ async fn a_function_refuses_kubeconfig_and_in_cluster_access_naming_eks() {
             e.contains("cluster dev") && e.contains("Lambda function") && e.contains("eks:"),
             "{e}"
         );
+    }
+}
+
+/// The RBAC of `infra/k8s/`, enforced by the real authorizer: each stage's identity may
+/// do its job (the pipeline tests above run with them) and every step outside its row is
+/// refused with 403.
+#[tokio::test]
+async fn the_rbac_of_infra_k8s_refuses_every_step_outside_a_stages_row() {
+    let case = Case::new("Deployment", OLD).await;
+    create_workload(&case.shop, "Deployment", "billing", OLD).await;
+    let production = cluster().namespace("production").await;
+    let admin = cluster().api(ADMIN);
+    admin
+        .create(
+            &format!("/api/v1/namespaces/{}/secrets", case.shop),
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                    "stringData": {"password": "hunter2"}}),
+        )
+        .await;
+    let (deploy, test) = (cluster().api(DEPLOY), cluster().api(TEST));
+    let patch = json!({"metadata": {"annotations": {"rbac-test": "1"}}});
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "registry.local/probe:1"}]}}}});
+    let merge = "application/strategic-merge-patch+json";
+    use reqwest::Method;
+    let web = case.path();
+    let billing = workload_path(&case.shop, "Deployment", "billing");
+    let jobs = |ns: &str| format!("/apis/batch/v1/namespaces/{ns}/jobs?dryRun=All");
+    let secrets = format!("/api/v1/namespaces/{}/secrets", case.shop);
+    let tests_ns = case.tests.clone();
+    // (who, what, method, path, body, expected status)
+    let steps: Vec<(
+        &baton_testkit::k8s::Api,
+        String,
+        Method,
+        String,
+        Option<&Value>,
+        u16,
+    )> = vec![
+        (
+            &deploy,
+            "deploy reads its workload".into(),
+            Method::GET,
+            web.clone(),
+            None,
+            200,
+        ),
+        (
+            &deploy,
+            "deploy patches its workload".into(),
+            Method::PATCH,
+            format!("{web}?dryRun=All"),
+            Some(&patch),
+            200,
+        ),
+        (
+            &deploy,
+            "deploy lists pods to say why a rollout is stuck".into(),
+            Method::GET,
+            format!("/api/v1/namespaces/{}/pods", case.shop),
+            None,
+            200,
+        ),
+        (
+            &test,
+            "test creates a Job in the test namespace".into(),
+            Method::POST,
+            jobs(&tests_ns),
+            Some(&job),
+            201,
+        ),
+        (
+            &test,
+            "test reads pods in the test namespace".into(),
+            Method::GET,
+            format!("/api/v1/namespaces/{tests_ns}/pods"),
+            None,
+            200,
+        ),
+        (
+            &deploy,
+            "deploy patches another Deployment".into(),
+            Method::PATCH,
+            format!("{billing}?dryRun=All"),
+            Some(&patch),
+            403,
+        ),
+        (
+            &deploy,
+            "deploy reads a Secret".into(),
+            Method::GET,
+            format!("{secrets}/db"),
+            None,
+            403,
+        ),
+        (
+            &deploy,
+            "deploy lists Secrets".into(),
+            Method::GET,
+            secrets.clone(),
+            None,
+            403,
+        ),
+        (
+            &deploy,
+            "deploy deletes its workload".into(),
+            Method::DELETE,
+            format!("{web}?dryRun=All"),
+            None,
+            403,
+        ),
+        (
+            &deploy,
+            "deploy creates a Job".into(),
+            Method::POST,
+            jobs(&case.shop),
+            Some(&job),
+            403,
+        ),
+        (
+            &deploy,
+            "deploy reads a workload in another namespace".into(),
+            Method::GET,
+            workload_path(&production, "Deployment", "web"),
+            None,
+            403,
+        ),
+        (
+            &test,
+            "test creates a Job in a production namespace".into(),
+            Method::POST,
+            jobs(&production),
+            Some(&job),
+            403,
+        ),
+        (
+            &test,
+            "test creates a Job where deploy targets live".into(),
+            Method::POST,
+            jobs(&case.shop),
+            Some(&job),
+            403,
+        ),
+        (
+            &test,
+            "test patches a Deployment".into(),
+            Method::PATCH,
+            format!("{web}?dryRun=All"),
+            Some(&patch),
+            403,
+        ),
+        (
+            &test,
+            "test reads a Secret".into(),
+            Method::GET,
+            format!("/api/v1/namespaces/{tests_ns}/secrets"),
+            None,
+            403,
+        ),
+        (
+            &test,
+            "test lists namespaces".into(),
+            Method::GET,
+            "/api/v1/namespaces".into(),
+            None,
+            403,
+        ),
+    ];
+    let mut wrong = vec![];
+    for (who, what, method, path, body, want) in steps {
+        let content_type = if method == Method::PATCH {
+            merge
+        } else {
+            "application/json"
+        };
+        let (code, resp) = who
+            .send(method.clone(), &path, content_type, body)
+            .await
+            .unwrap();
+        if code != want {
+            wrong.push(format!(
+                "{what}: {method} {path} answered {code}, expected {want}: {resp}"
+            ));
+        } else if want == 403 {
+            assert!(
+                resp["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("forbidden")),
+                "{what}: refused by the authorizer: {resp}"
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        case.object().await["metadata"]["annotations"]["rbac-test"].is_null(),
+        "dry runs changed nothing"
+    );
+}
+
+/// The client of `eks` and `url` clusters (kube's HTTP stack without kubeconfig
+/// authentication) against the real API server: with the cluster's CA and a stage's
+/// token it is that stage (its Role applies); without a token it is anonymous and
+/// refused; a server whose certificate another CA signed, or one the platform's trust
+/// store does not know, is refused before any request is sent.
+#[tokio::test]
+async fn the_direct_client_sends_the_token_and_trusts_only_the_configured_ca() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let case = Case::new("Deployment", OLD).await;
+    let cp = cluster();
+    let ca = baton::adapters::k8s::cluster::pem_certificates(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        &cp.ca_pem,
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other-ca",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.crt",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(other.status.success());
+    let other_ca = baton::adapters::k8s::cluster::pem_certificates(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(dir.path().join("other.crt")).unwrap(),
+    ))
+    .unwrap();
+    let get = |roots: Option<Vec<Vec<u8>>>, token: Option<&str>| {
+        let mut config = kube::Config::new(cp.url.parse().unwrap());
+        config.root_cert = roots;
+        config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
+        let client = baton::adapters::k8s::direct_client(config).unwrap();
+        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(client, &case.shop);
+        async move { api.get("web").await }
+    };
+    let d = get(Some(ca.clone()), Some(cp.token(DEPLOY))).await.unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("web"));
+    let e = get(Some(ca.clone()), Some(cp.token(TEST)))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("User \"baton-test\""),
+        "the token names who asks: {e}"
+    );
+    let e = get(Some(ca), None).await.unwrap_err();
+    assert!(e.to_string().contains("system:anonymous"), "{e}");
+    for (roots, what) in [(Some(other_ca), "another CA"), (None, "no CA")] {
+        // The cause is in the error's chain, which Display leaves out.
+        let e = format!(
+            "{:?}",
+            get(roots, Some(cp.token(DEPLOY))).await.expect_err(what)
+        );
+        assert!(e.contains("InvalidCertificate"), "{what}: {e}");
     }
 }
