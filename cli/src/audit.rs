@@ -1,5 +1,6 @@
 //! `baton audit`: prints the stage × permission matrix of the stack template and the
-//! Kubernetes RBAC, then the findings; with `--live`, the drift of the deployed roles.
+//! Kubernetes RBAC, then the findings; with `--live`, the drift of the deployed roles;
+//! with `--kube-context`, what each stage's identity may really do in that cluster.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,12 +11,29 @@ use serde_json::json;
 
 use crate::Global;
 
+/// `--kube-context`: the cluster to ask, and more namespaces to check there.
+pub struct ClusterAudit {
+    pub context: String,
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub namespaces: Vec<String>,
+}
+
+/// What one stage's identity may do in one namespace, as the cluster says.
+#[derive(Debug, serde::Serialize)]
+struct LiveGrant {
+    stage: String,
+    subject: baton::audit::KubeSubject,
+    namespace: String,
+    rules: Vec<String>,
+}
+
 pub async fn run(
     g: &Global,
     template: &Path,
     k8s: &Path,
     live: bool,
     stack: Option<&str>,
+    cluster: Option<ClusterAudit>,
 ) -> Result<ExitCode> {
     let tpl = load_template(template)?;
     let manifests = if k8s.exists() {
@@ -30,6 +48,10 @@ pub async fn run(
         let policies = baton::adapters::aws::iam::live_role_policies(&roles).await?;
         report.findings.extend(baton::audit::drift(&tpl, &policies));
     }
+    let mut live_grants = vec![];
+    if let Some(c) = &cluster {
+        live_grants = audit_cluster(c, &manifests, &mut report).await?;
+    }
     if g.json {
         println!(
             "{}",
@@ -38,11 +60,12 @@ pub async fn run(
                 "kubernetes": k8s.display().to_string(),
                 "grants": report.grants,
                 "kubernetes_grants": report.kubernetes,
+                "cluster_grants": live_grants,
                 "findings": report.findings,
             }))?
         );
     } else {
-        print_report(&report);
+        print_report(&report, &live_grants);
     }
     Ok(if report.findings.is_empty() {
         ExitCode::SUCCESS
@@ -51,7 +74,101 @@ pub async fn run(
     })
 }
 
-fn print_report(r: &Report) {
+/// Asks the cluster of `c.context` what each stage's identities may do in every namespace
+/// that matters, and adds the drift from the manifests to `report`.
+async fn audit_cluster(
+    c: &ClusterAudit,
+    manifests: &[(String, serde_json::Value)],
+    report: &mut Report,
+) -> Result<Vec<LiveGrant>> {
+    use anyhow::Context;
+    let cfg = baton::config::ClusterConfig {
+        name: format!("of kubeconfig context {}", c.context),
+        kubeconfig: Some(baton::config::KubeconfigAccess {
+            path: c.kubeconfig.clone(),
+            context: Some(c.context.clone()),
+        }),
+        in_cluster: None,
+        eks: None,
+        url: None,
+    };
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let cluster =
+        baton::adapters::k8s::Cluster::new(cfg, cwd, Some(baton::adapters::k8s::from_files));
+    let client = cluster.client().await?;
+    let stages = baton::audit::kube_stage_access(manifests);
+    if stages.is_empty() {
+        anyhow::bail!(
+            "--kube-context: the manifests bind no Baton stage (Roles labelled baton.dev/stage, bound to groups baton-<stage>)"
+        );
+    }
+    let mut namespaces: std::collections::BTreeSet<String> = ["default", "kube-system"]
+        .into_iter()
+        .map(String::from)
+        .chain(c.namespaces.iter().cloned())
+        .collect();
+    for access in stages.values() {
+        namespaces.extend(access.granted.keys().cloned());
+    }
+    let none = std::collections::BTreeSet::new();
+    let mut grants = vec![];
+    for (stage, access) in &stages {
+        for subject in &access.subjects {
+            for ns in &namespaces {
+                let live =
+                    baton::adapters::k8s::audit::live_rules(&client, stage, subject, ns).await?;
+                if let Some(why) = &live.incomplete {
+                    report.findings.push(baton::audit::Finding {
+                        code: "cluster-incomplete".into(),
+                        stage: Some(stage.clone()),
+                        message: format!(
+                            "the cluster could not list every rule of {subject} in namespace {ns}: {why}"
+                        ),
+                    });
+                }
+                let declared = access.granted.get(ns).unwrap_or(&none);
+                report.findings.extend(baton::audit::kube_live_drift(
+                    stage,
+                    subject,
+                    ns,
+                    declared,
+                    &live.atoms,
+                ));
+                let rules: Vec<String> = live
+                    .atoms
+                    .iter()
+                    .filter(|a| !baton::audit::is_default_atom(a))
+                    .map(|(group, resource, name, verb)| {
+                        let name = if name == "*" {
+                            String::new()
+                        } else {
+                            format!("[{name}]")
+                        };
+                        let group = if group.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{group}/")
+                        };
+                        format!("{group}{resource}{name}: {verb}")
+                    })
+                    .collect();
+                if !rules.is_empty() {
+                    grants.push(LiveGrant {
+                        stage: stage.clone(),
+                        subject: subject.clone(),
+                        namespace: ns.clone(),
+                        rules,
+                    });
+                }
+            }
+        }
+    }
+    report.findings.sort();
+    report.findings.dedup();
+    Ok(grants)
+}
+
+fn print_report(r: &Report, live: &[LiveGrant]) {
     println!(
         "{:<8} {:<20} {:<58} RESOURCES",
         "STAGE", "CAPABILITY", "ACTIONS"
@@ -92,6 +209,22 @@ fn print_report(r: &Report) {
                 k.stage,
                 format!("{}@{}", k.role, k.namespace),
                 k.rules.join("; ")
+            );
+        }
+    }
+    if !live.is_empty() {
+        println!();
+        println!(
+            "{:<8} {:<34} {:<20} RULES (IN THE CLUSTER)",
+            "STAGE", "IDENTITY", "NAMESPACE"
+        );
+        for l in live {
+            println!(
+                "{:<8} {:<34} {:<20} {}",
+                l.stage,
+                l.subject.to_string(),
+                l.namespace,
+                l.rules.join("; ")
             );
         }
     }

@@ -71,13 +71,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             template,
             k8s,
             live,
+            kube_context,
+            kubeconfig,
+            kube_namespaces,
         } => {
             if live && g.stack.is_none() {
                 return Err(anyhow!(
                     "--live needs --stack NAME (the deployed stack whose roles to read)"
                 ));
             }
-            crate::audit::run(g, &template, &k8s, live, g.stack.as_deref()).await
+            let cluster = kube_context.map(|context| crate::audit::ClusterAudit {
+                context,
+                kubeconfig,
+                namespaces: kube_namespaces,
+            });
+            crate::audit::run(g, &template, &k8s, live, g.stack.as_deref(), cluster).await
         }
         Command::React { action } => react(g, action).await,
         Command::Events { action } => events(g, action),

@@ -136,6 +136,23 @@ pub enum Command {
         /// (needs --stack; AWS credentials, region and endpoint from the standard chain).
         #[arg(long)]
         live: bool,
+        /// Also ask a cluster what each stage's identity may really do (a rules review
+        /// per namespace, impersonating the identities --k8s binds) and report drift from
+        /// --k8s: the kubeconfig context of someone allowed to impersonate.
+        #[arg(long, value_name = "CONTEXT")]
+        kube_context: Option<String>,
+        /// The kubeconfig of --kube-context (default $KUBECONFIG or ~/.kube/config).
+        #[arg(long, value_name = "PATH", requires = "kube_context")]
+        kubeconfig: Option<PathBuf>,
+        /// More namespaces to check with --kube-context, where no stage should hold
+        /// anything (e.g. production namespaces of other teams); the namespaces of --k8s,
+        /// default and kube-system are always checked.
+        #[arg(
+            long = "kube-namespace",
+            value_name = "NAMESPACE",
+            requires = "kube_context"
+        )]
+        kube_namespaces: Vec<String>,
     },
     /// Reactions: notifications attached to event types without touching stage code
     /// (SNS subscriptions with --stack, the configuration file otherwise).

@@ -674,9 +674,324 @@ pub fn drift(
     out
 }
 
+/// One Kubernetes permission: (API group, resource, resource name or `*`, verb). `*` in
+/// any place is a wildcard, as in RBAC.
+pub type KubeAtom = (String, String, String, String);
+
+/// The atoms of RBAC rules (a Role's `rules`, or a rules review's `resourceRules`).
+pub fn rule_atoms(rules: &Value) -> BTreeSet<KubeAtom> {
+    let mut out = BTreeSet::new();
+    for r in as_list(rules) {
+        let mut names: Vec<String> = as_list(&r["resourceNames"]).iter().map(render).collect();
+        if names.is_empty() {
+            names.push("*".into());
+        }
+        for group in as_list(&r["apiGroups"]).iter().map(render) {
+            for resource in as_list(&r["resources"]).iter().map(render) {
+                for name in &names {
+                    for verb in as_list(&r["verbs"]).iter().map(render) {
+                        out.insert((group.clone(), resource.clone(), name.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `granted` allows `atom` (wildcards in `granted` count).
+pub fn covers(granted: &BTreeSet<KubeAtom>, atom: &KubeAtom) -> bool {
+    let m = |g: &str, a: &str| g == "*" || g == a;
+    granted.contains(atom)
+        || granted
+            .iter()
+            .any(|g| m(&g.0, &atom.0) && m(&g.1, &atom.1) && m(&g.2, &atom.2) && m(&g.3, &atom.3))
+}
+
+/// What every authenticated identity may do (Kubernetes' default discovery and
+/// self-review roles): not a stage's grant, not drift.
+pub fn is_default_atom(a: &KubeAtom) -> bool {
+    matches!(
+        (a.0.as_str(), a.1.as_str()),
+        (
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        ) | ("authentication.k8s.io", "selfsubjectreviews")
+    )
+}
+
+/// An identity a binding names, as the API server authenticates it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KubeSubject {
+    User { name: String },
+    Group { name: String },
+    ServiceAccount { namespace: String, name: String },
+}
+
+impl KubeSubject {
+    /// The user and groups to impersonate to be this subject.
+    pub fn impersonation(&self, stage: &str) -> (String, Vec<String>) {
+        let authenticated = "system:authenticated".to_string();
+        match self {
+            KubeSubject::User { name } => (name.clone(), vec![authenticated]),
+            KubeSubject::Group { name } => (
+                format!("baton-audit:{stage}"),
+                vec![name.clone(), authenticated],
+            ),
+            KubeSubject::ServiceAccount { namespace, name } => (
+                format!("system:serviceaccount:{namespace}:{name}"),
+                vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    authenticated,
+                ],
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for KubeSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeSubject::User { name } => write!(f, "user {name}"),
+            KubeSubject::Group { name } => write!(f, "group {name}"),
+            KubeSubject::ServiceAccount { namespace, name } => {
+                write!(f, "service account {namespace}/{name}")
+            }
+        }
+    }
+}
+
+/// What the manifests give one stage in a cluster: the identities its bindings name and
+/// the permissions its Roles grant, by namespace.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KubeStageAccess {
+    pub subjects: BTreeSet<KubeSubject>,
+    pub granted: BTreeMap<String, BTreeSet<KubeAtom>>,
+}
+
+/// Each stage's Kubernetes access as `infra/k8s/` declares it: a Role belongs to the
+/// stage its `baton.dev/stage` label names, or whose group (`baton-<stage>`) its binding
+/// names.
+pub fn kube_stage_access(docs: &[(String, Value)]) -> BTreeMap<String, KubeStageAccess> {
+    let mut roles: BTreeMap<(String, String), Value> = BTreeMap::new();
+    let mut stage_of_role: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (_, d) in docs {
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if d["kind"] == "Role" {
+            if let Some(stage) = d["metadata"]["labels"]["baton.dev/stage"].as_str() {
+                stage_of_role.insert((ns.clone(), name.clone()), stage.to_string());
+            }
+            roles.insert((ns, name), d["rules"].clone());
+        }
+    }
+    let mut out: BTreeMap<String, KubeStageAccess> = BTreeMap::new();
+    for (_, d) in docs {
+        if d["kind"] != "RoleBinding" || d["roleRef"]["kind"] != "Role" {
+            continue;
+        }
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let role = d["roleRef"]["name"].as_str().unwrap_or("").to_string();
+        let subjects: Vec<KubeSubject> = as_list(&d["subjects"])
+            .iter()
+            .filter_map(|s| {
+                let name = s["name"].as_str()?.to_string();
+                Some(match s["kind"].as_str()? {
+                    "User" => KubeSubject::User { name },
+                    "Group" => KubeSubject::Group { name },
+                    "ServiceAccount" => KubeSubject::ServiceAccount {
+                        namespace: s["namespace"].as_str().unwrap_or(&ns).to_string(),
+                        name,
+                    },
+                    _ => return None,
+                })
+            })
+            .collect();
+        let stage = stage_of_role
+            .get(&(ns.clone(), role.clone()))
+            .cloned()
+            .or_else(|| {
+                subjects.iter().find_map(|s| match s {
+                    KubeSubject::Group { name } => name.strip_prefix("baton-").map(str::to_string),
+                    _ => None,
+                })
+            });
+        let Some(stage) = stage else { continue };
+        let access = out.entry(stage).or_default();
+        access.subjects.extend(subjects);
+        if let Some(rules) = roles.get(&(ns.clone(), role)) {
+            access
+                .granted
+                .entry(ns)
+                .or_default()
+                .extend(rule_atoms(rules));
+        }
+    }
+    out
+}
+
+fn show_atoms(atoms: &[&KubeAtom]) -> String {
+    let mut by_object: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (group, resource, name, verb) in atoms {
+        let object = format!(
+            "{}{resource}{}",
+            if group.is_empty() {
+                String::new()
+            } else {
+                format!("{group}/")
+            },
+            if name == "*" {
+                String::new()
+            } else {
+                format!("[{name}]")
+            }
+        );
+        by_object.entry(object).or_default().push(verb);
+    }
+    by_object
+        .into_iter()
+        .map(|(o, v)| format!("{o}: {}", v.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Compares what a stage's identity may really do in `namespace` (`live`, from the API
+/// server's rules review) with what `infra/k8s/` grants it there (`declared`): anything
+/// more (an extra binding, a Role widened in place, cluster-admin) and anything less (a
+/// Role narrowed or a binding removed) is a `cluster-drift` finding.
+pub fn kube_live_drift(
+    stage: &str,
+    subject: &KubeSubject,
+    namespace: &str,
+    declared: &BTreeSet<KubeAtom>,
+    live: &BTreeSet<KubeAtom>,
+) -> Vec<Finding> {
+    let mut out = vec![];
+    let extra: Vec<&KubeAtom> = live
+        .iter()
+        .filter(|a| !is_default_atom(a) && !covers(declared, a))
+        .collect();
+    if !extra.is_empty() {
+        out.push(Finding {
+            code: "cluster-drift".into(),
+            stage: Some(stage.to_string()),
+            message: format!(
+                "in the cluster, {subject} ({stage}) may {} in namespace {namespace}, which infra/k8s does not grant (an extra binding or a Role edited in place)",
+                show_atoms(&extra)
+            ),
+        });
+    }
+    let missing: Vec<&KubeAtom> = declared.iter().filter(|a| !covers(live, a)).collect();
+    if !missing.is_empty() {
+        out.push(Finding {
+            code: "cluster-drift".into(),
+            stage: Some(stage.to_string()),
+            message: format!(
+                "in the cluster, {subject} ({stage}) lacks {} in namespace {namespace}, which infra/k8s grants (apply infra/k8s)",
+                show_atoms(&missing)
+            ),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn atom(g: &str, r: &str, n: &str, v: &str) -> KubeAtom {
+        (g.into(), r.into(), n.into(), v.into())
+    }
+
+    #[test]
+    fn rules_become_atoms_and_wildcards_cover() {
+        let rules = serde_json::json!([
+            {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"], "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+        ]);
+        let a = rule_atoms(&rules);
+        assert_eq!(a.len(), 3);
+        assert!(a.contains(&atom("apps", "deployments", "web", "patch")));
+        assert!(a.contains(&atom("", "pods", "*", "list")));
+        assert!(!covers(
+            &a,
+            &atom("apps", "deployments", "billing", "patch")
+        ));
+        assert!(!covers(&a, &atom("apps", "deployments", "*", "patch")));
+        let admin = rule_atoms(
+            &serde_json::json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
+        );
+        assert!(a.iter().all(|x| covers(&admin, x)));
+        assert!(!covers(&a, &atom("*", "*", "*", "*")));
+    }
+
+    #[test]
+    fn the_shipped_rbac_gives_each_stage_its_group_and_rules() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s");
+        let access = kube_stage_access(&load_manifests(&dir).unwrap());
+        assert_eq!(access.keys().collect::<Vec<_>>(), ["deploy", "test"]);
+        let deploy = &access["deploy"];
+        assert_eq!(
+            deploy.subjects.iter().collect::<Vec<_>>(),
+            [&KubeSubject::Group {
+                name: "baton-deploy".into()
+            }]
+        );
+        assert_eq!(deploy.granted.keys().collect::<Vec<_>>(), ["shop"]);
+        assert!(deploy.granted["shop"].contains(&atom("apps", "deployments", "web", "patch")));
+        assert!(
+            access["test"].granted["baton-tests"].contains(&atom("batch", "jobs", "*", "create"))
+        );
+    }
+
+    #[test]
+    fn live_drift_names_what_is_more_and_what_is_less() {
+        let declared = rule_atoms(&serde_json::json!([
+            {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["web"], "verbs": ["get", "patch"]}
+        ]));
+        let g = KubeSubject::Group {
+            name: "baton-deploy".into(),
+        };
+        let mut live = declared.clone();
+        live.insert(atom(
+            "authorization.k8s.io",
+            "selfsubjectrulesreviews",
+            "*",
+            "create",
+        ));
+        assert!(
+            kube_live_drift("deploy", &g, "shop", &declared, &live).is_empty(),
+            "defaults are not drift"
+        );
+        live.insert(atom("", "secrets", "*", "get"));
+        live.remove(&atom("apps", "deployments", "web", "patch"));
+        let f = kube_live_drift("deploy", &g, "shop", &declared, &live);
+        assert_eq!(f.len(), 2);
+        assert!(
+            f[0].message
+                .contains("group baton-deploy (deploy) may secrets: get in namespace shop"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[1].message
+                .contains("lacks apps/deployments[web]: patch in namespace shop"),
+            "{}",
+            f[1].message
+        );
+        assert!(
+            f.iter()
+                .all(|x| x.code == "cluster-drift" && x.stage.as_deref() == Some("deploy"))
+        );
+    }
 
     #[test]
     fn approval_writers_are_recognised_through_wildcards() {

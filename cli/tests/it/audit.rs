@@ -293,3 +293,168 @@ async fn live_audit_reports_exactly_the_drift_against_moto() {
         "{msg}"
     );
 }
+
+/// `baton audit --kube-context` against a real control plane (`baton_testkit::k8s`):
+/// with infra/k8s applied (into namespaces of this test) the cluster agrees with the
+/// manifests; an extra binding that makes the deploy identity cluster-admin, a Role
+/// widened in place and a binding removed are each reported as `cluster-drift` naming
+/// the stage, the identity, the namespace and the permissions.
+#[tokio::test]
+async fn the_cluster_audit_finds_what_each_stage_may_really_do() {
+    use baton_testkit::k8s::ADMIN;
+    let cp = baton_testkit::k8s::shared();
+    let admin = cp.api(ADMIN);
+    let (shop, tests) = (cp.namespace("shop").await, cp.namespace("tests").await);
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = dir.path().join("k8s");
+    std::fs::create_dir_all(&k8s).unwrap();
+    let deploy_rbac = std::fs::read_to_string(root().join("infra/k8s/deploy-rbac.yaml"))
+        .unwrap()
+        .replace("namespace: shop", &format!("namespace: {shop}"));
+    let test_rbac = std::fs::read_to_string(root().join("infra/k8s/test-rbac.yaml"))
+        .unwrap()
+        .replace("namespace: baton-tests", &format!("namespace: {tests}"));
+    std::fs::write(k8s.join("deploy-rbac.yaml"), &deploy_rbac).unwrap();
+    std::fs::write(k8s.join("test-rbac.yaml"), &test_rbac).unwrap();
+    admin.apply_yaml(&deploy_rbac, &shop).await;
+    admin.apply_yaml(&test_rbac, &tests).await;
+    let kubeconfig = cp.kubeconfig.display().to_string();
+    let k8s_arg = k8s.display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--k8s",
+            k8s_arg.as_str(),
+            "--kube-context",
+            ADMIN,
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--kube-namespace",
+            "production",
+        ];
+        args.extend_from_slice(extra);
+        audit(&args, &[])
+    };
+    let drift = |o: &Output| -> Vec<String> {
+        findings(o)
+            .into_iter()
+            .filter(|f| f["code"] == "cluster-drift")
+            .map(|f| f["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let o = run(&[]);
+    assert!(
+        o.status.success(),
+        "clean: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let grants = v["cluster_grants"].as_array().unwrap();
+    let of = |stage: &str, ns: &str| -> Vec<String> {
+        grants
+            .iter()
+            .filter(|g| g["stage"] == stage && g["namespace"] == ns)
+            .flat_map(|g| {
+                g["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(
+        of("deploy", &shop),
+        [
+            "pods: list",
+            "apps/deployments[web]: get",
+            "apps/deployments[web]: patch"
+        ]
+    );
+    assert!(
+        of("test", &tests).contains(&"batch/jobs: create".to_string()),
+        "{:?}",
+        of("test", &tests)
+    );
+    assert!(of("deploy", "production").is_empty() && of("test", &shop).is_empty());
+
+    // 1. An extra binding: the deploy group is made cluster-admin.
+    let crb = format!("baton-audit-test-{shop}");
+    admin
+        .create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": crb},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "baton-deploy"}]}),
+        )
+        .await;
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "findings fail the audit");
+    let d = drift(&o);
+    for ns in [shop.as_str(), "production", "kube-system"] {
+        assert!(
+            d.iter()
+                .any(|m| m.contains("group baton-deploy (deploy) may */*: *")
+                    && m.contains(&format!("namespace {ns},"))),
+            "cluster-admin seen in {ns}: {d:#?}"
+        );
+    }
+    assert!(
+        d.iter().all(|m| m.contains("(deploy)")),
+        "only deploy drifted: {d:#?}"
+    );
+    let (code, _) = admin
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{crb}"),
+            "",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
+    // 2. A Role widened in place: the test stage may read Secrets where its Jobs run.
+    admin
+        .apply_yaml(
+            &test_rbac.replace(
+                "  - apiGroups: [\"\"]\n    resources: [\"pods/log\"]",
+                "  - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    verbs: [\"get\"]\n  - apiGroups: [\"\"]\n    resources: [\"pods/log\"]",
+            ),
+            &tests,
+        )
+        .await;
+    // 3. A binding removed: the deploy stage can no longer patch its workload.
+    let (code, _) = admin
+        .send(
+            reqwest::Method::DELETE,
+            &format!(
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/{shop}/rolebindings/baton-deploy"
+            ),
+            "",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    let mut d = drift(&o);
+    d.sort();
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert!(
+        d[0].contains("group baton-deploy (deploy) lacks")
+            && d[0].contains("apps/deployments[web]: get,patch")
+            && d[0].contains(&format!("namespace {shop},")),
+        "{}",
+        d[0]
+    );
+    assert!(
+        d[1].contains("group baton-test (test) may secrets: get")
+            && d[1].contains(&format!("namespace {tests},")),
+        "{}",
+        d[1]
+    );
+}

@@ -1,6 +1,8 @@
 //! Kubernetes adapters (feature `kube`): the `kubernetes` deploy target, the
-//! `kubernetes_job` test runner, and cluster access (kubeconfig, in-cluster, EKS).
+//! `kubernetes_job` test runner, cluster access (kubeconfig, in-cluster, EKS), and the
+//! live audit of each stage's permissions.
 
+pub mod audit;
 pub mod cluster;
 pub mod deploy;
 pub mod eks;
