@@ -188,12 +188,18 @@ fn spawn(bin: &Path, dir: &Path, name: &str, program: &str, args: &[String]) {
             Ok(())
         });
     }
-    let child = cmd
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
     let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((children, _)) = running.as_mut() {
-        children.push(child);
+    match running.as_mut() {
+        // Killed and reaped by the exit handler.
+        Some((children, _)) => children.push(child),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} started outside a control plane's start");
+        }
     }
 }
 

@@ -832,6 +832,16 @@ async fn a_function_refuses_kubeconfig_and_in_cluster_access_naming_eks() {
     }
 }
 
+/// (who, what, method, path, body, expected status)
+type Step<'a> = (
+    &'a baton_testkit::k8s::Api,
+    String,
+    reqwest::Method,
+    String,
+    Option<&'a Value>,
+    u16,
+);
+
 /// The RBAC of `infra/k8s/`, enforced by the real authorizer: each stage's identity may
 /// do its job (the pipeline tests above run with them) and every step outside its row is
 /// refused with 403.
@@ -860,15 +870,7 @@ async fn the_rbac_of_infra_k8s_refuses_every_step_outside_a_stages_row() {
     let jobs = |ns: &str| format!("/apis/batch/v1/namespaces/{ns}/jobs?dryRun=All");
     let secrets = format!("/api/v1/namespaces/{}/secrets", case.shop);
     let tests_ns = case.tests.clone();
-    // (who, what, method, path, body, expected status)
-    let steps: Vec<(
-        &baton_testkit::k8s::Api,
-        String,
-        Method,
-        String,
-        Option<&Value>,
-        u16,
-    )> = vec![
+    let steps: Vec<Step> = vec![
         (
             &deploy,
             "deploy reads its workload".into(),
