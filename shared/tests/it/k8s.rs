@@ -1105,3 +1105,174 @@ async fn the_direct_client_sends_the_token_and_trusts_only_the_configured_ca() {
         assert!(e.contains("InvalidCertificate"), "{what}: {e}");
     }
 }
+
+/// In-cluster access (Baton in a pod): the service account's token, CA and namespace
+/// files at the fixed path kube reads, and `KUBERNETES_SERVICE_HOST/PORT`. The files are
+/// put there in a private mount namespace (`unshare -m`, a tmpfs over /run, root only)
+/// where this same test runs again as the pod would, with a token the API server issued
+/// for a ServiceAccount bound to `baton-deploy`'s Role (the subject infra/k8s says to add
+/// for Baton running in the cluster).
+#[tokio::test]
+async fn in_cluster_access_connects_with_the_pods_service_account() {
+    const NAME: &str = "k8s::in_cluster_access_connects_with_the_pods_service_account";
+    if let Ok(ns) = std::env::var("BATON_IN_CLUSTER_NAMESPACE") {
+        // Inside the mount namespace: the pod's view.
+        let cfg: baton::config::ClusterConfig =
+            serde_json::from_value(json!({"name": "here", "in_cluster": {}})).unwrap();
+        let cluster = baton::adapters::k8s::Cluster::new(
+            cfg,
+            std::path::PathBuf::from("."),
+            Some(baton::adapters::k8s::from_files),
+        );
+        let client = cluster.client().await.unwrap();
+        let d =
+            kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+                .get("web")
+                .await
+                .unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("web"));
+        let e = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, &ns)
+            .list(&Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("system:serviceaccount:{ns}:baton")),
+            "the service account's own identity, and no more: {e}"
+        );
+        println!("in-cluster access as system:serviceaccount:{ns}:baton");
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "in-cluster access is tested in a mount namespace, which needs root (CI runs as root)"
+    );
+    let case = Case::new("Deployment", OLD).await;
+    let cp = cluster();
+    let admin = cp.api(ADMIN);
+    let sa = format!("/api/v1/namespaces/{}/serviceaccounts", case.shop);
+    admin
+        .create(
+            &sa,
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "baton"}}),
+        )
+        .await;
+    admin
+        .apply_yaml(
+            &serde_json::to_string(&json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "baton-deploy-in-cluster"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "baton-deploy"},
+                "subjects": [{"kind": "ServiceAccount", "name": "baton", "namespace": case.shop}]
+            }))
+            .unwrap(),
+            &case.shop,
+        )
+        .await;
+    let token = admin
+        .create(
+            &format!("{sa}/baton/token"),
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {"expirationSeconds": 600}}),
+        )
+        .await["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("token"), token).unwrap();
+    std::fs::write(files.path().join("ca.crt"), &cp.ca_pem).unwrap();
+    std::fs::write(files.path().join("namespace"), &case.shop).unwrap();
+    let port = cp.url.rsplit(':').next().unwrap();
+    let script = r#"mount -t tmpfs baton-test /run && d=/run/secrets/kubernetes.io/serviceaccount && mkdir -p "$d" && cp "$1"/token "$1"/ca.crt "$1"/namespace "$d"/ && exec "$2" --exact "$3" --nocapture"#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(files.path())
+        .arg(std::env::current_exe().unwrap())
+        .arg(NAME)
+        .env("BATON_IN_CLUSTER_NAMESPACE", &case.shop)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", port)
+        .output()
+        .expect("unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("1 passed")
+            && stdout.contains("in-cluster access as"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `url` access (a plain URL, e.g. `kubectl proxy`): a pipeline deploys through a proxy
+/// that adds the deploy identity's token, as `kubectl proxy` adds its user's credentials.
+#[tokio::test]
+async fn url_access_deploys_through_an_authenticating_proxy() {
+    let case = Case::new("Deployment", OLD).await;
+    let cp = cluster();
+    let upstream = cp.api(DEPLOY);
+    let proxy = axum::Router::new().fallback(
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
+            let upstream = upstream.clone();
+            async move {
+                let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let ct = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/json")
+                    .to_string();
+                let body: Option<Value> = serde_json::from_slice(&body).ok();
+                let (code, resp) = upstream
+                    .send(method, path, &ct, body.as_ref())
+                    .await
+                    .unwrap();
+                (
+                    axum::http::StatusCode::from_u16(code).unwrap(),
+                    axum::Json(resp),
+                )
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, proxy).await });
+    let config = case.config().replace(
+        &format!(
+            "  - name: deploy\n    kubeconfig: {{ path: {}, context: {DEPLOY} }}",
+            cp.kubeconfig.display()
+        ),
+        &format!("  - name: deploy\n    url: {url}"),
+    );
+    assert!(config.contains(&url));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("baton.yaml"), config).unwrap();
+    let local = Local::open(
+        Config::load(&dir.path().join("baton.yaml")).unwrap(),
+        &dir.path().join("state"),
+        Settings::default(),
+    )
+    .unwrap();
+    let env = Env { dir, local };
+    let img = push(&env, case.repo, "1.0.0").await;
+    env.drain().await;
+    assert_eq!(
+        sequence(&env.events(&img).await).last().map(String::as_str),
+        Some("deploy.succeeded[staging]")
+    );
+    assert_eq!(app_image(&case.object().await), img.reference());
+}
