@@ -5,6 +5,7 @@ mod attacks;
 mod audit;
 mod aws_cli;
 mod canary;
+mod cluster;
 mod faults;
 mod registry;
 mod runtime;
