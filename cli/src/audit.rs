@@ -134,24 +134,7 @@ async fn audit_cluster(
                     declared,
                     &live.atoms,
                 ));
-                let rules: Vec<String> = live
-                    .atoms
-                    .iter()
-                    .filter(|a| !baton::audit::is_default_atom(a))
-                    .map(|(group, resource, name, verb)| {
-                        let name = if name == "*" {
-                            String::new()
-                        } else {
-                            format!("[{name}]")
-                        };
-                        let group = if group.is_empty() {
-                            String::new()
-                        } else {
-                            format!("{group}/")
-                        };
-                        format!("{group}{resource}{name}: {verb}")
-                    })
-                    .collect();
+                let rules = baton::audit::kube_rules(&live.atoms);
                 if !rules.is_empty() {
                     grants.push(LiveGrant {
                         stage: stage.clone(),

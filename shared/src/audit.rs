@@ -838,6 +838,16 @@ pub fn kube_stage_access(docs: &[(String, Value)]) -> BTreeMap<String, KubeStage
     out
 }
 
+/// Atoms as rules, one per object with its verbs (`apps/deployments[web]: get,patch`),
+/// leaving out what every authenticated identity may do.
+pub fn kube_rules(atoms: &BTreeSet<KubeAtom>) -> Vec<String> {
+    let shown: Vec<&KubeAtom> = atoms.iter().filter(|a| !is_default_atom(a)).collect();
+    if shown.is_empty() {
+        return vec![];
+    }
+    show_atoms(&shown).split("; ").map(str::to_string).collect()
+}
+
 fn show_atoms(atoms: &[&KubeAtom]) -> String {
     let mut by_object: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (group, resource, name, verb) in atoms {

@@ -7,6 +7,8 @@
 //! * [`moto`]: moto server (AWS APIs) on a free port, and SDK configuration for it.
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
+//! * [`k8s`]: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
+//!   controller manager, scheduler, kwok), once per test process.
 //! * [`build`]: configuration and registry-notification builders.
 //! * [`fleet`]: many apps for load (soak, benchmark), and a process's memory and a
 //!   directory's disk.
