@@ -115,8 +115,16 @@ async fn audit_cluster(
     for (stage, access) in &stages {
         for subject in &access.subjects {
             for ns in &namespaces {
-                let live =
-                    baton::adapters::k8s::audit::live_rules(&client, stage, subject, ns).await?;
+                let (user, groups) = subject.impersonation(stage);
+                let live = baton::adapters::k8s::audit::live_rules(
+                    &client,
+                    &user,
+                    &groups,
+                    ns,
+                    &format!("{subject} ({stage})"),
+                )
+                .await?;
+                let atoms = baton::audit::rule_atoms(&live.rules);
                 if let Some(why) = &live.incomplete {
                     report.findings.push(baton::audit::Finding {
                         code: "cluster-incomplete".into(),
@@ -128,13 +136,9 @@ async fn audit_cluster(
                 }
                 let declared = access.granted.get(ns).unwrap_or(&none);
                 report.findings.extend(baton::audit::kube_live_drift(
-                    stage,
-                    subject,
-                    ns,
-                    declared,
-                    &live.atoms,
+                    stage, subject, ns, declared, &atoms,
                 ));
-                let rules = baton::audit::kube_rules(&live.atoms);
+                let rules = baton::audit::kube_rules(&atoms);
                 if !rules.is_empty() {
                     grants.push(LiveGrant {
                         stage: stage.clone(),

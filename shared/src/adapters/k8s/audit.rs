@@ -2,34 +2,34 @@
 //! `SelfSubjectRulesReview` per namespace sent while impersonating the identity (the
 //! auditor's credentials need `impersonate` on users, groups and service accounts, which
 //! cluster administrators have). `baton audit --kube-context` compares the answers with
-//! `infra/k8s/` ([`crate::audit::kube_live_drift`]).
-
-use std::collections::BTreeSet;
+//! `infra/k8s/` (`baton::audit::kube_live_drift`).
 
 use serde_json::{Value, json};
 
 use crate::adapters::k8s::kube_error;
-use crate::audit::{KubeAtom, KubeSubject, rule_atoms};
 use crate::error::{Error, Result};
 
 /// The rules review's answer for one identity in one namespace.
 #[derive(Debug, Clone)]
 pub struct LiveRules {
-    pub atoms: BTreeSet<KubeAtom>,
+    /// `status.resourceRules`: RBAC rules (`apiGroups`, `resources`, `resourceNames`,
+    /// `verbs`).
+    pub rules: Value,
     /// Set when the API server says the list is partial (an authorizer that cannot list
     /// rules, e.g. a webhook), with its reason: the audit cannot be exact there.
     pub incomplete: Option<String>,
 }
 
-/// Asks the API server what `subject` (a Baton stage's identity) may do in `namespace`.
+/// Asks the API server what the identity `user` with `groups` may do in `namespace`
+/// (`what` names it in errors: which stage's which subject).
 pub async fn live_rules(
     client: &kube::Client,
-    stage: &str,
-    subject: &KubeSubject,
+    user: &str,
+    groups: &[String],
     namespace: &str,
+    what: &str,
 ) -> Result<LiveRules> {
-    let what = format!("rules of {subject} ({stage}) in namespace {namespace}");
-    let (user, groups) = subject.impersonation(stage);
+    let what = format!("rules of {what} in namespace {namespace}");
     let body = json!({
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectRulesReview",
@@ -41,8 +41,8 @@ pub async fn live_rules(
     };
     let mut req = http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews")
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header("Impersonate-User", header(&user)?);
-    for g in &groups {
+        .header("Impersonate-User", header(user)?);
+    for g in groups {
         req = req.header("Impersonate-Group", header(g)?);
     }
     let req = req
@@ -58,7 +58,7 @@ pub async fn live_rules(
     })?;
     let status = &resp["status"];
     Ok(LiveRules {
-        atoms: rule_atoms(&status["resourceRules"]),
+        rules: status["resourceRules"].clone(),
         incomplete: (status["incomplete"] == true).then(|| {
             status["evaluationError"]
                 .as_str()
