@@ -252,9 +252,24 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
+/// A reporting command whose reader goes away (`baton --json status | head`) ends
+/// quietly, as any Unix filter does, instead of panicking in `println!` on EPIPE: the
+/// default SIGPIPE action is restored (Rust ignores the signal). `baton serve` keeps it
+/// ignored: a closed pipe or socket must never stop the server (its sockets never raise
+/// it; Rust sends with MSG_NOSIGNAL).
+fn end_quietly_on_closed_stdout(command: &Command) {
+    if !matches!(command, Command::Serve { .. }) {
+        // SAFETY: setting a signal's disposition to its default, before any thread runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     baton::adapters::sandbox::protect_this_process();
     let cli = Cli::parse();
+    end_quietly_on_closed_stdout(&cli.command);
     init_tracing(cli.global.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -453,3 +453,23 @@ fn status_watch_prints_changes_as_json_lines() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `baton --json status | head`: a report whose reader has gone ends by SIGPIPE, as a
+/// Unix filter does, with no panic on stderr.
+#[test]
+fn a_report_to_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--json", "audit"])
+        .current_dir(&root)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -276,12 +276,15 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
     let prefix = run_prefix(app, run);
     let mut stages = vec![];
     let mut events = vec![];
+    let mut rolled_back = vec![];
     for (key, obj) in store.get_prefix(&prefix).await? {
         let rest = &key[prefix.len()..];
         if rest.starts_with("stages/") {
             stages.push(json_of::<StageRecord>(&key, &obj.bytes)?);
         } else if rest.starts_with("events/") {
             events.push(json_of::<Event>(&key, &obj.bytes)?);
+        } else if rest.starts_with("rollbacks/") {
+            rolled_back.push(json_of::<RolledBackMark>(&key, &obj.bytes)?);
         }
     }
     if stages.is_empty() && events.is_empty() {
@@ -306,7 +309,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
         .filter_map(|env| found.remove(&approval_key(app, run, &env.name)))
         .collect();
     let image = events.first().map(|e| e.ctx().image.clone());
-    let status = status_of(app_cfg, &stages, &events);
+    let status = status_of(app_cfg, &stages, &events, &rolled_back);
     Ok(RunView {
         app: app.into(),
         run: run.clone(),
@@ -384,6 +387,9 @@ pub async fn retry_record<P: Ports>(
 pub enum RunStatus {
     /// The last environment runs its image (not through a rollback).
     Deployed,
+    /// An operator rolled this run's image back out of this environment (`baton
+    /// rollback`), and it has not been deployed there again since.
+    RolledBack(String),
     AwaitingApproval(String),
     TestsFailed,
     Rejected(String),
@@ -406,6 +412,7 @@ impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RunStatus::Deployed => f.write_str("deployed"),
+            RunStatus::RolledBack(env) => write!(f, "rolled back ({env})"),
             RunStatus::AwaitingApproval(env) => write!(f, "awaiting approval ({env})"),
             RunStatus::TestsFailed => f.write_str("tests failed"),
             RunStatus::Rejected(env) => write!(f, "rejected ({env})"),
@@ -438,17 +445,50 @@ impl Serialize for RunStatus {
     }
 }
 
-/// The overall status of a run, from its records and events.
+/// A mark on a run whose image `baton rollback` took out of an environment:
+/// `runs/<app>/<run>/rollbacks/<env>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolledBackMark {
+    pub environment: String,
+    pub at: DateTime<Utc>,
+    /// The image put back in its place.
+    pub to: Image,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// The key of `run`'s rollback mark in `env`.
+pub fn rolled_back_key(app: &str, run: &str, env: &str) -> String {
+    format!("{}rollbacks/{env}.json", run_prefix(app, run))
+}
+
+/// The overall status of a run, from its records and events: what is true now.
 fn status_of(
     app: &crate::config::AppConfig,
     stages: &[StageRecord],
     events: &[Event],
+    rolled_back: &[RolledBackMark],
 ) -> RunStatus {
     if let Some(s) = stages.iter().find(|s| s.status == StageStatus::Failed) {
         return RunStatus::FailedAt {
             stage: s.stage,
             environment: s.environment.clone(),
         };
+    }
+    // Rolled back out of an environment, and not deployed there again since (a rollback
+    // to this run publishes a deploy.succeeded for it, later than the mark).
+    for env in app.environments.iter().rev() {
+        let Some(mark) = rolled_back.iter().find(|m| m.environment == env.name) else {
+            continue;
+        };
+        let redeployed = events.iter().any(|e| {
+            matches!(e.payload, Payload::DeploySucceeded(_))
+                && e.ctx().environment.as_deref() == Some(env.name.as_str())
+                && e.time > mark.at
+        });
+        if !redeployed {
+            return RunStatus::RolledBack(env.name.clone());
+        }
     }
     let last_env = app.environments.last().map(|e| e.name.as_str());
     let mut deployed_last = false;

@@ -448,6 +448,23 @@ pub async fn rollback<P: TargetPorts>(
         }),
     );
     harness::publish(p, std::slice::from_ref(&event)).await?;
+    // The run rolled back out says so from now on (`rolled back (<env>)`), until its
+    // image is deployed there again.
+    if live.run != entry.run {
+        let mark = crate::pipeline::runs::RolledBackMark {
+            environment: env.into(),
+            at: now,
+            to: entry.image.clone(),
+            by: by.map(str::to_string),
+        };
+        crate::store::put_json(
+            p.ports.store(),
+            &crate::pipeline::runs::rolled_back_key(app, &live.run, env),
+            &mark,
+            crate::ports::Precondition::None,
+        )
+        .await?;
+    }
     Ok(RollbackReport {
         app: app.into(),
         environment: env.into(),

@@ -472,6 +472,10 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     assert_eq!(r.to, newer.reference());
     env.drain().await;
     assert!(env.manifest("staging").contains(newer.digest.as_str()));
+    // status says what is true now: the run rolled back out is not live there
+    let before = env.status(&even_newer).await;
+    assert_eq!(before, "rolled back (staging)");
+    assert_ne!(env.status(&newer).await, "rolled back (staging)");
     let live = baton::pipeline::deployments::live(&env.local.pipeline, "web", "staging")
         .await
         .unwrap()
@@ -512,6 +516,19 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
         .filter(|e| e.event_type() == EventType::ApprovalRequested)
         .count();
     assert_eq!(requests, 1);
+    // rolled forward again to it: it is live there again, and no longer "rolled back"
+    baton::stages::deploy::rollback(
+        &env.local.pipeline,
+        "web",
+        "staging",
+        Some(&even_newer.digest),
+        Some("alice"),
+    )
+    .await
+    .unwrap();
+    env.drain().await;
+    assert_ne!(env.status(&even_newer).await, "rolled back (staging)");
+    assert_eq!(env.status(&newer).await, "rolled back (staging)");
 }
 
 #[tokio::test]
