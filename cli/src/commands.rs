@@ -17,7 +17,7 @@ use baton::triggers::Trigger;
 use serde_json::{Value, json};
 
 use crate::output::{self, Progress};
-use crate::{Cli, Command, DlqAction, EventsAction, Global};
+use crate::{Cli, Command, DlqAction, EventsAction, Global, HoldAction};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
@@ -58,6 +58,95 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
         Command::Gc { dry_run } => gc(g, dry_run).await,
+        Command::Freeze {
+            app,
+            env,
+            reason,
+            who,
+        } => {
+            let local = open(g)?;
+            let r = baton::pipeline::holds::freeze(
+                &local.pipeline,
+                app.as_deref(),
+                env.as_deref(),
+                &operator(who.as_deref()),
+                &reason,
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "frozen: {} (by {}: {}); deploys there wait until `baton unfreeze{}{}`; rollbacks still go",
+                    r.scope(),
+                    r.by,
+                    r.reason,
+                    app.as_deref()
+                        .map(|a| format!(" --app {a}"))
+                        .unwrap_or_default(),
+                    env.as_deref()
+                        .map(|e| format!(" --env {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unfreeze {
+            app,
+            env,
+            reason,
+            who,
+        } => {
+            let local = open(g)?;
+            let r = baton::pipeline::holds::unfreeze(
+                &local.pipeline,
+                app.as_deref(),
+                env.as_deref(),
+                &operator(who.as_deref()),
+                reason.as_deref(),
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "unfrozen: {} (frozen by {} for: {}); waiting deploys go within a minute",
+                    r.scope(),
+                    r.by,
+                    r.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freezes => freezes(g).await,
+        Command::Hold {
+            action:
+                HoldAction::Release {
+                    app,
+                    env,
+                    reason,
+                    who,
+                },
+        } => {
+            let local = open(g)?;
+            let r = baton::pipeline::holds::release(
+                &local.pipeline,
+                &app,
+                &env,
+                &operator(who.as_deref()),
+                reason.as_deref(),
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "released: {env} of {app} was held on {}; newer runs deploy there again within a minute",
+                    r.image.tagged()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq { action } => match (&g.stack, action) {
             (Some(stack), DlqAction::List { subscription }) => {
                 crate::aws_mode::dlq_list(g, stack, &stage_arg(subscription)?).await
@@ -543,6 +632,90 @@ async fn rollback(
             report.from.as_deref().unwrap_or("-"),
             report.to,
             report.run
+        );
+        println!(
+            "{env} is held on it: newer runs wait there until `baton hold release {app} --env {env}`"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command: `--as`, else `$USER`, else `operator`.
+fn operator(who: Option<&str>) -> String {
+    who.map(str::to_string)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "operator".into())
+}
+
+/// `baton freezes`: freezes set by hand and holds in force, and the windows open now.
+async fn freezes(g: &Global) -> Result<ExitCode> {
+    let local = open(g)?;
+    let p = &local.pipeline;
+    let now = chrono::Utc::now();
+    let frozen: Vec<_> = baton::pipeline::holds::freezes(p)
+        .await?
+        .into_iter()
+        .filter(|f| f.active)
+        .collect();
+    let held: Vec<_> = baton::pipeline::holds::holds(p)
+        .await?
+        .into_iter()
+        .filter(|h| h.active)
+        .collect();
+    let mut windows = vec![];
+    for app in &p.config.apps {
+        for env in &app.environments {
+            let ws: Vec<&baton::config::FreezeWindow> = p
+                .config
+                .freeze
+                .windows
+                .iter()
+                .filter(|w| w.applies_to(&env.name))
+                .chain(env.freeze.windows.iter())
+                .collect();
+            if let Some(f) = baton::policy::freeze::by_windows(&ws, now) {
+                windows.push(serde_json::json!({
+                    "app": app.name, "environment": env.name, "reason": f.reason, "until": f.until,
+                }));
+            }
+        }
+    }
+    if g.json {
+        print_json(&serde_json::json!({"freezes": frozen, "holds": held, "windows": windows}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if frozen.is_empty() && held.is_empty() && windows.is_empty() {
+        println!("nothing stops the line");
+    }
+    for f in &frozen {
+        println!(
+            "frozen  {:<28} by {} since {}: {}",
+            f.scope(),
+            f.by,
+            f.at.format("%Y-%m-%d %H:%M UTC"),
+            f.reason
+        );
+    }
+    for h in &held {
+        println!(
+            "held    {:<28} on {} since {}{}",
+            format!("{} of {}", h.environment, h.app),
+            h.image.tagged(),
+            h.at.format("%Y-%m-%d %H:%M UTC"),
+            h.by.as_deref()
+                .map(|b| format!(" (rollback by {b})"))
+                .unwrap_or_default()
+        );
+    }
+    for w in &windows {
+        println!(
+            "window  {:<28} {}",
+            format!(
+                "{} of {}",
+                w["environment"].as_str().unwrap_or(""),
+                w["app"].as_str().unwrap_or("")
+            ),
+            w["reason"].as_str().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)

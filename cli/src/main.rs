@@ -123,6 +123,38 @@ pub enum Command {
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
     },
+    /// Stop the line: deploys to the scope (everything; --env in every app; --app; both)
+    /// wait until `baton unfreeze`. Approvals may still be given; rollbacks still go.
+    Freeze {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// Shown to everyone it stops, and kept with who froze it.
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "as", value_name = "WHO")]
+        who: Option<String>,
+    },
+    /// Lift the freeze set on exactly this scope.
+    Unfreeze {
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long = "as", value_name = "WHO")]
+        who: Option<String>,
+    },
+    /// What stops the line now: freezes set by hand, rollback holds, open freeze windows.
+    Freezes,
+    /// Rollback holds: `baton rollback` holds the environment on the image it put back;
+    /// newer runs wait there until the hold is released.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
     /// What each stage may do (AWS template and Kubernetes RBAC) and what is wrong with it;
     /// exits 1 when there are findings.
     Audit {
@@ -176,6 +208,20 @@ pub enum Command {
     Events {
         #[command(subcommand)]
         action: EventsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldAction {
+    /// Release the hold on APP's --env: newer runs deploy there again.
+    Release {
+        app: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long = "as", value_name = "WHO")]
+        who: Option<String>,
     },
 }
 

@@ -812,3 +812,83 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     let r = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// Stopping the line over HTTP: only an approver may freeze; a frozen production takes
+/// its approval but waits to deploy (`frozen (production)`), and goes once unfrozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn approvers_freeze_and_unfreeze_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let serve_port = free_port();
+    let hook = format!("http://127.0.0.1:{serve_port}/hooks/registry");
+    let (_registry, reg) = start_registry(&root, Some((&hook, HOOK_SECRET))).await;
+    write_project(&root, reg, "true", "freeze: { recheck: 200ms }");
+    let _serve = start_serve(&root, serve_port).await;
+    let api = Api::new(serve_port);
+    let post = |path: &'static str, token: Option<&'static str>, body: Value| {
+        let mut r = api.client.post(format!("{}{path}", api.base)).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let freeze = json!({"environment": "production", "reason": "incident 7"});
+    assert_eq!(post("/freeze", None, freeze.clone()).await.0, 401);
+    assert_eq!(
+        post("/freeze", Some(READER_TOKEN), freeze.clone()).await.0,
+        401,
+        "readers may not"
+    );
+    let (status, body) = post(
+        "/freeze",
+        Some(ALICE_TOKEN),
+        json!({"environment": "production"}),
+    )
+    .await;
+    assert_eq!(status, 400, "a reason is required: {body}");
+    let (status, body) = post("/freeze", Some(ALICE_TOKEN), freeze).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["by"].as_str(), body["active"].as_bool()),
+        (Some("alice"), Some(true))
+    );
+
+    let digest = push(&root, reg, "demo/app", "1.0.0");
+    api.wait_status(&digest, "awaiting approval (production)")
+        .await;
+    let run = api
+        .runs()
+        .await
+        .into_iter()
+        .find(|r| r["image"]["digest"] == digest.as_str())
+        .and_then(|r| r["run"].as_str().map(str::to_owned))
+        .unwrap();
+    let (status, body) = api.decide(&run, "production", ALICE_TOKEN, "approve").await;
+    assert_eq!(status, 200, "approvals may still be given: {body}");
+    api.wait_status(&digest, "frozen (production)").await;
+    assert!(manifest(&root, "production").contains("example/app:0.0.1"));
+
+    let (status, body) = post(
+        "/unfreeze",
+        Some(ALICE_TOKEN),
+        json!({"environment": "production", "reason": "fixed"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lifted"]["by"], "alice");
+    api.wait_status(&digest, "deployed").await;
+    assert!(manifest(&root, "production").contains(&digest));
+    let (status, _) = post(
+        "/unfreeze",
+        Some(ALICE_TOKEN),
+        json!({"environment": "production"}),
+    )
+    .await;
+    assert_eq!(status, 409, "not frozen any more");
+}

@@ -268,6 +268,9 @@ pub struct EnvironmentConfig {
     /// Put the previous image back when a deploy fails after changing the target.
     #[serde(default = "yes")]
     pub rollback_on_failure: bool,
+    /// Freeze windows of this environment (besides the global ones).
+    #[serde(default)]
+    pub freeze: crate::config::FreezeConfig,
 }
 
 fn yes() -> bool {

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 mod apps;
 mod bus;
 mod clusters;
+mod freeze;
 mod reactions;
 mod registries;
 mod retention;
@@ -27,6 +28,7 @@ mod serve;
 pub use apps::*;
 pub use bus::*;
 pub use clusters::*;
+pub use freeze::*;
 pub use reactions::*;
 pub use registries::*;
 pub use retention::*;
@@ -64,6 +66,10 @@ pub struct Config {
     /// How long finished runs are kept (`baton gc`, and `baton serve` periodically).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Freeze windows for every app (optionally some environments only), and how often
+    /// waiting deploys look again.
+    #[serde(default)]
+    pub freeze: GlobalFreezeConfig,
     /// Directory relative paths in this file are resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -248,6 +254,22 @@ impl Config {
         }
         self.serve.check("serve", &mut p);
         self.retention.check("retention", &mut p);
+        let envs: BTreeSet<&str> = self
+            .apps
+            .iter()
+            .flat_map(|a| a.environments.iter().map(|e| e.name.as_str()))
+            .collect();
+        let envs: Vec<&str> = envs.into_iter().collect();
+        self.freeze.check("freeze", &envs, &mut p);
+        for (i, app) in self.apps.iter().enumerate() {
+            for (j, env) in app.environments.iter().enumerate() {
+                env.freeze.check(
+                    &format!("apps[{i}].environments[{j}].freeze"),
+                    &envs,
+                    &mut p,
+                );
+            }
+        }
         p
     }
 

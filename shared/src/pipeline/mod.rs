@@ -19,6 +19,7 @@ use crate::ports::Ports;
 pub mod approvals;
 pub mod deployments;
 pub mod harness;
+pub mod holds;
 pub mod retention;
 pub mod runs;
 pub mod stage;
@@ -36,6 +37,7 @@ pub struct Settings {
     pub approvals_url: Option<String>,
     /// Longest a waiting stage sleeps between checks.
     pub max_wait: Duration,
+
     /// Who this worker is, recorded with its claims (see [`crate::process`]).
     pub owner: String,
     /// Fault-suite only: `(stage, point)` at which this pipeline's work panics, as a

@@ -390,6 +390,10 @@ pub enum RunStatus {
     /// An operator rolled this run's image back out of this environment (`baton
     /// rollback`), and it has not been deployed there again since.
     RolledBack(String),
+    /// The deploy to this environment waits: it is held after a rollback.
+    Held(String),
+    /// The deploy to this environment waits: it is frozen (a window, or by hand).
+    Frozen(String),
     AwaitingApproval(String),
     TestsFailed,
     Rejected(String),
@@ -413,6 +417,8 @@ impl std::fmt::Display for RunStatus {
         match self {
             RunStatus::Deployed => f.write_str("deployed"),
             RunStatus::RolledBack(env) => write!(f, "rolled back ({env})"),
+            RunStatus::Held(env) => write!(f, "held ({env})"),
+            RunStatus::Frozen(env) => write!(f, "frozen ({env})"),
             RunStatus::AwaitingApproval(env) => write!(f, "awaiting approval ({env})"),
             RunStatus::TestsFailed => f.write_str("tests failed"),
             RunStatus::Rejected(env) => write!(f, "rejected ({env})"),
@@ -521,6 +527,25 @@ fn status_of(
     }
     if deployed_last {
         return RunStatus::Deployed;
+    }
+    // A deploy waiting on a hold or a freeze says so.
+    if let Some(s) = stages.iter().find(|s| {
+        s.stage == StageName::Deploy
+            && s.status == StageStatus::Waiting
+            && s.progress
+                .as_ref()
+                .is_some_and(|v| v.get("blocked").is_some())
+    }) {
+        let env = s.environment.clone().unwrap_or_default();
+        let kind = s
+            .progress
+            .as_ref()
+            .and_then(|v| v["blocked"]["kind"].as_str());
+        return if kind == Some("hold") {
+            RunStatus::Held(env)
+        } else {
+            RunStatus::Frozen(env)
+        };
     }
     // Waiting at the approve stage: the approval is the stage that waits for people.
     if let Some(s) = stages

@@ -3,6 +3,7 @@
 
 pub mod approval;
 pub mod filter;
+pub mod freeze;
 pub mod tags;
 
 pub use filter::FilterPolicy;

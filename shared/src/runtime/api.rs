@@ -34,6 +34,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 use crate::ids::{is_name, is_run_prefix};
+use crate::pipeline::holds;
 use crate::pipeline::{Pipeline, approvals, runs};
 use crate::policy::approval::{Approver, Verdict};
 use crate::ports::Ports;
@@ -128,7 +129,10 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
     if routes.decisions {
         r = r
             .route("/", post(decide_body::<H>))
-            .route("/approvals/{run}/{env}", post(decide_path::<H>));
+            .route("/approvals/{run}/{env}", post(decide_path::<H>))
+            .route("/freeze", post(stop_line::<H>))
+            .route("/unfreeze", post(stop_line::<H>))
+            .route("/holds/release", post(stop_line::<H>));
     }
     if routes.queries {
         r = r
@@ -488,6 +492,82 @@ async fn decide_body<H: Host>(
         parsed.comment,
     )
     .await
+}
+
+/// The body of `POST /freeze`, `/unfreeze` and `/holds/release`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineRequest {
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /freeze` (stop the line: `{app?, environment?, reason}`), `POST /unfreeze`
+/// (`{app?, environment?, reason?}`) and `POST /holds/release` (`{app, environment,
+/// reason?}`), by an approver; recorded with who and why.
+async fn stop_line<H: Host>(State(h): State<Arc<H>>, request: axum::extract::Request) -> Response {
+    let path = request.uri().path().to_string();
+    let (parts, body) = request.into_parts();
+    let who = match approver(&*h, &parts, &path) {
+        Ok(who) => who,
+        Err(r) => return *r,
+    };
+    let body = match decision_body(&*h, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: LineRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("body: {e} (expected {{\"app\"?, \"environment\"?, \"reason\"}})") }),
+            );
+        }
+    };
+    for (field, name) in [("app", &req.app), ("environment", &req.environment)] {
+        if let Some(n) = name
+            && !is_name(n)
+        {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("{field}: {} is not a name", excerpt(n)) }),
+            );
+        }
+    }
+    let p = h.pipeline();
+    let (app, env, reason) = (
+        req.app.as_deref(),
+        req.environment.as_deref(),
+        req.reason.as_deref(),
+    );
+    let result = match path.as_str() {
+        "/freeze" => holds::freeze(p, app, env, &who.name, reason.unwrap_or(""))
+            .await
+            .map(|r| json!(r)),
+        "/unfreeze" => holds::unfreeze(p, app, env, &who.name, reason)
+            .await
+            .map(|r| json!(r)),
+        _ => match (app, env) {
+            (Some(a), Some(e)) => holds::release(p, a, e, &who.name, reason)
+                .await
+                .map(|r| json!(r)),
+            _ => Err(Error::invalid(
+                "body",
+                "a hold is released for one app's environment: {\"app\", \"environment\"}",
+            )),
+        },
+    };
+    tracing::info!(request = %path, approver = %who.name, ok = result.is_ok(), "line control");
+    h.decided();
+    match result {
+        Ok(v) => reply(StatusCode::OK, v),
+        Err(e) => error_reply(&e),
+    }
 }
 
 async fn decide<H: Host>(

@@ -112,6 +112,20 @@ async fn step<P: TargetPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
     if let crate::config::ApprovalPolicy::Manual(m) = &env.approval {
         approvals::verify(p, input, &ctx, &env_name, m).await?;
     }
+    if let Some(wait) = blocked(p, env, &ctx, sctx).await? {
+        return Ok(wait);
+    }
+    // Waited on a freeze or a hold that has ended: deploy from the start.
+    let unblocked;
+    let sctx = if sctx.progress.as_ref().is_some_and(is_blocked_progress) {
+        unblocked = StageCtx {
+            progress: None,
+            ..sctx.clone()
+        };
+        &unblocked
+    } else {
+        sctx
+    };
     let target = p.ports.deploy_target(app, env)?;
     let req = DeployRequest {
         app: ctx.app.clone(),
@@ -141,6 +155,101 @@ async fn step<P: TargetPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
         deployments::release_lease(p, &ctx.app, &env_name, &lease).await;
     }
     result
+}
+
+fn is_blocked_progress(v: &serde_json::Value) -> bool {
+    v.get("blocked").is_some()
+}
+
+/// A deploy waits (the stage's message comes back later; no function sleeps) while the
+/// environment is held after a rollback on another image, frozen by hand (`baton
+/// freeze`), or frozen by its windows; it looks again every minute, or when the window
+/// says it opens. A deploy already changing the target (its rollout being followed)
+/// finishes. Rollbacks do not come here: they are never blocked.
+async fn blocked<P: Ports>(
+    p: &Pipeline<P>,
+    env: &crate::config::EnvironmentConfig,
+    ctx: &RunContext,
+    sctx: &StageCtx,
+) -> Result<Option<Step>> {
+    if sctx
+        .progress
+        .as_ref()
+        .is_some_and(|v| !is_blocked_progress(v))
+    {
+        return Ok(None);
+    }
+    let now = sctx.now;
+    let app = &ctx.app;
+    let name = &env.name;
+    let hold = crate::pipeline::holds::active_hold(p, app, name)
+        .await?
+        .filter(|h| h.image.digest != ctx.image.digest);
+    let (kind, reason, until) = if let Some(h) = hold {
+        (
+            "hold",
+            format!(
+                "{name} is held on {} since a rollback{} at {}; newer runs wait until `baton hold release {app} --env {name}`",
+                h.image.tagged(),
+                h.by.as_deref()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default(),
+                h.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None,
+        )
+    } else if let Some(f) = crate::pipeline::holds::active_freezes(p, app, name)
+        .await?
+        .into_iter()
+        .next()
+    {
+        (
+            "freeze",
+            format!(
+                "{} frozen by {}: {} (lift with `baton unfreeze{}{}`)",
+                f.scope(),
+                f.by,
+                f.reason,
+                f.app
+                    .as_deref()
+                    .map(|a| format!(" --app {a}"))
+                    .unwrap_or_default(),
+                f.environment
+                    .as_deref()
+                    .map(|e| format!(" --env {e}"))
+                    .unwrap_or_default()
+            ),
+            None,
+        )
+    } else {
+        let windows: Vec<&crate::config::FreezeWindow> = p
+            .config
+            .freeze
+            .windows
+            .iter()
+            .filter(|w| w.applies_to(name))
+            .chain(env.freeze.windows.iter())
+            .collect();
+        match crate::policy::freeze::by_windows(&windows, now) {
+            Some(f) => ("freeze", f.reason, f.until),
+            None => return Ok(None),
+        }
+    };
+    let recheck = p.config.freeze.recheck;
+    let after = until
+        .and_then(|u| u.signed_duration_since(now).to_std().ok())
+        .unwrap_or(recheck)
+        .clamp(recheck.min(Duration::from_secs(1)), recheck);
+    let since = sctx
+        .progress
+        .as_ref()
+        .and_then(|v| v["blocked"]["since"].as_str().map(str::to_string))
+        .unwrap_or_else(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Ok(Some(Step::Wait {
+        after,
+        progress: serde_json::json!({"blocked": {"kind": kind, "reason": reason, "since": since}}),
+        note: format!("{name}: waiting: {reason}"),
+    }))
 }
 
 /// Deploys only an image of the app's own repository (and registry, when configured),
@@ -448,6 +557,9 @@ pub async fn rollback<P: TargetPorts>(
         }),
     );
     harness::publish(p, std::slice::from_ref(&event)).await?;
+    // The environment is held on what was put back: newer runs wait there until the
+    // hold is released.
+    crate::pipeline::holds::hold(p, app, env, &entry.image, Some(&live.image), by).await?;
     // The run rolled back out says so from now on (`rolled back (<env>)`), until its
     // image is deployed there again.
     if live.run != entry.run {

@@ -5,6 +5,7 @@
 mod aws;
 #[cfg(feature = "aws")]
 mod filter_differential;
+mod freeze;
 mod infra;
 #[cfg(feature = "kube")]
 mod k8s;

@@ -1,0 +1,294 @@
+//! Stopping the line: a rollback holds the environment until released; freezes set by
+//! hand and freeze windows make deploys wait (approvals may still be given, rollbacks
+//! still go), and waiting deploys go once the line opens. Deploys wait as queued
+//! re-checks (here every 200 ms), never a sleeping stage.
+
+use std::time::Duration;
+
+use baton::adapters::embedded::DrainOptions;
+use baton::config::Config;
+use baton::pipeline::Settings;
+use baton::pipeline::holds;
+use baton::policy::approval::Verdict;
+use baton::runtime::local::Local;
+use chrono::Utc;
+
+use crate::{Env, Setup, write_manifests};
+
+/// The default setup with `windows` (YAML list entries) as global freeze windows;
+/// waiting deploys look again every 200 ms.
+fn setup_with(windows: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path());
+    std::fs::write(
+        dir.path().join("baton.yaml"),
+        Setup::default().config() + "freeze:\n  recheck: 200ms\n  windows:\n" + windows,
+    )
+    .unwrap();
+    let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+    let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
+    Env { dir, local }
+}
+
+/// Delivers what is due; a deploy waiting on the line is left parked.
+async fn drain(env: &Env) {
+    let opts = DrainOptions {
+        park_after: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let rep = env.local.drain(&opts, |_| {}).await.unwrap();
+    assert_eq!(rep.dead, 0);
+}
+
+/// Lets parked re-checks come due, then delivers them.
+async fn recheck(env: &Env) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drain(env).await;
+}
+
+async fn approve(env: &Env, img: &baton::event::Image, who: &str) {
+    baton::stages::approve::decide(
+        &env.local.pipeline,
+        baton::stages::approve::Decision {
+            run: env.run_of(img).to_string(),
+            environment: "production".into(),
+            by: baton::policy::approval::Approver::named(who),
+            verdict: Verdict::Approve,
+            comment: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn note_of(view: &baton::pipeline::runs::RunView, env: &str) -> String {
+    view.stages
+        .iter()
+        .find(|s| {
+            s.stage == baton::pipeline::StageName::Deploy && s.environment.as_deref() == Some(env)
+        })
+        .and_then(|s| s.note.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_rollback_holds_the_environment_until_the_hold_is_released() {
+    let env = setup_with("    []\n");
+    let t0 = Utc::now();
+    let v1 = env.push("1.0.0", "ci-bot", t0).await;
+    drain(&env).await;
+    let v2 = env
+        .push("1.1.0", "ci-bot", t0 + chrono::Duration::seconds(5))
+        .await;
+    drain(&env).await;
+    assert!(env.manifest("staging").contains(v2.digest.as_str()));
+    let p = &env.local.pipeline;
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("alice"))
+        .await
+        .unwrap();
+    drain(&env).await;
+    assert!(env.manifest("staging").contains(v1.digest.as_str()));
+    assert_eq!(env.status(&v2).await, "rolled back (staging)");
+
+    // A newer push: tested, but staging is held on 1.0.0.
+    let v3 = env
+        .push("1.2.0", "ci-bot", t0 + chrono::Duration::seconds(9))
+        .await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v3).await, "held (staging)");
+    assert!(
+        env.manifest("staging").contains(v1.digest.as_str()),
+        "nothing replaced the held image"
+    );
+    let view = baton::pipeline::runs::view(p, "web", &env.run_of(&v3))
+        .await
+        .unwrap();
+    let note = note_of(&view, "staging");
+    assert!(
+        note.contains("held on localhost:5000/demo/web:1.0.0")
+            && note.contains("by alice")
+            && note.contains("baton hold release web --env staging"),
+        "{note}"
+    );
+    let hold = holds::active_hold(p, "web", "staging")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            hold.image.digest.as_str(),
+            hold.from.as_ref().map(|i| i.digest.as_str())
+        ),
+        (v1.digest.as_str(), Some(v2.digest.as_str()))
+    );
+
+    // Released: the waiting deploy goes.
+    let e = holds::release(p, "web", "production", "bob", None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not held"), "{e}");
+    holds::release(p, "web", "staging", "bob", Some("fixed in 1.2.0"))
+        .await
+        .unwrap();
+    recheck(&env).await;
+    assert!(env.manifest("staging").contains(v3.digest.as_str()));
+    assert_eq!(env.status(&v3).await, "awaiting approval (production)");
+    let released = holds::holds(p).await.unwrap();
+    assert_eq!(released.len(), 1);
+    assert!(!released[0].active);
+    assert_eq!(
+        released[0].released.as_ref().map(|r| r.by.as_str()),
+        Some("bob")
+    );
+}
+
+#[tokio::test]
+async fn a_freeze_stops_deploys_not_approvals_nor_rollbacks_and_unfreezing_lets_them_go() {
+    let env = setup_with("    []\n");
+    let p = &env.local.pipeline;
+    let t0 = Utc::now();
+    let e = holds::freeze(p, None, Some("qa"), "alice", "x")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no app has an environment \"qa\""),
+        "{e}"
+    );
+    let e = holds::freeze(p, None, None, "alice", " ")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a reason"), "{e}");
+
+    // Everything frozen: the first deploy waits.
+    holds::freeze(p, None, None, "alice", "incident 42")
+        .await
+        .unwrap();
+    let v1 = env.push("1.0.0", "ci-bot", t0).await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v1).await, "frozen (staging)");
+    let view = baton::pipeline::runs::view(p, "web", &env.run_of(&v1))
+        .await
+        .unwrap();
+    let note = note_of(&view, "staging");
+    assert!(
+        note.contains("everything frozen by alice: incident 42") && note.contains("baton unfreeze"),
+        "{note}"
+    );
+    let lifted = holds::unfreeze(p, None, None, "bob", Some("resolved"))
+        .await
+        .unwrap();
+    assert_eq!(lifted.lifted.as_ref().map(|l| l.by.as_str()), Some("bob"));
+    recheck(&env).await;
+    assert!(env.manifest("staging").contains(v1.digest.as_str()));
+    approve(&env, &v1, "alice").await;
+    drain(&env).await;
+    assert_eq!(env.status(&v1).await, "deployed");
+
+    // Production frozen: staging still deploys, production may be approved but waits;
+    // a rollback in staging still goes.
+    holds::freeze(
+        p,
+        Some("web"),
+        Some("production"),
+        "carol",
+        "release freeze",
+    )
+    .await
+    .unwrap();
+    let v2 = env
+        .push("1.1.0", "ci-bot", t0 + chrono::Duration::seconds(5))
+        .await;
+    drain(&env).await;
+    assert!(env.manifest("staging").contains(v2.digest.as_str()));
+    approve(&env, &v2, "alice").await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v2).await, "frozen (production)");
+    let live = baton::pipeline::deployments::live(p, "web", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        live.image.digest, v1.digest,
+        "production keeps 1.0.0 while frozen"
+    );
+    holds::freeze(p, None, None, "carol", "everything, too")
+        .await
+        .unwrap();
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+        .await
+        .unwrap();
+    assert!(
+        env.manifest("staging").contains(v1.digest.as_str()),
+        "rollbacks are never blocked"
+    );
+    holds::unfreeze(p, None, None, "carol", None).await.unwrap();
+    let e = holds::unfreeze(p, None, None, "carol", None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not frozen"), "{e}");
+    holds::unfreeze(p, Some("web"), Some("production"), "carol", None)
+        .await
+        .unwrap();
+    recheck(&env).await;
+    let live = baton::pipeline::deployments::live(p, "web", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        live.image.digest, v2.digest,
+        "unfrozen: the approved deploy went"
+    );
+}
+
+#[tokio::test]
+async fn freeze_windows_from_the_configuration_make_deploys_wait() {
+    // Open all the time: every minute, for an hour.
+    let env = setup_with(
+        "    - { name: change-freeze, kind: deny, cron: \"* * * * *\", duration: 1h, time_zone: Europe/Berlin, environments: [staging] }\n",
+    );
+    let v1 = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v1).await, "frozen (staging)");
+    let view = baton::pipeline::runs::view(&env.local.pipeline, "web", &env.run_of(&v1))
+        .await
+        .unwrap();
+    let note = note_of(&view, "staging");
+    assert!(
+        note.contains("freeze window change-freeze is open until"),
+        "{note}"
+    );
+
+    // Allow windows: deploys only inside them (this one opens on 1 January only).
+    let env =
+        setup_with("    - { name: new-year, kind: allow, cron: \"0 0 1 1 *\", duration: 1m }\n");
+    let v1 = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v1).await, "frozen (staging)");
+    let view = baton::pipeline::runs::view(&env.local.pipeline, "web", &env.run_of(&v1))
+        .await
+        .unwrap();
+    assert!(
+        note_of(&view, "staging").contains("outside the allow windows (new-year); new-year opens")
+    );
+
+    // Misconfigured windows are refused at load, naming the field.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("baton.yaml"),
+        Setup::default().config()
+            + "freeze:\n  windows:\n    - { name: w, kind: deny, cron: \"0 18 * * FRI\", duration: 1h, environments: [qa] }\n",
+    )
+    .unwrap();
+    let e = Config::load(&dir.path().join("baton.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("freeze.windows[0].environments: \"qa\" is no app's environment"),
+        "{e}"
+    );
+}
