@@ -58,6 +58,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
         Command::Gc { dry_run } => gc(g, dry_run).await,
+        Command::Freeze { .. }
+        | Command::Unfreeze { .. }
+        | Command::Freezes
+        | Command::Hold { .. }
+            if g.stack.is_some() =>
+        {
+            Err(anyhow!(
+                "freezes and holds work on the local state directory (baton serve) so far; a deployed stack's deploy function reads them from the state bucket (freezes/, holds/), but the CLI cannot set them there yet: nothing was changed"
+            ))
+        }
         Command::Freeze {
             app,
             env,

@@ -36,6 +36,12 @@ pub fn capability(action: &str, resource: &str) -> String {
             "getobject" | "getobjectversion" if resource.contains("/approvals/") => {
                 "store:approvals:read".into()
             }
+            // Freezes and rollback holds: deploy reads them; people set them.
+            "getobject" | "getobjectversion"
+                if resource.contains("/freezes/") || resource.contains("/holds/") =>
+            {
+                "store:line:read".into()
+            }
             // Reading the run log is everyone's; what a stage writes there is its own.
             "putobject" if resource.contains("/runs/") => "store:runs:write".into(),
             "getobject" | "putobject" | "getobjectversion" => {

@@ -70,6 +70,7 @@ pub static SPEC: StageSpec = StageSpec {
         "store:runs:write",
         "store:deployments",
         "store:approvals:read",
+        "store:line:read",
         "store:list",
         "queue",
         "publish",
