@@ -129,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Freezes => freezes(g).await,
+        Command::Envs => envs(g).await,
         Command::Hold {
             action:
                 HoldAction::Release {
@@ -647,6 +648,18 @@ async fn rollback(
             "{env} is held on it: newer runs wait there until `baton hold release {app} --env {env}`"
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton envs`: apps × environments.
+async fn envs(g: &Global) -> Result<ExitCode> {
+    let local = open(g)?;
+    let view = baton::pipeline::environments::view(&local.pipeline).await?;
+    if g.json {
+        print_json(&view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::print_environments(&view);
     Ok(ExitCode::SUCCESS)
 }
 

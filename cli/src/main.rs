@@ -123,6 +123,9 @@ pub enum Command {
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
     },
+    /// What is live in each app's environments: image, since when, by which run and
+    /// whose approval; what waits for approval; freezes, holds, the last failed deploy.
+    Envs,
     /// Stop the line: deploys to the scope (everything; --env in every app; --app; both)
     /// wait until `baton unfreeze`. Approvals may still be given; rollbacks still go.
     Freeze {

@@ -50,6 +50,67 @@ pub fn print_runs(runs: &[RunSummary]) {
     }
 }
 
+/// `baton envs`: one line per app and environment, then what waits, stops or failed.
+pub fn print_environments(envs: &[baton::pipeline::environments::EnvironmentView]) {
+    println!(
+        "{:<10}  {:<12}  {:<12}  {:<14}  {:<16}  {:<16}  {:<16}  NOW",
+        "APP", "ENVIRONMENT", "LIVE", "DIGEST", "SINCE", "RUN", "APPROVED BY"
+    );
+    for e in envs {
+        let (tag, digest, since, run, by) = match &e.live {
+            Some(l) => (
+                l.image.tag.to_string(),
+                l.image.short_digest().to_string(),
+                l.since.format("%Y-%m-%d %H:%M").to_string(),
+                l.run.to_string(),
+                match l.kind {
+                    baton::pipeline::deployments::DeployKind::Rollback => "(rollback)".into(),
+                    _ => l.approved_by.join(","),
+                },
+            ),
+            None => ("-".into(), "".into(), "".into(), "".into(), "".into()),
+        };
+        let mut now = vec![];
+        if let Some(s) = &e.stopped {
+            now.push(s.clone());
+        }
+        for p in &e.pending {
+            now.push(format!(
+                "{} awaits approval ({}/{}, until {})",
+                p.image.tag,
+                p.approvals,
+                p.required,
+                p.expires_at.format("%Y-%m-%d %H:%M")
+            ));
+        }
+        if let Some(f) = &e.last_failure {
+            now.push(format!(
+                "last failure: {} {}",
+                f.image
+                    .as_ref()
+                    .map(|i| i.tag.to_string())
+                    .unwrap_or_default(),
+                f.status
+            ));
+        }
+        println!(
+            "{:<10}  {:<12}  {:<12}  {:<14}  {:<16}  {:<16}  {:<16}  {}",
+            e.app,
+            e.environment,
+            tag,
+            digest,
+            since,
+            run,
+            by,
+            if now.is_empty() {
+                "-".into()
+            } else {
+                now.join("; ")
+            }
+        );
+    }
+}
+
 /// The stage timeline of a run, offsets relative to its first stage.
 pub fn print_timeline(v: &RunView) {
     let now = Utc::now();

@@ -873,6 +873,33 @@ async fn approvers_freeze_and_unfreeze_over_http() {
     assert_eq!(status, 200, "approvals may still be given: {body}");
     api.wait_status(&digest, "frozen (production)").await;
     assert!(manifest(&root, "production").contains("example/app:0.0.1"));
+    let envs = api.get("/api/environments", READER_TOKEN).await;
+    let production = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        production["stopped"],
+        "production of every app frozen by alice: incident 7"
+    );
+    assert!(production["live"].is_null());
+    let staging = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "staging")
+        .unwrap();
+    assert_eq!(staging["live"]["image"]["digest"], digest.as_str());
+    let anonymous = api
+        .client
+        .get(format!("{}/api/environments", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
 
     let (status, body) = post(
         "/unfreeze",

@@ -137,6 +137,7 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
     if routes.queries {
         r = r
             .route("/approvals", get(list_approvals::<H>))
+            .route("/api/environments", get(list_environments::<H>))
             .route("/runs", get(list_runs::<H>))
             .route("/runs/{run}", get(show_run::<H>));
     }
@@ -592,6 +593,21 @@ async fn decide<H: Host>(
     h.decided();
     match result {
         Ok(report) => reply(StatusCode::OK, json!(report)),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// `GET /api/environments`: what is live where ([`crate::pipeline::environments`]), for
+/// approvers and readers.
+async fn list_environments<H: Host>(
+    State(h): State<Arc<H>>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Err(d) = h.caller(request.headers(), request.extensions()) {
+        return unauthenticated(&*h, "an approver or a reader", d);
+    }
+    match crate::pipeline::environments::view(h.pipeline()).await {
+        Ok(v) => reply(StatusCode::OK, json!(v)),
         Err(e) => error_reply(&e),
     }
 }

@@ -292,3 +292,94 @@ async fn freeze_windows_from_the_configuration_make_deploys_wait() {
         "{e}"
     );
 }
+
+/// `baton envs` / `GET /api/environments`: what is live where, by whose approval or
+/// which rollback, what waits for approval, what stops the line, the last failure.
+#[tokio::test]
+async fn the_environment_view_says_what_is_live_where_and_what_waits() {
+    let env = setup_with("    []\n");
+    let p = &env.local.pipeline;
+    let t0 = Utc::now();
+    let v1 = env.push("1.0.0", "ci-bot", t0).await;
+    drain(&env).await;
+    approve(&env, &v1, "alice").await;
+    drain(&env).await;
+    let v2 = env
+        .push("1.1.0", "ci-bot", t0 + chrono::Duration::seconds(5))
+        .await;
+    drain(&env).await;
+    holds::freeze(p, None, Some("production"), "carol", "quarter close")
+        .await
+        .unwrap();
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+        .await
+        .unwrap();
+
+    let view = baton::pipeline::environments::view(p).await.unwrap();
+    assert_eq!(view.len(), 2);
+    let (staging, production) = (&view[0], &view[1]);
+    assert_eq!(
+        (staging.app.as_str(), staging.environment.as_str()),
+        ("web", "staging")
+    );
+    let live = staging.live.as_ref().unwrap();
+    assert_eq!(live.image.digest, v1.digest, "rolled back to 1.0.0");
+    assert_eq!(
+        live.kind,
+        baton::pipeline::deployments::DeployKind::Rollback
+    );
+    assert_eq!(
+        staging.held.as_ref().map(|h| h.by.as_deref()),
+        Some(Some("dave"))
+    );
+    assert!(
+        staging.stopped.as_deref().unwrap().contains("held on"),
+        "{:?}",
+        staging.stopped
+    );
+    let live = production.live.as_ref().unwrap();
+    assert_eq!(
+        (live.image.digest.as_str(), live.approved_by.as_slice()),
+        (v1.digest.as_str(), &["alice".to_string()][..])
+    );
+    assert_eq!(production.pending.len(), 1);
+    assert_eq!(
+        (
+            production.pending[0].image.digest.as_str(),
+            production.pending[0].approvals,
+            production.pending[0].required
+        ),
+        (v2.digest.as_str(), 0, 1)
+    );
+    assert_eq!(
+        production.stopped.as_deref(),
+        Some("production of every app frozen by carol: quarter close")
+    );
+    assert!(production.last_failure.is_none() && staging.last_failure.is_none());
+
+    // A failed deploy is the environment's last failure.
+    let broken = {
+        let dir = tempfile::tempdir().unwrap();
+        write_manifests(dir.path());
+        let s = Setup {
+            staging_dir: "manifests/missing".into(),
+            ..Setup::default()
+        };
+        std::fs::write(dir.path().join("baton.yaml"), s.config()).unwrap();
+        let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
+        let local = Local::open(config, &dir.path().join("state"), Settings::default()).unwrap();
+        Env { dir, local }
+    };
+    let img = broken.push("1.0.0", "ci-bot", Utc::now()).await;
+    drain(&broken).await;
+    let view = baton::pipeline::environments::view(&broken.local.pipeline)
+        .await
+        .unwrap();
+    let f = view[0]
+        .last_failure
+        .as_ref()
+        .expect("staging's failed deploy");
+    assert_eq!(f.run, broken.run_of(&img));
+    assert!(f.status.to_string().contains("staging"), "{}", f.status);
+    assert!(view[0].live.is_none());
+}
