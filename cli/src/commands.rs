@@ -130,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Freezes => freezes(g).await,
         Command::Envs => envs(g).await,
+        Command::Dora { since } => dora(g, &since).await,
         Command::Hold {
             action:
                 HoldAction::Release {
@@ -646,6 +647,87 @@ async fn rollback(
         );
         println!(
             "{env} is held on it: newer runs wait there until `baton hold release {app} --env {env}`"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton dora --since 30d`.
+async fn dora(g: &Global, since: &str) -> Result<ExitCode> {
+    let window = humantime::parse_duration(since)
+        .map_err(|e| anyhow!("--since {since:?}: {e} (e.g. 30d, 12h, 2w)"))?;
+    let window =
+        chrono::Duration::from_std(window).map_err(|_| anyhow!("--since {since:?} is too long"))?;
+    let local = open(g)?;
+    let p = &local.pipeline;
+    let until = chrono::Utc::now();
+    let from = until
+        .checked_sub_signed(window)
+        .ok_or_else(|| anyhow!("--since {since:?} is too long"))?;
+    let facts = baton::pipeline::dora::collect(p).await?;
+    let envs: Vec<(String, String)> = p
+        .config
+        .apps
+        .iter()
+        .flat_map(|a| {
+            a.environments
+                .iter()
+                .map(|e| (a.name.clone(), e.name.clone()))
+        })
+        .collect();
+    let figures = baton::pipeline::dora::compute(&facts, &envs, from, until);
+    if g.json {
+        print_json(&json!({"since": from, "until": until, "figures": figures}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "DORA from {} to {} ({} runs on record)",
+        from.format("%Y-%m-%d %H:%M"),
+        until.format("%Y-%m-%d %H:%M"),
+        facts.len()
+    );
+    println!(
+        "{:<10}  {:<12}  {:>7}  {:>7}  {:>12}  {:>12}  {:>14}  {:>12}",
+        "APP",
+        "ENVIRONMENT",
+        "DEPLOYS",
+        "PER DAY",
+        "LEAD p50",
+        "LEAD p90",
+        "CHANGE FAILURE",
+        "RESTORE p50"
+    );
+    // Two units at most: 9d 6h, 6h 48m, 48m 22s, 22s.
+    let dur = |s: Option<f64>| {
+        let Some(s) = s else {
+            return "-".to_string();
+        };
+        let s = s.round() as u64;
+        let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+        match (d, h, m) {
+            (0, 0, 0) => format!("{sec}s"),
+            (0, 0, _) => format!("{m}m {sec}s"),
+            (0, _, _) => format!("{h}h {m}m"),
+            _ => format!("{d}d {h}h"),
+        }
+    };
+    for f in &figures {
+        println!(
+            "{:<10}  {:<12}  {:>7}  {:>7.2}  {:>12}  {:>12}  {:>14}  {:>12}",
+            f.app,
+            f.environment,
+            f.deployments,
+            f.deployments_per_day,
+            dur(f.lead_time_p50),
+            dur(f.lead_time_p90),
+            f.change_failure_rate
+                .map(|r| format!("{:.0}% ({})", r * 100.0, f.change_failures))
+                .unwrap_or_else(|| "-".into()),
+            if f.unrestored > 0 {
+                format!("{} ({} open)", dur(f.time_to_restore_p50), f.unrestored)
+            } else {
+                dur(f.time_to_restore_p50)
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -123,6 +123,13 @@ pub enum Command {
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
     },
+    /// DORA's four keys per app and environment from the run records: deployments (per
+    /// day), lead time push → deployed, change failure rate, time to restore.
+    Dora {
+        /// The window, back from now: `30d`, `12h`, `2w`.
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
     /// What is live in each app's environments: image, since when, by which run and
     /// whose approval; what waits for approval; freezes, holds, the last failed deploy.
     Envs,

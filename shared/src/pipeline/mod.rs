@@ -18,6 +18,7 @@ use crate::ports::Ports;
 
 pub mod approvals;
 pub mod deployments;
+pub mod dora;
 pub mod environments;
 pub mod harness;
 pub mod holds;

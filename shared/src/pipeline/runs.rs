@@ -45,6 +45,9 @@ pub struct RunView {
     /// The run log, in publication order.
     pub events: Vec<Event>,
     pub approvals: Vec<ApprovalRecord>,
+    /// Environments `baton rollback` took this run's image out of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back: Vec<RolledBackMark>,
 }
 
 /// Finds a run by its id or a unique prefix of it (at least 4 characters).
@@ -318,6 +321,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>, app: &str, run: &RunId) -> Result<R
         stages,
         events,
         approvals,
+        rolled_back,
     })
 }
 

@@ -383,3 +383,54 @@ async fn the_environment_view_says_what_is_live_where_and_what_waits() {
     assert!(f.status.to_string().contains("staging"), "{}", f.status);
     assert!(view[0].live.is_none());
 }
+
+/// `baton dora` reads its facts from the run records: pushes, deploys, rollbacks.
+#[tokio::test]
+async fn dora_figures_come_from_the_run_records() {
+    let env = setup_with("    []\n");
+    let p = &env.local.pipeline;
+    let t0 = Utc::now() - chrono::Duration::hours(2);
+    let v1 = env.push("1.0.0", "ci-bot", t0).await;
+    drain(&env).await;
+    approve(&env, &v1, "alice").await;
+    drain(&env).await;
+    env.push("1.1.0", "ci-bot", t0 + chrono::Duration::hours(1))
+        .await;
+    drain(&env).await;
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+        .await
+        .unwrap();
+
+    let facts = baton::pipeline::dora::collect(p).await.unwrap();
+    assert_eq!(facts.len(), 2);
+    let envs = vec![
+        ("web".to_string(), "staging".to_string()),
+        ("web".to_string(), "production".to_string()),
+    ];
+    let now = Utc::now();
+    let f = baton::pipeline::dora::compute(
+        &facts,
+        &envs,
+        now - chrono::Duration::days(1),
+        now + chrono::Duration::seconds(1),
+    );
+    let (staging, production) = (&f[0], &f[1]);
+    assert_eq!(staging.deployments, 2, "the rollback is not a deployment");
+    assert_eq!(
+        (staging.change_failures, staging.change_failure_rate),
+        (1, Some(0.5)),
+        "1.1.0 was rolled back"
+    );
+    let lead = staging.lead_time_p50.unwrap();
+    assert!(
+        (3600.0..3660.0).contains(&lead),
+        "1.1.0 pushed an hour ago: {lead}"
+    );
+    assert!(staging.time_to_restore_p50.unwrap() < 60.0);
+    assert_eq!((production.deployments, production.change_failures), (1, 0));
+    let lead = production.lead_time_p50.unwrap();
+    assert!(
+        (7200.0..7260.0).contains(&lead),
+        "1.0.0 pushed two hours ago: {lead}"
+    );
+}
