@@ -901,6 +901,86 @@ async fn approvers_freeze_and_unfreeze_over_http() {
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 
+    // /metrics, parsed as Prometheus does.
+    let anonymous = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(READER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert!(
+        value(
+            "baton_deliveries_total",
+            &[("subscription", "deploy"), ("outcome", "done")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("baton_runs", &[("status", "frozen (production)")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("baton_pending_approvals", &[("environment", "production")]),
+        None,
+        "approved: {text}"
+    );
+    assert_eq!(
+        value(
+            "baton_dora_deployments",
+            &[("app", "app"), ("environment", "staging")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "baton_dora_deployments",
+            &[("app", "app"), ("environment", "production")]
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            "baton_dora_lead_time_seconds",
+            &[("environment", "staging"), ("quantile", "0.5")]
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(value("baton_dead_letters", &[]), Some(0.0), "{text}");
+    assert!(
+        text.contains("baton_delivery_seconds_bucket{"),
+        "a histogram per subscription: {text}"
+    );
+
     let (status, body) = post(
         "/unfreeze",
         Some(ALICE_TOKEN),

@@ -113,6 +113,11 @@ pub trait Host: Send + Sync + 'static {
     /// A decision was recorded (`baton serve` wakes its dispatcher).
     fn decided(&self) {}
 
+    /// `GET /metrics`: the exposition, where the host keeps metrics (`baton serve`).
+    fn metrics(&self) -> impl std::future::Future<Output = Option<Result<String>>> + Send {
+        async { None }
+    }
+
     /// What `GET /healthz` reports: healthy or not (503), and the details.
     fn health(&self) -> impl std::future::Future<Output = (bool, Value)> + Send {
         async { (true, json!({ "status": "ok" })) }
@@ -138,6 +143,7 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
         r = r
             .route("/approvals", get(list_approvals::<H>))
             .route("/api/environments", get(list_environments::<H>))
+            .route("/metrics", get(metrics::<H>))
             .route("/runs", get(list_runs::<H>))
             .route("/runs/{run}", get(show_run::<H>));
     }
@@ -594,6 +600,30 @@ async fn decide<H: Host>(
     match result {
         Ok(report) => reply(StatusCode::OK, json!(report)),
         Err(e) => error_reply(&e),
+    }
+}
+
+/// `GET /metrics`: Prometheus/OpenMetrics text, for approvers and readers (a scrape
+/// config's `authorization: {credentials: <reader token>}`).
+async fn metrics<H: Host>(State(h): State<Arc<H>>, request: axum::extract::Request) -> Response {
+    if let Err(d) = h.caller(request.headers(), request.extensions()) {
+        return unauthenticated(&*h, "an approver or a reader", d);
+    }
+    match h.metrics().await {
+        None => reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "this endpoint keeps no metrics" }),
+        ),
+        Some(Err(e)) => error_reply(&e),
+        Some(Ok(text)) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
     }
 }
 

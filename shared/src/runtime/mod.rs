@@ -11,4 +11,6 @@ pub mod function;
 pub mod lambda;
 pub mod local;
 #[cfg(feature = "serve")]
+pub mod metrics;
+#[cfg(feature = "serve")]
 pub mod serve;

@@ -52,6 +52,7 @@ pub struct Server {
     request_timeout: Duration,
     wake: Arc<Notify>,
     dispatcher: std::sync::Mutex<Dispatcher>,
+    metrics: crate::runtime::metrics::Metrics,
 }
 
 /// What the dispatcher last did, for `/healthz`.
@@ -139,6 +140,7 @@ impl Server {
             request_timeout: cfg.request_timeout,
             wake: Arc::new(Notify::new()),
             dispatcher: Default::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -270,6 +272,7 @@ impl Server {
             let result = self
                 .local
                 .drain(&opts, |d| {
+                    self.metrics.observe(d);
                     tracing::info!(subscription = %d.subscription, id = %d.message.id,
                         outcome = ?d.outcome, ms = d.elapsed.as_millis() as u64, "delivered");
                 })
@@ -409,6 +412,10 @@ impl Host for Server {
 
     fn decided(&self) {
         self.wake.notify_one();
+    }
+
+    async fn metrics(&self) -> Option<Result<String>> {
+        Some(self.metrics.render(&self.local.pipeline).await)
     }
 
     /// Healthy when the dispatcher runs without error and the state directory takes a

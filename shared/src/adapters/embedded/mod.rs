@@ -9,7 +9,7 @@ pub mod notify;
 pub mod registry;
 pub mod store;
 
-pub use bus::{Delivery, DrainOptions, DrainReport, EmbeddedBus, Subscriber};
+pub use bus::{Delivery, DeliveryReport, DrainOptions, DrainReport, EmbeddedBus, Subscriber};
 pub use command::CommandRunner;
 pub use manifest::ManifestTarget;
 pub use notify::{LogNotifier, WebhookNotifier};
