@@ -665,17 +665,8 @@ async fn dora(g: &Global, since: &str) -> Result<ExitCode> {
         .checked_sub_signed(window)
         .ok_or_else(|| anyhow!("--since {since:?} is too long"))?;
     let facts = baton::pipeline::dora::collect(p).await?;
-    let envs: Vec<(String, String)> = p
-        .config
-        .apps
-        .iter()
-        .flat_map(|a| {
-            a.environments
-                .iter()
-                .map(|e| (a.name.clone(), e.name.clone()))
-        })
-        .collect();
-    let figures = baton::pipeline::dora::compute(&facts, &envs, from, until);
+    let figures =
+        baton::pipeline::dora::compute(&facts, &p.config.environment_names(), from, until);
     if g.json {
         print_json(&json!({"since": from, "until": until, "figures": figures}))?;
         return Ok(ExitCode::SUCCESS);
@@ -770,14 +761,7 @@ async fn freezes(g: &Global) -> Result<ExitCode> {
     let mut windows = vec![];
     for app in &p.config.apps {
         for env in &app.environments {
-            let ws: Vec<&baton::config::FreezeWindow> = p
-                .config
-                .freeze
-                .windows
-                .iter()
-                .filter(|w| w.applies_to(&env.name))
-                .chain(env.freeze.windows.iter())
-                .collect();
+            let ws = p.config.freeze_windows(env);
             if let Some(f) = baton::policy::freeze::by_windows(&ws, now) {
                 windows.push(serde_json::json!({
                     "app": app.name, "environment": env.name, "reason": f.reason, "until": f.until,

@@ -273,6 +273,29 @@ impl Config {
         p
     }
 
+    /// The freeze windows of environment `env`: the global ones that apply to it, then
+    /// its own.
+    pub fn freeze_windows<'a>(&'a self, env: &'a EnvironmentConfig) -> Vec<&'a FreezeWindow> {
+        self.freeze
+            .windows
+            .iter()
+            .filter(|w| w.applies_to(&env.name))
+            .chain(env.freeze.windows.iter())
+            .collect()
+    }
+
+    /// Every configured `(app, environment)`, in configuration order.
+    pub fn environment_names(&self) -> Vec<(String, String)> {
+        self.apps
+            .iter()
+            .flat_map(|a| {
+                a.environments
+                    .iter()
+                    .map(|e| (a.name.clone(), e.name.clone()))
+            })
+            .collect()
+    }
+
     /// Whether `name` is a declared cluster (for `at`).
     fn check_cluster_ref(&self, at: &str, name: &str, p: &mut Vec<String>) {
         if !self.clusters.iter().any(|c| c.name == name) {

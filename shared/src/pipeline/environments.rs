@@ -117,14 +117,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>) -> Result<Vec<EnvironmentView>> {
                 since: h.at,
                 by: h.by,
             });
-            let windows: Vec<&crate::config::FreezeWindow> = p
-                .config
-                .freeze
-                .windows
-                .iter()
-                .filter(|w| w.applies_to(name))
-                .chain(env.freeze.windows.iter())
-                .collect();
+            let windows = p.config.freeze_windows(env);
             let stopped = match holds::active_freezes(p, &app.name, name).await?.first() {
                 Some(f) => Some(format!("{} frozen by {}: {}", f.scope(), f.by, f.reason)),
                 None => crate::policy::freeze::by_windows(&windows, now)

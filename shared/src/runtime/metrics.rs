@@ -124,17 +124,12 @@ impl Metrics {
         }
         let until = p.ports.now();
         let since = until - chrono::Duration::days(DORA_WINDOW_DAYS);
-        let envs: Vec<(String, String)> = p
-            .config
-            .apps
-            .iter()
-            .flat_map(|a| {
-                a.environments
-                    .iter()
-                    .map(|e| (a.name.clone(), e.name.clone()))
-            })
-            .collect();
-        let figures = dora::compute(&dora::collect(p).await?, &envs, since, until);
+        let figures = dora::compute(
+            &dora::collect(p).await?,
+            &p.config.environment_names(),
+            since,
+            until,
+        );
         *cached = Some((Instant::now(), figures.clone()));
         Ok(figures)
     }

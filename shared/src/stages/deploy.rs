@@ -223,14 +223,7 @@ async fn blocked<P: Ports>(
             None,
         )
     } else {
-        let windows: Vec<&crate::config::FreezeWindow> = p
-            .config
-            .freeze
-            .windows
-            .iter()
-            .filter(|w| w.applies_to(name))
-            .chain(env.freeze.windows.iter())
-            .collect();
+        let windows = p.config.freeze_windows(env);
         match crate::policy::freeze::by_windows(&windows, now) {
             Some(f) => ("freeze", f.reason, f.until),
             None => return Ok(None),

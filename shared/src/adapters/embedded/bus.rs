@@ -512,6 +512,30 @@ struct Finished {
     elapsed: Duration,
 }
 
+/// A leader's turn at the group commit. Dropped after the commit it hands the lead back;
+/// dropped by a panic inside the commit (its `tickets` still set) it also answers every
+/// publisher of the batch with an error, so none waits forever and the next publisher
+/// leads.
+struct Leading<'a> {
+    log: &'a Log,
+    tickets: Vec<u64>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        let mut g = self.log.group();
+        g.leading = false;
+        for t in self.tickets.drain(..) {
+            g.done.insert(
+                t,
+                Err("the write of this batch of publishes was interrupted (a panic); nothing of it is known to be on disk".into()),
+            );
+        }
+        drop(g);
+        self.log.committed.notify_all();
+    }
+}
+
 impl Log {
     fn open(
         dir: PathBuf,
@@ -860,13 +884,17 @@ impl Log {
             g.leading = true;
             let batch = std::mem::take(&mut g.queue);
             drop(g);
-            let tickets: Vec<u64> = batch.iter().map(|(t, _, _)| *t).collect();
+            let mut turn = Leading {
+                log: self,
+                tickets: batch.iter().map(|(t, _, _)| *t).collect(),
+            };
             let results: Vec<std::result::Result<u64, String>> = match self.commit(batch) {
                 Ok(seqs) => seqs.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e.to_string()); tickets.len()],
+                Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
             };
+            let tickets = std::mem::take(&mut turn.tickets);
+            drop(turn);
             g = self.group();
-            g.leading = false;
             g.done.extend(tickets.into_iter().zip(results));
             self.committed.notify_all();
         }
@@ -1119,6 +1147,86 @@ mod tests {
             seen: Mutex::new(vec![]),
             fail_b: AtomicUsize::new(fail_b),
         }
+    }
+
+    /// Deliveries in flight at once follow `DrainOptions::concurrency`
+    /// (`bus.concurrency`): one at a time by default, as many as allowed otherwise.
+    #[tokio::test]
+    async fn deliveries_run_side_by_side_up_to_the_concurrency() {
+        struct Overlap {
+            now: AtomicUsize,
+            most: AtomicUsize,
+        }
+        impl Subscriber for Overlap {
+            async fn deliver(&self, _sub: &str, _msg: &BusMessage) -> Delivery {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                self.now.fetch_sub(1, Ordering::SeqCst);
+                Delivery::Done
+            }
+        }
+        for (concurrency, want) in [(1, 1), (3, 3)] {
+            let dir = tempfile::tempdir().unwrap();
+            let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+            for i in 0..3 {
+                // each reaches subscriptions a and b: six deliveries
+                bus.publish_message(&msg(&format!("m{i}"), "x"))
+                    .await
+                    .unwrap();
+            }
+            let o = Overlap {
+                now: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            };
+            let opts = DrainOptions {
+                concurrency,
+                ..DrainOptions::default()
+            };
+            let rep = bus.drain(&o, &opts, |_| {}).await.unwrap();
+            assert_eq!(rep.delivered, 6);
+            assert_eq!(
+                o.most.load(Ordering::SeqCst),
+                want,
+                "concurrency {concurrency}"
+            );
+        }
+    }
+
+    /// A leader that panics while writing its batch answers the batch's publishers with
+    /// an error and hands the lead back: nobody waits forever, the next publish works.
+    #[tokio::test]
+    async fn a_panicking_group_commit_leader_releases_the_lead_and_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        let log = bus.0.clone();
+        {
+            let mut g = log.group();
+            g.leading = true;
+            g.done.clear();
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _turn = Leading {
+                log: &log,
+                tickets: vec![7, 8],
+            };
+            panic!("the disk went away mid-write");
+        }));
+        assert!(panicked.is_err());
+        {
+            let g = log.group();
+            assert!(!g.leading, "the lead is handed back");
+            assert!(
+                matches!(g.done.get(&7), Some(Err(e)) if e.contains("interrupted")),
+                "{:?}",
+                g.done
+            );
+            assert!(g.done.contains_key(&8));
+        }
+        let seq = bus.publish_message(&msg("after", "x")).await.unwrap();
+        assert_eq!(seq, 0, "the next publisher leads and commits");
+        // A normal turn leaves no answer behind.
+        assert!(log.group().done.keys().all(|t| *t == 7 || *t == 8));
     }
 
     #[tokio::test]
