@@ -47,13 +47,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             env,
             who,
             comment,
-        } => decide(g, run, env, who, Verdict::Approve, comment).await,
+            release_hold,
+        } => decide(g, run, env, who, Verdict::Approve, comment, release_hold).await,
         Command::Reject {
             run,
             env,
             who,
             reason,
-        } => decide(g, run, env, who, Verdict::Reject, reason).await,
+        } => decide(g, run, env, who, Verdict::Reject, reason, false).await,
         Command::Rollback { app, env, to, who } => {
             rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
         }
@@ -589,6 +590,7 @@ async fn decide(
     who: String,
     verdict: Verdict,
     comment: Option<String>,
+    release_hold: bool,
 ) -> Result<ExitCode> {
     let local = open(g)?;
     let by = local.pipeline.config.approver(&who, "cli");
@@ -600,6 +602,7 @@ async fn decide(
             by,
             verdict,
             comment,
+            release_hold,
         },
     )
     .await?;

@@ -151,6 +151,7 @@ pub async fn run(dir: &Path, g: &Global) -> Result<ExitCode> {
                 by: p.config.approver(&approver, "cli"),
                 verdict: Verdict::Approve,
                 comment: Some("approved by baton demo".into()),
+                release_hold: false,
             },
         )
         .await?;

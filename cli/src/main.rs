@@ -100,6 +100,9 @@ pub enum Command {
         who: String,
         #[arg(long)]
         comment: Option<String>,
+        /// Also release the environment's rollback hold, so this run may deploy there.
+        #[arg(long)]
+        release_hold: bool,
     },
     /// Reject a run's deploy to an environment.
     Reject {

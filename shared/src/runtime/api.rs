@@ -387,6 +387,9 @@ struct PathDecision {
     decision: Verdict,
     #[serde(default)]
     comment: Option<String>,
+    /// An approval that also releases the environment's rollback hold.
+    #[serde(default)]
+    release_hold: bool,
 }
 
 /// `POST /`'s body.
@@ -398,6 +401,8 @@ struct BodyDecision {
     decision: Verdict,
     #[serde(default)]
     comment: Option<String>,
+    #[serde(default)]
+    release_hold: bool,
 }
 
 /// The approver a decision request authenticates as, or the answer that refuses it.
@@ -462,7 +467,16 @@ async fn decide_path<H: Host>(
             );
         }
     };
-    decide(&*h, who, run, env, parsed.decision, parsed.comment).await
+    decide(
+        &*h,
+        who,
+        run,
+        env,
+        parsed.decision,
+        parsed.comment,
+        parsed.release_hold,
+    )
+    .await
 }
 
 async fn decide_body<H: Host>(
@@ -497,6 +511,7 @@ async fn decide_body<H: Host>(
         parsed.environment,
         parsed.decision,
         parsed.comment,
+        parsed.release_hold,
     )
     .await
 }
@@ -584,6 +599,7 @@ async fn decide<H: Host>(
     environment: String,
     verdict: Verdict,
     comment: Option<String>,
+    release_hold: bool,
 ) -> Response {
     let result = approve::decide(
         h.pipeline(),
@@ -593,6 +609,7 @@ async fn decide<H: Host>(
             by,
             verdict,
             comment,
+            release_hold,
         },
     )
     .await;

@@ -37,6 +37,9 @@ pub struct Decision {
     pub by: Approver,
     pub verdict: Verdict,
     pub comment: Option<String>,
+    /// An approval that also releases the environment's rollback hold, so this run (and
+    /// newer ones) may deploy there again.
+    pub release_hold: bool,
 }
 
 /// Where an approval stands after a decision.
@@ -50,6 +53,9 @@ pub struct DecisionReport {
     pub required: u32,
     /// False when the same person had already made the same decision.
     pub recorded: bool,
+    /// The decision released the environment's rollback hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_released: bool,
 }
 
 const CONSUMES: &[EventType] = &[EventType::ApprovalRequested];
@@ -279,6 +285,17 @@ pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionRe
             true
         }
     };
+    let mut hold_released = false;
+    if d.release_hold && d.verdict == Verdict::Approve {
+        let why = format!("approval of run {run} by {} says so", d.by.name);
+        match crate::pipeline::holds::release(p, &app_name, &d.environment, &d.by.name, Some(&why))
+            .await
+        {
+            Ok(_) => hold_released = true,
+            Err(Error::Settled(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let (rec, _) = get_json::<_, ApprovalRecord>(store, &key)
         .await?
         .ok_or_else(|| Error::not_found("approval", key.clone()))?;
@@ -296,6 +313,7 @@ pub async fn decide<P: Ports>(p: &Pipeline<P>, d: Decision) -> Result<DecisionRe
         status: rec.status,
         approvals,
         required: rec.rules.required,
+        hold_released,
         recorded,
     })
 }
@@ -332,6 +350,7 @@ mod tests {
             by: p.config.approver(by, "test"),
             verdict,
             comment: None,
+            release_hold: false,
         }
     }
 

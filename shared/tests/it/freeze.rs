@@ -18,11 +18,15 @@ use crate::{Env, Setup, write_manifests};
 /// The default setup with `windows` (YAML list entries) as global freeze windows;
 /// waiting deploys look again every 200 ms.
 fn setup_with(windows: &str) -> Env {
+    setup_from(Setup::default(), windows)
+}
+
+fn setup_from(s: Setup, windows: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     write_manifests(dir.path());
     std::fs::write(
         dir.path().join("baton.yaml"),
-        Setup::default().config() + "freeze:\n  recheck: 200ms\n  windows:\n" + windows,
+        s.config() + "freeze:\n  recheck: 200ms\n  windows:\n" + windows,
     )
     .unwrap();
     let config = Config::load(&dir.path().join("baton.yaml")).unwrap();
@@ -47,6 +51,15 @@ async fn recheck(env: &Env) {
 }
 
 async fn approve(env: &Env, img: &baton::event::Image, who: &str) {
+    approve_with(env, img, who, false).await;
+}
+
+async fn approve_with(
+    env: &Env,
+    img: &baton::event::Image,
+    who: &str,
+    release_hold: bool,
+) -> baton::stages::approve::DecisionReport {
     baton::stages::approve::decide(
         &env.local.pipeline,
         baton::stages::approve::Decision {
@@ -55,10 +68,11 @@ async fn approve(env: &Env, img: &baton::event::Image, who: &str) {
             by: baton::policy::approval::Approver::named(who),
             verdict: Verdict::Approve,
             comment: None,
+            release_hold,
         },
     )
     .await
-    .unwrap();
+    .unwrap()
 }
 
 fn note_of(view: &baton::pipeline::runs::RunView, env: &str) -> String {
@@ -432,5 +446,69 @@ async fn dora_figures_come_from_the_run_records() {
     assert!(
         (7200.0..7260.0).contains(&lead),
         "1.0.0 pushed two hours ago: {lead}"
+    );
+}
+
+/// An approval may say it releases the hold: the approved run deploys to the held
+/// environment, and the hold's record says whose approval released it.
+#[tokio::test]
+async fn an_approval_that_says_so_releases_a_hold() {
+    let env = setup_from(
+        Setup {
+            production: "{ approvers: [alice, bob], required: 2, expires_after: 1h }".into(),
+            ..Setup::default()
+        },
+        "    []\n",
+    );
+    let p = &env.local.pipeline;
+    let t0 = Utc::now();
+    let v1 = env.push("1.0.0", "ci-bot", t0).await;
+    drain(&env).await;
+    approve(&env, &v1, "alice").await;
+    approve(&env, &v1, "bob").await;
+    drain(&env).await;
+    let v2 = env
+        .push("1.1.0", "ci-bot", t0 + chrono::Duration::seconds(5))
+        .await;
+    drain(&env).await;
+    approve(&env, &v2, "alice").await;
+    approve(&env, &v2, "bob").await;
+    drain(&env).await;
+    baton::stages::deploy::rollback(p, "web", "production", None, Some("dave"))
+        .await
+        .unwrap();
+    let v3 = env
+        .push("1.2.0", "ci-bot", t0 + chrono::Duration::seconds(9))
+        .await;
+    drain(&env).await;
+    // An ordinary approval releases nothing.
+    let r = approve_with(&env, &v3, "alice", false).await;
+    assert!(!r.hold_released);
+    assert!(
+        holds::active_hold(p, "web", "production")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The second approval says so: granted and released; the run deploys.
+    let r = approve_with(&env, &v3, "bob", true).await;
+    assert!(r.hold_released);
+    drain(&env).await;
+    recheck(&env).await;
+    let live = baton::pipeline::deployments::live(p, "web", "production")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.image.digest, v3.digest);
+    let h = &holds::holds(p).await.unwrap()[0];
+    let released = h.released.as_ref().unwrap();
+    assert_eq!(released.by, "bob");
+    assert!(
+        released
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("approval of run"),
+        "{released:?}"
     );
 }

@@ -29,6 +29,7 @@ fn decision(run: &str, env: &str, by: &str, verdict: Verdict) -> Decision {
         by: baton::policy::approval::Approver::named(by),
         verdict,
         comment: None,
+        release_hold: false,
     }
 }
 
