@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::policy::freeze::WindowKind;
+
 /// `freeze:` of one environment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,16 +56,6 @@ impl GlobalFreezeConfig {
     }
 }
 
-/// Whether deploys wait while a window is open, or may happen only then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WindowKind {
-    /// Deploys wait while the window is open (a holiday, a quiet weekend).
-    Deny,
-    /// Deploys happen only while one of the allow windows is open (business hours).
-    Allow,
-}
-
 /// One recurring window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +78,17 @@ pub struct FreezeWindow {
 }
 
 impl FreezeWindow {
+    /// The window, for [`crate::policy::freeze`].
+    pub fn window(&self) -> crate::policy::freeze::Window<'_> {
+        crate::policy::freeze::Window {
+            name: &self.name,
+            kind: self.kind,
+            schedule: self.cron.schedule(),
+            duration: self.duration,
+            tz: self.time_zone.0,
+        }
+    }
+
     /// Whether it applies to environment `env`.
     pub fn applies_to(&self, env: &str) -> bool {
         self.environments.is_empty() || self.environments.iter().any(|e| e == env)
@@ -211,5 +214,27 @@ impl<'de> Deserialize<'de> for TimeZone {
                 "{s:?} is not an IANA time zone name (e.g. \"Europe/Berlin\", \"America/New_York\", \"UTC\")"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions_and_time_zones_are_checked_with_what_to_write() {
+        let e = serde_json::from_value::<FreezeWindow>(serde_json::json!({
+            "name": "w", "kind": "deny", "cron": "0 0 18 * * FRI", "duration": "1h"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("has 6 fields; give five"), "{e}");
+        let e = serde_json::from_value::<FreezeWindow>(serde_json::json!({
+            "name": "w", "kind": "deny", "cron": "0 18 * * FRI", "duration": "1h",
+            "time_zone": "Mars/Olympus"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not an IANA time zone name"), "{e}");
     }
 }

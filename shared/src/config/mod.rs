@@ -275,12 +275,16 @@ impl Config {
 
     /// The freeze windows of environment `env`: the global ones that apply to it, then
     /// its own.
-    pub fn freeze_windows<'a>(&'a self, env: &'a EnvironmentConfig) -> Vec<&'a FreezeWindow> {
+    pub fn freeze_windows<'a>(
+        &'a self,
+        env: &'a EnvironmentConfig,
+    ) -> Vec<crate::policy::freeze::Window<'a>> {
         self.freeze
             .windows
             .iter()
             .filter(|w| w.applies_to(&env.name))
             .chain(env.freeze.windows.iter())
+            .map(FreezeWindow::window)
             .collect()
     }
 

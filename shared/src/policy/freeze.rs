@@ -1,21 +1,40 @@
-//! Whether an environment is frozen at an instant, by its freeze windows
-//! ([`crate::config::FreezeWindow`]) and the freezes set by hand, and when to look again.
+//! Whether freeze windows freeze an environment at an instant, and when to look again.
+//! The configuration's windows (`freeze.windows[]`) come here as [`Window`]s.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use crate::config::{FreezeWindow, WindowKind};
+/// Whether deploys wait while a window is open, or may happen only then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    /// Deploys wait while the window is open (a holiday, a quiet weekend).
+    Deny,
+    /// Deploys happen only while one of the allow windows is open (business hours).
+    Allow,
+}
+
+/// One recurring window: it opens at each time of `schedule` read in `tz` and stays
+/// open for `duration`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub name: &'a str,
+    pub kind: WindowKind,
+    pub schedule: &'a cron::Schedule,
+    pub duration: std::time::Duration,
+    pub tz: chrono_tz::Tz,
+}
 
 /// Opening times of a window examined at most (a window opening every minute for days).
 const MAX_STARTS: usize = 200_000;
 
 /// When the window open at `t` closes (the latest close of the openings that cover `t`),
 /// or `None` when it is closed at `t`.
-pub fn closes_at(w: &FreezeWindow, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub fn closes_at(w: &Window, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let d = chrono::Duration::from_std(w.duration).ok()?;
-    let from = t.checked_sub_signed(d)?.with_timezone(&w.time_zone.0);
+    let from = t.checked_sub_signed(d)?.with_timezone(&w.tz);
     // Openings in (t - duration, t] cover t.
-    w.cron
-        .schedule()
+    w.schedule
         .after(&from)
         .take(MAX_STARTS)
         .map(|s| s.with_timezone(&Utc))
@@ -25,10 +44,9 @@ pub fn closes_at(w: &FreezeWindow, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
 }
 
 /// The next opening of the window after `t`.
-pub fn next_opening(w: &FreezeWindow, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    w.cron
-        .schedule()
-        .after(&t.with_timezone(&w.time_zone.0))
+pub fn next_opening(w: &Window, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    w.schedule
+        .after(&t.with_timezone(&w.tz))
         .next()
         .map(|s| s.with_timezone(&Utc))
 }
@@ -44,9 +62,9 @@ pub struct Frozen {
 
 /// Whether the windows freeze an environment at `t`: an open deny window, or allow
 /// windows of which none is open.
-pub fn by_windows(windows: &[&FreezeWindow], t: DateTime<Utc>) -> Option<Frozen> {
-    let fmt = |w: &FreezeWindow, at: DateTime<Utc>| {
-        at.with_timezone(&w.time_zone.0)
+pub fn by_windows(windows: &[Window], t: DateTime<Utc>) -> Option<Frozen> {
+    let fmt = |w: &Window, at: DateTime<Utc>| {
+        at.with_timezone(&w.tz)
             .format("%Y-%m-%d %H:%M %Z")
             .to_string()
     };
@@ -67,7 +85,7 @@ pub fn by_windows(windows: &[&FreezeWindow], t: DateTime<Utc>) -> Option<Frozen>
             until: Some(until),
         });
     }
-    let allow: Vec<&&FreezeWindow> = windows
+    let allow: Vec<&Window> = windows
         .iter()
         .filter(|w| w.kind == WindowKind::Allow)
         .collect();
@@ -76,9 +94,9 @@ pub fn by_windows(windows: &[&FreezeWindow], t: DateTime<Utc>) -> Option<Frozen>
     }
     let next = allow
         .iter()
-        .filter_map(|w| next_opening(w, t).map(|at| (at, fmt(w, at), w.name.as_str())))
+        .filter_map(|w| next_opening(w, t).map(|at| (at, fmt(w, at), w.name)))
         .min_by_key(|(at, _, _)| *at);
-    let names: Vec<&str> = allow.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<&str> = allow.iter().map(|w| w.name).collect();
     Some(Frozen {
         reason: format!(
             "outside the allow windows ({}){}",
@@ -95,11 +113,23 @@ pub fn by_windows(windows: &[&FreezeWindow], t: DateTime<Utc>) -> Option<Frozen>
 mod tests {
     use super::*;
 
-    fn window(kind: &str, cron: &str, duration: &str, tz: &str) -> FreezeWindow {
-        serde_json::from_value(serde_json::json!({
-            "name": "w", "kind": kind, "cron": cron, "duration": duration, "time_zone": tz
-        }))
-        .unwrap()
+    use std::str::FromStr;
+
+    /// A window named `w` (the schedule leaked: tests only).
+    fn window(kind: &str, cron: &str, duration: &str, tz: &str) -> Window<'static> {
+        Window {
+            name: "w",
+            kind: if kind == "deny" {
+                WindowKind::Deny
+            } else {
+                WindowKind::Allow
+            },
+            schedule: Box::leak(Box::new(
+                cron::Schedule::from_str(&format!("0 {cron}")).unwrap(),
+            )),
+            duration: humantime::parse_duration(duration).unwrap(),
+            tz: chrono_tz::Tz::from_str(tz).unwrap(),
+        }
     }
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -121,7 +151,7 @@ mod tests {
             Some(at("2026-11-30T07:00:00Z"))
         );
         assert_eq!(closes_at(&w, at("2026-11-30T07:00:00Z")), None);
-        let f = by_windows(&[&w], at("2026-11-28T10:00:00Z")).unwrap();
+        let f = by_windows(&[w], at("2026-11-28T10:00:00Z")).unwrap();
         assert_eq!(f.until, Some(at("2026-11-30T07:00:00Z")));
         assert!(
             f.reason.contains("until 2026-11-30 08:00 CET"),
@@ -151,8 +181,8 @@ mod tests {
     #[test]
     fn allow_windows_freeze_everything_outside_them() {
         let w = window("allow", "0 9 * * MON-FRI", "8h", "UTC");
-        assert_eq!(by_windows(&[&w], at("2026-11-30T10:00:00Z")), None);
-        let f = by_windows(&[&w], at("2026-11-28T10:00:00Z")).unwrap();
+        assert_eq!(by_windows(&[w], at("2026-11-30T10:00:00Z")), None);
+        let f = by_windows(&[w], at("2026-11-28T10:00:00Z")).unwrap();
         assert_eq!(f.until, Some(at("2026-11-30T09:00:00Z")));
         assert!(
             f.reason.starts_with("outside the allow windows (w)"),
@@ -161,24 +191,7 @@ mod tests {
         );
         // a deny window wins over an open allow window
         let d = window("deny", "0 12 30 11 *", "1h", "UTC");
-        let f = by_windows(&[&w, &d], at("2026-11-30T12:30:00Z")).unwrap();
+        let f = by_windows(&[w, d], at("2026-11-30T12:30:00Z")).unwrap();
         assert_eq!(f.until, Some(at("2026-11-30T13:00:00Z")));
-    }
-
-    #[test]
-    fn cron_expressions_and_time_zones_are_checked_with_what_to_write() {
-        let e = serde_json::from_value::<FreezeWindow>(serde_json::json!({
-            "name": "w", "kind": "deny", "cron": "0 0 18 * * FRI", "duration": "1h"
-        }))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("has 6 fields; give five"), "{e}");
-        let e = serde_json::from_value::<FreezeWindow>(serde_json::json!({
-            "name": "w", "kind": "deny", "cron": "0 18 * * FRI", "duration": "1h",
-            "time_zone": "Mars/Olympus"
-        }))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("not an IANA time zone name"), "{e}");
     }
 }
