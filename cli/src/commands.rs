@@ -61,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc { dry_run } => gc(g, dry_run).await,
         Command::Freeze { .. }
         | Command::Unfreeze { .. }
+        | Command::BreakGlass { .. }
         | Command::Freezes
         | Command::Hold { .. }
             if g.stack.is_some() =>
@@ -130,6 +131,44 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Freezes => freezes(g).await,
+        Command::BreakGlass {
+            run,
+            env,
+            reason,
+            approve,
+            who,
+        } => {
+            let local = open(g)?;
+            let p = &local.pipeline;
+            let (app, run) = baton::pipeline::runs::resolve(p, &run).await?;
+            let who = operator(who.as_deref());
+            let r = if approve {
+                baton::pipeline::holds::approve_override(p, &app, run.as_str(), &env, &who).await?
+            } else {
+                baton::pipeline::holds::request_override(
+                    p,
+                    &app,
+                    &run,
+                    &env,
+                    &who,
+                    reason.as_deref().unwrap_or(""),
+                )
+                .await?
+            };
+            if g.json {
+                print_json(&r)?;
+            } else if let Some(by) = &r.approved_by {
+                println!(
+                    "break-glass approved by {by}: run {run} deploys to {env} through any freeze (asked by {}: {})",
+                    r.requested_by, r.reason
+                );
+            } else {
+                println!(
+                    "break-glass requested for run {run} in {env}: another approver of {env} approves it with `baton break-glass {run} --env {env} --approve`"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Envs => envs(g).await,
         Command::Dora { since } => dora(g, &since).await,
         Command::Hold {

@@ -149,6 +149,19 @@ pub enum Command {
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
     },
+    /// Break-glass: ask to deploy RUN to a frozen --env anyway, with a reason; a second
+    /// approver of that environment approves it with --approve. Holds are not overridden.
+    BreakGlass {
+        run: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long, required_unless_present = "approve")]
+        reason: Option<String>,
+        #[arg(long)]
+        approve: bool,
+        #[arg(long = "as", value_name = "WHO")]
+        who: Option<String>,
+    },
     /// Lift the freeze set on exactly this scope.
     Unfreeze {
         #[arg(long)]

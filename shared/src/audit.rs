@@ -36,9 +36,12 @@ pub fn capability(action: &str, resource: &str) -> String {
             "getobject" | "getobjectversion" if resource.contains("/approvals/") => {
                 "store:approvals:read".into()
             }
-            // Freezes and rollback holds: deploy reads them; people set them.
+            // Freezes, rollback holds, break-glass overrides: deploy reads them; people
+            // set them.
             "getobject" | "getobjectversion"
-                if resource.contains("/freezes/") || resource.contains("/holds/") =>
+                if resource.contains("/freezes/")
+                    || resource.contains("/holds/")
+                    || resource.contains("/overrides/") =>
             {
                 "store:line:read".into()
             }

@@ -302,3 +302,148 @@ pub async fn holds<P: Ports>(p: &Pipeline<P>) -> Result<Vec<HoldRecord>> {
     }
     Ok(out)
 }
+
+/// A break-glass override: one person asks, with a reason, to deploy one run to one
+/// frozen environment; a second approver of that environment approves it. A hold is not
+/// overridden (its release is its own decision).
+/// Key: `overrides/<app>/<run>/<env>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverrideRecord {
+    pub app: String,
+    pub run: crate::ids::RunId,
+    pub environment: String,
+    pub reason: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<DateTime<Utc>>,
+}
+
+fn override_key(app: &str, run: &str, env: &str) -> String {
+    format!("overrides/{app}/{run}/{env}.json")
+}
+
+/// Who may approve a break-glass for `env` of `app`: the approvers of that environment
+/// (by name and through its groups); for an `auto` environment, those of the app's
+/// other environments.
+fn may_approve_override<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    env: &str,
+    who: &str,
+) -> Result<bool> {
+    let cfg = p.config.app(app)?;
+    let named = |m: &crate::config::ManualApproval| {
+        m.approvers.iter().any(|a| a == who)
+            || m.groups.iter().any(|g| {
+                p.config
+                    .groups
+                    .get(g)
+                    .is_some_and(|members| members.iter().any(|x| x == who))
+            })
+    };
+    let e = cfg.environment(env)?;
+    Ok(match &e.approval {
+        crate::config::ApprovalPolicy::Manual(m) => named(m),
+        crate::config::ApprovalPolicy::Auto => cfg
+            .environments
+            .iter()
+            .any(|x| matches!(&x.approval, crate::config::ApprovalPolicy::Manual(m) if named(m))),
+    })
+}
+
+/// Asks for a break-glass deploy of `run` (of `app`) to `env` while it is frozen.
+pub async fn request_override<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    run: &crate::ids::RunId,
+    env: &str,
+    by: &str,
+    reason: &str,
+) -> Result<OverrideRecord> {
+    p.config.app(app)?.environment(env)?;
+    if reason.trim().is_empty() {
+        return Err(Error::invalid(
+            "reason",
+            "a break-glass needs a reason (--reason): it is kept with the deploy",
+        ));
+    }
+    let record = OverrideRecord {
+        app: app.into(),
+        run: run.clone(),
+        environment: env.into(),
+        reason: reason.into(),
+        requested_by: by.into(),
+        requested_at: p.ports.now(),
+        approved_by: None,
+        approved_at: None,
+    };
+    match put_json(
+        p.ports.store(),
+        &override_key(app, run.as_str(), env),
+        &record,
+        Precondition::IfNoneMatch,
+    )
+    .await
+    {
+        Ok(_) => Ok(record),
+        Err(Error::Conflict { .. }) => Err(Error::Settled(format!(
+            "a break-glass for run {run} in {env} was already requested (baton status {run})"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Approves a requested break-glass: by an approver of the environment other than the
+/// person who asked.
+pub async fn approve_override<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    run: &str,
+    env: &str,
+    by: &str,
+) -> Result<OverrideRecord> {
+    let key = override_key(app, run, env);
+    let store = p.ports.store();
+    let Some((mut record, etag)) = get_json::<_, OverrideRecord>(store, &key).await? else {
+        return Err(Error::Refused(format!(
+            "no break-glass was requested for run {run} in {env} (baton break-glass {run} --env {env} --reason …)"
+        )));
+    };
+    if let Some(a) = &record.approved_by {
+        return Err(Error::Settled(format!(
+            "the break-glass for run {run} in {env} was already approved by {a}"
+        )));
+    }
+    if record.requested_by == by {
+        return Err(Error::Refused(format!(
+            "{by} asked for this break-glass; a second person must approve it"
+        )));
+    }
+    if !may_approve_override(p, app, env, by)? {
+        return Err(Error::Refused(format!(
+            "{by} is not an approver of {env} of {app}, so may not approve a break-glass there"
+        )));
+    }
+    record.approved_by = Some(by.into());
+    record.approved_at = Some(p.ports.now());
+    put_json(store, &key, &record, Precondition::IfMatch(etag)).await?;
+    Ok(record)
+}
+
+/// The approved break-glass for `run` in `env`, if there is one.
+pub async fn approved_override<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    run: &str,
+    env: &str,
+) -> Result<Option<OverrideRecord>> {
+    Ok(
+        get_json::<_, OverrideRecord>(p.ports.store(), &override_key(app, run, env))
+            .await?
+            .map(|(r, _)| r)
+            .filter(|r| r.approved_by.is_some()),
+    )
+}

@@ -137,7 +137,9 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
             .route("/approvals/{run}/{env}", post(decide_path::<H>))
             .route("/freeze", post(stop_line::<H>))
             .route("/unfreeze", post(stop_line::<H>))
-            .route("/holds/release", post(stop_line::<H>));
+            .route("/holds/release", post(stop_line::<H>))
+            .route("/break-glass", post(stop_line::<H>))
+            .route("/break-glass/approve", post(stop_line::<H>));
     }
     if routes.queries {
         r = r
@@ -520,6 +522,9 @@ async fn decide_body<H: Host>(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LineRequest {
+    /// Break-glass: the run (an id or a unique prefix).
+    #[serde(default)]
+    run: Option<String>,
     #[serde(default)]
     app: Option<String>,
     #[serde(default)]
@@ -574,6 +579,30 @@ async fn stop_line<H: Host>(State(h): State<Arc<H>>, request: axum::extract::Req
         "/unfreeze" => holds::unfreeze(p, app, env, &who.name, reason)
             .await
             .map(|r| json!(r)),
+        "/break-glass" | "/break-glass/approve" => match (&req.run, env) {
+            (Some(run), Some(env)) => {
+                if let Some(r) = check_names(run, Some(env)) {
+                    return r;
+                }
+                match runs::resolve(p, run).await {
+                    Err(e) => Err(e),
+                    Ok((app, run)) if path == "/break-glass" => {
+                        holds::request_override(p, &app, &run, env, &who.name, reason.unwrap_or(""))
+                            .await
+                            .map(|r| json!(r))
+                    }
+                    Ok((app, run)) => {
+                        holds::approve_override(p, &app, run.as_str(), env, &who.name)
+                            .await
+                            .map(|r| json!(r))
+                    }
+                }
+            }
+            _ => Err(Error::invalid(
+                "body",
+                "a break-glass names {\"run\", \"environment\"} (and a \"reason\" when asked for)",
+            )),
+        },
         _ => match (app, env) {
             (Some(a), Some(e)) => holds::release(p, a, e, &who.name, reason)
                 .await

@@ -183,6 +183,9 @@ async fn blocked<P: Ports>(
     let now = sctx.now;
     let app = &ctx.app;
     let name = &env.name;
+    // A break-glass approved by a second person lets this run through a freeze (not a
+    // hold); it is noted with the deploy.
+    let glass = crate::pipeline::holds::approved_override(p, app, ctx.run.as_str(), name).await?;
     let hold = crate::pipeline::holds::active_hold(p, app, name)
         .await?
         .filter(|h| h.image.digest != ctx.image.digest);
@@ -199,6 +202,10 @@ async fn blocked<P: Ports>(
             ),
             None,
         )
+    } else if let Some(g) = glass {
+        tracing::warn!(run = %ctx.run, env = %name, requested_by = %g.requested_by,
+            approved_by = ?g.approved_by, reason = %g.reason, "break-glass: deploying through any freeze");
+        return Ok(None);
     } else if let Some(f) = crate::pipeline::holds::active_freezes(p, app, name)
         .await?
         .into_iter()

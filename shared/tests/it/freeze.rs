@@ -512,3 +512,88 @@ async fn an_approval_that_says_so_releases_a_hold() {
         "{released:?}"
     );
 }
+
+/// Break-glass: one person asks with a reason, a second approver of the environment
+/// approves; that run deploys through the freeze, others still wait; the asker may not
+/// approve their own; a hold is not overridden.
+#[tokio::test]
+async fn a_break_glass_needs_a_second_approver_and_lets_one_run_through_a_freeze() {
+    let env = setup_from(
+        Setup {
+            production: "{ approvers: [alice, bob], required: 1, expires_after: 1h }".into(),
+            ..Setup::default()
+        },
+        "    []\n",
+    );
+    let p = &env.local.pipeline;
+    holds::freeze(p, None, Some("production"), "carol", "incident 9")
+        .await
+        .unwrap();
+    let v1 = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    drain(&env).await;
+    approve(&env, &v1, "alice").await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v1).await, "frozen (production)");
+    let run = env.run_of(&v1);
+
+    let e = holds::request_override(p, "web", &run, "production", "alice", "")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a reason"), "{e}");
+    holds::request_override(
+        p,
+        "web",
+        &run,
+        "production",
+        "alice",
+        "hotfix for incident 9",
+    )
+    .await
+    .unwrap();
+    let e = holds::request_override(p, "web", &run, "production", "bob", "again")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already requested"), "{e}");
+    let e = holds::approve_override(p, "web", run.as_str(), "production", "alice")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("a second person must approve"),
+        "{e}"
+    );
+    let e = holds::approve_override(p, "web", run.as_str(), "production", "mallory")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not an approver of production"),
+        "{e}"
+    );
+    recheck(&env).await;
+    assert_eq!(
+        env.status(&v1).await,
+        "frozen (production)",
+        "asked, not approved"
+    );
+    let r = holds::approve_override(p, "web", run.as_str(), "production", "bob")
+        .await
+        .unwrap();
+    assert_eq!(r.approved_by.as_deref(), Some("bob"));
+    recheck(&env).await;
+    assert_eq!(env.status(&v1).await, "deployed", "through the freeze");
+    assert!(
+        !holds::active_freezes(p, "web", "production")
+            .await
+            .unwrap()
+            .is_empty(),
+        "still frozen"
+    );
+
+    // Another run still waits.
+    let v2 = env.push("1.1.0", "ci-bot", Utc::now()).await;
+    drain(&env).await;
+    approve(&env, &v2, "alice").await;
+    drain(&env).await;
+    recheck(&env).await;
+    assert_eq!(env.status(&v2).await, "frozen (production)");
+}
