@@ -873,6 +873,26 @@ async fn approvers_freeze_and_unfreeze_over_http() {
     assert_eq!(status, 200, "approvals may still be given: {body}");
     api.wait_status(&digest, "frozen (production)").await;
     assert!(manifest(&root, "production").contains("example/app:0.0.1"));
+    // A break-glass over HTTP: asked by alice, who may not approve her own.
+    let (status, body) = post(
+        "/break-glass",
+        Some(ALICE_TOKEN),
+        json!({"run": run, "environment": "production", "reason": "hotfix"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["requested_by"], "alice");
+    let (status, body) = post(
+        "/break-glass/approve",
+        Some(ALICE_TOKEN),
+        json!({"run": run, "environment": "production"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("second person"),
+        "{body}"
+    );
     let envs = api.get("/api/environments", READER_TOKEN).await;
     let production = envs
         .as_array()
