@@ -1000,6 +1000,50 @@ async fn approvers_freeze_and_unfreeze_over_http() {
         text.contains("baton_delivery_seconds_bucket{"),
         "a histogram per subscription: {text}"
     );
+    // The Grafana dashboard in docs/ queries only metrics this endpoint exposes.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    let mut names = vec![];
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("baton_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            baton::runtime::metrics::FAMILIES.contains(&family),
+            "the dashboard queries {name}, which /metrics does not expose"
+        );
+    }
+    // And every family the renderer declares shows up once it has samples: the ones
+    // this run has must be in the scrape.
+    for family in [
+        "baton_deliveries",
+        "baton_delivery_seconds",
+        "baton_queue_depth",
+        "baton_runs",
+        "baton_dora_deployments",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family}: {text}"
+        );
+    }
 
     let (status, body) = post(
         "/unfreeze",

@@ -31,6 +31,23 @@ use crate::pipeline::{Pipeline, approvals, runs};
 use crate::ports::Ports;
 use crate::runtime::local::LocalPorts;
 
+/// Every metric family [`Metrics::render`] registers (a family without samples is left
+/// out of a scrape: no restore yet, no pending approval).
+pub const FAMILIES: &[&str] = &[
+    "baton_deliveries",
+    "baton_delivery_seconds",
+    "baton_queue_depth",
+    "baton_dead_letters",
+    "baton_pending_approvals",
+    "baton_runs",
+    "baton_dora_deployments",
+    "baton_dora_deployments_per_day",
+    "baton_dora_lead_time_seconds",
+    "baton_dora_change_failures",
+    "baton_dora_change_failure_rate",
+    "baton_dora_time_to_restore_seconds",
+];
+
 /// How long DORA figures are reused between scrapes.
 const DORA_TTL: Duration = Duration::from_secs(60);
 /// The window of the DORA figures.
