@@ -187,16 +187,24 @@ pub async fn active_freezes<P: Ports>(
     Ok(out)
 }
 
-/// Every freeze record, lifted ones included.
-pub async fn freezes<P: Ports>(p: &Pipeline<P>) -> Result<Vec<FreezeRecord>> {
+/// Every record under `prefix`.
+async fn records<P: Ports, T: serde::de::DeserializeOwned>(
+    p: &Pipeline<P>,
+    prefix: &str,
+) -> Result<Vec<T>> {
     let store = p.ports.store();
     let mut out = vec![];
-    for key in store.list("freezes/").await? {
-        if let Some((r, _)) = get_json::<_, FreezeRecord>(store, &key).await? {
+    for key in store.list(prefix).await? {
+        if let Some((r, _)) = get_json::<_, T>(store, &key).await? {
             out.push(r);
         }
     }
     Ok(out)
+}
+
+/// Every freeze record, lifted ones included.
+pub async fn freezes<P: Ports>(p: &Pipeline<P>) -> Result<Vec<FreezeRecord>> {
+    records(p, "freezes/").await
 }
 
 /// An environment held after a rollback.
@@ -293,14 +301,7 @@ pub async fn release<P: Ports>(
 
 /// Every hold record, released ones included.
 pub async fn holds<P: Ports>(p: &Pipeline<P>) -> Result<Vec<HoldRecord>> {
-    let store = p.ports.store();
-    let mut out = vec![];
-    for key in store.list("holds/").await? {
-        if let Some((r, _)) = get_json::<_, HoldRecord>(store, &key).await? {
-            out.push(r);
-        }
-    }
-    Ok(out)
+    records(p, "holds/").await
 }
 
 /// A break-glass override: one person asks, with a reason, to deploy one run to one
