@@ -104,6 +104,7 @@ pub fn list(g: &Global) -> Result<ExitCode> {
                 "notify": match &r.notify {
                     NotifyConfig::Webhook(w) => json!({"webhook": w.url.clone().unwrap_or_else(|| format!("${}", w.url_env.clone().unwrap_or_default()))}),
                     NotifyConfig::Log(l) => json!({"log": l.path}),
+                    NotifyConfig::Email(e) => json!({"email": e.to}),
                 },
             })
         })

@@ -7,6 +7,7 @@
 //! * [`moto`]: moto server (AWS APIs) on a free port, and SDK configuration for it.
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
+//! * [`smtp`]: aiosmtpd on a free port, keeping what it receives in a Maildir.
 //! * [`k8s`]: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
 //!   controller manager, scheduler, kwok), once per test process.
 //! * [`build`]: configuration and registry-notification builders.
@@ -21,6 +22,7 @@ pub mod fleet;
 pub mod k8s;
 pub mod moto;
 pub mod registry;
+pub mod smtp;
 
 use std::path::Path;
 use std::process::Child;

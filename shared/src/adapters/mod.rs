@@ -4,6 +4,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod email;
 pub mod embedded;
 pub mod http;
 #[cfg(feature = "kube")]

@@ -26,6 +26,74 @@ pub enum NotifyConfig {
     Webhook(WebhookConfig),
     /// Append one line per event to a file under the state directory.
     Log(LogConfig),
+    /// Send an e-mail through an SMTP server (no cloud account needed).
+    Email(EmailConfig),
+}
+
+/// An e-mail reaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Recipients (`ops@example.com`, `Ops <ops@example.com>`).
+    pub to: Vec<String>,
+    pub from: String,
+    /// Subject template (minijinja) over the event's fields: `summary`, `type`, `app`,
+    /// `environment`, `run`, `image`, `tag`, `digest`, `time`, `link`, `event` (the
+    /// whole envelope). Default `[baton] {{ summary }}`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Body template, same fields; by default the summary, the run's link and the
+    /// event's fields.
+    #[serde(default)]
+    pub body: Option<String>,
+    pub smtp: SmtpConfig,
+}
+
+/// The SMTP server an e-mail reaction sends through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    /// Default 587 with `starttls`, 465 with `tls`, 25 with `none`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the password (never in this file).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Trust only this CA (PEM) for the server's certificate (a private relay); the
+    /// platform's trust store otherwise.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS, which is required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// No TLS: only to a server on this machine's loopback, and never with a password.
+    None,
+}
+
+impl SmtpConfig {
+    /// The port, by default the one of its TLS mode.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        })
+    }
 }
 
 /// A webhook: the URL inline (not secret) or the name of the variable holding it.
@@ -66,6 +134,48 @@ impl ReactionConfig {
                 "{at}.name: {:?} must be lowercase letters, digits and dashes",
                 self.name
             ));
+        }
+        if let NotifyConfig::Email(e) = &self.notify {
+            let at = format!("{at}.notify.email");
+            if e.to.is_empty() {
+                p.push(format!("{at}.to: at least one recipient"));
+            }
+            for (i, a) in e.to.iter().enumerate() {
+                if let Err(err) = a.parse::<lettre::message::Mailbox>() {
+                    p.push(format!(
+                        "{at}.to[{i}]: {a:?} is not an e-mail address ({err})"
+                    ));
+                }
+            }
+            if let Err(err) = e.from.parse::<lettre::message::Mailbox>() {
+                p.push(format!(
+                    "{at}.from: {:?} is not an e-mail address ({err})",
+                    e.from
+                ));
+            }
+            let env = minijinja::Environment::new();
+            for (field, t) in [("subject", &e.subject), ("body", &e.body)] {
+                if let Some(t) = t
+                    && let Err(err) = env.template_from_str(t)
+                {
+                    p.push(format!("{at}.{field}: not a template: {err}"));
+                }
+            }
+            let loopback = matches!(e.smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+            if e.smtp.tls == SmtpTls::None && !loopback {
+                p.push(format!(
+                    "{at}.smtp.tls: none is allowed only to a server on loopback (localhost, 127.0.0.1, ::1); use starttls or tls for {}",
+                    e.smtp.host
+                ));
+            }
+            if e.smtp.tls == SmtpTls::None && e.smtp.password_env.is_some() {
+                p.push(format!(
+                    "{at}.smtp.password_env: a password is never sent without TLS; use starttls or tls"
+                ));
+            }
+            if e.smtp.username.is_some() != e.smtp.password_env.is_some() {
+                p.push(format!("{at}.smtp: username and password_env go together"));
+            }
         }
         if let NotifyConfig::Webhook(w) = &self.notify {
             match (&w.url, &w.url_env) {

@@ -48,6 +48,7 @@ pub const INGEST_QUEUE: &str = "ingest";
 pub enum LocalNotifier {
     Webhook(WebhookNotifier),
     Log(LogNotifier),
+    Email(Box<crate::adapters::email::EmailNotifier>),
 }
 
 impl Notifier for LocalNotifier {
@@ -55,6 +56,7 @@ impl Notifier for LocalNotifier {
         match self {
             LocalNotifier::Webhook(n) => n.notify(reaction, event).await,
             LocalNotifier::Log(n) => n.notify(reaction, event).await,
+            LocalNotifier::Email(n) => n.notify(reaction, event).await,
         }
     }
 }
@@ -202,6 +204,21 @@ impl NotifyPorts for LocalPorts {
             NotifyConfig::Webhook(w) => Ok(LocalNotifier::Webhook(crate::adapters::webhook(
                 &self.http, reaction, w,
             )?)),
+            NotifyConfig::Email(e) => {
+                let serve = &self.config.serve;
+                let link = serve
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{}", serve.listen));
+                Ok(LocalNotifier::Email(Box::new(
+                    crate::adapters::email::EmailNotifier::new(
+                        &reaction.name,
+                        e,
+                        &self.config.base_dir,
+                        Some(link),
+                    )?,
+                )))
+            }
         }
     }
 }

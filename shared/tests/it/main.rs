@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod email;
 #[cfg(feature = "aws")]
 mod filter_differential;
 mod freeze;

@@ -169,7 +169,8 @@ impl Function<WithNotifier> for Notify {
             .reactions
             .iter()
             .filter(|r| {
-                r.on.matches(&attrs) && matches!(r.notify, crate::config::NotifyConfig::Webhook(_))
+                // Log reactions are local files; webhooks and e-mail go out from here.
+                r.on.matches(&attrs) && !matches!(r.notify, crate::config::NotifyConfig::Log(_))
             })
             .map(|r| {
                 Input::Reaction(ReactionInput {

@@ -273,6 +273,14 @@ impl NotifyPorts for AwsPorts<WithNotifier> {
                 reaction,
                 w,
             )?)),
+            NotifyConfig::Email(e) => Ok(LocalNotifier::Email(Box::new(
+                crate::adapters::email::EmailNotifier::new(
+                    &reaction.name,
+                    e,
+                    std::path::Path::new("."),
+                    self.config.serve.public_url.clone(),
+                )?,
+            ))),
             NotifyConfig::Log(_) => Err(Error::permanent(
                 format!("reaction {}", reaction.name),
                 "log reactions are local; in AWS use a webhook, or an SNS e-mail subscription (`NotificationEmail`)",
