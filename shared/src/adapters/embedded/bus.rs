@@ -519,10 +519,15 @@ struct Finished {
 struct Leading<'a> {
     log: &'a Log,
     tickets: Vec<u64>,
+    /// The turn ended normally (answers given, lead handed back, group lock held).
+    ended: bool,
 }
 
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
         let mut g = self.log.group();
         g.leading = false;
         for t in self.tickets.drain(..) {
@@ -877,7 +882,8 @@ impl Log {
                 return result
                     .map_err(|e| Error::transient("bus publish", crate::error::Message(e)));
             }
-            if g.leading {
+            // Someone leads, or our message is in the batch a leader is writing: wait.
+            if g.leading || g.queue.is_empty() {
                 g = self.committed.wait(g).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -887,15 +893,19 @@ impl Log {
             let mut turn = Leading {
                 log: self,
                 tickets: batch.iter().map(|(t, _, _)| *t).collect(),
+                ended: false,
             };
             let results: Vec<std::result::Result<u64, String>> = match self.commit(batch) {
                 Ok(seqs) => seqs.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
             };
-            let tickets = std::mem::take(&mut turn.tickets);
-            drop(turn);
+            // The answers and the end of the turn in one step: a publisher woken between
+            // the two would lead an empty batch.
             g = self.group();
-            g.done.extend(tickets.into_iter().zip(results));
+            g.done
+                .extend(std::mem::take(&mut turn.tickets).into_iter().zip(results));
+            g.leading = false;
+            turn.ended = true;
             self.committed.notify_all();
         }
     }
@@ -1209,6 +1219,7 @@ mod tests {
             let _turn = Leading {
                 log: &log,
                 tickets: vec![7, 8],
+                ended: false,
             };
             panic!("the disk went away mid-write");
         }));
