@@ -137,19 +137,6 @@ fn versions() -> BTreeMap<String, String> {
         .collect()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (apt-get install openssl) makes the cluster's certificates");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn token() -> String {
     let mut bytes = [0u8; 24];
     let f = std::fs::File::open("/dev/urandom").and_then(|mut f| {
@@ -242,57 +229,19 @@ fn start() -> ControlPlane {
 
     // Certificates: a CA, the API server's serving certificate for 127.0.0.1, and the
     // service-account signing key.
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-    ];
-    openssl(
+    let certs = crate::tls::server_cert(
         &dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-subj",
-                "/CN=baton-test-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ],
-        ]
-        .concat(),
+        "kube-apiserver",
+        "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
     );
-    openssl(
-        &dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-subj", "/CN=kube-apiserver"],
-            &[
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc",
-            ],
-            &["-addext", "basicConstraints=critical,CA:FALSE"],
-            &["-addext", "extendedKeyUsage=serverAuth"],
-            &[
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.crt",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
+    for (from, to) in [
+        (&certs.ca, "ca.crt"),
+        (&certs.cert, "server.crt"),
+        (&certs.key, "server.key"),
+    ] {
+        std::fs::copy(from, dir.join(to)).expect("copy a certificate");
+    }
+    crate::tls::openssl(
         &dir,
         &[
             "genpkey",
@@ -304,7 +253,7 @@ fn start() -> ControlPlane {
             "sa.key",
         ],
     );
-    openssl(
+    crate::tls::openssl(
         &dir,
         &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
     );

@@ -8,6 +8,7 @@
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
 //! * [`smtp`]: aiosmtpd on a free port, keeping what it receives in a Maildir.
+//! * [`tls`]: a test CA and a loopback serving certificate, by `openssl`.
 //! * [`k8s`]: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
 //!   controller manager, scheduler, kwok), once per test process.
 //! * [`build`]: configuration and registry-notification builders.
@@ -23,6 +24,7 @@ pub mod k8s;
 pub mod moto;
 pub mod registry;
 pub mod smtp;
+pub mod tls;
 
 use std::path::Path;
 use std::process::Child;

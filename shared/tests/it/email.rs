@@ -41,71 +41,12 @@ async fn a_deploy_sends_an_email_with_the_run_link() {
     assert!(m.contains("Environment: staging"), "{m}");
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn starttls_with_a_private_ca_and_templates() {
     let dir = tempfile::tempdir().unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-    ];
-    openssl(
-        dir.path(),
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-subj",
-                "/CN=mail-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        dir.path(),
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ],
-            &["-addext", "basicConstraints=critical,CA:FALSE"],
-            &[
-                "-CA", "ca.crt", "-CAkey", "ca.key", "-keyout", "smtp.key", "-out", "smtp.crt",
-            ],
-        ]
-        .concat(),
-    );
-    let smtp = baton_testkit::smtp::start(
-        dir.path(),
-        Some((&dir.path().join("smtp.crt"), &dir.path().join("smtp.key"))),
-    )
-    .await;
-    let ca = dir.path().join("ca.crt").display().to_string();
+    let certs = baton_testkit::tls::server_cert(dir.path(), "smtp", "IP:127.0.0.1");
+    let smtp = baton_testkit::smtp::start(dir.path(), Some((&certs.cert, &certs.key))).await;
+    let ca = certs.ca.display().to_string();
     let env = setup(Setup {
         reactions: reaction(smtp.port, &format!(", tls: starttls, ca_file: {ca}"))
             + "        subject: \"{{ app }} {{ environment }} {{ tag }} is live\"\n        body: \"{{ image }} by run {{ run }}\"\n",
