@@ -1062,4 +1062,18 @@ async fn approvers_freeze_and_unfreeze_over_http() {
     )
     .await;
     assert_eq!(status, 409, "not frozen any more");
+    // Hold release: approvers only; nothing held here.
+    let release = json!({"app": "app", "environment": "production"});
+    assert_eq!(
+        post("/holds/release", Some(READER_TOKEN), release.clone())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post("/holds/release", Some(ALICE_TOKEN), release).await.0,
+        409
+    );
+    let (status, _) = post("/holds/release", Some(ALICE_TOKEN), json!({"app": "app"})).await;
+    assert_eq!(status, 400, "an app's environment is named");
 }

@@ -183,9 +183,6 @@ async fn blocked<P: Ports>(
     let now = sctx.now;
     let app = &ctx.app;
     let name = &env.name;
-    // A break-glass approved by a second person lets this run through a freeze (not a
-    // hold); it is noted with the deploy.
-    let glass = crate::pipeline::holds::approved_override(p, app, ctx.run.as_str(), name).await?;
     let hold = crate::pipeline::holds::active_hold(p, app, name)
         .await?
         .filter(|h| h.image.digest != ctx.image.digest);
@@ -202,10 +199,6 @@ async fn blocked<P: Ports>(
             ),
             None,
         )
-    } else if let Some(g) = glass {
-        tracing::warn!(run = %ctx.run, env = %name, requested_by = %g.requested_by,
-            approved_by = ?g.approved_by, reason = %g.reason, "break-glass: deploying through any freeze");
-        return Ok(None);
     } else if let Some(f) = crate::pipeline::holds::active_freezes(p, app, name)
         .await?
         .into_iter()
@@ -236,6 +229,17 @@ async fn blocked<P: Ports>(
             None => return Ok(None),
         }
     };
+    // A break-glass approved by a second person lets this run through a freeze (never a
+    // hold); read only when frozen, so an unfrozen deploy pays nothing for it.
+    if kind == "freeze"
+        && let Some(g) =
+            crate::pipeline::holds::approved_override(p, app, ctx.run.as_str(), name).await?
+    {
+        tracing::warn!(run = %ctx.run, env = %name, requested_by = %g.requested_by,
+            approved_by = ?g.approved_by, reason = %g.reason, frozen = %reason,
+            "break-glass: deploying through a freeze");
+        return Ok(None);
+    }
     let recheck = p.config.freeze.recheck;
     let after = until
         .and_then(|u| u.signed_duration_since(now).to_std().ok())
