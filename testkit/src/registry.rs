@@ -74,6 +74,18 @@ pub fn digest_of(port: u16, repo: &str, tag: &str) -> String {
         .arg(format!("docker://127.0.0.1:{port}/{repo}:{tag}")))
 }
 
+/// The digest `tag` names now, or `None` while the tag does not exist.
+pub fn try_digest_of(port: u16, repo: &str, tag: &str) -> Option<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
+        .arg(format!("docker://127.0.0.1:{port}/{repo}:{tag}"))
+        .output()
+        .unwrap_or_else(|e| panic!("skopeo: {e}"));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Runs a command to success; its trimmed standard output.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
