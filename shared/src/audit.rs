@@ -1034,7 +1034,7 @@ mod tests {
         );
         assert_eq!(
             writes_stage_records_of("s3:PutObject", &format!("{b}/runs/*")).len(),
-            7
+            crate::pipeline::StageName::ALL.len()
         );
         assert!(
             writes_stage_records_of("s3:PutObject", &format!("{b}/runs/*/events/*")).is_empty()

@@ -40,6 +40,10 @@ pub enum EventType {
     DeploySucceeded,
     #[serde(rename = "deploy.failed")]
     DeployFailed,
+    #[serde(rename = "verification.passed")]
+    VerificationPassed,
+    #[serde(rename = "verification.failed")]
+    VerificationFailed,
     #[serde(rename = "image.promoted")]
     ImagePromoted,
     #[serde(rename = "stage.failed")]
@@ -47,7 +51,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 12] = [
         EventType::ImageBuilt,
         EventType::TestsPassed,
         EventType::TestsFailed,
@@ -56,6 +60,8 @@ impl EventType {
         EventType::ApprovalRejected,
         EventType::DeploySucceeded,
         EventType::DeployFailed,
+        EventType::VerificationPassed,
+        EventType::VerificationFailed,
         EventType::ImagePromoted,
         EventType::StageFailed,
     ];
@@ -70,6 +76,8 @@ impl EventType {
             EventType::ApprovalRejected => "approval.rejected",
             EventType::DeploySucceeded => "deploy.succeeded",
             EventType::DeployFailed => "deploy.failed",
+            EventType::VerificationPassed => "verification.passed",
+            EventType::VerificationFailed => "verification.failed",
             EventType::ImagePromoted => "image.promoted",
             EventType::StageFailed => "stage.failed",
         }
@@ -320,6 +328,41 @@ pub struct DeployFailed {
     pub live: Option<String>,
 }
 
+/// `verification.passed` / `verification.failed`: what the environment's checks saw
+/// after a deploy, through the soak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VerificationReport {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// One line on the outcome (`3 checks passed through a 5m soak`, `health: 3
+    /// failures (allowed 2): status 503`).
+    pub summary: String,
+    /// Every check with its evidence.
+    pub checks: Vec<CheckOutcome>,
+    /// From the first check to the outcome.
+    pub duration_ms: u64,
+    /// Failed only: whether the environment asked for the previous image to be put
+    /// back (the deploy stage does it and publishes `deploy.succeeded` with `rollback`).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckOutcome {
+    /// The check's name in the configuration.
+    pub name: String,
+    /// `http`, `prometheus`, `command`, `kubernetes_job` or `lambda`.
+    pub kind: String,
+    pub passed: bool,
+    /// Evaluations made.
+    pub runs: u32,
+    /// Evaluations that failed.
+    pub failures: u32,
+    /// The last observations, oldest first (`503 from http://…`, `value 0.12 > max 0.05`).
+    pub evidence: Vec<String>,
+}
+
 /// `image.promoted`: the image carries the environment's tag in the registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ImagePromoted {
@@ -353,6 +396,8 @@ pub enum Payload {
     ApprovalRejected(ApprovalRejected),
     DeploySucceeded(DeploySucceeded),
     DeployFailed(DeployFailed),
+    VerificationPassed(VerificationReport),
+    VerificationFailed(VerificationReport),
     ImagePromoted(ImagePromoted),
     StageFailed(StageFailed),
 }
@@ -368,6 +413,8 @@ impl Payload {
             Payload::ApprovalRejected(_) => EventType::ApprovalRejected,
             Payload::DeploySucceeded(_) => EventType::DeploySucceeded,
             Payload::DeployFailed(_) => EventType::DeployFailed,
+            Payload::VerificationPassed(_) => EventType::VerificationPassed,
+            Payload::VerificationFailed(_) => EventType::VerificationFailed,
             Payload::ImagePromoted(_) => EventType::ImagePromoted,
             Payload::StageFailed(_) => EventType::StageFailed,
         }
@@ -382,6 +429,7 @@ impl Payload {
             Payload::ApprovalRejected(d) => &d.ctx,
             Payload::DeploySucceeded(d) => &d.ctx,
             Payload::DeployFailed(d) => &d.ctx,
+            Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => &d.ctx,
             Payload::ImagePromoted(d) => &d.ctx,
             Payload::StageFailed(d) => &d.ctx,
         }
@@ -396,6 +444,7 @@ impl Payload {
             Payload::ApprovalRejected(d) => &mut d.ctx,
             Payload::DeploySucceeded(d) => &mut d.ctx,
             Payload::DeployFailed(d) => &mut d.ctx,
+            Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => &mut d.ctx,
             Payload::ImagePromoted(d) => &mut d.ctx,
             Payload::StageFailed(d) => &mut d.ctx,
         }
@@ -410,6 +459,9 @@ impl Payload {
             Payload::ApprovalRejected(d) => serde_json::to_value(d),
             Payload::DeploySucceeded(d) => serde_json::to_value(d),
             Payload::DeployFailed(d) => serde_json::to_value(d),
+            Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => {
+                serde_json::to_value(d)
+            }
             Payload::ImagePromoted(d) => serde_json::to_value(d),
             Payload::StageFailed(d) => serde_json::to_value(d),
         }
@@ -445,6 +497,8 @@ impl Payload {
             EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
             EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
             EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
+            EventType::VerificationPassed => Payload::VerificationPassed(typed(data)?),
+            EventType::VerificationFailed => Payload::VerificationFailed(typed(data)?),
             EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
             EventType::StageFailed => Payload::StageFailed(typed(data)?),
         };
@@ -598,6 +652,9 @@ impl Event {
             Payload::ApprovalRejected(r) => format!(": {}", r.reason),
             Payload::DeploySucceeded(d) => format!(": {}", d.detail),
             Payload::DeployFailed(d) => format!(": {}", d.reason),
+            Payload::VerificationPassed(v) | Payload::VerificationFailed(v) => {
+                format!(": {}", v.summary)
+            }
             Payload::ImagePromoted(p) => format!(": tagged {}", p.promoted_tag),
             Payload::StageFailed(f) => format!(": {} failed: {}", f.stage, f.reason),
             _ => String::new(),

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{AppConfig, EnvironmentConfig, ReactionConfig};
+use crate::config::{AppConfig, EnvironmentConfig, HttpUrl, ReactionConfig, TestConfig};
 use crate::error::Result;
 use crate::event::{Attributes, Event, Image};
 
@@ -134,6 +134,16 @@ pub struct TestRequest {
     pub run: crate::ids::RunId,
     pub image: Image,
     pub attempt: u32,
+    /// Set when a runner runs a verify check rather than the app's tests.
+    pub check: Option<CheckTarget>,
+}
+
+/// Which verify check a runner runs: the environment just deployed and the check's name
+/// (`BATON_ENVIRONMENT`, `BATON_CHECK` for a command; part of a Job's name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckTarget {
+    pub environment: String,
+    pub check: String,
 }
 
 /// The result of a finished test.
@@ -228,6 +238,40 @@ pub trait DeployTarget: Send + Sync {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// What an HTTP check saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The body (at most 64 KiB, lossily decoded).
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+/// One sample of a PromQL result: its labels (`{job="web"}`) and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: String,
+    pub value: f64,
+}
+
+/// Looks at a deployed service from outside: HTTP checks and Prometheus queries.
+pub trait Probe: Send + Sync {
+    /// `GET url`; an error when no answer came within `timeout`.
+    fn http_get(
+        &self,
+        url: &HttpUrl,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HttpAnswer>> + Send;
+    /// An instant query against a Prometheus server's HTTP API; the samples of a vector
+    /// or scalar result (empty: no data).
+    fn prometheus_query(
+        &self,
+        server: &HttpUrl,
+        query: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<Sample>>> + Send;
+}
+
 /// Sends a notification for an event.
 pub trait Notifier: Send + Sync {
     fn notify(&self, reaction: &str, event: &Event) -> impl Future<Output = Result<()>> + Send;
@@ -257,8 +301,14 @@ pub trait RegistryPorts: Ports {
 /// Test runners (test).
 pub trait TestPorts: Ports {
     type Tests: TestRunner;
-    /// The test runner configured for an app.
-    fn test_runner(&self, app: &AppConfig) -> Result<Self::Tests>;
+    /// The runner for a test configuration (an app's tests, a verify check's runner).
+    fn test_runner(&self, test: &TestConfig) -> Result<Self::Tests>;
+}
+
+/// Test runners and a probe (verify).
+pub trait VerifyPorts: TestPorts {
+    type Probe: Probe;
+    fn probe(&self) -> &Self::Probe;
 }
 
 /// Deploy targets (deploy, rollback).
@@ -276,9 +326,9 @@ pub trait NotifyPorts: Ports {
 }
 
 /// Every adapter: what runs every stage (the local runtime, the CLI).
-pub trait AllPorts: RegistryPorts + TestPorts + TargetPorts + NotifyPorts {}
+pub trait AllPorts: RegistryPorts + VerifyPorts + TargetPorts + NotifyPorts {}
 
-impl<P: RegistryPorts + TestPorts + TargetPorts + NotifyPorts> AllPorts for P {}
+impl<P: RegistryPorts + VerifyPorts + TargetPorts + NotifyPorts> AllPorts for P {}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::event::{
     ApprovalGranted, ApprovalRejected, ApprovalRequested, DeployFailed, DeploySucceeded, Envelope,
-    EventType, ImageBuilt, ImagePromoted, StageFailed, TestReport,
+    EventType, ImageBuilt, ImagePromoted, StageFailed, TestReport, VerificationReport,
 };
 
 fn envelope_schema<T: JsonSchema>(ty: EventType) -> Value {
@@ -49,6 +49,9 @@ pub fn event_schemas() -> Vec<(String, Value)> {
                 EventType::ApprovalRejected => envelope_schema::<ApprovalRejected>(ty),
                 EventType::DeploySucceeded => envelope_schema::<DeploySucceeded>(ty),
                 EventType::DeployFailed => envelope_schema::<DeployFailed>(ty),
+                EventType::VerificationPassed | EventType::VerificationFailed => {
+                    envelope_schema::<VerificationReport>(ty)
+                }
                 EventType::ImagePromoted => envelope_schema::<ImagePromoted>(ty),
                 EventType::StageFailed => envelope_schema::<StageFailed>(ty),
             };

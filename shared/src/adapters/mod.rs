@@ -10,6 +10,7 @@ pub mod http;
 #[cfg(feature = "kube")]
 pub mod k8s;
 pub mod memory;
+pub mod probe;
 pub mod registry;
 pub mod sandbox;
 

@@ -271,6 +271,10 @@ pub struct EnvironmentConfig {
     /// Freeze windows of this environment (besides the global ones).
     #[serde(default)]
     pub freeze: crate::config::FreezeConfig,
+    /// Checks after a deploy (and a soak) before promotion and the next environment;
+    /// none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::config::VerifyConfig>,
 }
 
 fn yes() -> bool {
@@ -517,7 +521,7 @@ impl AppConfig {
 }
 
 impl TestConfig {
-    fn check(&self, cfg: &Config, at: &str, p: &mut Vec<String>) {
+    pub(super) fn check(&self, cfg: &Config, at: &str, p: &mut Vec<String>) {
         match self {
             TestConfig::Command(c) => {
                 if c.run.is_empty() || c.run[0].is_empty() {
@@ -563,6 +567,9 @@ impl EnvironmentConfig {
             m.check(cfg, &format!("{at}.approval"), p);
         }
         self.deploy.check(cfg, &format!("{at}.deploy"), p);
+        if let Some(v) = &self.verify {
+            v.check(cfg, &format!("{at}.verify"), p);
+        }
     }
 }
 

@@ -24,6 +24,7 @@ mod reactions;
 mod registries;
 mod retention;
 mod serve;
+mod verify;
 
 pub use apps::*;
 pub use bus::*;
@@ -33,6 +34,7 @@ pub use reactions::*;
 pub use registries::*;
 pub use retention::*;
 pub use serve::*;
+pub use verify::*;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -29,17 +29,19 @@ pub enum StageName {
     Gate,
     Approve,
     Deploy,
+    Verify,
     Promote,
     Notify,
 }
 
 impl StageName {
-    pub const ALL: [StageName; 7] = [
+    pub const ALL: [StageName; 8] = [
         StageName::Ingest,
         StageName::Test,
         StageName::Gate,
         StageName::Approve,
         StageName::Deploy,
+        StageName::Verify,
         StageName::Promote,
         StageName::Notify,
     ];
@@ -51,6 +53,7 @@ impl StageName {
             StageName::Gate => "gate",
             StageName::Approve => "approve",
             StageName::Deploy => "deploy",
+            StageName::Verify => "verify",
             StageName::Promote => "promote",
             StageName::Notify => "notify",
         }

@@ -132,6 +132,7 @@ pub struct LocalPorts {
     pub registry: LocalRegistry,
     config: Arc<Config>,
     http: Http,
+    probe: crate::adapters::probe::HttpProbe,
     clusters: crate::adapters::Clusters,
 }
 
@@ -163,8 +164,8 @@ impl RegistryPorts for LocalPorts {
 
 impl TestPorts for LocalPorts {
     type Tests = AnyTestRunner;
-    fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
-        match &app.test {
+    fn test_runner(&self, test: &TestConfig) -> Result<AnyTestRunner> {
+        match test {
             TestConfig::Command(c) => Ok(AnyTestRunner::Command(CommandRunner::from_config(
                 c,
                 &self.config.base_dir,
@@ -172,6 +173,13 @@ impl TestPorts for LocalPorts {
             TestConfig::KubernetesJob(j) => self.clusters.test_runner(j),
             TestConfig::Lambda(_) => Err(aws_only("the lambda test runner")),
         }
+    }
+}
+
+impl crate::ports::VerifyPorts for LocalPorts {
+    type Probe = crate::adapters::probe::HttpProbe;
+    fn probe(&self) -> &Self::Probe {
+        &self.probe
     }
 }
 
@@ -261,6 +269,7 @@ impl Local {
             store,
             clusters: crate::adapters::Clusters::new(&config, &config.base_dir),
             config: config.clone(),
+            probe: crate::adapters::probe::HttpProbe::new(http.clone()),
             http,
         };
         Ok(Local {

@@ -53,7 +53,7 @@ fn order_key<P: Ports>(p: &Pipeline<P>, ctx: &RunContext) -> OrderKey {
     }
 }
 
-const CONSUMES: &[EventType] = &[EventType::ApprovalGranted];
+const CONSUMES: &[EventType] = &[EventType::ApprovalGranted, EventType::VerificationFailed];
 
 /// The deploy stage.
 pub struct Deploy;
@@ -88,7 +88,21 @@ impl<P: TargetPorts> Stage<P> for Deploy {
 
     fn record(p: &Pipeline<P>, input: &Input) -> Result<Option<RecordKey>> {
         let _ = p;
-        per_environment(StageName::Deploy, input).map(Some)
+        let mut rec = per_environment(StageName::Deploy, input)?;
+        // Putting the previous image back after a failed verification is a change of
+        // its own, in a record of its own.
+        if let Input::Event(e) = input
+            && let Payload::VerificationFailed(v) = &e.payload
+        {
+            if !v.rollback {
+                return Ok(None);
+            }
+            let ctx = input.ctx();
+            let env = rec.environment.clone().unwrap_or_default();
+            rec.key =
+                crate::store::stage_key(&ctx.app, &ctx.run, "deploy", Some(&format!("{env}.undo")));
+        }
+        Ok(Some(rec))
     }
 
     /// A failed rollout may run again (a fixed cluster); a superseded deploy may not: a
@@ -100,7 +114,11 @@ impl<P: TargetPorts> Stage<P> for Deploy {
     }
 
     async fn run(p: &Pipeline<P>, input: &Input, ctx: &StageCtx) -> Result<Step> {
-        step(p, input.expect_event(StageName::Deploy, CONSUMES)?, ctx).await
+        let e = input.expect_event(StageName::Deploy, CONSUMES)?;
+        match &e.payload {
+            Payload::VerificationFailed(v) => undo(p, e, v, ctx).await,
+            _ => step(p, e, ctx).await,
+        }
     }
 }
 
@@ -412,6 +430,211 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                 })],
             })
         }
+    }
+}
+
+/// Where putting the previous image back after a failed verification stands.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct UndoProgress {
+    applied: Applied,
+    to: HistoryEntry,
+}
+
+/// `verification.failed` with `rollback`: puts back the image that was live before the
+/// failed one, through the target's restore path (manifest, Kubernetes, Lambda alias),
+/// under the environment's lease, and publishes `deploy.succeeded` with `rollback` for
+/// it. Any stage's role may publish a `verification.failed`, so it acts only on the one
+/// the verify stage recorded (only verify writes its records). Nothing happens when the
+/// failed image is no longer live (a newer one replaced it: newer wins) or when nothing
+/// was live before it.
+async fn undo<P: TargetPorts>(
+    p: &Pipeline<P>,
+    input: &Event,
+    v: &crate::event::VerificationReport,
+    sctx: &StageCtx,
+) -> Result<Step> {
+    let ctx = &v.ctx;
+    let env_name = ctx.environment.clone().unwrap_or_default();
+    let app = p.config.app(&ctx.app)?;
+    let env = app.environment(&env_name)?;
+    check_image_of_app(app, ctx)?;
+    verified_failure(p, input, ctx, &env_name).await?;
+    let target = p.ports.deploy_target(app, env)?;
+    let lease = deployments::acquire_lease(
+        p,
+        &ctx.app,
+        &env_name,
+        &format!("undo-{}", ctx.run),
+        &sctx.worker,
+    )
+    .await?;
+    let result = undo_under_lease(p, &target, ctx, &env_name, v, sctx, &lease).await;
+    if !matches!(result, Ok(Step::Wait { .. })) {
+        deployments::release_lease(p, &ctx.app, &env_name, &lease).await;
+    }
+    result
+}
+
+/// The verify stage's record of this run and environment holds exactly this event.
+async fn verified_failure<P: Ports>(
+    p: &Pipeline<P>,
+    input: &Event,
+    ctx: &RunContext,
+    env: &str,
+) -> Result<()> {
+    let key = crate::store::stage_key(&ctx.app, &ctx.run, "verify", Some(env));
+    let rec: Option<(harness::StageRecord, String)> = get_json(p.ports.store(), &key).await?;
+    let recorded = rec.is_some_and(|(r, _)| {
+        r.outputs.iter().any(|o| {
+            o.id == input.id
+                && matches!(&o.payload, Payload::VerificationFailed(f)
+                    if f.rollback && f.ctx.image.digest == ctx.image.digest)
+        })
+    });
+    if recorded {
+        return Ok(());
+    }
+    tracing::error!(run = %ctx.run, env = %env, event = %input.id,
+        "a verification.failed the verify stage did not record asked for a rollback");
+    Err(Error::Refused(format!(
+        "rollback refused: run {} has no failed verification in {env} recorded by the verify stage for event {}; nothing was changed",
+        ctx.run, input.id
+    )))
+}
+
+async fn undo_under_lease<P: Ports, T: DeployTarget>(
+    p: &Pipeline<P>,
+    target: &T,
+    ctx: &RunContext,
+    env_name: &str,
+    v: &crate::event::VerificationReport,
+    sctx: &StageCtx,
+    lease: &deployments::Held,
+) -> Result<Step> {
+    let request = |to: &HistoryEntry| DeployRequest {
+        app: ctx.app.clone(),
+        environment: env_name.into(),
+        run: to.run.clone(),
+        image: to.image.clone(),
+        cause: format!(
+            "baton verify: run {} ({}) failed verification; back to {} ({})",
+            ctx.run,
+            ctx.image.tag,
+            to.image.tagged(),
+            to.image.short_digest()
+        ),
+    };
+    let progress = match &sctx.progress {
+        Some(state) => serde_json::from_value::<UndoProgress>(state.clone())
+            .map_err(|e| Error::permanent("rollback progress", format!("unreadable: {e}")))?,
+        None => {
+            let live = deployments::live(p, &ctx.app, env_name).await?;
+            match &live {
+                Some(l) if l.image.digest == ctx.image.digest => {}
+                other => {
+                    let now_live = other
+                        .as_ref()
+                        .map(|l| format!("{} ({}) is live", l.image.tag, l.image.short_digest()))
+                        .unwrap_or_else(|| "nothing is live".into());
+                    return Ok(Step::Done {
+                        outputs: vec![],
+                        note: Some(format!(
+                            "{env_name}: not rolled back: {now_live}, not the image that failed verification"
+                        )),
+                    });
+                }
+            }
+            let history = deployments::history(p, &ctx.app, env_name).await?;
+            let Some(to) = history
+                .iter()
+                .rev()
+                .find(|h| h.image.digest != ctx.image.digest)
+                .cloned()
+            else {
+                return Ok(Step::Done {
+                    outputs: vec![],
+                    note: Some(format!(
+                        "{env_name}: not rolled back: {} is the first image deployed there; nothing to go back to",
+                        ctx.image.short_digest()
+                    )),
+                });
+            };
+            let applied = target.apply(&request(&to)).await.map_err(|e| {
+                e.context(format!(
+                    "roll {env_name} back to {} after a failed verification",
+                    to.image.reference()
+                ))
+            })?;
+            UndoProgress { applied, to }
+        }
+    };
+    let req = request(&progress.to);
+    match target.rollout(&req).await? {
+        Rollout::Complete { detail } => {
+            deployments::record_live(
+                p,
+                &progress.to.ctx,
+                env_name,
+                &progress.applied,
+                DeployKind::Rollback,
+                Some("verify"),
+                lease,
+            )
+            .await?;
+            let mut back = progress.to.ctx.clone();
+            back.environment = Some(env_name.into());
+            Ok(Step::Done {
+                note: Some(format!(
+                    "{env_name}: rolled back to {} after a failed verification",
+                    progress.to.image.tag
+                )),
+                outputs: vec![Payload::DeploySucceeded(DeploySucceeded {
+                    ctx: back,
+                    target: target.kind().into(),
+                    previous: Some(ctx.image.reference()),
+                    changed: progress.applied.changed,
+                    rollback: true,
+                    detail: format!(
+                        "rolled back from {} to {} after a failed verification ({}); {detail}",
+                        ctx.image.tag, progress.to.image.tag, v.summary
+                    ),
+                })],
+            })
+        }
+        Rollout::Progressing {
+            detail,
+            check_after,
+        } => {
+            let after = check_after.min(p.settings.max_wait);
+            deployments::acquire_lease_for(
+                p,
+                &ctx.app,
+                env_name,
+                &format!("undo-{}", ctx.run),
+                &lease.worker,
+                after + p.settings.lease,
+            )
+            .await?;
+            Ok(Step::Wait {
+                after,
+                progress: serde_json::to_value(&progress).unwrap_or_default(),
+                note: format!("{env_name}: rolling back: {detail}"),
+            })
+        }
+        Rollout::Failed { reason } => Ok(Step::Done {
+            note: Some(format!("{env_name}: rollback did not roll out")),
+            outputs: vec![Payload::DeployFailed(DeployFailed {
+                ctx: ctx.clone(),
+                target: target.kind().into(),
+                code: FailureCode::RolloutFailed,
+                reason: format!(
+                    "putting {} back after a failed verification did not roll out: {reason}",
+                    progress.to.image.tag
+                ),
+                rolled_back: false,
+                live: None,
+            })],
+        }),
     }
 }
 

@@ -1,5 +1,5 @@
 //! gate: `tests.passed` (first environment) or `deploy.succeeded` of the previous
-//! environment → `approval.granted` under an `auto` policy, else `approval.requested`
+//! environment (`verification.passed` where it has checks) → `approval.granted` under an `auto` policy, else `approval.requested`
 //! with the rules the approvers must meet. Rollbacks never promote onwards.
 
 use chrono::Duration;
@@ -28,7 +28,15 @@ pub(crate) fn target_environment<P: Ports>(
     let app = p.config.app(&ctx.app)?;
     Ok(match &e.payload {
         Payload::TestsPassed(_) => app.environments.first().map(|e| e.name.clone()),
+        // An environment with checks opens the next gate on `verification.passed`.
         Payload::DeploySucceeded(d) if !d.rollback => {
+            if crate::stages::verify::checks_for(p, e).is_some() {
+                return Ok(None);
+            }
+            let env = ctx.environment.as_deref().unwrap_or("");
+            app.next_environment(env).map(|e| e.name.clone())
+        }
+        Payload::VerificationPassed(_) => {
             let env = ctx.environment.as_deref().unwrap_or("");
             app.next_environment(env).map(|e| e.name.clone())
         }
@@ -36,7 +44,11 @@ pub(crate) fn target_environment<P: Ports>(
     })
 }
 
-const CONSUMES: &[EventType] = &[EventType::TestsPassed, EventType::DeploySucceeded];
+const CONSUMES: &[EventType] = &[
+    EventType::TestsPassed,
+    EventType::DeploySucceeded,
+    EventType::VerificationPassed,
+];
 
 /// The gate stage.
 pub struct Gate;

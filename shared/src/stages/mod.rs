@@ -1,4 +1,4 @@
-//! The seven stages, one file each. A stage file holds everything about its stage: its
+//! The eight stages, one file each. A stage file holds everything about its stage: its
 //! declaration (`SPEC`: what it consumes, whether it runs per environment, what its role
 //! may hold), where its record lives, and what it does, over the ports it needs.
 //!
@@ -8,8 +8,9 @@
 //! | [`test`] | `image.built` | `tests.passed` / `tests.failed` | a test runner |
 //! | [`gate`] | `tests.passed`, `deploy.succeeded` | `approval.granted` (auto) / `approval.requested` | – |
 //! | [`approve`] | `approval.requested`, decisions | `approval.granted` / `approval.rejected` | – |
-//! | [`deploy`] | `approval.granted` | `deploy.succeeded` / `deploy.failed` | a deploy target |
-//! | [`promote`] | `deploy.succeeded` | `image.promoted` | a registry |
+//! | [`deploy`] | `approval.granted`, `verification.failed` (rollback) | `deploy.succeeded` / `deploy.failed` | a deploy target |
+//! | [`verify`] | `deploy.succeeded` (environments with checks) | `verification.passed` / `verification.failed` | test runners, a probe |
+//! | [`promote`] | `deploy.succeeded` (no checks), `verification.passed` | `image.promoted` | a registry |
 //! | [`notify`] | what reactions match | – | a notifier |
 //!
 //! [`SPECS`] lists the declarations; [`subscriptions`] (which queue feeds which stage)
@@ -31,6 +32,7 @@ pub mod subscriptions;
 pub mod test;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod verify;
 
 pub use approve::Approve;
 pub use deploy::Deploy;
@@ -39,15 +41,17 @@ pub use ingest::Ingest;
 pub use notify::Notify;
 pub use promote::Promote;
 pub use test::Test;
+pub use verify::Verify;
 
 /// Every stage's declaration, in pipeline order: what the subscription table, the
 /// audit's rows and the list of functions are read from.
-pub static SPECS: [&StageSpec; 7] = [
+pub static SPECS: [&StageSpec; 8] = [
     &ingest::SPEC,
     &test::SPEC,
     &gate::SPEC,
     &approve::SPEC,
     &deploy::SPEC,
+    &verify::SPEC,
     &promote::SPEC,
     &notify::SPEC,
 ];
@@ -72,6 +76,7 @@ pub async fn handle<P: AllPorts>(
         StageName::Gate => harness::handle::<Gate, P>(p, input, mode).await,
         StageName::Approve => harness::handle::<Approve, P>(p, input, mode).await,
         StageName::Deploy => harness::handle::<Deploy, P>(p, input, mode).await,
+        StageName::Verify => harness::handle::<Verify, P>(p, input, mode).await,
         StageName::Promote => harness::handle::<Promote, P>(p, input, mode).await,
         StageName::Notify => harness::handle::<Notify, P>(p, input, mode).await,
     }

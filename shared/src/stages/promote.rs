@@ -1,5 +1,6 @@
-//! promote: `deploy.succeeded` → `image.promoted`: the image gets the environment's tag
-//! in the registry (retag of the same manifest), so the tag always names what is live.
+//! promote: `deploy.succeeded` (or `verification.passed` where the environment has
+//! checks) → `image.promoted`: the image gets the environment's tag in the registry
+//! (retag of the same manifest), so the tag always names what is live and verified.
 
 use crate::error::Result;
 use crate::event::{Event, EventType, ImagePromoted, Payload};
@@ -9,7 +10,7 @@ use crate::pipeline::stage::{
 };
 use crate::ports::{Registry, RegistryPorts};
 
-const CONSUMES: &[EventType] = &[EventType::DeploySucceeded];
+const CONSUMES: &[EventType] = &[EventType::DeploySucceeded, EventType::VerificationPassed];
 
 /// The promote stage.
 pub struct Promote;
@@ -37,7 +38,12 @@ impl<P: RegistryPorts> Stage<P> for Promote {
     const SPEC: &'static StageSpec = &SPEC;
 
     fn record(p: &Pipeline<P>, input: &Input) -> Result<Option<RecordKey>> {
-        let _ = p;
+        // An environment with checks is promoted on `verification.passed`.
+        if let Input::Event(e) = input
+            && crate::stages::verify::checks_for(p, e).is_some()
+        {
+            return Ok(None);
+        }
         let mut rec = per_environment(StageName::Promote, input)?;
         // A rollback is a new deploy of an old run: promote retags again, in a record
         // of its own.

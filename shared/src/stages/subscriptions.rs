@@ -74,7 +74,15 @@ mod tests {
         assert_eq!(consumers(EventType::ImageBuilt), vec![StageName::Test]);
         assert_eq!(
             consumers(EventType::DeploySucceeded),
+            vec![StageName::Gate, StageName::Verify, StageName::Promote]
+        );
+        assert_eq!(
+            consumers(EventType::VerificationPassed),
             vec![StageName::Gate, StageName::Promote]
+        );
+        assert_eq!(
+            consumers(EventType::VerificationFailed),
+            vec![StageName::Deploy]
         );
         assert_eq!(
             consumers(EventType::ApprovalGranted),

@@ -61,12 +61,13 @@ impl<P: TestPorts> Stage<P> for Test {
 async fn step<P: TestPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Result<Step> {
     let ctx = input.ctx();
     let app = p.config.app(&ctx.app)?;
-    let runner = p.ports.test_runner(app)?;
+    let runner = p.ports.test_runner(&app.test)?;
     let req = TestRequest {
         app: ctx.app.clone(),
         run: ctx.run.clone(),
         image: ctx.image.clone(),
         attempt: sctx.attempt,
+        check: None,
     };
     let started = Instant::now();
     let progress = match &sctx.progress {

@@ -650,13 +650,14 @@ async fn a_redelivered_event_never_creates_a_second_job() {
         .local
         .pipeline
         .ports
-        .test_runner(cfg.app("web").unwrap())
+        .test_runner(&cfg.app("web").unwrap().test)
         .unwrap();
     let req = baton::ports::TestRequest {
         app: "web".into(),
         run: env.run_of(&img),
         image: img.clone(),
         attempt: 1,
+        check: None,
     };
     let p = runner.start(&req).await.unwrap();
     assert!(

@@ -550,7 +550,7 @@ impl TestRunner for LambdaTestRunner {
     }
 
     async fn start(&self, req: &TestRequest) -> Result<TestProgress> {
-        let payload = json!({
+        let mut payload = json!({
             "image": req.image.reference(),
             "digest": req.image.digest,
             "tag": req.image.tag,
@@ -559,6 +559,10 @@ impl TestRunner for LambdaTestRunner {
             "run": req.run,
             "attempt": req.attempt,
         });
+        if let Some(c) = &req.check {
+            payload["environment"] = json!(c.environment);
+            payload["check"] = json!(c.check);
+        }
         let out = self
             .client
             .invoke()

@@ -49,7 +49,7 @@ impl CommandRunner {
 
 /// The variables describing the image and run, as every test command sees them.
 pub fn image_env(req: &TestRequest) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("BATON_IMAGE".into(), req.image.reference()),
         ("BATON_IMAGE_DIGEST".into(), req.image.digest.to_string()),
         ("BATON_IMAGE_TAG".into(), req.image.tag.to_string()),
@@ -64,7 +64,12 @@ pub fn image_env(req: &TestRequest) -> Vec<(String, String)> {
         ("BATON_APP".into(), req.app.clone()),
         ("BATON_RUN".into(), req.run.to_string()),
         ("BATON_ATTEMPT".into(), req.attempt.to_string()),
-    ]
+    ];
+    if let Some(c) = &req.check {
+        env.push(("BATON_ENVIRONMENT".into(), c.environment.clone()));
+        env.push(("BATON_CHECK".into(), c.check.clone()));
+    }
+    env
 }
 
 impl TestRunner for CommandRunner {

@@ -37,6 +37,23 @@ pub fn job_name(run: &str, attempt: u32) -> String {
     format!("baton-test-{}-{attempt}", &run[..run.len().min(16)])
 }
 
+/// The Job name of a request: the tests' ([`job_name`]), or a verify check's (its
+/// environment and name hashed to 8 hex digits, so any names fit 63 characters).
+pub fn request_job_name(req: &TestRequest) -> String {
+    match &req.check {
+        None => job_name(&req.run, req.attempt),
+        Some(c) => {
+            let h = crate::ids::stable_id(&["verify", &c.environment, &c.check]);
+            format!(
+                "baton-verify-{}-{}-{}",
+                &req.run[..req.run.len().min(16)],
+                &h[..8],
+                req.attempt
+            )
+        }
+    }
+}
+
 impl KubeJobRunner {
     pub fn new(cfg: KubeJobTest, cluster: Arc<Cluster>) -> KubeJobRunner {
         KubeJobRunner {
@@ -54,6 +71,10 @@ impl KubeJobRunner {
             json!({"name": "BATON_APP", "value": req.app}),
             json!({"name": "BATON_RUN", "value": req.run}),
         ];
+        if let Some(c) = &req.check {
+            env.push(json!({"name": "BATON_ENVIRONMENT", "value": c.environment}));
+            env.push(json!({"name": "BATON_CHECK", "value": c.check}));
+        }
         env.extend(
             self.cfg
                 .env
@@ -191,7 +212,7 @@ impl TestRunner for KubeJobRunner {
     async fn start(&self, req: &TestRequest) -> Result<TestProgress> {
         let client = self.cluster.client().await?;
         let api = Api::<Job>::namespaced(client, &self.cfg.namespace);
-        let name = job_name(&req.run, req.attempt);
+        let name = request_job_name(req);
         let what = format!(
             "job {name} in namespace {} of cluster {}",
             self.cfg.namespace,

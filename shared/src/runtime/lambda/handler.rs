@@ -183,6 +183,7 @@ impl Function<WithNotifier> for Notify {
 }
 
 impl Function<WithTests> for Test {}
+impl Function<WithTests> for crate::stages::Verify {}
 impl Function<()> for Gate {}
 impl Function<WithTargets> for Deploy {}
 impl Function<WithRegistry> for Promote {}

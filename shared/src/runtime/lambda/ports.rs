@@ -1,6 +1,6 @@
 //! `AwsPorts<X>`: the ports of a Lambda function. Every function has the SNS bus, the S3
 //! store and the configuration; `X` adds only what its stage uses: a registry (ingest,
-//! promote), test runners (test), deploy targets (deploy), notifiers (notify), nothing
+//! promote), test runners (test, verify), deploy targets (deploy), notifiers (notify), nothing
 //! (gate, approve). So a function links only its own adapters. Built once per container
 //! from the environment the stack sets: `BATON_BUCKET`, `BATON_TOPIC_ARN`, and the
 //! configuration from `BATON_CONFIG_S3` (`s3://bucket/key`) or `BATON_CONFIG` (a file).
@@ -188,11 +188,13 @@ impl RegistryPorts for AwsPorts<WithRegistry> {
     }
 }
 
-/// Test runners (test): a test Lambda, a Kubernetes Job, or a command shipped with the
-/// test function's package.
+/// Test runners (test, verify): a test Lambda, a Kubernetes Job, or a command shipped
+/// with the function's package; and the HTTP probe of verify's checks (built on its
+/// first use only).
 pub struct WithTests {
     lambda: crate::adapters::aws::Lazy<aws_sdk_lambda::Client>,
     clusters: crate::adapters::Clusters,
+    probe: crate::adapters::probe::HttpProbe,
 }
 
 impl Extra for WithTests {
@@ -200,14 +202,22 @@ impl Extra for WithTests {
         Ok(WithTests {
             lambda: clients.lambda(),
             clusters: crate::adapters::Clusters::for_function(config),
+            probe: crate::adapters::probe::HttpProbe::new(Http::new()),
         })
+    }
+}
+
+impl crate::ports::VerifyPorts for AwsPorts<WithTests> {
+    type Probe = crate::adapters::probe::HttpProbe;
+    fn probe(&self) -> &Self::Probe {
+        &self.extra.probe
     }
 }
 
 impl TestPorts for AwsPorts<WithTests> {
     type Tests = AnyTestRunner;
-    fn test_runner(&self, app: &AppConfig) -> Result<AnyTestRunner> {
-        match &app.test {
+    fn test_runner(&self, test: &TestConfig) -> Result<AnyTestRunner> {
+        match test {
             TestConfig::Lambda(l) => Ok(AnyTestRunner::Lambda(LambdaTestRunner::new(
                 self.extra.lambda.clone(),
                 l,
