@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 const RUNS: usize = 101;
 /// One function per stage: `baton-fn-<stage>`.
-const FUNCTIONS: [baton::pipeline::StageName; 7] = baton::pipeline::StageName::ALL;
+const FUNCTIONS: [baton::pipeline::StageName; 8] = baton::pipeline::StageName::ALL;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -7,6 +7,7 @@
 //! * [`moto`]: moto server (AWS APIs) on a free port, and SDK configuration for it.
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
+//! * [`prometheus`]: Prometheus on a free port, scraping what a test serves.
 //! * [`smtp`]: aiosmtpd on a free port, keeping what it receives in a Maildir.
 //! * [`tls`]: a test CA and a loopback serving certificate, by `openssl`.
 //! * [`k8s`]: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
@@ -22,6 +23,7 @@ pub mod build;
 pub mod fleet;
 pub mod k8s;
 pub mod moto;
+pub mod prometheus;
 pub mod registry;
 pub mod smtp;
 pub mod tls;

@@ -3,8 +3,8 @@
 //! - **deployments** (and per day): deploys that succeeded in the window, rollbacks
 //!   excluded;
 //! - **lead time**: push → deployed in that environment, median and 90th percentile;
-//! - **change failure rate**: deploys that failed (a rollout failure, rolled back or not)
-//!   or were later rolled back by an operator, over all deploys that changed the
+//! - **change failure rate**: deploys that failed (a rollout failure, rolled back or not),
+//!   failed their verification, or were later rolled back by an operator, over all deploys that changed the
 //!   environment or tried to;
 //! - **time to restore**: from a failed deploy to a working image live again (at once
 //!   when the failed rollout was put back automatically; else the next successful deploy
@@ -185,6 +185,15 @@ pub async fn collect<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunFacts>> {
                             rolled_back_at: None,
                         },
                     }),
+                    // A deploy whose checks failed is a failed change, restored when
+                    // the previous image went back.
+                    Payload::VerificationFailed(_) => {
+                        if let Some(d) = deploys.iter_mut().rev().find(|d| d.environment == env)
+                            && let Outcome::Succeeded { rolled_back_at } = &mut d.outcome
+                        {
+                            *rolled_back_at = Some(e.time);
+                        }
+                    }
                     Payload::DeployFailed(d) if d.code != FailureCode::Superseded => {
                         deploys.push(DeployFact {
                             environment: env,

@@ -131,7 +131,8 @@ pub async fn view<P: Ports>(p: &Pipeline<P>) -> Result<Vec<EnvironmentView>> {
                 .iter()
                 .filter(|r| r.app == app.name)
                 .find(|r| match &r.status {
-                    RunStatus::DeployFailed { environment, .. } => environment == name,
+                    RunStatus::DeployFailed { environment, .. }
+                    | RunStatus::VerificationFailed { environment, .. } => environment == name,
                     RunStatus::FailedAt {
                         stage: StageName::Deploy,
                         environment: Some(e),

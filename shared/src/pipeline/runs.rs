@@ -403,6 +403,13 @@ pub enum RunStatus {
     Rejected(String),
     /// A newer image is live in this environment.
     Superseded(String),
+    /// The environment's checks run after the deploy (through the soak).
+    Verifying(String),
+    /// A check failed after the deploy; `rolled_back` once the previous image is back.
+    VerificationFailed {
+        environment: String,
+        rolled_back: bool,
+    },
     DeployFailed {
         environment: String,
         rolled_back: bool,
@@ -427,6 +434,15 @@ impl std::fmt::Display for RunStatus {
             RunStatus::TestsFailed => f.write_str("tests failed"),
             RunStatus::Rejected(env) => write!(f, "rejected ({env})"),
             RunStatus::Superseded(env) => write!(f, "superseded ({env})"),
+            RunStatus::Verifying(env) => write!(f, "verifying ({env})"),
+            RunStatus::VerificationFailed {
+                environment,
+                rolled_back,
+            } => write!(
+                f,
+                "verification failed ({environment}{})",
+                if *rolled_back { ", rolled back" } else { "" }
+            ),
             RunStatus::DeployFailed {
                 environment,
                 rolled_back,
@@ -520,6 +536,23 @@ fn status_of(
                     rolled_back: d.rolled_back,
                 };
             }
+            Payload::VerificationFailed(_) if !deployed.contains(&env) => {
+                // Back once the deploy stage's record of putting it back succeeded.
+                let rolled_back = stages.iter().any(|s| {
+                    s.stage == StageName::Deploy
+                        && s.status == StageStatus::Succeeded
+                        && s.environment.as_deref() == Some(env.as_str())
+                        && matches!(&s.input, crate::pipeline::stage::Input::Event(i)
+                            if matches!(i.payload, Payload::VerificationFailed(_)))
+                        && s.outputs
+                            .iter()
+                            .any(|o| matches!(o.payload, Payload::DeploySucceeded(_)))
+                });
+                return RunStatus::VerificationFailed {
+                    environment: env,
+                    rolled_back,
+                };
+            }
             Payload::DeploySucceeded(d) => {
                 if Some(env.as_str()) == last_env && !d.rollback {
                     deployed_last = true;
@@ -528,6 +561,12 @@ fn status_of(
             }
             _ => {}
         }
+    }
+    if let Some(s) = stages
+        .iter()
+        .find(|s| s.stage == StageName::Verify && !s.status.is_final())
+    {
+        return RunStatus::Verifying(s.environment.clone().unwrap_or_default());
     }
     if deployed_last {
         return RunStatus::Deployed;

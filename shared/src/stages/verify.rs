@@ -221,7 +221,11 @@ async fn step<P: VerifyPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
         if !due || state.finished.is_some() || verdict(c, state) == Verdict::Failed {
             continue;
         }
-        evaluate(p, cfg, i, c, state, sctx, ctx, &env_name).await?;
+        let target = CheckTarget {
+            environment: env_name.clone(),
+            check: cfg.check_name(i),
+        };
+        evaluate(p, c, state, sctx, ctx, target).await?;
     }
     let verdicts: Vec<Verdict> = cfg
         .checks
@@ -340,13 +344,11 @@ fn outcomes(cfg: &VerifyConfig, progress: &Progress, verdicts: &[Verdict]) -> Ve
 /// Evaluates one due check and records what it saw.
 async fn evaluate<P: VerifyPorts>(
     p: &Pipeline<P>,
-    cfg: &VerifyConfig,
-    i: usize,
     c: &CheckConfig,
     state: &mut CheckState,
     sctx: &StageCtx,
     ctx: &crate::event::RunContext,
-    env: &str,
+    target: CheckTarget,
 ) -> Result<()> {
     let now = sctx.now;
     if let Some(h) = &c.http {
@@ -415,10 +417,7 @@ async fn evaluate<P: VerifyPorts>(
             run: ctx.run.clone(),
             image: ctx.image.clone(),
             attempt: sctx.attempt,
-            check: Some(CheckTarget {
-                environment: env.into(),
-                check: cfg.check_name(i),
-            }),
+            check: Some(target),
         };
         let progress = match state.runner.take() {
             Some(running) => runner.check(&req, &running).await?,

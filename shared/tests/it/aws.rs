@@ -741,6 +741,7 @@ impl Stack {
                 N::Gate => call::<baton::stages::Gate, ()>(self, payload).await,
                 N::Approve => call::<baton::stages::Approve, ()>(self, payload).await,
                 N::Deploy => call::<baton::stages::Deploy, WithTargets>(self, payload).await,
+                N::Verify => call::<baton::stages::Verify, WithTests>(self, payload).await,
                 N::Promote => call::<baton::stages::Promote, WithRegistry>(self, payload).await,
                 N::Notify => call::<baton::stages::Notify, WithNotifier>(self, payload).await,
             }

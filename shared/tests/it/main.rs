@@ -13,6 +13,7 @@ mod k8s;
 mod layout;
 mod pipeline;
 mod samples;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
