@@ -552,7 +552,8 @@ fn audit_kubernetes(docs: &[(String, Value)], report: &mut Report) {
                     });
                 }
                 let ok = match stage.as_str() {
-                    "test" => match res.as_str() {
+                    // verify runs its kubernetes_job checks as test runs its suites.
+                    "test" | "verify" => match res.as_str() {
                         "jobs" => verbs.iter().all(|v| {
                             ["create", "get", "list", "watch", "delete"].contains(&v.as_str())
                         }),
@@ -596,7 +597,7 @@ fn audit_kubernetes(docs: &[(String, Value)], report: &mut Report) {
             "deploy" => {
                 deploy_namespaces.insert(ns.clone());
             }
-            "test" => {
+            "test" | "verify" => {
                 test_namespaces.insert(ns.clone());
             }
             _ => {}
@@ -612,7 +613,9 @@ fn audit_kubernetes(docs: &[(String, Value)], report: &mut Report) {
         report.findings.push(Finding {
             code: "test-in-production-namespace".into(),
             stage: Some("test".into()),
-            message: format!("the test stage can run Jobs in {ns}, where deploy targets live"),
+            message: format!(
+                "the test or verify stage can run Jobs in {ns}, where deploy targets live"
+            ),
         });
     }
 }
