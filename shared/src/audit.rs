@@ -959,7 +959,10 @@ mod tests {
     fn the_shipped_rbac_gives_each_stage_its_group_and_rules() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/k8s");
         let access = kube_stage_access(&load_manifests(&dir).unwrap());
-        assert_eq!(access.keys().collect::<Vec<_>>(), ["deploy", "test"]);
+        assert_eq!(
+            access.keys().collect::<Vec<_>>(),
+            ["deploy", "test", "verify"]
+        );
         let deploy = &access["deploy"];
         assert_eq!(
             deploy.subjects.iter().collect::<Vec<_>>(),

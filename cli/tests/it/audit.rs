@@ -75,7 +75,7 @@ fn shipped_stack_and_rbac_have_no_findings() {
         .collect();
     assert_eq!(
         stages.len(),
-        7,
+        baton::pipeline::StageName::ALL.len(),
         "every stage has its own grants: {stages:?}"
     );
     let text = Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -137,7 +137,7 @@ fn each_mutation_is_caught_with_a_non_zero_exit() {
                 statements(t, "TestRole").push(json!({"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": {"Fn::Sub": "${StateBucket.Arn}/runs/*"}}))
             }),
             "foreign-stage-records",
-            "ingest, gate, approve, deploy, promote, notify",
+            "ingest, gate, approve, deploy, verify, promote, notify",
         ),
         (
             "shared role",

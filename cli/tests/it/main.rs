@@ -101,7 +101,7 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
         assert!(m.contains("# set by baton"), "comments survive: {m}");
     }
     let log = std::fs::read_to_string(dir.path().join("demo-state/notifications.log")).unwrap();
-    assert_eq!(log.lines().count(), 9, "{log}");
+    assert_eq!(log.lines().count(), 10, "{log}");
 
     // twice in a row works (fresh state each time), and --json describes the run
     let o = baton(dir.path(), &["--json", "demo", "--dir", "demo-state"]);
@@ -121,6 +121,7 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
             "tests.passed",
             "approval.granted",
             "deploy.succeeded",
+            "verification.passed",
             "approval.requested",
             "image.promoted",
             "approval.granted",
@@ -395,7 +396,7 @@ fn schema_command_matches_checked_in_schemas() {
         );
         n += 1;
     }
-    assert_eq!(n, 10);
+    assert_eq!(n, baton::event::EventType::ALL.len());
 }
 
 #[test]

@@ -750,9 +750,14 @@ impl Stack {
     }
 
     async fn push_event(&self) {
+        self.push_event_of("1.0.0", &self.digest).await;
+    }
+
+    /// ECR's image action for `tag` at `digest`, through the EventBridge rule.
+    async fn push_event_of(&self, tag: &str, digest: &str) {
         let events = aws_sdk_eventbridge::Client::new(&self.m.config().await);
-        let detail = json!({"result": "SUCCESS", "repository-name": "demo/web", "image-digest": self.digest,
-                            "action-type": "PUSH", "image-tag": "1.0.0"});
+        let detail = json!({"result": "SUCCESS", "repository-name": "demo/web", "image-digest": digest,
+                            "action-type": "PUSH", "image-tag": tag});
         events
             .put_events()
             .entries(
@@ -1830,5 +1835,117 @@ serve:
         s.run_log().await.first().map(String::as_str),
         Some("image.built"),
         "ingested at once"
+    );
+}
+
+/// The verify function on AWS APIs: a healthy service verifies 1.0.0 (promoted after
+/// `verification.passed`); 1.1.0 meets an unhealthy one, fails its verification, and the
+/// deploy function moves the Lambda alias back to 1.0.0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_verification_moves_the_lambda_alias_back_on_aws_apis() {
+    let svc = crate::verify::Service::start().await;
+    let tail = format!(
+        "        verify:\n          checks:\n            - name: health\n              http: {{ url: \"http://127.0.0.1:{}/healthz\", interval: 100ms, successes: 2 }}\n",
+        svc.port
+    );
+    let s = stack_full("auto", "", &tail).await;
+    s.push_event().await;
+    s.run_ingest().await;
+    let want = [
+        "deploy.succeeded".to_string(),
+        "verification.passed".to_string(),
+        "image.promoted".to_string(),
+    ];
+    let mut log = vec![];
+    for _ in 0..15 {
+        s.drive(1).await;
+        log = s.run_log().await;
+        if log.ends_with(&want) {
+            break;
+        }
+    }
+    assert!(
+        log.ends_with(&[
+            "deploy.succeeded".to_string(),
+            "verification.passed".to_string(),
+            "image.promoted".to_string()
+        ]),
+        "promoted after the verification: {log:?}"
+    );
+    let v1 = format!("{HOST}/demo/web@{}", s.digest);
+    assert_eq!(s.alias_image().await, v1);
+
+    // 1.1.0 (moto's ECR gives every image the same digest, so the event names one of
+    // its own: nothing before promote reads the registry), and the service turns
+    // unhealthy.
+    let d2 = format!("sha256:{}", "ab".repeat(32));
+    assert_ne!(d2, s.digest);
+    svc.set_status(503);
+    s.push_event_of("1.1.0", &d2).await;
+    s.run_ingest().await;
+    let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+    let run2 = baton::ids::run_id("web", &d2);
+    let undo_key = baton::store::stage_key("web", &run2, "deploy", Some("staging.undo"));
+    // Waits come back after their visibility timeout: drive until the rollback is done.
+    let mut undo = serde_json::Value::Null;
+    for _ in 0..15 {
+        s.drive(1).await;
+        if let Some(o) = store.get(&undo_key).await.unwrap() {
+            undo = serde_json::from_slice(&o.bytes).unwrap();
+            if undo["status"] == "succeeded" {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        s.alias_image().await,
+        v1,
+        "the alias is back on 1.0.0 after 1.1.0 failed its verification"
+    );
+    let mut records = vec![];
+    for k in store
+        .list(&format!("runs/web/{run2}/stages/"))
+        .await
+        .unwrap()
+    {
+        let o = store.get(&k).await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.bytes).unwrap();
+        records.push(format!("{k}: {} {}", v["status"], v["note"]));
+    }
+    assert_eq!(undo["status"], "succeeded", "{undo}; records: {records:#?}");
+    assert!(
+        undo["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rolled back to 1.0.0"),
+        "{undo}"
+    );
+    let failed: serde_json::Value = serde_json::from_slice(
+        &store
+            .get(&baton::store::stage_key(
+                "web",
+                &run2,
+                "verify",
+                Some("staging"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes,
+    )
+    .unwrap();
+    assert_eq!(
+        failed["outputs"][0]["type"], "verification.failed",
+        "{failed}"
+    );
+    assert!(
+        s.sqs
+            .receive_message()
+            .queue_url(&s.queues.iter().find(|(n, _)| n == "verify").unwrap().1)
+            .send()
+            .await
+            .unwrap()
+            .messages()
+            .is_empty()
     );
 }

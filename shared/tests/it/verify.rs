@@ -23,14 +23,14 @@ use crate::{Env, Setup, write_manifests};
 
 /// A service whose health status and exported error ratio the test sets.
 #[derive(Clone)]
-struct Service {
+pub(crate) struct Service {
     status: Arc<AtomicU16>,
     ratio: Arc<AtomicU64>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Service {
-    async fn start() -> Service {
+    pub(crate) async fn start() -> Service {
         let status = Arc::new(AtomicU16::new(200));
         let ratio = Arc::new(AtomicU64::new(0.01f64.to_bits()));
         let (s, r) = (status.clone(), ratio.clone());
@@ -72,7 +72,7 @@ impl Service {
         }
     }
 
-    fn set_status(&self, code: u16) {
+    pub(crate) fn set_status(&self, code: u16) {
         self.status.store(code, Ordering::SeqCst);
     }
 
