@@ -388,23 +388,18 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
             detail,
             check_after,
         } => {
-            // The lease outlasts the wait, so no other run deploys to this environment
-            // between two checks of this rollout (a traffic shift, a rolling update).
-            let after = check_after.min(p.settings.max_wait);
-            deployments::acquire_lease_for(
+            let progress = serde_json::to_value(&applied).unwrap_or_default();
+            wait_for_rollout(
                 p,
-                &ctx.app,
+                ctx,
                 env_name,
                 &ctx.run,
-                &lease.worker,
-                after + p.settings.lease,
+                lease,
+                check_after,
+                progress,
+                detail,
             )
-            .await?;
-            Ok(Step::Wait {
-                after,
-                progress: serde_json::to_value(&applied).unwrap_or_default(),
-                note: detail,
-            })
+            .await
         }
         Rollout::Failed { reason } => {
             let rolled_back = rollback_on_failure && applied.changed;
@@ -431,6 +426,37 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
             })
         }
     }
+}
+
+/// A rollout still in progress: the lease is kept past the wait (so no other run deploys
+/// to this environment between two checks of a traffic shift or a rolling update) and
+/// the message comes back after `check_after` (at most the pipeline's longest wait).
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_rollout<P: Ports>(
+    p: &Pipeline<P>,
+    ctx: &RunContext,
+    env_name: &str,
+    holder: &str,
+    lease: &deployments::Held,
+    check_after: Duration,
+    progress: serde_json::Value,
+    note: String,
+) -> Result<Step> {
+    let after = check_after.min(p.settings.max_wait);
+    deployments::acquire_lease_for(
+        p,
+        &ctx.app,
+        env_name,
+        holder,
+        &lease.worker,
+        after + p.settings.lease,
+    )
+    .await?;
+    Ok(Step::Wait {
+        after,
+        progress,
+        note,
+    })
 }
 
 /// Where putting the previous image back after a failed verification stands.
@@ -605,21 +631,10 @@ async fn undo_under_lease<P: Ports, T: DeployTarget>(
             detail,
             check_after,
         } => {
-            let after = check_after.min(p.settings.max_wait);
-            deployments::acquire_lease_for(
-                p,
-                &ctx.app,
-                env_name,
-                &format!("undo-{}", ctx.run),
-                &lease.worker,
-                after + p.settings.lease,
-            )
-            .await?;
-            Ok(Step::Wait {
-                after,
-                progress: serde_json::to_value(&progress).unwrap_or_default(),
-                note: format!("{env_name}: rolling back: {detail}"),
-            })
+            let holder = format!("undo-{}", ctx.run);
+            let state = serde_json::to_value(&progress).unwrap_or_default();
+            let note = format!("{env_name}: rolling back: {detail}");
+            wait_for_rollout(p, ctx, env_name, &holder, lease, check_after, state, note).await
         }
         Rollout::Failed { reason } => Ok(Step::Done {
             note: Some(format!("{env_name}: rollback did not roll out")),
