@@ -12,7 +12,7 @@
 //!
 //! Identities (static bearer tokens): `admin` (`system:masters`), and one per Baton
 //! stage that touches a cluster, named after the group the RBAC of `infra/k8s/` binds:
-//! [`DEPLOY`] (`baton-deploy`) and [`TEST`] (`baton-test`). The kubeconfig has a context
+//! [`DEPLOY`] (`baton-deploy`), [`TEST`] (`baton-test`) and [`VERIFY`] (`baton-verify`). The kubeconfig has a context
 //! of each name.
 
 use std::collections::BTreeMap;
@@ -30,6 +30,8 @@ use crate::free_port;
 pub const DEPLOY: &str = "baton-deploy";
 /// The test stage's identity: user and group `baton-test`.
 pub const TEST: &str = "baton-test";
+/// The verify stage's identity: user and group `baton-verify`.
+pub const VERIFY: &str = "baton-verify";
 /// The administrator (`system:masters`), for set-up and assertions.
 pub const ADMIN: &str = "admin";
 
@@ -261,7 +263,12 @@ fn start() -> ControlPlane {
 
     let mut tokens = BTreeMap::new();
     let mut csv = String::new();
-    for (user, group) in [(ADMIN, "system:masters"), (DEPLOY, DEPLOY), (TEST, TEST)] {
+    for (user, group) in [
+        (ADMIN, "system:masters"),
+        (DEPLOY, DEPLOY),
+        (TEST, TEST),
+        (VERIFY, VERIFY),
+    ] {
         let t = token();
         csv.push_str(&format!("{t},{user},{user},\"{group}\"\n"));
         tokens.insert(user.to_string(), t);

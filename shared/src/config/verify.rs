@@ -22,6 +22,41 @@ pub struct VerifyConfig {
     /// Put the previous image back when a check fails (default true).
     #[serde(default = "yes")]
     pub rollback: bool,
+    /// The verification fails when the checks have not all passed this long after the
+    /// deploy (a check that never reaches its `successes`, a runner that hangs); the
+    /// soak plus 15 minutes when absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+impl VerifyConfig {
+    /// How long the verification may take at most.
+    pub fn deadline(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| self.soak.saturating_add(Duration::from_secs(15 * 60)))
+    }
+}
+
+/// An optional duration (`30m`), as [`duration`] reads and writes one.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
 }
 
 fn yes() -> bool {
@@ -217,6 +252,15 @@ impl VerifyConfig {
         if self.checks.is_empty() {
             p.push(format!(
                 "{at}.checks: list at least one check (or leave verify out)"
+            ));
+        }
+        if let Some(t) = self.timeout
+            && t <= self.soak
+        {
+            p.push(format!(
+                "{at}.timeout: {} must be longer than the soak ({})",
+                humantime::format_duration(t),
+                humantime::format_duration(self.soak)
             ));
         }
         let mut names = std::collections::BTreeSet::new();

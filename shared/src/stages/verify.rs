@@ -267,7 +267,26 @@ async fn step<P: VerifyPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
             outputs: vec![Payload::VerificationFailed(report(summary, rollback))],
         });
     }
-    if now >= soak_end && verdicts.iter().all(|v| *v == Verdict::Satisfied) {
+    let deadline = after(progress.started, cfg.deadline());
+    let all_passed = verdicts.iter().all(|v| *v == Verdict::Satisfied);
+    if !all_passed && now >= deadline {
+        let pending: Vec<String> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != Verdict::Satisfied)
+            .map(|(i, _)| cfg.check_name(i))
+            .collect();
+        let summary = format!(
+            "not passed within {} of the deploy: {} still pending",
+            humantime::format_duration(cfg.deadline()),
+            pending.join(", ")
+        );
+        return Ok(Step::Done {
+            note: Some(format!("{env_name}: verification failed: {summary}")),
+            outputs: vec![Payload::VerificationFailed(report(summary, cfg.rollback))],
+        });
+    }
+    if now >= soak_end && all_passed {
         let soak = if cfg.soak.is_zero() {
             String::new()
         } else {
@@ -279,13 +298,13 @@ async fn step<P: VerifyPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
             outputs: vec![Payload::VerificationPassed(report(summary, false))],
         });
     }
-    // Next look: the earliest due check, or the end of the soak.
-    let mut wake = if now < soak_end { soak_end } else { now };
+    // Next look: the earliest due check, the end of the soak, or the deadline.
+    let mut wake = if now < soak_end { soak_end } else { deadline };
     for (s, v) in progress.checks.iter().zip(&verdicts) {
         if s.finished.is_none()
             && *v != Verdict::Failed
             && let Some(t) = s.next_at
-            && (t < wake || wake <= now)
+            && t < wake
         {
             wake = t;
         }

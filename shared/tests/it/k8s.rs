@@ -16,7 +16,7 @@ use baton::pipeline::Settings;
 use baton::ports::TestPorts;
 use baton::runtime::local::Local;
 use baton::triggers::{Trigger, TriggerKind};
-use baton_testkit::k8s::{ADMIN, ControlPlane, DEPLOY, TEST};
+use baton_testkit::k8s::{ADMIN, ControlPlane, DEPLOY, TEST, VERIFY};
 use chrono::Utc;
 use serde_json::{Value, json};
 
@@ -28,6 +28,7 @@ fn cluster() -> &'static ControlPlane {
 
 const DEPLOY_RBAC: &str = include_str!("../../../infra/k8s/deploy-rbac.yaml");
 const TEST_RBAC: &str = include_str!("../../../infra/k8s/test-rbac.yaml");
+const VERIFY_RBAC: &str = include_str!("../../../infra/k8s/verify-rbac.yaml");
 
 /// What one test runs: Baton's configuration over its own namespaces.
 struct Case {
@@ -1276,4 +1277,107 @@ async fn url_access_deploys_through_an_authenticating_proxy() {
         Some("deploy.succeeded[staging]")
     );
     assert_eq!(app_image(&case.object().await), img.reference());
+}
+
+/// Verify on the real control plane: the staging checks are a Job run with the verify
+/// stage's own identity (`baton-verify`, bound by infra/k8s/verify-rbac.yaml) and an
+/// HTTP service. 1.0.0 passes both; 1.1.0 meets an unhealthy service, fails its
+/// verification, and the deploy stage puts 1.0.0 back in the Deployment, rolled out by
+/// the real controller.
+#[tokio::test]
+async fn a_failed_verification_rolls_the_deployment_back_and_checks_run_as_verify() {
+    let case = Case::new("Deployment", OLD).await;
+    cluster()
+        .api(ADMIN)
+        .apply_yaml(VERIFY_RBAC, &case.tests)
+        .await;
+    let svc = crate::verify::Service::start().await;
+    let kubeconfig = cluster().kubeconfig.display().to_string();
+    let config = case
+        .config()
+        .replacen(
+            "clusters:\n",
+            &format!("clusters:\n  - name: checks\n    kubeconfig: {{ path: {kubeconfig}, context: {VERIFY} }}\n"),
+            1,
+        )
+        .replacen(
+            "        promote: false\n",
+            &format!(
+                "        promote: false\n        verify:\n          checks:\n            - name: smoke\n              kubernetes_job: {{ cluster: checks, namespace: {}, command: [\"/bin/check\"], deadline: 1m, ttl: 10m, poll: 200ms }}\n            - name: health\n              http: {{ url: \"http://127.0.0.1:{}/healthz\", interval: 100ms, successes: 2 }}\n",
+                case.tests, svc.port
+            ),
+            1,
+        );
+    assert!(config.contains("verify:") && config.contains("name: checks"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("baton.yaml"), config).unwrap();
+    let cfg = Config::load(&dir.path().join("baton.yaml")).unwrap();
+    let local = Local::open(cfg, &dir.path().join("state"), Settings::default()).unwrap();
+    let env = Env { dir, local };
+
+    let v1 = push(&env, case.repo, "1.0.0").await;
+    crate::verify::until(&env, &v1, "deployed").await;
+    let events = env.events(&v1).await;
+    let Some(Payload::VerificationPassed(r)) = events
+        .iter()
+        .find(|e| e.event_type() == EventType::VerificationPassed)
+        .map(|e| &e.payload)
+    else {
+        panic!("no verification.passed: {:?}", sequence(&events))
+    };
+    assert!(
+        r.checks.iter().all(|c| c.passed) && r.checks[0].kind == "kubernetes_job",
+        "{r:?}"
+    );
+    // The check's Job: its own name, the check's variables, created by baton-verify.
+    let (_, jobs) = cluster()
+        .api(ADMIN)
+        .get(&format!("/apis/batch/v1/namespaces/{}/jobs", case.tests))
+        .await
+        .unwrap();
+    let names: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["metadata"]["name"].as_str())
+        .collect();
+    let check_job = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| {
+            j["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("baton-verify-"))
+        })
+        .unwrap_or_else(|| panic!("a verify Job beside the test Job: {names:?}"));
+    let env_vars = &check_job["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env_vars
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "BATON_CHECK", "value": "smoke"})),
+        "{env_vars}"
+    );
+    assert!(
+        check_job["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["manager"] == "baton"),
+        "created through Baton's client"
+    );
+    assert_eq!(app_image(&case.object().await), v1.reference());
+
+    // 1.1.0 and an unhealthy service: rolled back by the deploy stage.
+    svc.set_status(503);
+    let v2 = push(&env, case.repo, "1.1.0").await;
+    crate::verify::until(&env, &v2, "verification failed (staging, rolled back)").await;
+    let d = case.object().await;
+    assert_eq!(app_image(&d), v1.reference(), "1.0.0 is back");
+    assert!(rolled_out(&d), "and rolled out: {}", d["status"]);
+    let cause = d["metadata"]["annotations"]["kubernetes.io/change-cause"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(cause.contains("failed verification"), "{cause}");
 }

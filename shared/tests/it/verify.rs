@@ -103,7 +103,7 @@ fn setup(verify: &str) -> Env {
 }
 
 /// Delivers what is due, again and again, until the run of `img` has status `want`.
-async fn until(env: &Env, img: &Image, want: &str) {
+pub(crate) async fn until(env: &Env, img: &Image, want: &str) {
     let start = Instant::now();
     let opts = DrainOptions {
         park_after: Duration::from_millis(50),
@@ -355,5 +355,90 @@ async fn prometheus_queries_pass_below_the_threshold_and_fail_above_it_or_withou
     assert!(
         env.manifest("staging").contains(v1.digest.as_str()),
         "nothing to go back to"
+    );
+}
+
+#[tokio::test]
+async fn a_verification_that_never_completes_fails_at_its_timeout() {
+    let svc = Service::start().await;
+    let env = setup(&format!(
+        "          timeout: 1s\n          checks:\n            - http: {{ url: \"http://127.0.0.1:{}/healthz\", interval: 100ms, successes: 1000 }}\n",
+        svc.port
+    ));
+    let v1 = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    until(&env, &v1, "verification failed (staging)").await;
+    let events = env.events(&v1).await;
+    let Payload::VerificationFailed(r) =
+        &of_type(&events, EventType::VerificationFailed)[0].payload
+    else {
+        unreachable!()
+    };
+    assert!(
+        r.summary.contains("not passed within 1s") && r.summary.contains("http still pending"),
+        "{}",
+        r.summary
+    );
+    assert!(r.checks[0].runs >= 2 && r.checks[0].failures == 0, "{r:?}");
+}
+
+#[test]
+fn misconfigured_checks_are_refused_at_load_naming_the_field() {
+    let with = |verify: &str| {
+        let cfg = Setup::default().config().replacen(
+            "      - name: staging\n        approval: auto\n",
+            &format!("      - name: staging\n        approval: auto\n        verify:\n{verify}"),
+            1,
+        );
+        match Config::from_yaml(&cfg, std::path::Path::new("/tmp"), "baton.yaml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let at = "apps[0].environments[0].verify";
+    for (verify, want) in [
+        (
+            "          checks: []\n",
+            format!("{at}.checks: list at least one check"),
+        ),
+        (
+            "          checks:\n            - name: x\n",
+            format!("{at}.checks[0]: give one of http, prometheus"),
+        ),
+        (
+            "          checks:\n            - http: { url: \"http://a\" }\n              command: { run: [\"true\"] }\n",
+            format!("{at}.checks[0]: one kind per check, not http and command"),
+        ),
+        (
+            "          checks:\n            - http: { url: \"ftp://a\" }\n",
+            "must be an http(s) URL".to_string(),
+        ),
+        (
+            "          checks:\n            - prometheus: { url: \"http://p\", query: up }\n",
+            format!("{at}.checks[0].prometheus: give max (fail above) or min"),
+        ),
+        (
+            "          checks:\n            - prometheus: { url: \"http://p\", query: up, min: 2, max: 1 }\n",
+            format!("{at}.checks[0].prometheus: min 2 is above max 1"),
+        ),
+        (
+            "          checks:\n            - http: { url: \"http://a\", body: \"(\" }\n",
+            format!("{at}.checks[0].http.body: not a pattern"),
+        ),
+        (
+            "          soak: 10m\n          timeout: 5m\n          checks:\n            - http: { url: \"http://a\" }\n",
+            format!("{at}.timeout: 5m must be longer than the soak (10m)"),
+        ),
+        (
+            "          checks:\n            - http: { url: \"http://a\" }\n            - http: { url: \"http://b\" }\n              name: http-1\n",
+            format!("{at}.checks[1].name: \"http-1\" is used by another check"),
+        ),
+    ] {
+        let err = with(verify);
+        assert!(err.contains(&want), "{verify}: want {want:?} in {err:?}");
+    }
+    assert_eq!(
+        with("          checks:\n            - http: { url: \"http://a\" }\n"),
+        "",
+        "a minimal check is fine"
     );
 }

@@ -219,6 +219,7 @@ fn find_in(
             char_to_byte(text, *start),
             char_to_byte(text, *end),
             *style,
+            value,
         )
         .ok_or_else(|| {
             Error::permanent(
@@ -490,12 +491,19 @@ fn scalar_extent(
     start: usize,
     end: usize,
     style: ScalarStyle,
+    value: &str,
 ) -> Option<(usize, usize)> {
     let rest = text.get(start..)?;
     let line_end = rest.find('\n').unwrap_or(rest.len());
     let line = &rest[..line_end];
     match style {
-        ScalarStyle::Plain => Some((start, end.min(start + line_end))),
+        // A plain scalar may go on over the next lines (more indented ones, even one
+        // that is only `-` before a comment): it is one line only when its first line
+        // is the whole value the parser read. Anything else is refused, never cut.
+        ScalarStyle::Plain => {
+            let first = text.get(start..end.min(start + line_end))?.trim_end();
+            (first == value).then_some((start, start + first.len()))
+        }
         ScalarStyle::DoubleQuoted => {
             let mut escaped = false;
             for (i, c) in line.char_indices().skip(1) {
@@ -738,5 +746,40 @@ spec:
                 "{style}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod multi_line {
+    use super::*;
+
+    /// Found by `fuzz/run manifest`: a plain image scalar that goes on over a more
+    /// indented line (here only `-` before a comment) was cut to its first line, so the
+    /// rewritten manifest's image read back with the rest appended.
+    #[test]
+    fn a_plain_image_going_on_over_lines_is_refused_not_cut() {
+        let image: ImageRef = "localhost:5000/demo/web@sha256:89c8ddc0798381cf38663148bbe53b2133096cd87368441fc997d6a7c2a17405"
+            .parse()
+            .unwrap();
+        let w: WorkloadRef =
+            serde_json::from_value(serde_json::json!({"name": "web", "container": "app"})).unwrap();
+        let manifest = |image_lines: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: app\n{image_lines}      restartPolicy: Always\n"
+            )
+        };
+        for lines in [
+            "          image: example/app:1.0.0\n            - # more\n",
+            "          image: example/app:1.0.0\n            and more\n",
+        ] {
+            let text = manifest(lines);
+            let e = rewrite_text(&text, &w, &image).unwrap_err();
+            assert!(e.to_string().contains("not a single-line scalar"), "{e}");
+        }
+        // One line, with a comment after it, still rewrites.
+        let text = manifest("          image: example/app:1.0.0   # pinned by baton\n");
+        let (out, _, _) = rewrite_text(&text, &w, &image).unwrap().unwrap();
+        assert_eq!(image_in(&out, &w).unwrap(), Some(image.to_string()));
+        assert!(out.contains("   # pinned by baton\n"), "{out}");
     }
 }
