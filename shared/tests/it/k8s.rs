@@ -1329,7 +1329,9 @@ async fn a_failed_verification_rolls_the_deployment_back_and_checks_run_as_verif
         r.checks.iter().all(|c| c.passed) && r.checks[0].kind == "kubernetes_job",
         "{r:?}"
     );
-    // The check's Job: its own name, the check's variables, created by baton-verify.
+    // The check's Job: its own name and the check's variables, created with the
+    // baton-verify identity (the `checks` cluster's context; only verify-rbac.yaml lets
+    // it create Jobs there).
     let (_, jobs) = cluster()
         .api(ADMIN)
         .get(&format!("/apis/batch/v1/namespaces/{}/jobs", case.tests))
@@ -1359,14 +1361,12 @@ async fn a_failed_verification_rolls_the_deployment_back_and_checks_run_as_verif
             .contains(&json!({"name": "BATON_CHECK", "value": "smoke"})),
         "{env_vars}"
     );
-    assert!(
-        check_job["metadata"]["managedFields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["manager"] == "baton"),
-        "created through Baton's client"
+    assert_eq!(
+        check_job["spec"]["template"]["spec"]["containers"][0]["image"],
+        v1.reference(),
+        "the check runs the deployed image, pinned by digest"
     );
+    assert_eq!(check_job["status"]["succeeded"], 1);
     assert_eq!(app_image(&case.object().await), v1.reference());
 
     // 1.1.0 and an unhealthy service: rolled back by the deploy stage.
