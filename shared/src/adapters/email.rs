@@ -9,7 +9,6 @@ use std::path::Path;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde_json::json;
 
 use crate::config::{EmailConfig, SmtpTls};
 use crate::error::{Error, Message as Text, Result};
@@ -91,19 +90,7 @@ impl EmailNotifier {
             .link_base
             .as_ref()
             .map(|b| format!("{}/runs/{}", b.trim_end_matches('/'), ctx.run));
-        let fields = json!({
-            "summary": event.summary(),
-            "type": event.event_type().to_string(),
-            "app": ctx.app,
-            "environment": ctx.environment,
-            "run": ctx.run,
-            "image": ctx.image.reference(),
-            "tag": ctx.image.tag,
-            "digest": ctx.image.digest,
-            "time": event.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "link": link,
-            "event": event.to_envelope(),
-        });
+        let fields = crate::adapters::chat::fields(event, link.as_deref());
         let env = minijinja::Environment::new();
         let render = |field: &str, t: &str| {
             env.render_str(t, &fields)

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod chat;
 pub mod email;
 pub mod embedded;
 pub mod http;
@@ -216,7 +217,18 @@ pub fn webhook(
     http: &crate::adapters::http::Http,
     reaction: &crate::config::ReactionConfig,
     w: &crate::config::WebhookConfig,
+    link_base: Option<String>,
 ) -> Result<crate::adapters::embedded::WebhookNotifier> {
+    let secret = w
+        .secret_env
+        .as_deref()
+        .map(|var| {
+            crate::config::secret_env(
+                var,
+                &format!("reaction {} (notify.webhook.secret_env)", reaction.name),
+            )
+        })
+        .transpose()?;
     let url = match (&w.url, &w.url_env) {
         (Some(u), _) => u.clone(),
         (None, Some(var)) => crate::config::secret_env(
@@ -230,9 +242,12 @@ pub fn webhook(
             ));
         }
     };
-    Ok(crate::adapters::embedded::WebhookNotifier::new(
-        http.clone(),
-        url,
-        w.timeout,
-    ))
+    Ok(
+        crate::adapters::embedded::WebhookNotifier::new(http.clone(), url, w.timeout).with_format(
+            w.format,
+            secret,
+            w.template.clone(),
+            link_base,
+        ),
+    )
 }

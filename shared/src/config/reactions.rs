@@ -107,6 +107,38 @@ pub struct WebhookConfig {
     pub url_env: Option<String>,
     #[serde(default = "default_webhook_timeout", with = "duration")]
     pub timeout: Duration,
+    /// The body's shape: what the receiving chat tool accepts.
+    #[serde(default)]
+    pub format: ChatFormat,
+    /// DingTalk and Feishu: the variable holding the robot's signing secret; the
+    /// request then carries the signature those tools check.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// `format: template`: a minijinja template over the event's fields rendering the
+    /// JSON body.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// Webhook body formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatFormat {
+    /// `{"text", "reaction", "event"}` (Slack accepts it as plain text).
+    #[default]
+    Generic,
+    /// Slack Block Kit with the run's link and outcome.
+    Slack,
+    /// A Microsoft Teams message with an Adaptive Card.
+    Teams,
+    /// A DingTalk robot `markdown` message (signed with `secret_env`).
+    Dingtalk,
+    /// A Feishu/Lark robot interactive card (signed with `secret_env`).
+    Feishu,
+    /// A Discord message with an embed.
+    Discord,
+    /// The user's `template`.
+    Template,
 }
 
 fn default_webhook_timeout() -> Duration {
@@ -190,6 +222,29 @@ impl ReactionConfig {
                     p.push(format!("{at}.notify.webhook.url_env: must name a variable"))
                 }
                 _ => {}
+            }
+            match (w.format, &w.template) {
+                (ChatFormat::Template, None) => p.push(format!(
+                    "{at}.notify.webhook.template: format template needs a template"
+                )),
+                (ChatFormat::Template, Some(t)) => {
+                    if let Err(err) = minijinja::Environment::new().template_from_str(t) {
+                        p.push(format!(
+                            "{at}.notify.webhook.template: not a template: {err}"
+                        ));
+                    }
+                }
+                (f, Some(_)) => p.push(format!(
+                    "{at}.notify.webhook.template: only for format template (this one is {f:?})"
+                )),
+                _ => {}
+            }
+            if w.secret_env.is_some()
+                && !matches!(w.format, ChatFormat::Dingtalk | ChatFormat::Feishu)
+            {
+                p.push(format!(
+                    "{at}.notify.webhook.secret_env: signing is for dingtalk and feishu; other formats put their secret in the URL (url_env)"
+                ));
             }
         }
     }

@@ -210,7 +210,10 @@ impl NotifyPorts for LocalPorts {
                 },
             })),
             NotifyConfig::Webhook(w) => Ok(LocalNotifier::Webhook(crate::adapters::webhook(
-                &self.http, reaction, w,
+                &self.http,
+                reaction,
+                w,
+                Some(self.config.serve.public_url()),
             )?)),
             NotifyConfig::Email(e) => {
                 let serve = &self.config.serve;

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod chat;
 mod email;
 #[cfg(feature = "aws")]
 mod filter_differential;

@@ -12,11 +12,27 @@ use crate::event::Event;
 use crate::ports::Notifier;
 
 /// POSTs events to a webhook.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookNotifier {
     client: Http,
     url: String,
     timeout: Duration,
+    format: crate::config::ChatFormat,
+    /// DingTalk/Feishu signing secret.
+    secret: Option<String>,
+    template: Option<String>,
+    /// Base URL of `baton serve`, for the run's link.
+    link_base: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL and the secret are secrets.
+        f.debug_struct("WebhookNotifier")
+            .field("format", &self.format)
+            .field("signed", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookNotifier {
@@ -25,22 +41,75 @@ impl WebhookNotifier {
             client,
             url,
             timeout,
+            format: crate::config::ChatFormat::Generic,
+            secret: None,
+            template: None,
+            link_base: None,
         }
+    }
+
+    /// The body shape, its signing secret and template, and where runs are linked.
+    pub fn with_format(
+        mut self,
+        format: crate::config::ChatFormat,
+        secret: Option<String>,
+        template: Option<String>,
+        link_base: Option<String>,
+    ) -> Self {
+        self.format = format;
+        self.secret = secret;
+        self.template = template;
+        self.link_base = link_base;
+        self
     }
 }
 
 impl Notifier for WebhookNotifier {
     async fn notify(&self, reaction: &str, event: &Event) -> Result<()> {
-        let body = serde_json::json!({
-            "text": format!("[baton] {}", event.summary()),
-            "reaction": reaction,
-            "event": event.to_envelope(),
-        });
+        use crate::config::ChatFormat;
+        let link = self
+            .link_base
+            .as_ref()
+            .map(|b| format!("{}/runs/{}", b.trim_end_matches('/'), event.ctx().run));
+        let mut body = crate::adapters::chat::body(
+            self.format,
+            reaction,
+            event,
+            link.as_deref(),
+            self.template.as_deref(),
+        )?;
+        let mut url = self.url.clone();
+        if let Some(secret) = &self.secret {
+            let now = chrono::Utc::now();
+            match self.format {
+                ChatFormat::Dingtalk => {
+                    let ts = now.timestamp_millis();
+                    let sign = crate::adapters::chat::dingtalk_sign(secret, ts);
+                    let mut u = reqwest::Url::parse(&url).map_err(|e| {
+                        Error::permanent(
+                            format!("webhook of reaction {reaction}"),
+                            format!("URL: {e}"),
+                        )
+                    })?;
+                    u.query_pairs_mut()
+                        .append_pair("timestamp", &ts.to_string())
+                        .append_pair("sign", &sign);
+                    url = u.to_string();
+                }
+                ChatFormat::Feishu => {
+                    let ts = now.timestamp();
+                    body["timestamp"] = serde_json::json!(ts.to_string());
+                    body["sign"] =
+                        serde_json::json!(crate::adapters::chat::feishu_sign(secret, ts));
+                }
+                _ => {}
+            }
+        }
         let what = format!("webhook of reaction {reaction}");
         let resp = self
             .client
             .client()?
-            .post(&self.url)
+            .post(&url)
             .timeout(self.timeout)
             .json(&body)
             .send()
@@ -49,6 +118,24 @@ impl Notifier for WebhookNotifier {
             .map_err(|e| Error::transient(what.clone(), Message(describe(&e))))?;
         let status = resp.status();
         if status.is_success() {
+            // DingTalk and Feishu answer 200 and put a refusal (a bad signature, a
+            // keyword filter) in the body.
+            if matches!(self.format, ChatFormat::Dingtalk | ChatFormat::Feishu) {
+                let v: serde_json::Value = resp.json().await.unwrap_or_default();
+                let (code, msg) = match self.format {
+                    ChatFormat::Dingtalk => (&v["errcode"], &v["errmsg"]),
+                    _ => (&v["code"], &v["msg"]),
+                };
+                if code.as_i64().is_some_and(|c| c != 0) {
+                    return Err(Error::permanent(
+                        what,
+                        format!(
+                            "the robot refused the message: {code} {}",
+                            crate::reference::excerpt(msg.as_str().unwrap_or_default())
+                        ),
+                    ));
+                }
+            }
             Ok(())
         } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
             Err(Error::transient(what, Message(format!("HTTP {status}"))))

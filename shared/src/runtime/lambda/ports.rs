@@ -282,6 +282,7 @@ impl NotifyPorts for AwsPorts<WithNotifier> {
                 &self.extra.http,
                 reaction,
                 w,
+                self.config.serve.public_url.clone(),
             )?)),
             NotifyConfig::Email(e) => Ok(LocalNotifier::Email(Box::new(
                 crate::adapters::email::EmailNotifier::new(
