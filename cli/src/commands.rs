@@ -415,7 +415,23 @@ async fn react(g: &Global, action: crate::ReactAction) -> Result<ExitCode> {
             sqs,
             log,
             name,
+            format,
+            secret_env,
+            from,
+            smtp,
+            smtp_tls,
+            smtp_user,
+            smtp_password_env,
         } => {
+            let local = crate::react::LocalOptions {
+                format,
+                secret_env,
+                from,
+                smtp,
+                smtp_tls,
+                smtp_user,
+                smtp_password_env,
+            };
             for t in &on {
                 if baton::event::EventType::parse(t).is_none() {
                     return Err(anyhow!(
@@ -436,8 +452,11 @@ async fn react(g: &Global, action: crate::ReactAction) -> Result<ExitCode> {
                 }
             };
             match &g.stack {
+                Some(_) if !local.is_empty() => Err(anyhow!(
+                    "--format, --secret-env, --from and --smtp* are for reactions in the configuration file; with --stack a reaction is an SNS subscription (e-mail through SNS, a webhook receiving the SNS envelope)"
+                )),
                 Some(stack) => crate::aws_mode::react_add(g, stack, &on, target).await,
-                None => crate::react::add(g, &on, target, name),
+                None => crate::react::add(g, &on, target, name, &local),
             }
         }
         ReactAction::List => match &g.stack {

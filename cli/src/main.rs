@@ -287,6 +287,29 @@ pub enum ReactAction {
         /// Reaction name (local only; derived from the types when absent).
         #[arg(long)]
         name: Option<String>,
+        /// Webhook body: generic, slack, teams, dingtalk, feishu or discord (local only).
+        #[arg(long, requires = "webhook")]
+        format: Option<String>,
+        /// DingTalk/Feishu: the variable holding the robot's signing secret (local only).
+        #[arg(long, requires = "webhook")]
+        secret_env: Option<String>,
+        /// E-mail sender (local only; taken from an e-mail reaction already in the
+        /// configuration when absent).
+        #[arg(long, requires = "email")]
+        from: Option<String>,
+        /// SMTP server as HOST or HOST:PORT (local only; taken from an e-mail reaction
+        /// already in the configuration when absent).
+        #[arg(long, requires = "email")]
+        smtp: Option<String>,
+        /// starttls (default), tls or none (none only to a loopback server).
+        #[arg(long, requires = "smtp")]
+        smtp_tls: Option<String>,
+        /// SMTP user; give --smtp-password-env with it.
+        #[arg(long, requires = "smtp")]
+        smtp_user: Option<String>,
+        /// The variable holding the SMTP password.
+        #[arg(long, requires = "smtp_user")]
+        smtp_password_env: Option<String>,
     },
     /// List reactions.
     List,

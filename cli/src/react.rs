@@ -32,20 +32,114 @@ fn block(lines: &[&str]) -> Option<(usize, usize)> {
     Some((start, end))
 }
 
-pub fn add(g: &Global, types: &[String], target: Target, name: Option<String>) -> Result<ExitCode> {
+/// What a reaction in the configuration file may say besides its target.
+#[derive(Debug, Default)]
+pub struct LocalOptions {
+    pub format: Option<String>,
+    pub secret_env: Option<String>,
+    pub from: Option<String>,
+    pub smtp: Option<String>,
+    pub smtp_tls: Option<String>,
+    pub smtp_user: Option<String>,
+    pub smtp_password_env: Option<String>,
+}
+
+impl LocalOptions {
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.format,
+            &self.secret_env,
+            &self.from,
+            &self.smtp,
+            &self.smtp_tls,
+            &self.smtp_user,
+            &self.smtp_password_env,
+        ]
+        .iter()
+        .all(|o| o.is_none())
+    }
+}
+
+/// The `email` of a local e-mail reaction to `to`: sender and SMTP server from the
+/// options, or else from an e-mail reaction already in the configuration.
+fn email_notify(g: &Global, to: &str, o: &LocalOptions) -> Result<serde_json::Value> {
+    let existing = Config::load(&g.config).ok().and_then(|c| {
+        c.reactions.iter().find_map(|r| match &r.notify {
+            NotifyConfig::Email(e) => Some(e.clone()),
+            _ => None,
+        })
+    });
+    let smtp = match &o.smtp {
+        Some(hostport) => {
+            let (host, port) =
+                match hostport.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') => (
+                        h.to_string(),
+                        Some(p.parse::<u16>().with_context(|| {
+                            format!("--smtp {hostport}: the port is not a number")
+                        })?),
+                    ),
+                    _ => (hostport.clone(), None),
+                };
+            let mut s = json!({"host": host});
+            if let Some(p) = port {
+                s["port"] = json!(p);
+            }
+            if let Some(t) = &o.smtp_tls {
+                s["tls"] = json!(t);
+            }
+            if let Some(u) = &o.smtp_user {
+                s["username"] = json!(u);
+            }
+            if let Some(v) = &o.smtp_password_env {
+                s["password_env"] = json!(v);
+            }
+            s
+        }
+        None => match &existing {
+            Some(e) => serde_json::to_value(&e.smtp)?,
+            None => bail!(
+                "no SMTP server to send through: give --smtp HOST[:PORT] and --from ADDR (there is no e-mail reaction in {} to take them from)",
+                g.config.display()
+            ),
+        },
+    };
+    let from = match (&o.from, &existing) {
+        (Some(f), _) => f.clone(),
+        (None, Some(e)) => e.from.clone(),
+        (None, None) => bail!("give --from ADDR: the sender of the e-mails"),
+    };
+    Ok(json!({"email": {"to": [to], "from": from, "smtp": smtp}}))
+}
+
+pub fn add(
+    g: &Global,
+    types: &[String],
+    target: Target,
+    name: Option<String>,
+    o: &LocalOptions,
+) -> Result<ExitCode> {
     let notify = match &target {
-        Target::Webhook(url) => format!("{{ webhook: {{ url: {} }} }}", json!(url)),
+        Target::Webhook(url) => {
+            let mut w = json!({"url": url});
+            if let Some(f) = &o.format {
+                w["format"] = json!(f);
+            }
+            if let Some(s) = &o.secret_env {
+                w["secret_env"] = json!(s);
+            }
+            json!({ "webhook": w }).to_string()
+        }
         Target::Log => "{ log: {} }".to_string(),
-        Target::Email(_) => bail!(
-            "e-mail reactions are SNS subscriptions: use --stack NAME (locally, use --webhook or --log)"
-        ),
+        Target::Email(to) => email_notify(g, to, o)?.to_string(),
         Target::Sqs(_) => bail!(
-            "SQS reactions are SNS subscriptions: use --stack NAME (locally, use --webhook or --log)"
+            "SQS reactions are SNS subscriptions: use --stack NAME (locally, use --webhook, --email or --log)"
         ),
     };
     let name = name.unwrap_or_else(|| {
         let kind = match target {
             Target::Log => "log",
+            Target::Email(_) => "email",
             _ => "webhook",
         };
         format!("{kind}-{}", types.join("-").replace('.', "-"))

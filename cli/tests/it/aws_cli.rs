@@ -263,7 +263,11 @@ fn react_edits_the_local_configuration() {
         "--email",
         "ops@example.com",
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("use --stack"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("give --smtp HOST[:PORT] and --from ADDR"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = run(&[
         "react",
         "add",
@@ -296,4 +300,120 @@ fn react_edits_the_local_configuration() {
     );
     let after = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
     assert_eq!(after.replace("  - name: log-image-promoted\n    on: { type: [image.promoted] }\n    notify: { log: {} }\n", ""), EXAMPLE.to_string(), "only the added lines differ");
+}
+
+/// `baton react add --email` without AWS: the reaction goes into the configuration with
+/// its SMTP server (or the one an e-mail reaction there already uses), and a run sends
+/// the mail through aiosmtpd; `--format` gives a webhook reaction its chat shape.
+#[tokio::test]
+async fn react_add_email_and_chat_formats_locally() {
+    let (_d, root) = project();
+    let smtp = baton_testkit::smtp::start(&root, None).await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .current_dir(&root)
+            .env_remove("BATON_CONFIG")
+            .env_remove("BATON_STACK")
+            .output()
+            .unwrap()
+    };
+    let ok = |o: &Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = format!("127.0.0.1:{}", smtp.port);
+    ok(&run(&[
+        "react",
+        "add",
+        "--on",
+        "tests.passed",
+        "--email",
+        "ops@example.com",
+        "--from",
+        "baton@example.com",
+        "--smtp",
+        &server,
+        "--smtp-tls",
+        "none",
+    ]));
+    // The second takes the sender and server from the first.
+    ok(&run(&[
+        "react",
+        "add",
+        "--on",
+        "image.built",
+        "--email",
+        "dev@example.com",
+    ]));
+    ok(&run(&[
+        "react",
+        "add",
+        "--on",
+        "deploy.failed",
+        "--webhook",
+        "https://oapi.dingtalk.com/robot/send?access_token=x",
+        "--format",
+        "dingtalk",
+        "--secret-env",
+        "BATON_DINGTALK_SECRET",
+        "--name",
+        "dingtalk",
+    ]));
+    let o = run(&[
+        "react",
+        "add",
+        "--on",
+        "deploy.failed",
+        "--webhook",
+        "http://h",
+        "--format",
+        "whatsapp",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("whatsapp"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&[
+        "--stack",
+        "prod",
+        "react",
+        "add",
+        "--on",
+        "deploy.failed",
+        "--email",
+        "a@b.c",
+        "--from",
+        "x@y.z",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("with --stack a reaction is an SNS subscription")
+    );
+    let text = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    assert!(
+        text.contains("email-tests-passed") && text.contains("email-image-built"),
+        "{text}"
+    );
+    assert!(text.contains(r#""format":"dingtalk""#), "{text}");
+
+    // A run: both e-mails go out through the SMTP server.
+    let p = crate::push_file(&root, "1.0.0", 'c', "2026-11-29T10:00:00Z");
+    let o = run(&["--json", "ingest", p.to_str().unwrap()]);
+    ok(&o);
+    let start = std::time::Instant::now();
+    while smtp.messages().len() < 2 && start.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 2, "{mails:#?}");
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("ops@example.com") && m.contains("tests.passed"))
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("dev@example.com") && m.contains("image.built"))
+    );
 }
