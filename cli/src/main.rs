@@ -265,6 +265,8 @@ pub enum DlqAction {
     },
 }
 
+// Parsed once per command: the size of `Add` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ReactAction {
     /// Add a reaction to event types.
