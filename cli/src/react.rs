@@ -199,6 +199,7 @@ pub fn list(g: &Global) -> Result<ExitCode> {
                     NotifyConfig::Webhook(w) => json!({"webhook": w.url.clone().unwrap_or_else(|| format!("${}", w.url_env.clone().unwrap_or_default()))}),
                     NotifyConfig::Log(l) => json!({"log": l.path}),
                     NotifyConfig::Email(e) => json!({"email": e.to}),
+                    NotifyConfig::Cdevents(c) => json!({"cdevents": c.url.clone().unwrap_or_else(|| format!("${}", c.url_env.clone().unwrap_or_default()))}),
                 },
             })
         })

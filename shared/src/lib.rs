@@ -5,10 +5,10 @@
 //! |---|---|---|
 //! | core (no I/O) | [`reference`], [`ids`], [`event`], [`error`] | image reference parts parsed to the OCI grammar; run and event ids; the CloudEvents contract; the error type |
 //! | | [`config`], [`identity`], [`policy`] | the validated `baton.yaml`; approvers as IAM principals; pure decisions (filter and tag policies, newer wins, approvals) |
-//! | | [`triggers`], [`envelopes`], [`webhooks`] | registry notifications (one file per source), AWS envelopes, webhook authentication |
+//! | | [`triggers`], [`envelopes`], [`webhooks`], [`cdevents`] | registry notifications (one file per source), AWS envelopes, webhook authentication, CDEvents from Baton's events |
 //! | | [`ports`], [`store`] | the traits stages use (bus, store, registry, tests, targets, notifiers) and the store's key layout |
 //! | pipeline | [`pipeline`] | `Pipeline` (ports, configuration, settings); the `Stage` trait; the harness (claim, run, publish, record); approval records; what is live where; run queries |
-//! | | [`stages`] | the seven stages, one file each: declaration, record, logic |
+//! | | [`stages`] | the eight stages, one file each: declaration, record, logic |
 //! | adapters | [`adapters`] | embedded (directory store, durable bus, manifest target, command runner), AWS, Kubernetes, the distribution registry, the sandbox for user commands |
 //! | runtimes | [`runtime`] | `local` (the embedded adapters and the dispatcher), `serve` (HTTP), `lambda` (the function handler), `function` (every function's `main`) |
 //! | tools | [`audit`], [`schema`], [`process`] | `baton audit` over the stack and RBAC; the events' JSON Schemas; who holds a claim |
@@ -19,6 +19,7 @@
 
 pub mod adapters;
 pub mod audit;
+pub mod cdevents;
 pub mod config;
 pub mod envelopes;
 pub mod error;

@@ -213,6 +213,32 @@ fn no_kube(what: &str) -> crate::error::Error {
 }
 
 /// A webhook notifier; the URL inline or from the variable `url_env` names (a secret).
+/// The notifier of a `cdevents` reaction.
+pub fn cdevents(
+    http: &crate::adapters::http::Http,
+    reaction: &crate::config::ReactionConfig,
+    c: &crate::config::CdeventsConfig,
+) -> Result<crate::adapters::embedded::WebhookNotifier> {
+    let url = match (&c.url, &c.url_env) {
+        (Some(u), _) => u.clone(),
+        (None, Some(var)) => crate::config::secret_env(
+            var,
+            &format!("reaction {} (notify.cdevents.url_env)", reaction.name),
+        )?,
+        (None, None) => {
+            return Err(crate::error::Error::invalid(
+                format!("reaction {}", reaction.name),
+                "cdevents has no url",
+            ));
+        }
+    };
+    Ok(crate::adapters::embedded::WebhookNotifier::cdevents(
+        http.clone(),
+        url,
+        c.timeout,
+    ))
+}
+
 pub fn webhook(
     http: &crate::adapters::http::Http,
     reaction: &crate::config::ReactionConfig,

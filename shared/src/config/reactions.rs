@@ -28,6 +28,21 @@ pub enum NotifyConfig {
     Log(LogConfig),
     /// Send an e-mail through an SMTP server (no cloud account needed).
     Email(EmailConfig),
+    /// Send CDEvents v0.5.1 as CloudEvents to a sink (`url` or `url_env`, `timeout`).
+    Cdevents(CdeventsConfig),
+}
+
+/// A CDEvents sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdeventsConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the URL, when it carries a credential.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    pub timeout: Duration,
 }
 
 /// An e-mail reaction.
@@ -207,6 +222,18 @@ impl ReactionConfig {
             }
             if e.smtp.username.is_some() != e.smtp.password_env.is_some() {
                 p.push(format!("{at}.smtp: username and password_env go together"));
+            }
+        }
+        if let NotifyConfig::Cdevents(c) = &self.notify {
+            match (&c.url, &c.url_env) {
+                (Some(_), Some(_)) | (None, None) => p.push(format!(
+                    "{at}.notify.cdevents: set exactly one of url or url_env"
+                )),
+                (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => p
+                    .push(format!(
+                        "{at}.notify.cdevents.url: {u:?} must be an http(s) URL"
+                    )),
+                _ => {}
             }
         }
         if let NotifyConfig::Webhook(w) = &self.notify {

@@ -215,6 +215,9 @@ impl NotifyPorts for LocalPorts {
                 w,
                 Some(self.config.serve.public_url()),
             )?)),
+            NotifyConfig::Cdevents(c) => Ok(LocalNotifier::Webhook(crate::adapters::cdevents(
+                &self.http, reaction, c,
+            )?)),
             NotifyConfig::Email(e) => {
                 let serve = &self.config.serve;
                 let link = serve

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "aws")]
 mod aws;
+mod cdevents;
 mod chat;
 mod email;
 #[cfg(feature = "aws")]

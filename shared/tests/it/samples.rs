@@ -16,7 +16,8 @@ fn samples() -> Vec<PathBuf> {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
-                if p.file_name().unwrap() != "schema" {
+                // JSON Schemas: Baton's own, and the copied CDEvents ones.
+                if !["schema", "cdevents"].contains(&p.file_name().unwrap().to_str().unwrap()) {
                     stack.push(p);
                 }
             } else if p.extension().is_some_and(|x| x == "json") {

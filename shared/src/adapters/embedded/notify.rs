@@ -23,6 +23,8 @@ pub struct WebhookNotifier {
     template: Option<String>,
     /// Base URL of `baton serve`, for the run's link.
     link_base: Option<String>,
+    /// Send CDEvents as CloudEvents (binary mode) instead of a chat body.
+    cdevents: bool,
 }
 
 impl std::fmt::Debug for WebhookNotifier {
@@ -45,6 +47,16 @@ impl WebhookNotifier {
             secret: None,
             template: None,
             link_base: None,
+            cdevents: false,
+        }
+    }
+
+    /// A CDEvents sink: each event with a CDEvents counterpart goes out as a CloudEvent
+    /// in HTTP binary mode; the others are not sent.
+    pub fn cdevents(client: Http, url: String, timeout: Duration) -> Self {
+        WebhookNotifier {
+            cdevents: true,
+            ..WebhookNotifier::new(client, url, timeout)
         }
     }
 
@@ -67,6 +79,9 @@ impl WebhookNotifier {
 impl Notifier for WebhookNotifier {
     async fn notify(&self, reaction: &str, event: &Event) -> Result<()> {
         use crate::config::ChatFormat;
+        if self.cdevents {
+            return self.send_cdevent(reaction, event).await;
+        }
         let link = self
             .link_base
             .as_ref()
@@ -143,6 +158,40 @@ impl Notifier for WebhookNotifier {
             Err(Error::permanent(
                 what,
                 format!("HTTP {status}: the endpoint refused the notification"),
+            ))
+        }
+    }
+}
+
+impl WebhookNotifier {
+    async fn send_cdevent(&self, reaction: &str, event: &Event) -> Result<()> {
+        let Some(cd) = crate::cdevents::cdevent(event) else {
+            return Ok(());
+        };
+        let what = format!("CDEvents sink of reaction {reaction}");
+        let mut req = self
+            .client
+            .client()?
+            .post(&self.url)
+            .timeout(self.timeout)
+            .header("content-type", "application/json");
+        for (h, v) in crate::cdevents::cloudevent_headers(&cd) {
+            req = req.header(h, v);
+        }
+        let resp = req
+            .body(cd.to_string())
+            .send()
+            .await
+            .map_err(|e| Error::transient(what.clone(), Message(describe(&e))))?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(())
+        } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+            Err(Error::transient(what, Message(format!("HTTP {status}"))))
+        } else {
+            Err(Error::permanent(
+                what,
+                format!("HTTP {status}: the sink refused the CloudEvent"),
             ))
         }
     }

@@ -284,6 +284,11 @@ impl NotifyPorts for AwsPorts<WithNotifier> {
                 w,
                 self.config.serve.public_url.clone(),
             )?)),
+            NotifyConfig::Cdevents(c) => Ok(LocalNotifier::Webhook(crate::adapters::cdevents(
+                &self.extra.http,
+                reaction,
+                c,
+            )?)),
             NotifyConfig::Email(e) => Ok(LocalNotifier::Email(Box::new(
                 crate::adapters::email::EmailNotifier::new(
                     &reaction.name,
