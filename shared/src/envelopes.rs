@@ -80,6 +80,7 @@ impl DocumentKind {
             DocumentKind::Trigger(TriggerKind::Harbor) => "Harbor webhook",
             DocumentKind::Trigger(TriggerKind::Ghcr) => "GitHub package event (GHCR)",
             DocumentKind::Trigger(TriggerKind::Quay) => "Quay repository notification",
+            DocumentKind::Trigger(TriggerKind::Cdevents) => "CDEvent (artifact.published)",
             DocumentKind::Sqs => "SQS event (Lambda event source mapping)",
             DocumentKind::Sns => "SNS notification",
             DocumentKind::FunctionUrl => "Lambda function URL request",
@@ -112,6 +113,8 @@ pub fn identify(v: &Value) -> Option<DocumentKind> {
         Some(DocumentKind::Trigger(TriggerKind::Harbor))
     } else if o.contains_key("package") {
         Some(DocumentKind::Trigger(TriggerKind::Ghcr))
+    } else if o.contains_key("context") && o.contains_key("subject") {
+        Some(DocumentKind::Trigger(TriggerKind::Cdevents))
     } else if o.contains_key("updated_tags") {
         Some(DocumentKind::Trigger(TriggerKind::Quay))
     } else if o.contains_key("Records") {

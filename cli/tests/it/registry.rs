@@ -511,6 +511,7 @@ async fn other_registries_webhooks_through_http() {
     // the registry API, here the local registry standing in for docker.io and quay.io.
     let hub_digest = push(&root, reg, "demo/web", "1.2.0");
     let quay_digest = push(&root, reg, "demo/web", "1.5.0");
+    let cd_digest = push(&root, reg, "demo/web", "1.6.0");
     let app = |name: &str, host: &str, promote: bool| {
         format!(
             "  - name: {name}\n    registry: {host}\n    repository: demo/web\n    tags: {{ semver: \">=1.0.0\" }}\n    test: {{ command: {{ run: [\"true\"] }} }}\n    environments:\n      - name: staging\n        approval: auto\n        promote: {promote}\n        deploy: {{ manifest: {{ dir: manifests/staging-{name}, workloads: [{{ name: app, container: app }}] }} }}\n"
@@ -523,6 +524,7 @@ async fn other_registries_webhooks_through_http() {
         app("harbor", "harbor.example.com", false),
         app("ghcr", "ghcr.io", false),
         app("quay", "quay.io", true),
+        app("cd", &format!("127.0.0.1:{reg}"), false),
     ]
     .concat();
     cfg = cfg.replace("apps:\n", &format!("apps:\n{apps}"));
@@ -532,10 +534,10 @@ async fn other_registries_webhooks_through_http() {
     );
     cfg = cfg.replace(
         "  webhooks:\n",
-        "  webhooks:\n    - { name: hub, source: dockerhub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: harbor, source: harbor, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gh, source: ghcr, auth: { hmac: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: quay, source: quay, auth: { basic: { username: quay, password_env: BATON_TEST_HOOK_SECRET } } }\n",
+        "  webhooks:\n    - { name: hub, source: dockerhub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: harbor, source: harbor, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gh, source: ghcr, auth: { hmac: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: quay, source: quay, auth: { basic: { username: quay, password_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: cd, source: cdevents, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n",
     );
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
-    for name in ["hub", "harbor", "ghcr", "quay"] {
+    for name in ["hub", "harbor", "ghcr", "quay", "cd"] {
         let d = root.join(format!("manifests/staging-{name}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::copy(root.join("manifests/staging/app.yaml"), d.join("app.yaml")).unwrap();
@@ -627,6 +629,25 @@ async fn other_registries_webhooks_through_http() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
+    // A CDEvents producer announcing the image pushed as 1.6.0.
+    let mut cd: Value = serde_json::from_slice(&read("cdevents-artifact-published.json")).unwrap();
+    cd["subject"]["id"] = json!(format!(
+        "pkg:oci/web@{}?repository_url=127.0.0.1:{reg}/demo/web&tag=1.6.0",
+        cd_digest.replace(':', "%3A")
+    ));
+    let cd_body = serde_json::to_vec(&cd).unwrap();
+    assert_eq!(
+        send(
+            "/hooks/cd",
+            cd_body.clone(),
+            Some(("Authorization", "wrong".into()))
+        )
+        .await
+        .unwrap()
+        .status()
+        .as_u16(),
+        401
+    );
     let token = secret.replace(' ', "%20");
     for (path, body, auth, app, digest, promotes) in [
         (
@@ -666,6 +687,14 @@ async fn other_registries_webhooks_through_http() {
             "quay",
             &quay_digest,
             true,
+        ),
+        (
+            "/hooks/cd".to_string(),
+            cd_body.clone(),
+            Some(("Authorization", secret.clone())),
+            "cd",
+            &cd_digest,
+            false,
         ),
     ] {
         let r = send(&path, body, auth).await.unwrap();

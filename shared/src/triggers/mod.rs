@@ -1,5 +1,5 @@
 //! Registry push notifications, one file per source: ECR (image action and CloudTrail),
-//! CNCF distribution, Docker Hub, Harbor, GHCR, Quay. Each parser turns a notification
+//! CNCF distribution, Docker Hub, Harbor, GHCR, Quay, and CDEvents `artifact.published`. Each parser turns a notification
 //! into [`Push`]es whose every part is parsed, says why it ignored the rest, and rejects
 //! malformed input with an error naming the field. No I/O. (The AWS envelopes Baton's
 //! own events travel in are `crate::envelopes`.)
@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::is_label;
 use crate::reference::{Digest, ParseError, RegistryHost, Repository, Tag, excerpt};
 
+pub mod cdevents;
 pub mod distribution;
 pub mod dockerhub;
 pub mod ecr;
@@ -19,6 +20,7 @@ pub mod ghcr;
 pub mod harbor;
 pub mod quay;
 
+pub use cdevents::parse_cdevents;
 pub use distribution::{is_manifest_media_type, parse_distribution};
 pub use dockerhub::parse_dockerhub;
 pub use ecr::{CLOUDTRAIL_API_CALL, ECR_IMAGE_ACTION, EcrImageAction, parse_ecr};
@@ -42,16 +44,19 @@ pub enum TriggerKind {
     Ghcr,
     /// Quay repository push notification (no digest: resolved through the registry).
     Quay,
+    /// A CDEvents `artifact.published` (any CDEvents producer).
+    Cdevents,
 }
 
 impl TriggerKind {
-    pub const ALL: [TriggerKind; 6] = [
+    pub const ALL: [TriggerKind; 7] = [
         TriggerKind::Ecr,
         TriggerKind::Distribution,
         TriggerKind::Dockerhub,
         TriggerKind::Harbor,
         TriggerKind::Ghcr,
         TriggerKind::Quay,
+        TriggerKind::Cdevents,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +67,7 @@ impl TriggerKind {
             TriggerKind::Harbor => "harbor",
             TriggerKind::Ghcr => "ghcr",
             TriggerKind::Quay => "quay",
+            TriggerKind::Cdevents => "cdevents",
         }
     }
 }
@@ -180,6 +186,7 @@ impl Trigger {
             TriggerKind::Harbor => parse_harbor(&self.payload),
             TriggerKind::Ghcr => parse_ghcr(&self.payload),
             TriggerKind::Quay => parse_quay(&self.payload, self.received_at),
+            TriggerKind::Cdevents => parse_cdevents(&self.payload),
         }
     }
 }
