@@ -9,6 +9,7 @@ mod cluster;
 mod faults;
 mod registry;
 mod runtime;
+mod slack;
 mod soak;
 
 use std::path::{Path, PathBuf};

@@ -745,7 +745,7 @@ fn b64(input: &[u8]) -> String {
 
 /// HMAC-SHA256 (RFC 2104) over `sha2`, written out here so the test does not check the
 /// server's verifier with the server's own code.
-fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
+pub(crate) fn hmac_sha256_hex(key: &[u8], msg: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut k = [0u8; 64];
     if key.len() > 64 {

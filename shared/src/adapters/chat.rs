@@ -113,6 +113,10 @@ fn facts(event: &Event) -> Vec<(&'static str, String)> {
     f
 }
 
+fn ctx_env(event: &Event) -> Option<String> {
+    event.ctx().environment.clone()
+}
+
 /// Characters Slack's mrkdwn gives meaning to, escaped as its documentation says.
 fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -144,10 +148,30 @@ pub fn body(
                 json!({"type": "context", "elements": facts.iter().take(10).map(|(k, v)| json!({
                     "type": "mrkdwn", "text": cut(&format!("*{k}:* {}", slack_escape(v)), 3000)})).collect::<Vec<_>>()}),
             ];
+            let mut buttons = vec![];
+            // An approval request carries Approve and Reject: pressed, Slack calls
+            // `POST /slack/interactions` (serve.slack), which decides as that approver.
+            if matches!(event.payload, crate::event::Payload::ApprovalRequested(_))
+                && let Some(env) = &ctx_env(event)
+            {
+                let value = crate::slack::button_value(event.ctx().run.as_str(), env);
+                buttons.push(
+                    json!({"type": "button", "style": "primary", "action_id": crate::slack::APPROVE,
+                    "text": {"type": "plain_text", "text": "Approve"}, "value": value}),
+                );
+                buttons.push(json!({"type": "button", "style": "danger", "action_id": crate::slack::REJECT,
+                    "text": {"type": "plain_text", "text": "Reject"}, "value": value,
+                    "confirm": {"title": {"type": "plain_text", "text": "Reject?"},
+                        "text": {"type": "plain_text", "text": "The run will not deploy to this environment."},
+                        "confirm": {"type": "plain_text", "text": "Reject"}, "deny": {"type": "plain_text", "text": "Cancel"}}}));
+            }
             if let Some(l) = link {
-                blocks.push(json!({"type": "actions", "elements": [{
+                buttons.push(json!({
                     "type": "button", "text": {"type": "plain_text", "text": "Open run"},
-                    "url": cut(l, 3000), "action_id": "baton-open-run"}]}));
+                    "url": cut(l, 3000), "action_id": "baton-open-run"}));
+            }
+            if !buttons.is_empty() {
+                blocks.push(json!({"type": "actions", "elements": buttons}));
             }
             json!({"text": cut(&format!("[baton] {summary}"), 3000), "blocks": blocks})
         }
@@ -339,6 +363,33 @@ mod tests {
                 ChatFormat::Template => unreachable!(),
             }
         }
+    }
+
+    #[test]
+    fn a_slack_approval_request_carries_approve_and_reject_buttons() {
+        let e = sample("approval.requested", |_| {});
+        let b = body(ChatFormat::Slack, "chat", &e, None, None).unwrap();
+        let actions = &b["blocks"][2];
+        assert_eq!(actions["type"], "actions");
+        let value = format!("{}/production", e.ctx().run);
+        assert_eq!(actions["elements"][0]["action_id"], crate::slack::APPROVE);
+        assert_eq!(actions["elements"][0]["value"], value.as_str());
+        assert_eq!(actions["elements"][1]["action_id"], crate::slack::REJECT);
+        assert_eq!(actions["elements"][1]["style"], "danger");
+        assert!(
+            actions["elements"][1]["confirm"].is_object(),
+            "a reject asks first"
+        );
+        // Other events have no decision buttons.
+        let d = body(
+            ChatFormat::Slack,
+            "chat",
+            &sample("deploy.failed", |_| {}),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(d["blocks"].as_array().unwrap().len(), 2);
     }
 
     #[test]

@@ -44,6 +44,29 @@ pub struct ServeConfig {
     /// How long a client may take to send a request's headers, and then its body.
     #[serde(default = "default_request_timeout", with = "duration")]
     pub request_timeout: Duration,
+    /// Approve from Slack: `POST /slack/interactions` takes the Approve/Reject buttons
+    /// of `approval.requested` messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackConfig>,
+}
+
+/// Slack's interaction callback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The variable holding the Slack app's signing secret.
+    pub signing_secret_env: String,
+    /// Slack user id → approver name (as the approval policies name approvers); a user
+    /// not listed decides nothing.
+    pub users: BTreeMap<String, String>,
+    /// Where message updates may be sent (the callback's `response_url` must start with
+    /// one of these).
+    #[serde(default = "default_slack_response_urls")]
+    pub response_urls: Vec<String>,
+}
+
+fn default_slack_response_urls() -> Vec<String> {
+    vec!["https://hooks.slack.com/".into()]
 }
 
 impl Default for ServeConfig {
@@ -58,6 +81,7 @@ impl Default for ServeConfig {
             identity_header: None,
             max_connections: default_max_connections(),
             request_timeout: default_request_timeout(),
+            slack: None,
         }
     }
 }
@@ -250,6 +274,38 @@ impl ServeConfig {
             p.push(format!(
                 "{at}.trusted_proxy: user_header, secret_header and secret_env must not be empty"
             ));
+        }
+        if let Some(s) = &self.slack {
+            let at = format!("{at}.slack");
+            if s.signing_secret_env.is_empty() {
+                p.push(format!("{at}.signing_secret_env: name the variable"));
+            }
+            for (user, name) in &s.users {
+                let id_ok = !user.is_empty()
+                    && user.len() <= 32
+                    && user
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+                if !id_ok {
+                    p.push(format!(
+                        "{at}.users.{user}: not a Slack user id (like U012AB3CD)"
+                    ));
+                }
+                if !crate::ids::is_label(name, 128) || name.trim() != name {
+                    p.push(format!(
+                        "{at}.users.{user}: {name:?} is not an approver name"
+                    ));
+                }
+            }
+            for (i, u) in s.response_urls.iter().enumerate() {
+                if !(u.starts_with("https://") || u.starts_with("http://127.0.0.1:"))
+                    || !u.ends_with('/')
+                {
+                    p.push(format!(
+                        "{at}.response_urls[{i}]: {u:?} must be an https URL prefix ending in / (http only to 127.0.0.1)"
+                    ));
+                }
+            }
         }
         if self.max_connections == 0 {
             p.push(format!("{at}.max_connections: must be at least 1"));

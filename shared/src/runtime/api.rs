@@ -37,7 +37,7 @@ use crate::ids::{is_name, is_run_prefix};
 use crate::pipeline::holds;
 use crate::pipeline::{Pipeline, approvals, runs};
 use crate::policy::approval::{Approver, Verdict};
-use crate::ports::Ports;
+use crate::ports::{ObjectStore, Ports};
 use crate::reference::excerpt;
 use crate::stages::approve::{self, Decision, MAX_DECISION_BODY};
 use crate::triggers::Parsed;
@@ -113,6 +113,11 @@ pub trait Host: Send + Sync + 'static {
     /// A decision was recorded (`baton serve` wakes its dispatcher).
     fn decided(&self) {}
 
+    /// Slack's interaction callback, where the host takes it.
+    fn slack(&self) -> Option<&crate::slack::SlackEndpoint> {
+        None
+    }
+
     /// `GET /metrics`: the exposition, where the host keeps metrics (`baton serve`).
     fn metrics(&self) -> impl std::future::Future<Output = Option<Result<String>>> + Send {
         async { None }
@@ -139,7 +144,8 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
             .route("/unfreeze", post(stop_line::<H>))
             .route("/holds/release", post(stop_line::<H>))
             .route("/break-glass", post(stop_line::<H>))
-            .route("/break-glass/approve", post(stop_line::<H>));
+            .route("/break-glass/approve", post(stop_line::<H>))
+            .route("/slack/interactions", post(slack_interaction::<H>));
     }
     if routes.queries {
         r = r
@@ -753,5 +759,134 @@ async fn show_run<H: Host>(
     match view {
         Ok(v) => reply(StatusCode::OK, json!(v)),
         Err(e) => error_reply(&e),
+    }
+}
+
+/// `POST /slack/interactions`: an Approve or Reject button pressed in Slack. Signed by
+/// Slack (v0 HMAC over the raw body, timestamp within five minutes; 401 otherwise, and
+/// for a signature seen before: a replay). The Slack user must map to an approver
+/// (`serve.slack.users`); then the decision goes through the approve stage with every
+/// rule (N of M, no self-approval, expiry), and the message is updated with the outcome
+/// through the callback's `response_url`. Refusals are told to the presser alone.
+async fn slack_interaction<H: Host>(
+    State(h): State<Arc<H>>,
+    request: axum::extract::Request,
+) -> Response {
+    let Some(slack) = h.slack() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "Slack approvals are not configured (serve.slack)" }),
+        );
+    };
+    const LIMIT: usize = 64 * 1024;
+    let (parts, body) = request.into_parts();
+    if declared_too_large(&parts.headers, LIMIT) {
+        return BodyError::TooLarge.reply(LIMIT);
+    }
+    let body = match read_body(body, LIMIT, h.body_timeout()).await {
+        Ok(b) => b,
+        Err(e) => return e.reply(LIMIT),
+    };
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let signature = header("x-slack-signature").unwrap_or_default().to_string();
+    if let Err(why) = crate::slack::verify(
+        slack.secret(),
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        &body,
+        Utc::now().timestamp(),
+    ) {
+        tracing::warn!(peer = %peer_of(&parts.extensions), reason = %why.0, "Slack callback refused");
+        return reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+    }
+    // A signed request is taken once: the same signature again is a replay.
+    let p = h.pipeline();
+    let seen = format!(
+        "slack/replay/{}.json",
+        crate::ids::stable_id(&["slack", &signature])
+    );
+    match p
+        .ports
+        .store()
+        .put(
+            &seen,
+            json!({ "at": Utc::now() }).to_string().into_bytes(),
+            crate::ports::Precondition::IfNoneMatch,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(Error::Conflict { .. }) => {
+            tracing::warn!("Slack callback replayed: refused");
+            return reply(StatusCode::UNAUTHORIZED, json!({ "error": "unauthorized" }));
+        }
+        Err(e) => return error_reply(&e),
+    }
+    let action = match crate::slack::parse(&body) {
+        Ok(a) => a,
+        Err(e) => return error_reply(&e),
+    };
+    let tell = |text: String| json!({ "response_type": "ephemeral", "replace_original": false, "text": text });
+    let Some(name) = slack.approver(&action.user) else {
+        slack
+            .respond(
+                action.response_url.as_deref(),
+                tell(format!(
+                    "Slack user {} is not mapped to an approver (serve.slack.users); nothing was decided",
+                    action.user
+                )),
+            )
+            .await;
+        return reply(StatusCode::OK, json!({ "decided": false }));
+    };
+    let by = Approver {
+        name: name.to_string(),
+        identities: vec![],
+        principal: format!("slack:{}", action.user),
+    };
+    let decision = Decision {
+        run: action.run.clone(),
+        environment: action.environment.clone(),
+        by,
+        verdict: action.verdict,
+        comment: Some("from Slack".into()),
+        release_hold: false,
+    };
+    match approve::decide(p, decision).await {
+        Ok(report) => {
+            h.decided();
+            let verb = match action.verdict {
+                Verdict::Approve => "approved",
+                Verdict::Reject => "rejected",
+            };
+            let text = format!(
+                "{} {} of {} {verb} by {name} in Slack: {} ({} of {} approvals)",
+                report.environment,
+                report.run,
+                report.app,
+                format!("{:?}", report.status).to_lowercase(),
+                report.approvals,
+                report.required
+            );
+            slack
+                .respond(
+                    action.response_url.as_deref(),
+                    json!({ "replace_original": true, "text": text }),
+                )
+                .await;
+            reply(StatusCode::OK, json!({ "decided": true, "text": text }))
+        }
+        Err(e) => {
+            slack
+                .respond(
+                    action.response_url.as_deref(),
+                    tell(format!("not taken: {e}")),
+                )
+                .await;
+            reply(
+                StatusCode::OK,
+                json!({ "decided": false, "error": e.to_string() }),
+            )
+        }
     }
 }

@@ -53,6 +53,7 @@ pub struct Server {
     wake: Arc<Notify>,
     dispatcher: std::sync::Mutex<Dispatcher>,
     metrics: crate::runtime::metrics::Metrics,
+    slack: Option<crate::slack::SlackEndpoint>,
 }
 
 /// What the dispatcher last did, for `/healthz`.
@@ -141,6 +142,11 @@ impl Server {
             wake: Arc::new(Notify::new()),
             dispatcher: Default::default(),
             metrics: Default::default(),
+            slack: cfg
+                .slack
+                .as_ref()
+                .map(crate::slack::SlackEndpoint::from_config)
+                .transpose()?,
         })
     }
 
@@ -412,6 +418,10 @@ impl Host for Server {
 
     fn decided(&self) {
         self.wake.notify_one();
+    }
+
+    fn slack(&self) -> Option<&crate::slack::SlackEndpoint> {
+        self.slack.as_ref()
     }
 
     async fn metrics(&self) -> Option<Result<String>> {

@@ -1,0 +1,219 @@
+//! Approve from Slack through `baton serve`: the `slack` reaction posts the approval
+//! request with Approve/Reject buttons to a receiver standing in for Slack's incoming
+//! webhook; button presses come back signed as Slack signs them (v0 HMAC with the
+//! signing secret). Forged, stale, replayed and unmapped presses decide nothing; the
+//! approval rules still apply; the message is updated through `response_url`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_testkit::free_port;
+use serde_json::{Value, json};
+
+use crate::registry::{
+    Api, HOOK_SECRET, hmac_sha256_hex, manifest, push, start_registry, start_serve_with,
+    write_project,
+};
+
+const SIGNING_SECRET: &str = "slack-signing-secret-for-the-tests";
+
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Slack's side: the incoming webhook and the response URLs, recording what arrives.
+async fn slack() -> (u16, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(axum::routing::post(
+        move |uri: axum::http::Uri, body: axum::body::Bytes| {
+            let s = s.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                s.lock().unwrap().push((uri.path().to_string(), v));
+                "ok"
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, seen)
+}
+
+/// A button press as Slack posts it: the form body and its signature headers.
+fn press(
+    user: &str,
+    action: &str,
+    value: &str,
+    response_url: &str,
+    ts: i64,
+) -> (String, String, String) {
+    let payload = json!({"type": "block_actions", "user": {"id": user, "username": "x"},
+        "actions": [{"action_id": action, "value": value, "type": "button"}],
+        "response_url": response_url});
+    let mut body = String::from("payload=");
+    for b in payload.to_string().bytes() {
+        if b.is_ascii_alphanumeric() {
+            body.push(b as char);
+        } else {
+            body.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let sig = format!(
+        "v0={}",
+        hmac_sha256_hex(
+            SIGNING_SECRET.as_bytes(),
+            format!("v0:{ts}:{body}").as_bytes()
+        )
+    );
+    (body, ts.to_string(), sig)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approve_from_slack_through_baton_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let serve_port = free_port();
+    let (slack_port, seen) = slack().await;
+    let hook = format!("http://127.0.0.1:{serve_port}/hooks/registry");
+    let (_registry, reg) = start_registry(&root, Some((&hook, HOOK_SECRET))).await;
+    write_project(
+        &root,
+        reg,
+        "true",
+        &format!(
+            "reactions:\n  - name: slack\n    on: {{ type: [approval.requested] }}\n    notify: {{ webhook: {{ url: \"http://127.0.0.1:{slack_port}/incoming\", format: slack }} }}\n"
+        ),
+    );
+    let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    cfg.push_str(&format!(
+        "  slack:\n    signing_secret_env: BATON_TEST_SLACK_SECRET\n    users: {{ U0ALICE: alice, U0EVE: eve }}\n    response_urls: [\"http://127.0.0.1:{slack_port}/\"]\n"
+    ));
+    std::fs::write(root.join("baton.yaml"), cfg).unwrap();
+    let _serve = start_serve_with(
+        &root,
+        serve_port,
+        &[("BATON_TEST_SLACK_SECRET", SIGNING_SECRET)],
+    )
+    .await;
+    let api = Api::new(serve_port);
+
+    let d = push(&root, reg, "demo/app", "1.0.0");
+    api.wait_status(&d, "awaiting approval (production)").await;
+    // The request reached "Slack" with the buttons.
+    let start = Instant::now();
+    let message = loop {
+        if let Some((_, m)) = seen.lock().unwrap().iter().find(|(p, _)| p == "/incoming") {
+            break m.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no Slack message"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let actions = message["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "actions")
+        .unwrap_or_else(|| panic!("buttons: {message:#}"));
+    let approve = &actions["elements"][0];
+    assert_eq!(approve["action_id"], "baton-approve");
+    assert_eq!(actions["elements"][1]["action_id"], "baton-reject");
+    let value = approve["value"].as_str().unwrap().to_string();
+    assert!(value.ends_with("/production"), "{value}");
+
+    let send = |(body, ts, sig): (String, String, String)| {
+        let client = api.client.clone();
+        let url = format!("{}/slack/interactions", api.base);
+        async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-slack-request-timestamp", ts)
+                .header("x-slack-signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let respond = format!("http://127.0.0.1:{slack_port}/respond/1");
+    // Forged: wrong secret; stale: six minutes old.
+    let (body, ts, _) = press("U0ALICE", "baton-approve", &value, &respond, now);
+    let forged = format!(
+        "v0={}",
+        hmac_sha256_hex(b"not-the-secret", format!("v0:{ts}:{body}").as_bytes())
+    );
+    assert_eq!(send((body, ts, forged)).await.0, 401);
+    assert_eq!(
+        send(press(
+            "U0ALICE",
+            "baton-approve",
+            &value,
+            &respond,
+            now - 360
+        ))
+        .await
+        .0,
+        401
+    );
+    // Not an approver of production (eve), and not mapped at all: nothing decided.
+    let (status, v) = send(press("U0EVE", "baton-approve", &value, &respond, now)).await;
+    assert_eq!((status, v["decided"].clone()), (200, json!(false)), "{v}");
+    let (status, v) = send(press(
+        "U0NOBODY",
+        "baton-approve",
+        &value,
+        &respond,
+        now + 1,
+    ))
+    .await;
+    assert_eq!((status, v["decided"].clone()), (200, json!(false)), "{v}");
+    assert_eq!(
+        api.status_of(&d).await.as_deref(),
+        Some("awaiting approval (production)")
+    );
+    // alice approves from Slack: the run deploys, the message says so.
+    let good = press("U0ALICE", "baton-approve", &value, &respond, now + 2);
+    let (status, v) = send(good.clone()).await;
+    assert_eq!((status, v["decided"].clone()), (200, json!(true)), "{v}");
+    api.wait_status(&d, "deployed").await;
+    assert!(manifest(&root, "production").contains(&d));
+    // The same signed request again is a replay.
+    assert_eq!(send(good).await.0, 401);
+    let seen = seen.lock().unwrap().clone();
+    let updates: Vec<&Value> = seen
+        .iter()
+        .filter(|(p, _)| p == "/respond/1")
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        updates.iter().any(|u| u["replace_original"] == true
+            && u["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("approved by alice")),
+        "{updates:#?}"
+    );
+    assert!(
+        updates.iter().any(|u| u["response_type"] == "ephemeral"
+            && u["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("U0NOBODY is not mapped")),
+        "{updates:#?}"
+    );
+    assert!(
+        updates.iter().any(|u| u["response_type"] == "ephemeral"
+            && u["text"].as_str().unwrap_or("").contains("not taken")),
+        "eve's refusal told to eve: {updates:#?}"
+    );
+}
