@@ -76,8 +76,7 @@ async fn approve_from_slack_through_baton_serve() {
     let root = dir.path().to_path_buf();
     let serve_port = free_port();
     let (slack_port, seen) = slack().await;
-    let hook = format!("http://127.0.0.1:{serve_port}/hooks/registry");
-    let (_registry, reg) = start_registry(&root, Some((&hook, HOOK_SECRET))).await;
+    let (_registry, reg) = start_registry(&root, None).await;
     write_project(
         &root,
         reg,
@@ -86,9 +85,14 @@ async fn approve_from_slack_through_baton_serve() {
             "reactions:\n  - name: slack\n    on: {{ type: [approval.requested] }}\n    notify: {{ webhook: {{ url: \"http://127.0.0.1:{slack_port}/incoming\", format: slack }} }}\n"
         ),
     );
-    let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    let mut cfg = std::fs::read_to_string(root.join("baton.yaml"))
+        .unwrap()
+        .replace(
+            "approvers: [alice], required: 1",
+            "approvers: [alice, bob], required: 1",
+        );
     cfg.push_str(&format!(
-        "  slack:\n    signing_secret_env: BATON_TEST_SLACK_SECRET\n    users: {{ U0ALICE: alice, U0EVE: eve }}\n    response_urls: [\"http://127.0.0.1:{slack_port}/\"]\n"
+        "  slack:\n    signing_secret_env: BATON_TEST_SLACK_SECRET\n    users: {{ U0ALICE: alice, U0BOB: bob, U0EVE: eve }}\n    response_urls: [\"http://127.0.0.1:{slack_port}/\"]\n"
     ));
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
     let _serve = start_serve_with(
@@ -99,7 +103,27 @@ async fn approve_from_slack_through_baton_serve() {
     .await;
     let api = Api::new(serve_port);
 
+    // alice pushed 1.0.0 (the registry's notification names her).
     let d = push(&root, reg, "demo/app", "1.0.0");
+    let note = baton_testkit::build::dist_push(
+        "demo/app",
+        "1.0.0",
+        &d,
+        "alice",
+        chrono::Utc::now(),
+        "n-1",
+    )
+    .to_string()
+    .replace("localhost:5000", &format!("127.0.0.1:{reg}"));
+    let r = api
+        .client
+        .post(format!("{}/hooks/registry", api.base))
+        .header("Authorization", HOOK_SECRET)
+        .body(note)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
     api.wait_status(&d, "awaiting approval (production)").await;
     // The request reached "Slack" with the buttons.
     let start = Instant::now();
@@ -181,8 +205,18 @@ async fn approve_from_slack_through_baton_serve() {
         api.status_of(&d).await.as_deref(),
         Some("awaiting approval (production)")
     );
-    // alice approves from Slack: the run deploys, the message says so.
-    let good = press("U0ALICE", "baton-approve", &value, &respond, now + 2);
+    // alice pushed it: her approval from Slack is refused like any other.
+    let (status, v) = send(press("U0ALICE", "baton-approve", &value, &respond, now + 2)).await;
+    assert_eq!((status, v["decided"].clone()), (200, json!(false)), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no self-approval"),
+        "{v}"
+    );
+    // bob approves from Slack: the run deploys, the message says so.
+    let good = press("U0BOB", "baton-approve", &value, &respond, now + 3);
     let (status, v) = send(good.clone()).await;
     assert_eq!((status, v["decided"].clone()), (200, json!(true)), "{v}");
     api.wait_status(&d, "deployed").await;
@@ -197,10 +231,7 @@ async fn approve_from_slack_through_baton_serve() {
         .collect();
     assert!(
         updates.iter().any(|u| u["replace_original"] == true
-            && u["text"]
-                .as_str()
-                .unwrap_or("")
-                .contains("approved by alice")),
+            && u["text"].as_str().unwrap_or("").contains("approved by bob")),
         "{updates:#?}"
     );
     assert!(
@@ -216,4 +247,20 @@ async fn approve_from_slack_through_baton_serve() {
             && u["text"].as_str().unwrap_or("").contains("not taken")),
         "eve's refusal told to eve: {updates:#?}"
     );
+    // Only bob's decision was recorded.
+    let run = api
+        .runs()
+        .await
+        .into_iter()
+        .find(|r| r["image"]["digest"] == d.as_str())
+        .unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let view = api
+        .get(&format!("/runs/{run}"), crate::registry::ALICE_TOKEN)
+        .await;
+    let decisions = &view["approvals"][0]["decisions"];
+    assert_eq!(decisions.as_array().map(Vec::len), Some(1), "{view:#}");
+    assert_eq!(decisions[0]["by"], "bob", "{view:#}");
 }
