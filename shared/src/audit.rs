@@ -48,7 +48,7 @@ pub fn capability(action: &str, resource: &str) -> String {
             // Reading the run log is everyone's; what a stage writes there is its own.
             "putobject" if resource.contains("/runs/") => "store:runs:write".into(),
             "getobject" | "putobject" | "getobjectversion" => {
-                let prefix = ["config", "runs", "approvals", "deployments"]
+                let prefix = ["config", "runs", "approvals", "deployments", "slack"]
                     .into_iter()
                     .find(|p| resource.contains(&format!("/{p}/")));
                 match prefix {

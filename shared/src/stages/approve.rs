@@ -76,6 +76,7 @@ pub static SPEC: StageSpec = StageSpec {
         "store:list",
         "store:approvals",
         "store:approvals:read",
+        "store:slack",
         "queue",
         "publish",
     ],

@@ -1949,3 +1949,87 @@ async fn a_failed_verification_moves_the_lambda_alias_back_on_aws_apis() {
             .is_empty()
     );
 }
+
+/// Approve from Slack on AWS: the approve function takes Slack's callback on its
+/// unauthenticated URL (no IAM identity in the request) and trusts only Slack's
+/// signature; a forged or replayed press decides nothing, a signed one deploys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_slack_press_on_the_approve_url_decides_and_a_forged_one_does_not() {
+    // The signing secret's variable is one the test process already has, so the test
+    // sets none (changing the environment of a threaded process is unsound).
+    const SECRET_VAR: &str = "CARGO_MANIFEST_DIR";
+    let secret = env!("CARGO_MANIFEST_DIR");
+    let tail = format!(
+        "{APPROVERS}  slack:\n    signing_secret_env: {SECRET_VAR}\n    users: {{ U0ALICE: alice }}\n    response_urls: [\"http://127.0.0.1:9/\"]\n"
+    );
+    let s = stack_full("{ approvers: [alice], required: 1 }", "", &tail).await;
+    s.ingest_cloudtrail("arn:aws:sts::123456789012:assumed-role/ci-pushers/ci-bot")
+        .await;
+    s.drive(1).await;
+    assert_eq!(
+        s.run_log().await.last().map(String::as_str),
+        Some("approval.requested")
+    );
+    let run = baton::ids::run_id("web", &s.digest);
+    let value = format!("{run}/staging");
+    let press = |key: &str, ts: i64| {
+        let payload = json!({"type": "block_actions", "user": {"id": "U0ALICE"},
+            "actions": [{"action_id": "baton-approve", "value": value}]});
+        let mut body = String::from("payload=");
+        for b in payload.to_string().bytes() {
+            if b.is_ascii_alphanumeric() {
+                body.push(b as char);
+            } else {
+                body.push_str(&format!("%{b:02X}"));
+            }
+        }
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:{body}").as_bytes());
+        let sig: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        json!({
+            "version": "2.0", "rawPath": "/slack/interactions", "rawQueryString": "",
+            "headers": {"content-type": "application/x-www-form-urlencoded",
+                        "x-slack-request-timestamp": ts.to_string(),
+                        "x-slack-signature": format!("v0={sig}")},
+            "body": body, "isBase64Encoded": false,
+            "requestContext": {"http": {"method": "POST", "path": "/slack/interactions"}, "timeEpoch": 1795230000000_i64}
+        })
+    };
+    let approve = baton::pipeline::StageName::Approve;
+    let now = chrono::Utc::now().timestamp();
+    let out = s
+        .invoke(approve, press("not-the-secret", now))
+        .await
+        .unwrap();
+    assert_eq!(out["statusCode"], 401, "forged: {out}");
+    let before = s.alias_image().await;
+    s.drive(1).await;
+    assert_eq!(s.alias_image().await, before, "nothing deployed");
+    let signed = press(secret, now);
+    let out = s.invoke(approve, signed.clone()).await.unwrap();
+    assert_eq!(out["statusCode"], 200, "{out}");
+    let body: serde_json::Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["decided"], true, "{body}");
+    let out = s.invoke(approve, signed).await.unwrap();
+    assert_eq!(out["statusCode"], 401, "replayed: {out}");
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest),
+        "alice's press from Slack deployed"
+    );
+    let (rec, _) = get_json::<_, serde_json::Value>(
+        &S3Store::new(s.clients.s3.clone(), "baton-state"),
+        &baton::store::approval_key("web", &run, "staging"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(rec["decisions"].as_array().map(Vec::len), Some(1), "{rec}");
+}

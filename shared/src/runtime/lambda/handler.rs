@@ -201,6 +201,8 @@ pub struct App<S, X: Extra> {
 struct FunctionHost<S, X: Extra> {
     pipeline: Arc<Pipeline<AwsPorts<X>>>,
     endpoints: Vec<Endpoint>,
+    /// The approve function's Slack callback (its unauthenticated URL on the stack).
+    slack: Option<crate::slack::SlackEndpoint>,
     stage: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -260,6 +262,10 @@ impl<S: Function<X>, X: Extra> Host for FunctionHost<S, X> {
     async fn accept(&self, _webhook: &str, parsed: Parsed) -> Result<Map<String, Value>> {
         S::accept(&self.pipeline, parsed).await
     }
+
+    fn slack(&self) -> Option<&crate::slack::SlackEndpoint> {
+        self.slack.as_ref()
+    }
 }
 
 impl<S: Function<X>, X: Extra> App<S, X> {
@@ -294,9 +300,23 @@ impl<S: Function<X>, X: Extra> App<S, X> {
         };
         edit(&mut settings);
         let pipeline = Arc::new(Pipeline::new(ports, config, settings));
+        // The function that takes decisions takes Slack's too, when its signing secret is
+        // in the function's environment (the stack's SlackSigningSecret); without it the
+        // callback is answered 404 and the start says why.
+        let slack = match (&pipeline.config.serve.slack, S::routes().decisions) {
+            (Some(c), true) => match crate::slack::SlackEndpoint::from_config(c) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "serve.slack is configured but this function cannot verify Slack's requests; Slack callbacks are refused");
+                    None
+                }
+            },
+            _ => None,
+        };
         let router = api::router(Arc::new(FunctionHost::<S, X> {
             pipeline: pipeline.clone(),
             endpoints,
+            slack,
             stage: std::marker::PhantomData,
         }));
         Ok(App {
