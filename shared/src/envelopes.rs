@@ -81,6 +81,8 @@ impl DocumentKind {
             DocumentKind::Trigger(TriggerKind::Ghcr) => "GitHub package event (GHCR)",
             DocumentKind::Trigger(TriggerKind::Quay) => "Quay repository notification",
             DocumentKind::Trigger(TriggerKind::Cdevents) => "CDEvent (artifact.published)",
+            DocumentKind::Trigger(TriggerKind::Pubsub) => "Google Cloud Pub/Sub push",
+            DocumentKind::Trigger(TriggerKind::Eventgrid) => "Azure Event Grid delivery",
             DocumentKind::Sqs => "SQS event (Lambda event source mapping)",
             DocumentKind::Sns => "SNS notification",
             DocumentKind::FunctionUrl => "Lambda function URL request",
@@ -98,6 +100,11 @@ pub fn function_url_request(
 
 /// Identifies a document; `None` when it is none of the known shapes.
 pub fn identify(v: &Value) -> Option<DocumentKind> {
+    if let Some(first) = v.as_array().and_then(|a| a.first())
+        && first.get("eventType").is_some()
+    {
+        return Some(DocumentKind::Trigger(TriggerKind::Eventgrid));
+    }
     let o = v.as_object()?;
     if o.contains_key("specversion") {
         Some(DocumentKind::BatonEvent)
@@ -113,6 +120,8 @@ pub fn identify(v: &Value) -> Option<DocumentKind> {
         Some(DocumentKind::Trigger(TriggerKind::Harbor))
     } else if o.contains_key("package") {
         Some(DocumentKind::Trigger(TriggerKind::Ghcr))
+    } else if o.get("message").is_some_and(|m| m.get("data").is_some()) {
+        Some(DocumentKind::Trigger(TriggerKind::Pubsub))
     } else if o.contains_key("context") && o.contains_key("subject") {
         Some(DocumentKind::Trigger(TriggerKind::Cdevents))
     } else if o.contains_key("updated_tags") {

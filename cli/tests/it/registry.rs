@@ -1126,3 +1126,158 @@ async fn approvers_freeze_and_unfreeze_over_http() {
     let (status, _) = post("/holds/release", Some(ALICE_TOKEN), json!({"app": "app"})).await;
     assert_eq!(status, 400, "an app's environment is named");
 }
+
+/// Google Cloud (Pub/Sub pushes from Artifact Registry and Cloud Build), Azure (Event
+/// Grid, with its validation handshake) and GitLab's registry (distribution
+/// notifications with a token header) start runs through `baton serve`; each source's
+/// authentication is checked first. The samples in `events/webhooks/` are what is sent;
+/// their digests are used as given, so no registry is contacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn cloud_registry_webhooks_through_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let serve_port = free_port();
+    let (_registry, reg) = start_registry(&root, None).await;
+    let app = |name: &str, host: &str, repo: &str| {
+        format!(
+            "  - name: {name}\n    registry: {host}\n    repository: {repo}\n    tags: {{ semver: \">=1.0.0\" }}\n    test: {{ command: {{ run: [\"true\"] }} }}\n    environments:\n      - name: staging\n        approval: auto\n        promote: false\n        deploy: {{ manifest: {{ dir: manifests/staging-{name}, workloads: [{{ name: app, container: app }}] }} }}\n"
+        )
+    };
+    write_project(&root, reg, "true", "");
+    let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    let apps = [
+        app("ar", "us-east1-docker.pkg.dev", "my-project/my-repo/web"),
+        app("cb", "us-east1-docker.pkg.dev", "my-project/my-repo/api"),
+        app("acr", "demo.azurecr.io", "team/web"),
+        app("gl", "registry.gitlab.example.com", "group/project/web"),
+    ]
+    .concat();
+    cfg = cfg.replace("apps:\n", &format!("apps:\n{apps}"));
+    cfg = cfg.replace(
+        "  webhooks:\n",
+        "  webhooks:\n    - { name: gcp, source: pubsub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: azure, source: eventgrid, auth: { query_token: { param: code, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gitlab, source: distribution, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n",
+    );
+    std::fs::write(root.join("baton.yaml"), cfg).unwrap();
+    for name in ["ar", "cb", "acr", "gl"] {
+        let d = root.join(format!("manifests/staging-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(root.join("manifests/staging/app.yaml"), d.join("app.yaml")).unwrap();
+    }
+    let _serve = start_serve(&root, serve_port).await;
+    let api = Api::new(serve_port);
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../events/webhooks");
+    let read = |f: &str| std::fs::read(samples.join(f)).unwrap();
+    let token = HOOK_SECRET.replace(' ', "%20");
+    let post = |path: String, body: Vec<u8>, header: Option<(&'static str, String)>| {
+        let mut req = api.client.post(format!("{}{path}", api.base)).body(body);
+        if let Some((h, v)) = header {
+            req = req.header(h, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+
+    // Event Grid's validation handshake: answered once authenticated.
+    let handshake = json!([{"id": "2d1781af-3a4c-4d7c-bd0c-e34b19da4e66", "topic": "/subscriptions/s", "subject": "",
+        "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"},
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "eventTime": "2026-11-29T10:00:00Z", "metadataVersion": "1", "dataVersion": "1"}]);
+    let body = serde_json::to_vec(&handshake).unwrap();
+    assert_eq!(post("/hooks/azure".into(), body.clone(), None).await.0, 401);
+    let (status, v) = post(format!("/hooks/azure?code={token}"), body, None).await;
+    assert_eq!(
+        (status, v),
+        (
+            200,
+            json!({"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"})
+        )
+    );
+    // Unauthenticated deliveries of each source: 401.
+    assert_eq!(
+        post(
+            "/hooks/gcp?token=nope".into(),
+            read("pubsub-artifact-registry.json"),
+            None
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        post(
+            "/hooks/gitlab".into(),
+            read("gitlab-registry.json"),
+            Some(("Authorization", "x".into()))
+        )
+        .await
+        .0,
+        401
+    );
+
+    let digest_of_sample = |f: &str| -> String {
+        let v: Value = serde_json::from_slice(&read(f)).unwrap();
+        let t = baton::triggers::Trigger {
+            kind: match f {
+                f if f.starts_with("pubsub") => baton::triggers::TriggerKind::Pubsub,
+                f if f.starts_with("eventgrid") => baton::triggers::TriggerKind::Eventgrid,
+                _ => baton::triggers::TriggerKind::Distribution,
+            },
+            received_at: chrono::Utc::now(),
+            payload: v,
+        };
+        t.parse().unwrap().pushes[0]
+            .digest
+            .as_ref()
+            .unwrap()
+            .to_string()
+    };
+    for (path, file, header, app) in [
+        (
+            format!("/hooks/gcp?token={token}"),
+            "pubsub-artifact-registry.json",
+            None,
+            "ar",
+        ),
+        (
+            format!("/hooks/gcp?token={token}"),
+            "pubsub-cloud-build.json",
+            None,
+            "cb",
+        ),
+        (
+            format!("/hooks/azure?code={token}"),
+            "eventgrid-acr-push.json",
+            None,
+            "acr",
+        ),
+        (
+            "/hooks/gitlab".to_string(),
+            "gitlab-registry.json",
+            Some(("Authorization", HOOK_SECRET.to_string())),
+            "gl",
+        ),
+    ] {
+        let (status, v) = post(path.clone(), read(file), header).await;
+        assert_eq!(status, 202, "{file}: {v}");
+        let digest = digest_of_sample(file);
+        api.wait_status(&digest, "deployed").await;
+        let run = api
+            .runs()
+            .await
+            .into_iter()
+            .find(|r| r["image"]["digest"] == digest.as_str())
+            .unwrap();
+        assert_eq!(run["app"], app, "{file}");
+        assert!(
+            std::fs::read_to_string(root.join(format!("manifests/staging-{app}/app.yaml")))
+                .unwrap()
+                .contains(&digest),
+            "{file}: deployed by digest"
+        );
+    }
+}

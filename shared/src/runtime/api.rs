@@ -326,6 +326,11 @@ async fn hook<H: Host>(
             return error_reply(&e);
         }
     };
+    // A handshake (Event Grid's subscription validation) is answered, not queued.
+    if let Some(answer) = parsed.respond {
+        tracing::info!(webhook = %name, "webhook handshake answered");
+        return reply(StatusCode::OK, answer);
+    }
     let pushes: Vec<Value> = parsed
         .pushes
         .iter()

@@ -12,20 +12,24 @@ use crate::error::{Error, Result};
 use crate::ids::is_label;
 use crate::reference::{Digest, ParseError, RegistryHost, Repository, Tag, excerpt};
 
+pub mod azure;
 pub mod cdevents;
 pub mod distribution;
 pub mod dockerhub;
 pub mod ecr;
 pub mod ghcr;
 pub mod harbor;
+pub mod pubsub;
 pub mod quay;
 
+pub use azure::parse_event_grid;
 pub use cdevents::parse_cdevents;
 pub use distribution::{is_manifest_media_type, parse_distribution};
 pub use dockerhub::parse_dockerhub;
 pub use ecr::{CLOUDTRAIL_API_CALL, ECR_IMAGE_ACTION, EcrImageAction, parse_ecr};
 pub use ghcr::parse_ghcr;
 pub use harbor::parse_harbor;
+pub use pubsub::parse_pubsub;
 pub use quay::parse_quay;
 
 /// Where a push notification came from.
@@ -46,10 +50,15 @@ pub enum TriggerKind {
     Quay,
     /// A CDEvents `artifact.published` (any CDEvents producer).
     Cdevents,
+    /// A Google Cloud Pub/Sub push: Artifact Registry / Container Registry (`gcr`
+    /// topic) or Cloud Build (`cloud-builds` topic) notifications.
+    Pubsub,
+    /// Azure Event Grid: ACR `ImagePushed` events (and the validation handshake).
+    Eventgrid,
 }
 
 impl TriggerKind {
-    pub const ALL: [TriggerKind; 7] = [
+    pub const ALL: [TriggerKind; 9] = [
         TriggerKind::Ecr,
         TriggerKind::Distribution,
         TriggerKind::Dockerhub,
@@ -57,6 +66,8 @@ impl TriggerKind {
         TriggerKind::Ghcr,
         TriggerKind::Quay,
         TriggerKind::Cdevents,
+        TriggerKind::Pubsub,
+        TriggerKind::Eventgrid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +79,8 @@ impl TriggerKind {
             TriggerKind::Ghcr => "ghcr",
             TriggerKind::Quay => "quay",
             TriggerKind::Cdevents => "cdevents",
+            TriggerKind::Pubsub => "pubsub",
+            TriggerKind::Eventgrid => "eventgrid",
         }
     }
 }
@@ -166,6 +179,10 @@ pub struct Parsed {
     pub pushes: Vec<Push>,
     #[serde(default)]
     pub ignored: Vec<String>,
+    /// What the endpoint answers instead of queueing (Event Grid's validation
+    /// handshake), once the request is authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<Value>,
 }
 
 pub(crate) fn path_error(what: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Error {
@@ -187,6 +204,8 @@ impl Trigger {
             TriggerKind::Ghcr => parse_ghcr(&self.payload),
             TriggerKind::Quay => parse_quay(&self.payload, self.received_at),
             TriggerKind::Cdevents => parse_cdevents(&self.payload),
+            TriggerKind::Pubsub => parse_pubsub(&self.payload),
+            TriggerKind::Eventgrid => parse_event_grid(&self.payload),
         }
     }
 }
