@@ -1,5 +1,5 @@
 //! Registry notifications of every source (ECR and CloudTrail events, distribution,
-//! Docker Hub, Harbor, GHCR, Quay, CDEvents, Pub/Sub, Event Grid): the first byte picks the source, the rest is the
+//! Docker Hub, Harbor, GHCR, Quay, CDEvents, Pub/Sub, Event Grid, Alibaba ACR): the first byte picks the source, the rest is the
 //! body. A parse may refuse; it may not panic, and what it accepts survives the trip
 //! through the ingest queue (serialized, read back, equal).
 #![no_main]
@@ -7,7 +7,7 @@
 use baton::triggers::{Parsed, Trigger, TriggerKind};
 use libfuzzer_sys::fuzz_target;
 
-const KINDS: [TriggerKind; 9] = TriggerKind::ALL;
+const KINDS: [TriggerKind; 10] = TriggerKind::ALL;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {

@@ -83,6 +83,7 @@ impl DocumentKind {
             DocumentKind::Trigger(TriggerKind::Cdevents) => "CDEvent (artifact.published)",
             DocumentKind::Trigger(TriggerKind::Pubsub) => "Google Cloud Pub/Sub push",
             DocumentKind::Trigger(TriggerKind::Eventgrid) => "Azure Event Grid delivery",
+            DocumentKind::Trigger(TriggerKind::Acr) => "Alibaba Cloud ACR webhook",
             DocumentKind::Sqs => "SQS event (Lambda event source mapping)",
             DocumentKind::Sns => "SNS notification",
             DocumentKind::FunctionUrl => "Lambda function URL request",
@@ -114,6 +115,11 @@ pub fn identify(v: &Value) -> Option<DocumentKind> {
         Some(DocumentKind::Trigger(TriggerKind::Ecr))
     } else if o.contains_key("events") {
         Some(DocumentKind::Trigger(TriggerKind::Distribution))
+    } else if o.contains_key("push_data")
+        && o.get("repository")
+            .is_some_and(|r| r.get("region").is_some())
+    {
+        Some(DocumentKind::Trigger(TriggerKind::Acr))
     } else if o.contains_key("push_data") {
         Some(DocumentKind::Trigger(TriggerKind::Dockerhub))
     } else if o.contains_key("event_data") {

@@ -1128,8 +1128,8 @@ async fn approvers_freeze_and_unfreeze_over_http() {
 }
 
 /// Google Cloud (Pub/Sub pushes from Artifact Registry and Cloud Build), Azure (Event
-/// Grid, with its validation handshake) and GitLab's registry (distribution
-/// notifications with a token header) start runs through `baton serve`; each source's
+/// Grid, with its validation handshake), GitLab's registry (distribution notifications
+/// with a token header) and Alibaba ACR (a custom header) start runs through `baton serve`; each source's
 /// authentication is checked first. The samples in `events/webhooks/` are what is sent;
 /// their digests are used as given, so no registry is contacted.
 #[tokio::test(flavor = "multi_thread")]
@@ -1150,15 +1150,16 @@ async fn cloud_registry_webhooks_through_http() {
         app("cb", "us-east1-docker.pkg.dev", "my-project/my-repo/api"),
         app("acr", "demo.azurecr.io", "team/web"),
         app("gl", "registry.gitlab.example.com", "group/project/web"),
+        app("ali", "registry.cn-hangzhou.aliyuncs.com", "team/web"),
     ]
     .concat();
     cfg = cfg.replace("apps:\n", &format!("apps:\n{apps}"));
     cfg = cfg.replace(
         "  webhooks:\n",
-        "  webhooks:\n    - { name: gcp, source: pubsub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: azure, source: eventgrid, auth: { query_token: { param: code, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gitlab, source: distribution, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n",
+        "  webhooks:\n    - { name: gcp, source: pubsub, auth: { query_token: { secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: azure, source: eventgrid, auth: { query_token: { param: code, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: gitlab, source: distribution, auth: { header: { name: Authorization, secret_env: BATON_TEST_HOOK_SECRET } } }\n    - { name: aliyun, source: acr, auth: { header: { name: X-Baton-Token, secret_env: BATON_TEST_HOOK_SECRET } } }\n",
     );
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
-    for name in ["ar", "cb", "acr", "gl"] {
+    for name in ["ar", "cb", "acr", "gl", "ali"] {
         let d = root.join(format!("manifests/staging-{name}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::copy(root.join("manifests/staging/app.yaml"), d.join("app.yaml")).unwrap();
@@ -1225,6 +1226,7 @@ async fn cloud_registry_webhooks_through_http() {
             kind: match f {
                 f if f.starts_with("pubsub") => baton::triggers::TriggerKind::Pubsub,
                 f if f.starts_with("eventgrid") => baton::triggers::TriggerKind::Eventgrid,
+                f if f.starts_with("alibaba") => baton::triggers::TriggerKind::Acr,
                 _ => baton::triggers::TriggerKind::Distribution,
             },
             received_at: chrono::Utc::now(),
@@ -1260,6 +1262,12 @@ async fn cloud_registry_webhooks_through_http() {
             "gitlab-registry.json",
             Some(("Authorization", HOOK_SECRET.to_string())),
             "gl",
+        ),
+        (
+            "/hooks/aliyun".to_string(),
+            "alibaba-acr.json",
+            Some(("X-Baton-Token", HOOK_SECRET.to_string())),
+            "ali",
         ),
     ] {
         let (status, v) = post(path.clone(), read(file), header).await;

@@ -225,7 +225,7 @@ impl ServeConfig {
             }
             if w.source == crate::triggers::TriggerKind::Ecr {
                 p.push(format!(
-                    "{at}.source: ecr pushes arrive through EventBridge, not a webhook (allowed: distribution, dockerhub, harbor, ghcr, quay, cdevents, pubsub, eventgrid)"
+                    "{at}.source: ecr pushes arrive through EventBridge, not a webhook (allowed: distribution, dockerhub, harbor, ghcr, quay, cdevents, pubsub, eventgrid, acr)"
                 ));
             }
             if w.auth == WebhookAuth::None && !loopback {

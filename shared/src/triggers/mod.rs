@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ids::is_label;
 use crate::reference::{Digest, ParseError, RegistryHost, Repository, Tag, excerpt};
 
+pub mod alibaba;
 pub mod azure;
 pub mod cdevents;
 pub mod distribution;
@@ -22,6 +23,7 @@ pub mod harbor;
 pub mod pubsub;
 pub mod quay;
 
+pub use alibaba::parse_acr;
 pub use azure::parse_event_grid;
 pub use cdevents::parse_cdevents;
 pub use distribution::{is_manifest_media_type, parse_distribution};
@@ -55,10 +57,12 @@ pub enum TriggerKind {
     Pubsub,
     /// Azure Event Grid: ACR `ImagePushed` events (and the validation handshake).
     Eventgrid,
+    /// Alibaba Cloud Container Registry webhook.
+    Acr,
 }
 
 impl TriggerKind {
-    pub const ALL: [TriggerKind; 9] = [
+    pub const ALL: [TriggerKind; 10] = [
         TriggerKind::Ecr,
         TriggerKind::Distribution,
         TriggerKind::Dockerhub,
@@ -68,6 +72,7 @@ impl TriggerKind {
         TriggerKind::Cdevents,
         TriggerKind::Pubsub,
         TriggerKind::Eventgrid,
+        TriggerKind::Acr,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +86,7 @@ impl TriggerKind {
             TriggerKind::Cdevents => "cdevents",
             TriggerKind::Pubsub => "pubsub",
             TriggerKind::Eventgrid => "eventgrid",
+            TriggerKind::Acr => "acr",
         }
     }
 }
@@ -206,6 +212,7 @@ impl Trigger {
             TriggerKind::Cdevents => parse_cdevents(&self.payload),
             TriggerKind::Pubsub => parse_pubsub(&self.payload),
             TriggerKind::Eventgrid => parse_event_grid(&self.payload),
+            TriggerKind::Acr => parse_acr(&self.payload),
         }
     }
 }

@@ -97,8 +97,8 @@ fn every_sample_parses_as_what_it_is() {
     assert_eq!(types_seen, all, "a sample of every Baton event type");
     assert_eq!(
         kinds_seen.len(),
-        7,
-        "samples of Docker Hub, Harbor, GHCR, Quay, CDEvents, Pub/Sub and Event Grid webhooks"
+        8,
+        "samples of Docker Hub, Harbor, GHCR, Quay, CDEvents, Pub/Sub, Event Grid and Alibaba ACR webhooks"
     );
 }
 
