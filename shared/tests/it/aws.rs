@@ -2033,3 +2033,72 @@ async fn a_signed_slack_press_on_the_approve_url_decides_and_a_forged_one_does_n
     .unwrap();
     assert_eq!(rec["decisions"].as_array().map(Vec::len), Some(1), "{rec}");
 }
+
+/// The newer sources through the ingest function URL, as through `baton serve`: a Pub/Sub
+/// push (Artifact Registry), an Event Grid delivery, an Alibaba ACR
+/// webhook (an instance domain) and a CDEvent, each naming the stack's ECR image, each
+/// authenticated by its scheme; each is ingested at once and its run deploys.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingest_url_takes_pubsub_event_grid_acr_and_cdevents_pushes() {
+    use base64::Engine;
+    let secret = env!("CARGO_MANIFEST_DIR");
+    let hooks = r#"
+serve:
+  webhooks:
+    - { name: gcp, source: pubsub, auth: { header: { name: X-Hook-Secret, secret_env: CARGO_MANIFEST_DIR } } }
+    - { name: azure, source: eventgrid, auth: { header: { name: X-Hook-Secret, secret_env: CARGO_MANIFEST_DIR } } }
+    - { name: aliyun, source: acr, auth: { header: { name: X-Hook-Secret, secret_env: CARGO_MANIFEST_DIR } } }
+    - { name: cd, source: cdevents, auth: { header: { name: X-Hook-Secret, secret_env: CARGO_MANIFEST_DIR } } }
+"#;
+    let at = chrono::Utc::now().to_rfc3339();
+    for hook in ["gcp", "azure", "aliyun", "cd"] {
+        let s = stack_full("auto", "", hooks).await;
+        let d = s.digest.clone();
+        let body = match hook {
+            "gcp" => {
+                let data = json!({"action": "INSERT", "digest": format!("{HOST}/demo/web@{d}"), "tag": format!("{HOST}/demo/web:1.0.0")});
+                json!({"message": {"data": base64::engine::general_purpose::STANDARD.encode(data.to_string()),
+                    "messageId": "m-1", "publishTime": at}, "subscription": "projects/p/subscriptions/s"})
+            }
+            "azure" => json!([{"id": "e-1", "eventType": "Microsoft.ContainerRegistry.ImagePushed", "eventTime": at,
+                "subject": "demo/web:1.0.0", "data": {"action": "push",
+                "target": {"digest": d, "repository": "demo/web", "tag": "1.0.0"}, "request": {"host": HOST}}}]),
+            "aliyun" => json!({"push_data": {"digest": d, "pushed_at": "2026-11-29 18:25:46", "tag": "1.0.0"},
+                "repository": {"repo_full_name": "demo/web", "region": "us-east-1", "domain": HOST}}),
+            _ => json!({"context": {"specversion": "0.5.1", "id": "c-1", "source": "/ci", "type": "dev.cdevents.artifact.published.0.3.0", "timestamp": at},
+                "subject": {"id": format!("pkg:oci/web@{}?repository_url={HOST}/demo/web&tag=1.0.0", d.replace(':', "%3A")), "content": {}}}),
+        }
+        .to_string();
+        let ingest = baton::pipeline::StageName::Ingest;
+        let path = format!("/hooks/{hook}");
+        let out = s
+            .invoke(
+                ingest,
+                url_request("POST", &path, json!({"x-hook-secret": "guess"}), &body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 401, "{hook}: a wrong secret");
+        let out = s
+            .invoke(
+                ingest,
+                url_request("POST", &path, json!({"x-hook-secret": secret}), &body),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 202, "{hook}: {out}");
+        let answer: serde_json::Value =
+            serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            answer["accepted"][0]["run"],
+            baton::ids::run_id("web", &d).as_str(),
+            "{hook}: {answer}"
+        );
+        s.drive(1).await;
+        assert_eq!(
+            s.alias_image().await,
+            format!("{HOST}/demo/web@{d}"),
+            "{hook}: the run deployed"
+        );
+    }
+}
