@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | core (no I/O) | [`reference`], [`ids`], [`event`], [`error`] | image reference parts parsed to the OCI grammar; run and event ids; the CloudEvents contract; the error type |
 //! | | [`config`], [`identity`], [`policy`] | the validated `baton.yaml`; approvers as IAM principals; pure decisions (filter and tag policies, newer wins, approvals) |
-//! | | [`triggers`], [`envelopes`], [`webhooks`], [`cdevents`], [`slack`] | registry notifications (one file per source), AWS envelopes, webhook authentication, CDEvents from Baton's events, Slack's approval callback |
+//! | | [`triggers`], [`envelopes`], [`webhooks`], [`oidc`], [`cdevents`], [`slack`] | registry notifications (one file per source), AWS envelopes, webhook authentication (Google's OIDC tokens among them), CDEvents from Baton's events, Slack's approval callback |
 //! | | [`ports`], [`store`] | the traits stages use (bus, store, registry, tests, targets, notifiers) and the store's key layout |
 //! | pipeline | [`pipeline`] | `Pipeline` (ports, configuration, settings); the `Stage` trait; the harness (claim, run, publish, record); approval records; what is live where; run queries |
 //! | | [`stages`] | the eight stages, one file each: declaration, record, logic |
@@ -26,6 +26,7 @@ pub mod error;
 pub mod event;
 pub mod identity;
 pub mod ids;
+pub mod oidc;
 pub mod pipeline;
 pub mod policy;
 pub mod ports;

@@ -38,6 +38,7 @@ enum Resolved {
     Hmac { header: String, secret: String },
     Basic { username: String, password: String },
     QueryToken { param: String, secret: String },
+    GoogleOidc(crate::oidc::GoogleOidc),
     None,
 }
 
@@ -61,7 +62,21 @@ impl Endpoint {
     /// Resolves the endpoint's secret from the environment; a missing variable is an
     /// error naming it.
     pub fn from_config(cfg: &WebhookConfigEntry) -> Result<Endpoint> {
+        Endpoint::from_config_in(cfg, std::path::Path::new("."))
+    }
+
+    /// [`Endpoint::from_config`] with files (a JWKS) relative to `base`.
+    pub fn from_config_in(cfg: &WebhookConfigEntry, base: &std::path::Path) -> Result<Endpoint> {
         let auth = match &cfg.auth {
+            WebhookAuth::GoogleOidc {
+                audience,
+                jwks_file,
+                email,
+            } => Resolved::GoogleOidc(crate::oidc::GoogleOidc::from_file(
+                &base.join(jwks_file),
+                audience,
+                email.as_deref(),
+            )?),
             WebhookAuth::Header { name, secret_env } => Resolved::Header {
                 name: name.clone(),
                 secret: secret(secret_env, &cfg.name)?,
@@ -115,6 +130,9 @@ impl Endpoint {
                 param: param.clone(),
                 secret: s,
             },
+            WebhookAuth::GoogleOidc { audience, .. } => {
+                Resolved::GoogleOidc(crate::oidc::GoogleOidc::with_keys(vec![], audience, None))
+            }
             WebhookAuth::None => Resolved::None,
         };
         Endpoint {
@@ -179,6 +197,19 @@ impl Endpoint {
                 } else {
                     no("basic credentials do not match")
                 }
+            }
+            Resolved::GoogleOidc(oidc) => {
+                let Some(v) = (req.header)("authorization") else {
+                    return no("no bearer token (Pub/Sub's OIDC token)");
+                };
+                let Some(token) = v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                else {
+                    return no("authorization is not a bearer token");
+                };
+                oidc.verify(token.trim(), chrono::Utc::now().timestamp())
+                    .map_err(Unauthorized)
             }
             Resolved::QueryToken { param, secret } => {
                 let given = form_urlencoded::parse(req.query.unwrap_or("").as_bytes())

@@ -1289,3 +1289,148 @@ async fn cloud_registry_webhooks_through_http() {
         );
     }
 }
+
+/// Pub/Sub pushes authenticated by Google's OIDC token: a key pair made here by
+/// `openssl` stands in for Google's (its public half in the JWKS file the webhook
+/// names), tokens are signed by `openssl dgst`. Only a token signed by a JWKS key, for
+/// the configured audience and service account, current, is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn pubsub_pushes_are_authenticated_by_googles_oidc_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let openssl = |args: &[&str], stdin: Option<&[u8]>| -> Vec<u8> {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args(args)
+            .current_dir(&root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or_default())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let b64url = |b: &[u8]| {
+        b64(b)
+            .replace('+', "-")
+            .replace('/', "_")
+            .trim_end_matches('=')
+            .to_string()
+    };
+    openssl(&["genrsa", "-out", "google.pem", "2048"], None);
+    openssl(&["genrsa", "-out", "other.pem", "2048"], None);
+    let modulus = String::from_utf8(openssl(
+        &["rsa", "-in", "google.pem", "-noout", "-modulus"],
+        None,
+    ))
+    .unwrap();
+    let hex = modulus.trim().trim_start_matches("Modulus=");
+    let n: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    std::fs::write(
+        root.join("google-certs.json"),
+        json!({"keys": [{"kty": "RSA", "kid": "test-key", "alg": "RS256", "use": "sig", "n": b64url(&n), "e": "AQAB"}]}).to_string(),
+    )
+    .unwrap();
+    let token = |key: &str, claims: Value| {
+        let signing = format!(
+            "{}.{}",
+            b64url(
+                json!({"alg": "RS256", "kid": "test-key", "typ": "JWT"})
+                    .to_string()
+                    .as_bytes()
+            ),
+            b64url(claims.to_string().as_bytes())
+        );
+        let sig = openssl(&["dgst", "-sha256", "-sign", key], Some(signing.as_bytes()));
+        format!("Bearer {signing}.{}", b64url(&sig))
+    };
+    let audience = "https://baton.example.com/hooks/gcp";
+    let sa = "pubsub-pusher@my-project.iam.gserviceaccount.com";
+    let now = chrono::Utc::now().timestamp();
+    let claims = |aud: &str, email: &str, exp: i64| {
+        json!({"iss": "https://accounts.google.com", "aud": aud, "email": email, "email_verified": true,
+               "sub": "1234567890", "iat": now - 10, "exp": exp})
+    };
+
+    let serve_port = free_port();
+    let (_registry, reg) = start_registry(&root, None).await;
+    write_project(&root, reg, "true", "");
+    let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
+    cfg = cfg.replace(
+        "apps:\n",
+        "apps:\n  - name: ar\n    registry: us-east1-docker.pkg.dev\n    repository: my-project/my-repo/web\n    tags: { semver: \">=1.0.0\" }\n    test: { command: { run: [\"true\"] } }\n    environments:\n      - name: staging\n        approval: auto\n        promote: false\n        deploy: { manifest: { dir: manifests/staging, workloads: [{ name: app, container: app }] } }\n",
+    );
+    cfg = cfg.replace(
+        "  webhooks:\n",
+        &format!("  webhooks:\n    - {{ name: gcp, source: pubsub, auth: {{ google_oidc: {{ audience: \"{audience}\", jwks_file: google-certs.json, email: {sa} }} }} }}\n"),
+    );
+    std::fs::write(root.join("baton.yaml"), cfg).unwrap();
+    let _serve = start_serve(&root, serve_port).await;
+    let api = Api::new(serve_port);
+    let body = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../events/webhooks/pubsub-artifact-registry.json"),
+    )
+    .unwrap();
+    let send = |auth: Option<String>| {
+        let mut req = api
+            .client
+            .post(format!("{}/hooks/gcp", api.base))
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for (auth, why) in [
+        (None, "no token"),
+        (
+            Some(token("other.pem", claims(audience, sa, now + 3600))),
+            "signed by a key not in the JWKS",
+        ),
+        (
+            Some(token(
+                "google.pem",
+                claims("https://elsewhere.example.com", sa, now + 3600),
+            )),
+            "another audience",
+        ),
+        (
+            Some(token(
+                "google.pem",
+                claims(audience, "someone@evil.example", now + 3600),
+            )),
+            "another service account",
+        ),
+        (
+            Some(token("google.pem", claims(audience, sa, now - 3600))),
+            "expired",
+        ),
+    ] {
+        assert_eq!(send(auth).await, 401, "{why}");
+    }
+    assert_eq!(
+        send(Some(token("google.pem", claims(audience, sa, now + 3600)))).await,
+        202
+    );
+    api.wait_status(
+        "sha256:6ec128e26cd5c6f5d7a2c4a5d1c8e1a4b3a9b6e3f4c1d2e3f4a5b6c7d8e9f0a1",
+        "deployed",
+    )
+    .await;
+}

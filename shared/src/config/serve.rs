@@ -157,6 +157,17 @@ pub enum WebhookAuth {
         param: String,
         secret_env: String,
     },
+    /// Google's OIDC token that a Pub/Sub push subscription attaches
+    /// (`Authorization: Bearer <JWT>`): RS256-signed by one of Google's keys (a JWKS file:
+    /// https://www.googleapis.com/oauth2/v3/certs, refreshed by you), issued by
+    /// accounts.google.com, for `audience`, not expired, and, with `email`, for that
+    /// service account with a verified e-mail.
+    GoogleOidc {
+        audience: String,
+        jwks_file: std::path::PathBuf,
+        #[serde(default)]
+        email: Option<String>,
+    },
     /// No authentication: refused unless `baton serve` listens on loopback only, and
     /// never accepted by the ingest function URL.
     None,

@@ -86,7 +86,7 @@ impl Server {
         let endpoints = cfg
             .webhooks
             .iter()
-            .map(Endpoint::from_config)
+            .map(|w| Endpoint::from_config_in(w, &local.pipeline.config.base_dir))
             .collect::<Result<Vec<_>>>()?;
         if let Some(open) = endpoints.iter().find(|e| e.is_open())
             && !listening.ip().is_loopback()

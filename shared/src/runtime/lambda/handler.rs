@@ -100,7 +100,7 @@ impl Function<WithRegistry> for Ingest {
             .serve
             .webhooks
             .iter()
-            .map(Endpoint::from_config)
+            .map(|w| Endpoint::from_config_in(w, &config.base_dir))
             .collect::<Result<Vec<_>>>()?;
         // The function URL is public: an endpoint without authentication would let
         // anyone start runs.
