@@ -14,10 +14,8 @@ use crate::ids::{is_name, is_run_prefix};
 use crate::policy::approval::Verdict;
 use crate::reference::excerpt;
 
-/// The `action_id` of the Approve button.
-pub const APPROVE: &str = "baton-approve";
-/// The `action_id` of the Reject button.
-pub const REJECT: &str = "baton-reject";
+// The buttons are drawn by the `slack` chat format.
+pub use crate::adapters::chat::{APPROVE, REJECT, button_value};
 /// How far a request's timestamp may be from now.
 pub const MAX_SKEW_SECS: i64 = 5 * 60;
 
@@ -168,11 +166,6 @@ struct ActionJson {
     action_id: String,
     #[serde(default)]
     value: Option<String>,
-}
-
-/// The value the buttons carry: `<run>/<environment>`.
-pub fn button_value(run: &str, environment: &str) -> String {
-    format!("{run}/{environment}")
 }
 
 /// Reads the form body Slack posts (`payload=<JSON>`); errors name the field.

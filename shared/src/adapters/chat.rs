@@ -26,6 +26,16 @@ use crate::config::ChatFormat;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventType};
 
+/// The `action_id` of the Approve button (taken by `crate::slack`'s callback).
+pub const APPROVE: &str = "baton-approve";
+/// The `action_id` of the Reject button.
+pub const REJECT: &str = "baton-reject";
+
+/// The value the buttons carry: `<run>/<environment>`.
+pub fn button_value(run: &str, environment: &str) -> String {
+    format!("{run}/{environment}")
+}
+
 /// What an event means for the people reading the channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -154,12 +164,12 @@ pub fn body(
             if matches!(event.payload, crate::event::Payload::ApprovalRequested(_))
                 && let Some(env) = &ctx_env(event)
             {
-                let value = crate::slack::button_value(event.ctx().run.as_str(), env);
+                let value = button_value(event.ctx().run.as_str(), env);
                 buttons.push(
-                    json!({"type": "button", "style": "primary", "action_id": crate::slack::APPROVE,
+                    json!({"type": "button", "style": "primary", "action_id": APPROVE,
                     "text": {"type": "plain_text", "text": "Approve"}, "value": value}),
                 );
-                buttons.push(json!({"type": "button", "style": "danger", "action_id": crate::slack::REJECT,
+                buttons.push(json!({"type": "button", "style": "danger", "action_id": REJECT,
                     "text": {"type": "plain_text", "text": "Reject"}, "value": value,
                     "confirm": {"title": {"type": "plain_text", "text": "Reject?"},
                         "text": {"type": "plain_text", "text": "The run will not deploy to this environment."},
@@ -372,9 +382,9 @@ mod tests {
         let actions = &b["blocks"][2];
         assert_eq!(actions["type"], "actions");
         let value = format!("{}/production", e.ctx().run);
-        assert_eq!(actions["elements"][0]["action_id"], crate::slack::APPROVE);
+        assert_eq!(actions["elements"][0]["action_id"], APPROVE);
         assert_eq!(actions["elements"][0]["value"], value.as_str());
-        assert_eq!(actions["elements"][1]["action_id"], crate::slack::REJECT);
+        assert_eq!(actions["elements"][1]["action_id"], REJECT);
         assert_eq!(actions["elements"][1]["style"], "danger");
         assert!(
             actions["elements"][1]["confirm"].is_object(),
