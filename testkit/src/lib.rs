@@ -8,6 +8,7 @@
 //! * [`registry`]: Debian's `docker-registry` on a free port, and real pushes to it with
 //!   `umoci` and `skopeo`.
 //! * [`prometheus`]: Prometheus on a free port, scraping what a test serves.
+//! * [`receiver`]: an HTTP receiver recording what is POSTed (a chat tool, Slack, a sink).
 //! * [`smtp`]: aiosmtpd on a free port, keeping what it receives in a Maildir.
 //! * [`tls`]: a test CA and a loopback serving certificate, by `openssl`.
 //! * [`k8s`]: a real Kubernetes control plane on loopback (etcd, kube-apiserver,
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod k8s;
 pub mod moto;
 pub mod prometheus;
+pub mod receiver;
 pub mod registry;
 pub mod smtp;
 pub mod tls;

@@ -4,7 +4,6 @@
 //! signing secret). Forged, stale, replayed and unmapped presses decide nothing; the
 //! approval rules still apply; the message is updated through `response_url`.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_testkit::free_port;
@@ -16,30 +15,6 @@ use crate::registry::{
 };
 
 const SIGNING_SECRET: &str = "slack-signing-secret-for-the-tests";
-
-type Seen = Arc<Mutex<Vec<(String, Value)>>>;
-
-/// Slack's side: the incoming webhook and the response URLs, recording what arrives.
-async fn slack() -> (u16, Seen) {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(
-        move |uri: axum::http::Uri, body: axum::body::Bytes| {
-            let s = s.clone();
-            async move {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                s.lock().unwrap().push((uri.path().to_string(), v));
-                "ok"
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (port, seen)
-}
 
 /// A button press as Slack posts it: the form body and its signature headers.
 fn press(
@@ -75,7 +50,8 @@ async fn approve_from_slack_through_baton_serve() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let serve_port = free_port();
-    let (slack_port, seen) = slack().await;
+    let slack = baton_testkit::receiver::start(|_| (200, json!("ok"))).await;
+    let slack_port = slack.port;
     let (_registry, reg) = start_registry(&root, None).await;
     write_project(
         &root,
@@ -128,8 +104,8 @@ async fn approve_from_slack_through_baton_serve() {
     // The request reached "Slack" with the buttons.
     let start = Instant::now();
     let message = loop {
-        if let Some((_, m)) = seen.lock().unwrap().iter().find(|(p, _)| p == "/incoming") {
-            break m.clone();
+        if let Some(r) = slack.seen().into_iter().find(|r| r.path == "/incoming") {
+            break r.body;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
@@ -223,11 +199,11 @@ async fn approve_from_slack_through_baton_serve() {
     assert!(manifest(&root, "production").contains(&d));
     // The same signed request again is a replay.
     assert_eq!(send(good).await.0, 401);
-    let seen = seen.lock().unwrap().clone();
+    let seen = slack.seen();
     let updates: Vec<&Value> = seen
         .iter()
-        .filter(|(p, _)| p == "/respond/1")
-        .map(|(_, v)| v)
+        .filter(|r| r.path == "/respond/1")
+        .map(|r| &r.body)
         .collect();
     assert!(
         updates.iter().any(|u| u["replace_original"] == true

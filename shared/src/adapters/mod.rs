@@ -213,25 +213,33 @@ fn no_kube(what: &str) -> crate::error::Error {
 }
 
 /// A webhook notifier; the URL inline or from the variable `url_env` names (a secret).
+/// A reaction's URL: inline, or from the variable that holds it (a secret).
+fn reaction_url(
+    reaction: &crate::config::ReactionConfig,
+    kind: &str,
+    url: Option<&str>,
+    url_env: Option<&str>,
+) -> Result<String> {
+    match (url, url_env) {
+        (Some(u), _) => Ok(u.to_string()),
+        (None, Some(var)) => crate::config::secret_env(
+            var,
+            &format!("reaction {} (notify.{kind}.url_env)", reaction.name),
+        ),
+        (None, None) => Err(crate::error::Error::invalid(
+            format!("reaction {}", reaction.name),
+            format!("{kind} has no url"),
+        )),
+    }
+}
+
 /// The notifier of a `cdevents` reaction.
 pub fn cdevents(
     http: &crate::adapters::http::Http,
     reaction: &crate::config::ReactionConfig,
     c: &crate::config::CdeventsConfig,
 ) -> Result<crate::adapters::embedded::WebhookNotifier> {
-    let url = match (&c.url, &c.url_env) {
-        (Some(u), _) => u.clone(),
-        (None, Some(var)) => crate::config::secret_env(
-            var,
-            &format!("reaction {} (notify.cdevents.url_env)", reaction.name),
-        )?,
-        (None, None) => {
-            return Err(crate::error::Error::invalid(
-                format!("reaction {}", reaction.name),
-                "cdevents has no url",
-            ));
-        }
-    };
+    let url = reaction_url(reaction, "cdevents", c.url.as_deref(), c.url_env.as_deref())?;
     Ok(crate::adapters::embedded::WebhookNotifier::cdevents(
         http.clone(),
         url,
@@ -255,19 +263,7 @@ pub fn webhook(
             )
         })
         .transpose()?;
-    let url = match (&w.url, &w.url_env) {
-        (Some(u), _) => u.clone(),
-        (None, Some(var)) => crate::config::secret_env(
-            var,
-            &format!("reaction {} (notify.webhook.url_env)", reaction.name),
-        )?,
-        (None, None) => {
-            return Err(crate::error::Error::invalid(
-                format!("reaction {}", reaction.name),
-                "webhook has no url",
-            ));
-        }
-    };
+    let url = reaction_url(reaction, "webhook", w.url.as_deref(), w.url_env.as_deref())?;
     Ok(
         crate::adapters::embedded::WebhookNotifier::new(http.clone(), url, w.timeout).with_format(
             w.format,

@@ -225,31 +225,10 @@ impl ReactionConfig {
             }
         }
         if let NotifyConfig::Cdevents(c) = &self.notify {
-            match (&c.url, &c.url_env) {
-                (Some(_), Some(_)) | (None, None) => p.push(format!(
-                    "{at}.notify.cdevents: set exactly one of url or url_env"
-                )),
-                (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => p
-                    .push(format!(
-                        "{at}.notify.cdevents.url: {u:?} must be an http(s) URL"
-                    )),
-                _ => {}
-            }
+            check_url(&format!("{at}.notify.cdevents"), &c.url, &c.url_env, p);
         }
         if let NotifyConfig::Webhook(w) = &self.notify {
-            match (&w.url, &w.url_env) {
-                (Some(_), Some(_)) | (None, None) => p.push(format!(
-                    "{at}.notify.webhook: set exactly one of url or url_env"
-                )),
-                (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => p
-                    .push(format!(
-                        "{at}.notify.webhook.url: {u:?} must be an http(s) URL"
-                    )),
-                (None, Some(v)) if v.is_empty() => {
-                    p.push(format!("{at}.notify.webhook.url_env: must name a variable"))
-                }
-                _ => {}
-            }
+            check_url(&format!("{at}.notify.webhook"), &w.url, &w.url_env, p);
             match (w.format, &w.template) {
                 (ChatFormat::Template, None) => p.push(format!(
                     "{at}.notify.webhook.template: format template needs a template"
@@ -274,5 +253,19 @@ impl ReactionConfig {
                 ));
             }
         }
+    }
+}
+
+/// Exactly one of `url` (http or https) and `url_env` (a variable name).
+fn check_url(at: &str, url: &Option<String>, url_env: &Option<String>, p: &mut Vec<String>) {
+    match (url, url_env) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.push(format!("{at}: set exactly one of url or url_env"))
+        }
+        (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            p.push(format!("{at}.url: {u:?} must be an http(s) URL"))
+        }
+        (None, Some(v)) if v.is_empty() => p.push(format!("{at}.url_env: must name a variable")),
+        _ => {}
     }
 }

@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::adapters::embedded::WebhookNotifier;
@@ -13,29 +12,6 @@ use baton::adapters::http::Http;
 use baton::event::Event;
 use baton::ports::Notifier;
 use serde_json::{Value, json};
-
-type Seen = Arc<Mutex<Vec<(axum::http::HeaderMap, Value)>>>;
-
-async fn sink() -> (u16, Seen) {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(
-        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let s = s.clone();
-            async move {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                s.lock().unwrap().push((headers, v));
-                axum::http::StatusCode::ACCEPTED
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (port, seen)
-}
 
 fn sample(name: &str, edit: impl FnOnce(&mut Value)) -> Event {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,12 +69,8 @@ fn validate(file: &str, doc: &Value) -> Result<(), String> {
 
 #[tokio::test]
 async fn each_mapped_event_is_a_valid_cdevent_in_a_binary_mode_cloudevent() {
-    let (port, seen) = sink().await;
-    let n = WebhookNotifier::cdevents(
-        Http::new(),
-        format!("http://127.0.0.1:{port}/events"),
-        Duration::from_secs(5),
-    );
+    let sink = baton_testkit::receiver::start(|_| (202, Value::Null)).await;
+    let n = WebhookNotifier::cdevents(Http::new(), sink.url("/events"), Duration::from_secs(5));
     let events = [
         (sample("image.built", |_| {}), "artifactpublished.json"),
         (sample("tests.passed", |_| {}), "testsuiterunfinished.json"),
@@ -122,11 +94,18 @@ async fn each_mapped_event_is_a_valid_cdevent_in_a_binary_mode_cloudevent() {
     n.notify("cd", &sample("approval.requested", |_| {}))
         .await
         .unwrap();
-    let seen = seen.lock().unwrap().clone();
+    let seen: Vec<(baton_testkit::receiver::Received, Value)> = sink
+        .seen()
+        .into_iter()
+        .map(|r| {
+            let b = r.body.clone();
+            (r, b)
+        })
+        .collect();
     assert_eq!(seen.len(), events.len(), "one CloudEvent per mapped event");
-    for ((headers, body), (e, schema)) in seen.iter().zip(&events) {
+    for ((received, body), (e, schema)) in seen.iter().zip(&events) {
         validate(schema, body).unwrap_or_else(|errs| panic!("{schema}: {errs}\n{body:#}"));
-        let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let h = |k: &str| received.header(k);
         assert_eq!(h("ce-specversion"), "1.0");
         assert_eq!(h("ce-type"), body["context"]["type"]);
         assert_eq!(h("ce-id"), e.id);

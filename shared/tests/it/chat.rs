@@ -4,7 +4,6 @@
 //! a robot's refusal in a 200 answer is an error, not a delivery.
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::adapters::embedded::WebhookNotifier;
@@ -14,31 +13,15 @@ use baton::event::Event;
 use baton::ports::Notifier;
 use serde_json::{Value, json};
 
-type Seen = Arc<Mutex<Vec<(String, Value)>>>;
-
-async fn receiver() -> (u16, Seen) {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let app = axum::Router::new().fallback(axum::routing::post(
-        move |uri: axum::http::Uri, body: axum::body::Bytes| {
-            let s = s.clone();
-            async move {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                s.lock().unwrap().push((uri.to_string(), v));
-                if uri.path() == "/refuses" {
-                    axum::Json(json!({"errcode": 310000, "errmsg": "sign not match"}))
-                } else {
-                    axum::Json(json!({"errcode": 0, "code": 0, "msg": "ok"}))
-                }
-            }
-        },
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (port, seen)
+async fn receiver() -> baton_testkit::receiver::Receiver {
+    baton_testkit::receiver::start(|r| {
+        if r.path == "/refuses" {
+            (200, json!({"errcode": 310000, "errmsg": "sign not match"}))
+        } else {
+            (200, json!({"errcode": 0, "code": 0, "msg": "ok"}))
+        }
+    })
+    .await
 }
 
 fn event() -> Event {
@@ -81,8 +64,8 @@ fn notifier(
 
 #[tokio::test]
 async fn each_format_posts_its_shape_and_robots_get_valid_signatures() {
-    let (port, seen) = receiver().await;
-    let base = format!("http://127.0.0.1:{port}");
+    let rx = receiver().await;
+    let base = rx.url("");
     let e = event();
     let link = format!("https://baton.example.com/runs/{}", e.ctx().run);
     let secret = "SEC0123456789abcdef-robot-secret";
@@ -127,7 +110,20 @@ async fn each_format_posts_its_shape_and_robots_get_valid_signatures() {
     .await
     .unwrap();
 
-    let seen = seen.lock().unwrap().clone();
+    let seen: Vec<(String, Value)> = rx
+        .seen()
+        .into_iter()
+        .map(|r| {
+            (
+                format!(
+                    "{}{}",
+                    r.path,
+                    r.query.map(|q| format!("?{q}")).unwrap_or_default()
+                ),
+                r.body,
+            )
+        })
+        .collect();
     assert_eq!(seen.len(), 6, "{seen:#?}");
     // DingTalk
     let (uri, body) = &seen[0];
@@ -189,9 +185,9 @@ async fn each_format_posts_its_shape_and_robots_get_valid_signatures() {
 
 #[tokio::test]
 async fn a_robot_refusing_in_a_200_answer_is_an_error_naming_why() {
-    let (port, _) = receiver().await;
+    let rx = receiver().await;
     let err = notifier(
-        format!("http://127.0.0.1:{port}/refuses"),
+        rx.url("/refuses"),
         ChatFormat::Dingtalk,
         Some("wrong-secret-wrong-secret"),
         None,
