@@ -71,6 +71,14 @@ serve:
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
 }
 
+/// An app (`apps[]` entry) of one auto-approved staging environment writing
+/// `manifests/staging-<name>`, tested with `true`.
+pub(crate) fn staging_app(name: &str, host: &str, repo: &str, promote: bool) -> String {
+    format!(
+        "  - name: {name}\n    registry: {host}\n    repository: {repo}\n    tags: {{ semver: \">=1.0.0\" }}\n    test: {{ command: {{ run: [\"true\"] }} }}\n    environments:\n      - name: staging\n        approval: auto\n        promote: {promote}\n        deploy: {{ manifest: {{ dir: manifests/staging-{name}, workloads: [{{ name: app, container: app }}] }} }}\n"
+    )
+}
+
 pub(crate) async fn start_serve(root: &Path, port: u16) -> Proc {
     start_serve_with(root, port, &[]).await
 }
@@ -512,11 +520,7 @@ async fn other_registries_webhooks_through_http() {
     let hub_digest = push(&root, reg, "demo/web", "1.2.0");
     let quay_digest = push(&root, reg, "demo/web", "1.5.0");
     let cd_digest = push(&root, reg, "demo/web", "1.6.0");
-    let app = |name: &str, host: &str, promote: bool| {
-        format!(
-            "  - name: {name}\n    registry: {host}\n    repository: demo/web\n    tags: {{ semver: \">=1.0.0\" }}\n    test: {{ command: {{ run: [\"true\"] }} }}\n    environments:\n      - name: staging\n        approval: auto\n        promote: {promote}\n        deploy: {{ manifest: {{ dir: manifests/staging-{name}, workloads: [{{ name: app, container: app }}] }} }}\n"
-        )
-    };
+    let app = |name: &str, host: &str, promote: bool| staging_app(name, host, "demo/web", promote);
     write_project(&root, reg, "true", "");
     let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
     let apps = [
@@ -1138,11 +1142,7 @@ async fn cloud_registry_webhooks_through_http() {
     let root = dir.path().to_path_buf();
     let serve_port = free_port();
     let (_registry, reg) = start_registry(&root, None).await;
-    let app = |name: &str, host: &str, repo: &str| {
-        format!(
-            "  - name: {name}\n    registry: {host}\n    repository: {repo}\n    tags: {{ semver: \">=1.0.0\" }}\n    test: {{ command: {{ run: [\"true\"] }} }}\n    environments:\n      - name: staging\n        approval: auto\n        promote: false\n        deploy: {{ manifest: {{ dir: manifests/staging-{name}, workloads: [{{ name: app, container: app }}] }} }}\n"
-        )
-    };
+    let app = |name: &str, host: &str, repo: &str| staging_app(name, host, repo, false);
     write_project(&root, reg, "true", "");
     let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
     let apps = [
@@ -1373,13 +1373,27 @@ async fn pubsub_pushes_are_authenticated_by_googles_oidc_token() {
     let mut cfg = std::fs::read_to_string(root.join("baton.yaml")).unwrap();
     cfg = cfg.replace(
         "apps:\n",
-        "apps:\n  - name: ar\n    registry: us-east1-docker.pkg.dev\n    repository: my-project/my-repo/web\n    tags: { semver: \">=1.0.0\" }\n    test: { command: { run: [\"true\"] } }\n    environments:\n      - name: staging\n        approval: auto\n        promote: false\n        deploy: { manifest: { dir: manifests/staging, workloads: [{ name: app, container: app }] } }\n",
+        &format!(
+            "apps:\n{}",
+            staging_app(
+                "ar",
+                "us-east1-docker.pkg.dev",
+                "my-project/my-repo/web",
+                false
+            )
+        ),
     );
     cfg = cfg.replace(
         "  webhooks:\n",
         &format!("  webhooks:\n    - {{ name: gcp, source: pubsub, auth: {{ google_oidc: {{ audience: \"{audience}\", jwks_file: google-certs.json, email: {sa} }} }} }}\n"),
     );
     std::fs::write(root.join("baton.yaml"), cfg).unwrap();
+    std::fs::create_dir_all(root.join("manifests/staging-ar")).unwrap();
+    std::fs::copy(
+        root.join("manifests/staging/app.yaml"),
+        root.join("manifests/staging-ar/app.yaml"),
+    )
+    .unwrap();
     let _serve = start_serve(&root, serve_port).await;
     let api = Api::new(serve_port);
     let body = std::fs::read(
