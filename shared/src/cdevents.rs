@@ -21,17 +21,16 @@ use crate::event::{Event, Image, Payload};
 /// The CDEvents specification version Baton speaks.
 pub const SPEC_VERSION: &str = "0.5.1";
 
-/// Characters a purl keeps as they are in a path or qualifier value.
+/// What a purl escapes in a name, version or qualifier value: everything but
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+const PURL: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn purl_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, PURL).to_string()
 }
 
 /// The image as a package URL (purl type `oci`): the repository's last path component

@@ -119,20 +119,10 @@ pub fn verify(
         .map_err(|_| Refused("signing secret unusable".into()))?;
     mac.update(format!("v0:{ts}:").as_bytes());
     mac.update(body);
-    let want = hex_decode(hex).ok_or_else(|| Refused("X-Slack-Signature is not hex".into()))?;
+    let want = ::hex::decode(hex).map_err(|_| Refused("X-Slack-Signature is not hex".into()))?;
     mac.verify_slice(&want)
         .map_err(|_| Refused("X-Slack-Signature does not match".into()))?;
     Ok(ts)
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// A button press, read from the callback.
@@ -238,34 +228,9 @@ pub fn parse(body: &[u8]) -> Result<Action> {
 
 /// One field of an `application/x-www-form-urlencoded` body, decoded.
 fn form_field(body: &[u8], name: &str) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    text.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| form_decode(v)).flatten()
-    })
-}
-
-fn form_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                out.push(u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()?);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

@@ -123,10 +123,6 @@ fn facts(event: &Event) -> Vec<(&'static str, String)> {
     f
 }
 
-fn ctx_env(event: &Event) -> Option<String> {
-    event.ctx().environment.clone()
-}
-
 /// Characters Slack's mrkdwn gives meaning to, escaped as its documentation says.
 fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -162,7 +158,7 @@ pub fn body(
             // An approval request carries Approve and Reject: pressed, Slack calls
             // `POST /slack/interactions` (serve.slack), which decides as that approver.
             if matches!(event.payload, crate::event::Payload::ApprovalRequested(_))
-                && let Some(env) = &ctx_env(event)
+                && let Some(env) = &event.ctx().environment
             {
                 let value = button_value(event.ctx().run.as_str(), env);
                 buttons.push(

@@ -69,7 +69,7 @@ impl Http {
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = vec![];
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -160,12 +160,7 @@ fn without_url(e: reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut cause = String::new();
-    let mut cur = std::error::Error::source(&e);
-    while let Some(s) = cur {
-        cause = s.to_string();
-        cur = s.source();
-    }
+    let cause = crate::adapters::http::source_chain(&e);
     if cause.is_empty() {
         kind.to_string()
     } else {

@@ -262,8 +262,10 @@ fn check_url(at: &str, url: &Option<String>, url_env: &Option<String>, p: &mut V
         (Some(_), Some(_)) | (None, None) => {
             p.push(format!("{at}: set exactly one of url or url_env"))
         }
-        (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-            p.push(format!("{at}.url: {u:?} must be an http(s) URL"))
+        (Some(u), None) => {
+            if let Err(why) = u.parse::<crate::config::HttpUrl>() {
+                p.push(format!("{at}.url: {why}"))
+            }
         }
         (None, Some(v)) if v.is_empty() => p.push(format!("{at}.url_env: must name a variable")),
         _ => {}

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CheckConfig, NoData, VerifyConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::{CheckOutcome, Event, EventType, Payload, VerificationReport};
 use crate::pipeline::Pipeline;
 use crate::pipeline::stage::{
@@ -206,10 +206,15 @@ async fn step<P: VerifyPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
         });
     };
     let now = sctx.now;
-    let mut progress = sctx
-        .progress
-        .as_ref()
-        .and_then(|v| serde_json::from_value::<Progress>(v.clone()).ok())
+    let recorded = match &sctx.progress {
+        Some(v) => Some(
+            serde_json::from_value::<Progress>(v.clone())
+                .map_err(|e| Error::permanent("verify progress", format!("unreadable: {e}")))?,
+        ),
+        None => None,
+    };
+    // A changed list of checks starts the verification again.
+    let mut progress = recorded
         .filter(|pr| pr.checks.len() == cfg.checks.len())
         .unwrap_or_else(|| Progress {
             started: now,

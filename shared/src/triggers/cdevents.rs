@@ -39,22 +39,20 @@ struct CdContent {
     user: Option<String>,
 }
 
-/// `%XX` sequences decoded; an invalid sequence or non-UTF-8 result is `None`.
+/// `%XX` sequences decoded; a malformed sequence or a non-UTF-8 result is `None`
+/// (percent-encoding decodes a malformed `%` as itself: refused here instead).
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let malformed = s.match_indices('%').any(|(i, _)| {
+        s.get(i + 1..i + 3)
+            .is_none_or(|h| !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 /// The parts of an OCI purl: (registry, repository, digest, tag).
