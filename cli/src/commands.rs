@@ -55,8 +55,22 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             who,
             reason,
         } => decide(g, run, env, who, Verdict::Reject, reason, false).await,
-        Command::Rollback { app, env, to, who } => {
-            rollback(g, &app, &env, to.as_deref(), who.as_deref()).await
+        Command::Rollback {
+            app,
+            env,
+            to,
+            who,
+            reason,
+        } => {
+            rollback(
+                g,
+                &app,
+                &env,
+                to.as_deref(),
+                who.as_deref(),
+                reason.as_deref(),
+            )
+            .await
         }
         Command::Gc { dry_run } => gc(g, dry_run).await,
         Command::Freeze { .. }
@@ -693,9 +707,11 @@ async fn rollback(
     env: &str,
     to: Option<&str>,
     who: Option<&str>,
+    reason: Option<&str>,
 ) -> Result<ExitCode> {
     let local = open(g)?;
-    let report = baton::stages::deploy::rollback(&local.pipeline, app, env, to, who).await?;
+    let report =
+        baton::stages::deploy::rollback(&local.pipeline, app, env, to, who, reason).await?;
     drain(&local, g.json).await?;
     if g.json {
         print_json(&report)?;

@@ -125,6 +125,9 @@ pub enum Command {
         to: Option<String>,
         #[arg(long = "as", value_name = "WHO")]
         who: Option<String>,
+        /// Why, recorded on the hold, the rolled-back run and the workload's change cause.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// DORA's four keys per app and environment from the run records: deployments (per
     /// day), lead time push → deployed, change failure rate, time to restore.

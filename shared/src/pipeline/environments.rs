@@ -64,6 +64,7 @@ pub struct Held {
     pub on: Image,
     pub since: DateTime<Utc>,
     pub by: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// A failed deploy.
@@ -116,6 +117,7 @@ pub async fn view<P: Ports>(p: &Pipeline<P>) -> Result<Vec<EnvironmentView>> {
                 on: h.image,
                 since: h.at,
                 by: h.by,
+                reason: h.reason,
             });
             let windows = p.config.freeze_windows(env);
             let stopped = match holds::active_freezes(p, &app.name, name).await?.first() {

@@ -220,6 +220,9 @@ pub struct HoldRecord {
     pub from: Option<Image>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Why the rollback was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released: Option<Lifted>,
@@ -237,8 +240,10 @@ pub async fn hold<P: Ports>(
     image: &Image,
     from: Option<&Image>,
     by: Option<&str>,
+    reason: Option<&str>,
 ) -> Result<HoldRecord> {
     let record = HoldRecord {
+        reason: reason.map(str::to_string),
         app: app.into(),
         environment: env.into(),
         active: true,

@@ -481,6 +481,9 @@ pub struct RolledBackMark {
     pub to: Image,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Why (`baton rollback --reason`, the dashboard's rollback form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The key of `run`'s rollback mark in `env`.

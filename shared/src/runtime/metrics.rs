@@ -132,7 +132,8 @@ impl Metrics {
             .observe(d.elapsed.as_secs_f64());
     }
 
-    async fn dora(&self, p: &Pipeline<LocalPorts>) -> Result<Vec<Figures>> {
+    /// DORA's four keys over the last 30 days, recomputed at most once a minute.
+    pub async fn dora(&self, p: &Pipeline<LocalPorts>) -> Result<Vec<Figures>> {
         let mut cached = self.dora.lock().await;
         if let Some((at, figures)) = cached.as_ref()
             && at.elapsed() < DORA_TTL

@@ -1,6 +1,7 @@
 //! `baton serve`: the always-on local form of Baton. It serves the HTTP API
-//! ([`crate::runtime::api`]: registry webhooks, approval decisions and status queries) on
-//! hyper, and a dispatcher delivers the embedded bus to the stages.
+//! ([`crate::runtime::api`]: registry webhooks, approval decisions and status queries)
+//! and the web dashboard ([`crate::runtime::dashboard`]) on hyper, and a dispatcher
+//! delivers the embedded bus to the stages.
 //!
 //! As the API's host it authenticates approvers and readers by bearer token (each their
 //! own, from `serve.approvers.<who>.token_env` and `serve.readers.<who>.token_env`), or
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::Pipeline;
 use crate::ports::{ObjectStore, Precondition};
 use crate::runtime::api::{self, Caller, Denied, Host, Routes};
+use crate::runtime::dashboard::{self, Board, Web};
 use crate::runtime::local::{Local, LocalPorts};
 use crate::triggers::Parsed;
 use crate::webhooks::{Endpoint, same};
@@ -54,6 +56,7 @@ pub struct Server {
     dispatcher: std::sync::Mutex<Dispatcher>,
     metrics: crate::runtime::metrics::Metrics,
     slack: Option<crate::slack::SlackEndpoint>,
+    web: Web,
 }
 
 /// What the dispatcher last did, for `/healthz`.
@@ -147,6 +150,8 @@ impl Server {
                 .as_ref()
                 .map(crate::slack::SlackEndpoint::from_config)
                 .transpose()?,
+            // A session cookie goes over plain HTTP only on loopback.
+            web: Web::new(!listening.ip().is_loopback())?,
         })
     }
 
@@ -157,9 +162,9 @@ impl Server {
             .map(|e| (e.name.as_str(), e.source.as_str()))
     }
 
-    /// The HTTP API with this server as its host.
+    /// The HTTP API and the dashboard, with this server as their host.
     pub fn router(self: &Arc<Self>) -> Router {
-        api::router(self.clone())
+        dashboard::combine(api::router(self.clone()), dashboard::router(self.clone()))
     }
 
     /// Serves until `shutdown` completes; the dispatcher runs beside the server. Each
@@ -279,6 +284,7 @@ impl Server {
                 .local
                 .drain(&opts, |d| {
                     self.metrics.observe(d);
+                    self.web.changed();
                     tracing::info!(subscription = %d.subscription, id = %d.message.id,
                         outcome = ?d.outcome, ms = d.elapsed.as_millis() as u64, "delivered");
                 })
@@ -405,6 +411,7 @@ impl Host for Server {
     async fn accept(&self, webhook: &str, parsed: Parsed) -> Result<Map<String, Value>> {
         let id = self.local.submit_parsed(&parsed).await?;
         self.wake.notify_one();
+        self.web.changed();
         tracing::info!(%webhook, %id, "webhook queued");
         let mut fields = Map::new();
         fields.insert("queued".into(), json!(true));
@@ -418,6 +425,7 @@ impl Host for Server {
 
     fn decided(&self) {
         self.wake.notify_one();
+        self.web.changed();
     }
 
     fn slack(&self) -> Option<&crate::slack::SlackEndpoint> {
@@ -467,5 +475,15 @@ impl Host for Server {
                 "state_dir": match &state_dir { Ok(()) => "writable".to_string(), Err(e) => e.clone() },
             }),
         )
+    }
+}
+
+impl Board for Server {
+    fn web(&self) -> &Web {
+        &self.web
+    }
+
+    async fn dora(&self) -> Result<Vec<crate::pipeline::dora::Figures>> {
+        self.metrics.dora(&self.local.pipeline).await
     }
 }

@@ -663,7 +663,9 @@ pub async fn rollback<P: TargetPorts>(
     env: &str,
     to: Option<&str>,
     by: Option<&str>,
+    reason: Option<&str>,
 ) -> Result<RollbackReport> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
     let app_cfg = p.config.app(app)?;
     let env_cfg = app_cfg.environment(env)?;
     let live = deployments::live(p, app, env).await?.ok_or_else(|| {
@@ -726,10 +728,11 @@ pub async fn rollback<P: TargetPorts>(
         run: entry.run.clone(),
         image: entry.image.clone(),
         cause: format!(
-            "baton rollback{}: back to {} ({})",
+            "baton rollback{}: back to {} ({}){}",
             by.map(|b| format!(" by {b}")).unwrap_or_default(),
             entry.image.tagged(),
-            entry.image.short_digest()
+            entry.image.short_digest(),
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
         ),
     };
     let result = async {
@@ -802,7 +805,7 @@ pub async fn rollback<P: TargetPorts>(
     harness::publish(p, std::slice::from_ref(&event)).await?;
     // The environment is held on what was put back: newer runs wait there until the
     // hold is released.
-    crate::pipeline::holds::hold(p, app, env, &entry.image, Some(&live.image), by).await?;
+    crate::pipeline::holds::hold(p, app, env, &entry.image, Some(&live.image), by, reason).await?;
     // The run rolled back out says so from now on (`rolled back (<env>)`), until its
     // image is deployed there again.
     if live.run != entry.run {
@@ -811,6 +814,7 @@ pub async fn rollback<P: TargetPorts>(
             at: now,
             to: entry.image.clone(),
             by: by.map(str::to_string),
+            reason: reason.map(str::to_string),
         };
         crate::store::put_json(
             p.ports.store(),

@@ -97,7 +97,7 @@ async fn a_rollback_holds_the_environment_until_the_hold_is_released() {
     drain(&env).await;
     assert!(env.manifest("staging").contains(v2.digest.as_str()));
     let p = &env.local.pipeline;
-    baton::stages::deploy::rollback(p, "web", "staging", None, Some("alice"))
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("alice"), None)
         .await
         .unwrap();
     drain(&env).await;
@@ -231,7 +231,7 @@ async fn a_freeze_stops_deploys_not_approvals_nor_rollbacks_and_unfreezing_lets_
     holds::freeze(p, None, None, "carol", "everything, too")
         .await
         .unwrap();
-    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"), None)
         .await
         .unwrap();
     assert!(
@@ -325,7 +325,7 @@ async fn the_environment_view_says_what_is_live_where_and_what_waits() {
     holds::freeze(p, None, Some("production"), "carol", "quarter close")
         .await
         .unwrap();
-    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"), None)
         .await
         .unwrap();
 
@@ -411,7 +411,7 @@ async fn dora_figures_come_from_the_run_records() {
     env.push("1.1.0", "ci-bot", t0 + chrono::Duration::hours(1))
         .await;
     drain(&env).await;
-    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"))
+    baton::stages::deploy::rollback(p, "web", "staging", None, Some("dave"), None)
         .await
         .unwrap();
 
@@ -474,7 +474,7 @@ async fn an_approval_that_says_so_releases_a_hold() {
     approve(&env, &v2, "alice").await;
     approve(&env, &v2, "bob").await;
     drain(&env).await;
-    baton::stages::deploy::rollback(p, "web", "production", None, Some("dave"))
+    baton::stages::deploy::rollback(p, "web", "production", None, Some("dave"), None)
         .await
         .unwrap();
     let v3 = env

@@ -456,9 +456,15 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     assert_eq!(f.code, baton::event::FailureCode::Superseded);
     assert!(f.reason.contains("1.2.0"), "{}", f.reason);
     // an explicit rollback may go back; newer-wins applies only to pipeline deploys
-    let r =
-        baton::stages::deploy::rollback(&env.local.pipeline, "web", "staging", None, Some("alice"))
-            .await;
+    let r = baton::stages::deploy::rollback(
+        &env.local.pipeline,
+        "web",
+        "staging",
+        None,
+        Some("alice"),
+        None,
+    )
+    .await;
     assert!(
         matches!(r, Err(Error::Refused(_))),
         "only one image was ever deployed"
@@ -466,10 +472,16 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
     let even_newer = env.push("1.3.0", "ci-bot", t0 + Duration::seconds(9)).await;
     env.drain().await;
     assert!(env.manifest("staging").contains(even_newer.digest.as_str()));
-    let r =
-        baton::stages::deploy::rollback(&env.local.pipeline, "web", "staging", None, Some("alice"))
-            .await
-            .unwrap();
+    let r = baton::stages::deploy::rollback(
+        &env.local.pipeline,
+        "web",
+        "staging",
+        None,
+        Some("alice"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.to, newer.reference());
     env.drain().await;
     assert!(env.manifest("staging").contains(newer.digest.as_str()));
@@ -524,6 +536,7 @@ async fn newer_wins_an_older_push_never_replaces_a_newer_image() {
         "staging",
         Some(&even_newer.digest),
         Some("alice"),
+        None,
     )
     .await
     .unwrap();
@@ -781,6 +794,7 @@ async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
         "production",
         None,
         Some("alice"),
+        None,
     )
     .await
     .unwrap();
