@@ -12,6 +12,7 @@
 //! - **state**: the state directory's growth per run, in file bytes and in disk blocks;
 //! - **syncs**: `fsync`, `fdatasync` and `syncfs` calls per run, counted by `strace -f`
 //!   on a second server taking paced pushes (skipped, and said, without `strace`);
+//! - **dashboard**: the board (`GET /` as a page) and a run page, at the same history;
 //! - **queries**: `GET /runs?limit=50` latency, first page and deep pages, after the
 //!   state holds 100,000 runs (the runs beyond those the phases made are copies of a
 //!   finished run, hard-linked, with their own ids and index entries spread over 60 days).
@@ -310,6 +311,51 @@ async fn time_pages(
     (first, deep)
 }
 
+/// Times the dashboard's board (`GET /` as a browser asks for it) right after a change
+/// (a push: the board is read again), the board again with nothing changed (as read
+/// after the last change), and a run page.
+async fn time_board(
+    client: &reqwest::Client,
+    base: &str,
+    run: &str,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut changed = vec![];
+    let mut board = vec![];
+    let mut page = vec![];
+    for i in 0..150 {
+        if i % 3 == 0 {
+            // A push the server has seen: accepted (a change), then deduplicated.
+            send(client, base, push_of(APPS).2).await;
+        }
+        let url = if i % 3 == 2 {
+            format!("{base}/runs/{run}")
+        } else {
+            format!("{base}/")
+        };
+        let t = Instant::now();
+        let r = client
+            .get(&url)
+            .bearer_auth(READER)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .expect("a dashboard page");
+        assert_eq!(r.status().as_u16(), 200, "{url}");
+        let html = r.text().await.expect("the page");
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(html.contains("<main"), "{url} is a page");
+        match i % 3 {
+            0 => changed.push(ms),
+            1 => board.push(ms),
+            _ => page.push(ms),
+        }
+    }
+    for v in [&mut changed, &mut board, &mut page] {
+        v.sort_by(f64::total_cmp);
+    }
+    (changed, board, page)
+}
+
 /// Counts sync calls in an `strace -c` summary.
 fn syncs_in(trace: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(trace).ok()?;
@@ -475,6 +521,8 @@ async fn main() {
         .map(|i| index[(i * 7_919 + 1_000) % (total_runs - 100)].clone())
         .collect();
     let (first, deep) = time_pages(&client, &server.base, &cursors).await;
+    let (board_changed, board, run_page) =
+        time_board(&client, &server.base, &templates[0].1).await;
     drop(server);
 
     // Syncs per run, under strace.
@@ -513,6 +561,9 @@ async fn main() {
          | syncs per run (strace, 601 runs at {rate:.0}/min) | {} | ≤ 15 |\n\
          | `GET /runs?limit=50` at {total_runs} runs, first page | p50 {:.1} ms, p99 {:.1} ms | p99 ≤ 20 ms |\n\
          | the same, 100 deep pages | p50 {:.1} ms, p99 {:.1} ms | p99 ≤ 20 ms |\n\
+         | dashboard board (`GET /`, HTML) at {total_runs} runs, right after a change | p50 {:.1} ms, p99 {:.1} ms | ≤ 200 ms at 10,000 runs |\n\
+         | the same, nothing changed since the last read | p50 {:.1} ms, p99 {:.1} ms | |\n\
+         | dashboard run page at {total_runs} runs | p50 {:.1} ms, p99 {:.1} ms | |\n\
          | restart with {total_runs} runs (until `/healthz` answers) | {:.0} ms | |\n",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
@@ -527,6 +578,12 @@ async fn main() {
         percentile(&first, 0.99),
         percentile(&deep, 0.5),
         percentile(&deep, 0.99),
+        percentile(&board_changed, 0.5),
+        percentile(&board_changed, 0.99),
+        percentile(&board, 0.5),
+        percentile(&board, 0.99),
+        percentile(&run_page, 0.5),
+        percentile(&run_page, 0.99),
         restart.as_secs_f64() * 1000.0,
     );
     println!(

@@ -39,6 +39,24 @@ pub fn test_output_key(app: &str, run: &str) -> String {
 pub fn approval_key(app: &str, run: &str, env: &str) -> String {
     format!("approvals/{app}/{run}/{env}.json")
 }
+
+/// Where open approval requests are found without reading history: a marker per request
+/// under the UTC day it expires, `approvals/_open/<YYYY-MM-DD>/<app>/<run>/<env>.json`
+/// (`_` is in no app name). Pending approvals are listed from the days not yet past.
+pub const OPEN_APPROVALS: &str = "approvals/_open/";
+
+/// The open-request marker of `app`'s `run` in `env`, expiring at `expires_at`.
+pub fn open_approval_key(
+    expires_at: chrono::DateTime<chrono::Utc>,
+    app: &str,
+    run: &str,
+    env: &str,
+) -> String {
+    format!(
+        "{OPEN_APPROVALS}{}/{app}/{run}/{env}.json",
+        expires_at.format("%Y-%m-%d")
+    )
+}
 pub fn current_key(app: &str, env: &str) -> String {
     format!("deployments/{app}/{env}/current.json")
 }

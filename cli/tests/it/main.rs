@@ -6,6 +6,7 @@ mod audit;
 mod aws_cli;
 mod canary;
 mod cluster;
+mod dashboard;
 mod faults;
 mod registry;
 mod runtime;

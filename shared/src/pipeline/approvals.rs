@@ -14,7 +14,7 @@ use crate::event::{Event, Image, Payload, RunContext};
 use crate::pipeline::Pipeline;
 use crate::policy::approval::{ApprovalRules, ApprovalStatus, DecisionRecord};
 use crate::ports::{ObjectStore, Ports};
-use crate::store::get_json;
+use crate::store::{OPEN_APPROVALS, get_json};
 
 /// An approval request and its decisions, at `approvals/<app>/<run>/<env>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,12 +86,43 @@ pub struct PendingApproval {
     pub url: Option<String>,
 }
 
+/// The record keys of the approval requests open now: from the markers of the days
+/// that have not passed yet (up to the longest `expires_after` configured ahead), so
+/// the cost follows the requests of those days, not the history.
+async fn open_record_keys<P: Ports>(p: &Pipeline<P>, now: DateTime<Utc>) -> Result<Vec<String>> {
+    let longest = p
+        .config
+        .apps
+        .iter()
+        .flat_map(|a| &a.environments)
+        .filter_map(|e| match &e.approval {
+            crate::config::ApprovalPolicy::Manual(m) => Some(m.expires_after),
+            crate::config::ApprovalPolicy::Auto => None,
+        })
+        .max()
+        .unwrap_or_default();
+    let days = longest.as_secs().div_ceil(86_400) as i64;
+    let mut keys = BTreeSet::new();
+    for d in 0..=days {
+        let Some(day) = now.checked_add_signed(chrono::Duration::days(d)) else {
+            break;
+        };
+        let prefix = format!("{OPEN_APPROVALS}{}/", day.format("%Y-%m-%d"));
+        for marker in p.ports.store().list(&prefix).await? {
+            if let Some(rest) = marker[prefix.len()..].strip_suffix(".json") {
+                keys.insert(format!("approvals/{rest}.json"));
+            }
+        }
+    }
+    Ok(keys.into_iter().collect())
+}
+
 /// Approvals still waiting for decisions, oldest first.
 pub async fn pending<P: Ports>(p: &Pipeline<P>) -> Result<Vec<PendingApproval>> {
     let store = p.ports.store();
     let now = p.ports.now();
     let mut out = vec![];
-    for key in store.list("approvals/").await? {
+    for key in open_record_keys(p, now).await? {
         let Some((rec, _)) = get_json::<_, ApprovalRecord>(store, &key).await? else {
             continue;
         };

@@ -78,95 +78,127 @@ pub struct Failure {
 
 /// Every configured app × environment, in configuration order.
 pub async fn view<P: Ports>(p: &Pipeline<P>) -> Result<Vec<EnvironmentView>> {
+    Ok(view_and_recent(p).await?.0)
+}
+
+/// [`view`], and the newest runs it looked at for failures (newest first), for a caller
+/// that shows both (the dashboard's board). The cells are read side by side.
+pub async fn view_and_recent<P: Ports>(
+    p: &Pipeline<P>,
+) -> Result<(Vec<EnvironmentView>, Vec<runs::RunSummary>)> {
+    use futures::StreamExt;
     let now = p.ports.now();
     let pending = approvals::pending(p).await?;
     let recent = runs::page(p, RECENT_RUNS, None).await?.runs;
-    let mut out = vec![];
-    for app in &p.config.apps {
-        for env in &app.environments {
-            let name = env.name.as_str();
-            let live = match deployments::live(p, &app.name, name).await? {
-                None => None,
-                Some(l) => {
-                    let approved_by = match &env.approval {
-                        crate::config::ApprovalPolicy::Auto => vec!["auto".to_string()],
-                        crate::config::ApprovalPolicy::Manual(_) => {
-                            let key = approval_key(&app.name, &l.run, name);
-                            get_json::<_, ApprovalRecord>(p.ports.store(), &key)
-                                .await?
-                                .map(|(r, _)| {
-                                    r.decisions
-                                        .into_iter()
-                                        .filter(|d| d.verdict == Verdict::Approve)
-                                        .map(|d| d.by)
-                                        .collect()
-                                })
-                                .unwrap_or_default()
-                        }
-                    };
-                    Some(Live {
-                        image: l.image,
-                        since: l.deployed_at,
-                        run: l.run,
-                        kind: l.kind,
-                        approved_by,
-                    })
+    // By index: a stream of futures over borrowed configuration trips the compiler's
+    // higher-ranked lifetime check where the handler must be Send.
+    let cells: Vec<(usize, usize)> = p
+        .config
+        .apps
+        .iter()
+        .enumerate()
+        .flat_map(|(a, app)| (0..app.environments.len()).map(move |e| (a, e)))
+        .collect();
+    let (pending_ref, recent_ref) = (&pending, &recent);
+    let out: Vec<Result<EnvironmentView>> = futures::stream::iter(cells)
+        .map(|(a, e)| {
+            let app = &p.config.apps[a];
+            cell(p, app, &app.environments[e], now, pending_ref, recent_ref)
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    Ok((out.into_iter().collect::<Result<Vec<_>>>()?, recent))
+}
+
+async fn cell<P: Ports>(
+    p: &Pipeline<P>,
+    app: &crate::config::AppConfig,
+    env: &crate::config::EnvironmentConfig,
+    now: DateTime<Utc>,
+    pending: &[approvals::PendingApproval],
+    recent: &[runs::RunSummary],
+) -> Result<EnvironmentView> {
+    let name = env.name.as_str();
+    let live = match deployments::live(p, &app.name, name).await? {
+        None => None,
+        Some(l) => {
+            let approved_by = match &env.approval {
+                crate::config::ApprovalPolicy::Auto => vec!["auto".to_string()],
+                crate::config::ApprovalPolicy::Manual(_) => {
+                    let key = approval_key(&app.name, &l.run, name);
+                    get_json::<_, ApprovalRecord>(p.ports.store(), &key)
+                        .await?
+                        .map(|(r, _)| {
+                            r.decisions
+                                .into_iter()
+                                .filter(|d| d.verdict == Verdict::Approve)
+                                .map(|d| d.by)
+                                .collect()
+                        })
+                        .unwrap_or_default()
                 }
             };
-            let held = holds::active_hold(p, &app.name, name).await?.map(|h| Held {
-                on: h.image,
-                since: h.at,
-                by: h.by,
-                reason: h.reason,
-            });
-            let windows = p.config.freeze_windows(env);
-            let stopped = match holds::active_freezes(p, &app.name, name).await?.first() {
-                Some(f) => Some(format!("{} frozen by {}: {}", f.scope(), f.by, f.reason)),
-                None => crate::policy::freeze::by_windows(&windows, now)
-                    .map(|f| f.reason)
-                    .or_else(|| {
-                        held.as_ref()
-                            .map(|h| format!("held on {} after a rollback", h.on.tagged()))
-                    }),
-            };
-            let last_failure = recent
-                .iter()
-                .filter(|r| r.app == app.name)
-                .find(|r| match &r.status {
-                    RunStatus::DeployFailed { environment, .. }
-                    | RunStatus::VerificationFailed { environment, .. } => environment == name,
-                    RunStatus::FailedAt {
-                        stage: StageName::Deploy,
-                        environment: Some(e),
-                    } => e == name,
-                    _ => false,
-                })
-                .map(|r| Failure {
-                    run: r.run.clone(),
-                    image: r.image.clone(),
-                    status: r.status.clone(),
-                    at: r.updated_at,
-                });
-            out.push(EnvironmentView {
-                app: app.name.clone(),
-                environment: name.to_string(),
-                live,
-                pending: pending
-                    .iter()
-                    .filter(|a| a.app == app.name && a.environment == name)
-                    .map(|a| Pending {
-                        run: a.run.clone(),
-                        image: a.image.clone(),
-                        approvals: a.approvals,
-                        required: a.required,
-                        expires_at: a.expires_at,
-                    })
-                    .collect(),
-                stopped,
-                held,
-                last_failure,
-            });
+            Some(Live {
+                image: l.image,
+                since: l.deployed_at,
+                run: l.run,
+                kind: l.kind,
+                approved_by,
+            })
         }
-    }
-    Ok(out)
+    };
+    let held = holds::active_hold(p, &app.name, name).await?.map(|h| Held {
+        on: h.image,
+        since: h.at,
+        by: h.by,
+        reason: h.reason,
+    });
+    let windows = p.config.freeze_windows(env);
+    let stopped = match holds::active_freezes(p, &app.name, name).await?.first() {
+        Some(f) => Some(format!("{} frozen by {}: {}", f.scope(), f.by, f.reason)),
+        None => crate::policy::freeze::by_windows(&windows, now)
+            .map(|f| f.reason)
+            .or_else(|| {
+                held.as_ref()
+                    .map(|h| format!("held on {} after a rollback", h.on.tagged()))
+            }),
+    };
+    let last_failure = recent
+        .iter()
+        .filter(|r| r.app == app.name)
+        .find(|r| match &r.status {
+            RunStatus::DeployFailed { environment, .. }
+            | RunStatus::VerificationFailed { environment, .. } => environment == name,
+            RunStatus::FailedAt {
+                stage: StageName::Deploy,
+                environment: Some(e),
+            } => e == name,
+            _ => false,
+        })
+        .map(|r| Failure {
+            run: r.run.clone(),
+            image: r.image.clone(),
+            status: r.status.clone(),
+            at: r.updated_at,
+        });
+    Ok(EnvironmentView {
+        app: app.name.clone(),
+        environment: name.to_string(),
+        live,
+        pending: pending
+            .iter()
+            .filter(|a| a.app == app.name && a.environment == name)
+            .map(|a| Pending {
+                run: a.run.clone(),
+                image: a.image.clone(),
+                approvals: a.approvals,
+                required: a.required,
+                expires_at: a.expires_at,
+            })
+            .collect(),
+        stopped,
+        held,
+        last_failure,
+    })
 }

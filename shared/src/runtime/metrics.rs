@@ -97,7 +97,11 @@ fn delivery_histogram() -> Histogram {
 pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     seconds: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
-    dora: tokio::sync::Mutex<Option<(Instant, Vec<Figures>)>>,
+    /// The figures and when they were computed; locked only to read or replace them.
+    dora: std::sync::Mutex<Option<(Instant, Vec<Figures>)>>,
+    /// Held while the figures are computed: one computation at a time, readers of the
+    /// cached figures never wait for it.
+    computing: tokio::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -105,7 +109,8 @@ impl Default for Metrics {
         Metrics {
             deliveries: Family::default(),
             seconds: Family::new_with_constructor(delivery_histogram),
-            dora: tokio::sync::Mutex::new(None),
+            dora: std::sync::Mutex::new(None),
+            computing: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -132,13 +137,26 @@ impl Metrics {
             .observe(d.elapsed.as_secs_f64());
     }
 
+    /// The DORA figures as last computed, however old (none before the first); the
+    /// dashboard shows these and never waits for a computation.
+    pub fn dora_cached(&self) -> Option<Vec<Figures>> {
+        self.cached_dora(None)
+    }
+
+    /// The cached figures, when younger than `ttl` (any age without one).
+    fn cached_dora(&self, ttl: Option<Duration>) -> Option<Vec<Figures>> {
+        let cached = self.dora.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|(at, _)| ttl.is_none_or(|t| at.elapsed() < t))
+            .map(|(_, f)| f.clone())
+    }
+
     /// DORA's four keys over the last 30 days, recomputed at most once a minute.
     pub async fn dora(&self, p: &Pipeline<LocalPorts>) -> Result<Vec<Figures>> {
-        let mut cached = self.dora.lock().await;
-        if let Some((at, figures)) = cached.as_ref()
-            && at.elapsed() < DORA_TTL
-        {
-            return Ok(figures.clone());
+        let _computing = self.computing.lock().await;
+        if let Some(figures) = self.cached_dora(Some(DORA_TTL)) {
+            return Ok(figures);
         }
         let until = p.ports.now();
         let since = until - chrono::Duration::days(DORA_WINDOW_DAYS);
@@ -148,7 +166,8 @@ impl Metrics {
             since,
             until,
         );
-        *cached = Some((Instant::now(), figures.clone()));
+        *self.dora.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), figures.clone()));
         Ok(figures)
     }
 

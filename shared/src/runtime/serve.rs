@@ -189,6 +189,10 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move { s.retain_forever().await })
         };
+        let dora = {
+            let s = self.clone();
+            tokio::spawn(async move { s.dora_forever().await })
+        };
         let router = self.router();
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let (closing, _) = tokio::sync::watch::channel(false);
@@ -242,6 +246,7 @@ impl Server {
         let _ = closing.send(true);
         dispatcher.abort();
         retention.abort();
+        dora.abort();
         Ok(())
     }
 
@@ -265,6 +270,18 @@ impl Server {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention failed; trying again later"),
             }
+        }
+    }
+
+    /// Keeps the DORA figures warm (they read every run record in the window): computed
+    /// at start and again each minute, beside the requests, so neither the dashboard nor
+    /// a scrape waits for them.
+    async fn dora_forever(&self) {
+        loop {
+            if let Err(e) = self.metrics.dora(&self.local.pipeline).await {
+                tracing::warn!(error = %e, "DORA figures not computed; trying again in a minute");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
         }
     }
 
@@ -483,7 +500,7 @@ impl Board for Server {
         &self.web
     }
 
-    async fn dora(&self) -> Result<Vec<crate::pipeline::dora::Figures>> {
-        self.metrics.dora(&self.local.pipeline).await
+    async fn dora(&self) -> Option<Vec<crate::pipeline::dora::Figures>> {
+        self.metrics.dora_cached()
     }
 }

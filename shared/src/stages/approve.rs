@@ -22,7 +22,7 @@ use crate::pipeline::stage::{
 use crate::policy::approval::{
     self, ApprovalStatus, Approver, Check, DecisionRecord, Outcome, Refusal, Verdict,
 };
-use crate::ports::Ports;
+use crate::ports::{ObjectStore, Ports};
 use crate::store::{Change, Swapped, approval_key, compare_and_swap, get_json};
 
 /// Largest approval decision body taken over HTTP.
@@ -110,6 +110,7 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
     // Open the record (rules from the configuration) or read it, decide where it stands,
     // and write the status when it changed.
     let mut step = None;
+    let mut open_until = None;
     compare_and_swap(
         p.ports.store(),
         &key,
@@ -122,6 +123,7 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
             };
             let (status, s) = evaluate(p, &rec, &env, now);
             step = Some(s);
+            open_until = (status == ApprovalStatus::Pending).then_some(rec.rules.expires_at);
             Ok(if created || rec.status != status {
                 rec.status = status;
                 rec.updated_at = now;
@@ -132,6 +134,20 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
         },
     )
     .await?;
+    // Listed as open (GET /approvals, the dashboard) while it waits; written on every
+    // check, so a crash between the record and its marker is mended by the next one.
+    if let Some(until) = open_until {
+        let marker = crate::store::open_approval_key(until, &ctx.app, &ctx.run, &env);
+        match p
+            .ports
+            .store()
+            .put(&marker, b"{}".to_vec(), crate::ports::Precondition::IfNoneMatch)
+            .await
+        {
+            Ok(_) | Err(Error::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     step.ok_or_else(|| Error::permanent(format!("approvals record {key}"), "not evaluated"))
 }
 

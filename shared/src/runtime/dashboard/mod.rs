@@ -71,8 +71,9 @@ const JS: &str = include_str!("app.js");
 pub trait Board: Host<Ports = LocalPorts> {
     fn web(&self) -> &Web;
 
-    /// DORA's four keys over the last 30 days (cached by the host).
-    fn dora(&self) -> impl std::future::Future<Output = Result<Vec<Figures>>> + Send;
+    /// DORA's four keys over the last 30 days as the host last computed them (none
+    /// before its first computation).
+    fn dora(&self) -> impl std::future::Future<Output = Option<Vec<Figures>>> + Send;
 }
 
 /// Who a session belongs to.
@@ -88,14 +89,33 @@ struct Session {
     expires: chrono::DateTime<Utc>,
 }
 
-/// The dashboard's state: sessions, the key its form tokens are made with, and the
-/// change counter live pages follow.
+/// What the board shows but DORA: read once per change and shared by every viewer.
+struct BoardData {
+    envs: Vec<environments::EnvironmentView>,
+    pending: Vec<PendingApproval>,
+    recent: Vec<runs::RunSummary>,
+}
+
+struct BoardCache {
+    /// The change counter when it was read.
+    generation: u64,
+    at: std::time::Instant,
+    data: Arc<BoardData>,
+}
+
+/// The board is read again after any change, and at least this often (expiries, windows).
+const BOARD_TTL: Duration = Duration::from_secs(10);
+
+/// The dashboard's state: sessions, the key its form tokens are made with, the change
+/// counter live pages follow, and the board as last read.
 pub struct Web {
     key: [u8; 32],
     /// By the SHA-256 of the session id (the id itself is only in the cookie).
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     changes: tokio::sync::watch::Sender<u64>,
     secure_cookies: bool,
+    /// One reader at a time: viewers refreshing after the same change share one read.
+    board: tokio::sync::Mutex<Option<BoardCache>>,
 }
 
 impl Web {
@@ -111,7 +131,35 @@ impl Web {
             sessions: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::channel(0).0,
             secure_cookies,
+            board: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The board's data: as read after the last change (within [`BOARD_TTL`]), else
+    /// read now.
+    async fn board_data(&self, p: &crate::pipeline::Pipeline<LocalPorts>) -> Result<Arc<BoardData>> {
+        let mut cache = self.board.lock().await;
+        let generation = *self.changes.borrow();
+        if let Some(c) = cache.as_ref()
+            && c.generation == generation
+            && c.at.elapsed() < BOARD_TTL
+        {
+            return Ok(c.data.clone());
+        }
+        let (envs, mut recent) = environments::view_and_recent(p).await?;
+        recent.truncate(BOARD_RUNS);
+        let pending = approvals::pending(p).await?;
+        let data = Arc::new(BoardData {
+            envs,
+            pending,
+            recent,
+        });
+        *cache = Some(BoardCache {
+            generation,
+            at: std::time::Instant::now(),
+            data: data.clone(),
+        });
+        Ok(data)
     }
 
     /// Something changed (a delivery, a decision, a push): live pages refresh.
@@ -439,29 +487,31 @@ async fn board<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reques
     let Some(v) = viewer(&*b, &parts) else {
         return sign_in_first(&parts);
     };
-    let p = b.pipeline();
-    let data = async {
-        let envs = environments::view(p).await?;
-        let pending = approvals::pending(p).await?;
-        let recent = runs::page(p, BOARD_RUNS, None).await?.runs;
-        let dora = b.dora().await?;
-        Ok::<_, Error>((envs, pending, recent, dora))
-    }
-    .await;
-    let (envs, pending, recent, dora) = match data {
+    let data = match b.web().board_data(b.pipeline()).await {
         Ok(d) => d,
         Err(e) => return refusal(&parts, Some(&v), &e),
     };
+    let dora = b.dora().await;
     if !wants_html(&parts.headers) {
         return reply(
             StatusCode::OK,
-            json!({ "environments": envs, "approvals": pending, "runs": recent, "dora": dora }),
+            json!({ "environments": data.envs, "approvals": data.pending, "runs": data.recent, "dora": dora }),
         );
     }
-    let (mine, _) = split_pending(&*b, v.approver.as_ref().map(|a| a.name.as_str()), pending);
+    let (mine, _) = split_pending(
+        &*b,
+        v.approver.as_ref().map(|a| a.name.as_str()),
+        data.pending.clone(),
+    );
     html_page(
         StatusCode::OK,
-        pages::board(&v.viewing(mine.len()), &envs, &mine, &recent, &dora),
+        pages::board(
+            &v.viewing(mine.len()),
+            &data.envs,
+            &mine,
+            &data.recent,
+            dora.as_deref(),
+        ),
     )
 }
 

@@ -54,7 +54,9 @@ pub fn layout(title: &str, v: Option<&Viewing>, flash: Option<&Flash>, main: Mar
                             a href="/runs" { "Runs" }
                             a href="/approvals" {
                                 "Approvals"
-                                @if v.waiting > 0 { " " span.count { (v.waiting) } }
+                                span #nav-waiting data-live {
+                                    @if v.waiting > 0 { " " span.count { (v.waiting) span.visually-hidden { " waiting for you" } } }
+                                }
                             }
                             span.who {
                                 "Signed in as " strong { (v.name) }
@@ -172,7 +174,7 @@ pub fn board(
     envs: &[EnvironmentView],
     waiting: &[PendingApproval],
     runs: &[RunSummary],
-    dora: &[Figures],
+    dora: Option<&[Figures]>,
 ) -> Markup {
     // Columns: every environment name, in configuration order.
     let mut columns: Vec<&str> = vec![];
@@ -226,7 +228,10 @@ pub fn board(
         }
         section #dora data-live aria-labelledby="dora-h" {
             h2 #dora-h { "DORA, last 30 days" }
-            (dora_table(dora))
+            @match dora {
+                Some(d) => (dora_table(d)),
+                None => p.quiet { "Being computed from the run records; shown in a moment." },
+            }
         }
     };
     layout("Board", Some(v), None, main)
