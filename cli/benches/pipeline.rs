@@ -322,12 +322,24 @@ async fn time_board(
     let mut changed = vec![];
     let mut board = vec![];
     let mut page = vec![];
-    for i in 0..150 {
-        if i % 3 == 0 {
+    for i in 0..200 {
+        match i % 4 {
             // A push the server has seen: accepted (a change), then deduplicated.
-            send(client, base, push_of(APPS).2).await;
+            0 => send(client, base, push_of(APPS).2).await,
+            // Its delivery was a change too: read once after it, untimed.
+            1 => {
+                idle(client, base).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = client
+                    .get(format!("{base}/"))
+                    .bearer_auth(READER)
+                    .header("accept", "text/html")
+                    .send()
+                    .await;
+            }
+            _ => {}
         }
-        let url = if i % 3 == 2 {
+        let url = if i % 4 == 3 {
             format!("{base}/runs/{run}")
         } else {
             format!("{base}/")
@@ -344,10 +356,10 @@ async fn time_board(
         let html = r.text().await.expect("the page");
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         assert!(html.contains("<main"), "{url} is a page");
-        match i % 3 {
+        match i % 4 {
             0 => changed.push(ms),
-            1 => board.push(ms),
-            _ => page.push(ms),
+            3 => page.push(ms),
+            _ => board.push(ms),
         }
     }
     for v in [&mut changed, &mut board, &mut page] {
@@ -521,8 +533,7 @@ async fn main() {
         .map(|i| index[(i * 7_919 + 1_000) % (total_runs - 100)].clone())
         .collect();
     let (first, deep) = time_pages(&client, &server.base, &cursors).await;
-    let (board_changed, board, run_page) =
-        time_board(&client, &server.base, &templates[0].1).await;
+    let (board_changed, board, run_page) = time_board(&client, &server.base, &templates[0].1).await;
     drop(server);
 
     // Syncs per run, under strace.

@@ -765,20 +765,7 @@ async fn dora(g: &Global, since: &str) -> Result<ExitCode> {
         "CHANGE FAILURE",
         "RESTORE p50"
     );
-    // Two units at most: 9d 6h, 6h 48m, 48m 22s, 22s.
-    let dur = |s: Option<f64>| {
-        let Some(s) = s else {
-            return "-".to_string();
-        };
-        let s = s.round() as u64;
-        let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-        match (d, h, m) {
-            (0, 0, 0) => format!("{sec}s"),
-            (0, 0, _) => format!("{m}m {sec}s"),
-            (0, _, _) => format!("{h}h {m}m"),
-            _ => format!("{d}d {h}h"),
-        }
-    };
+    let dur = |s: Option<f64>| s.map_or("-".to_string(), baton::pipeline::dora::human);
     for f in &figures {
         println!(
             "{:<10}  {:<12}  {:>7}  {:>7.2}  {:>12}  {:>12}  {:>14}  {:>12}",

@@ -57,6 +57,8 @@ const cellText = (page, env) => page.locator(`td.cell[data-env="${env}"]`).inner
     out.signed_in_as = (await board.locator('header .who strong').innerText()).trim();
     out.staging_before = await cellText(board, 'staging');
     out.production_before = await cellText(board, 'production');
+    // DORA's figures are computed in the background once the board asks, and arrive live.
+    await board.waitForSelector('#dora table', { timeout: 20000 });
     out.scans.push(await scan(board, 'board'));
     await board.screenshot({ path: path.join(artifacts, 'board.png'), fullPage: true });
 

@@ -17,17 +17,17 @@ use crate::registry::{
 };
 
 /// A project served on a free port, with a registry (not notifying: the tests post).
-struct Served {
+pub(crate) struct Served {
     _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    api: Api,
-    registry: u16,
+    pub(crate) root: std::path::PathBuf,
+    pub(crate) api: Api,
+    pub(crate) registry: u16,
     _registry: crate::registry::Proc,
     _serve: crate::registry::Proc,
 }
 
 /// `edit` rewrites the written configuration before `baton serve` starts.
-async fn served(
+pub(crate) async fn served(
     test_cmd: &str,
     edit: impl Fn(String, u16) -> String,
     env: &[(&str, &str)],

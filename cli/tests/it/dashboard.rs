@@ -8,42 +8,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::registry::{
-    ALICE_TOKEN, Api, READER_TOKEN, free_port, manifest, push, start_registry, start_serve_with,
-    write_project,
-};
+use crate::registry::{ALICE_TOKEN, Api, READER_TOKEN, manifest, push};
 
-/// A project served with a registry; `app` pushed at `tags` by ci-bot, each waiting for
-/// production's approval (or deployed, per the test).
-struct Served {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    api: Api,
-    registry: u16,
-    _registry: crate::registry::Proc,
-    _serve: crate::registry::Proc,
-}
+use crate::attacks::Served;
 
+/// A project served with a registry (`write_project`'s: production needs alice).
 async fn served() -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let (registry_proc, registry) = start_registry(&root, None).await;
-    write_project(
-        &root,
-        registry,
-        "echo testing the image; echo all passed",
-        "",
-    );
-    let port = free_port();
-    let serve = start_serve_with(&root, port, &[]).await;
-    Served {
-        _dir: dir,
-        root,
-        api: Api::new(port),
-        registry,
-        _registry: registry_proc,
-        _serve: serve,
-    }
+    crate::attacks::served("echo testing the image; echo all passed", |c, _| c, &[]).await
 }
 
 impl Served {
@@ -398,8 +369,7 @@ async fn pages_answer_json_and_the_rollback_form_records_who_and_why() {
         .unwrap();
     assert_eq!(prod["live"]["image"]["digest"], second);
     assert_eq!(prod["live"]["approved_by"], json!(["alice"]));
-    assert_eq!(board["runs"].as_array().unwrap().len(), 2);
-    assert!(board["dora"].is_array());
+    assert_eq!(board["runs"].as_array().unwrap().len(), 2, "{board:#}");
     let env = json_get("/environments/app/production".into()).await;
     let history = env["history"].as_array().unwrap();
     assert_eq!(history.len(), 2, "{env:#}");
@@ -600,7 +570,11 @@ async fn in_a_browser_an_approver_signs_in_approves_and_watches_production_deplo
     if std::env::var_os("BATON_UPDATE_SCREENSHOTS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img");
         std::fs::create_dir_all(&docs).unwrap();
-        std::fs::copy(artifacts.join("board.png"), docs.join("dashboard-board.png")).unwrap();
+        std::fs::copy(
+            artifacts.join("board.png"),
+            docs.join("dashboard-board.png"),
+        )
+        .unwrap();
         std::fs::copy(artifacts.join("run.png"), docs.join("dashboard-run.png")).unwrap();
     }
 }

@@ -68,6 +68,22 @@ pub struct Figures {
     pub unrestored: u32,
 }
 
+/// A duration in seconds for people, in two units at most: `9d 6h`, `6h 48m`, `48m 22s`,
+/// `22s`, `350ms`.
+pub fn human(secs: f64) -> String {
+    if secs < 1.0 {
+        return format!("{}ms", (secs.max(0.0) * 1000.0).round() as u64);
+    }
+    let s = secs.round() as u64;
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -235,6 +251,15 @@ pub async fn collect<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunFacts>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human(0.35), "350ms");
+        assert_eq!(human(22.0), "22s");
+        assert_eq!(human(2902.0), "48m 22s");
+        assert_eq!(human(24_480.0), "6h 48m");
+        assert_eq!(human(799_200.0), "9d 6h");
+    }
 
     fn t(h: i64) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")

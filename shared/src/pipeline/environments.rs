@@ -78,18 +78,21 @@ pub struct Failure {
 
 /// Every configured app × environment, in configuration order.
 pub async fn view<P: Ports>(p: &Pipeline<P>) -> Result<Vec<EnvironmentView>> {
-    Ok(view_and_recent(p).await?.0)
+    Ok(view_and_recent(p, RECENT_RUNS).await?.0)
 }
 
-/// [`view`], and the newest runs it looked at for failures (newest first), for a caller
-/// that shows both (the dashboard's board). The cells are read side by side.
+/// [`view`] with the last failures looked for among the newest `recent` runs, and those
+/// runs (newest first), for a caller that shows both (the dashboard's board, which looks
+/// at fewer: reading a run's records is what a view costs). The cells are read side by
+/// side.
 pub async fn view_and_recent<P: Ports>(
     p: &Pipeline<P>,
+    recent: usize,
 ) -> Result<(Vec<EnvironmentView>, Vec<runs::RunSummary>)> {
     use futures::StreamExt;
     let now = p.ports.now();
     let pending = approvals::pending(p).await?;
-    let recent = runs::page(p, RECENT_RUNS, None).await?.runs;
+    let recent = runs::page(p, recent.max(1), None).await?.runs;
     // By index: a stream of futures over borrowed configuration trips the compiler's
     // higher-ranked lifetime check where the handler must be Send.
     let cells: Vec<(usize, usize)> = p

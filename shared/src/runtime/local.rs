@@ -370,6 +370,22 @@ impl Local {
                 store.remove(&key).await?;
             }
         }
+        if !dry_run {
+            // Open-approval markers of days that have passed: every request they name
+            // has expired (its record stays with its run).
+            let store = &p.ports.store;
+            let today = now.format("%Y-%m-%d").to_string();
+            let prefix = crate::store::OPEN_APPROVALS;
+            for key in crate::ports::ObjectStore::list(store, prefix).await? {
+                if key[prefix.len()..]
+                    .split('/')
+                    .next()
+                    .is_some_and(|day| *day < *today)
+                {
+                    store.remove(&key).await?;
+                }
+            }
+        }
         Ok(report)
     }
 

@@ -57,6 +57,8 @@ pub struct Server {
     metrics: crate::runtime::metrics::Metrics,
     slack: Option<crate::slack::SlackEndpoint>,
     web: Web,
+    /// Wakes the background DORA computation the first time the dashboard asks.
+    dora_wanted: Notify,
 }
 
 /// What the dispatcher last did, for `/healthz`.
@@ -152,6 +154,7 @@ impl Server {
                 .transpose()?,
             // A session cookie goes over plain HTTP only on loopback.
             web: Web::new(!listening.ip().is_loopback())?,
+            dora_wanted: Notify::new(),
         })
     }
 
@@ -273,13 +276,18 @@ impl Server {
         }
     }
 
-    /// Keeps the DORA figures warm (they read every run record in the window): computed
-    /// at start and again each minute, beside the requests, so neither the dashboard nor
-    /// a scrape waits for them.
+    /// Computes the DORA figures (they read every run record in the window) beside the
+    /// requests once the dashboard has asked for them, then each minute, so a board never
+    /// waits for them; live boards refresh when they are ready. (A scrape of `/metrics`
+    /// computes them itself when they are older than a minute.)
     async fn dora_forever(&self) {
+        self.dora_wanted.notified().await;
         loop {
-            if let Err(e) = self.metrics.dora(&self.local.pipeline).await {
-                tracing::warn!(error = %e, "DORA figures not computed; trying again in a minute");
+            match self.metrics.dora(&self.local.pipeline).await {
+                Ok(_) => self.web.changed(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DORA figures not computed; trying again in a minute")
+                }
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
@@ -501,6 +509,10 @@ impl Board for Server {
     }
 
     async fn dora(&self) -> Option<Vec<crate::pipeline::dora::Figures>> {
-        self.metrics.dora_cached()
+        let figures = self.metrics.dora_cached();
+        if figures.is_none() {
+            self.dora_wanted.notify_one();
+        }
+        figures
     }
 }

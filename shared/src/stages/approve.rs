@@ -141,7 +141,11 @@ async fn step<P: Ports>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> Resu
         match p
             .ports
             .store()
-            .put(&marker, b"{}".to_vec(), crate::ports::Precondition::IfNoneMatch)
+            .put(
+                &marker,
+                b"{}".to_vec(),
+                crate::ports::Precondition::IfNoneMatch,
+            )
             .await
         {
             Ok(_) | Err(Error::Conflict { .. }) => {}

@@ -874,3 +874,59 @@ async fn runs_are_paged_newest_first_from_the_index() {
         vec![runs[4].clone()]
     );
 }
+
+/// Open approvals are listed from per-day markers (what `GET /approvals` and the
+/// dashboard read), not from every approval record ever written: a record without its
+/// marker is not listed, a decided one drops out, and retention removes the markers of
+/// days that have passed.
+#[tokio::test]
+async fn open_approvals_are_listed_from_markers_that_retention_clears() {
+    use baton::pipeline::approvals::pending;
+    let env = setup(Setup::default());
+    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    env.drain().await;
+    assert_eq!(env.status(&img).await, "awaiting approval (production)");
+    let run = env.run_of(&img);
+    let p = &env.local.pipeline;
+    let listed = pending(p).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].run, run);
+    // The marker sits under the day the request expires (expires_after: 1h).
+    let day = listed[0].expires_at.format("%Y-%m-%d").to_string();
+    let marker = env.root().join(format!(
+        "state/store/approvals/_open/{day}/web/{run}/production.json"
+    ));
+    assert!(marker.is_file(), "{}", marker.display());
+
+    // A record nobody marked open (history) is not read.
+    let old = env.root().join(format!(
+        "state/store/approvals/web/{}/production.json",
+        "0123456789abcdef"
+    ));
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::write(&old, "not even JSON: pending() never reads it").unwrap();
+    assert_eq!(pending(p).await.unwrap().len(), 1);
+
+    // Decided: no longer pending, though its marker is there until its day passes.
+    baton::stages::approve::decide(
+        p,
+        baton::stages::approve::Decision {
+            run: run.to_string(),
+            environment: "production".into(),
+            by: baton::policy::approval::Approver::named("alice"),
+            verdict: baton::policy::approval::Verdict::Approve,
+            comment: None,
+            release_hold: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(pending(p).await.unwrap().is_empty());
+    assert!(marker.is_file());
+    std::fs::remove_file(&old).unwrap();
+    env.local
+        .gc_at(Utc::now() + Duration::days(3), false)
+        .await
+        .unwrap();
+    assert!(!marker.exists(), "a past day's markers are removed");
+}

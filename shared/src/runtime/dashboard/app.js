@@ -34,7 +34,8 @@
       if (again) { again = false; refresh(); }
     }
   };
-  const events = new EventSource('/ui/events');
+  const since = document.body.dataset.generation;
+  const events = new EventSource('/ui/events' + (since ? '?since=' + encodeURIComponent(since) : ''));
   events.addEventListener('changed', refresh);
   events.onopen = () => say('live');
   events.onerror = () => say('reconnecting');

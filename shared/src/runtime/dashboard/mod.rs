@@ -63,6 +63,9 @@ const MAX_FORM: usize = 16 * 1024;
 const OUTPUT_LINES: usize = 80;
 /// Runs on the board.
 const BOARD_RUNS: usize = 20;
+/// Runs the board looks through for each environment's last failed deploy (`baton envs`
+/// looks through 200).
+const BOARD_FAILURE_RUNS: usize = 50;
 
 const CSS: &str = include_str!("app.css");
 const JS: &str = include_str!("app.js");
@@ -137,7 +140,10 @@ impl Web {
 
     /// The board's data: as read after the last change (within [`BOARD_TTL`]), else
     /// read now.
-    async fn board_data(&self, p: &crate::pipeline::Pipeline<LocalPorts>) -> Result<Arc<BoardData>> {
+    async fn board_data(
+        &self,
+        p: &crate::pipeline::Pipeline<LocalPorts>,
+    ) -> Result<Arc<BoardData>> {
         let mut cache = self.board.lock().await;
         let generation = *self.changes.borrow();
         if let Some(c) = cache.as_ref()
@@ -146,7 +152,7 @@ impl Web {
         {
             return Ok(c.data.clone());
         }
-        let (envs, mut recent) = environments::view_and_recent(p).await?;
+        let (envs, mut recent) = environments::view_and_recent(p, BOARD_FAILURE_RUNS).await?;
         recent.truncate(BOARD_RUNS);
         let pending = approvals::pending(p).await?;
         let data = Arc::new(BoardData {
@@ -242,6 +248,8 @@ struct Viewer {
     csrf: String,
     /// The session's key, when signed in by session.
     session: Option<[u8; 32]>,
+    /// The change counter as the request came in.
+    generation: u64,
 }
 
 impl Viewer {
@@ -251,6 +259,7 @@ impl Viewer {
             approver: self.approver.is_some(),
             csrf: &self.csrf,
             waiting,
+            generation: self.generation,
             now: Utc::now(),
         }
     }
@@ -269,6 +278,7 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn viewer<B: Board>(b: &B, parts: &axum::http::request::Parts) -> Option<Viewer> {
     let web = b.web();
+    let generation = *web.changes.borrow();
     if let Ok(c) = b.caller(&parts.headers, &parts.extensions) {
         return Some(match c {
             Caller::Approver(a) => Viewer {
@@ -276,12 +286,14 @@ fn viewer<B: Board>(b: &B, parts: &axum::http::request::Parts) -> Option<Viewer>
                 name: a.name.clone(),
                 approver: Some(a),
                 session: None,
+                generation,
             },
             Caller::Reader(r) => Viewer {
                 csrf: web.csrf(&format!("reader:{r}")),
                 name: r,
                 approver: None,
                 session: None,
+                generation,
             },
         });
     }
@@ -297,12 +309,14 @@ fn viewer<B: Board>(b: &B, parts: &axum::http::request::Parts) -> Option<Viewer>
             name,
             csrf,
             session: Some(key),
+            generation,
         },
         Who::Reader(name) => Viewer {
             name,
             approver: None,
             csrf,
             session: Some(key),
+            generation,
         },
     })
 }
@@ -561,30 +575,53 @@ fn checked_form(
     parts: &axum::http::request::Parts,
     v: Option<Viewer>,
     fields: &HashMap<String, String>,
-) -> std::result::Result<Viewer, Response> {
+) -> std::result::Result<Viewer, Box<Response>> {
     if !same_origin(&parts.headers) {
         tracing::warn!(path = %parts.uri.path(), "dashboard form from another origin refused");
-        return Err(html_page(
+        return Err(Box::new(html_page(
             StatusCode::FORBIDDEN,
             pages::problem(None, "Refused", "This form was posted from another site."),
-        ));
+        )));
     }
     let Some(v) = v else {
-        return Err(sign_in_first(parts));
+        return Err(Box::new(sign_in_first(parts)));
     };
     let token = fields.get("csrf").map(String::as_str).unwrap_or("");
     if !same(token.as_bytes(), v.csrf.as_bytes()) {
         tracing::warn!(viewer = %v.name, path = %parts.uri.path(), "dashboard form without its token refused");
-        return Err(html_page(
+        return Err(Box::new(html_page(
             StatusCode::FORBIDDEN,
             pages::problem(
                 Some(&v.viewing(0)),
                 "Refused",
                 "The form's token is missing or stale: reload the page and try again.",
             ),
-        ));
+        )));
     }
     Ok(v)
+}
+
+/// A form an approver posts: its fields, who posted it, and as which approver; or the
+/// answer refusing it (no form token, another origin, not signed in, a reader: `what`
+/// says what readers cannot do).
+async fn approver_form<B: Board>(
+    b: &B,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    what: &str,
+) -> std::result::Result<(HashMap<String, String>, Viewer, Approver), Box<Response>> {
+    let fields = form(b, body)
+        .await
+        .map_err(|e| Box::new(refusal(parts, None, &e)))?;
+    let v = checked_form(parts, viewer(b, parts), &fields)?;
+    match v.approver.clone() {
+        Some(a) => Ok((fields, v, a)),
+        None => Err(Box::new(refusal(
+            parts,
+            Some(&v),
+            &Error::Refused(format!("{} is a reader; only approvers {what}", v.name)),
+        ))),
+    }
 }
 
 /// `POST /ui/login` (`token`, `next`): a session for the approver or reader whose token it is.
@@ -651,7 +688,7 @@ async fn logout<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reque
     let fields = form(&*b, body).await.unwrap_or_default();
     let v = match checked_form(&parts, viewer(&*b, &parts), &fields) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Some(key) = v.session {
         b.web().close(&key);
@@ -801,20 +838,9 @@ async fn decide<B: Board>(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let fields = match form(&*b, body).await {
-        Ok(f) => f,
-        Err(e) => return refusal(&parts, None, &e),
-    };
-    let v = match checked_form(&parts, viewer(&*b, &parts), &fields) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let Some(by) = v.approver.clone() else {
-        return refusal(
-            &parts,
-            Some(&v),
-            &Error::Refused(format!("{} is a reader; only approvers decide", v.name)),
-        );
+    let (fields, v, by) = match approver_form(&*b, &parts, body, "decide").await {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
     if !is_run_prefix(&run) || !is_name(&env) {
         return refusal(
@@ -981,21 +1007,10 @@ async fn rollback<B: Board>(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let fields = match form(&*b, body).await {
-        Ok(f) => f,
-        Err(e) => return refusal(&parts, None, &e),
+    let (fields, v, _) = match approver_form(&*b, &parts, body, "roll back").await {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let v = match checked_form(&parts, viewer(&*b, &parts), &fields) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    if v.approver.is_none() {
-        return refusal(
-            &parts,
-            Some(&v),
-            &Error::Refused(format!("{} is a reader; only approvers roll back", v.name)),
-        );
-    }
     let reason = fields.get("reason").map(|r| r.trim()).unwrap_or("");
     let to = fields.get("to").map(String::as_str).unwrap_or("");
     let result = async {
@@ -1043,8 +1058,9 @@ async fn rollback<B: Board>(
     }
 }
 
-/// `GET /ui/events`: server-sent events, one `changed` each time something changed
-/// (coalesced to at most one every 250 ms), for the signed-in.
+/// `GET /ui/events?since=<n>`: server-sent events, one `changed` each time something
+/// changed (coalesced to at most one every 250 ms), for the signed-in; at once when
+/// something changed since the page's counter `since`.
 async fn events<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Request) -> Response {
     let (parts, _) = request.into_parts();
     if viewer(&*b, &parts).is_none() {
@@ -1053,7 +1069,16 @@ async fn events<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reque
             json!({ "error": "sign in at /login" }),
         );
     }
-    let rx = b.web().changes.subscribe();
+    let since = parts.uri.query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "since")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    });
+    let mut rx = b.web().changes.subscribe();
+    // A receiver starts out "seen": mark it unseen when the page is behind already.
+    if since.is_some_and(|s| s != *rx.borrow()) {
+        rx.mark_changed();
+    }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.changed().await.ok()?;
         tokio::time::sleep(Duration::from_millis(250)).await;

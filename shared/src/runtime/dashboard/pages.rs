@@ -23,6 +23,9 @@ pub struct Viewing<'a> {
     pub csrf: &'a str,
     /// Approvals waiting for this viewer, for the navigation.
     pub waiting: usize,
+    /// The server's change counter when the page was made: the page's live updates
+    /// start from it, so a change made meanwhile is not missed.
+    pub generation: u64,
     pub now: DateTime<Utc>,
 }
 
@@ -44,7 +47,7 @@ pub fn layout(title: &str, v: Option<&Viewing>, flash: Option<&Flash>, main: Mar
                 link rel="stylesheet" href="/ui/app.css";
                 script src="/ui/app.js" defer {}
             }
-            body {
+            body data-generation=[v.map(|v| v.generation)] {
                 a.skip href="#main" { "Skip to content" }
                 header {
                     nav aria-label="Main" {
@@ -122,20 +125,7 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// A duration in seconds in two units at most (`6h 48m`, `22s`, `350ms`).
-pub fn duration(secs: f64) -> String {
-    if secs < 1.0 {
-        return format!("{}ms", (secs * 1000.0).round() as u64);
-    }
-    let s = secs.round() as u64;
-    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{sec}s"),
-        (0, 0, _) => format!("{m}m {sec}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
-    }
-}
+use crate::pipeline::dora::human as duration;
 
 /// The badge class of a run status.
 fn tone(s: &RunStatus) -> &'static str {
@@ -508,17 +498,6 @@ fn stage_label(s: &StageRecord) -> String {
     }
 }
 
-fn status_word(s: StageStatus) -> &'static str {
-    match s {
-        StageStatus::Running => "running",
-        StageStatus::Waiting => "waiting",
-        StageStatus::Retrying => "retrying",
-        StageStatus::Publishing => "publishing",
-        StageStatus::Succeeded => "succeeded",
-        StageStatus::Failed => "failed",
-    }
-}
-
 /// Where a stage record ends on the timeline: when it finished, else now while it goes on.
 fn end_of(s: &StageRecord, now: DateTime<Utc>) -> DateTime<Utc> {
     s.finished_at
@@ -557,14 +536,14 @@ pub fn timeline(stages: &[StageRecord], now: DateTime<Utc>) -> Markup {
                     @let to = s.history.get(j + 1).map(|n| n.at).unwrap_or_else(|| end_of(s, now));
                     @if !matches!(tr.status, StageStatus::Succeeded | StageStatus::Failed) {
                         @let (xa, xb) = (x(from), x(to.max(from)));
-                        rect class={ "seg " (status_word(tr.status)) } x=(format!("{xa:.1}")) y=(y + 4.0) width=(format!("{:.1}", (xb - xa).max(2.0))) height="16" {
-                            title { (stage_label(s)) ", attempt " (tr.attempt) ": " (status_word(tr.status)) " for " (duration(to.signed_duration_since(from).num_milliseconds().max(0) as f64 / 1000.0)) @if let Some(n) = &tr.note { " (" (n) ")" } }
+                        rect class={ "seg " (tr.status.as_str()) } x=(format!("{xa:.1}")) y=(y + 4.0) width=(format!("{:.1}", (xb - xa).max(2.0))) height="16" {
+                            title { (stage_label(s)) ", attempt " (tr.attempt) ": " (tr.status.as_str()) " for " (duration(to.signed_duration_since(from).num_milliseconds().max(0) as f64 / 1000.0)) @if let Some(n) = &tr.note { " (" (n) ")" } }
                         }
                     }
                 }
                 @if matches!(s.status, StageStatus::Succeeded | StageStatus::Failed) {
-                    rect class={ "end " (status_word(s.status)) } x=(format!("{:.1}", x(end_of(s, now)) - 1.0)) y=(y + 2.0) width="3" height="20" {
-                        title { (stage_label(s)) " " (status_word(s.status)) }
+                    rect class={ "end " (s.status.as_str()) } x=(format!("{:.1}", x(end_of(s, now)) - 1.0)) y=(y + 2.0) width="3" height="20" {
+                        title { (stage_label(s)) " " (s.status.as_str()) }
                     }
                 }
             }
@@ -586,7 +565,7 @@ fn stage_table(v: &Viewing, stages: &[StageRecord]) -> Markup {
                 @for s in stages {
                     tr {
                         td { (stage_label(s)) }
-                        td { span class={ "state " (status_word(s.status)) } { (status_word(s.status)) } }
+                        td { span class={ "state " (s.status.as_str()) } { (s.status.as_str()) } }
                         td { (s.attempt) }
                         td { (time(s.started_at, v.now)) }
                         td { (duration(end_of(s, v.now).signed_duration_since(s.started_at).num_milliseconds().max(0) as f64 / 1000.0)) }
@@ -710,6 +689,7 @@ mod tests {
             approver: true,
             csrf: "\"><script>",
             waiting: 0,
+            generation: 0,
             now,
         }
     }
@@ -737,17 +717,12 @@ mod tests {
     }
 
     #[test]
-    fn ago_and_durations_read_as_people_say_them() {
+    fn ago_reads_as_people_say_it() {
         let now = Utc::now();
         assert_eq!(ago(now - chrono::Duration::seconds(12), now), "12s ago");
         assert_eq!(ago(now - chrono::Duration::minutes(5), now), "5m ago");
         assert_eq!(ago(now - chrono::Duration::hours(3), now), "3h ago");
         assert_eq!(ago(now - chrono::Duration::days(2), now), "2d ago");
         assert_eq!(ago(now + chrono::Duration::hours(1), now), "in 1h");
-        assert_eq!(duration(0.35), "350ms");
-        assert_eq!(duration(22.0), "22s");
-        assert_eq!(duration(2902.0), "48m 22s");
-        assert_eq!(duration(24_480.0), "6h 48m");
-        assert_eq!(duration(799_200.0), "9d 6h");
     }
 }
