@@ -40,6 +40,8 @@ pub enum EventType {
     DeploySucceeded,
     #[serde(rename = "deploy.failed")]
     DeployFailed,
+    #[serde(rename = "deploy.waiting")]
+    DeployWaiting,
     #[serde(rename = "verification.passed")]
     VerificationPassed,
     #[serde(rename = "verification.failed")]
@@ -51,7 +53,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         EventType::ImageBuilt,
         EventType::TestsPassed,
         EventType::TestsFailed,
@@ -60,6 +62,7 @@ impl EventType {
         EventType::ApprovalRejected,
         EventType::DeploySucceeded,
         EventType::DeployFailed,
+        EventType::DeployWaiting,
         EventType::VerificationPassed,
         EventType::VerificationFailed,
         EventType::ImagePromoted,
@@ -76,6 +79,7 @@ impl EventType {
             EventType::ApprovalRejected => "approval.rejected",
             EventType::DeploySucceeded => "deploy.succeeded",
             EventType::DeployFailed => "deploy.failed",
+            EventType::DeployWaiting => "deploy.waiting",
             EventType::VerificationPassed => "verification.passed",
             EventType::VerificationFailed => "verification.failed",
             EventType::ImagePromoted => "image.promoted",
@@ -292,6 +296,41 @@ pub struct DeploySucceeded {
     pub detail: String,
 }
 
+/// `deploy.waiting`: a deploy stopped at a freeze or a rollback hold, published once
+/// when it starts waiting (and again if what stops it changes); it goes on by itself when
+/// the line opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployWaiting {
+    #[serde(flatten)]
+    pub ctx: RunContext,
+    /// What stops it.
+    pub blocked_by: Blocker,
+    /// Who set it, why, and what lifts it, in one line.
+    pub reason: String,
+    /// When a freeze window opens again, if a window is what stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What stops a deploy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Blocker {
+    /// `baton freeze` or a freeze window.
+    Freeze,
+    /// The hold a `baton rollback` put on the environment.
+    Hold,
+}
+
+impl Blocker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocker::Freeze => "freeze",
+            Blocker::Hold => "hold",
+        }
+    }
+}
+
 /// Why a deploy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -396,6 +435,7 @@ pub enum Payload {
     ApprovalRejected(ApprovalRejected),
     DeploySucceeded(DeploySucceeded),
     DeployFailed(DeployFailed),
+    DeployWaiting(DeployWaiting),
     VerificationPassed(VerificationReport),
     VerificationFailed(VerificationReport),
     ImagePromoted(ImagePromoted),
@@ -413,6 +453,7 @@ impl Payload {
             Payload::ApprovalRejected(_) => EventType::ApprovalRejected,
             Payload::DeploySucceeded(_) => EventType::DeploySucceeded,
             Payload::DeployFailed(_) => EventType::DeployFailed,
+            Payload::DeployWaiting(_) => EventType::DeployWaiting,
             Payload::VerificationPassed(_) => EventType::VerificationPassed,
             Payload::VerificationFailed(_) => EventType::VerificationFailed,
             Payload::ImagePromoted(_) => EventType::ImagePromoted,
@@ -429,6 +470,7 @@ impl Payload {
             Payload::ApprovalRejected(d) => &d.ctx,
             Payload::DeploySucceeded(d) => &d.ctx,
             Payload::DeployFailed(d) => &d.ctx,
+            Payload::DeployWaiting(d) => &d.ctx,
             Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => &d.ctx,
             Payload::ImagePromoted(d) => &d.ctx,
             Payload::StageFailed(d) => &d.ctx,
@@ -444,6 +486,7 @@ impl Payload {
             Payload::ApprovalRejected(d) => &mut d.ctx,
             Payload::DeploySucceeded(d) => &mut d.ctx,
             Payload::DeployFailed(d) => &mut d.ctx,
+            Payload::DeployWaiting(d) => &mut d.ctx,
             Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => &mut d.ctx,
             Payload::ImagePromoted(d) => &mut d.ctx,
             Payload::StageFailed(d) => &mut d.ctx,
@@ -459,6 +502,7 @@ impl Payload {
             Payload::ApprovalRejected(d) => serde_json::to_value(d),
             Payload::DeploySucceeded(d) => serde_json::to_value(d),
             Payload::DeployFailed(d) => serde_json::to_value(d),
+            Payload::DeployWaiting(d) => serde_json::to_value(d),
             Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => {
                 serde_json::to_value(d)
             }
@@ -497,6 +541,7 @@ impl Payload {
             EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
             EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
             EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
+            EventType::DeployWaiting => Payload::DeployWaiting(typed(data)?),
             EventType::VerificationPassed => Payload::VerificationPassed(typed(data)?),
             EventType::VerificationFailed => Payload::VerificationFailed(typed(data)?),
             EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
@@ -652,6 +697,9 @@ impl Event {
             Payload::ApprovalRejected(r) => format!(": {}", r.reason),
             Payload::DeploySucceeded(d) => format!(": {}", d.detail),
             Payload::DeployFailed(d) => format!(": {}", d.reason),
+            Payload::DeployWaiting(d) => {
+                format!(": waiting ({}): {}", d.blocked_by.as_str(), d.reason)
+            }
             Payload::VerificationPassed(v) | Payload::VerificationFailed(v) => {
                 format!(": {}", v.summary)
             }

@@ -49,6 +49,7 @@ pub fn event_schemas() -> Vec<(String, Value)> {
                 EventType::ApprovalRejected => envelope_schema::<ApprovalRejected>(ty),
                 EventType::DeploySucceeded => envelope_schema::<DeploySucceeded>(ty),
                 EventType::DeployFailed => envelope_schema::<DeployFailed>(ty),
+                EventType::DeployWaiting => envelope_schema::<crate::event::DeployWaiting>(ty),
                 EventType::VerificationPassed | EventType::VerificationFailed => {
                     envelope_schema::<VerificationReport>(ty)
                 }

@@ -52,7 +52,7 @@ pub fn outcome(ty: EventType) -> Outcome {
         | EventType::DeployFailed
         | EventType::VerificationFailed
         | EventType::StageFailed => Outcome::Bad,
-        EventType::ApprovalRequested => Outcome::Attention,
+        EventType::ApprovalRequested | EventType::DeployWaiting => Outcome::Attention,
         EventType::ImageBuilt
         | EventType::TestsPassed
         | EventType::ApprovalGranted

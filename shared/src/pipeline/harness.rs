@@ -288,7 +288,15 @@ pub async fn handle<S: Stage<P>, P: Ports>(
             after,
             progress,
             note,
+            notices,
         }) => {
+            // Published before the record says the stage waits: a crash in between
+            // publishes them again, under the same ids.
+            let events: Vec<Event> = notices
+                .into_iter()
+                .map(|n| notice_event(stage, &input, rec.attempt, n, now))
+                .collect();
+            publish(p, &events).await?;
             rec.progress = Some(progress);
             rec.lease_until = None;
             rec.transition(StageStatus::Waiting, now, Some(note.clone()));
@@ -361,6 +369,25 @@ fn output_event(
         attempt,
     );
     Event::new(id, stage.as_str(), now, payload)
+}
+
+/// The event of a waiting stage's notice: its id from the input, the attempt and the
+/// notice's key.
+fn notice_event(
+    stage: StageName,
+    input: &Input,
+    attempt: u32,
+    notice: crate::pipeline::stage::Notice,
+    now: DateTime<Utc>,
+) -> Event {
+    let mut e = output_event(stage, input, attempt, notice.payload, now);
+    e.id = output_event_id(
+        &input.id(),
+        stage.as_str(),
+        &format!("{}.{}", e.event_type(), notice.key),
+        attempt,
+    );
+    e
 }
 
 /// Appends events to their run logs and publishes them, in order.

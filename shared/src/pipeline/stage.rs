@@ -215,12 +215,23 @@ pub enum Step {
         outputs: Vec<crate::event::Payload>,
         note: Option<String>,
     },
-    /// Not finished: record `progress` and deliver the input again after `after`.
+    /// Not finished: record `progress`, publish `notices`, and deliver the input again
+    /// after `after`.
     Wait {
         after: Duration,
         progress: Value,
         note: String,
+        notices: Vec<Notice>,
     },
+}
+
+/// An event a waiting stage publishes (a deploy stopped at a freeze). Its id derives
+/// from the input, the attempt and `key`: the same notice published again (a crash
+/// between publishing and recording) is the same event, and a different `key` is another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    pub key: String,
+    pub payload: crate::event::Payload,
 }
 
 impl Step {

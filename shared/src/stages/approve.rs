@@ -200,6 +200,7 @@ fn evaluate<P: Ports>(
                     after: left.clamp(std::time::Duration::from_secs(1), p.settings.max_wait),
                     progress: serde_json::json!({ "approvals": have, "required": need }),
                     note: format!("{env}: waiting for approval ({have} of {need})"),
+                    notices: vec![],
                 },
             )
         }

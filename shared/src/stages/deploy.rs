@@ -263,15 +263,41 @@ async fn blocked<P: Ports>(
         .and_then(|u| u.signed_duration_since(now).to_std().ok())
         .unwrap_or(recheck)
         .clamp(recheck.min(Duration::from_secs(1)), recheck);
+    let was = sctx
+        .progress
+        .as_ref()
+        .and_then(|v| v["blocked"]["kind"].as_str().map(str::to_string));
     let since = sctx
         .progress
         .as_ref()
         .and_then(|v| v["blocked"]["since"].as_str().map(str::to_string))
         .unwrap_or_else(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    // `deploy.waiting` when the deploy starts waiting, and when what stops it changes:
+    // reactions tell people the line is stopped and which run waits.
+    let notices = if was.as_deref() == Some(kind) {
+        vec![]
+    } else {
+        let mut ctx = ctx.clone();
+        ctx.environment = Some(name.clone());
+        vec![crate::pipeline::stage::Notice {
+            key: kind.to_string(),
+            payload: Payload::DeployWaiting(crate::event::DeployWaiting {
+                ctx,
+                blocked_by: if kind == "hold" {
+                    crate::event::Blocker::Hold
+                } else {
+                    crate::event::Blocker::Freeze
+                },
+                reason: reason.clone(),
+                until,
+            }),
+        }]
+    };
     Ok(Some(Step::Wait {
         after,
         progress: serde_json::json!({"blocked": {"kind": kind, "reason": reason, "since": since}}),
         note: format!("{name}: waiting: {reason}"),
+        notices,
     }))
 }
 
@@ -456,6 +482,7 @@ async fn wait_for_rollout<P: Ports>(
         after,
         progress,
         note,
+        notices: vec![],
     })
 }
 

@@ -83,6 +83,7 @@ async fn step<P: TestPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -> 
             after: check_after.min(p.settings.max_wait),
             progress: state,
             note,
+            notices: vec![],
         }),
         TestProgress::Finished(outcome) => {
             let key = test_output_key(&ctx.app, &ctx.run);

@@ -337,6 +337,7 @@ async fn step<P: VerifyPorts>(p: &Pipeline<P>, input: &Event, sctx: &StageCtx) -
         after: wait,
         progress: serde_json::to_value(&progress).unwrap_or_default(),
         note,
+        notices: vec![],
     })
 }
 

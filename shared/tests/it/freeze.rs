@@ -75,6 +75,21 @@ async fn approve_with(
     .unwrap()
 }
 
+/// The `deploy.waiting` events in a run's log: (environment, what stops it, reason).
+fn waiting_events(view: &baton::pipeline::runs::RunView) -> Vec<(String, String, String)> {
+    view.events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            baton::event::Payload::DeployWaiting(w) => Some((
+                w.ctx.environment.clone().unwrap_or_default(),
+                w.blocked_by.as_str().to_string(),
+                w.reason.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 fn note_of(view: &baton::pipeline::runs::RunView, env: &str) -> String {
     view.stages
         .iter()
@@ -125,6 +140,18 @@ async fn a_rollback_holds_the_environment_until_the_hold_is_released() {
             && note.contains("baton hold release web --env staging"),
         "{note}"
     );
+    // The hold is on the bus too: one deploy.waiting however often it was checked.
+    recheck(&env).await;
+    let view = baton::pipeline::runs::view(p, "web", &env.run_of(&v3))
+        .await
+        .unwrap();
+    let waiting = waiting_events(&view);
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(
+        (waiting[0].0.as_str(), waiting[0].1.as_str()),
+        ("staging", "hold")
+    );
+    assert!(waiting[0].2.contains("by alice"), "{waiting:?}");
     let hold = holds::active_hold(p, "web", "staging")
         .await
         .unwrap()
@@ -190,6 +217,21 @@ async fn a_freeze_stops_deploys_not_approvals_nor_rollbacks_and_unfreezing_lets_
         note.contains("everything frozen by alice: incident 42") && note.contains("baton unfreeze"),
         "{note}"
     );
+    recheck(&env).await;
+    let view = baton::pipeline::runs::view(p, "web", &env.run_of(&v1))
+        .await
+        .unwrap();
+    let waiting = waiting_events(&view);
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one deploy.waiting for the freeze: {waiting:?}"
+    );
+    assert_eq!(
+        (waiting[0].0.as_str(), waiting[0].1.as_str()),
+        ("staging", "freeze")
+    );
+    assert!(waiting[0].2.contains("incident 42"), "{waiting:?}");
     let lifted = holds::unfreeze(p, None, None, "bob", Some("resolved"))
         .await
         .unwrap();
