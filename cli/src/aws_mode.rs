@@ -244,3 +244,57 @@ pub async fn react_remove(g: &Global, stack: &str, arn: &str) -> Result<ExitCode
     print(g, &json!({"removed": arn}), || println!("removed {arn}"))?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The pipeline of a deployed stack, as its functions see it: the state bucket and topic
+/// its deploy function names (`BATON_BUCKET`, `BATON_TOPIC_ARN`), and the configuration
+/// it reads (`BATON_CONFIG_S3`; else the one deployed with the functions, which must be
+/// this `--config`). For the commands that work on the stack's records (freezes, holds,
+/// break-glass) with the operator's credentials.
+pub async fn stack_pipeline(
+    g: &Global,
+    stack: &str,
+) -> Result<baton::pipeline::Pipeline<baton::runtime::lambda::ports::AwsPorts<()>>> {
+    let conf = conf().await;
+    let function = format!("{stack}-deploy");
+    let found = aws_sdk_lambda::Client::new(&conf)
+        .get_function_configuration()
+        .function_name(&function)
+        .send()
+        .await
+        .with_context(|| {
+            format!("no function {function}: is --stack the name of a deployed Baton stack?")
+        })?;
+    let vars = found
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default();
+    let var = |name: &str| {
+        vars.get(name)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "{function} has no {name} in its environment: is it a Baton deploy function?"
+                )
+            })
+    };
+    let (bucket, topic) = (var("BATON_BUCKET")?, var("BATON_TOPIC_ARN")?);
+    let clients = baton::adapters::aws::Clients::new(&conf);
+    let config = match vars.get("BATON_CONFIG_S3") {
+        Some(url) => baton::runtime::lambda::ports::config_from_s3(&clients, url).await?,
+        None => crate::commands::load_config(g)?,
+    };
+    let config = std::sync::Arc::new(config);
+    let ports = baton::runtime::lambda::ports::AwsPorts::<()>::new(
+        &clients,
+        &bucket,
+        &topic,
+        config.clone(),
+    )?;
+    Ok(baton::pipeline::Pipeline::new(
+        ports,
+        config,
+        baton::pipeline::Settings::default(),
+    ))
+}

@@ -73,146 +73,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::Gc { dry_run } => gc(g, dry_run).await,
-        Command::Freeze { .. }
+        command @ (Command::Freeze { .. }
         | Command::Unfreeze { .. }
         | Command::BreakGlass { .. }
         | Command::Freezes
-        | Command::Hold { .. }
-            if g.stack.is_some() =>
-        {
-            Err(anyhow!(
-                "freezes and holds work on the local state directory (baton serve) so far; a deployed stack's deploy function reads them from the state bucket (freezes/, holds/), but the CLI cannot set them there yet: nothing was changed"
-            ))
-        }
-        Command::Freeze {
-            app,
-            env,
-            reason,
-            who,
-        } => {
-            let local = open(g)?;
-            let r = baton::pipeline::holds::freeze(
-                &local.pipeline,
-                app.as_deref(),
-                env.as_deref(),
-                &operator(who.as_deref()),
-                &reason,
-            )
-            .await?;
-            if g.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "frozen: {} (by {}: {}); deploys there wait until `baton unfreeze{}{}`; rollbacks still go",
-                    r.scope(),
-                    r.by,
-                    r.reason,
-                    app.as_deref()
-                        .map(|a| format!(" --app {a}"))
-                        .unwrap_or_default(),
-                    env.as_deref()
-                        .map(|e| format!(" --env {e}"))
-                        .unwrap_or_default()
-                );
+        | Command::Hold { .. }) => match &g.stack {
+            // The stack's records in its state bucket, with the operator's credentials.
+            Some(stack) => {
+                let p = crate::aws_mode::stack_pipeline(g, stack).await?;
+                line(g, &p, command).await
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Unfreeze {
-            app,
-            env,
-            reason,
-            who,
-        } => {
-            let local = open(g)?;
-            let r = baton::pipeline::holds::unfreeze(
-                &local.pipeline,
-                app.as_deref(),
-                env.as_deref(),
-                &operator(who.as_deref()),
-                reason.as_deref(),
-            )
-            .await?;
-            if g.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "unfrozen: {} (frozen by {} for: {}); waiting deploys go within a minute",
-                    r.scope(),
-                    r.by,
-                    r.reason
-                );
+            None => {
+                let local = open(g)?;
+                line(g, &local.pipeline, command).await
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Freezes => freezes(g).await,
-        Command::BreakGlass {
-            run,
-            env,
-            reason,
-            approve,
-            who,
-        } => {
-            let local = open(g)?;
-            let p = &local.pipeline;
-            let (app, run) = baton::pipeline::runs::resolve(p, &run).await?;
-            let who = operator(who.as_deref());
-            let r = if approve {
-                baton::pipeline::holds::approve_override(p, &app, run.as_str(), &env, &who).await?
-            } else {
-                baton::pipeline::holds::request_override(
-                    p,
-                    &app,
-                    &run,
-                    &env,
-                    &who,
-                    reason.as_deref().unwrap_or(""),
-                )
-                .await?
-            };
-            if g.json {
-                print_json(&r)?;
-            } else if let Some(by) = &r.approved_by {
-                println!(
-                    "break-glass approved by {by}: run {run} deploys to {env} through any freeze (asked by {}: {})",
-                    r.requested_by, r.reason
-                );
-            } else {
-                println!(
-                    "break-glass requested for run {run} in {env}: another approver of {env} approves it with `baton break-glass {run} --env {env} --approve`"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        },
         Command::Envs => envs(g).await,
         Command::Dora { since } => dora(g, &since).await,
-        Command::Hold {
-            action:
-                HoldAction::Release {
-                    app,
-                    env,
-                    reason,
-                    who,
-                },
-        } => {
-            let local = open(g)?;
-            let r = baton::pipeline::holds::release(
-                &local.pipeline,
-                &app,
-                &env,
-                &operator(who.as_deref()),
-                reason.as_deref(),
-            )
-            .await?;
-            if g.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "released: {env} of {app} was held on {}; newer runs deploy there again within a minute",
-                    r.image.tagged()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Dlq { action } => match (&g.stack, action) {
             (Some(stack), DlqAction::List { subscription }) => {
                 crate::aws_mode::dlq_list(g, stack, &stage_arg(subscription)?).await
@@ -248,6 +125,140 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Loads the configuration and opens the state directory.
+/// Stopping the line (freeze, unfreeze, break-glass, freezes, hold release) on `p`: the
+/// local state directory, or a deployed stack's state bucket (`--stack`).
+async fn line<P: baton::ports::Ports>(
+    g: &Global,
+    p: &baton::pipeline::Pipeline<P>,
+    command: Command,
+) -> Result<ExitCode> {
+    match command {
+        Command::Freeze {
+            app,
+            env,
+            reason,
+            who,
+        } => {
+            let r = baton::pipeline::holds::freeze(
+                p,
+                app.as_deref(),
+                env.as_deref(),
+                &operator(who.as_deref()),
+                &reason,
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "frozen: {} (by {}: {}); deploys there wait until `baton unfreeze{}{}`; rollbacks still go",
+                    r.scope(),
+                    r.by,
+                    r.reason,
+                    app.as_deref()
+                        .map(|a| format!(" --app {a}"))
+                        .unwrap_or_default(),
+                    env.as_deref()
+                        .map(|e| format!(" --env {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unfreeze {
+            app,
+            env,
+            reason,
+            who,
+        } => {
+            let r = baton::pipeline::holds::unfreeze(
+                p,
+                app.as_deref(),
+                env.as_deref(),
+                &operator(who.as_deref()),
+                reason.as_deref(),
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "unfrozen: {} (frozen by {} for: {}); waiting deploys go within a minute",
+                    r.scope(),
+                    r.by,
+                    r.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freezes => freezes(g, p).await,
+        Command::BreakGlass {
+            run,
+            env,
+            reason,
+            approve,
+            who,
+        } => {
+            let (app, run) = baton::pipeline::runs::resolve(p, &run).await?;
+            let who = operator(who.as_deref());
+            let r = if approve {
+                baton::pipeline::holds::approve_override(p, &app, run.as_str(), &env, &who).await?
+            } else {
+                baton::pipeline::holds::request_override(
+                    p,
+                    &app,
+                    &run,
+                    &env,
+                    &who,
+                    reason.as_deref().unwrap_or(""),
+                )
+                .await?
+            };
+            if g.json {
+                print_json(&r)?;
+            } else if let Some(by) = &r.approved_by {
+                println!(
+                    "break-glass approved by {by}: run {run} deploys to {env} through any freeze (asked by {}: {})",
+                    r.requested_by, r.reason
+                );
+            } else {
+                println!(
+                    "break-glass requested for run {run} in {env}: another approver of {env} approves it with `baton break-glass {run} --env {env} --approve`"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hold {
+            action:
+                HoldAction::Release {
+                    app,
+                    env,
+                    reason,
+                    who,
+                },
+        } => {
+            let r = baton::pipeline::holds::release(
+                p,
+                &app,
+                &env,
+                &operator(who.as_deref()),
+                reason.as_deref(),
+            )
+            .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "released: {env} of {app} was held on {}; newer runs deploy there again within a minute",
+                    r.image.tagged()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(anyhow!("not a command that stops or opens the line")),
+    }
+}
+
 pub fn open(g: &Global) -> Result<Local> {
     Ok(Local::open(
         load_config(g)?,
@@ -256,7 +267,7 @@ pub fn open(g: &Global) -> Result<Local> {
     )?)
 }
 
-fn load_config(g: &Global) -> Result<Config> {
+pub(crate) fn load_config(g: &Global) -> Result<Config> {
     Config::load(&g.config).map_err(|e| {
         if !g.config.exists() {
             anyhow!(
@@ -808,9 +819,10 @@ fn operator(who: Option<&str>) -> String {
 }
 
 /// `baton freezes`: freezes set by hand and holds in force, and the windows open now.
-async fn freezes(g: &Global) -> Result<ExitCode> {
-    let local = open(g)?;
-    let p = &local.pipeline;
+async fn freezes<P: baton::ports::Ports>(
+    g: &Global,
+    p: &baton::pipeline::Pipeline<P>,
+) -> Result<ExitCode> {
     let now = chrono::Utc::now();
     let frozen: Vec<_> = baton::pipeline::holds::freezes(p)
         .await?

@@ -417,3 +417,169 @@ async fn react_add_email_and_chat_formats_locally() {
             .any(|m| m.contains("dev@example.com") && m.contains("image.built"))
     );
 }
+
+/// Freezes and holds on a deployed stack: the CLI finds the stack's state bucket through
+/// its deploy function's environment and writes there, with the operator's credentials,
+/// the records the deploy function reads (`freezes/`, `holds/`).
+#[tokio::test(flavor = "multi_thread")]
+async fn freeze_unfreeze_and_hold_release_on_a_stack() {
+    let (_moto, endpoint) = crate::moto().await;
+    let conf = crate::sdk(&endpoint).await;
+    let clients = baton::adapters::aws::Clients::new(&conf);
+    clients
+        .s3
+        .create_bucket()
+        .bucket("prod-state")
+        .send()
+        .await
+        .unwrap();
+    let topic = aws_sdk_sns::Client::new(&conf)
+        .create_topic()
+        .name("prod-events")
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    let role = aws_sdk_iam::Client::new(&conf)
+        .create_role()
+        .role_name("prod-deploy-fn")
+        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
+        .send()
+        .await
+        .unwrap()
+        .role()
+        .unwrap()
+        .arn()
+        .to_string();
+    aws_sdk_lambda::Client::new(&conf)
+        .create_function()
+        .function_name("prod-deploy")
+        .role(role)
+        .package_type(aws_sdk_lambda::types::PackageType::Image)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .image_uri(format!(
+                    "123456789012.dkr.ecr.us-east-1.amazonaws.com/baton@sha256:{}",
+                    "0".repeat(64)
+                ))
+                .build(),
+        )
+        .environment(
+            aws_sdk_lambda::types::Environment::builder()
+                .variables("BATON_BUCKET", "prod-state")
+                .variables("BATON_TOPIC_ARN", &topic)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (_d, root) = project();
+    let config = root.join("baton.yaml");
+    let run = |stack: &str, args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--stack",
+            stack,
+            "--json",
+        ];
+        all.extend_from_slice(args);
+        baton_aws(&endpoint, &all)
+    };
+
+    let o = run(
+        "prod",
+        &[
+            "freeze",
+            "--env",
+            "production",
+            "--reason",
+            "holiday freeze",
+            "--as",
+            "alice",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out_json(&o)["reason"], "holiday freeze");
+    // Where the deploy function looks: the stack's bucket.
+    let keys: Vec<String> = clients
+        .s3
+        .list_objects_v2()
+        .bucket("prod-state")
+        .prefix("freezes/")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // The deploy function's view of the bucket.
+    let cfg = std::sync::Arc::new(baton::config::Config::load(&config).unwrap());
+    let p = baton::pipeline::Pipeline::new(
+        baton::runtime::lambda::ports::AwsPorts::<()>::new(
+            &clients,
+            "prod-state",
+            &topic,
+            cfg.clone(),
+        )
+        .unwrap(),
+        cfg,
+        baton::pipeline::Settings::default(),
+    );
+    let active = baton::pipeline::holds::active_freezes(&p, "web", "production")
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].by, "alice");
+    let listed = out_json(&run("prod", &["freezes"]));
+    assert_eq!(listed["freezes"][0]["reason"], "holiday freeze", "{listed}");
+    // A name the configuration does not have is refused, and nothing is written.
+    let o = run("prod", &["freeze", "--env", "qa", "--reason", "x"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("qa"));
+
+    let o = run("prod", &["unfreeze", "--env", "production", "--as", "bob"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        baton::pipeline::holds::active_freezes(&p, "web", "production")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A hold (what a rollback on the stack leaves) released from the CLI.
+    let image = baton::event::Image::parse(
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        "demo/web",
+        "1.0.0",
+        &format!("sha256:{}", "a".repeat(64)),
+    )
+    .unwrap();
+    baton::pipeline::holds::hold(&p, "web", "staging", &image, None, Some("carol"), None)
+        .await
+        .unwrap();
+    let o = run(
+        "prod",
+        &["hold", "release", "web", "--env", "staging", "--as", "bob"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        baton::pipeline::holds::active_hold(&p, "web", "staging")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Not a stack: said, nothing done.
+    let o = run("nope", &["freeze", "--reason", "x"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no function nope-deploy"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -87,6 +87,16 @@ pub fn check_env() -> Result<()> {
 /// Loads the configuration named by the environment.
 pub async fn load_config(clients: &Clients) -> Result<Config> {
     if let Ok(url) = std::env::var("BATON_CONFIG_S3") {
+        return config_from_s3(clients, &url).await;
+    }
+    Config::load(std::path::Path::new(
+        &std::env::var("BATON_CONFIG").unwrap_or_else(|_| "baton.yaml".into()),
+    ))
+}
+
+/// The configuration at `url` (`s3://bucket/key`), as the functions read it.
+pub async fn config_from_s3(clients: &Clients, url: &str) -> Result<Config> {
+    {
         let rest = url.strip_prefix("s3://").ok_or_else(|| {
             Error::invalid("BATON_CONFIG_S3", format!("{url:?} is not s3://bucket/key"))
         })?;
@@ -104,11 +114,8 @@ pub async fn load_config(clients: &Clients) -> Result<Config> {
             })?;
         let text = String::from_utf8(obj.bytes)
             .map_err(|_| Error::invalid("configuration", format!("{url} is not UTF-8")))?;
-        return Config::from_yaml(&text, std::path::Path::new("/tmp"), &url);
+        Config::from_yaml(&text, std::path::Path::new("/tmp"), url)
     }
-    Config::load(std::path::Path::new(
-        &std::env::var("BATON_CONFIG").unwrap_or_else(|_| "baton.yaml".into()),
-    ))
 }
 
 /// What a function adds to the bus and the store, built from the clients and the
