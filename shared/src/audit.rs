@@ -63,7 +63,10 @@ pub fn capability(action: &str, resource: &str) -> String {
             "receivemessage"
             | "deletemessage"
             | "getqueueattributes"
-            | "changemessagevisibility" => "queue".into(),
+            | "changemessagevisibility"
+            // Its own queue only (the statements' resource): a wait sends its message
+            // back with a delay.
+            | "sendmessage" => "queue".into(),
             _ => format!("queue-admin ({action})"),
         },
         "sns" if name == "publish" => "publish".into(),
@@ -410,6 +413,23 @@ pub fn audit(template: &Value, manifests: &[(String, Value)]) -> Report {
                                     foreign.join(", ")
                                 ),
                             });
+                        }
+                        // A stage consumes, delays and sends back its own queue's
+                        // messages only: another stage's queue is another stage's input.
+                        if a.to_ascii_lowercase().starts_with("sqs:") {
+                            let mut own = stage.clone();
+                            if let Some(first) = own.get_mut(..1) {
+                                first.make_ascii_uppercase();
+                            }
+                            if r.as_str() != format!("${{{own}Queue.Arn}}") {
+                                report.findings.push(Finding {
+                                    code: "foreign-queue".into(),
+                                    stage: Some(stage.clone()),
+                                    message: format!(
+                                        "{role_id} {sid}: {a} on {r}; a stage reaches only its own queue (${{{own}Queue.Arn}}): sending to another stage's queue feeds that stage input it never subscribed to"
+                                    ),
+                                });
+                            }
                         }
                         let cap = capability(a, r);
                         let e = by_cap.entry(cap).or_default();

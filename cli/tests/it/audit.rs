@@ -108,6 +108,14 @@ fn each_mutation_is_caught_with_a_non_zero_exit() {
             "deploy holds registry-write (ecr:PutImage",
         ),
         (
+            "the test role sends to deploy's queue (it could feed deploy any event)",
+            Box::new(|t| {
+                statements(t, "TestRole").push(json!({"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": {"Fn::GetAtt": ["DeployQueue", "Arn"]}}))
+            }),
+            "foreign-queue",
+            "TestRole",
+        ),
+        (
             "ingest deploys",
             Box::new(|t| {
                 statements(t, "IngestRole").push(json!({"Effect": "Allow", "Action": ["lambda:UpdateFunctionCode"], "Resource": {"Ref": "DeployTargetFunctionArns"}}))

@@ -2102,3 +2102,80 @@ serve:
         );
     }
 }
+
+/// A freeze set on the stack's records (what `baton freeze --stack` writes) makes the
+/// deploy function wait in its queue and publish `deploy.waiting` once; lifted, the
+/// same message deploys.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_freeze_on_the_stack_makes_the_deploy_function_wait_until_lifted() {
+    use baton::pipeline::holds;
+    let s = stack_full("auto", "", "freeze:\n  recheck: 1s\n").await;
+    let operator = baton::pipeline::Pipeline::new(
+        baton::runtime::lambda::ports::AwsPorts::<()>::new(
+            &s.clients,
+            "baton-state",
+            &s.topic,
+            s.config.clone(),
+        )
+        .unwrap(),
+        s.config.clone(),
+        baton::pipeline::Settings::default(),
+    );
+    holds::freeze(&operator, None, Some("staging"), "alice", "release freeze")
+        .await
+        .unwrap();
+    let before = s.alias_image().await;
+    s.push_event().await;
+    s.run_ingest().await;
+    // A few rounds of the event source mappings: the deploy comes back and waits.
+    for _ in 0..4 {
+        for (stage, url) in &s.queues {
+            s.poll(stage, url, 1).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let log = s.run_log().await;
+    assert_eq!(
+        log.iter().filter(|t| *t == "deploy.waiting").count(),
+        1,
+        "{log:?}"
+    );
+    assert!(!log.contains(&"deploy.succeeded".to_string()), "{log:?}");
+    assert_eq!(
+        s.alias_image().await,
+        before,
+        "nothing deployed while frozen"
+    );
+    let record = s
+        .deploy_record(baton::ids::run_id("web", &s.digest).as_str())
+        .await;
+    assert_eq!(record["status"], "waiting", "{record:#}");
+    assert!(
+        record["note"]
+            .as_str()
+            .unwrap()
+            .contains("frozen by alice: release freeze"),
+        "{record:#}"
+    );
+
+    holds::unfreeze(&operator, None, Some("staging"), "bob", None)
+        .await
+        .unwrap();
+    s.drive(1).await;
+    assert_eq!(
+        s.alias_image().await,
+        format!("{HOST}/demo/web@{}", s.digest),
+        "lifted: the waiting deploy went"
+    );
+    assert_eq!(
+        s.run_log().await,
+        [
+            "image.built",
+            "tests.passed",
+            "approval.granted",
+            "deploy.waiting",
+            "deploy.succeeded",
+            "image.promoted"
+        ]
+    );
+}

@@ -3,9 +3,13 @@
 //! by shape. What a stage's function serves besides its queue is its [`Function`] impl.
 //!
 //! * SQS batches (event source mapping, SNS envelope in each body): each record runs
-//!   through the harness; transient failures and waits are reported as
-//!   `batchItemFailures` (a wait first sets the message's visibility timeout, so it comes
-//!   back after the delay and no function idles); other records are deleted by Lambda.
+//!   through the harness; transient failures are reported as `batchItemFailures` (SQS
+//!   delivers them again; after `maxReceiveCount` they rest in the DLQ). A wait sends the
+//!   message back to its queue as a new message with a delay (at most SQS's 15 minutes;
+//!   a longer wait checks in and waits again) and lets the original go, so no function
+//!   idles and a long wait (a 40-minute test suite, a soak, a freeze) never counts
+//!   towards `maxReceiveCount`; if it cannot be sent, the original's visibility timeout
+//!   is set instead. Other records are deleted by Lambda.
 //!   Unreadable bodies fail too, so after the queue's `maxReceiveCount` they rest in the
 //!   DLQ instead of being lost.
 //! * function URL requests: served by the HTTP API's router ([`crate::runtime::api`]),
@@ -372,14 +376,27 @@ impl<S: Function<X>, X: Extra> App<S, X> {
             let retry = match outcome {
                 Ok(None) => false,
                 Ok(Some(after)) => {
-                    // Hand the message back with a delay: it is re-delivered then.
-                    if let (Some(arn), Some(handle)) =
-                        (&record.event_source_arn, &record.receipt_handle)
-                        && let Err(e) = self.delay(arn, handle, after).await
-                    {
-                        tracing::warn!(%id, error = %e, "could not set the visibility timeout; the queue's default applies");
+                    // Back to the queue as a new message with a delay: its receive count
+                    // starts again, so however long the wait it is never dead-lettered.
+                    let sent = match (&record.event_source_arn, &record.body) {
+                        (Some(arn), Some(body)) => self.requeue(arn, body, after).await,
+                        _ => Err(Error::invalid("SQS record", "no queue or body")),
+                    };
+                    match sent {
+                        Ok(()) => false,
+                        Err(e) => {
+                            // The original instead, back after the delay (it counts as a
+                            // receive).
+                            tracing::warn!(%id, error = %e, "could not send the message back; delaying the original");
+                            if let (Some(arn), Some(handle)) =
+                                (&record.event_source_arn, &record.receipt_handle)
+                                && let Err(e) = self.delay(arn, handle, after).await
+                            {
+                                tracing::warn!(%id, error = %e, "could not set the visibility timeout; the queue's default applies");
+                            }
+                            true
+                        }
                     }
-                    true
                 }
                 Err(e) => {
                     tracing::warn!(%id, error = %e, kind = e.kind(), "record failed; SQS will deliver it again");
@@ -416,17 +433,13 @@ impl<S: Function<X>, X: Extra> App<S, X> {
         Ok(later)
     }
 
-    async fn delay(
-        &self,
-        queue_arn: &str,
-        receipt: &str,
-        after: std::time::Duration,
-    ) -> Result<()> {
+    /// The URL of the queue `queue_arn` names.
+    async fn queue_url(&self, queue_arn: &str) -> Result<String> {
         let mut parts = queue_arn.split(':');
         let (Some(account), Some(name)) = (parts.nth(4), parts.next()) else {
             return Err(Error::invalid("eventSourceARN", queue_arn.to_string()));
         };
-        let url = self
+        Ok(self
             .sqs
             .get_queue_url()
             .queue_name(name)
@@ -436,7 +449,32 @@ impl<S: Function<X>, X: Extra> App<S, X> {
             .map_err(|e| crate::adapters::aws::call_failed("get queue url", e))?
             .queue_url()
             .unwrap_or_default()
-            .to_string();
+            .to_string())
+    }
+
+    /// Sends `body` to the queue again, delivered after `after` (SQS delays at most 15
+    /// minutes; rounded up, so a message back early only checks and waits again).
+    async fn requeue(&self, queue_arn: &str, body: &str, after: std::time::Duration) -> Result<()> {
+        let url = self.queue_url(queue_arn).await?;
+        let secs = after.as_secs_f64().ceil().clamp(0.0, 900.0) as i32;
+        self.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .delay_seconds(secs)
+            .send()
+            .await
+            .map_err(|e| crate::adapters::aws::call_failed("send the message back", e))?;
+        Ok(())
+    }
+
+    async fn delay(
+        &self,
+        queue_arn: &str,
+        receipt: &str,
+        after: std::time::Duration,
+    ) -> Result<()> {
+        let url = self.queue_url(queue_arn).await?;
         // SQS allows at most 12 hours; longer waits check in again and wait more.
         // Rounded up: a message back early only checks, finds it too soon and waits again.
         let secs = after.as_secs_f64().ceil().clamp(1.0, 43_200.0) as i32;
