@@ -249,11 +249,11 @@ pub async fn react_remove(g: &Global, stack: &str, arn: &str) -> Result<ExitCode
 /// its deploy function names (`BATON_BUCKET`, `BATON_TOPIC_ARN`), and the configuration
 /// it reads (`BATON_CONFIG_S3`; else the one deployed with the functions, which must be
 /// this `--config`). For the commands that work on the stack's records (freezes, holds,
-/// break-glass) with the operator's credentials.
-pub async fn stack_pipeline(
+/// break-glass) and its deploy targets (rollback, `X`) with the operator's credentials.
+pub async fn stack_pipeline<X: baton::runtime::lambda::ports::Extra>(
     g: &Global,
     stack: &str,
-) -> Result<baton::pipeline::Pipeline<baton::runtime::lambda::ports::AwsPorts<()>>> {
+) -> Result<baton::pipeline::Pipeline<baton::runtime::lambda::ports::AwsPorts<X>>> {
     let conf = conf().await;
     let function = format!("{stack}-deploy");
     let found = aws_sdk_lambda::Client::new(&conf)
@@ -286,7 +286,7 @@ pub async fn stack_pipeline(
         None => crate::commands::load_config(g)?,
     };
     let config = std::sync::Arc::new(config);
-    let ports = baton::runtime::lambda::ports::AwsPorts::<()>::new(
+    let ports = baton::runtime::lambda::ports::AwsPorts::<X>::new(
         &clients,
         &bucket,
         &topic,

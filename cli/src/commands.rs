@@ -21,6 +21,26 @@ use crate::{Cli, Command, DlqAction, EventsAction, Global, HoldAction};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
+    // A command that works on the local state only never does so when a stack is named:
+    // the operator meant the stack.
+    if let Some(stack) = &g.stack {
+        let local_only = match &cli.command {
+            Command::Demo { .. } => Some("demo"),
+            Command::Ingest { .. } => Some("ingest"),
+            Command::Status { .. } => Some("status"),
+            Command::Serve { .. } => Some("serve"),
+            Command::Approve { .. } => Some("approve"),
+            Command::Reject { .. } => Some("reject"),
+            Command::Envs => Some("envs"),
+            Command::Dora { .. } => Some("dora"),
+            _ => None,
+        };
+        if let Some(cmd) = local_only {
+            return Err(anyhow!(
+                "baton {cmd} works on the local state directory, and --stack {stack} (or BATON_STACK) names a deployed stack: nothing was done. On a stack, approvers decide through the approve function URL (docs/aws.md); unset BATON_STACK to work locally"
+            ));
+        }
+    }
     match cli.command {
         Command::Demo { dir } => crate::demo::run(&dir, g).await,
         Command::Ingest { file } => ingest(g, &file).await,
@@ -61,6 +81,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             to,
             who,
             reason,
+        } if g.stack.is_some() => {
+            let stack = g.stack.as_deref().unwrap_or_default();
+            let p = crate::aws_mode::stack_pipeline::<baton::runtime::lambda::ports::WithTargets>(
+                g, stack,
+            )
+            .await?;
+            let report = baton::stages::deploy::rollback(
+                &p,
+                &app,
+                &env,
+                to.as_deref(),
+                Some(&operator(who.as_deref())),
+                reason.as_deref(),
+            )
+            .await?;
+            print_rollback(g, &app, &env, &report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback {
+            app,
+            env,
+            to,
+            who,
+            reason,
         } => {
             rollback(
                 g,
@@ -80,7 +124,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Hold { .. }) => match &g.stack {
             // The stack's records in its state bucket, with the operator's credentials.
             Some(stack) => {
-                let p = crate::aws_mode::stack_pipeline(g, stack).await?;
+                let p = crate::aws_mode::stack_pipeline::<()>(g, stack).await?;
                 line(g, &p, command).await
             }
             None => {
@@ -724,8 +768,18 @@ async fn rollback(
     let report =
         baton::stages::deploy::rollback(&local.pipeline, app, env, to, who, reason).await?;
     drain(&local, g.json).await?;
+    print_rollback(g, app, env, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_rollback(
+    g: &Global,
+    app: &str,
+    env: &str,
+    report: &baton::stages::deploy::RollbackReport,
+) -> Result<()> {
     if g.json {
-        print_json(&report)?;
+        print_json(report)?;
     } else {
         println!(
             "rolled back {app} in {env}: {} → {} (run {})",
@@ -737,7 +791,7 @@ async fn rollback(
             "{env} is held on it: newer runs wait there until `baton hold release {app} --env {env}`"
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `baton dora --since 30d`.

@@ -574,6 +574,21 @@ async fn freeze_unfreeze_and_hold_release_on_a_stack() {
             .is_none()
     );
 
+    // Commands of the local state refuse a named stack rather than act locally.
+    for args in [
+        &["approve", "abcd1234", "--env", "production", "--as", "alice"][..],
+        &["status"][..],
+        &["envs"][..],
+    ] {
+        let o = run("prod", args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("works on the local state directory"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
     // Not a stack: said, nothing done.
     let o = run("nope", &["freeze", "--reason", "x"]);
     assert!(!o.status.success());

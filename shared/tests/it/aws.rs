@@ -2179,3 +2179,81 @@ async fn a_freeze_on_the_stack_makes_the_deploy_function_wait_until_lifted() {
         ]
     );
 }
+
+/// `baton rollback --stack`: the operator's rollback on a deployed stack goes through the
+/// deploy target with the stack's records (the pipeline the CLI builds from the deploy
+/// function's environment): the alias serves the previous image again, the environment
+/// is held with who and why, the rolled-back run says so, and `deploy.succeeded`
+/// (`rollback: true`) is on the topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_rollback_on_the_stack_moves_the_alias_back_and_holds() {
+    let s = stack().await;
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    let v1 = format!("{HOST}/demo/web@{}", s.digest);
+    assert_eq!(s.alias_image().await, v1);
+    let d2 = format!("sha256:{}", "cd".repeat(32));
+    s.push_event_of("1.1.0", &d2).await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    assert_eq!(s.alias_image().await, format!("{HOST}/demo/web@{d2}"));
+
+    let operator = baton::pipeline::Pipeline::new(
+        baton::runtime::lambda::ports::AwsPorts::<baton::runtime::lambda::ports::WithTargets>::new(
+            &s.clients,
+            "baton-state",
+            &s.topic,
+            s.config.clone(),
+        )
+        .unwrap(),
+        s.config.clone(),
+        baton::pipeline::Settings::default(),
+    );
+    let report = baton::stages::deploy::rollback(
+        &operator,
+        "web",
+        "staging",
+        None,
+        Some("alice"),
+        Some("1.1.0 drops sessions"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.to, v1);
+    assert_eq!(s.alias_image().await, v1, "the alias serves 1.0.0 again");
+    let hold = baton::pipeline::holds::active_hold(&operator, "web", "staging")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (hold.by.as_deref(), hold.reason.as_deref()),
+        (Some("alice"), Some("1.1.0 drops sessions"))
+    );
+    let run2 = baton::ids::run_id("web", &d2);
+    let view = baton::pipeline::runs::view(&operator, "web", &run2)
+        .await
+        .unwrap();
+    // (Its promote failed: moto's ECR never held this made-up digest.)
+    let mark = &view.rolled_back[0];
+    assert_eq!(
+        (
+            mark.environment.as_str(),
+            mark.by.as_deref(),
+            mark.reason.as_deref()
+        ),
+        ("staging", Some("alice"), Some("1.1.0 drops sessions"))
+    );
+    // The rollback's event went out on the topic: promote's queue has it.
+    s.drive(1).await;
+    let run1 = baton::ids::run_id("web", &s.digest);
+    let log = baton::pipeline::runs::view(&operator, "web", &run1)
+        .await
+        .unwrap()
+        .events;
+    assert!(
+        log.iter().any(|e| matches!(&e.payload,
+            baton::event::Payload::DeploySucceeded(d) if d.rollback)),
+        "{log:?}"
+    );
+}
