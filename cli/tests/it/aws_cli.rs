@@ -576,7 +576,14 @@ async fn freeze_unfreeze_and_hold_release_on_a_stack() {
 
     // Commands of the local state refuse a named stack rather than act locally.
     for args in [
-        &["approve", "abcd1234", "--env", "production", "--as", "alice"][..],
+        &[
+            "approve",
+            "abcd1234",
+            "--env",
+            "production",
+            "--as",
+            "alice",
+        ][..],
         &["status"][..],
         &["envs"][..],
     ] {

@@ -428,3 +428,108 @@ fn a_function_binary_outside_lambda_says_what_it_is_and_runs_nothing() {
         "nothing written"
     );
 }
+
+/// A verify stage's `lambda` check invokes a real function: the verify stage runs in
+/// `baton-fn-verify` and invokes the test function (`baton-fn-lambda-test`, served by
+/// `cargo lambda watch`), whose command is told the environment and the check
+/// (`BATON_ENVIRONMENT`, `BATON_CHECK`); it passes, and `verification.passed` is in the
+/// run log with the check's evidence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lambda_verify_check_invokes_a_real_function() {
+    build_functions();
+    let (_moto, endpoint) = crate::moto().await;
+    let conf = sdk(&endpoint).await;
+    let (s3, topic) = state(&conf).await;
+    let (_emulator, port) = emulator().await;
+    let lambda_endpoint = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("baton.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+apps:
+  - name: web
+    repository: demo/web
+    tags: { semver: ">=1.0.0" }
+    test: { command: { run: ["true"] } }
+    environments:
+      - name: staging
+        approval: auto
+        deploy: { lambda: { function: web } }
+        verify:
+          checks:
+            - name: smoke
+              lambda: { function: baton-fn-lambda-test }
+"#,
+    )
+    .unwrap();
+    let _check = start_function(
+        port,
+        "baton-fn-lambda-test",
+        &bin_dir().join("baton-fn-lambda-test"),
+        &[(
+            "BATON_TEST_COMMAND",
+            "test \"$BATON_ENVIRONMENT\" = staging && test \"$BATON_CHECK\" = smoke && echo \"checked $BATON_CHECK of $BATON_TAG in $BATON_ENVIRONMENT\"".to_string(),
+        )],
+    );
+    let _stage = start_function(
+        port,
+        "baton-fn-verify",
+        &bin_dir().join("baton-fn-verify"),
+        &[
+            ("BATON_CONFIG", cfg.display().to_string()),
+            ("BATON_BUCKET", "state".into()),
+            ("BATON_TOPIC_ARN", topic.clone()),
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint.clone()),
+        ],
+    );
+    // deploy.succeeded of run ab781cee5e2f2eae in staging, as SNS hands it to the
+    // verify queue.
+    let mut deployed: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("events/baton/deploy.succeeded.json")).unwrap(),
+    )
+    .unwrap();
+    deployed["data"]["environment"] = json!("staging");
+    let mut batch: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("events/aws/sqs-event.json")).unwrap(),
+    )
+    .unwrap();
+    let mut note: Value =
+        serde_json::from_str(batch["Records"][0]["body"].as_str().unwrap()).unwrap();
+    note["Message"] = json!(deployed.to_string());
+    note["MessageAttributes"]["type"]["Value"] = json!("deploy.succeeded");
+    batch["Records"][0]["body"] = json!(note.to_string());
+    batch["Records"][0]["eventSourceARN"] =
+        json!("arn:aws:sqs:us-east-1:123456789012:baton-verify");
+    let file = dir.path().join("deployed.json");
+    std::fs::write(&file, batch.to_string()).unwrap();
+    let got = invoke(port, "baton-fn-verify", &file);
+    assert_eq!(got, json!({"batchItemFailures": []}), "{got}");
+    let keys = s3
+        .list_objects_v2()
+        .bucket("state")
+        .prefix("runs/web/ab781cee5e2f2eae/events/")
+        .send()
+        .await
+        .unwrap();
+    let mut passed = None;
+    for k in keys.contents() {
+        let o = s3
+            .get_object()
+            .bucket("state")
+            .key(k.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let v: Value =
+            serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap();
+        if v["type"] == "verification.passed" {
+            passed = Some(v);
+        }
+    }
+    let passed = passed.expect("verification.passed in the run log");
+    assert_eq!(passed["data"]["environment"], "staging", "{passed:#}");
+    let text = passed["data"].to_string();
+    assert!(text.contains("smoke"), "{passed:#}");
+}

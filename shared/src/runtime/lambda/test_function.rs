@@ -147,7 +147,10 @@ mod tests {
     fn a_verify_check_names_its_environment_and_check_to_the_tests() {
         let env = test_env(&request(json!({}))).unwrap();
         assert!(!env.iter().any(|(k, _)| k == "BATON_CHECK"));
-        let env = test_env(&request(json!({"environment": "staging", "check": "smoke"}))).unwrap();
+        let env = test_env(&request(
+            json!({"environment": "staging", "check": "smoke"}),
+        ))
+        .unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("BATON_ENVIRONMENT"), Some("staging"));
         assert_eq!(get("BATON_CHECK"), Some("smoke"));
