@@ -51,6 +51,36 @@ fn build_functions() {
     assert!(ok, "cargo build --workspace --bins --tests failed");
 }
 
+/// The functions built, moto with a state bucket and topic, and the Lambda emulator.
+struct Functions {
+    _moto: baton_testkit::moto::Moto,
+    _emulator: Proc,
+    endpoint: String,
+    s3: aws_sdk_s3::Client,
+    topic: String,
+    port: u16,
+    lambda_endpoint: String,
+}
+
+impl Functions {
+    async fn start() -> Functions {
+        build_functions();
+        let (moto, endpoint) = crate::moto().await;
+        let conf = sdk(&endpoint).await;
+        let (s3, topic) = state(&conf).await;
+        let (emulator, port) = emulator().await;
+        Functions {
+            _moto: moto,
+            _emulator: emulator,
+            endpoint,
+            s3,
+            topic,
+            port,
+            lambda_endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
 /// Starts `cargo lambda watch` (Runtime API and Invoke API) on a free port.
 async fn emulator() -> (Proc, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -270,12 +300,9 @@ serve:
 /// function, which re-runs that stage alone from its record.
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_on_aws_and_the_lambda_test_runner_invoke_real_functions() {
-    build_functions();
-    let (_moto, endpoint) = crate::moto().await;
-    let conf = sdk(&endpoint).await;
-    let (s3, topic) = state(&conf).await;
-    let (_emulator, port) = emulator().await;
-    let lambda_endpoint = format!("http://127.0.0.1:{port}");
+    let fns = Functions::start().await;
+    let (s3, topic, port) = (&fns.s3, &fns.topic, fns.port);
+    let (endpoint, lambda_endpoint) = (&fns.endpoint, &fns.lambda_endpoint);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("baton.yaml");
     std::fs::write(
@@ -436,12 +463,9 @@ fn a_function_binary_outside_lambda_says_what_it_is_and_runs_nothing() {
 /// run log with the check's evidence.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lambda_verify_check_invokes_a_real_function() {
-    build_functions();
-    let (_moto, endpoint) = crate::moto().await;
-    let conf = sdk(&endpoint).await;
-    let (s3, topic) = state(&conf).await;
-    let (_emulator, port) = emulator().await;
-    let lambda_endpoint = format!("http://127.0.0.1:{port}");
+    let fns = Functions::start().await;
+    let (s3, topic, port) = (&fns.s3, &fns.topic, fns.port);
+    let (endpoint, lambda_endpoint) = (&fns.endpoint, &fns.lambda_endpoint);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("baton.yaml");
     std::fs::write(

@@ -958,6 +958,24 @@ impl Stack {
         );
     }
 
+    /// The stack's records and topic as an operator's CLI reaches them (`--stack`), with
+    /// `X`'s adapters.
+    fn operator<X: baton::runtime::lambda::ports::Extra>(
+        &self,
+    ) -> baton::pipeline::Pipeline<baton::runtime::lambda::ports::AwsPorts<X>> {
+        baton::pipeline::Pipeline::new(
+            baton::runtime::lambda::ports::AwsPorts::<X>::new(
+                &self.clients,
+                "baton-state",
+                &self.topic,
+                self.config.clone(),
+            )
+            .unwrap(),
+            self.config.clone(),
+            baton::pipeline::Settings::default(),
+        )
+    }
+
     async fn run_log(&self) -> Vec<String> {
         let store = S3Store::new(self.clients.s3.clone(), "baton-state");
         let run = baton::ids::run_id("web", &self.digest);
@@ -2110,17 +2128,7 @@ serve:
 async fn a_freeze_on_the_stack_makes_the_deploy_function_wait_until_lifted() {
     use baton::pipeline::holds;
     let s = stack_full("auto", "", "freeze:\n  recheck: 1s\n").await;
-    let operator = baton::pipeline::Pipeline::new(
-        baton::runtime::lambda::ports::AwsPorts::<()>::new(
-            &s.clients,
-            "baton-state",
-            &s.topic,
-            s.config.clone(),
-        )
-        .unwrap(),
-        s.config.clone(),
-        baton::pipeline::Settings::default(),
-    );
+    let operator = s.operator::<()>();
     holds::freeze(&operator, None, Some("staging"), "alice", "release freeze")
         .await
         .unwrap();
@@ -2199,17 +2207,7 @@ async fn an_operator_rollback_on_the_stack_moves_the_alias_back_and_holds() {
     s.drive(1).await;
     assert_eq!(s.alias_image().await, format!("{HOST}/demo/web@{d2}"));
 
-    let operator = baton::pipeline::Pipeline::new(
-        baton::runtime::lambda::ports::AwsPorts::<baton::runtime::lambda::ports::WithTargets>::new(
-            &s.clients,
-            "baton-state",
-            &s.topic,
-            s.config.clone(),
-        )
-        .unwrap(),
-        s.config.clone(),
-        baton::pipeline::Settings::default(),
-    );
+    let operator = s.operator::<baton::runtime::lambda::ports::WithTargets>();
     let report = baton::stages::deploy::rollback(
         &operator,
         "web",
