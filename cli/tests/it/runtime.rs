@@ -398,8 +398,8 @@ apps:
             "--stack",
             "baton-fn",
         ])
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ENDPOINT_URL_LAMBDA", &lambda_endpoint)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
