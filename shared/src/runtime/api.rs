@@ -64,6 +64,10 @@ pub struct Routes {
     pub hooks: bool,
     /// `POST /approvals/<run>/<env>` and `POST /`.
     pub decisions: bool,
+    /// `POST /freeze`, `/unfreeze`, `/holds/release`, `/break-glass[/approve]` (with
+    /// `decisions`): where the host may write those records (`baton serve`; on AWS the
+    /// operator's `baton freeze --stack`, not the approve function).
+    pub line: bool,
     /// `GET /approvals`, `GET /runs`, `GET /runs/<run>`.
     pub queries: bool,
 }
@@ -140,12 +144,28 @@ pub fn router<H: Host>(host: Arc<H>) -> Router {
         r = r
             .route("/", post(decide_body::<H>))
             .route("/approvals/{run}/{env}", post(decide_path::<H>))
-            .route("/freeze", post(stop_line::<H>))
-            .route("/unfreeze", post(stop_line::<H>))
-            .route("/holds/release", post(stop_line::<H>))
-            .route("/break-glass", post(stop_line::<H>))
-            .route("/break-glass/approve", post(stop_line::<H>))
             .route("/slack/interactions", post(slack_interaction::<H>));
+        for path in [
+            "/freeze",
+            "/unfreeze",
+            "/holds/release",
+            "/break-glass",
+            "/break-glass/approve",
+        ] {
+            r = if routes.line {
+                r.route(path, post(stop_line::<H>))
+            } else {
+                r.route(
+                    path,
+                    post(|| async {
+                        reply(
+                            StatusCode::NOT_FOUND,
+                            json!({ "error": "freezes, holds and break-glass are not set through this endpoint: use `baton freeze`, `unfreeze`, `hold release` or `break-glass` with --stack NAME" }),
+                        )
+                    }),
+                )
+            };
+        }
     }
     if routes.queries {
         r = r

@@ -408,6 +408,7 @@ impl Host for Server {
         Routes {
             hooks: true,
             decisions: true,
+            line: true,
             queries: true,
         }
     }

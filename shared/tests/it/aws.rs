@@ -1341,6 +1341,15 @@ async fn approvals_through_the_approve_url_take_the_approver_from_a_mapped_princ
     const ACCT: &str = "123456789012";
     let out = s.invoke(approve, request(None, ACCT)).await.unwrap();
     assert_eq!(out["statusCode"], 401, "no IAM identity, no decision");
+    // Freezes are not set through the approve URL (its role writes no freeze records):
+    // said, with what to use instead.
+    let mut freeze = request(Some(ALICE_ROLE), ACCT);
+    freeze["rawPath"] = json!("/freeze");
+    freeze["requestContext"]["http"]["path"] = json!("/freeze");
+    freeze["body"] = json!(json!({"reason": "holiday"}).to_string());
+    let out = s.invoke(approve, freeze).await.unwrap();
+    assert_eq!(out["statusCode"], 404, "{out}");
+    assert!(out["body"].as_str().unwrap().contains("--stack"), "{out}");
     for (arn, account, why) in [
         (
             "arn:aws:iam::123456789012:user/mallory",
