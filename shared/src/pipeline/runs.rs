@@ -252,6 +252,10 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
                 let Some((key, summary)) = found? else {
                     continue;
                 };
+                // A run indexed twice (under two times) is listed once.
+                if runs.iter().any(|r: &RunSummary| r.run == summary.run) {
+                    continue;
+                }
                 runs.push(summary);
                 last = Some(key[RUN_INDEX.len()..].to_string());
             }

@@ -438,10 +438,22 @@ impl Subscriber for Local {
                     for reason in &report.ignored {
                         tracing::info!(%reason, "ignored");
                     }
-                    let now = self.pipeline.ports.now();
                     for a in report.accepted.iter().filter(|a| !a.duplicate) {
+                        // Indexed as started when its ingest record says, as a rebuild of
+                        // the index from the records would: the same key either way, so
+                        // a page read during the first ingest never lists the run twice.
+                        let at =
+                            crate::store::get_json::<_, crate::pipeline::harness::StageRecord>(
+                                &self.pipeline.ports.store,
+                                &crate::store::stage_key(&a.app, a.run.as_str(), "ingest", None),
+                            )
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|(r, _)| r.started_at)
+                            .unwrap_or_else(|| self.pipeline.ports.now());
                         if let Err(e) =
-                            crate::pipeline::runs::index(&self.pipeline, &a.app, &a.run, now).await
+                            crate::pipeline::runs::index(&self.pipeline, &a.app, &a.run, at).await
                         {
                             // The run goes on; the index is rebuilt from the records
                             // only when empty, so this run may be missing from pages.

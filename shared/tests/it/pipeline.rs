@@ -852,6 +852,16 @@ async fn runs_are_paged_newest_first_from_the_index() {
         newest_first
     );
     assert!(all.next.is_none());
+    // A run indexed a second time under another time (a page read racing the first
+    // ingest once did this) is listed once.
+    baton::pipeline::runs::index(p, "web", &runs[4], Utc::now() - Duration::seconds(1))
+        .await
+        .unwrap();
+    let again = page(p, 50, None).await.unwrap();
+    assert_eq!(
+        again.runs.iter().map(|r| r.run.clone()).collect::<Vec<_>>(),
+        newest_first
+    );
 
     // Retention takes the removed runs out of the index too.
     let done = env
