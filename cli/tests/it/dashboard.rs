@@ -320,6 +320,24 @@ async fn forms_need_a_session_its_token_and_this_origin_and_readers_decide_nothi
     .await;
     assert_eq!(code, 303);
     assert_eq!(page(api, "/", &alice).await.0, 303);
+
+    // Guessing tokens: after ten failures in a minute an address waits, even with a
+    // right token (one failure above already counted).
+    let try_token = |token: &'static str| async move {
+        client()
+            .post(format!("{}/ui/login", api.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&next=%2F"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for _ in 0..9 {
+        assert_eq!(try_token("a-guess").await, 401);
+    }
+    assert_eq!(try_token(ALICE_TOKEN).await, 429, "the address waits now");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -57,6 +57,9 @@ const COOKIE: &str = "baton_session";
 const SESSION_HOURS: i64 = 12;
 /// Sessions kept at most (expired ones are dropped first).
 const MAX_SESSIONS: usize = 10_000;
+/// Failed sign-ins an address may make per [`SIGN_IN_WINDOW`].
+const SIGN_IN_FAILURES: u32 = 10;
+const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
 /// The largest form body taken.
 const MAX_FORM: usize = 16 * 1024;
 /// Lines of the test output shown on a run page.
@@ -117,6 +120,8 @@ pub struct Web {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     changes: tokio::sync::watch::Sender<u64>,
     secure_cookies: bool,
+    /// Failed sign-ins by address: (failures, since when).
+    failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
     /// One reader at a time: viewers refreshing after the same change share one read.
     board: tokio::sync::Mutex<Option<BoardCache>>,
 }
@@ -135,6 +140,7 @@ impl Web {
             changes: tokio::sync::watch::channel(0).0,
             secure_cookies,
             board: tokio::sync::Mutex::new(None),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -218,6 +224,33 @@ impl Web {
             }
             None => None,
         }
+    }
+
+    /// Whether `ip` may try to sign in now: at most [`SIGN_IN_FAILURES`] failures per
+    /// [`SIGN_IN_WINDOW`], after which it waits out the window (a correct token too).
+    fn may_sign_in(&self, ip: std::net::IpAddr) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match f.get(&ip) {
+            Some((n, since)) if since.elapsed() < SIGN_IN_WINDOW => *n < SIGN_IN_FAILURES,
+            Some(_) => {
+                f.remove(&ip);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Counts a failed sign-in from `ip`.
+    fn failed_sign_in(&self, ip: std::net::IpAddr) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() >= MAX_SESSIONS {
+            f.retain(|_, (_, since)| since.elapsed() < SIGN_IN_WINDOW);
+        }
+        let e = f.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= SIGN_IN_WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 = e.0.saturating_add(1);
     }
 
     fn close(&self, key: &[u8; 32]) {
@@ -633,6 +666,21 @@ async fn login<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reques
             pages::problem(None, "Refused", "This form was posted from another site."),
         );
     }
+    let ip = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if !b.web().may_sign_in(ip) {
+        tracing::warn!(%ip, "dashboard sign-in refused: too many failures from this address");
+        return html_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::login(
+                "/",
+                Some("Too many failed sign-ins from your address: wait a minute and try again."),
+            ),
+        );
+    }
     let fields = match form(&*b, body).await {
         Ok(f) => f,
         Err(e) => {
@@ -656,7 +704,8 @@ async fn login<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reques
         Some(Caller::Approver(a)) => Who::Approver(a.name),
         Some(Caller::Reader(r)) => Who::Reader(r),
         None => {
-            tracing::warn!("dashboard sign-in with an unknown token refused");
+            b.web().failed_sign_in(ip);
+            tracing::warn!(%ip, "dashboard sign-in with an unknown token refused");
             return html_page(
                 StatusCode::UNAUTHORIZED,
                 pages::login(&next, Some("That token belongs to no approver or reader.")),
@@ -1197,6 +1246,25 @@ mod tests {
         assert!(web.cookie("x", 1).contains("HttpOnly; SameSite=Strict"));
         assert!(!web.cookie("x", 1).contains("Secure"));
         assert!(Web::new(true).unwrap().cookie("x", 1).ends_with("; Secure"));
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_to_sign_in_waits() {
+        let web = Web::new(false).unwrap();
+        let (a, b) = (
+            std::net::IpAddr::from([10, 0, 0, 1]),
+            std::net::IpAddr::from([10, 0, 0, 2]),
+        );
+        for _ in 0..SIGN_IN_FAILURES {
+            assert!(web.may_sign_in(a));
+            web.failed_sign_in(a);
+        }
+        assert!(!web.may_sign_in(a), "the eleventh try waits");
+        assert!(web.may_sign_in(b), "another address does not");
+        // The window passed: it may try again.
+        web.failures.lock().unwrap().get_mut(&a).unwrap().1 =
+            std::time::Instant::now() - SIGN_IN_WINDOW;
+        assert!(web.may_sign_in(a));
     }
 
     #[test]
