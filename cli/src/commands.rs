@@ -81,30 +81,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             to,
             who,
             reason,
-        } if g.stack.is_some() => {
-            let stack = g.stack.as_deref().unwrap_or_default();
-            let p = crate::aws_mode::stack_pipeline::<baton::runtime::lambda::ports::WithTargets>(
-                g, stack,
-            )
-            .await?;
-            let report = baton::stages::deploy::rollback(
-                &p,
-                &app,
-                &env,
-                to.as_deref(),
-                Some(&operator(who.as_deref())),
-                reason.as_deref(),
-            )
-            .await?;
-            print_rollback(g, &app, &env, &report)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Rollback {
-            app,
-            env,
-            to,
-            who,
-            reason,
         } => {
             rollback(
                 g,
@@ -756,6 +732,8 @@ async fn decide(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `baton rollback`: on the local state (then delivered), or with `--stack` through the
+/// stack's deploy target and records with the operator's credentials.
 async fn rollback(
     g: &Global,
     app: &str,
@@ -764,22 +742,25 @@ async fn rollback(
     who: Option<&str>,
     reason: Option<&str>,
 ) -> Result<ExitCode> {
-    let local = open(g)?;
-    let report =
-        baton::stages::deploy::rollback(&local.pipeline, app, env, to, who, reason).await?;
-    drain(&local, g.json).await?;
-    print_rollback(g, app, env, &report)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn print_rollback(
-    g: &Global,
-    app: &str,
-    env: &str,
-    report: &baton::stages::deploy::RollbackReport,
-) -> Result<()> {
+    let report = match &g.stack {
+        Some(stack) => {
+            let p = crate::aws_mode::stack_pipeline::<baton::runtime::lambda::ports::WithTargets>(
+                g, stack,
+            )
+            .await?;
+            let who = operator(who);
+            baton::stages::deploy::rollback(&p, app, env, to, Some(&who), reason).await?
+        }
+        None => {
+            let local = open(g)?;
+            let report =
+                baton::stages::deploy::rollback(&local.pipeline, app, env, to, who, reason).await?;
+            drain(&local, g.json).await?;
+            report
+        }
+    };
     if g.json {
-        print_json(report)?;
+        print_json(&report)?;
     } else {
         println!(
             "rolled back {app} in {env}: {} → {} (run {})",
@@ -791,7 +772,7 @@ fn print_rollback(
             "{env} is held on it: newer runs wait there until `baton hold release {app} --env {env}`"
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `baton dora --since 30d`.

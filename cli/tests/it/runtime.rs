@@ -79,6 +79,51 @@ impl Functions {
             lambda_endpoint: format!("http://127.0.0.1:{port}"),
         }
     }
+
+    /// Starts the function of `stage` (`baton-fn-<stage>`) on the stack's state, topic
+    /// and endpoints, reading the configuration `cfg`.
+    fn start_stage(&self, stage: &str, cfg: &Path) -> Proc {
+        let name = format!("baton-fn-{stage}");
+        start_function(
+            self.port,
+            &name,
+            &bin_dir().join(&name),
+            &[
+                ("BATON_CONFIG", cfg.display().to_string()),
+                ("BATON_BUCKET", "state".into()),
+                ("BATON_TOPIC_ARN", self.topic.clone()),
+                ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+                ("AWS_ENDPOINT_URL_LAMBDA", self.lambda_endpoint.clone()),
+            ],
+        )
+    }
+
+    /// The run log of web's run ab781cee5e2f2eae (the samples' run), in the state bucket.
+    async fn run_log(&self) -> Vec<Value> {
+        let keys = self
+            .s3
+            .list_objects_v2()
+            .bucket("state")
+            .prefix("runs/web/ab781cee5e2f2eae/events/")
+            .send()
+            .await
+            .unwrap();
+        let mut events = vec![];
+        for k in keys.contents() {
+            let o = self
+                .s3
+                .get_object()
+                .bucket("state")
+                .key(k.key().unwrap())
+                .send()
+                .await
+                .unwrap();
+            events.push(
+                serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap(),
+            );
+        }
+        events
+    }
 }
 
 /// Starts `cargo lambda watch` (Runtime API and Invoke API) on a free port.
@@ -301,7 +346,7 @@ serve:
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_on_aws_and_the_lambda_test_runner_invoke_real_functions() {
     let fns = Functions::start().await;
-    let (s3, topic, port) = (&fns.s3, &fns.topic, fns.port);
+    let port = fns.port;
     let (endpoint, lambda_endpoint) = (&fns.endpoint, &fns.lambda_endpoint);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("baton.yaml");
@@ -334,40 +379,13 @@ apps:
             ),
         )],
     );
-    let _stage = start_function(
-        port,
-        "baton-fn-test",
-        &bin_dir().join("baton-fn-test"),
-        &[
-            ("BATON_CONFIG", cfg.display().to_string()),
-            ("BATON_BUCKET", "state".into()),
-            ("BATON_TOPIC_ARN", topic.clone()),
-            ("AWS_ENDPOINT_URL", endpoint.clone()),
-            ("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint.clone()),
-        ],
-    );
+    let _stage = fns.start_stage("test", &cfg);
     let log = || async {
-        let keys = s3
-            .list_objects_v2()
-            .bucket("state")
-            .prefix("runs/web/ab781cee5e2f2eae/events/")
-            .send()
+        fns.run_log()
             .await
-            .unwrap();
-        let mut types = vec![];
-        for k in keys.contents() {
-            let o = s3
-                .get_object()
-                .bucket("state")
-                .key(k.key().unwrap())
-                .send()
-                .await
-                .unwrap();
-            let v: Value =
-                serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap();
-            types.push(v["type"].as_str().unwrap_or_default().to_string());
-        }
-        types
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
     };
 
     // image.built of run ab781cee5e2f2eae (web 1.0.0): the test function fails it.
@@ -464,8 +482,7 @@ fn a_function_binary_outside_lambda_says_what_it_is_and_runs_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lambda_verify_check_invokes_a_real_function() {
     let fns = Functions::start().await;
-    let (s3, topic, port) = (&fns.s3, &fns.topic, fns.port);
-    let (endpoint, lambda_endpoint) = (&fns.endpoint, &fns.lambda_endpoint);
+    let port = fns.port;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("baton.yaml");
     std::fs::write(
@@ -496,18 +513,7 @@ apps:
             "test \"$BATON_ENVIRONMENT\" = staging && test \"$BATON_CHECK\" = smoke && echo \"checked $BATON_CHECK of $BATON_TAG in $BATON_ENVIRONMENT\"".to_string(),
         )],
     );
-    let _stage = start_function(
-        port,
-        "baton-fn-verify",
-        &bin_dir().join("baton-fn-verify"),
-        &[
-            ("BATON_CONFIG", cfg.display().to_string()),
-            ("BATON_BUCKET", "state".into()),
-            ("BATON_TOPIC_ARN", topic.clone()),
-            ("AWS_ENDPOINT_URL", endpoint.clone()),
-            ("AWS_ENDPOINT_URL_LAMBDA", lambda_endpoint.clone()),
-        ],
-    );
+    let _stage = fns.start_stage("verify", &cfg);
     // deploy.succeeded of run ab781cee5e2f2eae in staging, as SNS hands it to the
     // verify queue.
     let mut deployed: Value = serde_json::from_str(
@@ -530,28 +536,11 @@ apps:
     std::fs::write(&file, batch.to_string()).unwrap();
     let got = invoke(port, "baton-fn-verify", &file);
     assert_eq!(got, json!({"batchItemFailures": []}), "{got}");
-    let keys = s3
-        .list_objects_v2()
-        .bucket("state")
-        .prefix("runs/web/ab781cee5e2f2eae/events/")
-        .send()
+    let passed = fns
+        .run_log()
         .await
-        .unwrap();
-    let mut passed = None;
-    for k in keys.contents() {
-        let o = s3
-            .get_object()
-            .bucket("state")
-            .key(k.key().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let v: Value =
-            serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap();
-        if v["type"] == "verification.passed" {
-            passed = Some(v);
-        }
-    }
+        .into_iter()
+        .find(|v| v["type"] == "verification.passed");
     let passed = passed.expect("verification.passed in the run log");
     assert_eq!(passed["data"]["environment"], "staging", "{passed:#}");
     let text = passed["data"].to_string();

@@ -255,7 +255,7 @@ fn declared_too_large(headers: &HeaderMap, limit: usize) -> bool {
 }
 
 /// The peer a request came from, for logs (`0.0.0.0:0` when unknown).
-fn peer_of(extensions: &Extensions) -> SocketAddr {
+pub fn peer_of(extensions: &Extensions) -> SocketAddr {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)

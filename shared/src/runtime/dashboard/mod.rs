@@ -562,16 +562,15 @@ async fn board<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reques
     )
 }
 
+/// The query parameter `name` of `uri`, decoded.
+fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 async fn login_page(request: axum::extract::Request) -> Response {
-    let next = request
-        .uri()
-        .query()
-        .and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "next")
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_else(|| "/".into());
+    let next = query_param(request.uri(), "next").unwrap_or_else(|| "/".into());
     html_page(StatusCode::OK, pages::login(local_path(&next), None))
 }
 
@@ -666,11 +665,7 @@ async fn login<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reques
             pages::problem(None, "Refused", "This form was posted from another site."),
         );
     }
-    let ip = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let ip = crate::runtime::api::peer_of(&parts.extensions).ip();
     if !b.web().may_sign_in(ip) {
         tracing::warn!(%ip, "dashboard sign-in refused: too many failures from this address");
         return html_page(
@@ -755,11 +750,7 @@ async fn runs_page<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Re
     let Some(v) = viewer(&*b, &parts) else {
         return sign_in_first(&parts);
     };
-    let after = parts.uri.query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "after")
-            .map(|(_, v)| v.into_owned())
-    });
+    let after = query_param(&parts.uri, "after");
     if let Some(a) = &after
         && !runs::is_cursor(a)
     {
@@ -1024,15 +1015,7 @@ async fn confirm_rollback<B: Board>(
             &Error::Refused(format!("{} is a reader; only approvers roll back", v.name)),
         );
     }
-    let to = parts
-        .uri
-        .query()
-        .and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "to")
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_default();
+    let to = query_param(&parts.uri, "to").unwrap_or_default();
     let result = async {
         let (view, history) = environment_data(&*b, &app, &env).await?;
         let entry = history_entry(&history, &to)?.clone();
@@ -1118,11 +1101,7 @@ async fn events<B: Board>(State(b): State<Arc<B>>, request: axum::extract::Reque
             json!({ "error": "sign in at /login" }),
         );
     }
-    let since = parts.uri.query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "since")
-            .and_then(|(_, v)| v.parse::<u64>().ok())
-    });
+    let since = query_param(&parts.uri, "since").and_then(|v| v.parse::<u64>().ok());
     let mut rx = b.web().changes.subscribe();
     // A receiver starts out "seen": mark it unseen when the page is behind already.
     if since.is_some_and(|s| s != *rx.borrow()) {
