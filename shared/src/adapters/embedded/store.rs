@@ -1,13 +1,31 @@
 //! `DirStore`: the object store as a directory, with the same keys as S3 and atomic
-//! conditional writes. Create-if-absent links a fully written temp file into place (so a
-//! reader never sees half an object and two creators cannot both win); compare-and-swap
-//! runs under an exclusive file lock, so separate `baton` processes are safe too. The
-//! file work (locks, `fsync`) runs on tokio's blocking pool, never on an async worker.
+//! conditional writes, laid out to keep months of runs on a small disk.
+//!
+//! - **A run's objects** (`runs/<app>/<run>/…` and `approvals/<app>/<run>/…`) live in one
+//!   append-only segment file in the run's directory (`.segment`). A write appends a
+//!   record (name, value, CRC-32); the newest record of a name wins; values are deflated.
+//!   Once the records appended since the last pack reach [`PACK_AFTER`] bytes, the live
+//!   ones are packed into one deflated frame, written aside, made durable and renamed over
+//!   the segment. A writer killed mid-append leaves a torn tail: it fails its checksum,
+//!   readers stop before it and the next writer cuts it off.
+//! - **Every other key** (deployments, holds, the run index, the registry) is a file of its
+//!   own, written aside in `.tmp/` and linked (create) or renamed (replace) into place once
+//!   its bytes are durable.
+//! - **Group commit**: a write returns once a sync of the store's filesystem (`syncfs`)
+//!   that began after the write finished has returned; writes that finish together share
+//!   one. Nothing is acknowledged before it is on disk.
+//! - Conditional writes run under one of [`LOCK_STRIPES`] lock files (by segment or key),
+//!   so separate `baton` processes are safe too. File work runs on tokio's blocking pool,
+//!   never on an async worker.
+//! - Objects that earlier versions wrote one file per key are still read; a write of such
+//!   a key moves it into the segment.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -18,6 +36,7 @@ use crate::ports::{Object, ObjectStore, Precondition};
 #[derive(Debug, Clone)]
 pub struct DirStore {
     root: PathBuf,
+    sync: Arc<GroupSync>,
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -25,8 +44,275 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// How many lock files a store has.
 const LOCK_STRIPES: u16 = 128;
 
+/// The file of a segment, in the directory whose objects it holds.
+const SEGMENT: &str = ".segment";
+/// The first bytes of a segment file.
+const MAGIC: &[u8; 8] = b"BTNSEG1\n";
+/// Records appended since the last pack, in bytes, that make the next write pack the
+/// segment.
+pub const PACK_AFTER: usize = 12 * 1024;
+/// Values longer than this are deflated in their record.
+const DEFLATE_OVER: usize = 256;
+/// The largest value or pack a segment may inflate to.
+const INFLATE_LIMIT: usize = 256 << 20;
+
+/// Record kinds (the first byte of a record's body).
+const PUT: u8 = 1;
+const PUT_DEFLATED: u8 = 2;
+const DELETE: u8 = 3;
+const PACK: u8 = 4;
+
 fn etag_of(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// Where a key is kept: in the segment of the run directory `dir` (a key prefix ending
+/// in `/`) under `name`, or (`None`) in a file of its own.
+fn segment_of(key: &str) -> Option<(&str, &str)> {
+    let top = key.split('/').next()?;
+    if !(top == "runs" || (top == "approvals" && !key.starts_with("approvals/_open/"))) {
+        return None;
+    }
+    let (i, _) = key.match_indices('/').nth(2)?;
+    let name = &key[i + 1..];
+    (!name.is_empty()).then(|| (&key[..=i], name))
+}
+
+/// A segment read: the newest record of each name (`None`: deleted).
+#[derive(Debug, Default)]
+struct Segment {
+    names: BTreeMap<String, Option<Vec<u8>>>,
+    /// Bytes of the file up to the end of its last whole record.
+    valid: u64,
+    /// Bytes of the records appended since the last pack.
+    loose: usize,
+}
+
+impl Segment {
+    /// Parses a segment file's bytes; a torn tail (a short or failing record) ends it.
+    fn parse(bytes: &[u8], path: &Path) -> Result<Segment> {
+        let mut seg = Segment::default();
+        if bytes.len() < MAGIC.len() {
+            // Empty, or a header cut short by a crash: nothing was written after it.
+            if MAGIC.starts_with(bytes) {
+                return Ok(seg);
+            }
+            return Err(corrupt(path, "it does not start as a segment"));
+        }
+        if &bytes[..MAGIC.len()] != MAGIC {
+            return Err(corrupt(path, "it does not start as a segment"));
+        }
+        let mut at = MAGIC.len();
+        while let Some((body, next)) = frame_at(bytes, at) {
+            if body.first() == Some(&PACK) {
+                let inner =
+                    miniz_oxide::inflate::decompress_to_vec_with_limit(&body[1..], INFLATE_LIMIT)
+                        .map_err(|e| corrupt(path, &format!("a pack does not inflate: {e:?}")))?;
+                let mut i = 0;
+                while i < inner.len() {
+                    let (body, next) = frame_at(&inner, i)
+                        .ok_or_else(|| corrupt(path, "a pack holds a broken record"))?;
+                    seg.apply(body, path)?;
+                    i = next;
+                }
+                seg.loose = 0;
+            } else {
+                seg.apply(body, path)?;
+                seg.loose = seg.loose.saturating_add(next - at);
+            }
+            at = next;
+        }
+        seg.valid = at as u64;
+        Ok(seg)
+    }
+
+    fn apply(&mut self, body: &[u8], path: &Path) -> Result<()> {
+        let (&kind, rest) = body
+            .split_first()
+            .ok_or_else(|| corrupt(path, "an empty record"))?;
+        let (name, value) = split_name(rest).ok_or_else(|| corrupt(path, "a record's name"))?;
+        let value = match kind {
+            PUT => Some(value.to_vec()),
+            PUT_DEFLATED => Some(
+                miniz_oxide::inflate::decompress_to_vec_with_limit(value, INFLATE_LIMIT)
+                    .map_err(|e| corrupt(path, &format!("a value does not inflate: {e:?}")))?,
+            ),
+            DELETE => None,
+            other => return Err(corrupt(path, &format!("unknown record kind {other}"))),
+        };
+        self.names.insert(name.to_string(), value);
+        Ok(())
+    }
+
+    /// The segment's file with only its live objects, in one pack.
+    fn packed(&self) -> Result<Vec<u8>> {
+        let mut inner = vec![];
+        for (name, value) in &self.names {
+            if let Some(value) = value {
+                push_frame(&mut inner, PUT, name, value)?;
+            }
+        }
+        let mut body = vec![PACK];
+        body.extend(miniz_oxide::deflate::compress_to_vec(&inner, 6));
+        let mut out = MAGIC.to_vec();
+        push_body(&mut out, &body)?;
+        Ok(out)
+    }
+}
+
+fn corrupt(path: &Path, what: &str) -> Error {
+    Error::permanent(
+        "store",
+        format!(
+            "{} is damaged: {what}; restore it from a backup or remove the run's directory",
+            path.display()
+        ),
+    )
+}
+
+/// The body of the record at `at` and where the next one starts; `None` at the end or
+/// at a torn record.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let head = bytes.get(at..at.checked_add(8)?)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let start = at + 8;
+    let end = start.checked_add(len)?;
+    let body = bytes.get(start..end)?;
+    (crc32fast::hash(body) == crc).then_some((body, end))
+}
+
+fn split_name(rest: &[u8]) -> Option<(&str, &[u8])> {
+    let n = u16::from_le_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    let name = std::str::from_utf8(rest.get(2..2 + n)?).ok()?;
+    Some((name, &rest[2 + n..]))
+}
+
+fn push_body(out: &mut Vec<u8>, body: &[u8]) -> Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| Error::invalid("store object", "larger than 4 GiB"))?;
+    out.extend(len.to_le_bytes());
+    out.extend(crc32fast::hash(body).to_le_bytes());
+    out.extend(body);
+    Ok(())
+}
+
+fn push_frame(out: &mut Vec<u8>, kind: u8, name: &str, value: &[u8]) -> Result<()> {
+    let n = u16::try_from(name.len())
+        .map_err(|_| Error::invalid("store key", format!("{name:?} is too long")))?;
+    let mut body = Vec::with_capacity(3 + name.len() + value.len());
+    body.push(kind);
+    body.extend(n.to_le_bytes());
+    body.extend(name.as_bytes());
+    body.extend(value);
+    push_body(out, &body)
+}
+
+/// One record setting `name` to `value` (deflated when that is shorter), or deleting it.
+fn record(name: &str, value: Option<&[u8]>) -> Result<Vec<u8>> {
+    let mut out = vec![];
+    match value {
+        None => push_frame(&mut out, DELETE, name, &[])?,
+        Some(v) if v.len() > DEFLATE_OVER => {
+            let small = miniz_oxide::deflate::compress_to_vec(v, 1);
+            if small.len() < v.len() {
+                push_frame(&mut out, PUT_DEFLATED, name, &small)?;
+            } else {
+                push_frame(&mut out, PUT, name, v)?;
+            }
+        }
+        Some(v) => push_frame(&mut out, PUT, name, v)?,
+    }
+    Ok(out)
+}
+
+/// Group commit: [`GroupSync::durable`] returns once everything written before it was
+/// called is on disk; callers that arrive while a sync runs share the next one.
+#[derive(Debug)]
+struct GroupSync {
+    /// The store's root directory, for `syncfs`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    root: File,
+    state: Mutex<SyncState>,
+    done: Condvar,
+    syncs: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out (one per caller).
+    issued: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    /// A sync is running.
+    leading: bool,
+}
+
+impl GroupSync {
+    fn new(root: &Path) -> Result<GroupSync> {
+        Ok(GroupSync {
+            root: File::open(root).map_err(|e| Error::io("open", root, e))?,
+            state: Mutex::new(SyncState::default()),
+            done: Condvar::new(),
+            syncs: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes `paths` (what this caller wrote) durable: on Linux by one `syncfs` of the
+    /// store's filesystem shared with every caller waiting at the same time; elsewhere by
+    /// syncing each path.
+    fn durable(&self, paths: &[&Path]) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = paths;
+            self.group()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            for p in paths {
+                File::open(p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io("sync", p, e))?;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn group(&self) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock();
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if !st.leading {
+                st.leading = true;
+                let upto = st.issued;
+                drop(st);
+                // SAFETY: `syncfs` only reads the descriptor, which `self.root` keeps open.
+                let rc = unsafe { libc::syncfs(self.root.as_raw_fd()) };
+                let err = (rc != 0).then(std::io::Error::last_os_error);
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                st = lock();
+                st.leading = false;
+                if err.is_none() {
+                    st.durable = st.durable.max(upto);
+                }
+                self.done.notify_all();
+                if let Some(e) = err {
+                    // Those waiting try again themselves; this caller reports it.
+                    return Err(Error::io("sync", Path::new("the state directory"), e));
+                }
+                continue;
+            }
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 impl DirStore {
@@ -37,9 +323,9 @@ impl DirStore {
         fs::create_dir_all(&locks).map_err(|e| Error::io("create store", &root, e))?;
         let tmp = root.join(".tmp");
         fs::create_dir_all(&tmp).map_err(|e| Error::io("create store", &root, e))?;
-        // Objects are written in `.tmp/` and linked or renamed into place; a process
-        // killed mid-write leaves its file there. Those of processes that are gone are
-        // removed (a live process's are its writes in progress).
+        // Files are written in `.tmp/` and linked or renamed into place; a process killed
+        // mid-write leaves its file there. Those of processes that are gone are removed
+        // (a live process's are its writes in progress).
         if let Ok(entries) = fs::read_dir(&tmp) {
             for e in entries.flatten() {
                 let name = e.file_name();
@@ -61,22 +347,25 @@ impl DirStore {
                 }
             }
         }
-        Ok(DirStore { root })
+        let sync = Arc::new(GroupSync::new(&root)?);
+        Ok(DirStore { root, sync })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The file behind a key (keys are `/`-separated relative paths).
+    /// How many syncs this handle (and its clones) made.
+    pub fn syncs(&self) -> u64 {
+        self.sync.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The file behind a key kept in a file of its own (keys are `/`-separated relative
+    /// paths; no part may be empty or start with `.`).
     pub fn path_of(&self, key: &str) -> Result<PathBuf> {
         if key.is_empty()
             || key.starts_with('/')
-            || key
-                .split('/')
-                .any(|s| s.is_empty() || s == "." || s == ".." || s.starts_with(".tmp-"))
-            || key.starts_with(".locks")
-            || key.starts_with(".tmp")
+            || key.split('/').any(|s| s.is_empty() || s.starts_with('.'))
         {
             return Err(Error::invalid(
                 "store key",
@@ -86,8 +375,8 @@ impl DirStore {
         Ok(self.root.join(key))
     }
 
-    /// Writes and syncs `bytes` to a new file in `.tmp/` (the object's directory is
-    /// created for the link or rename that follows).
+    /// Writes `bytes` to a new file in `.tmp/` (the object's directory is created for the
+    /// link or rename that follows).
     fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
         fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -96,15 +385,16 @@ impl DirStore {
             .join(".tmp")
             .join(format!(".tmp-{}-{n}", std::process::id()));
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        if let Err(e) = f.write_all(bytes) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("write", &tmp, e));
+        }
         Ok(tmp)
     }
 
-    /// The lock of a key: one of [`LOCK_STRIPES`] files, so the locks stay a fixed
-    /// handful of files whatever the number of keys (keys sharing a stripe wait for
-    /// each other's compare-and-swap, a few microseconds).
+    /// The lock of a key or segment: one of [`LOCK_STRIPES`] files, so the locks stay a
+    /// fixed handful of files whatever the number of keys (keys sharing a stripe wait for
+    /// each other's write, a few microseconds).
     fn lock(&self, key: &str) -> Result<File> {
         let hash = Sha256::digest(key.as_bytes());
         let stripe = u16::from_be_bytes([hash[0], hash[1]]) % LOCK_STRIPES;
@@ -119,54 +409,182 @@ impl DirStore {
         Ok(f)
     }
 
+    /// The segment file of the run directory `dir` (a key prefix ending in `/`).
+    fn segment_path(&self, dir: &str) -> PathBuf {
+        self.root.join(dir).join(SEGMENT)
+    }
+
+    fn read_segment(path: &Path) -> Result<Segment> {
+        match fs::read(path) {
+            Ok(bytes) => Segment::parse(&bytes, path),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Segment::default()),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+        match fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
     fn get_sync(&self, key: &str) -> Result<Option<Object>> {
         let path = self.path_of(key)?;
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let etag = etag_of(&bytes);
-                Ok(Some(Object { bytes, etag }))
+        let bytes = match segment_of(key) {
+            Some((dir, name)) => {
+                match Self::read_segment(&self.segment_path(dir))?
+                    .names
+                    .remove(name)
+                {
+                    Some(value) => value,
+                    // Written one file per key by an earlier version.
+                    None => Self::read_file(&path)?,
+                }
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &path, e)),
+            None => Self::read_file(&path)?,
+        };
+        Ok(bytes.map(|bytes| Object {
+            etag: etag_of(&bytes),
+            bytes,
+        }))
+    }
+
+    fn check(key: &str, cond: &Precondition, current: Option<&[u8]>) -> Result<()> {
+        let ok = match cond {
+            Precondition::None => true,
+            Precondition::IfNoneMatch => current.is_none(),
+            Precondition::IfMatch(expected) => current.is_some_and(|c| etag_of(c) == *expected),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Conflict { key: key.into() })
         }
     }
 
     fn put_sync(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
         let path = self.path_of(key)?;
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let etag = etag_of(&bytes);
+        match segment_of(key) {
+            Some((dir, name)) => {
+                self.write_segment(key, dir, name, Some(&bytes), &cond, &path)?;
+            }
+            None => self.put_file(key, &path, &bytes, cond)?,
+        }
+        Ok(etag)
+    }
+
+    /// Sets (or, with `None`, deletes) `name` in the segment of `dir` when `cond` holds;
+    /// durable when it returns. `legacy` is the key's file of its own, read when the
+    /// segment has no record of it and removed by a delete.
+    fn write_segment(
+        &self,
+        key: &str,
+        dir: &str,
+        name: &str,
+        value: Option<&[u8]>,
+        cond: &Precondition,
+        legacy: &Path,
+    ) -> Result<()> {
+        let path = self.segment_path(dir);
+        let guard = self.lock(dir)?;
+        let mut seg = Self::read_segment(&path)?;
+        let current = match seg.names.get(name) {
+            Some(v) => v.clone(),
+            None => Self::read_file(legacy)?,
+        };
+        Self::check(key, cond, current.as_deref())?;
+        if value.is_none() && current.is_none() {
+            return Ok(());
+        }
+        let rec = record(name, value)?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;
+        if seg.loose.saturating_add(rec.len()) >= PACK_AFTER {
+            // Pack: the live objects in one deflated frame, written aside, made durable,
+            // then renamed over the segment (a reader holds the old file or the new).
+            seg.names
+                .insert(name.to_string(), value.map(<[u8]>::to_vec));
+            let tmp = self.write_temp(&parent, &seg.packed()?)?;
+            let moved = self
+                .sync
+                .durable(&[&tmp])
+                .and_then(|()| fs::rename(&tmp, &path).map_err(|e| Error::io("pack", &path, e)));
+            if moved.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            moved?;
+        } else {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io("open", &path, e))?;
+            let len = f.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+            let mut out = Vec::with_capacity(MAGIC.len() + rec.len());
+            if seg.valid == 0 {
+                out.extend(MAGIC);
+            }
+            out.extend(&rec);
+            // A torn tail (a writer killed mid-append) is cut off before appending.
+            let appended = (if len != seg.valid {
+                f.set_len(seg.valid)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| f.write_all(&out));
+            if let Err(e) = appended {
+                // Leave no half record behind (a reader would stop at it anyway).
+                let _ = f.set_len(seg.valid);
+                return Err(Error::io("append", &path, e));
+            }
+        }
+        if value.is_none() {
+            match fs::remove_file(legacy) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", legacy, e)),
+            }
+        }
+        drop(guard);
+        self.sync.durable(&[&path, &parent])
+    }
+
+    /// Writes a key kept in a file of its own: the bytes in `.tmp/`, durable before they
+    /// are linked or renamed into place, and the new name durable before it returns.
+    fn put_file(&self, key: &str, path: &Path, bytes: &[u8], cond: Precondition) -> Result<()> {
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         // A create over an existing object fails without writing (the link below still
         // decides a race).
         if matches!(cond, Precondition::IfNoneMatch) && path.exists() {
             return Err(Error::Conflict { key: key.into() });
         }
-        let tmp = self.write_temp(&dir, &bytes)?;
-        let result = match cond {
-            Precondition::IfNoneMatch => match fs::hard_link(&tmp, &path) {
-                Ok(()) => Ok(etag),
+        let tmp = self.write_temp(&dir, bytes)?;
+        let result = self.sync.durable(&[&tmp]).and_then(|()| match &cond {
+            Precondition::IfNoneMatch => match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     Err(Error::Conflict { key: key.into() })
                 }
-                Err(e) => Err(Error::io("create", &path, e)),
+                Err(e) => Err(Error::io("create", path, e)),
             },
-            Precondition::None => fs::rename(&tmp, &path)
-                .map(|_| etag)
-                .map_err(|e| Error::io("replace", &path, e)),
-            Precondition::IfMatch(expected) => {
+            Precondition::None => fs::rename(&tmp, path).map_err(|e| Error::io("replace", path, e)),
+            Precondition::IfMatch(_) => {
                 let _guard = self.lock(key)?;
-                match self.get_sync(key)? {
-                    Some(cur) if cur.etag == expected => fs::rename(&tmp, &path)
-                        .map(|_| etag)
-                        .map_err(|e| Error::io("replace", &path, e)),
-                    _ => Err(Error::Conflict { key: key.into() }),
-                }
+                Self::check(key, &cond, Self::read_file(path)?.as_deref())?;
+                fs::rename(&tmp, path).map_err(|e| Error::io("replace", path, e))
             }
-        };
+        });
         let _ = fs::remove_file(&tmp);
-        result
+        result?;
+        self.sync.durable(&[&dir])
     }
 
-    fn list_sync(&self, prefix: &str) -> Result<Vec<String>> {
+    /// The keys under `prefix`, with their bytes when `values`: every directory that can
+    /// hold such a key is read, its segment and its files.
+    fn scan(&self, prefix: &str, values: bool) -> Result<BTreeMap<String, Option<Vec<u8>>>> {
         // Walk from the deepest directory the prefix names.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -177,27 +595,54 @@ impl DirStore {
         } else {
             self.root.join(dir_part)
         };
-        let mut out = vec![];
+        let mut found = BTreeMap::new();
+        let mut deleted = BTreeSet::new();
+        let mut files = vec![];
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e)
+                    if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(Error::io("list", &dir, e)),
             };
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(".tmp") || name == ".locks" {
-                    continue;
-                }
                 let path = entry.path();
-                let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
                 let Ok(rel) = path.strip_prefix(&self.root) else {
                     continue;
                 };
                 let key = rel.to_string_lossy().replace('\\', "/");
+                if name == SEGMENT {
+                    let dir_key = match key.strip_suffix(SEGMENT) {
+                        Some(d) => d.to_string(),
+                        None => continue,
+                    };
+                    for (n, v) in Self::read_segment(&path)?.names {
+                        let full = format!("{dir_key}{n}");
+                        if !full.starts_with(prefix) {
+                            continue;
+                        }
+                        match v {
+                            Some(v) => {
+                                found.insert(full, Some(v));
+                            }
+                            None => {
+                                deleted.insert(full);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if name.starts_with('.') {
+                    continue;
+                }
+                let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
                 if ft.is_dir() {
                     // Only directories that can hold keys with the prefix: a listing of
                     // `runs/web/ab12` reads `runs/web` and the runs starting `ab12`.
@@ -206,12 +651,24 @@ impl DirStore {
                         stack.push(path);
                     }
                 } else if key.starts_with(prefix) {
-                    out.push(key);
+                    files.push((key, path));
                 }
             }
         }
-        out.sort();
-        Ok(out)
+        // Files of their own written by earlier versions, unless a segment has the key.
+        for (key, path) in files {
+            if found.contains_key(&key) || deleted.contains(&key) {
+                continue;
+            }
+            if values {
+                if let Some(bytes) = Self::read_file(&path)? {
+                    found.insert(key, Some(bytes));
+                }
+            } else {
+                found.insert(key, None);
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -229,18 +686,26 @@ impl DirStore {
 
     /// Removes one object (absent is fine).
     pub async fn remove(&self, key: &str) -> Result<()> {
-        let path = self.path_of(key)?;
-        self.blocking(move |_| match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
+        let key = key.to_string();
+        self.blocking(move |s| {
+            let path = s.path_of(&key)?;
+            match segment_of(&key) {
+                Some((dir, name)) => {
+                    s.write_segment(&key, dir, name, None, &Precondition::None, &path)
+                }
+                None => match fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(Error::io("remove", &path, e)),
+                },
+            }
         })
         .await
     }
 
-    /// Removes every object under `prefix` (a key prefix ending in `/`); the bytes
-    /// freed. Nothing under it may be written meanwhile (retention removes only
-    /// finished runs).
+    /// Removes every object under `prefix` (a key prefix ending in `/`: a run's
+    /// directory, its segment and any files); the bytes freed. Nothing under it may be
+    /// written meanwhile (retention removes only finished runs).
     pub async fn remove_prefix(&self, prefix: &str) -> Result<u64> {
         let Some(dir_key) = prefix.strip_suffix('/') else {
             return Err(Error::invalid(
@@ -289,20 +754,23 @@ impl ObjectStore for DirStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let prefix = prefix.to_string();
-        self.blocking(move |s| s.list_sync(&prefix)).await
+        self.blocking(move |s| Ok(s.scan(&prefix, false)?.into_keys().collect()))
+            .await
     }
 
-    /// One trip to the blocking pool for the listing and every read.
+    /// One trip to the blocking pool, and one read of a run's segment.
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Object)>> {
         let prefix = prefix.to_string();
         self.blocking(move |s| {
-            let mut out = vec![];
-            for key in s.list_sync(&prefix)? {
-                if let Some(obj) = s.get_sync(&key)? {
-                    out.push((key, obj));
-                }
-            }
-            Ok(out)
+            Ok(s.scan(&prefix, true)?
+                .into_iter()
+                .filter_map(|(key, bytes)| {
+                    bytes.map(|bytes| {
+                        let etag = etag_of(&bytes);
+                        (key, Object { bytes, etag })
+                    })
+                })
+                .collect())
         })
         .await
     }
@@ -312,55 +780,271 @@ impl ObjectStore for DirStore {
 mod tests {
     use super::*;
 
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = vec![];
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The same conditional writes hold for keys kept in files of their own and for keys
+    /// kept in a run's segment.
     #[tokio::test]
     async fn conditional_writes() {
+        for base in ["a", "runs/app/0123456789abcdef"] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = DirStore::open(dir.path()).unwrap();
+            let b = format!("{base}/b.json");
+            let e1 = s
+                .put(&b, b"1".to_vec(), Precondition::IfNoneMatch)
+                .await
+                .unwrap();
+            assert!(matches!(
+                s.put(&b, b"2".to_vec(), Precondition::IfNoneMatch).await,
+                Err(Error::Conflict { .. })
+            ));
+            assert!(matches!(
+                s.put(&b, b"2".to_vec(), Precondition::IfMatch("nope".into()))
+                    .await,
+                Err(Error::Conflict { .. })
+            ));
+            let e2 = s
+                .put(&b, b"2".to_vec(), Precondition::IfMatch(e1.clone()))
+                .await
+                .unwrap();
+            assert_ne!(e1, e2);
+            let got = s.get(&b).await.unwrap().unwrap();
+            assert_eq!((got.bytes.as_slice(), got.etag), (&b"2"[..], e2));
+            assert!(matches!(
+                s.put(&b, b"3".to_vec(), Precondition::IfMatch(e1)).await,
+                Err(Error::Conflict { .. })
+            ));
+            assert!(s.get(&format!("{base}/missing")).await.unwrap().is_none());
+            s.put(
+                &format!("{base}/c/d.json"),
+                b"x".to_vec(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+            s.put(&format!("{base}b.json"), b"x".to_vec(), Precondition::None)
+                .await
+                .unwrap();
+            assert_eq!(
+                s.list(&format!("{base}/")).await.unwrap(),
+                vec![b.clone(), format!("{base}/c/d.json")]
+            );
+            assert_eq!(
+                s.list(base).await.unwrap(),
+                vec![
+                    b.clone(),
+                    format!("{base}/c/d.json"),
+                    format!("{base}b.json")
+                ]
+            );
+            let all = s.get_prefix(&format!("{base}/")).await.unwrap();
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[0].1.bytes, b"2");
+            s.remove(&b).await.unwrap();
+            assert!(s.get(&b).await.unwrap().is_none());
+            assert_eq!(
+                s.list(&format!("{base}/")).await.unwrap(),
+                vec![format!("{base}/c/d.json")]
+            );
+            // A deleted key can be created again.
+            s.put(&b, b"4".to_vec(), Precondition::IfNoneMatch)
+                .await
+                .unwrap();
+            for bad in [
+                "../x",
+                "a/../x",
+                ".locks/x",
+                "runs/app/r/.segment",
+                "a//b",
+                "/a",
+            ] {
+                assert!(
+                    s.put(bad, vec![], Precondition::None).await.is_err(),
+                    "{bad}"
+                );
+            }
+            assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+            assert!(s.syncs() > 0, "writes are made durable");
+        }
+    }
+
+    /// A run's objects are one file however often they are rewritten, packed and
+    /// deflated: far smaller than the bytes written.
+    #[tokio::test]
+    async fn a_runs_objects_are_one_small_file_however_often_rewritten() {
         let dir = tempfile::tempdir().unwrap();
         let s = DirStore::open(dir.path()).unwrap();
-        let e1 = s
-            .put("a/b.json", b"1".to_vec(), Precondition::IfNoneMatch)
-            .await
-            .unwrap();
-        assert!(matches!(
-            s.put("a/b.json", b"2".to_vec(), Precondition::IfNoneMatch)
-                .await,
-            Err(Error::Conflict { .. })
-        ));
-        assert!(matches!(
-            s.put(
-                "a/b.json",
-                b"2".to_vec(),
-                Precondition::IfMatch("nope".into())
+        let run = "runs/web/0123456789abcdef";
+        let mut written = 0;
+        let record = |stage: &str, i: usize| {
+            format!(
+                "{{\"stage\":\"{stage}\",\"attempt\":{i},\"history\":[{}]}}",
+                "{\"at\":\"2026-11-29T21:09:49.767221199Z\",\"status\":\"running\"},".repeat(20)
             )
-            .await,
-            Err(Error::Conflict { .. })
-        ));
-        let e2 = s
-            .put("a/b.json", b"2".to_vec(), Precondition::IfMatch(e1.clone()))
-            .await
-            .unwrap();
-        assert_ne!(e1, e2);
-        assert_eq!(s.get("a/b.json").await.unwrap().unwrap().bytes, b"2");
-        assert!(matches!(
-            s.put("a/b.json", b"3".to_vec(), Precondition::IfMatch(e1))
-                .await,
-            Err(Error::Conflict { .. })
-        ));
-        assert!(s.get("a/missing").await.unwrap().is_none());
-        s.put("a/c/d.json", b"x".to_vec(), Precondition::None)
-            .await
-            .unwrap();
-        s.put("ab.json", b"x".to_vec(), Precondition::None)
-            .await
-            .unwrap();
-        assert_eq!(s.list("a/").await.unwrap(), vec!["a/b.json", "a/c/d.json"]);
-        assert_eq!(
-            s.list("a").await.unwrap(),
-            vec!["a/b.json", "a/c/d.json", "ab.json"]
+            .into_bytes()
+        };
+        for i in 0..10 {
+            for stage in ["ingest", "test", "gate.staging", "deploy.staging"] {
+                let v = record(stage, i);
+                written += v.len();
+                s.put(&format!("{run}/stages/{stage}.json"), v, Precondition::None)
+                    .await
+                    .unwrap();
+            }
+        }
+        assert_eq!(files_under(&dir.path().join(run)), vec![SEGMENT]);
+        let size = fs::metadata(dir.path().join(run).join(SEGMENT))
+            .unwrap()
+            .len() as usize;
+        assert!(
+            size < PACK_AFTER + 4096,
+            "{size} bytes for {written} written"
         );
-        assert!(s.put("../x", vec![], Precondition::None).await.is_err());
-        // no temp files left behind
-        assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 2);
-        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
+        for stage in ["ingest", "test", "gate.staging", "deploy.staging"] {
+            let got = s
+                .get(&format!("{run}/stages/{stage}.json"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.bytes, record(stage, 9));
+        }
+        assert_eq!(s.list(&format!("{run}/")).await.unwrap().len(), 4);
+    }
+
+    /// A writer killed mid-append leaves half a record: readers see the object as it was,
+    /// and the next write cuts the half record off and appends after the last whole one.
+    #[tokio::test]
+    async fn a_torn_append_is_ignored_then_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let key = "runs/web/0123456789abcdef/stages/test.json";
+        let e1 = s
+            .put(key, b"one".to_vec(), Precondition::None)
+            .await
+            .unwrap();
+        let seg = dir.path().join("runs/web/0123456789abcdef").join(SEGMENT);
+        let whole = fs::read(&seg).unwrap();
+        let next = record("stages/test.json", Some(b"two")).unwrap();
+        for cut in [1, 7, next.len() - 1] {
+            let mut torn = whole.clone();
+            torn.extend(&next[..cut]);
+            fs::write(&seg, &torn).unwrap();
+            let got = s.get(key).await.unwrap().unwrap();
+            assert_eq!(
+                (got.bytes.as_slice(), got.etag.as_str()),
+                (&b"one"[..], e1.as_str())
+            );
+        }
+        // A flipped byte in the last record fails its checksum the same way.
+        let mut flipped = whole.clone();
+        flipped.extend(&next);
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        fs::write(&seg, &flipped).unwrap();
+        assert_eq!(s.get(key).await.unwrap().unwrap().bytes, b"one");
+        s.put(key, b"three".to_vec(), Precondition::IfMatch(e1))
+            .await
+            .unwrap();
+        let mut expected = whole.clone();
+        expected.extend(record("stages/test.json", Some(b"three")).unwrap());
+        assert_eq!(
+            fs::read(&seg).unwrap(),
+            expected,
+            "the torn record was cut off"
+        );
+        assert_eq!(s.get(key).await.unwrap().unwrap().bytes, b"three");
+        // Bytes that are not a segment at all are an error naming the file, not empty.
+        fs::write(&seg, b"{\"not\": \"a segment\"}").unwrap();
+        let err = s.get(key).await.unwrap_err().to_string();
+        assert!(err.contains(".segment") && err.contains("damaged"), "{err}");
+    }
+
+    /// A state directory from before segments (a file per key) is read as it is; a write
+    /// moves a key into the segment and a delete removes the old file.
+    #[tokio::test]
+    async fn objects_kept_one_file_per_key_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = "runs/web/0123456789abcdef";
+        fs::create_dir_all(dir.path().join(run).join("stages")).unwrap();
+        fs::create_dir_all(dir.path().join(run).join("events")).unwrap();
+        fs::write(dir.path().join(run).join("stages/test.json"), "old test").unwrap();
+        fs::write(dir.path().join(run).join("events/e1.json"), "e1").unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let test = format!("{run}/stages/test.json");
+        let old = s.get(&test).await.unwrap().unwrap();
+        assert_eq!(old.bytes, b"old test");
+        assert!(matches!(
+            s.put(&test, b"x".to_vec(), Precondition::IfNoneMatch).await,
+            Err(Error::Conflict { .. })
+        ));
+        s.put(&test, b"new test".to_vec(), Precondition::IfMatch(old.etag))
+            .await
+            .unwrap();
+        assert_eq!(s.get(&test).await.unwrap().unwrap().bytes, b"new test");
+        let all = s.get_prefix(&format!("{run}/")).await.unwrap();
+        let all: Vec<_> = all
+            .iter()
+            .map(|(k, o)| (k.as_str(), o.bytes.as_slice()))
+            .collect();
+        assert_eq!(
+            all,
+            vec![
+                (format!("{run}/events/e1.json").as_str(), &b"e1"[..]),
+                (test.as_str(), &b"new test"[..])
+            ]
+        );
+        s.remove(&format!("{run}/events/e1.json")).await.unwrap();
+        assert!(!dir.path().join(run).join("events/e1.json").exists());
+        assert_eq!(s.list(&format!("{run}/")).await.unwrap(), vec![test]);
+    }
+
+    /// Writes that finish together share syncs, and each is durable when it returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let before = s.syncs();
+        let writes: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.put(
+                        &format!("runs/web/{i:016x}/stages/test.json"),
+                        format!("{i}").into_bytes(),
+                        Precondition::IfNoneMatch,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let syncs = s.syncs() - before;
+        eprintln!("64 concurrent writes: {syncs} syncs");
+        assert!(syncs < 64, "{syncs} syncs for 64 writes");
+        for i in 0..64 {
+            let got = s
+                .get(&format!("runs/web/{i:016x}/stages/test.json"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.bytes, format!("{i}").into_bytes());
+        }
     }
 
     /// A process killed mid-write leaves its temp file; the next open removes it, and
@@ -381,26 +1065,24 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_creators_one_winner() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = DirStore::open(dir.path()).unwrap();
-        let mut handles = vec![];
-        for i in 0..8 {
-            let s = s.clone();
-            handles.push(tokio::task::spawn_blocking(move || {
-                s.put_sync(
-                    "claim.json",
-                    format!("{i}").into_bytes(),
-                    Precondition::IfNoneMatch,
-                )
-                .is_ok()
-            }));
-        }
-        let mut wins = 0;
-        for h in handles {
-            if h.await.unwrap() {
-                wins += 1;
+        for key in ["claim.json", "runs/web/0123456789abcdef/stages/test.json"] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = DirStore::open(dir.path()).unwrap();
+            let mut handles = vec![];
+            for i in 0..8 {
+                let s = s.clone();
+                handles.push(tokio::task::spawn_blocking(move || {
+                    s.put_sync(key, format!("{i}").into_bytes(), Precondition::IfNoneMatch)
+                        .is_ok()
+                }));
             }
+            let mut wins = 0;
+            for h in handles {
+                if h.await.unwrap() {
+                    wins += 1;
+                }
+            }
+            assert_eq!(wins, 1, "{key}");
         }
-        assert_eq!(wins, 1);
     }
 }
