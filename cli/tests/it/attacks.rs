@@ -182,11 +182,7 @@ async fn test_commands_cannot_read_the_servers_secrets_and_die_with_their_group(
         .wait_status(&digest, "awaiting approval (production)")
         .await;
     let run = s.api.runs().await[0]["run"].as_str().unwrap().to_string();
-    let output = std::fs::read_to_string(
-        s.root
-            .join(format!(".baton/store/runs/app/{run}/tests/output.log")),
-    )
-    .unwrap();
+    let output = crate::stored(&s.root, &format!("runs/app/{run}/tests/output.log"));
     assert!(
         output.contains("BATON_IMAGE="),
         "the test saw its image: {output}"
@@ -371,13 +367,10 @@ async fn an_identity_header_without_the_proxy_secret_approves_nothing() {
     assert_eq!(r.status().as_u16(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(manifest(&s.root, "production"), before, "nothing deployed");
-    let rec: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            s.root
-                .join(format!(".baton/store/approvals/app/{run}/production.json")),
-        )
-        .unwrap(),
-    )
+    let rec: Value = serde_json::from_str(&crate::stored(
+        &s.root,
+        &format!("approvals/app/{run}/production.json"),
+    ))
     .unwrap();
     assert_eq!(rec["decisions"], json!([]), "no decision recorded");
     // the proxy, with its secret, is believed
@@ -765,9 +758,7 @@ fn a_test_command_cannot_read_its_parents_environment() {
     );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let run = v["runs"][0]["run"].as_str().unwrap().to_string();
-    let output =
-        std::fs::read_to_string(root.join(format!(".baton/store/runs/web/{run}/tests/output.log")))
-            .unwrap();
+    let output = crate::stored(&root, &format!("runs/web/{run}/tests/output.log"));
     assert!(output.contains("parent="), "the test ran: {output}");
     assert!(
         !output.contains(CANARY),

@@ -225,6 +225,10 @@ async fn no_secret_appears_in_logs_records_events_dead_letters_responses_or_noti
             String::from_utf8_lossy(&bytes).into_owned(),
         ));
     }
+    // A run's objects are deflated in their segment: read as the store gives them too.
+    for (key, text) in crate::stored_under(&root, "") {
+        places.push((format!("store object {key}"), text));
+    }
     let log = std::fs::read_to_string(root.join("serve.log")).unwrap();
     assert!(
         log.contains("DEBUG") || log.contains("debug"),
@@ -243,9 +247,7 @@ async fn no_secret_appears_in_logs_records_events_dead_letters_responses_or_noti
         1,
         "a dead letter was kept"
     );
-    let output =
-        std::fs::read_to_string(root.join(format!(".baton/store/runs/app/{run}/tests/output.log")))
-            .unwrap();
+    let output = crate::stored(&root, &format!("runs/app/{run}/tests/output.log"));
     assert!(
         output.contains("token=\n"),
         "the test looked for the token: {output}"

@@ -98,8 +98,13 @@ fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
             "{what}: one deploy to {env}: {deploys:#?}"
         );
     }
-    let run_dir = store.join(format!("runs/app0/{run}"));
-    let mut kinds: Vec<(String, String)> = json_files(&run_dir.join("events"))
+    let objects = |under: &str| -> Vec<Value> {
+        crate::stored_under(root, &format!("runs/app0/{run}/{under}/"))
+            .into_iter()
+            .map(|(_, text)| serde_json::from_str(&text).unwrap())
+            .collect()
+    };
+    let mut kinds: Vec<(String, String)> = objects("events")
         .iter()
         .map(|e| {
             (
@@ -118,7 +123,7 @@ fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
         kinds,
         unique,
         "{what}: each event once in the run log: {:#?}",
-        json_files(&run_dir.join("events"))
+        objects("events")
             .iter()
             .map(|e| format!(
                 "{} {} {} caused by {} attempt {}",
@@ -130,7 +135,7 @@ fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
         kinds.contains(&("deploy.succeeded".into(), "production".into())),
         "{what}: {kinds:?}"
     );
-    for rec in json_files(&run_dir.join("stages")) {
+    for rec in objects("stages") {
         assert_eq!(
             rec["status"],
             "succeeded",
@@ -152,7 +157,7 @@ fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             assert!(
-                !name.starts_with('.'),
+                !name.starts_with('.') || name == ".segment",
                 "{what}: stray file {}",
                 e.path().display()
             );

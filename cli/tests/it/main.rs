@@ -25,6 +25,39 @@ pub use baton_testkit::Proc;
 pub use baton_testkit::moto::sdk;
 
 /// moto server on a free port (stopped when the first part is dropped) and its endpoint.
+/// The objects under `prefix` of the store under `root/.baton`, as the store gives them
+/// (a run's segment decoded), read on a thread of its own so that sync and async tests
+/// can both ask.
+pub fn stored_under(root: &Path, prefix: &str) -> Vec<(String, String)> {
+    let (dir, prefix) = (root.join(".baton/store"), prefix.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = baton::adapters::embedded::DirStore::open(&dir).unwrap();
+            baton::ports::ObjectStore::get_prefix(&store, &prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, o)| (k, String::from_utf8_lossy(&o.bytes).into_owned()))
+                .collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// One object of the store under `root/.baton` (panics when absent).
+pub fn stored(root: &Path, key: &str) -> String {
+    stored_under(root, key)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no object {key}"))
+        .1
+}
+
 pub async fn moto() -> (baton_testkit::moto::Moto, String) {
     let m = baton_testkit::moto::moto().await;
     let endpoint = m.endpoint.clone();

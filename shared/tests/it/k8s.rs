@@ -304,11 +304,7 @@ async fn a_job_passes_and_the_deployment_rolls_out_with_the_stage_identities() {
         (t.runner.as_str(), t.summary.as_str()),
         ("kubernetes-job", "exit code 0")
     );
-    let out = std::fs::read_to_string(
-        env.root()
-            .join(format!("state/store/{}", t.output_key.as_ref().unwrap())),
-    )
-    .unwrap();
+    let out = env.object(t.output_key.as_ref().unwrap()).await;
     assert_eq!(
         out, "12 tests passed\n",
         "the pod's log, through the API server"
@@ -565,11 +561,7 @@ async fn a_failing_job_reports_its_exit_code_and_the_tail_of_its_log() {
     cluster().pod_logs(&case.tests, &log).await;
     let (r, env) = failed_test(&case).await;
     assert_eq!((r.summary.as_str(), r.exit_code), ("exit code 3", Some(3)));
-    let out = std::fs::read_to_string(
-        env.root()
-            .join(format!("state/store/{}", r.output_key.unwrap())),
-    )
-    .unwrap();
+    let out = env.object(&r.output_key.unwrap()).await;
     assert!(
         out.ends_with("ok\nFAIL checkout_test\n"),
         "the tail is kept"

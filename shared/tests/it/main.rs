@@ -131,6 +131,13 @@ impl Env {
             .to_string()
     }
 
+    /// An object of the state directory's store, as a string (panics when absent).
+    pub async fn object(&self, key: &str) -> String {
+        use baton::ports::ObjectStore;
+        let obj = self.local.pipeline.ports.store.get(key).await.unwrap();
+        String::from_utf8(obj.unwrap_or_else(|| panic!("no object {key}")).bytes).unwrap()
+    }
+
     pub fn manifest(&self, env: &str) -> String {
         std::fs::read_to_string(self.root().join("manifests").join(env).join("web.yaml")).unwrap()
     }

@@ -105,11 +105,9 @@ async fn full_pipeline_event_sequence_and_manifests() {
     let log = std::fs::read_to_string(env.root().join("state/notifications.log")).unwrap();
     assert_eq!(log.lines().count(), 9, "{log}");
     // test output is kept with the run
-    let out = std::fs::read_to_string(
-        env.root()
-            .join(format!("state/store/runs/web/{run}/tests/output.log")),
-    )
-    .unwrap();
+    let out = env
+        .object(&format!("runs/web/{run}/tests/output.log"))
+        .await;
     assert!(
         out.contains(&format!("testing {}", img.reference())),
         "{out}"
@@ -192,11 +190,9 @@ async fn failing_tests_publish_tests_failed_and_deploy_nothing() {
         .unwrap();
     assert!(view.stages.iter().all(|s| s.stage != StageName::Deploy));
     assert!(env.manifest("staging").contains("demo/web:0.1.0"));
-    let out = std::fs::read_to_string(env.root().join(format!(
-        "state/store/runs/web/{}/tests/output.log",
-        env.run_of(&img)
-    )))
-    .unwrap();
+    let out = env
+        .object(&format!("runs/web/{}/tests/output.log", env.run_of(&img)))
+        .await;
     assert!(out.contains("checkout returns 500"));
 
     // A flaky or fixed suite: the test stage may run again, and the run goes on.
@@ -262,23 +258,21 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
     assert!(f.reason.contains("gitops/staging"), "{}", f.reason);
     assert_eq!(env.status(&img).await, "failed at deploy (staging)");
 
-    let stages_dir = env
-        .root()
-        .join(format!("state/store/runs/web/{run}/stages"));
-    let snapshot = |skip: &str| -> BTreeMap<String, Vec<u8>> {
-        std::fs::read_dir(&stages_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with(skip))
-            .map(|p| {
-                (
-                    p.file_name().unwrap().to_string_lossy().into_owned(),
-                    std::fs::read(&p).unwrap(),
-                )
-            })
-            .collect()
+    let stages = format!("runs/web/{run}/stages/");
+    let snapshot = |skip: &'static str| {
+        let stages = stages.clone();
+        let store = env.local.pipeline.ports.store.clone();
+        async move {
+            baton::ports::ObjectStore::get_prefix(&store, &stages)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, o)| (k[stages.len()..].to_string(), o.bytes))
+                .filter(|(name, _)| !name.starts_with(skip))
+                .collect::<BTreeMap<String, Vec<u8>>>()
+        }
     };
-    let before = snapshot("deploy.");
+    let before = snapshot("deploy.").await;
     assert_eq!(
         before.keys().cloned().collect::<Vec<_>>(),
         ["gate.staging.json", "ingest.json", "test.json"]
@@ -292,11 +286,10 @@ async fn failed_deploy_retried_after_fix_reruns_only_deploy() {
         .await
         .unwrap();
     assert_eq!(handled.status.map(|s| s.as_str()), Some("succeeded"));
-    let after_retry = snapshot("deploy.");
+    let after_retry = snapshot("deploy.").await;
     assert_eq!(before, after_retry, "only the deploy record changed");
     let deploy: baton::pipeline::harness::StageRecord =
-        serde_json::from_slice(&std::fs::read(stages_dir.join("deploy.staging.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&env.object(&format!("{stages}deploy.staging.json")).await).unwrap();
     assert_eq!(deploy.attempt, 2);
     assert_eq!(handled.outputs[0].ctx().attempt, 2);
     assert!(
@@ -384,12 +377,9 @@ async fn approvals_refuse_non_approvers_the_pusher_and_late_decisions() {
         matches!(&e, Error::Refused(m) if m.contains("expired")),
         "{e}"
     );
-    let rec: baton::pipeline::approvals::ApprovalRecord = serde_json::from_slice(
-        &std::fs::read(
-            env.root()
-                .join(format!("state/store/approvals/web/{run}/production.json")),
-        )
-        .unwrap(),
+    let rec: baton::pipeline::approvals::ApprovalRecord = serde_json::from_str(
+        &env.object(&format!("approvals/web/{run}/production.json"))
+            .await,
     )
     .unwrap();
     assert_eq!(rec.decisions.len(), 1, "refused decisions are not recorded");

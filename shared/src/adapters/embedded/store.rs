@@ -597,6 +597,28 @@ impl DirStore {
         };
         let mut found = BTreeMap::new();
         let mut deleted = BTreeSet::new();
+        let mut read_segment = |dir_key: &str, path: &Path| -> Result<()> {
+            for (n, v) in Self::read_segment(path)?.names {
+                let full = format!("{dir_key}{n}");
+                if !full.starts_with(prefix) {
+                    continue;
+                }
+                match v {
+                    Some(v) => {
+                        found.insert(full, Some(v));
+                    }
+                    None => {
+                        deleted.insert(full);
+                    }
+                }
+            }
+            Ok(())
+        };
+        // A prefix inside a run's directory: the walk starts below the run's segment.
+        let inside = segment_of(prefix).map(|(dir, _)| dir);
+        if let Some(dir) = inside {
+            read_segment(dir, &self.segment_path(dir))?;
+        }
         let mut files = vec![];
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
@@ -619,23 +641,10 @@ impl DirStore {
                 };
                 let key = rel.to_string_lossy().replace('\\', "/");
                 if name == SEGMENT {
-                    let dir_key = match key.strip_suffix(SEGMENT) {
-                        Some(d) => d.to_string(),
-                        None => continue,
-                    };
-                    for (n, v) in Self::read_segment(&path)?.names {
-                        let full = format!("{dir_key}{n}");
-                        if !full.starts_with(prefix) {
-                            continue;
-                        }
-                        match v {
-                            Some(v) => {
-                                found.insert(full, Some(v));
-                            }
-                            None => {
-                                deleted.insert(full);
-                            }
-                        }
+                    if let Some(dir_key) = key.strip_suffix(SEGMENT)
+                        && inside != Some(dir_key)
+                    {
+                        read_segment(dir_key, &path)?;
                     }
                     continue;
                 }
@@ -854,6 +863,13 @@ mod tests {
             let all = s.get_prefix(&format!("{base}/")).await.unwrap();
             assert_eq!(all.len(), 2);
             assert_eq!(all[0].1.bytes, b"2");
+            // Prefixes below the run's directory, and a key as its own prefix.
+            assert_eq!(
+                s.list(&format!("{base}/c/")).await.unwrap(),
+                vec![format!("{base}/c/d.json")]
+            );
+            assert_eq!(s.list(&b).await.unwrap(), vec![b.clone()]);
+            assert_eq!(s.get_prefix(&b).await.unwrap()[0].1.bytes, b"2");
             s.remove(&b).await.unwrap();
             assert!(s.get(&b).await.unwrap().is_none());
             assert_eq!(
