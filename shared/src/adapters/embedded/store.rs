@@ -9,11 +9,11 @@
 //!   the segment. A writer killed mid-append leaves a torn tail: it fails its checksum,
 //!   readers stop before it and the next writer cuts it off.
 //! - **Every other key** (deployments, holds, the run index, the registry) is a file of its
-//!   own, written aside in `.tmp/` and linked (create) or renamed (replace) into place once
-//!   its bytes are durable.
-//! - **Group commit**: a write returns once a sync of the store's filesystem (`syncfs`)
-//!   that began after the write finished has returned; writes that finish together share
-//!   one. Nothing is acknowledged before it is on disk.
+//!   own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
+//!   place.
+//! - **Group commit** for segments: a write returns once a sync of the store's filesystem
+//!   (`syncfs`) that began after the write finished has returned; writes that finish
+//!   together share one. Nothing is acknowledged before it is on disk.
 //! - Conditional writes run under one of [`LOCK_STRIPES`] lock files (by segment or key),
 //!   so separate `baton` processes are safe too. File work runs on tokio's blocking pool,
 //!   never on an async worker.
@@ -552,8 +552,8 @@ impl DirStore {
         self.sync.durable(&[&path, &parent])
     }
 
-    /// Writes a key kept in a file of its own: the bytes in `.tmp/`, durable before they
-    /// are linked or renamed into place, and the new name durable before it returns.
+    /// Writes a key kept in a file of its own: the bytes in `.tmp/`, synced before they
+    /// are linked or renamed into place (so the name never points at unwritten bytes).
     fn put_file(&self, key: &str, path: &Path, bytes: &[u8], cond: Precondition) -> Result<()> {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         // A create over an existing object fails without writing (the link below still
@@ -562,7 +562,11 @@ impl DirStore {
             return Err(Error::Conflict { key: key.into() });
         }
         let tmp = self.write_temp(&dir, bytes)?;
-        let result = self.sync.durable(&[&tmp]).and_then(|()| match &cond {
+        let synced = File::open(&tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::io("sync", &tmp, e));
+        self.sync.syncs.fetch_add(1, Ordering::Relaxed);
+        let result = synced.and_then(|()| match &cond {
             Precondition::IfNoneMatch => match fs::hard_link(&tmp, path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -578,8 +582,7 @@ impl DirStore {
             }
         });
         let _ = fs::remove_file(&tmp);
-        result?;
-        self.sync.durable(&[&dir])
+        result
     }
 
     /// The keys under `prefix`, with their bytes when `values`: every directory that can
