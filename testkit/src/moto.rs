@@ -61,6 +61,23 @@ pub async fn topic(sns: &aws_sdk_sns::Client, name: &str) -> String {
         .to_string()
 }
 
+/// Creates an IAM role Lambda may assume, named `name`; its ARN.
+pub async fn lambda_role(conf: &aws_config::SdkConfig, name: &str) -> String {
+    aws_sdk_iam::Client::new(conf)
+        .create_role()
+        .role_name(name)
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .send()
+        .await
+        .expect("create an IAM role")
+        .role()
+        .expect("the role")
+        .arn()
+        .to_string()
+}
+
 /// Creates an SQS queue subscribed to `topic` with a filter policy (raw delivery when
 /// `raw`: the message body and attributes as published); the queue's URL.
 pub async fn subscribed_queue(

@@ -42,15 +42,7 @@ async fn clients(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
 async fn reactions_are_subscriptions_on_the_stacks_topic() {
     let (_moto, endpoint) = crate::moto().await;
     let (sns, sqs) = clients(&endpoint).await;
-    let topic = sns
-        .create_topic()
-        .name("prod-events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&sns, "prod-events").await;
     // a stage queue is part of the pipeline, not a reaction
     sqs.create_queue()
         .queue_name("prod-deploy")
@@ -433,26 +425,8 @@ async fn freeze_unfreeze_and_hold_release_on_a_stack() {
         .send()
         .await
         .unwrap();
-    let topic = aws_sdk_sns::Client::new(&conf)
-        .create_topic()
-        .name("prod-events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
-    let role = aws_sdk_iam::Client::new(&conf)
-        .create_role()
-        .role_name("prod-deploy-fn")
-        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
-        .send()
-        .await
-        .unwrap()
-        .role()
-        .unwrap()
-        .arn()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&aws_sdk_sns::Client::new(&conf), "prod-events").await;
+    let role = baton_testkit::moto::lambda_role(&conf, "prod-deploy-fn").await;
     aws_sdk_lambda::Client::new(&conf)
         .create_function()
         .function_name("prod-deploy")

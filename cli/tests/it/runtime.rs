@@ -226,15 +226,7 @@ async fn state(conf: &aws_config::SdkConfig) -> (aws_sdk_s3::Client, String) {
             .build(),
     );
     s3.create_bucket().bucket("state").send().await.unwrap();
-    let topic = aws_sdk_sns::Client::new(conf)
-        .create_topic()
-        .name("events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&aws_sdk_sns::Client::new(conf), "events").await;
     (s3, topic)
 }
 

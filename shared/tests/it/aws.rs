@@ -257,18 +257,7 @@ async fn lambda_function(
     name: &str,
     image: &str,
 ) -> aws_sdk_lambda::Client {
-    let iam = aws_sdk_iam::Client::new(conf);
-    let role = iam
-        .create_role()
-        .role_name(format!("{name}-fn"))
-        .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#)
-        .send()
-        .await
-        .unwrap()
-        .role()
-        .unwrap()
-        .arn()
-        .to_string();
+    let role = baton_testkit::moto::lambda_role(conf, &format!("{name}-fn")).await;
     let lambda = aws_sdk_lambda::Client::new(conf);
     lambda
         .create_function()
@@ -533,15 +522,7 @@ async fn stack_build(approval: &str, extra: &str, tail: &str, count: bool) -> St
         .send()
         .await
         .unwrap();
-    let topic = sns
-        .create_topic()
-        .name("baton-events")
-        .send()
-        .await
-        .unwrap()
-        .topic_arn()
-        .unwrap()
-        .to_string();
+    let topic = baton_testkit::moto::topic(&sns, "baton-events").await;
     let arn = |name: &str| format!("arn:aws:sqs:us-east-1:123456789012:{name}");
     let mut queues = vec![];
     for sub in baton::stages::subscriptions::stage_subscriptions() {
