@@ -50,7 +50,7 @@ const SEGMENT: &str = ".segment";
 const MAGIC: &[u8; 8] = b"BTNSEG1\n";
 /// Records appended since the last pack, in bytes, that make the next write pack the
 /// segment.
-pub const PACK_AFTER: usize = 12 * 1024;
+pub const PACK_AFTER: usize = 8 * 1024;
 /// Values longer than this are deflated in their record.
 const DEFLATE_OVER: usize = 256;
 /// The largest value or pack a segment may inflate to.
@@ -1031,7 +1031,9 @@ mod tests {
         assert_eq!(s.list(&format!("{run}/")).await.unwrap(), vec![test]);
     }
 
-    /// Writes that finish together share syncs, and each is durable when it returns.
+    /// Writes that finish together share syncs, and each is durable when it returns
+    /// (elsewhere than Linux each segment is synced on its own).
+    #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_share_syncs() {
         let dir = tempfile::tempdir().unwrap();
