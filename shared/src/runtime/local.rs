@@ -257,8 +257,14 @@ impl Local {
             .iter()
             .map(|s| (s.name.clone(), s.filter.clone()))
             .collect();
-        let bus = EmbeddedBus::open(state_dir.join("bus"), bus_subs, config.bus.clone())?;
-        let store = DirStore::open(state_dir.join("store"))?;
+        let bus_dir = state_dir.join("bus");
+        std::fs::create_dir_all(&bus_dir)
+            .map_err(|e| Error::io("create bus directory", &bus_dir, e))?;
+        let mut store = DirStore::open(state_dir.join("store"))?;
+        // One durability point for both: a stage's store writes are made durable by the
+        // bus append that acknowledges or publishes after them.
+        let durability = store.defer_syncs_to(&bus_dir);
+        let bus = EmbeddedBus::open_sharing(bus_dir, bus_subs, config.bus.clone(), durability)?;
         let http = Http::new();
         let remote = config
             .registries
@@ -286,6 +292,12 @@ impl Local {
 
     pub fn state_dir(&self) -> &Path {
         &self.pipeline.ports.state_dir
+    }
+
+    /// Makes every write to the state directory so far durable; `baton serve` calls it
+    /// before answering a request that wrote (the bus's appends do it themselves).
+    pub async fn flush(&self) -> Result<()> {
+        self.pipeline.ports.store.flush().await
     }
 
     /// Parses a registry notification and queues its pushes for ingest (durable once

@@ -167,7 +167,9 @@ impl Server {
 
     /// The HTTP API and the dashboard, with this server as their host.
     pub fn router(self: &Arc<Self>) -> Router {
-        dashboard::combine(api::router(self.clone()), dashboard::router(self.clone()))
+        dashboard::combine(api::router(self.clone()), dashboard::router(self.clone())).layer(
+            axum::middleware::from_fn_with_state(self.clone(), durable_before_answer),
+        )
     }
 
     /// Serves until `shutdown` completes; the dispatcher runs beside the server. Each
@@ -395,6 +397,31 @@ impl Server {
             tracing::error!(%key, error = %e, "could not keep the malformed webhook body");
         }
     }
+}
+
+/// A request that may have written (any method but GET and HEAD) is answered only once
+/// what it wrote is on disk: the store defers its syncs to the bus's appends and to this.
+async fn durable_before_answer(
+    axum::extract::State(server): axum::extract::State<Arc<Server>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let writes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let response = next.run(request).await;
+    if writes && let Err(e) = server.local.flush().await {
+        tracing::error!(error = %e, "could not make a request's writes durable");
+        return api::reply(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "error": format!("the state directory could not be synced ({e}); nothing is confirmed, send the request again"),
+                "kind": "unavailable",
+            }),
+        );
+    }
+    response
 }
 
 impl Host for Server {

@@ -37,6 +37,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::embedded::store::Durability;
 use crate::config::BusConfig;
 use crate::error::{Error, Result};
 use crate::policy::FilterPolicy;
@@ -206,6 +207,10 @@ struct Log {
     committed: Condvar,
     /// Syncs of the log's files by this process.
     syncs: std::sync::atomic::AtomicU64,
+    /// The state directory's shared sync, when the store defers its own to it: an append
+    /// is made durable by it (covering the store's writes before it) instead of by an
+    /// `fdatasync` of the log file.
+    durability: Option<Durability>,
 }
 
 /// Group commit of publishes: each publisher queues its message; one of them (the
@@ -227,10 +232,22 @@ impl EmbeddedBus {
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
     ) -> Result<EmbeddedBus> {
+        Self::open_sharing(dir, subscriptions, retry, None)
+    }
+
+    /// Opens the bus as [`EmbeddedBus::open`], its appends made durable by `durability`
+    /// (the store's, see `DirStore::defer_syncs_to`) when given.
+    pub fn open_sharing(
+        dir: impl Into<PathBuf>,
+        subscriptions: Vec<(String, FilterPolicy)>,
+        retry: BusConfig,
+        durability: Option<Durability>,
+    ) -> Result<EmbeddedBus> {
         Ok(EmbeddedBus(Arc::new(Log::open(
             dir.into(),
             subscriptions,
             retry,
+            durability,
         )?)))
     }
 
@@ -546,6 +563,7 @@ impl Log {
         dir: PathBuf,
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
+        durability: Option<Durability>,
     ) -> Result<Log> {
         fs::create_dir_all(&dir).map_err(|e| Error::io("create bus directory", &dir, e))?;
         let bus = Log {
@@ -556,6 +574,7 @@ impl Log {
             group: Mutex::new(Group::default()),
             committed: Condvar::new(),
             syncs: Default::default(),
+            durability,
         };
         {
             let _lock = bus.lock_file("lock")?;
@@ -824,7 +843,10 @@ impl Log {
         cut_torn_tail(&mut f, &path)?;
         f.write_all(lines.as_bytes())
             .map_err(|e| Error::io("append to", &path, e))?;
-        f.sync_data().map_err(|e| Error::io("sync", &path, e))?;
+        match &self.durability {
+            Some(d) => d.sync()?,
+            None => f.sync_data().map_err(|e| Error::io("sync", &path, e))?,
+        }
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())

@@ -37,6 +37,33 @@ use crate::ports::{Object, ObjectStore, Precondition};
 pub struct DirStore {
     root: PathBuf,
     sync: Arc<GroupSync>,
+    /// Writes to segments do not sync themselves: the state directory's next
+    /// [`Durability::sync`] (the embedded bus's appends) or [`DirStore::flush`] covers
+    /// them. See [`DirStore::defer_syncs_to`].
+    deferred: bool,
+}
+
+/// The durability point of a state directory whose store defers its syncs: one `syncfs`
+/// of its filesystem, shared by every caller arriving together, makes everything the
+/// store and the embedded bus wrote before the call durable.
+#[derive(Debug, Clone)]
+pub struct Durability(Arc<GroupSync>);
+
+impl Durability {
+    /// Returns once everything written to the filesystem before the call is on disk.
+    pub fn sync(&self) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            self.0.group()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Err(Error::permanent(
+                "store",
+                "a shared durability point needs syncfs (Linux)",
+            ))
+        }
+    }
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -248,6 +275,23 @@ struct SyncState {
     leading: bool,
 }
 
+impl Drop for GroupSync {
+    /// Deferred writes not yet covered by a sync are made durable when the last handle
+    /// goes (a `baton` command ending).
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            let pending = {
+                let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.durable < st.issued
+            };
+            if pending && let Err(e) = self.group() {
+                tracing::error!(error = %e, "could not make the last writes to the state directory durable");
+            }
+        }
+    }
+}
+
 impl GroupSync {
     fn new(root: &Path) -> Result<GroupSync> {
         Ok(GroupSync {
@@ -277,6 +321,24 @@ impl GroupSync {
             }
             Ok(())
         }
+    }
+
+    /// A deferred write finished: the next sync covers it.
+    fn written(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.issued += 1;
+    }
+
+    /// Makes the deferred writes durable (nothing to do when a sync since covered them).
+    #[cfg(target_os = "linux")]
+    fn flush(&self) -> Result<()> {
+        {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.durable >= st.issued {
+                return Ok(());
+            }
+        }
+        self.group()
     }
 
     #[cfg(target_os = "linux")]
@@ -348,7 +410,60 @@ impl DirStore {
             }
         }
         let sync = Arc::new(GroupSync::new(&root)?);
-        Ok(DirStore { root, sync })
+        Ok(DirStore {
+            root,
+            sync,
+            deferred: false,
+        })
+    }
+
+    /// Stops segment writes from syncing themselves, when `other` (the embedded bus's
+    /// directory) is on the store's filesystem: the [`Durability`] returned is then the
+    /// one sync both use, and a write is durable at the next [`Durability::sync`] or
+    /// [`DirStore::flush`], or when the last handle goes. `None` (nothing changed) where
+    /// they are apart, or without `syncfs` (Linux only).
+    ///
+    /// Whoever acknowledges work must sync first: the bus before a delivery's outcome or a
+    /// publish, `baton serve` before answering a request that wrote.
+    pub fn defer_syncs_to(&mut self, other: &Path) -> Option<Durability> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        let (Some(mine), Some(theirs)) = (dev(&self.root), dev(other)) else {
+            return None;
+        };
+        if mine != theirs {
+            tracing::info!(
+                store = %self.root.display(),
+                other = %other.display(),
+                "the store and the bus are on different filesystems: each write syncs on its own"
+            );
+            return None;
+        }
+        self.deferred = true;
+        Some(Durability(self.sync.clone()))
+    }
+
+    /// Makes every deferred write durable (one shared `syncfs`; nothing to do when none is
+    /// pending or the store does not defer).
+    pub async fn flush(&self) -> Result<()> {
+        if !self.deferred {
+            return Ok(());
+        }
+        self.blocking(|s| {
+            #[cfg(target_os = "linux")]
+            {
+                s.sync.flush()
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = s;
+                Ok(())
+            }
+        })
+        .await
     }
 
     pub fn root(&self) -> &Path {
@@ -549,7 +664,25 @@ impl DirStore {
             }
         }
         drop(guard);
+        if self.deferred {
+            self.sync.written();
+            return Ok(());
+        }
         self.sync.durable(&[&path, &parent])
+    }
+
+    /// Makes a file in `.tmp/` durable before it is linked or renamed into place: one
+    /// `fdatasync`, or the shared sync where writes are deferred.
+    fn sync_temp(&self, tmp: &Path) -> Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.deferred {
+            return self.sync.group();
+        }
+        File::open(tmp)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| Error::io("sync", tmp, e))?;
+        self.sync.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes a key kept in a file of its own: the bytes in `.tmp/`, synced before they
@@ -562,11 +695,7 @@ impl DirStore {
             return Err(Error::Conflict { key: key.into() });
         }
         let tmp = self.write_temp(&dir, bytes)?;
-        let synced = File::open(&tmp)
-            .and_then(|f| f.sync_data())
-            .map_err(|e| Error::io("sync", &tmp, e));
-        self.sync.syncs.fetch_add(1, Ordering::Relaxed);
-        let result = synced.and_then(|()| match &cond {
+        let result = self.sync_temp(&tmp).and_then(|()| match &cond {
             Precondition::IfNoneMatch => match fs::hard_link(&tmp, path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -582,6 +711,10 @@ impl DirStore {
             }
         });
         let _ = fs::remove_file(&tmp);
+        if result.is_ok() && self.deferred {
+            // The new name is durable at the next sync.
+            self.sync.written();
+        }
         result
     }
 
@@ -706,7 +839,12 @@ impl DirStore {
                     s.write_segment(&key, dir, name, None, &Precondition::None, &path)
                 }
                 None => match fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        if s.deferred {
+                            s.sync.written();
+                        }
+                        Ok(())
+                    }
                     Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
                     Err(e) => Err(Error::io("remove", &path, e)),
                 },
@@ -1066,6 +1204,64 @@ mod tests {
                 .unwrap();
             assert_eq!(got.bytes, format!("{i}").into_bytes());
         }
+    }
+
+    /// Deferred to a shared durability point, segment writes make no sync of their own;
+    /// one sync (the bus's, or a flush) covers all of them, a flush with nothing pending
+    /// makes none; without a shared point each write syncs.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn deferred_writes_are_made_durable_by_the_shared_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = dir.path().join("bus");
+        fs::create_dir_all(&bus).unwrap();
+        let mut s = DirStore::open(dir.path().join("store")).unwrap();
+        let durability = s.defer_syncs_to(&bus).expect("one filesystem");
+        for i in 0..20 {
+            s.put(
+                &format!("runs/web/0123456789abcdef/stages/s{i}.json"),
+                b"{}".to_vec(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.syncs(), 0, "segment writes wait for the shared sync");
+        durability.sync().unwrap();
+        assert_eq!(s.syncs(), 1);
+        s.flush().await.unwrap();
+        assert_eq!(s.syncs(), 1, "nothing pending: no sync");
+        s.put(
+            "runs/web/0123456789abcdef/stages/last.json",
+            b"{}".to_vec(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(s.syncs(), 2, "a flush covers the write before it");
+        // A file of its own is synced before it is linked (the shared sync), and its
+        // name is covered by the next one.
+        s.put(
+            "holds/web/production.json",
+            b"{}".to_vec(),
+            Precondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.syncs(), 3);
+        s.flush().await.unwrap();
+        assert_eq!(s.syncs(), 4);
+        // Without a shared point (the default), each write syncs.
+        let s = DirStore::open(dir.path().join("other")).unwrap();
+        s.put(
+            "runs/web/0123456789abcdef/x",
+            b"1".to_vec(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.syncs(), 1);
     }
 
     /// A process killed mid-write leaves its temp file; the next open removes it, and
