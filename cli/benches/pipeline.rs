@@ -224,19 +224,45 @@ fn seed_history(store: &Path, templates: &[(String, String)], count: usize) -> u
         }
         files
     };
-    let templates: Vec<(String, PathBuf, Vec<PathBuf>)> = templates
+    // A template's index entry, with the summary the server kept there (its records
+    // are shared by the copies, so the summary's stamp holds for them too).
+    let entry_of = |app: &str, run: &str| -> String {
+        for d in std::fs::read_dir(store.join("index/runs"))
+            .expect("index days")
+            .flatten()
+        {
+            for e in std::fs::read_dir(d.path()).expect("an index day").flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .ends_with(&format!("-{run}"))
+                {
+                    return std::fs::read_to_string(e.path()).expect("read an index entry");
+                }
+            }
+        }
+        format!("{{\"app\":\"{app}\"}}")
+    };
+    let templates: Vec<(String, PathBuf, Vec<PathBuf>, String)> = templates
         .iter()
         .map(|(app, run)| {
             let src = store.join(format!("runs/{app}/{run}"));
             let files = files_of(&src);
-            (app.clone(), src, files)
+            (app.clone(), src, files, entry_of(app, run))
         })
         .collect();
+    let summarized = templates
+        .iter()
+        .filter(|t| t.3.contains("\"summary\""))
+        .count();
+    eprintln!(
+        "  {summarized} of {} template runs carry a kept summary",
+        templates.len()
+    );
     let now = Utc::now();
     let step_ms = (60 * 86_400_000 / count.max(1)) as i64;
     let started = Instant::now();
     for i in 0..count {
-        let (app, src, files) = &templates[i % templates.len()];
+        let (app, src, files, entry) = &templates[i % templates.len()];
         let run = baton::ids::run_id(app, &build::digest(&format!("history-{i}")));
         let dir = store.join(format!("runs/{app}/{run}"));
         for rel in files {
@@ -252,7 +278,7 @@ fn seed_history(store: &Path, templates: &[(String, String)], count: usize) -> u
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).expect("create an index day");
         }
-        std::fs::write(&path, format!("{{\"app\":\"{app}\"}}")).expect("write an index entry");
+        std::fs::write(&path, entry).expect("write an index entry");
         if let Some(day) = key
             .strip_prefix(baton::store::RUN_INDEX)
             .and_then(|k| k.split('/').next())

@@ -88,6 +88,15 @@ pub trait ObjectStore: Send + Sync {
             Ok(out)
         }
     }
+
+    /// A token that changes whenever an object under one of `dirs` (key prefixes ending
+    /// in `/`: a run's directories) is written, where the store can give one cheaply
+    /// (the local store: its segments' inode, length and modification time); `None` where
+    /// it cannot (S3). Lets a summary kept elsewhere be checked against its source.
+    fn stamp(&self, dirs: &[String]) -> impl Future<Output = Result<Option<String>>> + Send {
+        let _ = dirs;
+        async { Ok(None) }
+    }
 }
 
 /// What a registry says about a tag.

@@ -62,9 +62,15 @@ pub async fn resolve<P: Ports>(p: &Pipeline<P>, id: &str) -> Result<(String, Run
     }
     let mut found = BTreeSet::new();
     for app in &p.config.apps {
-        // Lists only the runs starting with `id`, not the app's history.
         let prefix = format!("runs/{}/", app.name);
-        for key in p.ports.store().list(&format!("{prefix}{id}")).await? {
+        // A whole id names one run's directory: only that is read. A prefix lists the
+        // app's runs starting with it.
+        let listed = if crate::ids::is_run_id(id) {
+            format!("{prefix}{id}/")
+        } else {
+            format!("{prefix}{id}")
+        };
+        for key in p.ports.store().list(&listed).await? {
             if let Some(run) = run_of_key(&key, &prefix)
                 && run.starts_with(id)
             {
@@ -125,10 +131,65 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
     Ok(out)
 }
 
-/// An entry of the run index.
+/// An entry of the run index: the run's app, and its summary as of the stamp of its
+/// records (see [`ObjectStore::stamp`]), which [`summarize_recent`] keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct IndexEntry {
     app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    summary: Option<KeptSummary>,
+}
+
+/// A run's summary kept in its index entry, valid while its stamp is the run's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeptSummary {
+    stamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    image: Option<Image>,
+    status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    updated_at: Option<DateTime<Utc>>,
+}
+
+/// The directories a run's summary is made from (its records and its approvals).
+fn summary_dirs(app: &str, run: &RunId) -> [String; 2] {
+    [run_prefix(app, run), format!("approvals/{app}/{run}/")]
+}
+
+/// A run's summary from its index entry when the summary kept there is current, else
+/// from its records; with the stamp read first (to keep the summary under) where the
+/// store gives one.
+async fn summary_via<P: Ports>(
+    p: &Pipeline<P>,
+    entry: &IndexEntry,
+    run: &RunId,
+) -> Result<(RunSummary, Option<String>, bool)> {
+    let stamp = p
+        .ports
+        .store()
+        .stamp(&summary_dirs(&entry.app, run))
+        .await?;
+    if let (Some(now), Some(kept)) = (&stamp, &entry.summary)
+        && *now == kept.stamp
+        && p.config.app(&entry.app).is_ok()
+    {
+        let kept = kept.clone();
+        return Ok((
+            RunSummary {
+                app: entry.app.clone(),
+                run: run.clone(),
+                image: kept.image,
+                status: kept.status,
+                started_at: kept.started_at,
+                updated_at: kept.updated_at,
+            },
+            stamp,
+            true,
+        ));
+    }
+    Ok((summary(p, &entry.app, run).await?, stamp, false))
 }
 
 /// Adds a run to the run index (idempotent), as started at `at`.
@@ -147,7 +208,10 @@ pub async fn index<P: Ports>(
     for (key, value) in [
         (
             key.clone(),
-            serde_json::json!(IndexEntry { app: app.into() }),
+            serde_json::json!(IndexEntry {
+                app: app.into(),
+                summary: None,
+            }),
         ),
         (format!("{RUN_INDEX_DAYS}{day}"), serde_json::json!({})),
     ] {
@@ -243,7 +307,10 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
                     };
                     // A run removed by retention, or of an app no longer configured:
                     // skipped.
-                    Ok(summary(p, &entry.app, &run).await.ok().map(|s| (key, s)))
+                    Ok(summary_via(p, &entry, &run)
+                        .await
+                        .ok()
+                        .map(|(s, _, _)| (key, s)))
                 })
                 .buffered(16)
                 .collect::<Vec<Result<Option<(String, RunSummary)>>>>()
@@ -262,6 +329,108 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
         }
     }
     Ok(Page { runs, next: None })
+}
+
+/// How long a run must have been quiet before [`summarize_recent`] keeps its summary (a
+/// run in flight changes every few milliseconds).
+const QUIET: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// What a [`summarize`] walk did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summarized {
+    /// Summaries written.
+    pub wrote: usize,
+    /// The cursor of the last entry the walk read, when it stopped before the oldest
+    /// run (pass it as `after` to go on from there).
+    pub last: Option<String>,
+}
+
+/// Keeps current summaries in the index entries of runs, so pages of runs read one small
+/// entry per run instead of the run's records: walks the index newest first from the
+/// cursor `after` (or the newest run), writes the summary of each run quiet for [`QUIET`]
+/// whose kept summary is missing or stale, and stops after `scan` entries, or at `enough`
+/// current ones in a row. Stores that give no stamp (S3) keep none.
+pub async fn summarize<P: Ports>(
+    p: &Pipeline<P>,
+    after: Option<&str>,
+    scan: usize,
+    enough: Option<usize>,
+) -> Result<Summarized> {
+    let store = p.ports.store();
+    let now = p.ports.now();
+    let mut days = store.list(RUN_INDEX_DAYS).await?;
+    days.reverse();
+    let (mut seen, mut current) = (0usize, 0usize);
+    let mut done = Summarized::default();
+    for day_key in days {
+        let day = &day_key[RUN_INDEX_DAYS.len()..];
+        if after.is_some_and(|a| a.get(..10).is_some_and(|a_day| day > a_day)) {
+            continue;
+        }
+        let mut keys = store.list(&format!("{RUN_INDEX}{day}/")).await?;
+        keys.reverse();
+        for key in keys {
+            let cursor = &key[RUN_INDEX.len()..];
+            if after.is_some_and(|a| cursor >= a) {
+                continue;
+            }
+            if seen == scan || enough.is_some_and(|e| current == e) {
+                return Ok(done);
+            }
+            seen += 1;
+            done.last = Some(cursor.to_string());
+            let Some(run) = key
+                .rsplit_once('-')
+                .and_then(|(_, r)| r.parse::<RunId>().ok())
+            else {
+                continue;
+            };
+            let Some((mut entry, etag)) = get_json::<_, IndexEntry>(store, &key).await? else {
+                continue;
+            };
+            let Ok((s, stamp, kept)) = summary_via(p, &entry, &run).await else {
+                continue;
+            };
+            let Some(stamp) = stamp else {
+                // The store cannot tell when a run changes: nothing to keep.
+                done.last = None;
+                return Ok(done);
+            };
+            if kept {
+                current += 1;
+                continue;
+            }
+            current = 0;
+            let quiet = s
+                .updated_at
+                .is_some_and(|u| now.signed_duration_since(u) >= QUIET);
+            if !quiet {
+                continue;
+            }
+            entry.summary = Some(KeptSummary {
+                stamp,
+                image: s.image,
+                status: s.status,
+                started_at: s.started_at,
+                updated_at: s.updated_at,
+            });
+            match put_json(
+                store,
+                &key,
+                &entry,
+                crate::ports::Precondition::IfMatch(etag),
+            )
+            .await
+            {
+                Ok(_) => done.wrote += 1,
+                // Retention removed it, or another writer got there first.
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    done.last = None;
+    Ok(done)
 }
 
 /// The keys of these runs' index entries (for retention to remove); lists the index once.
@@ -475,6 +644,90 @@ impl Serialize for RunStatus {
     }
 }
 
+impl std::str::FromStr for RunStatus {
+    type Err = String;
+
+    /// The words [`RunStatus`] prints, read back (a summary kept in the run index).
+    fn from_str(s: &str) -> std::result::Result<RunStatus, String> {
+        let bad = || format!("{s:?} is not a run status");
+        let inner = |rest: &str| -> Option<String> {
+            rest.strip_prefix('(')?
+                .strip_suffix(')')
+                .map(str::to_string)
+        };
+        let failed = |rest: &str| -> Option<(String, bool)> {
+            let env = inner(rest)?;
+            Some(match env.strip_suffix(", rolled back") {
+                Some(e) => (e.to_string(), true),
+                None => (env, false),
+            })
+        };
+        let parsed = match s {
+            "deployed" => Some(RunStatus::Deployed),
+            "tests failed" => Some(RunStatus::TestsFailed),
+            "in progress" => Some(RunStatus::InProgress),
+            _ => {
+                let (head, rest) = match s.find(" (") {
+                    Some(i) => (&s[..i], &s[i + 1..]),
+                    None => (s, ""),
+                };
+                match head {
+                    "rolled back" => inner(rest).map(RunStatus::RolledBack),
+                    "held" => inner(rest).map(RunStatus::Held),
+                    "frozen" => inner(rest).map(RunStatus::Frozen),
+                    "awaiting approval" => inner(rest).map(RunStatus::AwaitingApproval),
+                    "rejected" => inner(rest).map(RunStatus::Rejected),
+                    "superseded" => inner(rest).map(RunStatus::Superseded),
+                    "verifying" => inner(rest).map(RunStatus::Verifying),
+                    "verification failed" => failed(rest).map(|(environment, rolled_back)| {
+                        RunStatus::VerificationFailed {
+                            environment,
+                            rolled_back,
+                        }
+                    }),
+                    "deploy failed" => {
+                        failed(rest).map(|(environment, rolled_back)| RunStatus::DeployFailed {
+                            environment,
+                            rolled_back,
+                        })
+                    }
+                    _ => {
+                        if let Some(stage) = head.strip_prefix("failed at ") {
+                            let environment = if rest.is_empty() {
+                                Some(None)
+                            } else {
+                                inner(rest).map(Some)
+                            };
+                            stage
+                                .parse()
+                                .ok()
+                                .zip(environment)
+                                .map(|(stage, environment)| RunStatus::FailedAt {
+                                    stage,
+                                    environment,
+                                })
+                        } else if let Some(stage) = head.strip_prefix("retrying ") {
+                            (rest.is_empty())
+                                .then(|| stage.parse().ok().map(RunStatus::Retrying))
+                                .flatten()
+                        } else {
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        parsed.ok_or_else(bad)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A mark on a run whose image `baton rollback` took out of an environment:
 /// `runs/<app>/<run>/rollbacks/<env>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -608,4 +861,70 @@ fn status_of(
         return RunStatus::Retrying(s.stage);
     }
     RunStatus::InProgress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every status reads back from the words it prints (summaries kept in the run index
+    /// are stored that way); anything else is refused.
+    #[test]
+    fn statuses_read_back_from_their_words() {
+        let env = || "production".to_string();
+        let all = [
+            RunStatus::Deployed,
+            RunStatus::RolledBack(env()),
+            RunStatus::Held(env()),
+            RunStatus::Frozen(env()),
+            RunStatus::AwaitingApproval(env()),
+            RunStatus::TestsFailed,
+            RunStatus::Rejected(env()),
+            RunStatus::Superseded(env()),
+            RunStatus::Verifying(env()),
+            RunStatus::VerificationFailed {
+                environment: env(),
+                rolled_back: true,
+            },
+            RunStatus::VerificationFailed {
+                environment: env(),
+                rolled_back: false,
+            },
+            RunStatus::DeployFailed {
+                environment: "staging-eu".into(),
+                rolled_back: true,
+            },
+            RunStatus::DeployFailed {
+                environment: env(),
+                rolled_back: false,
+            },
+            RunStatus::FailedAt {
+                stage: StageName::Deploy,
+                environment: Some(env()),
+            },
+            RunStatus::FailedAt {
+                stage: StageName::Test,
+                environment: None,
+            },
+            RunStatus::Retrying(StageName::Verify),
+            RunStatus::InProgress,
+        ];
+        for s in all {
+            let words = s.to_string();
+            assert_eq!(words.parse::<RunStatus>(), Ok(s.clone()), "{words}");
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<RunStatus>(&json).unwrap(), s);
+        }
+        for bad in [
+            "",
+            "deployed (production)",
+            "held",
+            "held (production",
+            "failed at nowhere",
+            "retrying test (production)",
+            "in progress!",
+        ] {
+            assert!(bad.parse::<RunStatus>().is_err(), "{bad:?} was read");
+        }
+    }
 }

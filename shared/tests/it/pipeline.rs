@@ -875,6 +875,78 @@ async fn runs_are_paged_newest_first_from_the_index() {
     );
 }
 
+/// A finished run's summary is kept in its index entry once the run is quiet, and pages
+/// read it from there (not from the run's records) while the run's records are unchanged;
+/// any write to the run makes it stale, and the page reads the records again.
+#[tokio::test]
+async fn pages_read_kept_summaries_until_the_run_changes() {
+    use baton::pipeline::runs::{page, rolled_back_key, summarize};
+    use baton::ports::{ObjectStore, Precondition};
+    let s = Setup {
+        production: "auto".into(),
+        ..Setup::default()
+    };
+    let env = setup(s);
+    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
+    env.drain().await;
+    let run = env.run_of(&img);
+    let p = &env.local.pipeline;
+    let store = &p.ports.store;
+    // In flight (changed under 2 s ago): nothing kept yet.
+    let first = summarize(p, None, 100, None).await.unwrap();
+    assert_eq!(first.wrote, 0, "a run that just changed is not summarized");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let done = summarize(p, None, 100, None).await.unwrap();
+    assert_eq!(done.wrote, 1);
+    assert_eq!(done.last, None, "the whole index was walked");
+    assert_eq!(
+        summarize(p, None, 100, None).await.unwrap().wrote,
+        0,
+        "current"
+    );
+    let key = store.list("index/runs/").await.unwrap().pop().unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&env.object(&key).await).unwrap();
+    assert_eq!(entry["summary"]["status"], "deployed", "{entry}");
+    assert_eq!(
+        page(p, 50, None).await.unwrap().runs[0].status.to_string(),
+        "deployed"
+    );
+
+    // The page reads the kept summary: one changed in place is what it returns.
+    let mut forged = entry.clone();
+    forged["summary"]["status"] = "tests failed".into();
+    store
+        .put(&key, forged.to_string().into_bytes(), Precondition::None)
+        .await
+        .unwrap();
+    let pg = page(p, 50, None).await.unwrap();
+    assert_eq!(pg.runs[0].status.to_string(), "tests failed");
+
+    // A write to the run (a rollback mark) makes the kept summary stale.
+    let mark = serde_json::json!({
+        "environment": "production",
+        "at": Utc::now(),
+        "to": img,
+    });
+    store
+        .put(
+            &rolled_back_key("web", run.as_str(), "production"),
+            mark.to_string().into_bytes(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    let pg = page(p, 50, None).await.unwrap();
+    assert_eq!(pg.runs[0].status.to_string(), "rolled back (production)");
+    assert_eq!(summarize(p, None, 100, None).await.unwrap().wrote, 1);
+    let entry: serde_json::Value = serde_json::from_str(&env.object(&key).await).unwrap();
+    assert_eq!(entry["summary"]["status"], "rolled back (production)");
+    assert_eq!(
+        page(p, 50, None).await.unwrap().runs[0].status.to_string(),
+        "rolled back (production)"
+    );
+}
+
 /// Open approvals are listed from per-day markers (what `GET /approvals` and the
 /// dashboard read), not from every approval record ever written: a record without its
 /// marker is not listed, a decided one drops out, and retention removes the markers of

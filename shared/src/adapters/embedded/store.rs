@@ -2,18 +2,23 @@
 //! conditional writes, laid out to keep months of runs on a small disk.
 //!
 //! - **A run's objects** (`runs/<app>/<run>/…` and `approvals/<app>/<run>/…`) live in one
-//!   append-only segment file in the run's directory (`.segment`). A write appends a
+//!   append-only segment file in the run's directory (`.segment`); so do a deployment's
+//!   lease and live record (`deployments/<app>/<env>/{lease,current}.json`). A write appends a
 //!   record (name, value, CRC-32); the newest record of a name wins; values are deflated.
 //!   Once the records appended since the last pack reach [`PACK_AFTER`] bytes, the live
 //!   ones are packed into one deflated frame, written aside, made durable and renamed over
 //!   the segment. A writer killed mid-append leaves a torn tail: it fails its checksum,
 //!   readers stop before it and the next writer cuts it off.
-//! - **Every other key** (deployments, holds, the run index, the registry) is a file of its
-//!   own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
+//! - **Every other key** (deploy history, holds, the run index, the registry) is a file of
+//!   its own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
 //!   place.
 //! - **Group commit** for segments: a write returns once a sync of the store's filesystem
 //!   (`syncfs`) that began after the write finished has returned; writes that finish
 //!   together share one. Nothing is acknowledged before it is on disk.
+//! - **Deferred** ([`DirStore::defer_syncs_to`], as `baton serve` and the CLI open a state
+//!   directory): segment writes do not wait; the embedded bus's next append syncs the
+//!   filesystem for both (a [`Durability`]), and so do [`DirStore::flush`] and the last
+//!   handle going.
 //! - Conditional writes run under one of [`LOCK_STRIPES`] lock files (by segment or key),
 //!   so separate `baton` processes are safe too. File work runs on tokio's blocking pool,
 //!   never on an async worker.
@@ -93,16 +98,21 @@ fn etag_of(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..16])
 }
 
-/// Where a key is kept: in the segment of the run directory `dir` (a key prefix ending
-/// in `/`) under `name`, or (`None`) in a file of its own.
+/// Where a key is kept: in the segment of the directory `dir` (a key prefix ending in
+/// `/`: a run's, its approvals', or a deployment's) under `name`, or (`None`) in a file
+/// of its own.
 fn segment_of(key: &str) -> Option<(&str, &str)> {
     let top = key.split('/').next()?;
-    if !(top == "runs" || (top == "approvals" && !key.starts_with("approvals/_open/"))) {
-        return None;
-    }
     let (i, _) = key.match_indices('/').nth(2)?;
     let name = &key[i + 1..];
-    (!name.is_empty()).then(|| (&key[..=i], name))
+    let kept = match top {
+        "runs" => true,
+        "approvals" => !key.starts_with("approvals/_open/"),
+        // A deployment's lease and live record; its history stays a file per deploy.
+        "deployments" => !name.contains('/'),
+        _ => false,
+    };
+    (kept && !name.is_empty()).then(|| (&key[..=i], name))
 }
 
 /// A segment read: the newest record of each name (`None`: deleted).
@@ -908,6 +918,35 @@ impl ObjectStore for DirStore {
             .await
     }
 
+    /// The segments' inode, length and modification time (nanoseconds): every write
+    /// appends to a segment (its length grows) or packs it (a new inode).
+    async fn stamp(&self, dirs: &[String]) -> Result<Option<String>> {
+        let dirs = dirs.to_vec();
+        self.blocking(move |s| {
+            use std::os::unix::fs::MetadataExt;
+            let mut token = String::new();
+            for dir in &dirs {
+                if segment_of(&format!("{dir}x")).is_none_or(|(d, _)| d != dir) {
+                    return Ok(None);
+                }
+                let path = s.segment_path(dir);
+                match fs::metadata(&path) {
+                    Ok(m) => token.push_str(&format!(
+                        "{:x}.{:x}.{:x}.{:x};",
+                        m.ino(),
+                        m.len(),
+                        m.mtime(),
+                        m.mtime_nsec()
+                    )),
+                    Err(e) if e.kind() == ErrorKind::NotFound => token.push_str("-;"),
+                    Err(e) => return Err(Error::io("stat", &path, e)),
+                }
+            }
+            Ok(Some(token))
+        })
+        .await
+    }
+
     /// One trip to the blocking pool, and one read of a run's segment.
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Object)>> {
         let prefix = prefix.to_string();
@@ -1204,6 +1243,76 @@ mod tests {
                 .unwrap();
             assert_eq!(got.bytes, format!("{i}").into_bytes());
         }
+    }
+
+    /// A deployment's lease and live record share one segment; its history stays a file
+    /// per deploy; listings see both, and a lease released is gone.
+    #[tokio::test]
+    async fn a_deployments_lease_and_live_record_are_one_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let d = "deployments/web/staging";
+        s.put(
+            &format!("{d}/lease.json"),
+            b"l".to_vec(),
+            Precondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+        s.put(
+            &format!("{d}/current.json"),
+            b"c".to_vec(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+        s.put(
+            &format!("{d}/history/0000000000001-0123456789abcdef.json"),
+            b"h".to_vec(),
+            Precondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.put(
+                &format!("{d}/lease.json"),
+                b"x".to_vec(),
+                Precondition::IfNoneMatch
+            )
+            .await,
+            Err(Error::Conflict { .. })
+        ));
+        let mut files = files_under(&dir.path().join(d));
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                SEGMENT.to_string(),
+                "history/0000000000001-0123456789abcdef.json".into()
+            ]
+        );
+        assert_eq!(
+            s.list("deployments/web/").await.unwrap(),
+            vec![
+                format!("{d}/current.json"),
+                format!("{d}/history/0000000000001-0123456789abcdef.json"),
+                format!("{d}/lease.json"),
+            ]
+        );
+        assert_eq!(
+            s.list(&format!("{d}/history/")).await.unwrap(),
+            vec![format!("{d}/history/0000000000001-0123456789abcdef.json")]
+        );
+        s.remove(&format!("{d}/lease.json")).await.unwrap();
+        assert!(s.get(&format!("{d}/lease.json")).await.unwrap().is_none());
+        assert_eq!(
+            s.get(&format!("{d}/current.json"))
+                .await
+                .unwrap()
+                .unwrap()
+                .bytes,
+            b"c"
+        );
     }
 
     /// Deferred to a shared durability point, segment writes make no sync of their own;
