@@ -15,7 +15,8 @@
 //! - **dashboard**: the board (`GET /` as a page) and a run page, at the same history;
 //! - **queries**: `GET /runs?limit=50` latency, first page and deep pages, after the
 //!   state holds 100,000 runs (the runs beyond those the phases made are copies of a
-//!   finished run, hard-linked, with their own ids and index entries spread over 60 days).
+//!   finished run, hard-linked, with their own ids and index entries spread over 60 days;
+//!   an entry is a copy of its template's, with the summary the server kept there).
 //!
 //! Run: `cargo bench -p baton-cli --bench pipeline [-- --write]`. Sizes:
 //! `BATON_BENCH_RUNS` (throughput pushes, 3,000), `BATON_BENCH_SECONDS` (latency phase,
