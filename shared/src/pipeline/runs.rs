@@ -338,34 +338,45 @@ const QUIET: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 /// What a [`summarize`] walk did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summarized {
+    /// Index entries read.
+    pub seen: usize,
     /// Summaries written.
     pub wrote: usize,
-    /// The cursor of the last entry the walk read, when it stopped before the oldest
-    /// run (pass it as `after` to go on from there).
-    pub last: Option<String>,
+    /// The cursor of the newest entry the walk read.
+    pub first: Option<String>,
+    /// The cursor of the last entry the walk read, when it stopped at its `scan` limit
+    /// (pass it as `after` to go on from there); `None` when it reached `until` or the
+    /// oldest run.
+    pub cut: Option<String>,
+    /// The cursor of the oldest entry read whose run was not quiet yet (to walk again).
+    pub unsettled: Option<String>,
 }
 
 /// Keeps current summaries in the index entries of runs, so pages of runs read one small
-/// entry per run instead of the run's records: walks the index newest first from the
-/// cursor `after` (or the newest run), writes the summary of each run quiet for [`QUIET`]
-/// whose kept summary is missing or stale, and stops after `scan` entries, or at `enough`
-/// current ones in a row. Stores that give no stamp (S3) keep none.
+/// entry per run instead of the run's records: walks the index newest first, from the
+/// cursor `after` (exclusive; `None`: the newest run) down to the cursor `until`
+/// (inclusive; `None`: the oldest run), at most `scan` entries, and writes the summary of
+/// each run quiet for [`QUIET`] whose kept summary is missing or stale. Stores that give
+/// no stamp (S3) keep none.
 pub async fn summarize<P: Ports>(
     p: &Pipeline<P>,
     after: Option<&str>,
+    until: Option<&str>,
     scan: usize,
-    enough: Option<usize>,
 ) -> Result<Summarized> {
     let store = p.ports.store();
     let now = p.ports.now();
     let mut days = store.list(RUN_INDEX_DAYS).await?;
     days.reverse();
-    let (mut seen, mut current) = (0usize, 0usize);
+    let mut seen = 0usize;
     let mut done = Summarized::default();
     for day_key in days {
         let day = &day_key[RUN_INDEX_DAYS.len()..];
         if after.is_some_and(|a| a.get(..10).is_some_and(|a_day| day > a_day)) {
             continue;
+        }
+        if until.is_some_and(|u| u.get(..10).is_some_and(|u_day| day < u_day)) {
+            break;
         }
         let mut keys = store.list(&format!("{RUN_INDEX}{day}/")).await?;
         keys.reverse();
@@ -374,11 +385,18 @@ pub async fn summarize<P: Ports>(
             if after.is_some_and(|a| cursor >= a) {
                 continue;
             }
-            if seen == scan || enough.is_some_and(|e| current == e) {
+            if until.is_some_and(|u| cursor < u) {
+                return Ok(done);
+            }
+            if seen == scan {
                 return Ok(done);
             }
             seen += 1;
-            done.last = Some(cursor.to_string());
+            done.seen = seen;
+            done.cut = Some(cursor.to_string());
+            if done.first.is_none() {
+                done.first = Some(cursor.to_string());
+            }
             let Some(run) = key
                 .rsplit_once('-')
                 .and_then(|(_, r)| r.parse::<RunId>().ok())
@@ -388,23 +406,24 @@ pub async fn summarize<P: Ports>(
             let Some((mut entry, etag)) = get_json::<_, IndexEntry>(store, &key).await? else {
                 continue;
             };
+            // A run removed by retention, or of an app no longer configured: nothing to
+            // keep.
             let Ok((s, stamp, kept)) = summary_via(p, &entry, &run).await else {
                 continue;
             };
             let Some(stamp) = stamp else {
                 // The store cannot tell when a run changes: nothing to keep.
-                done.last = None;
+                done.cut = None;
                 return Ok(done);
             };
             if kept {
-                current += 1;
                 continue;
             }
-            current = 0;
             let quiet = s
                 .updated_at
                 .is_some_and(|u| now.signed_duration_since(u) >= QUIET);
             if !quiet {
+                done.unsettled = Some(cursor.to_string());
                 continue;
             }
             entry.summary = Some(KeptSummary {
@@ -429,8 +448,54 @@ pub async fn summarize<P: Ports>(
             }
         }
     }
-    done.last = None;
+    done.cut = None;
     Ok(done)
+}
+
+/// Where [`summarize`] walks stand between calls: keeps the summaries of every quiet
+/// run, walking only what changed since (see [`Summarizer::step`]).
+#[derive(Debug, Clone, Default)]
+pub struct Summarizer {
+    /// Every entry older than this cursor has been summarized (or read while quiet).
+    settled_below: Option<String>,
+    /// A walk cut at its scan limit goes on from here.
+    resume: Option<String>,
+    /// The newest entry of the walk in progress.
+    top: Option<String>,
+    /// The oldest entry of the walk in progress that was not quiet yet.
+    unsettled: Option<String>,
+}
+
+impl Summarizer {
+    /// One walk of at most `scan` entries: from the newest run (or where the last walk
+    /// was cut) down to the newest entry known settled. Once a walk reaches it, the
+    /// settled mark moves up to the oldest run that was not quiet, or to the walk's
+    /// newest entry.
+    pub async fn step<P: Ports>(&mut self, p: &Pipeline<P>, scan: usize) -> Result<Summarized> {
+        let r = summarize(
+            p,
+            self.resume.as_deref(),
+            self.settled_below.as_deref(),
+            scan,
+        )
+        .await?;
+        if self.resume.is_none() {
+            self.top = r.first.clone();
+        }
+        if r.unsettled.is_some() {
+            self.unsettled = r.unsettled.clone();
+        }
+        match &r.cut {
+            Some(cut) => self.resume = Some(cut.clone()),
+            None => {
+                self.resume = None;
+                if let Some(mark) = self.unsettled.take().or(self.top.take()) {
+                    self.settled_below = Some(mark);
+                }
+            }
+        }
+        Ok(r)
+    }
 }
 
 /// The keys of these runs' index entries (for retention to remove); lists the index once.

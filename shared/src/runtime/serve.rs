@@ -283,42 +283,22 @@ impl Server {
         }
     }
 
-    /// Keeps the summaries of finished runs in the run index (pages of runs then read one
-    /// small entry per run): every 2 s the newest runs, until 200 in a row are current,
-    /// then up to 2,000 older ones from where the last walk stopped, until the whole
-    /// history has been walked once (a state directory from before summaries).
+    /// Keeps the summaries of quiet runs in the run index (pages of runs then read one
+    /// small entry per run): every 2 s a walk of up to 2,000 entries, from the newest run
+    /// down to where every run is known summarized (the whole history at first, for a
+    /// state directory from before summaries).
     async fn summarize_forever(&self) {
         const EVERY: Duration = Duration::from_secs(2);
-        let p = &self.local.pipeline;
-        let mut backfill: Option<String> = None;
-        let mut backfilled = false;
+        let mut summarizer = crate::pipeline::runs::Summarizer::default();
         loop {
             tokio::time::sleep(EVERY).await;
-            let newest = match crate::pipeline::runs::summarize(p, None, 2_000, Some(200)).await {
-                Ok(r) => r,
+            match summarizer.step(&self.local.pipeline, 2_000).await {
+                Ok(r) if r.wrote > 100 => {
+                    tracing::info!(wrote = r.wrote, "kept the summaries of runs");
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not keep run summaries; trying again later");
-                    continue;
-                }
-            };
-            if backfilled {
-                continue;
-            }
-            let Some(from) = backfill.take().or(newest.last) else {
-                backfilled = true;
-                continue;
-            };
-            match crate::pipeline::runs::summarize(p, Some(&from), 2_000, None).await {
-                Ok(r) => {
-                    if r.wrote > 0 {
-                        tracing::info!(wrote = r.wrote, "kept the summaries of older runs");
-                    }
-                    backfilled = r.last.is_none();
-                    backfill = r.last;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not keep run summaries; trying again later");
-                    backfill = Some(from);
                 }
             }
         }

@@ -880,31 +880,50 @@ async fn runs_are_paged_newest_first_from_the_index() {
 /// any write to the run makes it stale, and the page reads the records again.
 #[tokio::test]
 async fn pages_read_kept_summaries_until_the_run_changes() {
-    use baton::pipeline::runs::{page, rolled_back_key, summarize};
+    use baton::pipeline::runs::{Summarizer, page, rolled_back_key};
     use baton::ports::{ObjectStore, Precondition};
     let s = Setup {
         production: "auto".into(),
         ..Setup::default()
     };
     let env = setup(s);
-    let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
-    env.drain().await;
+    let mut images = vec![];
+    for tag in ["1.0.0", "1.1.0", "1.2.0"] {
+        images.push(env.push(tag, "ci-bot", Utc::now()).await);
+        env.drain().await;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let img = images[2].clone();
     let run = env.run_of(&img);
     let p = &env.local.pipeline;
     let store = &p.ports.store;
+    let mut summarizer = Summarizer::default();
     // In flight (changed under 2 s ago): nothing kept yet.
-    let first = summarize(p, None, 100, None).await.unwrap();
-    assert_eq!(first.wrote, 0, "a run that just changed is not summarized");
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    let done = summarize(p, None, 100, None).await.unwrap();
-    assert_eq!(done.wrote, 1);
-    assert_eq!(done.last, None, "the whole index was walked");
+    let first = summarizer.step(p, 10).await.unwrap();
     assert_eq!(
-        summarize(p, None, 100, None).await.unwrap().wrote,
-        0,
-        "current"
+        (first.seen, first.wrote),
+        (3, 0),
+        "runs that just changed wait: {first:?} {:?}",
+        store.list("index/").await.unwrap()
     );
-    let key = store.list("index/runs/").await.unwrap().pop().unwrap();
+    assert!(first.unsettled.is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    // Walks of 2 entries: the first is cut, the next goes on from there.
+    let a = summarizer.step(p, 2).await.unwrap();
+    assert_eq!((a.seen, a.wrote), (2, 2));
+    assert!(a.cut.is_some());
+    let b = summarizer.step(p, 2).await.unwrap();
+    assert_eq!((b.seen, b.wrote, b.cut.clone()), (1, 1, None), "{b:?}");
+    // Everything is summarized: a walk reads only the newest entry.
+    let c = summarizer.step(p, 2).await.unwrap();
+    assert_eq!((c.seen, c.wrote), (1, 0), "{c:?}");
+    let key = store
+        .list("index/runs/")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.ends_with(run.as_str()))
+        .unwrap();
     let entry: serde_json::Value = serde_json::from_str(&env.object(&key).await).unwrap();
     assert_eq!(entry["summary"]["status"], "deployed", "{entry}");
     assert_eq!(
@@ -938,7 +957,13 @@ async fn pages_read_kept_summaries_until_the_run_changes() {
         .unwrap();
     let pg = page(p, 50, None).await.unwrap();
     assert_eq!(pg.runs[0].status.to_string(), "rolled back (production)");
-    assert_eq!(summarize(p, None, 100, None).await.unwrap().wrote, 1);
+    assert_eq!(
+        baton::pipeline::runs::summarize(p, None, None, 10)
+            .await
+            .unwrap()
+            .wrote,
+        1
+    );
     let entry: serde_json::Value = serde_json::from_str(&env.object(&key).await).unwrap();
     assert_eq!(entry["summary"]["status"], "rolled back (production)");
     assert_eq!(
