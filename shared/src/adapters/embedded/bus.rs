@@ -23,7 +23,7 @@
 //! generation is then deleted. Every read happens under the lock and reads `generation`
 //! first, so no process reads a generation that is being replaced.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -132,10 +132,28 @@ struct State {
     /// The sum of the line sizes of `messages`.
     live_bytes: u64,
     pending: BTreeMap<(u64, String), Entry>,
+    /// `pending` in the order deliveries fall due: (not before, seq, subscription).
+    due: std::collections::BTreeSet<(DateTime<Utc>, u64, String)>,
     dead: BTreeMap<(u64, String), DeadLetter>,
 }
 
 impl State {
+    /// Sets a pending delivery (keeping `due` in step).
+    fn set_pending(&mut self, key: (u64, String), entry: Entry) {
+        let due = (entry.not_before, key.0, key.1.clone());
+        if let Some(old) = self.pending.insert(key, entry) {
+            self.due.remove(&(old.not_before, due.1, due.2.clone()));
+        }
+        self.due.insert(due);
+    }
+
+    /// Removes a pending delivery (keeping `due` in step).
+    fn remove_pending(&mut self, key: &(u64, String)) {
+        if let Some(old) = self.pending.remove(key) {
+            self.due.remove(&(old.not_before, key.0, key.1.clone()));
+        }
+    }
+
     /// Drops a message from memory once no delivery of it is pending or dead.
     fn release(&mut self, seq: u64) {
         let range = (seq, String::new())..(seq.saturating_add(1), String::new());
@@ -338,7 +356,11 @@ impl EmbeddedBus {
         let concurrency = opts.concurrency.max(1);
         let mut report = DrainReport::default();
         let mut flying = FuturesUnordered::new();
-        let mut busy: HashSet<(u64, String)> = HashSet::new();
+        // At most `concurrency` deliveries: a short list.
+        let mut busy: Vec<(u64, String)> = Vec::new();
+        let is_busy = |busy: &[(u64, String)], seq: u64, sub: &str| {
+            busy.iter().any(|(s, b)| *s == seq && b == sub)
+        };
         loop {
             let budget = opts.max_deliveries.map_or(usize::MAX, |m| {
                 m.saturating_sub(report.delivered.saturating_add(flying.len()))
@@ -350,15 +372,23 @@ impl EmbeddedBus {
                 self.blocking(Log::refresh_locked).await?;
                 let now = Utc::now();
                 let st = self.0.state();
-                let mut due: Vec<(DateTime<Utc>, u64, String, u32)> = st
-                    .pending
-                    .iter()
-                    .filter(|(k, e)| e.not_before <= now && !busy.contains(*k))
-                    .map(|((seq, sub), e)| (e.not_before, *seq, sub.clone(), e.attempts))
-                    .collect();
-                due.sort();
-                due.truncate(room);
-                for (_, seq, sub, attempts) in due {
+                // The earliest due first, read off the ordered index: the work is the
+                // deliveries started, not the backlog.
+                let mut due: Vec<(u64, String, u32)> = Vec::with_capacity(room);
+                for (not_before, seq, sub) in &st.due {
+                    if *not_before > now || due.len() == room {
+                        break;
+                    }
+                    if is_busy(&busy, *seq, sub) {
+                        continue;
+                    }
+                    let attempts = st
+                        .pending
+                        .get(&(*seq, sub.clone()))
+                        .map_or(0, |e| e.attempts);
+                    due.push((*seq, sub.clone(), attempts));
+                }
+                for (seq, sub, attempts) in due {
                     // A pending entry always has its message (both come from the same
                     // log); an empty body makes a broken log visible as a dead letter.
                     let msg = st
@@ -370,19 +400,25 @@ impl EmbeddedBus {
                             attributes: Default::default(),
                             body: String::new(),
                         });
-                    busy.insert((seq, sub.clone()));
+                    busy.push((seq, sub.clone()));
                     flying.push(Self::deliver_one(subscriber, seq, sub, attempts, msg));
                 }
                 if flying.len() < concurrency {
                     let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
+                    // The earliest not started and not parked (ordered: the first found).
                     let later = st
-                        .pending
+                        .due
                         .iter()
-                        .filter(|(k, e)| {
-                            !busy.contains(*k) && (!e.waiting || e.not_before - now <= park)
+                        .filter(|(not_before, seq, sub)| {
+                            !is_busy(&busy, *seq, sub)
+                                && (*not_before - now <= park
+                                    || st
+                                        .pending
+                                        .get(&(*seq, sub.clone()))
+                                        .is_some_and(|e| !e.waiting))
                         })
-                        .map(|(_, e)| e.not_before)
-                        .min();
+                        .map(|(not_before, _, _)| *not_before)
+                        .next();
                     wait = later.map(|t| (t - now).to_std().unwrap_or_default());
                     if flying.is_empty() && later.is_none() {
                         report.parked = st.pending.len();
@@ -415,7 +451,7 @@ impl EmbeddedBus {
             }
             let lines: Vec<DeliveryLine> = finished.iter().map(|f| self.outcome_line(f)).collect();
             for f in &finished {
-                busy.remove(&(f.seq, f.sub.clone()));
+                busy.retain(|(s, b)| !(*s == f.seq && *b == f.sub));
             }
             let dead = lines.iter().filter(|l| l.outcome == Outcome::Dead).count();
             self.blocking(move |log| log.record_all(lines)).await?;
@@ -795,7 +831,7 @@ impl Log {
                         return;
                     }
                     for s in &m.subscriptions {
-                        st.pending.insert(
+                        st.set_pending(
                             (m.seq, s.clone()),
                             Entry {
                                 attempts: 0,
@@ -997,18 +1033,23 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
     let key = (d.seq, d.subscription.clone());
     match d.outcome {
         Outcome::Done => {
-            st.pending.remove(&key);
+            st.remove_pending(&key);
             st.release(d.seq);
         }
         Outcome::Retry | Outcome::Wait => {
-            if let Some(e) = st.pending.get_mut(&key) {
-                e.attempts = d.attempts;
-                e.not_before = d.not_before.unwrap_or(d.at);
-                e.waiting = d.outcome == Outcome::Wait;
+            if st.pending.contains_key(&key) {
+                st.set_pending(
+                    key,
+                    Entry {
+                        attempts: d.attempts,
+                        not_before: d.not_before.unwrap_or(d.at),
+                        waiting: d.outcome == Outcome::Wait,
+                    },
+                );
             }
         }
         Outcome::Dead => {
-            st.pending.remove(&key);
+            st.remove_pending(&key);
             let msg = st.messages.get(&d.seq).map(|(m, _)| m);
             let dl = DeadLetter {
                 seq: d.seq,
@@ -1026,7 +1067,7 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
         }
         Outcome::Redrive => {
             if st.dead.remove(&key).is_some() {
-                st.pending.insert(
+                st.set_pending(
                     key,
                     Entry {
                         attempts: 0,
@@ -1599,6 +1640,42 @@ mod tests {
             self.now.fetch_sub(1, Ordering::SeqCst);
             Delivery::Done
         }
+    }
+
+    /// A backlog is delivered in the order it falls due (publication order), a retried
+    /// delivery after those due before its backoff ends.
+    #[tokio::test]
+    async fn a_backlog_is_delivered_in_the_order_it_falls_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        for i in 0..200 {
+            bus.publish_message(&msg(&format!("m{i:03}"), "y"))
+                .await
+                .unwrap();
+        }
+        let rec = recorder(1);
+        let rep = bus
+            .drain(&rec, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rep.delivered, 201, "200 to b, one of them twice");
+        let seen: Vec<String> = rec
+            .seen
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(seen[0], "m000");
+        let mut rest = seen[1..].to_vec();
+        let retried = rest
+            .iter()
+            .position(|id| id == "m000")
+            .expect("m000 retried");
+        rest.remove(retried);
+        let expected: Vec<String> = (1..200).map(|i| format!("m{i:03}")).collect();
+        assert_eq!(rest, expected, "the others in publication order");
+        assert_eq!(bus.pending(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

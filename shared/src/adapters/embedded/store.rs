@@ -42,6 +42,7 @@ use crate::ports::{Object, ObjectStore, Precondition};
 pub struct DirStore {
     root: PathBuf,
     sync: Arc<GroupSync>,
+    cache: Arc<SegmentCache>,
     /// Writes to segments do not sync themselves: the state directory's next
     /// [`Durability::sync`] (the embedded bus's appends) or [`DirStore::flush`] covers
     /// them. See [`DirStore::defer_syncs_to`].
@@ -72,6 +73,79 @@ impl Durability {
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How many parsed segments a store keeps in memory (the runs in flight, their
+/// approvals and deployments): a bound, so memory does not grow with history.
+const CACHED_SEGMENTS: usize = 64;
+
+/// What identifies a segment file's content: every write appends (its length and times
+/// change) or packs (a new inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// Parsed segments by path, each checked against its file's [`FileId`] when read, so a
+/// run's segment is not read and inflated again for each of its objects.
+#[derive(Debug, Default)]
+struct SegmentCache {
+    /// By path: the file it was parsed from, the segment, and when it was last used.
+    map: Mutex<std::collections::HashMap<PathBuf, Kept>>,
+    tick: AtomicU64,
+}
+
+type Kept = (FileId, Arc<Segment>, u64);
+
+impl SegmentCache {
+    fn get(&self, path: &Path, id: FileId) -> Option<Arc<Segment>> {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(path) {
+            Some((cached, seg, used)) if *cached == id => {
+                *used = tick;
+                Some(seg.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&self, path: &Path, id: FileId, seg: Arc<Segment>) {
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHED_SEGMENTS
+            && !map.contains_key(path)
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(p, _)| p.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(path.to_path_buf(), (id, seg, tick));
+    }
+
+    fn forget(&self, path: &Path) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+    }
+}
 
 /// How many lock files a store has.
 const LOCK_STRIPES: u16 = 128;
@@ -116,7 +190,7 @@ fn segment_of(key: &str) -> Option<(&str, &str)> {
 }
 
 /// A segment read: the newest record of each name (`None`: deleted).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Segment {
     names: BTreeMap<String, Option<Vec<u8>>>,
     /// Bytes of the file up to the end of its last whole record.
@@ -423,6 +497,7 @@ impl DirStore {
         Ok(DirStore {
             root,
             sync,
+            cache: Arc::default(),
             deferred: false,
         })
     }
@@ -539,11 +614,34 @@ impl DirStore {
         self.root.join(dir).join(SEGMENT)
     }
 
-    fn read_segment(path: &Path) -> Result<Segment> {
-        match fs::read(path) {
-            Ok(bytes) => Segment::parse(&bytes, path),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Segment::default()),
-            Err(e) => Err(Error::io("read", path, e)),
+    /// A segment, parsed (from the cache while its file is unchanged).
+    fn read_segment(&self, path: &Path) -> Result<Arc<Segment>> {
+        let id = match fs::metadata(path) {
+            Ok(m) => FileId::of(&m),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        if let Some(seg) = self.cache.get(path, id) {
+            return Ok(seg);
+        }
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let seg = Arc::new(Segment::parse(&bytes, path)?);
+        // Appended to between the stat and the read: parsed, but not kept under `id`.
+        if bytes.len() as u64 == id.len {
+            self.cache.put(path, id, seg.clone());
+        }
+        Ok(seg)
+    }
+
+    /// Keeps what a write just made of a segment (its lock still held).
+    fn remember(&self, path: &Path, seg: Segment) {
+        match fs::metadata(path) {
+            Ok(m) if m.len() == seg.valid => self.cache.put(path, FileId::of(&m), Arc::new(seg)),
+            _ => self.cache.forget(path),
         }
     }
 
@@ -559,11 +657,8 @@ impl DirStore {
         let path = self.path_of(key)?;
         let bytes = match segment_of(key) {
             Some((dir, name)) => {
-                match Self::read_segment(&self.segment_path(dir))?
-                    .names
-                    .remove(name)
-                {
-                    Some(value) => value,
+                match self.read_segment(&self.segment_path(dir))?.names.get(name) {
+                    Some(value) => value.clone(),
                     // Written one file per key by an earlier version.
                     None => Self::read_file(&path)?,
                 }
@@ -615,7 +710,7 @@ impl DirStore {
     ) -> Result<()> {
         let path = self.segment_path(dir);
         let guard = self.lock(dir)?;
-        let mut seg = Self::read_segment(&path)?;
+        let seg = self.read_segment(&path)?;
         let current = match seg.names.get(name) {
             Some(v) => v.clone(),
             None => Self::read_file(legacy)?,
@@ -630,17 +725,25 @@ impl DirStore {
         if seg.loose.saturating_add(rec.len()) >= PACK_AFTER {
             // Pack: the live objects in one deflated frame, written aside, made durable,
             // then renamed over the segment (a reader holds the old file or the new).
-            seg.names
+            let mut next = Segment::clone(&seg);
+            next.names
                 .insert(name.to_string(), value.map(<[u8]>::to_vec));
-            let tmp = self.write_temp(&parent, &seg.packed()?)?;
+            let packed = next.packed()?;
+            let tmp = self.write_temp(&parent, &packed)?;
             let moved = self
                 .sync
                 .durable(&[&tmp])
                 .and_then(|()| fs::rename(&tmp, &path).map_err(|e| Error::io("pack", &path, e)));
             if moved.is_err() {
                 let _ = fs::remove_file(&tmp);
+                self.cache.forget(&path);
             }
             moved?;
+            // As a read of the packed file would make it: the live objects only.
+            next.names.retain(|_, v| v.is_some());
+            next.valid = packed.len() as u64;
+            next.loose = 0;
+            self.remember(&path, next);
         } else {
             let mut f = OpenOptions::new()
                 .create(true)
@@ -663,8 +766,15 @@ impl DirStore {
             if let Err(e) = appended {
                 // Leave no half record behind (a reader would stop at it anyway).
                 let _ = f.set_len(seg.valid);
+                self.cache.forget(&path);
                 return Err(Error::io("append", &path, e));
             }
+            let mut next = Segment::clone(&seg);
+            next.names
+                .insert(name.to_string(), value.map(<[u8]>::to_vec));
+            next.valid = seg.valid.saturating_add(out.len() as u64);
+            next.loose = seg.loose.saturating_add(rec.len());
+            self.remember(&path, next);
         }
         if value.is_none() {
             match fs::remove_file(legacy) {
@@ -744,14 +854,14 @@ impl DirStore {
         let mut found = BTreeMap::new();
         let mut deleted = BTreeSet::new();
         let mut read_segment = |dir_key: &str, path: &Path| -> Result<()> {
-            for (n, v) in Self::read_segment(path)?.names {
+            for (n, v) in &self.read_segment(path)?.names {
                 let full = format!("{dir_key}{n}");
                 if !full.starts_with(prefix) {
                     continue;
                 }
                 match v {
                     Some(v) => {
-                        found.insert(full, Some(v));
+                        found.insert(full, values.then(|| v.clone()));
                     }
                     None => {
                         deleted.insert(full);
@@ -1243,6 +1353,35 @@ mod tests {
                 .unwrap();
             assert_eq!(got.bytes, format!("{i}").into_bytes());
         }
+    }
+
+    /// A segment kept parsed in memory is read again once another process (another
+    /// handle, with its own memory) changed the file, by an append or a pack.
+    #[tokio::test]
+    async fn a_kept_segment_follows_writes_by_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirStore::open(dir.path()).unwrap();
+        let b = DirStore::open(dir.path()).unwrap();
+        let key = "runs/web/0123456789abcdef/stages/test.json";
+        a.put(key, b"1".to_vec(), Precondition::IfNoneMatch)
+            .await
+            .unwrap();
+        assert_eq!(a.get(key).await.unwrap().unwrap().bytes, b"1");
+        for i in 2..200u32 {
+            // b appends (and packs, every 8 KiB); a reads each change and writes under
+            // the etag it read.
+            let etag = b.get(key).await.unwrap().unwrap().etag;
+            let big = format!("{i}-{}", "x".repeat(100));
+            b.put(key, big.clone().into_bytes(), Precondition::IfMatch(etag))
+                .await
+                .unwrap();
+            let seen = a.get(key).await.unwrap().unwrap();
+            assert_eq!(seen.bytes, big.as_bytes(), "write {i}");
+            a.put(key, seen.bytes.clone(), Precondition::IfMatch(seen.etag))
+                .await
+                .unwrap();
+        }
+        assert_eq!(a.list("runs/web/").await.unwrap(), vec![key.to_string()]);
     }
 
     /// A deployment's lease and live record share one segment; its history stays a file
