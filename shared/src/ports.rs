@@ -90,13 +90,22 @@ pub trait ObjectStore: Send + Sync {
     }
 
     /// A token that changes whenever an object under one of `dirs` (key prefixes ending
-    /// in `/`: a run's directories) is written, where the store can give one cheaply
-    /// (the local store: its segments' inode, length and modification time); `None` where
-    /// it cannot (S3). Lets a summary kept elsewhere be checked against its source.
-    fn stamp(&self, dirs: &[String]) -> impl Future<Output = Result<Option<String>>> + Send {
+    /// in `/`: a run's directories) is written, and when that last happened, where the
+    /// store can give them cheaply (the local store: its segments' inode, length and
+    /// modification time); `None` where it cannot (S3). Lets a summary kept elsewhere be
+    /// checked against its source.
+    fn stamp(&self, dirs: &[String]) -> impl Future<Output = Result<Option<Stamp>>> + Send {
         let _ = dirs;
         async { Ok(None) }
     }
+}
+
+/// See [`ObjectStore::stamp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub token: String,
+    /// The last write under the directories (`None`: nothing written).
+    pub changed: Option<DateTime<Utc>>,
 }
 
 /// What a registry says about a tag.

@@ -132,7 +132,7 @@ pub async fn list<P: Ports>(p: &Pipeline<P>) -> Result<Vec<RunSummary>> {
 }
 
 /// An entry of the run index: the run's app, and its summary as of the stamp of its
-/// records (see [`ObjectStore::stamp`]), which [`summarize_recent`] keeps.
+/// records (see [`ObjectStore::stamp`]), which [`summarize`] keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct IndexEntry {
     app: String,
@@ -165,14 +165,14 @@ async fn summary_via<P: Ports>(
     p: &Pipeline<P>,
     entry: &IndexEntry,
     run: &RunId,
-) -> Result<(RunSummary, Option<String>, bool)> {
+) -> Result<(RunSummary, Option<crate::ports::Stamp>, bool)> {
     let stamp = p
         .ports
         .store()
         .stamp(&summary_dirs(&entry.app, run))
         .await?;
     if let (Some(now), Some(kept)) = (&stamp, &entry.summary)
-        && *now == kept.stamp
+        && now.token == kept.stamp
         && p.config.app(&entry.app).is_ok()
     {
         let kept = kept.clone();
@@ -408,26 +408,32 @@ pub async fn summarize<P: Ports>(
             };
             // A run removed by retention, or of an app no longer configured: nothing to
             // keep.
-            let Ok((s, stamp, kept)) = summary_via(p, &entry, &run).await else {
-                continue;
-            };
-            let Some(stamp) = stamp else {
+            let Some(stamp) = store.stamp(&summary_dirs(&entry.app, &run)).await? else {
                 // The store cannot tell when a run changes: nothing to keep.
                 done.cut = None;
                 return Ok(done);
             };
-            if kept {
+            if entry
+                .summary
+                .as_ref()
+                .is_some_and(|k| k.stamp == stamp.token)
+            {
                 continue;
             }
-            let quiet = s
-                .updated_at
-                .is_some_and(|u| now.signed_duration_since(u) >= QUIET);
-            if !quiet {
+            // Written in the last moments (in flight): left for a later walk, without
+            // reading its records now.
+            if stamp
+                .changed
+                .is_some_and(|c| now.signed_duration_since(c) < QUIET)
+            {
                 done.unsettled = Some(cursor.to_string());
                 continue;
             }
+            let Ok(s) = summary(p, &entry.app, &run).await else {
+                continue;
+            };
             entry.summary = Some(KeptSummary {
-                stamp,
+                stamp: stamp.token,
                 image: s.image,
                 status: s.status,
                 started_at: s.started_at,

@@ -957,6 +957,11 @@ async fn pages_read_kept_summaries_until_the_run_changes() {
         .unwrap();
     let pg = page(p, 50, None).await.unwrap();
     assert_eq!(pg.runs[0].status.to_string(), "rolled back (production)");
+    let fresh = baton::pipeline::runs::summarize(p, None, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(fresh.wrote, 0, "just written: not quiet yet");
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert_eq!(
         baton::pipeline::runs::summarize(p, None, None, 10)
             .await

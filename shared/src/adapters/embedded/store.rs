@@ -1030,29 +1030,36 @@ impl ObjectStore for DirStore {
 
     /// The segments' inode, length and modification time (nanoseconds): every write
     /// appends to a segment (its length grows) or packs it (a new inode).
-    async fn stamp(&self, dirs: &[String]) -> Result<Option<String>> {
+    async fn stamp(&self, dirs: &[String]) -> Result<Option<crate::ports::Stamp>> {
         let dirs = dirs.to_vec();
         self.blocking(move |s| {
             use std::os::unix::fs::MetadataExt;
             let mut token = String::new();
+            let mut changed: Option<chrono::DateTime<chrono::Utc>> = None;
             for dir in &dirs {
                 if segment_of(&format!("{dir}x")).is_none_or(|(d, _)| d != dir) {
                     return Ok(None);
                 }
                 let path = s.segment_path(dir);
                 match fs::metadata(&path) {
-                    Ok(m) => token.push_str(&format!(
-                        "{:x}.{:x}.{:x}.{:x};",
-                        m.ino(),
-                        m.len(),
-                        m.mtime(),
-                        m.mtime_nsec()
-                    )),
+                    Ok(m) => {
+                        token.push_str(&format!(
+                            "{:x}.{:x}.{:x}.{:x};",
+                            m.ino(),
+                            m.len(),
+                            m.mtime(),
+                            m.mtime_nsec()
+                        ));
+                        if let Ok(t) = m.modified() {
+                            let t = chrono::DateTime::<chrono::Utc>::from(t);
+                            changed = Some(changed.map_or(t, |c| c.max(t)));
+                        }
+                    }
                     Err(e) if e.kind() == ErrorKind::NotFound => token.push_str("-;"),
                     Err(e) => return Err(Error::io("stat", &path, e)),
                 }
             }
-            Ok(Some(token))
+            Ok(Some(crate::ports::Stamp { token, changed }))
         })
         .await
     }
