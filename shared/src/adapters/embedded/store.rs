@@ -75,8 +75,10 @@ impl Durability {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// How many parsed segments a store keeps in memory (the runs in flight, their
-/// approvals and deployments): a bound, so memory does not grow with history.
+/// approvals and deployments), and in how many bytes at most: bounds, so memory does not
+/// grow with history.
 const CACHED_SEGMENTS: usize = 64;
+const CACHED_BYTES: usize = 2 << 20;
 
 /// What identifies a segment file's content: every write appends (its length and times
 /// change) or packs (a new inode).
@@ -109,6 +111,16 @@ struct SegmentCache {
     tick: AtomicU64,
 }
 
+impl Segment {
+    /// About the memory a parsed segment holds.
+    fn weight(&self) -> usize {
+        self.names
+            .iter()
+            .map(|(n, v)| 64 + n.len() + v.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+}
+
 type Kept = (FileId, Arc<Segment>, u64);
 
 impl SegmentCache {
@@ -126,15 +138,27 @@ impl SegmentCache {
 
     fn put(&self, path: &Path, id: FileId, seg: Arc<Segment>) {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        let weight = seg.weight();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= CACHED_SEGMENTS
-            && !map.contains_key(path)
-            && let Some(oldest) = map
+        map.remove(path);
+        if weight > CACHED_BYTES / 8 {
+            return;
+        }
+        // The least recently used go first, until the new one fits both bounds.
+        let mut total: usize = map.values().map(|(_, s, _)| s.weight()).sum();
+        while !map.is_empty()
+            && (map.len() >= CACHED_SEGMENTS || total.saturating_add(weight) > CACHED_BYTES)
+        {
+            let Some(oldest) = map
                 .iter()
                 .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(p, _)| p.clone())
-        {
-            map.remove(&oldest);
+            else {
+                break;
+            };
+            if let Some((_, s, _)) = map.remove(&oldest) {
+                total = total.saturating_sub(s.weight());
+            }
         }
         map.insert(path.to_path_buf(), (id, seg, tick));
     }
