@@ -366,7 +366,24 @@ fn end_quietly_on_closed_stdout(command: &Command) {
     }
 }
 
+/// Two malloc arenas instead of glibc's default of eight per CPU: file work runs on
+/// tokio's blocking pool, whose threads come and go, and each arena they touch keeps the
+/// peak it reached. With the default, `baton serve` in the soak test held 11% more after
+/// 5,000 runs than after 1,000 (freed, unreturned memory; 5% with two arenas).
+/// `MALLOC_ARENA_MAX` still overrides.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called first in `main`, before any other thread exists; `mallopt` only
+        // sets an allocator parameter.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    cap_malloc_arenas();
     baton::adapters::sandbox::protect_this_process();
     let cli = Cli::parse();
     end_quietly_on_closed_stdout(&cli.command);

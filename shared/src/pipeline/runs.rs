@@ -378,7 +378,12 @@ pub async fn summarize<P: Ports>(
         if until.is_some_and(|u| u.get(..10).is_some_and(|u_day| day < u_day)) {
             break;
         }
-        let mut keys = store.list(&format!("{RUN_INDEX}{day}/")).await?;
+        let mut keys = store
+            .list(&format!(
+                "{RUN_INDEX}{day}/{}",
+                window(day, after, until, now)
+            ))
+            .await?;
         keys.reverse();
         for key in keys {
             let cursor = &key[RUN_INDEX.len()..];
@@ -456,6 +461,40 @@ pub async fn summarize<P: Ports>(
     }
     done.cut = None;
     Ok(done)
+}
+
+/// The digits every index key of `day` between the cursors `until` and `after` (or a
+/// minute from `now`) starts its time with, so a walk of the newest runs lists those and
+/// not the day's whole index (an entry more than a minute ahead of the clock is listed
+/// once the clock reaches it).
+fn window(day: &str, after: Option<&str>, until: Option<&str>, now: DateTime<Utc>) -> String {
+    let ms_of = |cursor: &str| -> Option<String> {
+        let (d, rest) = cursor.split_once('/')?;
+        (d == day).then(|| rest.get(..13).map(str::to_string))?
+    };
+    let Some(low) = until.and_then(ms_of) else {
+        return String::new();
+    };
+    let high = match after {
+        Some(a) => match ms_of(a) {
+            Some(h) => h,
+            None => return String::new(),
+        },
+        None => {
+            let Some(h) = now.checked_add_signed(chrono::TimeDelta::minutes(1)) else {
+                return String::new();
+            };
+            if h.format("%Y-%m-%d").to_string() != day {
+                return String::new();
+            }
+            format!("{:013}", h.timestamp_millis().max(0))
+        }
+    };
+    low.chars()
+        .zip(high.chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect()
 }
 
 /// Where [`summarize`] walks stand between calls: keeps the summaries of every quiet
@@ -937,6 +976,46 @@ fn status_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A walk between two cursors of a day lists the keys sharing their time's leading
+    /// digits; anything it cannot bound lists the whole day.
+    #[test]
+    fn walks_list_the_window_between_their_cursors() {
+        let day = "2026-11-30";
+        let now = DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let ms = now.timestamp_millis();
+        let cursor = |ms: i64| format!("{day}/{ms:013}-0123456789abcdef");
+        // From a minute ahead of now down to 2 s ago.
+        let w = window(day, None, Some(&cursor(ms - 2_000)), now);
+        let (lo, hi) = (
+            format!("{:013}", ms - 2_000),
+            format!("{:013}", ms + 60_000),
+        );
+        assert!(lo.starts_with(&w) && hi.starts_with(&w), "{w}");
+        assert!(w.len() >= 7, "at most 10^6 ms wide: {w}");
+        // Between two cursors.
+        let w = window(
+            day,
+            Some(&cursor(ms + 1_005)),
+            Some(&cursor(ms + 1_000)),
+            now,
+        );
+        assert_eq!(w, format!("{:013}", ms + 1_000)[..12]);
+        // Another day, no lower bound, or a bound on another day: the whole day.
+        assert_eq!(window("2026-11-29", None, Some(&cursor(ms)), now), "");
+        assert_eq!(window(day, None, None, now), "");
+        assert_eq!(
+            window(
+                day,
+                None,
+                Some(&format!("2026-11-29/{:013}-0123456789abcdef", ms)),
+                now
+            ),
+            ""
+        );
+    }
 
     /// Every status reads back from the words it prints (summaries kept in the run index
     /// are stored that way); anything else is refused.
