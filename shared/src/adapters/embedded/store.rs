@@ -1052,12 +1052,12 @@ impl ObjectStore for DirStore {
             .await
     }
 
-    /// The segments' inode, length and modification time (nanoseconds): every write
-    /// appends to a segment (its length grows) or packs it (a new inode).
+    /// The segments' inode, length and modification time, from their [`FileId`]s: every
+    /// write appends to a segment (its length and mtime change) or packs it (a new inode).
+    /// Not the ctime, which a link or a `chmod` changes without changing the content.
     async fn stamp(&self, dirs: &[String]) -> Result<Option<crate::ports::Stamp>> {
         let dirs = dirs.to_vec();
         self.blocking(move |s| {
-            use std::os::unix::fs::MetadataExt;
             let mut token = String::new();
             let mut changed: Option<chrono::DateTime<chrono::Utc>> = None;
             for dir in &dirs {
@@ -1067,12 +1067,10 @@ impl ObjectStore for DirStore {
                 let path = s.segment_path(dir);
                 match fs::metadata(&path) {
                     Ok(m) => {
+                        let id = FileId::of(&m);
                         token.push_str(&format!(
                             "{:x}.{:x}.{:x}.{:x};",
-                            m.ino(),
-                            m.len(),
-                            m.mtime(),
-                            m.mtime_nsec()
+                            id.ino, id.len, id.mtime.0, id.mtime.1
                         ));
                         if let Ok(t) = m.modified() {
                             let t = chrono::DateTime::<chrono::Utc>::from(t);
