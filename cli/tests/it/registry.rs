@@ -146,15 +146,22 @@ impl Api {
 
     /// `POST /hooks/registry` with the webhook's secret: the status and the JSON answer.
     pub(crate) async fn hook(&self, body: &str) -> (u16, Value) {
+        self.try_hook(body)
+            .await
+            .unwrap_or_else(|e| panic!("POST /hooks/registry: {e}"))
+    }
+
+    /// [`Api::hook`], with the connection's failure as an error (a server that died
+    /// before answering).
+    pub(crate) async fn try_hook(&self, body: &str) -> Result<(u16, Value), reqwest::Error> {
         let r = self
             .client
             .post(format!("{}/hooks/registry", self.base))
             .header("Authorization", HOOK_SECRET)
             .body(body.to_string())
             .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+            .await?;
+        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
     }
 
     pub(crate) async fn runs(&self) -> Vec<Value> {

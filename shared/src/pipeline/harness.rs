@@ -19,7 +19,7 @@ use crate::ids::output_event_id;
 use crate::pipeline::Pipeline;
 use crate::pipeline::stage::{Input, RecordKey, Stage, StageCtx, StageName, Step};
 use crate::ports::{BusMessage, EventBus, Ports, Precondition};
-use crate::store::{Change, Swapped, compare_and_swap, event_key, put_json};
+use crate::store::{Change, Swapped, compare_and_swap, create_or_swap, event_key, put_json};
 
 /// Where a stage record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -516,7 +516,7 @@ async fn claim<S: Stage<P>, P: Ports>(
     let key = record.key.as_str();
     let lease = chrono::Duration::from_std(p.settings.lease)
         .map_err(|_| Error::invalid("settings", "the lease time is out of range"))?;
-    let swapped = compare_and_swap(p.ports.store(), key, "stage record", |cur: Option<StageRecord>| {
+    let decide = |cur: Option<StageRecord>| {
         let now = p.ports.now();
         let lease_until = now
             .checked_add_signed(lease)
@@ -635,8 +635,13 @@ async fn claim<S: Stage<P>, P: Ports>(
             rec.transition(StageStatus::Running, now, None);
         }
         Ok(Change::Write(rec))
-    })
-    .await?;
+    };
+    let (store, what) = (p.ports.store(), "stage record");
+    // A delivery usually finds no record (the first one): its claim is one create.
+    let swapped = match mode {
+        Mode::Deliver => create_or_swap(store, key, what, decide).await?,
+        Mode::Retry => compare_and_swap(store, key, what, decide).await?,
+    };
     Ok(match swapped {
         Swapped::Written(rec, etag) => Claim::Claimed(Box::new(rec), etag),
         Swapped::Stopped(handled) => Claim::Skip(handled),

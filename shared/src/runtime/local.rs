@@ -237,10 +237,12 @@ impl NotifyPorts for LocalPorts {
     }
 }
 
-/// The pipeline on embedded adapters, plus its dispatcher.
+/// The pipeline on embedded adapters, plus its dispatcher. Cheap to clone (the
+/// dispatcher hands each delivery's task a copy): clones share everything.
+#[derive(Clone)]
 pub struct Local {
-    pub pipeline: Pipeline<LocalPorts>,
-    subscriptions: Vec<Subscription>,
+    pub pipeline: Arc<Pipeline<LocalPorts>>,
+    subscriptions: Arc<[Subscription]>,
 }
 
 impl Local {
@@ -285,8 +287,8 @@ impl Local {
             http,
         };
         Ok(Local {
-            pipeline: Pipeline::new(ports, config, settings),
-            subscriptions,
+            pipeline: Arc::new(Pipeline::new(ports, config, settings)),
+            subscriptions: subscriptions.into(),
         })
     }
 

@@ -610,7 +610,7 @@ async fn a_redelivered_event_never_creates_a_second_job() {
     let env = case.env();
     let img = push(&env, case.repo, "1.0.0").await;
     let thrice = Repeat {
-        inner: &env.local,
+        inner: env.local.clone(),
         n: 3,
     };
     env.local

@@ -157,12 +157,13 @@ pub fn sequence(events: &[Event]) -> Vec<String> {
 }
 
 /// Delivers every message `n` times in a row (at-least-once delivery at its worst).
-pub struct Repeat<'a> {
-    pub inner: &'a Local,
+#[derive(Clone)]
+pub struct Repeat {
+    pub inner: Local,
     pub n: usize,
 }
 
-impl Subscriber for Repeat<'_> {
+impl Subscriber for Repeat {
     async fn deliver(&self, sub: &str, msg: &BusMessage) -> Delivery {
         let mut last = Delivery::Done;
         for _ in 0..self.n {

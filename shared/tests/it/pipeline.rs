@@ -122,7 +122,7 @@ async fn every_event_delivered_three_times_deploys_once_per_environment() {
     });
     let img = env.push("1.0.0", "ci-bot", Utc::now()).await;
     let thrice = Repeat {
-        inner: &env.local,
+        inner: env.local.clone(),
         n: 3,
     };
     let rep = env

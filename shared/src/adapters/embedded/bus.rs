@@ -33,8 +33,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::embedded::store::Durability;
@@ -64,6 +62,16 @@ pub trait Subscriber: Send + Sync {
         subscription: &str,
         msg: &BusMessage,
     ) -> impl Future<Output = Delivery> + Send;
+}
+
+impl<S: Subscriber> Subscriber for Arc<S> {
+    fn deliver(
+        &self,
+        subscription: &str,
+        msg: &BusMessage,
+    ) -> impl Future<Output = Delivery> + Send {
+        S::deliver(self, subscription, msg)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,10 +340,11 @@ impl EmbeddedBus {
     /// longer than `park_after` are left parked (they resume on the next drain). Up to
     /// `opts.concurrency` deliveries run at once (as Lambda runs a queue's batches
     /// concurrently; every stage is idempotent and ordered by its records, not by the
-    /// queue); the outcomes of deliveries that finish together are recorded with one
-    /// append and one sync.
+    /// queue), each its own task, so they use every worker thread and go on while
+    /// outcomes are recorded; the outcomes of deliveries that finish together are
+    /// recorded with one append and one sync.
     /// Only one process drains at a time: `Error::Refused` when another one is.
-    pub async fn drain<S: Subscriber>(
+    pub async fn drain<S: Subscriber + Clone + 'static>(
         &self,
         subscriber: &S,
         opts: &DrainOptions,
@@ -355,7 +364,8 @@ impl EmbeddedBus {
         }
         let concurrency = opts.concurrency.max(1);
         let mut report = DrainReport::default();
-        let mut flying = FuturesUnordered::new();
+        // Dropping the set (the drain given up) aborts the deliveries in it.
+        let mut flying = tokio::task::JoinSet::new();
         // At most `concurrency` deliveries: a short list.
         let mut busy: Vec<(u64, String)> = Vec::new();
         let is_busy = |busy: &[(u64, String)], seq: u64, sub: &str| {
@@ -401,7 +411,13 @@ impl EmbeddedBus {
                             body: String::new(),
                         });
                     busy.push((seq, sub.clone()));
-                    flying.push(Self::deliver_one(subscriber, seq, sub, attempts, msg));
+                    flying.spawn(Self::deliver_one(
+                        subscriber.clone(),
+                        seq,
+                        sub,
+                        attempts,
+                        msg,
+                    ));
                 }
                 if flying.len() < concurrency {
                     let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
@@ -438,16 +454,16 @@ impl EmbeddedBus {
             let first = if flying.len() < concurrency && budget > flying.len() {
                 let d = wait.unwrap_or(Duration::from_secs(1));
                 tokio::select! {
-                    done = flying.next() => done,
+                    done = flying.join_next() => done,
                     () = self.idle(opts, d) => None,
                 }
             } else {
-                flying.next().await
+                flying.join_next().await
             };
             let Some(first) = first else { continue };
-            let mut finished = vec![first];
-            while let Some(Some(more)) = flying.next().now_or_never() {
-                finished.push(more);
+            let mut finished = vec![Self::joined(first)?];
+            while let Some(more) = flying.try_join_next() {
+                finished.push(Self::joined(more)?);
             }
             let lines: Vec<DeliveryLine> = finished.iter().map(|f| self.outcome_line(f)).collect();
             for f in &finished {
@@ -485,10 +501,16 @@ impl EmbeddedBus {
         }
     }
 
+    /// A delivery's task, joined. Its panics are caught inside it, so a task ends
+    /// otherwise only when the set is dropped, which this drain never does while it runs.
+    fn joined(r: std::result::Result<Finished, tokio::task::JoinError>) -> Result<Finished> {
+        r.map_err(|e| Error::permanent("embedded bus", format!("a delivery task ended: {e}")))
+    }
+
     /// One delivery; a panic in it is that message's failure (retried, then
     /// dead-lettered), never the end of the dispatcher.
     async fn deliver_one<S: Subscriber>(
-        subscriber: &S,
+        subscriber: S,
         seq: u64,
         sub: String,
         attempts: u32,
@@ -1215,11 +1237,11 @@ mod tests {
         }
     }
 
-    fn recorder(fail_b: usize) -> Recorder {
-        Recorder {
+    fn recorder(fail_b: usize) -> Arc<Recorder> {
+        Arc::new(Recorder {
             seen: Mutex::new(vec![]),
             fail_b: AtomicUsize::new(fail_b),
-        }
+        })
     }
 
     /// Deliveries in flight at once follow `DrainOptions::concurrency`
@@ -1248,10 +1270,10 @@ mod tests {
                     .await
                     .unwrap();
             }
-            let o = Overlap {
+            let o = Arc::new(Overlap {
                 now: AtomicUsize::new(0),
                 most: AtomicUsize::new(0),
-            };
+            });
             let opts = DrainOptions {
                 concurrency,
                 ..DrainOptions::default()
@@ -1426,7 +1448,7 @@ mod tests {
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         bus.publish_message(&msg("dead", "y")).await.unwrap();
         bus.publish_message(&msg("parked", "y")).await.unwrap();
-        bus.drain(&Parks, &DrainOptions::default(), |_| {})
+        bus.drain(&Arc::new(Parks), &DrainOptions::default(), |_| {})
             .await
             .unwrap();
         assert_eq!(bus.held(), 2, "the dead letter and the parked message");
@@ -1435,7 +1457,7 @@ mod tests {
             bus.publish_message(&big(&format!("m{i}"), "y"))
                 .await
                 .unwrap();
-            bus.drain(&Parks, &DrainOptions::default(), |_| {})
+            bus.drain(&Arc::new(Parks), &DrainOptions::default(), |_| {})
                 .await
                 .unwrap();
             assert!(
@@ -1475,7 +1497,7 @@ mod tests {
             ("dead", Some("malformed"))
         );
         let rep = bus
-            .drain(&Parks, &DrainOptions::default(), |_| {})
+            .drain(&Arc::new(Parks), &DrainOptions::default(), |_| {})
             .await
             .unwrap();
         assert_eq!(
@@ -1578,7 +1600,7 @@ mod tests {
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         bus.publish_message(&msg("bad", "y")).await.unwrap();
         bus.publish_message(&msg("good", "y")).await.unwrap();
-        let p = Panics(AtomicUsize::new(0));
+        let p = Arc::new(Panics(AtomicUsize::new(0)));
         let rep = bus
             .drain(&p, &DrainOptions::default(), |_| {})
             .await
@@ -1615,7 +1637,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         bus.publish_message(&msg("m1", "x")).await.unwrap();
-        let w = Waiter(AtomicUsize::new(0));
+        let w = Arc::new(Waiter(AtomicUsize::new(0)));
         let rep = bus
             .drain(&w, &DrainOptions::default(), |_| {})
             .await
@@ -1661,9 +1683,10 @@ mod tests {
         assert_eq!(rep.delivered, 201, "200 to b, one of them twice");
         let seen: Vec<String> = rec
             .seen
-            .into_inner()
+            .lock()
             .unwrap()
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|(_, id)| id)
             .collect();
         assert_eq!(seen[0], "m000");
@@ -1687,11 +1710,11 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let slow = Slow {
+        let slow = Arc::new(Slow {
             now: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
             seen: Mutex::new(vec![]),
-        };
+        });
         let opts = DrainOptions {
             concurrency: 5,
             ..DrainOptions::default()
@@ -1699,7 +1722,7 @@ mod tests {
         let syncs = bus.syncs();
         let rep = bus.drain(&slow, &opts, |_| {}).await.unwrap();
         assert_eq!(rep.delivered, 24, "12 messages × subscriptions a and b");
-        let mut seen = slow.seen.into_inner().unwrap();
+        let mut seen = slow.seen.lock().unwrap().clone();
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), 24, "each delivery once");
@@ -1721,11 +1744,11 @@ mod tests {
             max_deliveries: Some(3),
             ..DrainOptions::default()
         };
-        let slow = Slow {
+        let slow = Arc::new(Slow {
             now: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
             seen: Mutex::new(vec![]),
-        };
+        });
         let rep = bus.drain(&slow, &limited, |_| {}).await.unwrap();
         assert_eq!(rep.delivered, 3);
         assert_eq!(bus.pending(), 5);
