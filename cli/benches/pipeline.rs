@@ -190,6 +190,20 @@ async fn paced(
     sent
 }
 
+/// The CPU time (user and system) process `pid` has used, in ms, from `/proc`; `None`
+/// where that cannot be read.
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command's closing parenthesis; utime and stime are the 14th
+    // and 15th of the line, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 * 1000.0 / hz as f64)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -464,6 +478,7 @@ async fn main() {
     // Throughput: pushes as fast as accepted, 8 at a time.
     eprintln!("throughput: {runs} pushes");
     let before: Usage = fleet::usage(&state);
+    let cpu_before = cpu_ms(server.pid);
     let counter = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let mut workers = vec![];
@@ -486,10 +501,14 @@ async fn main() {
     idle(&client, &base).await;
     let elapsed = t0.elapsed();
     let per_min = runs as f64 / elapsed.as_secs_f64() * 60.0;
+    let cpu_per_run = cpu_before
+        .zip(cpu_ms(server.pid))
+        .map(|(b, a)| (a - b) / runs as f64);
     eprintln!(
-        "  {runs} runs in {:.1} s ({:.1} s to accept): {per_min:.0} runs/min",
+        "  {runs} runs in {:.1} s ({:.1} s to accept): {per_min:.0} runs/min, server CPU {} ms/run",
         elapsed.as_secs_f64(),
-        accepted.as_secs_f64()
+        accepted.as_secs_f64(),
+        cpu_per_run.map_or("?".into(), |c| format!("{c:.2}"))
     );
     for n in next..next + runs {
         deployed_at(&client, &base, n).await;
@@ -593,6 +612,7 @@ async fn main() {
     let table = format!(
         "| figure | value | target |\n|---|---|---|\n\
          | throughput ({runs} pushes, 8 at a time) | {per_min:.0} runs/min | ≥ 10,000 |\n\
+         | server CPU per run in that phase (user + system) | {} | |\n\
          | push → production deployed at {rate:.0}/min ({count} runs) | p50 {:.1} ms, p99 {:.1} ms | p50 ≤ 10 ms, p99 ≤ 50 ms |\n\
          | RSS after warm-up / throughput / latency phases (peak) | {} / {} / {} ({}) | flat |\n\
          | state per run | {bytes_per_run:.1} KiB in {files_per_run:.1} files, {disk_per_run:.1} KiB on disk | ≤ 16 KB |\n\
@@ -603,6 +623,7 @@ async fn main() {
          | the same, nothing changed since the last read | p50 {:.1} ms, p99 {:.1} ms | |\n\
          | dashboard run page at {total_runs} runs | p50 {:.1} ms, p99 {:.1} ms | |\n\
          | restart with {total_runs} runs (until `/healthz` answers) | {:.0} ms | |\n",
+        cpu_per_run.map_or("not measured".to_string(), |c| format!("{c:.2} ms")),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         mib(warm_rss),

@@ -398,7 +398,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(commands::run(cli)) {
+    let result = rt.block_on(commands::run(cli));
+    // Deliveries run on threads of their own; one still running (a drain given up, as
+    // `baton serve` stopping gives it up) gets a moment to end, then is left: its message
+    // is still pending in the bus and is delivered again by the next drain.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

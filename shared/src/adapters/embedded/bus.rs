@@ -35,6 +35,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::embedded::blocking;
 use crate::adapters::embedded::store::Durability;
 use crate::config::BusConfig;
 use crate::error::{Error, Result};
@@ -231,6 +232,10 @@ struct Log {
     /// Publishes waiting for the next group commit.
     group: Mutex<Group>,
     committed: Condvar,
+    /// Notified after each message this process appends, so its idle dispatcher starts
+    /// the message's deliveries at once (a stage's next stage starts while the stage
+    /// that published still records its outcome).
+    published: tokio::sync::Notify,
     /// Syncs of the log's files by this process.
     syncs: std::sync::atomic::AtomicU64,
     /// The state directory's shared sync, when the store defers its own to it: an append
@@ -281,30 +286,33 @@ impl EmbeddedBus {
         &self.0.dir
     }
 
-    /// Runs `f` on the log on the blocking pool.
+    /// Runs `f` on the log where it may block (see [`blocking`]).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Log) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let log = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&log))
-            .await
-            .map_err(|e| Error::permanent("embedded bus", format!("a log task failed: {e}")))?
+        blocking::run("embedded bus", move || f(&log)).await
     }
 
     /// Publishes to every subscription whose filter policy matches (SNS publish); the
     /// message's sequence number.
     pub async fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
         let msg = msg.clone();
-        self.blocking(move |log| log.publish_message(&msg)).await
+        let seq = self.blocking(move |log| log.publish_message(&msg)).await?;
+        self.0.published.notify_one();
+        Ok(seq)
     }
 
     /// Sends to one queue only, bypassing the topic (SQS SendMessage): how registry
     /// notifications reach ingest, as EventBridge and function URLs do in AWS.
     pub async fn send_to(&self, queue: &str, msg: &BusMessage) -> Result<u64> {
         let (queue, msg) = (queue.to_string(), msg.clone());
-        self.blocking(move |log| log.append_message(&msg, vec![queue]))
-            .await
+        let seq = self
+            .blocking(move |log| log.append_message(&msg, vec![queue]))
+            .await?;
+        self.0.published.notify_one();
+        Ok(seq)
     }
 
     /// Deliveries not yet finished (due now, retrying or waiting), as last read.
@@ -340,8 +348,9 @@ impl EmbeddedBus {
     /// longer than `park_after` are left parked (they resume on the next drain). Up to
     /// `opts.concurrency` deliveries run at once (as Lambda runs a queue's batches
     /// concurrently; every stage is idempotent and ordered by its records, not by the
-    /// queue), each its own task, so they use every worker thread and go on while
-    /// outcomes are recorded; the outcomes of deliveries that finish together are
+    /// queue), each on a thread of its own where its file work runs inline (see
+    /// [`blocking`]), so they use every core and go on while outcomes are recorded; the
+    /// outcomes of deliveries that finish together are
     /// recorded with one append and one sync.
     /// Only one process drains at a time: `Error::Refused` when another one is.
     pub async fn drain<S: Subscriber + Clone + 'static>(
@@ -411,13 +420,13 @@ impl EmbeddedBus {
                             body: String::new(),
                         });
                     busy.push((seq, sub.clone()));
-                    flying.spawn(Self::deliver_one(
+                    flying.spawn_blocking(blocking::on_own_thread(Self::deliver_one(
                         subscriber.clone(),
                         seq,
                         sub,
                         attempts,
                         msg,
-                    ));
+                    )));
                 }
                 if flying.len() < concurrency {
                     let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
@@ -487,17 +496,25 @@ impl EmbeddedBus {
         Ok(report)
     }
 
-    /// Sleeps `d` (between 5 ms and 1 s), or until woken by new work.
+    /// Sleeps `d` (between 5 ms and 1 s), or until woken by new work: a message this
+    /// process appended, or `opts.wake`.
     async fn idle(&self, opts: &DrainOptions, d: Duration) {
         let sleep = tokio::time::sleep(d.clamp(Duration::from_millis(5), Duration::from_secs(1)));
+        let published = self.0.published.notified();
         match &opts.wake {
             Some(wake) => {
                 tokio::select! {
                     () = sleep => {}
                     () = wake.notified() => {}
+                    () = published => {}
                 }
             }
-            None => sleep.await,
+            None => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = published => {}
+                }
+            }
         }
     }
 
@@ -631,6 +648,7 @@ impl Log {
             state: Mutex::new(State::default()),
             group: Mutex::new(Group::default()),
             committed: Condvar::new(),
+            published: tokio::sync::Notify::new(),
             syncs: Default::default(),
             durability,
         };

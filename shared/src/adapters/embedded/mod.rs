@@ -2,6 +2,7 @@
 //! registry, command test runner, manifest deploy target, webhook and log notifiers.
 //! They need no cloud account and no daemon.
 
+pub mod blocking;
 pub mod bus;
 pub mod command;
 pub mod manifest;

@@ -34,6 +34,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
+use crate::adapters::embedded::blocking;
 use crate::error::{Error, Result};
 use crate::ports::{Object, ObjectStore, Precondition};
 
@@ -43,6 +44,10 @@ pub struct DirStore {
     root: PathBuf,
     sync: Arc<GroupSync>,
     cache: Arc<SegmentCache>,
+    /// The lock files, opened once each and kept: one per stripe, each behind a mutex
+    /// (`flock` excludes other processes; threads of this one share the open file, so
+    /// the mutex excludes them).
+    locks: Arc<[Mutex<Option<File>>]>,
     /// Writes to segments do not sync themselves: the state directory's next
     /// [`Durability::sync`] (the embedded bus's appends) or [`DirStore::flush`] covers
     /// them. See [`DirStore::defer_syncs_to`].
@@ -106,9 +111,25 @@ impl FileId {
 /// run's segment is not read and inflated again for each of its objects.
 #[derive(Debug, Default)]
 struct SegmentCache {
-    /// By path: the file it was parsed from, the segment, and when it was last used.
-    map: Mutex<std::collections::HashMap<PathBuf, Kept>>,
+    kept: Mutex<Kept>,
     tick: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    /// By path: the file it was parsed from, the segment, its weight, and when it was
+    /// last used.
+    map: std::collections::HashMap<PathBuf, (FileId, Arc<Segment>, usize, u64)>,
+    /// The weights of the segments in `map`, summed.
+    total: usize,
+}
+
+impl Kept {
+    fn remove(&mut self, path: &Path) {
+        if let Some((_, _, weight, _)) = self.map.remove(path) {
+            self.total = self.total.saturating_sub(weight);
+        }
+    }
 }
 
 impl Segment {
@@ -116,19 +137,20 @@ impl Segment {
     fn weight(&self) -> usize {
         self.names
             .iter()
-            .map(|(n, v)| 64 + n.len() + v.as_ref().map_or(0, Vec::len))
+            .map(|(n, v)| 64 + n.len() + v.as_ref().map_or(0, |v| v.len()))
             .sum()
     }
 }
 
-type Kept = (FileId, Arc<Segment>, u64);
-
 impl SegmentCache {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, path: &Path, id: FileId) -> Option<Arc<Segment>> {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get_mut(path) {
-            Some((cached, seg, used)) if *cached == id => {
+        match self.kept().map.get_mut(path) {
+            Some((cached, seg, _, used)) if *cached == id => {
                 *used = tick;
                 Some(seg.clone())
             }
@@ -139,40 +161,48 @@ impl SegmentCache {
     fn put(&self, path: &Path, id: FileId, seg: Arc<Segment>) {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let weight = seg.weight();
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(path);
+        let mut kept = self.kept();
+        kept.remove(path);
         if weight > CACHED_BYTES / 8 {
             return;
         }
         // The least recently used go first, until the new one fits both bounds.
-        let mut total: usize = map.values().map(|(_, s, _)| s.weight()).sum();
-        while !map.is_empty()
-            && (map.len() >= CACHED_SEGMENTS || total.saturating_add(weight) > CACHED_BYTES)
+        while !kept.map.is_empty()
+            && (kept.map.len() >= CACHED_SEGMENTS
+                || kept.total.saturating_add(weight) > CACHED_BYTES)
         {
-            let Some(oldest) = map
+            let Some(oldest) = kept
+                .map
                 .iter()
-                .min_by_key(|(_, (_, _, used))| *used)
+                .min_by_key(|(_, (_, _, _, used))| *used)
                 .map(|(p, _)| p.clone())
             else {
                 break;
             };
-            if let Some((_, s, _)) = map.remove(&oldest) {
-                total = total.saturating_sub(s.weight());
-            }
+            kept.remove(&oldest);
         }
-        map.insert(path.to_path_buf(), (id, seg, tick));
+        kept.total = kept.total.saturating_add(weight);
+        kept.map.insert(path.to_path_buf(), (id, seg, weight, tick));
     }
 
     fn forget(&self, path: &Path) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(path);
+        self.kept().remove(path);
     }
 }
 
 /// How many lock files a store has.
 const LOCK_STRIPES: u16 = 128;
+
+/// A stripe's lock, held: its mutex, and its file locked (unlocked when dropped).
+struct Locked<'a>(std::sync::MutexGuard<'a, Option<File>>);
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.as_ref() {
+            let _ = f.unlock();
+        }
+    }
+}
 
 /// The file of a segment, in the directory whose objects it holds.
 const SEGMENT: &str = ".segment";
@@ -216,7 +246,8 @@ fn segment_of(key: &str) -> Option<(&str, &str)> {
 /// A segment read: the newest record of each name (`None`: deleted).
 #[derive(Debug, Default, Clone)]
 struct Segment {
-    names: BTreeMap<String, Option<Vec<u8>>>,
+    /// Values shared, so a write's copy of the segment copies no value.
+    names: BTreeMap<String, Option<Arc<[u8]>>>,
     /// Bytes of the file up to the end of its last whole record.
     valid: u64,
     /// Bytes of the records appended since the last pack.
@@ -267,11 +298,11 @@ impl Segment {
             .ok_or_else(|| corrupt(path, "an empty record"))?;
         let (name, value) = split_name(rest).ok_or_else(|| corrupt(path, "a record's name"))?;
         let value = match kind {
-            PUT => Some(value.to_vec()),
-            PUT_DEFLATED => Some(
+            PUT => Some(Arc::from(value)),
+            PUT_DEFLATED => Some(Arc::from(
                 miniz_oxide::inflate::decompress_to_vec_with_limit(value, INFLATE_LIMIT)
                     .map_err(|e| corrupt(path, &format!("a value does not inflate: {e:?}")))?,
-            ),
+            )),
             DELETE => None,
             other => return Err(corrupt(path, &format!("unknown record kind {other}"))),
         };
@@ -522,6 +553,7 @@ impl DirStore {
             root,
             sync,
             cache: Arc::default(),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(None)).collect(),
             deferred: false,
         })
     }
@@ -619,18 +651,25 @@ impl DirStore {
     /// The lock of a key or segment: one of [`LOCK_STRIPES`] files, so the locks stay a
     /// fixed handful of files whatever the number of keys (keys sharing a stripe wait for
     /// each other's write, a few microseconds).
-    fn lock(&self, key: &str) -> Result<File> {
+    fn lock(&self, key: &str) -> Result<Locked<'_>> {
         let hash = Sha256::digest(key.as_bytes());
         let stripe = u16::from_be_bytes([hash[0], hash[1]]) % LOCK_STRIPES;
-        let path = self.root.join(".locks").join(format!("{stripe:03}"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open lock", &path, e))?;
-        f.lock().map_err(|e| Error::io("lock", &path, e))?;
-        Ok(f)
+        let path = || self.root.join(".locks").join(format!("{stripe:03}"));
+        let mut held = self.locks[usize::from(stripe)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let file = match held.take() {
+            Some(f) => f,
+            None => OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path())
+                .map_err(|e| Error::io("open lock", &path(), e))?,
+        };
+        file.lock().map_err(|e| Error::io("lock", &path(), e))?;
+        *held = Some(file);
+        Ok(Locked(held))
     }
 
     /// The segment file of the run directory `dir` (a key prefix ending in `/`).
@@ -682,7 +721,7 @@ impl DirStore {
         let bytes = match segment_of(key) {
             Some((dir, name)) => {
                 match self.read_segment(&self.segment_path(dir))?.names.get(name) {
-                    Some(value) => value.clone(),
+                    Some(value) => value.as_deref().map(<[u8]>::to_vec),
                     // Written one file per key by an earlier version.
                     None => Self::read_file(&path)?,
                 }
@@ -737,7 +776,7 @@ impl DirStore {
         let seg = self.read_segment(&path)?;
         let current = match seg.names.get(name) {
             Some(v) => v.clone(),
-            None => Self::read_file(legacy)?,
+            None => Self::read_file(legacy)?.map(Arc::from),
         };
         Self::check(key, cond, current.as_deref())?;
         if value.is_none() && current.is_none() {
@@ -750,8 +789,7 @@ impl DirStore {
             // Pack: the live objects in one deflated frame, written aside, made durable,
             // then renamed over the segment (a reader holds the old file or the new).
             let mut next = Segment::clone(&seg);
-            next.names
-                .insert(name.to_string(), value.map(<[u8]>::to_vec));
+            next.names.insert(name.to_string(), value.map(Arc::from));
             let packed = next.packed()?;
             let tmp = self.write_temp(&parent, &packed)?;
             let moved = self
@@ -794,8 +832,7 @@ impl DirStore {
                 return Err(Error::io("append", &path, e));
             }
             let mut next = Segment::clone(&seg);
-            next.names
-                .insert(name.to_string(), value.map(<[u8]>::to_vec));
+            next.names.insert(name.to_string(), value.map(Arc::from));
             next.valid = seg.valid.saturating_add(out.len() as u64);
             next.loose = seg.loose.saturating_add(rec.len());
             self.remember(&path, next);
@@ -885,7 +922,7 @@ impl DirStore {
                 }
                 match v {
                     Some(v) => {
-                        found.insert(full, values.then(|| v.clone()));
+                        found.insert(full, values.then(|| v.to_vec()));
                     }
                     None => {
                         deleted.insert(full);
@@ -962,15 +999,13 @@ impl DirStore {
 }
 
 impl DirStore {
-    /// Runs `f` on a copy of this handle on the blocking pool.
+    /// Runs `f` on a copy of this handle where it may block (see [`blocking`]).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(DirStore) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || f(store))
-            .await
-            .map_err(|e| Error::permanent("store", format!("a file task failed: {e}")))?
+        blocking::run("store", move || f(store)).await
     }
 
     /// Removes one object (absent is fine).
