@@ -8,6 +8,7 @@
 //! - **latency**: push sent → production deployed (the deploy's `finished_at`), p50 and
 //!   p99, with pushes arriving at a steady rate (10,000/min, or 80% of the measured
 //!   throughput when that is lower);
+//! - **CPU**: the server's user and system CPU time per run in the throughput phase;
 //! - **memory**: resident and peak resident memory of the server after each phase;
 //! - **state**: the state directory's growth per run, in file bytes and in disk blocks;
 //! - **syncs**: `fsync`, `fdatasync` and `syncfs` calls per run, counted by `strace -f`
