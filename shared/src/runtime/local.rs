@@ -266,7 +266,14 @@ impl Local {
         // One durability point for both: a stage's store writes are made durable by the
         // bus append that acknowledges or publishes after them.
         let durability = store.defer_syncs_to(&bus_dir);
-        let bus = EmbeddedBus::open_sharing(bus_dir, bus_subs, config.bus.clone(), durability)?;
+        // New runs are admitted after the stages of runs in progress (see `open_sharing`).
+        let bus = EmbeddedBus::open_sharing(
+            bus_dir,
+            bus_subs,
+            config.bus.clone(),
+            durability,
+            &[INGEST_QUEUE],
+        )?;
         let http = Http::new();
         let remote = config
             .registries

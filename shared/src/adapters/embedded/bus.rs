@@ -141,25 +141,44 @@ struct State {
     /// The sum of the line sizes of `messages`.
     live_bytes: u64,
     pending: BTreeMap<(u64, String), Entry>,
-    /// `pending` in the order deliveries fall due: (not before, seq, subscription).
+    /// Subscriptions admitted last (see [`EmbeddedBus::open_sharing`]).
+    admit_last: Arc<[String]>,
+    /// `pending` in the order deliveries fall due: (not before, seq, subscription);
+    /// those of the `admit_last` subscriptions in `due_last`, the others in `due`.
     due: std::collections::BTreeSet<(DateTime<Utc>, u64, String)>,
+    due_last: std::collections::BTreeSet<(DateTime<Utc>, u64, String)>,
     dead: BTreeMap<(u64, String), DeadLetter>,
 }
 
 impl State {
-    /// Sets a pending delivery (keeping `due` in step).
-    fn set_pending(&mut self, key: (u64, String), entry: Entry) {
-        let due = (entry.not_before, key.0, key.1.clone());
-        if let Some(old) = self.pending.insert(key, entry) {
-            self.due.remove(&(old.not_before, due.1, due.2.clone()));
+    /// The due order a subscription's deliveries are kept in.
+    fn due_of(
+        &mut self,
+        sub: &str,
+    ) -> &mut std::collections::BTreeSet<(DateTime<Utc>, u64, String)> {
+        if self.admit_last.iter().any(|s| s == sub) {
+            &mut self.due_last
+        } else {
+            &mut self.due
         }
-        self.due.insert(due);
     }
 
-    /// Removes a pending delivery (keeping `due` in step).
+    /// Sets a pending delivery (keeping the due orders in step).
+    fn set_pending(&mut self, key: (u64, String), entry: Entry) {
+        let due = (entry.not_before, key.0, key.1.clone());
+        let old = self.pending.insert(key, entry).map(|old| old.not_before);
+        let set = self.due_of(&due.2);
+        if let Some(old) = old {
+            set.remove(&(old, due.1, due.2.clone()));
+        }
+        set.insert(due);
+    }
+
+    /// Removes a pending delivery (keeping the due orders in step).
     fn remove_pending(&mut self, key: &(u64, String)) {
         if let Some(old) = self.pending.remove(key) {
-            self.due.remove(&(old.not_before, key.0, key.1.clone()));
+            self.due_of(&key.1)
+                .remove(&(old.not_before, key.0, key.1.clone()));
         }
     }
 
@@ -263,22 +282,29 @@ impl EmbeddedBus {
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
     ) -> Result<EmbeddedBus> {
-        Self::open_sharing(dir, subscriptions, retry, None)
+        Self::open_sharing(dir, subscriptions, retry, None, &[])
     }
 
     /// Opens the bus as [`EmbeddedBus::open`], its appends made durable by `durability`
-    /// (the store's, see `DirStore::defer_syncs_to`) when given.
+    /// (the store's, see `DirStore::defer_syncs_to`) when given. Deliveries of the
+    /// `admit_last` subscriptions (or queues) start only when no other delivery is due:
+    /// new work (a push's ingest) is admitted after the work in progress (the later
+    /// stages of runs already started), so under a backlog a run waits behind it once,
+    /// at admission, instead of before each of its stages. Nothing starves: work in
+    /// progress comes only from work admitted, and ends.
     pub fn open_sharing(
         dir: impl Into<PathBuf>,
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
         durability: Option<Durability>,
+        admit_last: &[&str],
     ) -> Result<EmbeddedBus> {
         Ok(EmbeddedBus(Arc::new(Log::open(
             dir.into(),
             subscriptions,
             retry,
             durability,
+            admit_last.iter().map(|s| s.to_string()).collect(),
         )?)))
     }
 
@@ -391,21 +417,27 @@ impl EmbeddedBus {
                 self.blocking(Log::refresh_locked).await?;
                 let now = Utc::now();
                 let st = self.0.state();
-                // The earliest due first, read off the ordered index: the work is the
-                // deliveries started, not the backlog.
+                // The earliest due first, read off the ordered indexes (work in
+                // progress before new work admitted last): the work is the deliveries
+                // started, not the backlog.
                 let mut due: Vec<(u64, String, u32)> = Vec::with_capacity(room);
-                for (not_before, seq, sub) in &st.due {
-                    if *not_before > now || due.len() == room {
-                        break;
+                'orders: for order in [&st.due, &st.due_last] {
+                    for (not_before, seq, sub) in order {
+                        if due.len() == room {
+                            break 'orders;
+                        }
+                        if *not_before > now {
+                            break;
+                        }
+                        if is_busy(&busy, *seq, sub) {
+                            continue;
+                        }
+                        let attempts = st
+                            .pending
+                            .get(&(*seq, sub.clone()))
+                            .map_or(0, |e| e.attempts);
+                        due.push((*seq, sub.clone(), attempts));
                     }
-                    if is_busy(&busy, *seq, sub) {
-                        continue;
-                    }
-                    let attempts = st
-                        .pending
-                        .get(&(*seq, sub.clone()))
-                        .map_or(0, |e| e.attempts);
-                    due.push((*seq, sub.clone(), attempts));
                 }
                 for (seq, sub, attempts) in due {
                     // A pending entry always has its message (both come from the same
@@ -430,20 +462,25 @@ impl EmbeddedBus {
                 }
                 if flying.len() < concurrency {
                     let park = chrono::Duration::from_std(opts.park_after).unwrap_or_default();
-                    // The earliest not started and not parked (ordered: the first found).
-                    let later = st
-                        .due
-                        .iter()
-                        .filter(|(not_before, seq, sub)| {
-                            !is_busy(&busy, *seq, sub)
-                                && (*not_before - now <= park
-                                    || st
-                                        .pending
-                                        .get(&(*seq, sub.clone()))
-                                        .is_some_and(|e| !e.waiting))
+                    // The earliest not started and not parked (each order sorted: the
+                    // first found in each).
+                    let later = [&st.due, &st.due_last]
+                        .into_iter()
+                        .filter_map(|order| {
+                            order
+                                .iter()
+                                .filter(|(not_before, seq, sub)| {
+                                    !is_busy(&busy, *seq, sub)
+                                        && (*not_before - now <= park
+                                            || st
+                                                .pending
+                                                .get(&(*seq, sub.clone()))
+                                                .is_some_and(|e| !e.waiting))
+                                })
+                                .map(|(not_before, _, _)| *not_before)
+                                .next()
                         })
-                        .map(|(not_before, _, _)| *not_before)
-                        .next();
+                        .min();
                     wait = later.map(|t| (t - now).to_std().unwrap_or_default());
                     if flying.is_empty() && later.is_none() {
                         report.parked = st.pending.len();
@@ -639,13 +676,17 @@ impl Log {
         subscriptions: Vec<(String, FilterPolicy)>,
         retry: BusConfig,
         durability: Option<Durability>,
+        admit_last: Arc<[String]>,
     ) -> Result<Log> {
         fs::create_dir_all(&dir).map_err(|e| Error::io("create bus directory", &dir, e))?;
         let bus = Log {
             dir,
             subscriptions,
             retry,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                admit_last,
+                ..State::default()
+            }),
             group: Mutex::new(Group::default()),
             committed: Condvar::new(),
             published: tokio::sync::Notify::new(),
@@ -858,6 +899,7 @@ impl Log {
             *st = State {
                 generation,
                 next_seq,
+                admit_last: st.admit_last.clone(),
                 ..State::default()
             };
         }
@@ -1684,6 +1726,50 @@ mod tests {
 
     /// A backlog is delivered in the order it falls due (publication order), a retried
     /// delivery after those due before its backoff ends.
+    /// Deliveries of a subscription admitted last start only once no other delivery is
+    /// due, whatever the order they were published in (new runs wait behind the stages
+    /// of runs in progress), and then all of them are delivered, in their order.
+    #[tokio::test]
+    async fn a_subscription_admitted_last_waits_for_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open_sharing(dir.path(), subs(), fast(), None, &["a"]).unwrap();
+        // `x` goes to both a and b, `y` to b only; all of a's are published first.
+        for i in 0..5 {
+            bus.publish_message(&msg(&format!("x{i}"), "x"))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            bus.publish_message(&msg(&format!("y{i}"), "y"))
+                .await
+                .unwrap();
+        }
+        let rec = recorder(0);
+        let rep = bus
+            .drain(&rec, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rep.delivered, 15);
+        let seen = rec.seen.lock().unwrap().clone();
+        let order = |sub: &str| -> Vec<String> {
+            seen.iter()
+                .filter(|(s, _)| s == sub)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        assert_eq!(
+            seen.iter().position(|(s, _)| s == "a"),
+            Some(10),
+            "every delivery to b before the first to a: {seen:?}"
+        );
+        assert_eq!(order("a"), ["x0", "x1", "x2", "x3", "x4"]);
+        assert_eq!(
+            order("b"),
+            ["x0", "x1", "x2", "x3", "x4", "y0", "y1", "y2", "y3", "y4"]
+        );
+        assert_eq!(bus.pending(), 0);
+    }
+
     #[tokio::test]
     async fn a_backlog_is_delivered_in_the_order_it_falls_due() {
         let dir = tempfile::tempdir().unwrap();
