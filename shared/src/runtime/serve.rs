@@ -290,8 +290,9 @@ impl Server {
     async fn summarize_forever(&self) {
         const EVERY: Duration = Duration::from_secs(2);
         let mut summarizer = crate::pipeline::runs::Summarizer::default();
+        // The first walk at once: a restart finds the runs that ended just before the
+        // last stop unsummarized, and pages would read each of them until it ran.
         loop {
-            tokio::time::sleep(EVERY).await;
             match summarizer.step(&self.local.pipeline, 2_000).await {
                 Ok(r) if r.wrote > 100 => {
                     tracing::info!(wrote = r.wrote, "kept the summaries of runs");
@@ -301,6 +302,7 @@ impl Server {
                     tracing::warn!(error = %e, "could not keep run summaries; trying again later");
                 }
             }
+            tokio::time::sleep(EVERY).await;
         }
     }
 
