@@ -376,8 +376,8 @@ impl EmbeddedBus {
     /// concurrently; every stage is idempotent and ordered by its records, not by the
     /// queue), each on a thread of its own where its file work runs inline (see
     /// [`blocking`]), so they use every core and go on while outcomes are recorded; the
-    /// outcomes of deliveries that finish together are
-    /// recorded with one append and one sync.
+    /// outcomes of deliveries that finish together are recorded with one append and one
+    /// sync. New runs are admitted last (see [`EmbeddedBus::open_sharing`]).
     /// Only one process drains at a time: `Error::Refused` when another one is.
     pub async fn drain<S: Subscriber + Clone + 'static>(
         &self,
@@ -399,7 +399,10 @@ impl EmbeddedBus {
         }
         let concurrency = opts.concurrency.max(1);
         let mut report = DrainReport::default();
-        // Dropping the set (the drain given up) aborts the deliveries in it.
+        // Deliveries run on blocking-pool threads, which cannot be aborted: dropping the
+        // set (the drain given up) cancels those not started yet, and one running ends by
+        // itself with its outcome unrecorded, so its message is delivered again (its stage
+        // record's claim keeps the two from working at once).
         let mut flying = tokio::task::JoinSet::new();
         // At most `concurrency` deliveries: a short list.
         let mut busy: Vec<(u64, String)> = Vec::new();
@@ -555,8 +558,9 @@ impl EmbeddedBus {
         }
     }
 
-    /// A delivery's task, joined. Its panics are caught inside it, so a task ends
-    /// otherwise only when the set is dropped, which this drain never does while it runs.
+    /// A delivery's task, joined. Its panics are caught inside it and its set is never
+    /// dropped while this drain runs, so an error here means the runtime is stopping: it
+    /// ends the drain (`baton serve` starts another), the message still pending.
     fn joined(r: std::result::Result<Finished, tokio::task::JoinError>) -> Result<Finished> {
         r.map_err(|e| Error::permanent("embedded bus", format!("a delivery task ended: {e}")))
     }
