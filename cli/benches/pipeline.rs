@@ -8,9 +8,11 @@
 //! - **latency**: push sent → production deployed (the deploy's `finished_at`), p50 and
 //!   p99, with pushes arriving at a steady rate (10,000/min, or 80% of the measured
 //!   throughput when that is lower);
-//! - **CPU**: the server's user and system CPU time per run in the throughput phase;
+//! - **CPU**: the server's user and system CPU time per run in the throughput phase and
+//!   the 5 s after it (when the server packs the segments of the runs gone quiet);
 //! - **memory**: resident and peak resident memory of the server after each phase;
-//! - **state**: the state directory's growth per run, in file bytes and in disk blocks;
+//! - **state**: the state directory's growth per run, in file bytes and in disk blocks, once
+//!   the runs are quiet (the server packs a quiet run's segments);
 //! - **syncs**: `fsync`, `fdatasync` and `syncfs` calls per run, counted by `strace -f`
 //!   on a second server taking paced pushes (skipped, and said, without `strace`);
 //! - **dashboard**: the board (`GET /` as a page) and a run page, at the same history;
@@ -21,7 +23,8 @@
 //!
 //! Run: `cargo bench -p baton-cli --bench pipeline [-- --write]`. Sizes:
 //! `BATON_BENCH_RUNS` (throughput pushes, 3,000), `BATON_BENCH_SECONDS` (latency phase,
-//! 30), `BATON_BENCH_INDEX_RUNS` (100,000). Figures depend on the machine and its disk.
+//! 30), `BATON_BENCH_INDEX_RUNS` (100,000); `BATON_BENCH_RATE` sets the latency phase's pushes
+//! per minute (to see the latency of a quiet server, say). Figures depend on the machine and its disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -139,6 +142,15 @@ async fn idle(client: &reqwest::Client, base: &str) {
 
 /// When run `n`'s production deploy finished, from its record.
 async fn deployed_at(client: &reqwest::Client, base: &str, n: usize) -> DateTime<Utc> {
+    deployed(client, base, n).await.0
+}
+
+/// One stage of a run, for the latency breakdown: its name (with the environment) and
+/// when it started and finished.
+type Span = (String, DateTime<Utc>, DateTime<Utc>);
+
+/// When run `n`'s production deploy finished, and the run's stages.
+async fn deployed(client: &reqwest::Client, base: &str, n: usize) -> (DateTime<Utc>, Vec<Span>) {
     let (app, digest, _) = push_of(n);
     let run = baton::ids::run_id(&app, &digest);
     let v: Value = client
@@ -159,8 +171,60 @@ async fn deployed_at(client: &reqwest::Client, base: &str, n: usize) -> DateTime
                 .flatten()
         })
     });
-    at.and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("run {n} ({app}, {run}) was not deployed to production: {v}"))
+    let done = at
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("run {n} ({app}, {run}) was not deployed to production: {v}"));
+    let time = |s: &Value, k: &str| s[k].as_str().and_then(|t| t.parse().ok());
+    let mut spans: Vec<Span> = v["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let name = match s["environment"].as_str() {
+                Some(env) => format!("{}.{env}", s["stage"].as_str()?),
+                None => s["stage"].as_str()?.to_string(),
+            };
+            Some((name, time(s, "started_at")?, time(s, "finished_at")?))
+        })
+        .collect();
+    spans.sort_by_key(|s| s.1);
+    (done, spans)
+}
+
+/// Where a run's time went, stage by stage in the order they started: the wait before a
+/// stage (from the push, or from the end of the stage before) and its own time, p50 and
+/// p99 of each over `runs`.
+fn breakdown(runs: &[(DateTime<Utc>, Vec<Span>)]) -> String {
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+    let mut by_stage: Vec<(String, Vec<f64>, Vec<f64>)> = vec![];
+    for (sent, spans) in runs {
+        let mut before = *sent;
+        for (name, start, end) in spans {
+            let row = match by_stage.iter().position(|r| &r.0 == name) {
+                Some(i) => i,
+                None => {
+                    by_stage.push((name.clone(), vec![], vec![]));
+                    by_stage.len() - 1
+                }
+            };
+            by_stage[row].1.push(ms(*start - before));
+            by_stage[row].2.push(ms(*end - *start));
+            before = before.max(*end);
+        }
+    }
+    let mut out = String::new();
+    for (name, mut wait, mut work) in by_stage {
+        wait.sort_by(f64::total_cmp);
+        work.sort_by(f64::total_cmp);
+        out.push_str(&format!(
+            "    {name:<22} wait p50 {:6.2} p99 {:7.2} ms, own p50 {:6.2} p99 {:7.2} ms\n",
+            percentile(&wait, 0.5),
+            percentile(&wait, 0.99),
+            percentile(&work, 0.5),
+            percentile(&work, 0.99),
+        ));
+    }
+    out
 }
 
 /// Sends pushes `from..to` at `per_min`, returning when each was sent.
@@ -502,6 +566,10 @@ async fn main() {
     idle(&client, &base).await;
     let elapsed = t0.elapsed();
     let per_min = runs as f64 / elapsed.as_secs_f64() * 60.0;
+    // The server packs a run's segments once it has been quiet for 2 s (its summarizer
+    // walks every 2 s): that work is counted in the CPU per run, and the state measured
+    // is what finished runs keep.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let cpu_per_run = cpu_before
         .zip(cpu_ms(server.pid))
         .map(|(b, a)| (a - b) / runs as f64);
@@ -523,15 +591,21 @@ async fn main() {
     let files_per_run = (after.files.saturating_sub(before.files)) as f64 / runs as f64;
 
     // Latency at a steady arrival rate.
-    let rate = TARGET_RATE.min(per_min * 0.8);
+    let rate = std::env::var("BATON_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse::<f64>().ok())
+        .filter(|r| *r > 0.0)
+        .unwrap_or_else(|| TARGET_RATE.min(per_min * 0.8));
     let count = (rate / 60.0 * seconds as f64) as usize;
     eprintln!("latency: {count} pushes at {rate:.0}/min");
     let sent = paced(&client, &base, next, next + count, rate).await;
     idle(&client, &base).await;
     let mut lat = vec![];
+    let mut spans = vec![];
     for (i, at) in sent.iter().enumerate() {
-        let done = deployed_at(&client, &base, next + i).await;
+        let (done, stages) = deployed(&client, &base, next + i).await;
         lat.push((done - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+        spans.push((*at, stages));
     }
     next += count;
     lat.sort_by(f64::total_cmp);
@@ -540,6 +614,7 @@ async fn main() {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+    eprint!("{}", breakdown(&spans));
     let rss_latency = fleet::proc_kib(server.pid, "VmRSS");
     let peak = fleet::proc_kib(server.pid, "VmHWM");
     let made = next;
@@ -613,7 +688,7 @@ async fn main() {
     let table = format!(
         "| figure | value | target |\n|---|---|---|\n\
          | throughput ({runs} pushes, 8 at a time) | {per_min:.0} runs/min | ≥ 10,000 |\n\
-         | server CPU per run in that phase (user + system) | {} | |\n\
+         | server CPU per run in that phase and the 5 s after it (user + system) | {} | |\n\
          | push → production deployed at {rate:.0}/min ({count} runs) | p50 {:.1} ms, p99 {:.1} ms | p50 ≤ 10 ms, p99 ≤ 50 ms |\n\
          | RSS after warm-up / throughput / latency phases (peak) | {} / {} / {} ({}) | flat |\n\
          | state per run | {bytes_per_run:.1} KiB in {files_per_run:.1} files, {disk_per_run:.1} KiB on disk | ≤ 16 KB |\n\

@@ -98,6 +98,16 @@ pub trait ObjectStore: Send + Sync {
         let _ = dirs;
         async { Ok(None) }
     }
+
+    /// Compacts what the store keeps of these directories (`dir/` prefixes of
+    /// [`ObjectStore::stamp`]'s kind) once nothing is being written there: the local
+    /// store packs their segments (superseded records dropped, the rest deflated), so a
+    /// run in flight only appends and is packed once, when it is quiet. A no-op where
+    /// there is nothing to compact (S3).
+    fn compact(&self, dirs: &[String]) -> impl Future<Output = Result<()>> + Send {
+        let _ = dirs;
+        async { Ok(()) }
+    }
 }
 
 /// See [`ObjectStore::stamp`].

@@ -365,11 +365,90 @@ pub async fn summarize<P: Ports>(
     scan: usize,
 ) -> Result<Summarized> {
     let store = p.ports.store();
+    let (mut done, quiet) = quiet_runs(p, after, until, scan).await?;
+    let mut quiet = quiet.into_iter().peekable();
+    while quiet.peek().is_some() {
+        // Packed first, a few runs at a time (one sync for each few; what a pack holds
+        // in memory stays small), so the stamp kept is the packed segments'.
+        let chunk: Vec<Quiet> = quiet.by_ref().take(COMPACT_CHUNK).collect();
+        let dirs: Vec<String> = chunk
+            .iter()
+            .flat_map(|q| summary_dirs(&q.entry.app, &q.run))
+            .collect();
+        store.compact(&dirs).await?;
+        for q in chunk {
+            if keep_summary(p, q).await? {
+                done.wrote += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// How many runs [`summarize`] packs together.
+const COMPACT_CHUNK: usize = 16;
+
+/// Writes a quiet run's summary into its index entry, under the stamp its segments have
+/// now; whether it did (retention may have removed the entry, or another writer changed
+/// it since it was read).
+async fn keep_summary<P: Ports>(p: &Pipeline<P>, q: Quiet) -> Result<bool> {
+    let store = p.ports.store();
+    let Quiet {
+        key,
+        mut entry,
+        etag,
+        run,
+    } = q;
+    let Some(stamp) = store.stamp(&summary_dirs(&entry.app, &run)).await? else {
+        return Ok(false);
+    };
+    let Ok(s) = summary(p, &entry.app, &run).await else {
+        return Ok(false);
+    };
+    entry.summary = Some(KeptSummary {
+        stamp: stamp.token,
+        image: s.image,
+        status: s.status,
+        started_at: s.started_at,
+        updated_at: s.updated_at,
+    });
+    match put_json(
+        store,
+        &key,
+        &entry,
+        crate::ports::Precondition::IfMatch(etag),
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        // Retention removed it, or another writer got there first.
+        Err(Error::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A quiet run whose index entry has no current summary.
+struct Quiet {
+    key: String,
+    entry: IndexEntry,
+    etag: String,
+    run: RunId,
+}
+
+/// The walk of [`summarize`]: what it read, and the quiet runs to summarize.
+async fn quiet_runs<P: Ports>(
+    p: &Pipeline<P>,
+    after: Option<&str>,
+    until: Option<&str>,
+    scan: usize,
+) -> Result<(Summarized, Vec<Quiet>)> {
+    let store = p.ports.store();
     let now = p.ports.now();
     let mut days = store.list(RUN_INDEX_DAYS).await?;
     days.reverse();
     let mut seen = 0usize;
     let mut done = Summarized::default();
+    let mut quiet = vec![];
     for day_key in days {
         let day = &day_key[RUN_INDEX_DAYS.len()..];
         if after.is_some_and(|a| a.get(..10).is_some_and(|a_day| day > a_day)) {
@@ -391,10 +470,10 @@ pub async fn summarize<P: Ports>(
                 continue;
             }
             if until.is_some_and(|u| cursor < u) {
-                return Ok(done);
+                return Ok((done, quiet));
             }
             if seen == scan {
-                return Ok(done);
+                return Ok((done, quiet));
             }
             seen += 1;
             done.seen = seen;
@@ -408,7 +487,7 @@ pub async fn summarize<P: Ports>(
             else {
                 continue;
             };
-            let Some((mut entry, etag)) = get_json::<_, IndexEntry>(store, &key).await? else {
+            let Some((entry, etag)) = get_json::<_, IndexEntry>(store, &key).await? else {
                 continue;
             };
             // A run removed by retention, or of an app no longer configured: nothing to
@@ -416,7 +495,7 @@ pub async fn summarize<P: Ports>(
             let Some(stamp) = store.stamp(&summary_dirs(&entry.app, &run)).await? else {
                 // The store cannot tell when a run changes: nothing to keep.
                 done.cut = None;
-                return Ok(done);
+                return Ok((done, quiet));
             };
             if entry
                 .summary
@@ -434,33 +513,16 @@ pub async fn summarize<P: Ports>(
                 done.unsettled = Some(cursor.to_string());
                 continue;
             }
-            let Ok(s) = summary(p, &entry.app, &run).await else {
-                continue;
-            };
-            entry.summary = Some(KeptSummary {
-                stamp: stamp.token,
-                image: s.image,
-                status: s.status,
-                started_at: s.started_at,
-                updated_at: s.updated_at,
+            quiet.push(Quiet {
+                key,
+                entry,
+                etag,
+                run,
             });
-            match put_json(
-                store,
-                &key,
-                &entry,
-                crate::ports::Precondition::IfMatch(etag),
-            )
-            .await
-            {
-                Ok(_) => done.wrote += 1,
-                // Retention removed it, or another writer got there first.
-                Err(Error::Conflict { .. }) => {}
-                Err(e) => return Err(e),
-            }
         }
     }
     done.cut = None;
-    Ok(done)
+    Ok((done, quiet))
 }
 
 /// The digits every index key of `day` between the cursors `until` and `after` (or a

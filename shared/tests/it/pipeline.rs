@@ -971,6 +971,15 @@ async fn pages_read_kept_summaries_until_the_run_changes() {
     );
     let entry: serde_json::Value = serde_json::from_str(&env.object(&key).await).unwrap();
     assert_eq!(entry["summary"]["status"], "rolled back (production)");
+    // Summarized once quiet, the run's segment is packed: its header, then one record
+    // (length, checksum, body) whose body is a pack (kind 4).
+    let seg = std::fs::read(
+        env.root()
+            .join(format!("state/store/runs/web/{run}/.segment")),
+    )
+    .unwrap();
+    let len = u32::from_le_bytes(seg[8..12].try_into().unwrap()) as usize;
+    assert_eq!((seg[16], seg.len()), (4, 16 + len), "one pack record");
     assert_eq!(
         page(p, 50, None).await.unwrap().runs[0].status.to_string(),
         "rolled back (production)"

@@ -261,6 +261,49 @@ struct Log {
     /// is made durable by it (covering the store's writes before it) instead of by an
     /// `fdatasync` of the log file.
     durability: Option<Durability>,
+    /// The lock file, opened once: its mutex excludes this process's threads, its
+    /// `flock` other processes (see [`Log::lock`]).
+    lock: Mutex<File>,
+    /// The log's files, kept open between reads and appends.
+    files: Mutex<Files>,
+}
+
+/// The open files of a log: the `generation` file's last reading, and the current
+/// generation's logs, for reading (what others appended) and for appending.
+#[derive(Default)]
+struct Files {
+    /// The generation last read from the `generation` file, with that file's identity
+    /// then (`None`: there was no file); read again only when the file changes.
+    generation: Option<(Option<FileStamp>, u64)>,
+    /// The generation the handles below belong to.
+    open: u64,
+    readers: [Option<File>; 2],
+    appenders: [Option<File>; 2],
+    /// A read buffer, reused.
+    chunk: Vec<u8>,
+}
+
+/// What identifies a version of a small file: inode and modification time.
+type FileStamp = (u64, i64, i64);
+
+/// Lines appended to a log, not yet synced.
+struct Unsynced {
+    /// A handle on the log file, to sync it where there is no shared sync.
+    own: Option<File>,
+    path: PathBuf,
+}
+
+/// The two logs, as indexes into [`Files`]'s handles.
+const KINDS: [&str; 2] = ["messages", "deliveries"];
+
+/// The lock over a log's files, held while reading or appending; released (both the
+/// `flock` and the mutex) when dropped.
+struct LogLock<'a>(std::sync::MutexGuard<'a, File>);
+
+impl Drop for LogLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
 }
 
 /// Group commit of publishes: each publisher queues its message; one of them (the
@@ -417,7 +460,7 @@ impl EmbeddedBus {
             // How long until something not yet started is due; `None`: nothing is.
             let mut wait = None;
             if room > 0 {
-                self.blocking(Log::refresh_locked).await?;
+                self.blocking(Log::refresh_if_changed).await?;
                 let now = Utc::now();
                 let st = self.0.state();
                 // The earliest due first, read off the ordered indexes (work in
@@ -519,7 +562,13 @@ impl EmbeddedBus {
                 busy.retain(|(s, b)| !(*s == f.seq && *b == f.sub));
             }
             let dead = lines.iter().filter(|l| l.outcome == Outcome::Dead).count();
-            self.blocking(move |log| log.record_all(lines)).await?;
+            // Outcomes are appended, not synced: each delivery's effects (its stage's
+            // records and published events) were made durable before it ended, so an
+            // outcome lost to a power cut only delivers its message again, which its
+            // stage record makes a no-op. The next sync of the state directory covers
+            // them. This loop does not wait for a sync.
+            self.blocking(move |log| log.record_all(lines, false))
+                .await?;
             report.delivered += finished.len();
             report.dead += dead;
             for f in finished {
@@ -683,6 +732,13 @@ impl Log {
         admit_last: Arc<[String]>,
     ) -> Result<Log> {
         fs::create_dir_all(&dir).map_err(|e| Error::io("create bus directory", &dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
         let bus = Log {
             dir,
             subscriptions,
@@ -696,9 +752,11 @@ impl Log {
             published: tokio::sync::Notify::new(),
             syncs: Default::default(),
             durability,
+            lock: Mutex::new(lock),
+            files: Mutex::new(Files::default()),
         };
         {
-            let _lock = bus.lock_file("lock")?;
+            let _lock = bus.lock()?;
             let generation = bus.current_generation()?;
             // A crash mid-append leaves a partial last line: it was never acknowledged.
             truncate_partial_line(&bus.file("messages", generation))?;
@@ -717,11 +775,30 @@ impl Log {
         }
     }
 
-    /// The current generation (`generation` file; 0 when there is none). The caller
-    /// holds the lock.
+    /// The current generation (`generation` file; 0 when there is none), read again
+    /// only when the file changed (a compaction renames a new one in). The caller holds
+    /// the lock.
     fn current_generation(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join("generation");
-        match fs::read_to_string(&path) {
+        let stamp = match fs::metadata(&path) {
+            Ok(m) => Some((m.ino(), m.mtime(), m.mtime_nsec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        let mut files = self.files();
+        if let Some((known, generation)) = files.generation
+            && known == stamp
+        {
+            return Ok(generation);
+        }
+        let generation = self.read_generation(&path)?;
+        files.generation = Some((stamp, generation));
+        Ok(generation)
+    }
+
+    fn read_generation(&self, path: &Path) -> Result<u64> {
+        match fs::read_to_string(path) {
             Ok(text) => text.trim().parse().map_err(|e| {
                 Error::permanent(
                     "embedded bus",
@@ -733,7 +810,38 @@ impl Log {
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::io("read", &path, e)),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`for_each_new_line`] of log `i` of the generation `files` hold open (opened
+    /// here the first time; one that does not exist yet has no lines).
+    fn read_new_lines(
+        &self,
+        files: &mut Files,
+        i: usize,
+        offset: &mut u64,
+        f: impl FnMut(&[u8]),
+    ) -> Result<()> {
+        let path = self.file(KINDS[i], files.open);
+        if files.readers[i].is_none() {
+            match File::open(&path) {
+                Ok(file) => files.readers[i] = Some(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("open", &path, e)),
+            }
+        }
+        if files.chunk.is_empty() {
+            files.chunk = vec![0; 64 * 1024];
+        }
+        let Files { readers, chunk, .. } = files;
+        match &readers[i] {
+            Some(file) => for_each_new_line(file, &path, chunk, offset, f),
+            None => Ok(()),
         }
     }
 
@@ -866,16 +974,13 @@ impl Log {
         self.refresh()
     }
 
-    fn lock_file(&self, name: &str) -> Result<File> {
-        let path = self.dir.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        f.lock().map_err(|e| Error::io("lock", &path, e))?;
-        Ok(f)
+    /// Takes the log's lock: first this process's, then the file's (other processes').
+    /// Not reentrant.
+    fn lock(&self) -> Result<LogLock<'_>> {
+        let file = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        file.lock()
+            .map_err(|e| Error::io("lock", &self.dir.join("lock"), e))?;
+        Ok(LogLock(file))
     }
 
     fn group(&self) -> std::sync::MutexGuard<'_, Group> {
@@ -887,9 +992,42 @@ impl Log {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// [`Log::refresh_locked`] when the log changed since it was last read: another
+    /// process appended (a log is longer than what was read) or compacted (the
+    /// `generation` file changed). Checked without the lock, so a dispatcher does not
+    /// wait behind a publish's sync only to find what this process already knows.
+    fn refresh_if_changed(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (generation, offsets) = {
+            let st = self.state();
+            (st.generation, [st.msg_offset, st.del_offset])
+        };
+        let path = self.dir.join("generation");
+        let stamp = match fs::metadata(&path) {
+            Ok(m) => Some((m.ino(), m.mtime(), m.mtime_nsec())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("stat", &path, e)),
+        };
+        let unchanged = {
+            let files = self.files();
+            files.open == generation
+                && files.generation.is_some_and(|(known, _)| known == stamp)
+                && files.readers.iter().zip(offsets).all(|(reader, offset)| {
+                    reader
+                        .as_ref()
+                        .and_then(|f| f.metadata().ok())
+                        .is_some_and(|m| m.len() == offset)
+                })
+        };
+        if unchanged {
+            return Ok(());
+        }
+        self.refresh_locked()
+    }
+
     /// [`Log::refresh`] under the lock.
     fn refresh_locked(&self) -> Result<()> {
-        let _lock = self.lock_file("lock")?;
+        let _lock = self.lock()?;
         self.refresh()
     }
 
@@ -908,8 +1046,18 @@ impl Log {
             };
         }
         let st = &mut *st;
+        let mut files = self.files();
+        let files = &mut *files;
+        if files.open != generation {
+            *files = Files {
+                generation: files.generation,
+                open: generation,
+                chunk: std::mem::take(&mut files.chunk),
+                ..Files::default()
+            };
+        }
         let mut offset = st.msg_offset;
-        for_each_new_line(&self.file("messages", generation), &mut offset, |line| {
+        self.read_new_lines(files, 0, &mut offset, |line| {
             match serde_json::from_slice::<LoggedMessage>(line) {
                 Ok(m) => {
                     st.next_seq = st.next_seq.max(m.seq.saturating_add(1));
@@ -939,7 +1087,7 @@ impl Log {
         })?;
         st.msg_offset = offset;
         let mut offset = st.del_offset;
-        for_each_new_line(&self.file("deliveries", generation), &mut offset, |line| {
+        self.read_new_lines(files, 1, &mut offset, |line| {
             match serde_json::from_slice::<DeliveryLine>(line) {
                 Ok(d) => apply_delivery(st, d),
                 Err(e) => {
@@ -951,35 +1099,67 @@ impl Log {
         Ok(())
     }
 
-    /// Appends lines (each ending in a newline) and syncs; the caller holds the log's lock. A partial line left by a
+    /// Appends lines (each ending in a newline), not yet durable ([`Log::sync`] makes them
+    /// so); the caller holds the log's lock. A partial line left by a
     /// writer that died mid-append (it held the lock, so it is gone) is cut first, so
     /// the new line is never merged into it.
-    fn append(&self, kind: &str, lines: &str) -> Result<()> {
-        let path = self.file(kind, self.state().generation);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        cut_torn_tail(&mut f, &path)?;
+    fn append(&self, kind: &str, lines: &str) -> Result<Unsynced> {
+        let generation = self.state().generation;
+        let path = self.file(kind, generation);
+        let i = usize::from(kind != KINDS[0]);
+        let mut files = self.files();
+        if files.open != generation {
+            // `refresh` (which the caller ran) opens the current generation's files.
+            return Err(Error::transient(
+                "embedded bus",
+                format!("{} is not the log's current generation", path.display()),
+            ));
+        }
+        if files.appenders[i].is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io("open", &path, e))?;
+            files.appenders[i] = Some(f);
+        }
+        let Some(f) = files.appenders[i].as_mut() else {
+            return Err(Error::transient("embedded bus", "a log file is not open"));
+        };
+        cut_torn_tail(f, &path)?;
         f.write_all(lines.as_bytes())
             .map_err(|e| Error::io("append to", &path, e))?;
-        match &self.durability {
-            Some(d) => d.sync()?,
-            None => f.sync_data().map_err(|e| Error::io("sync", &path, e))?,
+        let own = match &self.durability {
+            Some(_) => None,
+            None => Some(f.try_clone().map_err(|e| Error::io("open", &path, e))?),
+        };
+        Ok(Unsynced { own, path })
+    }
+
+    /// Makes an append durable: the state directory's shared sync, or an `fdatasync` of
+    /// the log file where there is none.
+    fn sync(&self, appended: Unsynced) -> Result<()> {
+        match (&self.durability, appended.own) {
+            (Some(d), _) => d.sync()?,
+            (None, Some(f)) => f
+                .sync_data()
+                .map_err(|e| Error::io("sync", &appended.path, e))?,
+            (None, None) => {}
         }
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
+    /// Records a delivery line made by a caller (a redrive), durable when it returns.
     fn record(&self, line: DeliveryLine) -> Result<()> {
-        self.record_all(vec![line])
+        self.record_all(vec![line], true)
     }
 
-    /// Records delivery outcomes: one append, one sync.
-    fn record_all(&self, lines: Vec<DeliveryLine>) -> Result<()> {
+    /// Records delivery lines: one append, synced (once the log's lock is released) when
+    /// `sync` says so, else left to the state directory's next sync.
+    fn record_all(&self, lines: Vec<DeliveryLine>, sync: bool) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -990,14 +1170,23 @@ impl Log {
             );
             text.push('\n');
         }
-        let _lock = self.lock_file("lock")?;
-        self.refresh()?;
-        self.append("deliveries", &text)?;
+        let appended = {
+            let _lock = self.lock()?;
+            self.refresh()?;
+            let appended = self.append("deliveries", &text)?;
+            self.refresh()?;
+            self.maybe_compact()?;
+            appended
+        };
+        // Synced outside the lock, so publishes (which keep it through their sync: no
+        // delivery starts on a message not yet on disk) do not queue behind it.
+        if sync {
+            self.sync(appended)?;
+        }
         for line in &lines {
             crate::process::fail_point(&line.subscription, "acked");
         }
-        self.refresh()?;
-        self.maybe_compact()
+        Ok(())
     }
 
     fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
@@ -1056,7 +1245,7 @@ impl Log {
 
     /// Appends queued messages with one write and one sync; their sequence numbers.
     fn commit(&self, batch: Vec<(u64, BusMessage, Vec<String>)>) -> Result<Vec<u64>> {
-        let _lock = self.lock_file("lock")?;
+        let _lock = self.lock()?;
         self.refresh()?;
         let first = self.state().next_seq;
         let mut text = String::new();
@@ -1075,7 +1264,8 @@ impl Log {
             text.push('\n');
             seqs.push(seq);
         }
-        self.append("messages", &text)?;
+        let appended = self.append("messages", &text)?;
+        self.sync(appended)?;
         self.refresh()?;
         Ok(seqs)
     }
@@ -1166,34 +1356,45 @@ fn apply_delivery(st: &mut State, d: DeliveryLine) {
     }
 }
 
-/// Hands each complete line after `offset` to `f` (without its newline), advancing
-/// `offset` past it; reads in blocks, so a long log is never held whole.
-fn for_each_new_line(path: &Path, offset: &mut u64, mut f: impl FnMut(&[u8])) -> Result<()> {
-    use std::io::BufRead;
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("open", path, e)),
+/// Hands each complete line of `file` after `offset` to `f` (without its newline),
+/// advancing `offset` past it; reads in blocks of `chunk`'s size, so a long log is never
+/// held whole. A line still being written is left for a later read.
+fn for_each_new_line(
+    file: &File,
+    path: &Path,
+    chunk: &mut [u8],
+    offset: &mut u64,
+    mut f: impl FnMut(&[u8]),
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut emit = |line: &[u8], offset: &mut u64| {
+        *offset = offset.saturating_add(line.len() as u64 + 1);
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            f(line);
+        }
     };
-    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
-    reader
-        .seek(SeekFrom::Start(*offset))
-        .map_err(|e| Error::io("seek", path, e))?;
-    let mut line = Vec::new();
+    // The start of a line longer than what was read so far.
+    let mut partial: Vec<u8> = Vec::new();
     loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
+        let at = offset.saturating_add(partial.len() as u64);
+        let n = file
+            .read_at(chunk, at)
             .map_err(|e| Error::io("read", path, e))?;
-        // The end, or a line still being written: it is read when it is complete.
-        if n == 0 || line.last() != Some(&b'\n') {
+        if n == 0 {
             return Ok(());
         }
-        *offset = offset.saturating_add(n as u64);
-        let text = &line[..n - 1];
-        if !text.iter().all(u8::is_ascii_whitespace) {
-            f(text);
+        let mut rest = &chunk[..n];
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            if partial.is_empty() {
+                emit(&rest[..i], offset);
+            } else {
+                partial.extend_from_slice(&rest[..i]);
+                emit(&partial, offset);
+                partial.clear();
+            }
+            rest = &rest[i + 1..];
         }
+        partial.extend_from_slice(rest);
     }
 }
 
@@ -1868,7 +2069,7 @@ mod tests {
         let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
         // Hold the log's lock as another process would: the first publisher leads and
         // waits for it; the next ones queue behind it.
-        let held = bus.0.lock_file("lock").unwrap();
+        let held = bus.0.lock().unwrap();
         let before = bus.syncs();
         let threads: Vec<_> = (0..10)
             .map(|i| {

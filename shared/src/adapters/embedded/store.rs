@@ -209,10 +209,13 @@ const SEGMENT: &str = ".segment";
 /// The first bytes of a segment file.
 const MAGIC: &[u8; 8] = b"BTNSEG1\n";
 /// Records appended since the last pack, in bytes, that make the next write pack the
-/// segment.
-pub const PACK_AFTER: usize = 8 * 1024;
-/// Values longer than this are deflated in their record.
-const DEFLATE_OVER: usize = 256;
+/// segment. `baton serve` packs a run's segments once it is quiet ([`ObjectStore::compact`]), so
+/// in flight a run only appends.
+pub const PACK_AFTER: usize = 64 * 1024;
+/// Values longer than this are deflated in their record. Most of a run's values (stage
+/// records, events: 0.5–3 KiB of JSON) are not: deflating each on its own cost more CPU
+/// than it saved, and the pack that ends a run deflates them all together.
+const DEFLATE_OVER: usize = 4096;
 /// The largest value or pack a segment may inflate to.
 const INFLATE_LIMIT: usize = 256 << 20;
 
@@ -784,7 +787,10 @@ impl DirStore {
         }
         let rec = record(name, value)?;
         let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;
+        // A segment read whole has its directory already (no `mkdir` per write).
+        if seg.valid == 0 {
+            fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;
+        }
         if seg.loose.saturating_add(rec.len()) >= PACK_AFTER {
             // Pack: the live objects in one deflated frame, written aside, made durable,
             // then renamed over the segment (a reader holds the old file or the new).
@@ -850,6 +856,65 @@ impl DirStore {
             return Ok(());
         }
         self.sync.durable(&[&path, &parent])
+    }
+
+    /// Packs the segments of `dirs` that hold records appended since their last pack:
+    /// each written aside under its lock, all made durable by one sync, then each renamed
+    /// over its segment under its lock again, unless the segment changed in between
+    /// (its pack is then dropped: a later call, or the write that reaches
+    /// [`PACK_AFTER`], packs it).
+    fn pack_all(&self, dirs: &[String]) -> Result<()> {
+        let mut aside = vec![];
+        let result = (|| {
+            for dir in dirs {
+                if segment_of(&format!("{dir}x")).is_none_or(|(d, _)| d != dir) {
+                    continue;
+                }
+                let path = self.segment_path(dir);
+                let _guard = self.lock(dir)?;
+                let seg = self.read_segment(&path)?;
+                if seg.loose == 0 {
+                    continue;
+                }
+                let id = match fs::metadata(&path) {
+                    Ok(m) if m.len() == seg.valid => FileId::of(&m),
+                    // Cut short (a torn tail the next write cuts) or gone: left alone.
+                    _ => continue,
+                };
+                let packed = seg.packed()?;
+                let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+                let tmp = self.write_temp(&parent, &packed)?;
+                let mut next = Segment::clone(&seg);
+                next.names.retain(|_, v| v.is_some());
+                next.valid = packed.len() as u64;
+                next.loose = 0;
+                aside.push((dir.as_str(), path, id, tmp, next));
+            }
+            if aside.is_empty() {
+                return Ok(());
+            }
+            let tmps: Vec<&Path> = aside.iter().map(|a| a.3.as_path()).collect();
+            self.sync.durable(&tmps)?;
+            for (dir, path, id, tmp, next) in aside.drain(..) {
+                let _guard = self.lock(dir)?;
+                let unchanged = fs::metadata(&path).is_ok_and(|m| FileId::of(&m) == id);
+                if !unchanged {
+                    let _ = fs::remove_file(&tmp);
+                    continue;
+                }
+                if let Err(e) = fs::rename(&tmp, &path) {
+                    let _ = fs::remove_file(&tmp);
+                    self.cache.forget(&path);
+                    return Err(Error::io("pack", &path, e));
+                }
+                self.remember(&path, next);
+            }
+            Ok(())
+        })();
+        for (_, _, _, tmp, _) in aside {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Makes a file in `.tmp/` durable before it is linked or renamed into place: one
@@ -1121,6 +1186,11 @@ impl ObjectStore for DirStore {
         .await
     }
 
+    async fn compact(&self, dirs: &[String]) -> Result<()> {
+        let dirs = dirs.to_vec();
+        self.blocking(move |s| s.pack_all(&dirs)).await
+    }
+
     /// One trip to the blocking pool, and one read of a run's segment.
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Object)>> {
         let prefix = prefix.to_string();
@@ -1157,6 +1227,79 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    /// `compact` packs a segment with records since its last pack into one record of its
+    /// live objects (what reads give is unchanged, a deleted object stays deleted, and
+    /// another store handle reads the packed file), leaves a packed segment as it is, and
+    /// ignores directories that have no segment.
+    #[tokio::test]
+    async fn compact_packs_the_segments_that_have_loose_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let run = "runs/web/0123456789abcdef/";
+        let long = "x".repeat(2_000);
+        for i in 0..5 {
+            s.put(
+                &format!("{run}stages/test.json"),
+                format!("{{\"n\":{i},\"pad\":\"{long}\"}}").into_bytes(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        }
+        s.put(
+            &format!("{run}gone.json"),
+            b"1".to_vec(),
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+        s.remove(&format!("{run}gone.json")).await.unwrap();
+        let seg = dir.path().join(run).join(SEGMENT);
+        let before = fs::metadata(&seg).unwrap();
+        let dirs = vec![run.to_string(), "approvals/web/0123456789abcdef/".into()];
+        s.compact(&dirs).await.unwrap();
+        let after = fs::metadata(&seg).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            before.ino(),
+            after.ino(),
+            "the segment was packed (a new file)"
+        );
+        assert!(
+            after.len() < before.len() / 2,
+            "{} -> {}",
+            before.len(),
+            after.len()
+        );
+        let check = |s: DirStore| {
+            let (run, long) = (run.to_string(), long.clone());
+            async move {
+                let got = s
+                    .get(&format!("{run}stages/test.json"))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    got.bytes,
+                    format!("{{\"n\":4,\"pad\":\"{long}\"}}").into_bytes()
+                );
+                assert!(s.get(&format!("{run}gone.json")).await.unwrap().is_none());
+                assert_eq!(
+                    s.list(&run).await.unwrap(),
+                    vec![format!("{run}stages/test.json")]
+                );
+            }
+        };
+        check(s.clone()).await;
+        check(DirStore::open(dir.path()).unwrap()).await;
+        // Packed already: nothing to do.
+        s.compact(&dirs).await.unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().ino(), after.ino());
+        assert!(!dir.path().join("approvals").exists());
+        let tmp = dir.path().join(".tmp");
+        assert!(!tmp.exists() || files_under(&tmp).is_empty());
     }
 
     /// The same conditional writes hold for keys kept in files of their own and for keys
@@ -1267,7 +1410,7 @@ mod tests {
             )
             .into_bytes()
         };
-        for i in 0..10 {
+        for i in 0..30 {
             for stage in ["ingest", "test", "gate.staging", "deploy.staging"] {
                 let v = record(stage, i);
                 written += v.len();
@@ -1290,7 +1433,7 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(got.bytes, record(stage, 9));
+            assert_eq!(got.bytes, record(stage, 29));
         }
         assert_eq!(s.list(&format!("{run}/")).await.unwrap().len(), 4);
     }
@@ -1432,10 +1575,10 @@ mod tests {
             .unwrap();
         assert_eq!(a.get(key).await.unwrap().unwrap().bytes, b"1");
         for i in 2..200u32 {
-            // b appends (and packs, every 8 KiB); a reads each change and writes under
+            // b appends (and packs, every 64 KiB); a reads each change and writes under
             // the etag it read.
             let etag = b.get(key).await.unwrap().unwrap().etag;
-            let big = format!("{i}-{}", "x".repeat(100));
+            let big = format!("{i}-{}", "x".repeat(400));
             b.put(key, big.clone().into_bytes(), Precondition::IfMatch(etag))
                 .await
                 .unwrap();
