@@ -86,6 +86,24 @@ pub fn try_digest_of(port: u16, repo: &str, tag: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Waits (30 s at most) until `tag` names `want`: a promotion retags the registry in its
+/// own stage, which may end after the run's status has moved on (the next environment's
+/// gate runs beside it).
+pub async fn wait_tag(port: u16, repo: &str, tag: &str, want: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let now = try_digest_of(port, repo, tag);
+        if now.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{repo}:{tag} is {now:?}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs a command to success; its trimmed standard output.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-pub(crate) use baton_testkit::registry::{digest_of, push, start as start_registry};
+pub(crate) use baton_testkit::registry::{digest_of, push, start as start_registry, wait_tag};
 pub(crate) use baton_testkit::{Proc, free_port};
 
 pub(crate) async fn wait_http(url: &str) {
@@ -253,7 +253,7 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
     );
     assert!(manifest(&root, "production").contains("example/app:0.0.1"));
     // promote retagged the image in the real registry
-    assert_eq!(digest_of(reg, "demo/app", "staging"), d100);
+    wait_tag(reg, "demo/app", "staging", &d100).await;
 
     // approvals over HTTP: a bad token changes nothing
     let run = api
@@ -304,7 +304,7 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
     assert_eq!(body["status"], "granted");
     api.wait_status(&d100, "deployed").await;
     assert!(manifest(&root, "production").contains(&reference));
-    assert_eq!(digest_of(reg, "demo/app", "production"), d100);
+    wait_tag(reg, "demo/app", "production", &d100).await;
     let (status, body) = api.decide(&run, "production", ALICE_TOKEN, "approve").await;
     assert_eq!(status, 409, "already decided: {body}");
 
@@ -315,7 +315,7 @@ async fn registry_pushes_drive_runs_through_baton_serve() {
     let d101 = push(&root, reg, "demo/app", "1.0.1");
     api.wait_status(&d101, "superseded (staging)").await;
     assert!(manifest(&root, "staging").contains(&d110));
-    assert_eq!(digest_of(reg, "demo/app", "staging"), d110);
+    wait_tag(reg, "demo/app", "staging", &d110).await;
 
     // a repository no app configures starts nothing (notifications arrive in order,
     // so once the later push has a run, the earlier one was handled)
@@ -626,20 +626,8 @@ async fn other_registries_webhooks_through_http() {
         .as_str()
         .unwrap()
         .to_string();
-    let staging_tag_becomes = |want: String| async move {
-        let start = Instant::now();
-        loop {
-            let now = baton_testkit::registry::try_digest_of(reg, "demo/web", "staging");
-            if now.as_deref() == Some(want.as_str()) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "demo/web:staging is {now:?}, never {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let staging_tag_becomes =
+        |want: String| async move { wait_tag(reg, "demo/web", "staging", &want).await };
     // A CDEvents producer announcing the image pushed as 1.6.0.
     let mut cd: Value = serde_json::from_slice(&read("cdevents-artifact-published.json")).unwrap();
     cd["subject"]["id"] = json!(format!(
