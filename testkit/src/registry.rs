@@ -67,8 +67,16 @@ pub fn push(dir: &Path, port: u16, repo: &str, tag: &str) -> String {
     digest_of(port, repo, tag)
 }
 
-/// The digest `repo:tag` has in the registry on `port`.
+/// The digest `repo:tag` has in the registry on `port`. A read that fails is tried
+/// again a few times before it fails the test: the registry's filesystem storage has
+/// answered a manifest read with a 500 while other requests wrote to the repository.
 pub fn digest_of(port: u16, repo: &str, tag: &str) -> String {
+    for _ in 0..10 {
+        if let Some(digest) = try_digest_of(port, repo, tag) {
+            return digest;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     run(Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
         .arg(format!("docker://127.0.0.1:{port}/{repo}:{tag}")))
