@@ -286,6 +286,16 @@ struct Files {
 /// What identifies a version of a small file: inode and modification time.
 type FileStamp = (u64, i64, i64);
 
+/// The identity of the `generation` file now (`None`: there is none).
+fn generation_stamp(path: &Path) -> Result<Option<FileStamp>> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some((m.ino(), m.mtime(), m.mtime_nsec()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
 /// Lines appended to a log, not yet synced.
 struct Unsynced {
     /// A handle on the log file, to sync it where there is no shared sync.
@@ -779,13 +789,8 @@ impl Log {
     /// only when the file changed (a compaction renames a new one in). The caller holds
     /// the lock.
     fn current_generation(&self) -> Result<u64> {
-        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join("generation");
-        let stamp = match fs::metadata(&path) {
-            Ok(m) => Some((m.ino(), m.mtime(), m.mtime_nsec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("stat", &path, e)),
-        };
+        let stamp = generation_stamp(&path)?;
         let mut files = self.files();
         if let Some((known, generation)) = files.generation
             && known == stamp
@@ -997,17 +1002,12 @@ impl Log {
     /// `generation` file changed). Checked without the lock, so a dispatcher does not
     /// wait behind a publish's sync only to find what this process already knows.
     fn refresh_if_changed(&self) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
         let (generation, offsets) = {
             let st = self.state();
             (st.generation, [st.msg_offset, st.del_offset])
         };
         let path = self.dir.join("generation");
-        let stamp = match fs::metadata(&path) {
-            Ok(m) => Some((m.ino(), m.mtime(), m.mtime_nsec())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io("stat", &path, e)),
-        };
+        let stamp = generation_stamp(&path)?;
         let unchanged = {
             let files = self.files();
             files.open == generation
