@@ -8,7 +8,7 @@
 //! runs/<app>/<run>/tests/output.log               bounded test output
 //! approvals/<app>/<run>/<env>.json                approval requests and decisions
 //! deployments/<app>/<env>/current.json            what is live
-//! deployments/<app>/<env>/history/<ms>-<run>.json deploy history (rollback)
+//! deployments/<app>/<env>/history/<day>/<ms>-<run>.json deploy history (rollback)
 //! deployments/<app>/<env>/lease.json              deploy lease
 //! ```
 
@@ -63,8 +63,14 @@ pub fn current_key(app: &str, env: &str) -> String {
 pub fn history_prefix(app: &str, env: &str) -> String {
     format!("deployments/{app}/{env}/history/")
 }
-pub fn history_key(app: &str, env: &str, at_ms: i64, run: &str) -> String {
-    format!("deployments/{app}/{env}/history/{at_ms:013}-{run}.json")
+/// A deploy's history entry, under the UTC day it was made (the local store keeps a
+/// day's entries in one segment), ordered by time.
+pub fn history_key(app: &str, env: &str, at: chrono::DateTime<chrono::Utc>, run: &str) -> String {
+    format!(
+        "deployments/{app}/{env}/history/{}/{:013}-{run}.json",
+        at.format("%Y-%m-%d"),
+        at.timestamp_millis().max(0)
+    )
 }
 /// The run index: one entry a run, under the day it started, ordered by time.
 pub fn run_index_key(at: chrono::DateTime<chrono::Utc>, run: &str) -> String {

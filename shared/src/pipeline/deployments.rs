@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! deployments/<app>/<env>/current.json            what is live
-//! deployments/<app>/<env>/history/<ms>-<run>.json deploy history
+//! deployments/<app>/<env>/history/<day>/<ms>-<run>.json deploy history
 //! deployments/<app>/<env>/lease.json              deploy lease
 //! ```
 
@@ -216,7 +216,7 @@ pub async fn record_live<P: Ports>(
     };
     put_json(
         store,
-        &history_key(&ctx.app, env, now.timestamp_millis(), &ctx.run),
+        &history_key(&ctx.app, env, now, &ctx.run),
         &entry,
         Precondition::None,
     )

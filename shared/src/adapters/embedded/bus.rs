@@ -251,12 +251,16 @@ struct Log {
     /// Publishes waiting for the next group commit.
     group: Mutex<Group>,
     committed: Condvar,
-    /// Notified after each message this process appends, so its idle dispatcher starts
-    /// the message's deliveries at once (a stage's next stage starts while the stage
-    /// that published still records its outcome).
+    /// Notified after each message this process appends, before its sync, so its idle
+    /// dispatcher starts the message's deliveries at once: a stage's next stage runs
+    /// while the stage that published waits for the sync and records its outcome.
     published: tokio::sync::Notify,
     /// Syncs of the log's files by this process.
     syncs: std::sync::atomic::AtomicU64,
+    /// Which of this process's appends are on disk: see [`Log::settle`].
+    durable: Mutex<Durable>,
+    /// Notified when a publish's sync ends.
+    synced: Condvar,
     /// The state directory's shared sync, when the store defers its own to it: an append
     /// is made durable by it (covering the store's writes before it) instead of by an
     /// `fdatasync` of the log file.
@@ -294,6 +298,17 @@ fn generation_stamp(path: &Path) -> Result<Option<FileStamp>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io("stat", path, e)),
     }
+}
+
+/// Which messages are known to be on disk: every message below `below` (a sync that
+/// began after it was appended has returned); those below `appended` were appended by
+/// this process, and while `syncing` publishes are in their sync, one of those covers
+/// them.
+#[derive(Default)]
+struct Durable {
+    below: u64,
+    appended: u64,
+    syncing: usize,
 }
 
 /// Lines appended to a log, not yet synced.
@@ -378,20 +393,15 @@ impl EmbeddedBus {
     /// message's sequence number.
     pub async fn publish_message(&self, msg: &BusMessage) -> Result<u64> {
         let msg = msg.clone();
-        let seq = self.blocking(move |log| log.publish_message(&msg)).await?;
-        self.0.published.notify_one();
-        Ok(seq)
+        self.blocking(move |log| log.publish_message(&msg)).await
     }
 
     /// Sends to one queue only, bypassing the topic (SQS SendMessage): how registry
     /// notifications reach ingest, as EventBridge and function URLs do in AWS.
     pub async fn send_to(&self, queue: &str, msg: &BusMessage) -> Result<u64> {
         let (queue, msg) = (queue.to_string(), msg.clone());
-        let seq = self
-            .blocking(move |log| log.append_message(&msg, vec![queue]))
-            .await?;
-        self.0.published.notify_one();
-        Ok(seq)
+        self.blocking(move |log| log.append_message(&msg, vec![queue]))
+            .await
     }
 
     /// Deliveries not yet finished (due now, retrying or waiting), as last read.
@@ -509,6 +519,7 @@ impl EmbeddedBus {
                         });
                     busy.push((seq, sub.clone()));
                     flying.spawn_blocking(blocking::on_own_thread(Self::deliver_one(
+                        self.0.clone(),
                         subscriber.clone(),
                         seq,
                         sub,
@@ -573,10 +584,10 @@ impl EmbeddedBus {
             }
             let dead = lines.iter().filter(|l| l.outcome == Outcome::Dead).count();
             // Outcomes are appended, not synced: each delivery's effects (its stage's
-            // records and published events) were made durable before it ended, so an
-            // outcome lost to a power cut only delivers its message again, which its
-            // stage record makes a no-op. The next sync of the state directory covers
-            // them. This loop does not wait for a sync.
+            // records and published events) were made durable before it ended, and so
+            // was its message (`Log::settle`), so an outcome lost to a power cut only
+            // delivers its message again, which its stage record makes a no-op. The next
+            // sync of the state directory covers them. This loop does not wait for a sync.
             self.blocking(move |log| log.record_all(lines, false))
                 .await?;
             report.delivered += finished.len();
@@ -625,8 +636,10 @@ impl EmbeddedBus {
     }
 
     /// One delivery; a panic in it is that message's failure (retried, then
-    /// dead-lettered), never the end of the dispatcher.
+    /// dead-lettered), never the end of the dispatcher. It ends once its message is on
+    /// disk (see [`Log::settle`]; on its own thread, so the dispatcher never waits for it).
     async fn deliver_one<S: Subscriber>(
+        log: Arc<Log>,
         subscriber: S,
         seq: u64,
         sub: String,
@@ -648,6 +661,10 @@ impl EmbeddedBus {
                 tracing::error!(subscription = %sub, id = %msg.id, panic = %what, "a delivery panicked");
                 Delivery::Retry(format!("the delivery panicked: {what}"))
             }
+        };
+        let outcome = match log.settle(seq) {
+            Ok(()) => outcome,
+            Err(e) => Delivery::Retry(format!("the message could not be made durable: {e}")),
         };
         Finished {
             seq,
@@ -733,6 +750,26 @@ impl Drop for Leading<'_> {
     }
 }
 
+/// A publish's sync in progress: when dropped (returned or failed), it is no longer
+/// counted, what it covered (`synced`: every message below it) is on disk, and whoever
+/// waits for it in [`Log::settle`] is woken.
+struct Syncing<'a> {
+    log: &'a Log,
+    synced: Option<u64>,
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        let mut d = self.log.durable();
+        d.syncing = d.syncing.saturating_sub(1);
+        if let Some(end) = self.synced {
+            d.below = d.below.max(end);
+        }
+        drop(d);
+        self.log.synced.notify_all();
+    }
+}
+
 impl Log {
     fn open(
         dir: PathBuf,
@@ -761,6 +798,8 @@ impl Log {
             committed: Condvar::new(),
             published: tokio::sync::Notify::new(),
             syncs: Default::default(),
+            durable: Mutex::new(Durable::default()),
+            synced: Condvar::new(),
             durability,
             lock: Mutex::new(lock),
             files: Mutex::new(Files::default()),
@@ -1178,8 +1217,7 @@ impl Log {
             self.maybe_compact()?;
             appended
         };
-        // Synced outside the lock, so publishes (which keep it through their sync: no
-        // delivery starts on a message not yet on disk) do not queue behind it.
+        // Synced outside the lock, so publishes do not queue behind it.
         if sync {
             self.sync(appended)?;
         }
@@ -1244,8 +1282,16 @@ impl Log {
     }
 
     /// Appends queued messages with one write and one sync; their sequence numbers.
+    ///
+    /// The messages are readable, and this process's dispatcher is woken, as soon as they
+    /// are appended: their deliveries may start while the sync runs. That is safe because
+    /// nothing is acknowledged on the strength of a message before it is on disk: this
+    /// publish returns only after the sync, and a delivery's outcome is recorded only
+    /// for a message known to be on disk ([`Log::settle`]). A delivery that ran on a
+    /// message a power cut then lost did work that the message's publisher, not
+    /// acknowledged either, does again under the same event ids.
     fn commit(&self, batch: Vec<(u64, BusMessage, Vec<String>)>) -> Result<Vec<u64>> {
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         self.refresh()?;
         let first = self.state().next_seq;
         let mut text = String::new();
@@ -1265,9 +1311,68 @@ impl Log {
             seqs.push(seq);
         }
         let appended = self.append("messages", &text)?;
-        self.sync(appended)?;
+        let end = first.saturating_add(seqs.len() as u64);
+        {
+            let mut d = self.durable();
+            d.appended = d.appended.max(end);
+            d.syncing = d.syncing.saturating_add(1);
+        }
+        // Whatever happens next, the sync is no longer in progress when this returns.
+        let mut turn = Syncing {
+            log: self,
+            synced: None,
+        };
         self.refresh()?;
+        // Synced outside the lock: outcomes and the next batch append meanwhile.
+        drop(lock);
+        self.published.notify_one();
+        self.sync(appended)?;
+        turn.synced = Some(end);
         Ok(seqs)
+    }
+
+    fn durable(&self) -> std::sync::MutexGuard<'_, Durable> {
+        self.durable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once message `seq` is on disk, so that an outcome of its delivery may be
+    /// recorded: at once when a sync since its append covered it; after the sync of the
+    /// publish that appended it when that is still running (as a rule, a delivery that
+    /// published nothing and ended before its message's publisher did); else after a
+    /// sync of its own (a message another process appended and has not synced yet, or
+    /// whose publish failed to sync). An outcome on disk without its message would, after
+    /// a power cut, mark whichever message next took that sequence number as delivered.
+    fn settle(&self, seq: u64) -> Result<()> {
+        {
+            let mut d = self.durable();
+            loop {
+                if seq < d.below {
+                    return Ok(());
+                }
+                if seq >= d.appended || d.syncing == 0 {
+                    break;
+                }
+                d = self.synced.wait(d).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let (upto, generation) = {
+            let st = self.state();
+            (st.next_seq, st.generation)
+        };
+        match &self.durability {
+            Some(d) => d.sync()?,
+            None => {
+                let path = self.file("messages", generation);
+                File::open(&path)
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| Error::io("sync", &path, e))?;
+            }
+        }
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut d = self.durable();
+        d.below = d.below.max(upto);
+        Ok(())
     }
 
     fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
@@ -2008,6 +2113,46 @@ mod tests {
         let expected: Vec<String> = (1..200).map(|i| format!("m{i:03}")).collect();
         assert_eq!(rest, expected, "the others in publication order");
         assert_eq!(bus.pending(), 0);
+    }
+
+    /// A delivery's outcome is recorded only once its message is known to be on disk: a
+    /// message another process appended (and this one never saw synced) costs a sync
+    /// before its outcome; one this process published was synced by its publish, so its
+    /// outcome costs none.
+    #[tokio::test]
+    async fn an_outcome_is_recorded_only_for_a_message_known_to_be_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        other.publish_message(&msg("m1", "y")).await.unwrap();
+        let rec = recorder(0);
+        let before = bus.syncs();
+        let rep = bus
+            .drain(&rec, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rep.delivered, 1, "m1 to b");
+        assert_eq!(
+            bus.syncs() - before,
+            1,
+            "one sync before the outcome of a message appended elsewhere"
+        );
+        bus.publish_message(&msg("m2", "y")).await.unwrap();
+        let before = bus.syncs();
+        let rep = bus
+            .drain(&rec, &DrainOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(rep.delivered, 1, "m2 to b");
+        assert_eq!(bus.syncs() - before, 0, "m2's publish synced it");
+        let seen = rec.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                ("b".to_string(), "m1".to_string()),
+                ("b".into(), "m2".into())
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,14 +3,14 @@
 //!
 //! - **A run's objects** (`runs/<app>/<run>/…` and `approvals/<app>/<run>/…`) live in one
 //!   append-only segment file in the run's directory (`.segment`); so do a deployment's
-//!   lease and live record (`deployments/<app>/<env>/{lease,current}.json`). A write appends a
+//!   lease and live record (`deployments/<app>/<env>/{lease,current}.json`), and its deploy
+//!   history, a segment a day (`deployments/<app>/<env>/history/<day>/…`). A write appends a
 //!   record (name, value, CRC-32); the newest record of a name wins; values are deflated.
 //!   Once the records appended since the last pack reach [`PACK_AFTER`] bytes, the live
 //!   ones are packed into one deflated frame, written aside, made durable and renamed over
 //!   the segment. A writer killed mid-append leaves a torn tail: it fails its checksum,
 //!   readers stop before it and the next writer cuts it off.
-//! - **Every other key** (deploy history, holds, the run index, the registry) is a file of
-//!   its own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
+//! - **Every other key** (holds, the run index, the registry) is a file of its own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
 //!   place.
 //! - **Group commit** for segments: a write returns once a sync of the store's filesystem
 //!   (`syncfs`) that began after the write finished has returned; writes that finish
@@ -230,20 +230,30 @@ fn etag_of(bytes: &[u8]) -> String {
 }
 
 /// Where a key is kept: in the segment of the directory `dir` (a key prefix ending in
-/// `/`: a run's, its approvals', or a deployment's) under `name`, or (`None`) in a file
-/// of its own.
+/// `/`: a run's, its approvals', a deployment's, or a day of a deployment's history)
+/// under `name`, or (`None`) in a file of its own.
 fn segment_of(key: &str) -> Option<(&str, &str)> {
     let top = key.split('/').next()?;
-    let (i, _) = key.match_indices('/').nth(2)?;
-    let name = &key[i + 1..];
-    let kept = match top {
-        "runs" => true,
-        "approvals" => !key.starts_with("approvals/_open/"),
-        // A deployment's lease and live record; its history stays a file per deploy.
-        "deployments" => !name.contains('/'),
-        _ => false,
+    // How many `/` the segment's directory has.
+    let depth = match top {
+        "runs" => 3,
+        "approvals" if !key.starts_with("approvals/_open/") => 3,
+        "deployments" => {
+            // `deployments/<app>/<env>/<name>`: the lease and the live record;
+            // `deployments/<app>/<env>/history/<day>/<name>`: a day's deploys. A history
+            // entry right under `history/` was written one file each by an earlier version.
+            let rest = key.splitn(4, '/').nth(3)?;
+            match rest.matches('/').count() {
+                0 => 3,
+                2 if rest.starts_with("history/") => 5,
+                _ => return None,
+            }
+        }
+        _ => return None,
     };
-    (kept && !name.is_empty()).then(|| (&key[..=i], name))
+    let (i, _) = key.match_indices('/').nth(depth - 1)?;
+    let name = &key[i + 1..];
+    (!name.is_empty()).then(|| (&key[..=i], name))
 }
 
 /// A segment read: the newest record of each name (`None`: deleted).
@@ -1591,8 +1601,9 @@ mod tests {
         assert_eq!(a.list("runs/web/").await.unwrap(), vec![key.to_string()]);
     }
 
-    /// A deployment's lease and live record share one segment; its history stays a file
-    /// per deploy; listings see both, and a lease released is gone.
+    /// A deployment's lease and live record share one segment; its history is a segment
+    /// a day (an entry an earlier version wrote as a file of its own is still read);
+    /// listings see all of them, and a lease released is gone.
     #[tokio::test]
     async fn a_deployments_lease_and_live_record_are_one_segment() {
         let dir = tempfile::tempdir().unwrap();
@@ -1612,6 +1623,7 @@ mod tests {
         )
         .await
         .unwrap();
+        // Written one file each by an earlier version: still a file of its own.
         s.put(
             &format!("{d}/history/0000000000001-0123456789abcdef.json"),
             b"h".to_vec(),
@@ -1619,6 +1631,16 @@ mod tests {
         )
         .await
         .unwrap();
+        // A day's deploys: one segment.
+        for (ms, run) in [(2, "1123456789abcdef"), (3, "2123456789abcdef")] {
+            s.put(
+                &format!("{d}/history/2026-12-07/000000000000{ms}-{run}.json"),
+                run.as_bytes().to_vec(),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        }
         assert!(matches!(
             s.put(
                 &format!("{d}/lease.json"),
@@ -1634,20 +1656,27 @@ mod tests {
             files,
             vec![
                 SEGMENT.to_string(),
-                "history/0000000000001-0123456789abcdef.json".into()
+                "history/0000000000001-0123456789abcdef.json".into(),
+                format!("history/2026-12-07/{SEGMENT}"),
             ]
         );
+        let history = [
+            format!("{d}/history/0000000000001-0123456789abcdef.json"),
+            format!("{d}/history/2026-12-07/0000000000002-1123456789abcdef.json"),
+            format!("{d}/history/2026-12-07/0000000000003-2123456789abcdef.json"),
+        ];
+        let mut all = vec![format!("{d}/current.json")];
+        all.extend(history.iter().cloned());
+        all.push(format!("{d}/lease.json"));
+        assert_eq!(s.list("deployments/web/").await.unwrap(), all);
+        assert_eq!(s.list(&format!("{d}/history/")).await.unwrap(), history);
         assert_eq!(
-            s.list("deployments/web/").await.unwrap(),
-            vec![
-                format!("{d}/current.json"),
-                format!("{d}/history/0000000000001-0123456789abcdef.json"),
-                format!("{d}/lease.json"),
-            ]
+            s.list(&format!("{d}/history/2026-12-07/")).await.unwrap(),
+            history[1..]
         );
         assert_eq!(
-            s.list(&format!("{d}/history/")).await.unwrap(),
-            vec![format!("{d}/history/0000000000001-0123456789abcdef.json")]
+            s.get(&history[2]).await.unwrap().unwrap().bytes,
+            b"2123456789abcdef"
         );
         s.remove(&format!("{d}/lease.json")).await.unwrap();
         assert!(s.get(&format!("{d}/lease.json")).await.unwrap().is_none());
