@@ -79,25 +79,16 @@ async fn crash_and_recover(stage: &str, point: &str) {
     check_one_effect_each(root, &what, &digest);
 }
 
-fn json_files(dir: &Path) -> Vec<Value> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap();
-        out.push(serde_json::from_str(&text).unwrap());
-    }
-    out
-}
-
 fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
     let run = baton::ids::run_id("app0", digest);
-    let store = root.join(".baton/store");
     for env in ["staging", "production"] {
         let manifest =
             std::fs::read_to_string(root.join(format!("manifests/{env}/app0/app.yaml"))).unwrap();
         assert!(manifest.contains(digest), "{what}: {env} manifest deployed");
         let deploys: Vec<Value> =
-            json_files(&store.join(format!("deployments/app0/{env}/history")))
+            crate::stored_under(root, &format!("deployments/app0/{env}/history/"))
                 .into_iter()
+                .map(|(_, text)| serde_json::from_str::<Value>(&text).unwrap())
                 .filter(|h| h["run"] == run.as_str())
                 .collect();
         assert_eq!(
@@ -155,6 +146,7 @@ fn check_one_effect_each(root: &Path, what: &str, digest: &str) {
         );
     }
     // What the killed process was writing is gone; nothing stray among the records.
+    let store = root.join(".baton/store");
     let stray: Vec<_> = std::fs::read_dir(store.join(".tmp"))
         .unwrap()
         .flatten()

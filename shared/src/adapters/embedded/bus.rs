@@ -1281,13 +1281,13 @@ impl Log {
             turn.leads = false;
             drop(g);
             self.committed.notify_all();
-            let results: Vec<std::result::Result<u64, String>> = match appended
-                .and_then(|(seqs, unsynced, syncing)| {
+            let results: Vec<std::result::Result<u64, String>> =
+                match appended.and_then(|(seqs, unsynced, syncing)| {
                     self.sync_batch(unsynced, syncing).map(|()| seqs)
                 }) {
-                Ok(seqs) => seqs.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
-            };
+                    Ok(seqs) => seqs.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
+                };
             g = self.group();
             g.done
                 .extend(std::mem::take(&mut turn.tickets).into_iter().zip(results));
