@@ -256,6 +256,11 @@ fn segment_of(key: &str) -> Option<(&str, &str)> {
     (!name.is_empty()).then(|| (&key[..=i], name))
 }
 
+/// Whether the segment directory `dir` is a day of a deployment's history.
+fn is_history_day(dir: &str) -> bool {
+    dir.starts_with("deployments/") && dir.matches('/').count() == 5
+}
+
 /// A segment read: the newest record of each name (`None`: deleted).
 #[derive(Debug, Default, Clone)]
 struct Segment {
@@ -692,6 +697,12 @@ impl DirStore {
 
     /// A segment, parsed (from the cache while its file is unchanged).
     fn read_segment(&self, path: &Path) -> Result<Arc<Segment>> {
+        self.read_segment_kept(path, true)
+    }
+
+    /// A segment, parsed (from the cache while its file is unchanged); a segment read
+    /// from its file is kept in the cache when `keep`.
+    fn read_segment_kept(&self, path: &Path, keep: bool) -> Result<Arc<Segment>> {
         let id = match fs::metadata(path) {
             Ok(m) => FileId::of(&m),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Arc::default()),
@@ -707,7 +718,7 @@ impl DirStore {
         };
         let seg = Arc::new(Segment::parse(&bytes, path)?);
         // Appended to between the stat and the read: parsed, but not kept under `id`.
-        if bytes.len() as u64 == id.len {
+        if keep && bytes.len() as u64 == id.len {
             self.cache.put(path, id, seg.clone());
         }
         Ok(seg)
@@ -786,7 +797,11 @@ impl DirStore {
     ) -> Result<()> {
         let path = self.segment_path(dir);
         let guard = self.lock(dir)?;
-        let seg = self.read_segment(&path)?;
+        // A day of deploy history is written once a deploy and read by few (a rollback, an
+        // environment's page): it does not take the place of the segments of runs in
+        // flight in the cache.
+        let keep = !is_history_day(dir);
+        let seg = self.read_segment_kept(&path, keep)?;
         let current = match seg.names.get(name) {
             Some(v) => v.clone(),
             None => Self::read_file(legacy)?.map(Arc::from),
@@ -821,7 +836,11 @@ impl DirStore {
             next.names.retain(|_, v| v.is_some());
             next.valid = packed.len() as u64;
             next.loose = 0;
-            self.remember(&path, next);
+            if keep {
+                self.remember(&path, next);
+            } else {
+                self.cache.forget(&path);
+            }
         } else {
             let mut f = OpenOptions::new()
                 .create(true)
@@ -851,7 +870,11 @@ impl DirStore {
             next.names.insert(name.to_string(), value.map(Arc::from));
             next.valid = seg.valid.saturating_add(out.len() as u64);
             next.loose = seg.loose.saturating_add(rec.len());
-            self.remember(&path, next);
+            if keep {
+                self.remember(&path, next);
+            } else {
+                self.cache.forget(&path);
+            }
         }
         if value.is_none() {
             match fs::remove_file(legacy) {
@@ -1631,7 +1654,12 @@ mod tests {
         )
         .await
         .unwrap();
-        // A day's deploys: one segment.
+        // A day's deploys: one segment (not kept in the cache).
+        let (day, _) = segment_of(&format!("{d}/history/2026-12-07/x.json")).unwrap();
+        assert!(is_history_day(day), "{day}");
+        assert!(!is_history_day(
+            segment_of(&format!("{d}/lease.json")).unwrap().0
+        ));
         for (ms, run) in [(2, "1123456789abcdef"), (3, "2123456789abcdef")] {
             s.put(
                 &format!("{d}/history/2026-12-07/000000000000{ms}-{run}.json"),
