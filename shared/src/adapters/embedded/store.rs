@@ -1655,11 +1655,11 @@ mod tests {
         .await
         .unwrap();
         // A day's deploys: one segment (not kept in the cache).
-        let (day, _) = segment_of(&format!("{d}/history/2026-12-07/x.json")).unwrap();
+        let entry = format!("{d}/history/2026-12-07/x.json");
+        let (day, _) = segment_of(&entry).unwrap();
         assert!(is_history_day(day), "{day}");
-        assert!(!is_history_day(
-            segment_of(&format!("{d}/lease.json")).unwrap().0
-        ));
+        let lease = format!("{d}/lease.json");
+        assert!(!is_history_day(segment_of(&lease).unwrap().0));
         for (ms, run) in [(2, "1123456789abcdef"), (3, "2123456789abcdef")] {
             s.put(
                 &format!("{d}/history/2026-12-07/000000000000{ms}-{run}.json"),
