@@ -1323,7 +1323,8 @@ impl Log {
             synced: None,
         };
         self.refresh()?;
-        // Synced outside the lock: outcomes and the next batch append meanwhile.
+        // Synced outside the lock, so outcomes (and other processes) append meanwhile; the
+        // next batch of this process waits for this turn to end (see `append_message`).
         drop(lock);
         self.published.notify_one();
         self.sync(appended)?;
