@@ -66,19 +66,20 @@ pub fn history_prefix(app: &str, env: &str) -> String {
 /// A deploy's history entry, under the UTC day it was made (the local store keeps a
 /// day's entries in one segment), ordered by time.
 pub fn history_key(app: &str, env: &str, at: chrono::DateTime<chrono::Utc>, run: &str) -> String {
+    format!("deployments/{app}/{env}/history/{}-{run}.json", dated(at))
+}
+/// `<YYYY-MM-DD>/<ms>` of `at` (UTC; milliseconds 13 digits, so keys sort by time): where
+/// keys filed by day and time go.
+fn dated(at: chrono::DateTime<chrono::Utc>) -> String {
     format!(
-        "deployments/{app}/{env}/history/{}/{:013}-{run}.json",
+        "{}/{:013}",
         at.format("%Y-%m-%d"),
         at.timestamp_millis().max(0)
     )
 }
 /// The run index: one entry a run, under the day it started, ordered by time.
 pub fn run_index_key(at: chrono::DateTime<chrono::Utc>, run: &str) -> String {
-    format!(
-        "index/runs/{}/{:013}-{run}",
-        at.format("%Y-%m-%d"),
-        at.timestamp_millis().max(0)
-    )
+    format!("index/runs/{}-{run}", dated(at))
 }
 /// The run index's days, one marker each.
 pub const RUN_INDEX_DAYS: &str = "index/days/";
@@ -200,4 +201,26 @@ where
         }
     }
     compare_and_swap(store, key, what, decide).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys filed by day and time: the UTC day, then 13-digit milliseconds (they sort by
+    /// time), then the run.
+    #[test]
+    fn dated_keys_are_filed_by_utc_day_then_time() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-07T23:59:59.123+01:00")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            run_index_key(at, "ab12"),
+            "index/runs/2026-12-07/1796684399123-ab12"
+        );
+        assert_eq!(
+            history_key("web", "staging", at, "ab12"),
+            "deployments/web/staging/history/2026-12-07/1796684399123-ab12.json"
+        );
+    }
 }

@@ -10,7 +10,8 @@
 //!   ones are packed into one deflated frame, written aside, made durable and renamed over
 //!   the segment. A writer killed mid-append leaves a torn tail: it fails its checksum,
 //!   readers stop before it and the next writer cuts it off.
-//! - **Every other key** (holds, the run index, the registry) is a file of its own, written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
+//! - **Every other key** (holds, the run index, the registry) is a file of its own,
+//!   written aside in `.tmp/`, synced, and linked (create) or renamed (replace) into
 //!   place.
 //! - **Group commit** for segments: a write returns once a sync of the store's filesystem
 //!   (`syncfs`) that began after the write finished has returned; writes that finish
