@@ -651,8 +651,10 @@ async fn main() {
         keys
     };
     let total_runs = index.len();
+    // The index is sorted oldest first, and a page after a cursor lists older runs: each
+    // cursor has at least a page of runs before it.
     let cursors: Vec<String> = (0..100)
-        .map(|i| index[(i * 7_919 + 1_000) % (total_runs - 100)].clone())
+        .map(|i| index[50 + (i * 7_919 + 1_000) % (total_runs - 100)].clone())
         .collect();
     let (first, deep) = time_pages(&client, &server.base, &cursors).await;
     let (board_changed, board, run_page) = time_board(&client, &server.base, &templates[0].1).await;

@@ -70,6 +70,23 @@ pub trait ObjectStore: Send + Sync {
         bytes: Vec<u8>,
         cond: Precondition,
     ) -> impl Future<Output = Result<String>> + Send;
+    /// Writes several objects, each under its own precondition: `Err` when the batch
+    /// as a whole failed (nothing of it can be counted on), else each write's outcome
+    /// in order (`Error::Conflict` for a precondition that failed). Where each write is
+    /// made durable by a sync of its own (the local store's objects kept in files),
+    /// the batch shares one; the default writes each in turn (S3).
+    fn put_many(
+        &self,
+        writes: Vec<Put>,
+    ) -> impl Future<Output = Result<Vec<Result<String>>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(self.put(&w.key, w.bytes, w.cond).await);
+            }
+            Ok(out)
+        }
+    }
     /// Keys starting with `prefix`, sorted.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// Every object under `prefix` with its key, sorted by key (a run's records at
@@ -108,6 +125,14 @@ pub trait ObjectStore: Send + Sync {
         let _ = dirs;
         async { Ok(()) }
     }
+}
+
+/// One write of [`ObjectStore::put_many`].
+#[derive(Debug, Clone)]
+pub struct Put {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub cond: Precondition,
 }
 
 /// See [`ObjectStore::stamp`].

@@ -116,9 +116,12 @@ pub async fn put_json<S: ObjectStore, T: Serialize>(
     value: &T,
     cond: Precondition,
 ) -> Result<String> {
-    let bytes =
-        serde_json::to_vec(value).map_err(|e| Error::permanent(format!("write {key}"), e))?;
-    store.put(key, bytes, cond).await
+    store.put(key, bytes_of(key, value)?, cond).await
+}
+
+/// The bytes [`put_json`] stores for `value` under `key`.
+pub fn bytes_of<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::permanent(format!("write {key}"), e))
 }
 
 /// What [`compare_and_swap`]'s `decide` wants done with the current value.

@@ -16,9 +16,9 @@ use crate::pipeline::approvals::ApprovalRecord;
 use crate::pipeline::harness::{StageRecord, StageStatus};
 use crate::pipeline::stage::StageSpec;
 use crate::pipeline::{Pipeline, StageName};
-use crate::ports::{ObjectStore, Ports};
+use crate::ports::{ObjectStore, Ports, Put};
 use crate::store::{
-    RUN_INDEX, RUN_INDEX_DAYS, approval_key, get_json, json_of, put_json, run_index_key,
+    RUN_INDEX, RUN_INDEX_DAYS, approval_key, bytes_of, get_json, json_of, put_json, run_index_key,
     run_prefix, stage_key,
 };
 
@@ -376,9 +376,19 @@ pub async fn summarize<P: Ports>(
             .flat_map(|q| summary_dirs(&q.entry.app, &q.run))
             .collect();
         store.compact(&dirs).await?;
+        // Then their index entries, written together (one sync for the chunk).
+        let mut writes = Vec::with_capacity(chunk.len());
         for q in chunk {
-            if keep_summary(p, q).await? {
-                done.wrote += 1;
+            if let Some(w) = kept_summary(p, q).await? {
+                writes.push(w);
+            }
+        }
+        for written in store.put_many(writes).await? {
+            match written {
+                Ok(_) => done.wrote += 1,
+                // Retention removed the entry, or another writer got there first.
+                Err(Error::Conflict { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -388,10 +398,10 @@ pub async fn summarize<P: Ports>(
 /// How many runs [`summarize`] packs together.
 const COMPACT_CHUNK: usize = 16;
 
-/// Writes a quiet run's summary into its index entry, under the stamp its segments have
-/// now; whether it did (retention may have removed the entry, or another writer changed
-/// it since it was read).
-async fn keep_summary<P: Ports>(p: &Pipeline<P>, q: Quiet) -> Result<bool> {
+/// The write that keeps a quiet run's summary in its index entry, under the stamp its
+/// segments have now, if the entry is still the one read (retention may have removed
+/// it, or another writer changed it since); `None` when there is nothing to keep.
+async fn kept_summary<P: Ports>(p: &Pipeline<P>, q: Quiet) -> Result<Option<Put>> {
     let store = p.ports.store();
     let Quiet {
         key,
@@ -400,10 +410,10 @@ async fn keep_summary<P: Ports>(p: &Pipeline<P>, q: Quiet) -> Result<bool> {
         run,
     } = q;
     let Some(stamp) = store.stamp(&summary_dirs(&entry.app, &run)).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(s) = summary(p, &entry.app, &run).await else {
-        return Ok(false);
+        return Ok(None);
     };
     entry.summary = Some(KeptSummary {
         stamp: stamp.token,
@@ -412,19 +422,11 @@ async fn keep_summary<P: Ports>(p: &Pipeline<P>, q: Quiet) -> Result<bool> {
         started_at: s.started_at,
         updated_at: s.updated_at,
     });
-    match put_json(
-        store,
-        &key,
-        &entry,
-        crate::ports::Precondition::IfMatch(etag),
-    )
-    .await
-    {
-        Ok(_) => Ok(true),
-        // Retention removed it, or another writer got there first.
-        Err(Error::Conflict { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(Some(Put {
+        bytes: bytes_of(&key, &entry)?,
+        key,
+        cond: crate::ports::Precondition::IfMatch(etag),
+    }))
 }
 
 /// A quiet run whose index entry has no current summary.

@@ -908,9 +908,16 @@ async fn pages_read_kept_summaries_until_the_run_changes() {
     );
     assert!(first.unsettled.is_some());
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    // Walks of 2 entries: the first is cut, the next goes on from there.
+    // Walks of 2 entries: the first is cut, the next goes on from there. The walk packs
+    // both runs with one sync and writes both index entries with another.
+    let syncs = store.syncs();
     let a = summarizer.step(p, 2).await.unwrap();
     assert_eq!((a.seen, a.wrote), (2, 2));
+    assert_eq!(
+        store.syncs() - syncs,
+        2,
+        "a pack and the entries: one sync each"
+    );
     assert!(a.cut.is_some());
     let b = summarizer.step(p, 2).await.unwrap();
     assert_eq!((b.seen, b.wrote, b.cut.clone()), (1, 1, None), "{b:?}");

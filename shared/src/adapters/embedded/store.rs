@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 
 use crate::adapters::embedded::blocking;
 use crate::error::{Error, Result};
-use crate::ports::{Object, ObjectStore, Precondition};
+use crate::ports::{Object, ObjectStore, Precondition, Put};
 
 /// A directory-backed object store.
 #[derive(Debug, Clone)]
@@ -975,27 +975,85 @@ impl DirStore {
             return Err(Error::Conflict { key: key.into() });
         }
         let tmp = self.write_temp(&dir, bytes)?;
-        let result = self.sync_temp(&tmp).and_then(|()| match &cond {
-            Precondition::IfNoneMatch => match fs::hard_link(&tmp, path) {
+        let result = self
+            .sync_temp(&tmp)
+            .and_then(|()| self.place(key, path, &tmp, &cond));
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    /// Links or renames `tmp`, a file in `.tmp/` already durable, to `path` when `cond`
+    /// holds for `key` (the link decides a race between creators).
+    fn place(&self, key: &str, path: &Path, tmp: &Path, cond: &Precondition) -> Result<()> {
+        let result = match cond {
+            Precondition::IfNoneMatch => match fs::hard_link(tmp, path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                     Err(Error::Conflict { key: key.into() })
                 }
                 Err(e) => Err(Error::io("create", path, e)),
             },
-            Precondition::None => fs::rename(&tmp, path).map_err(|e| Error::io("replace", path, e)),
+            Precondition::None => fs::rename(tmp, path).map_err(|e| Error::io("replace", path, e)),
             Precondition::IfMatch(_) => {
                 let _guard = self.lock(key)?;
-                Self::check(key, &cond, Self::read_file(path)?.as_deref())?;
-                fs::rename(&tmp, path).map_err(|e| Error::io("replace", path, e))
+                Self::check(key, cond, Self::read_file(path)?.as_deref())?;
+                fs::rename(tmp, path).map_err(|e| Error::io("replace", path, e))
             }
-        });
-        let _ = fs::remove_file(&tmp);
+        };
         if result.is_ok() && self.deferred {
             // The new name is durable at the next sync.
             self.sync.written();
         }
         result
+    }
+
+    /// [`ObjectStore::put_many`]: the objects kept in files of their own are written
+    /// aside, made durable by one sync, then each put in place under its precondition;
+    /// objects kept in segments are written one by one (an append each).
+    fn put_many_sync(&self, writes: Vec<Put>) -> Result<Vec<Result<String>>> {
+        let mut out: Vec<Option<Result<String>>> = (0..writes.len()).map(|_| None).collect();
+        // (position, key, path, temp file, precondition, etag)
+        let mut aside = vec![];
+        let result = (|| {
+            for (i, Put { key, bytes, cond }) in writes.into_iter().enumerate() {
+                let path = match self.path_of(&key) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out[i] = Some(Err(e));
+                        continue;
+                    }
+                };
+                if segment_of(&key).is_some() {
+                    out[i] = Some(self.put_sync(&key, bytes, cond));
+                    continue;
+                }
+                if matches!(cond, Precondition::IfNoneMatch) && path.exists() {
+                    out[i] = Some(Err(Error::Conflict { key }));
+                    continue;
+                }
+                let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+                let tmp = self.write_temp(&dir, &bytes)?;
+                aside.push((i, key, path, tmp, cond, etag_of(&bytes)));
+            }
+            if aside.is_empty() {
+                return Ok(());
+            }
+            let tmps: Vec<&Path> = aside.iter().map(|a| a.3.as_path()).collect();
+            self.sync.durable(&tmps)?;
+            for (i, key, path, tmp, cond, etag) in aside.drain(..) {
+                out[i] = Some(self.place(&key, &path, &tmp, &cond).map(|()| etag));
+                let _ = fs::remove_file(&tmp);
+            }
+            Ok(())
+        })();
+        for a in aside {
+            let _ = fs::remove_file(&a.3);
+        }
+        result?;
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::invalid("store write", "not attempted"))))
+            .collect())
     }
 
     /// The keys under `prefix`, with their bytes when `values`: every directory that can
@@ -1178,6 +1236,10 @@ impl ObjectStore for DirStore {
     async fn put(&self, key: &str, bytes: Vec<u8>, cond: Precondition) -> Result<String> {
         let key = key.to_string();
         self.blocking(move |s| s.put_sync(&key, bytes, cond)).await
+    }
+
+    async fn put_many(&self, writes: Vec<Put>) -> Result<Vec<Result<String>>> {
+        self.blocking(move |s| s.put_many_sync(writes)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -1594,6 +1656,72 @@ mod tests {
                 .unwrap();
             assert_eq!(got.bytes, format!("{i}").into_bytes());
         }
+    }
+
+    /// A batch of writes to objects kept in files of their own shares one sync; each
+    /// write keeps its own precondition and outcome, and nothing is left in `.tmp/`.
+    #[tokio::test]
+    async fn a_batch_of_writes_shares_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let key = |i: usize| format!("index/runs/2026-12-07/{i:02}.json");
+        let mut etags = vec![];
+        for i in 0..14 {
+            etags.push(
+                s.put(&key(i), b"old".to_vec(), Precondition::IfNoneMatch)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let seg_key = "runs/web/0123456789abcdef/stages/test.json";
+        let put = |key: String, bytes: &[u8], cond| Put {
+            key,
+            bytes: bytes.to_vec(),
+            cond,
+        };
+        let mut writes: Vec<Put> = (0..12)
+            .map(|i| put(key(i), b"new", Precondition::IfMatch(etags[i].clone())))
+            .collect();
+        writes.extend([
+            put(key(12), b"stale", Precondition::IfMatch(etag_of(b"older"))),
+            put(key(13), b"again", Precondition::IfNoneMatch),
+            put(key(14), b"created", Precondition::IfNoneMatch),
+            put(seg_key.into(), b"in a segment", Precondition::None),
+            put("../escape".into(), b"x", Precondition::None),
+        ]);
+        let before = s.syncs();
+        let out = s.put_many(writes).await.unwrap();
+        assert_eq!(
+            s.syncs() - before,
+            2,
+            "one for the 13 files, one for the segment's append"
+        );
+        assert_eq!(out.len(), 17);
+        for (i, r) in out.iter().enumerate().take(12) {
+            assert_eq!(r.as_ref().unwrap(), &etag_of(b"new"), "write {i}");
+            assert_eq!(s.get(&key(i)).await.unwrap().unwrap().bytes, b"new");
+        }
+        assert!(matches!(out[12], Err(Error::Conflict { .. })));
+        assert!(matches!(out[13], Err(Error::Conflict { .. })));
+        assert_eq!(s.get(&key(12)).await.unwrap().unwrap().bytes, b"old");
+        assert_eq!(s.get(&key(13)).await.unwrap().unwrap().bytes, b"old");
+        assert_eq!(out[14].as_ref().unwrap(), &etag_of(b"created"));
+        assert_eq!(s.get(&key(14)).await.unwrap().unwrap().bytes, b"created");
+        assert_eq!(
+            s.get(seg_key).await.unwrap().unwrap().bytes,
+            b"in a segment"
+        );
+        assert!(
+            matches!(out[16], Err(Error::Invalid { .. })),
+            "{:?}",
+            out[16]
+        );
+        assert!(
+            fs::read_dir(dir.path().join(".tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
     }
 
     /// A segment kept parsed in memory is read again once another process (another
