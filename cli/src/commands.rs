@@ -999,6 +999,21 @@ async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
             r.keep_last,
             humantime::format_duration(r.max_age)
         );
+        if report.history_removed > 0 {
+            println!(
+                "{} {} deploy history entr{} older than {} (each environment keeps its newest {})",
+                if dry_run { "would remove" } else { "removed" },
+                report.history_removed,
+                if report.history_removed == 1 {
+                    "y"
+                } else {
+                    "ies"
+                },
+                humantime::format_duration(r.max_age),
+                r.keep_last
+                    .max(baton::pipeline::retention::HISTORY_KEEPS_AT_LEAST)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

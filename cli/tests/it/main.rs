@@ -206,6 +206,7 @@ fn demo_runs_every_stage_and_deploys_both_environments() {
         "{v}"
     );
     assert_eq!(v["removed"], serde_json::json!([]));
+    assert_eq!(v["history_removed"], 0, "{v}");
     let o = baton(dir.path(), &[&demo[..], &["gc"]].concat());
     assert!(stdout(&o).contains("removed 0 run(s)"), "{}", stdout(&o));
 }

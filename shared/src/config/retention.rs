@@ -10,7 +10,8 @@ use super::duration;
 /// are kept: `baton gc` applies it, and `baton serve` does every `every`. A run that is
 /// live in an environment, waits for an approval or is still running is always kept,
 /// and so are the last `keep_last` runs of each app whatever their age. What is live
-/// where and each environment's deploy history (what rollback uses) are never removed.
+/// where is never removed; each environment's deploy history (what rollback uses) loses
+/// its deploys older than `max_age` beyond its newest `keep_last` (at least 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {

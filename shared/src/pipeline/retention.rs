@@ -93,3 +93,99 @@ pub async fn decide<P: Ports>(
     }
     Ok(out)
 }
+
+/// The fewest deploys of an environment its history keeps, whatever `keep_last` says: the
+/// one live and one to roll back to.
+pub const HISTORY_KEEPS_AT_LEAST: usize = 2;
+
+/// Which keys of an environment's deploy history (`keys`: its keys, oldest first, as the
+/// store lists them) retention removes: deploys made longer ago than `max_age`, except
+/// the newest `keep_last` (at least [`HISTORY_KEEPS_AT_LEAST`]). A key whose time cannot
+/// be read is kept.
+pub fn expired_history<'k>(
+    keys: &'k [String],
+    policy: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Vec<&'k str> {
+    let Some(cutoff) = chrono::Duration::from_std(policy.max_age)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+    else {
+        return vec![];
+    };
+    let keep = policy.keep_last.max(HISTORY_KEEPS_AT_LEAST);
+    let older = keys.len().saturating_sub(keep);
+    keys[..older]
+        .iter()
+        .filter(|k| deployed_at(k).is_some_and(|at| at < cutoff))
+        .map(String::as_str)
+        .collect()
+}
+
+/// When a deploy history key's deploy was made: its name starts with the time in
+/// milliseconds (`…/history/<day>/<ms>-<run>.json`, or `…/history/<ms>-<run>.json` as
+/// earlier versions wrote it).
+fn deployed_at(key: &str) -> Option<DateTime<Utc>> {
+    let name = key.rsplit('/').next()?;
+    let ms: i64 = name.split('-').next()?.parse().ok()?;
+    DateTime::from_timestamp_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_age_h: u64, keep_last: usize) -> RetentionConfig {
+        RetentionConfig {
+            max_age: std::time::Duration::from_secs(max_age_h * 3600),
+            keep_last,
+            ..RetentionConfig::default()
+        }
+    }
+
+    /// Old deploys go, except the newest `keep_last` (never fewer than two); young ones
+    /// and keys whose time is unreadable stay; legacy keys (a file each) are read too.
+    #[test]
+    fn history_keeps_young_deploys_and_the_newest() {
+        let now = DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |h: i64| (now - chrono::Duration::hours(h)).timestamp_millis();
+        let h = "deployments/web/production/history/";
+        let keys: Vec<String> = vec![
+            format!("{h}{:013}-run0.json", at(500)),
+            format!("{h}2026-11-17/{:013}-run1.json", at(480)),
+            format!("{h}2026-11-17/not-a-time.json"),
+            format!("{h}2026-11-27/{:013}-run2.json", at(240)),
+            format!("{h}2026-12-06/{:013}-run3.json", at(30)),
+            format!("{h}2026-12-07/{:013}-run4.json", at(2)),
+            format!("{h}2026-12-07/{:013}-run5.json", at(1)),
+        ];
+        let names = |v: Vec<&str>| -> Vec<String> {
+            v.iter()
+                .map(|k| k.rsplit('-').next().unwrap().to_string())
+                .collect()
+        };
+        // Max age 24 h, keep 2: everything older than a day but the newest two.
+        assert_eq!(
+            names(expired_history(&keys, &policy(24, 2), now)),
+            ["run0.json", "run1.json", "run2.json", "run3.json"]
+        );
+        // Keep 3: run3 is among the newest three.
+        assert_eq!(
+            names(expired_history(&keys, &policy(24, 3), now)),
+            ["run0.json", "run1.json", "run2.json"]
+        );
+        // keep_last 0 still keeps two (the live deploy and one to roll back to).
+        assert_eq!(
+            names(expired_history(&keys, &policy(1, 0), now)),
+            ["run0.json", "run1.json", "run2.json", "run3.json"]
+        );
+        // Max age 10 days: only the deploys of 20 days ago go.
+        assert_eq!(
+            names(expired_history(&keys, &policy(240, 2), now)),
+            ["run0.json", "run1.json"]
+        );
+        assert!(expired_history(&keys[..2], &policy(1, 2), now).is_empty());
+    }
+}

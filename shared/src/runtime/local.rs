@@ -3,6 +3,7 @@
 //! `baton demo`, the CLI commands and the tests use it; the stage code is the same as
 //! in AWS.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ pub struct GcReport {
     pub removed: Vec<crate::pipeline::retention::Decision>,
     /// Runs kept.
     pub kept: usize,
+    /// Deploy history entries removed (or that would be): deploys older than
+    /// `retention.max_age`, beyond each environment's newest `keep_last`.
+    pub history_removed: usize,
     pub bytes_freed: u64,
 }
 
@@ -391,6 +395,9 @@ impl Local {
                 store.remove(&key).await?;
             }
         }
+        let (history_removed, history_bytes) = self.gc_history(now, dry_run).await?;
+        report.history_removed = history_removed;
+        report.bytes_freed = report.bytes_freed.saturating_add(history_bytes);
         if !dry_run {
             // Open-approval markers of days that have passed: every request they name
             // has expired (its record stays with its run).
@@ -408,6 +415,63 @@ impl Local {
             }
         }
         Ok(report)
+    }
+
+    /// Applies retention to each configured environment's deploy history (see
+    /// [`crate::pipeline::retention::expired_history`]); how many entries it removed (or
+    /// would) and the bytes freed. A day whose entries all go is removed whole, with its
+    /// segment.
+    async fn gc_history(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        dry_run: bool,
+    ) -> Result<(usize, u64)> {
+        let p = &self.pipeline;
+        let store = &p.ports.store;
+        let mut removed = 0;
+        let mut bytes = 0u64;
+        for app in &p.config.apps {
+            for env in &app.environments {
+                let prefix = crate::store::history_prefix(&app.name, &env.name);
+                let keys = crate::ports::ObjectStore::list(store, &prefix).await?;
+                let expired =
+                    crate::pipeline::retention::expired_history(&keys, &p.config.retention, now);
+                removed += expired.len();
+                if dry_run {
+                    continue;
+                }
+                // The day directory of a key filed by day (`history/<day>/<name>`).
+                let day_of = |key: &str| {
+                    let rest = key.get(prefix.len()..)?;
+                    let (day, _) = rest.split_once('/')?;
+                    Some(format!("{prefix}{day}/"))
+                };
+                // Per day: its entries, and how many of them go.
+                let mut days: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+                for key in &keys {
+                    if let Some(day) = day_of(key) {
+                        days.entry(day).or_default().0 += 1;
+                    }
+                }
+                for key in &expired {
+                    if let Some(day) = day_of(key) {
+                        days.entry(day).or_default().1 += 1;
+                    }
+                }
+                let mut days_removed = BTreeSet::new();
+                for key in &expired {
+                    match day_of(key) {
+                        Some(day) if days.get(&day).is_some_and(|(all, go)| all == go) => {
+                            if days_removed.insert(day.clone()) {
+                                bytes = bytes.saturating_add(store.remove_prefix(&day).await?);
+                            }
+                        }
+                        _ => store.remove(key).await?,
+                    }
+                }
+            }
+        }
+        Ok((removed, bytes))
     }
 
     pub async fn drain(

@@ -269,9 +269,10 @@ impl Server {
         loop {
             tokio::time::sleep(every).await;
             match self.local.gc(false).await {
-                Ok(r) if !r.removed.is_empty() => {
+                Ok(r) if !r.removed.is_empty() || r.history_removed > 0 => {
                     tracing::info!(
                         removed = r.removed.len(),
+                        history_removed = r.history_removed,
                         kept = r.kept,
                         bytes = r.bytes_freed,
                         "retention removed finished runs"

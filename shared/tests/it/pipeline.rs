@@ -754,7 +754,34 @@ async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
             .is_empty()
     );
     let later = now + chrono::Duration::hours(2);
+    // A deploy of ten days ago, alone in its day of production's history.
+    use baton::ports::ObjectStore;
+    let store = &env.local.pipeline.ports.store;
+    let history = store
+        .list(&baton::store::history_prefix("web", "production"))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    let first = store.get(&history[0]).await.unwrap().unwrap();
+    let old_day = now - chrono::Duration::days(10);
+    let old_key = baton::store::history_key("web", "production", old_day, "run-old");
+    store
+        .put(
+            &old_key,
+            first.bytes,
+            baton::ports::Precondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    let old_dir = env.root().join(format!(
+        "state/store/deployments/web/production/history/{}",
+        old_day.format("%Y-%m-%d")
+    ));
+    assert!(old_dir.join(".segment").exists());
     let dry = env.local.gc_at(later, true).await.unwrap();
+    // Production's deploys of 1.0.0 and ten days ago, staging's of 1.0.0: the newest two
+    // of each environment stay (keep_last 1, but a rollback needs somewhere to go).
+    assert_eq!(dry.history_removed, 3);
     let mut named: Vec<String> = dry.removed.iter().map(|d| d.run.to_string()).collect();
     named.sort();
     let mut want = vec![
@@ -768,6 +795,33 @@ async fn retention_removes_old_finished_runs_and_keeps_live_and_newest() {
     let done = env.local.gc_at(later, false).await.unwrap();
     assert_eq!((done.removed.len(), done.kept), (2, 2));
     assert!(done.bytes_freed > 0);
+    assert_eq!(done.history_removed, 3);
+    assert!(
+        !old_dir.exists(),
+        "a day whose deploys all went is removed whole"
+    );
+    let pl = &env.local.pipeline;
+    let digests = |env_name: &'static str| async move {
+        baton::pipeline::deployments::history(pl, "web", env_name)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.image.digest)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        digests("production").await,
+        vec![images[1].digest.clone(), images[2].digest.clone()]
+    );
+    assert_eq!(
+        digests("staging").await,
+        vec![images[1].digest.clone(), images[2].digest.clone()]
+    );
+    // Nothing more to remove.
+    assert_eq!(
+        env.local.gc_at(later, false).await.unwrap().history_removed,
+        0
+    );
     assert_eq!(runs(&env), 2);
     let left: Vec<_> = baton::pipeline::runs::list(&env.local.pipeline)
         .await
