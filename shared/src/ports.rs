@@ -106,6 +106,37 @@ pub trait ObjectStore: Send + Sync {
         }
     }
 
+    /// Several objects (`None` where absent), in the order of `keys`: one trip to the
+    /// blocking pool in the local store; the default reads 16 at a time (S3).
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Object>>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for some in keys.chunks(16) {
+                let reads: Vec<_> = some.iter().map(|key| self.get(key)).collect();
+                out.extend(futures::future::try_join_all(reads).await?);
+            }
+            Ok(out)
+        }
+    }
+
+    /// [`ObjectStore::stamp`] of each set of directories, in order (one trip in the
+    /// local store).
+    fn stamps(
+        &self,
+        sets: &[Vec<String>],
+    ) -> impl Future<Output = Result<Vec<Option<Stamp>>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(sets.len());
+            for dirs in sets {
+                out.push(self.stamp(dirs).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// A token that changes whenever an object under one of `dirs` (key prefixes ending
     /// in `/`: a run's directories) is written, and when that last happened, where the
     /// store can give them cheaply (the local store: its segments' inode, length and

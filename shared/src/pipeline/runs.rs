@@ -158,38 +158,34 @@ fn summary_dirs(app: &str, run: &RunId) -> [String; 2] {
     [run_prefix(app, run), format!("approvals/{app}/{run}/")]
 }
 
-/// A run's summary from its index entry when the summary kept there is current, else
-/// from its records; with the stamp read first (to keep the summary under) where the
-/// store gives one.
-async fn summary_via<P: Ports>(
+/// The run of a run index key (`…/<ms>-<run>`).
+fn run_of_index_key(key: &str) -> Option<RunId> {
+    key.rsplit_once('-').and_then(|(_, r)| r.parse().ok())
+}
+
+/// A run's summary from its index entry when the summary kept there is current (kept
+/// under `stamp`, what the run's segments have now), else from its records.
+async fn summary_stamped<P: Ports>(
     p: &Pipeline<P>,
     entry: &IndexEntry,
     run: &RunId,
-) -> Result<(RunSummary, Option<crate::ports::Stamp>, bool)> {
-    let stamp = p
-        .ports
-        .store()
-        .stamp(&summary_dirs(&entry.app, run))
-        .await?;
-    if let (Some(now), Some(kept)) = (&stamp, &entry.summary)
+    stamp: Option<&crate::ports::Stamp>,
+) -> Result<RunSummary> {
+    if let (Some(now), Some(kept)) = (stamp, &entry.summary)
         && now.token == kept.stamp
         && p.config.app(&entry.app).is_ok()
     {
         let kept = kept.clone();
-        return Ok((
-            RunSummary {
-                app: entry.app.clone(),
-                run: run.clone(),
-                image: kept.image,
-                status: kept.status,
-                started_at: kept.started_at,
-                updated_at: kept.updated_at,
-            },
-            stamp,
-            true,
-        ));
+        return Ok(RunSummary {
+            app: entry.app.clone(),
+            run: run.clone(),
+            image: kept.image,
+            status: kept.status,
+            started_at: kept.started_at,
+            updated_at: kept.updated_at,
+        });
     }
-    Ok((summary(p, &entry.app, run).await?, stamp, false))
+    summary(p, &entry.app, run).await
 }
 
 /// Adds a run to the run index (idempotent), as started at `at`.
@@ -292,25 +288,33 @@ pub async fn page<P: Ports>(p: &Pipeline<P>, limit: usize, after: Option<&str>) 
             if runs.len() == limit {
                 return Ok(Page { runs, next: last });
             }
-            // The next runs this page needs, read side by side, kept in index order.
-            let chunk: Vec<String> = keys.by_ref().take(limit - runs.len()).collect();
-            let read = futures::stream::iter(chunk)
-                .map(|key| async move {
-                    let Some(run) = key
-                        .rsplit_once('-')
-                        .and_then(|(_, r)| r.parse::<RunId>().ok())
-                    else {
-                        return Ok(None);
-                    };
-                    let Some((entry, _)) = get_json::<_, IndexEntry>(store, &key).await? else {
-                        return Ok(None);
-                    };
+            // The next runs this page needs: their entries read at once, then their
+            // stamps, then the runs without a current summary read side by side; kept
+            // in index order.
+            let chunk: Vec<String> = keys
+                .by_ref()
+                .take(limit - runs.len())
+                .filter(|key| run_of_index_key(key).is_some())
+                .collect();
+            let mut entries = vec![];
+            for (key, obj) in chunk.iter().zip(store.get_many(&chunk).await?) {
+                if let (Some(obj), Some(run)) = (obj, run_of_index_key(key)) {
+                    entries.push((key.clone(), run, json_of::<IndexEntry>(key, &obj.bytes)?));
+                }
+            }
+            let sets: Vec<Vec<String>> = entries
+                .iter()
+                .map(|(_, run, entry)| summary_dirs(&entry.app, run).to_vec())
+                .collect();
+            let stamps = store.stamps(&sets).await?;
+            let read = futures::stream::iter(entries.into_iter().zip(stamps))
+                .map(|((key, run, entry), stamp)| async move {
                     // A run removed by retention, or of an app no longer configured:
                     // skipped.
-                    Ok(summary_via(p, &entry, &run)
+                    Ok(summary_stamped(p, &entry, &run, stamp.as_ref())
                         .await
                         .ok()
-                        .map(|(s, _, _)| (key, s)))
+                        .map(|s| (key, s)))
                 })
                 .buffered(16)
                 .collect::<Vec<Result<Option<(String, RunSummary)>>>>()
@@ -466,16 +470,17 @@ async fn quiet_runs<P: Ports>(
             ))
             .await?;
         keys.reverse();
+        // The day's keys this walk reads, newest first; then whether it stops here.
+        let mut picked = vec![];
+        let mut stop = false;
         for key in keys {
             let cursor = &key[RUN_INDEX.len()..];
             if after.is_some_and(|a| cursor >= a) {
                 continue;
             }
-            if until.is_some_and(|u| cursor < u) {
-                return Ok((done, quiet));
-            }
-            if seen == scan {
-                return Ok((done, quiet));
+            if until.is_some_and(|u| cursor < u) || seen == scan {
+                stop = true;
+                break;
             }
             seen += 1;
             done.seen = seen;
@@ -483,44 +488,54 @@ async fn quiet_runs<P: Ports>(
             if done.first.is_none() {
                 done.first = Some(cursor.to_string());
             }
-            let Some(run) = key
-                .rsplit_once('-')
-                .and_then(|(_, r)| r.parse::<RunId>().ok())
-            else {
-                continue;
-            };
-            let Some((entry, etag)) = get_json::<_, IndexEntry>(store, &key).await? else {
-                continue;
-            };
-            // A run removed by retention, or of an app no longer configured: nothing to
-            // keep.
-            let Some(stamp) = store.stamp(&summary_dirs(&entry.app, &run)).await? else {
-                // The store cannot tell when a run changes: nothing to keep.
-                done.cut = None;
-                return Ok((done, quiet));
-            };
-            if entry
-                .summary
-                .as_ref()
-                .is_some_and(|k| k.stamp == stamp.token)
-            {
-                continue;
+            picked.push(key);
+        }
+        // Read a few dozen entries at once, then their stamps (two trips, not two a run).
+        for some in picked.chunks(64) {
+            let mut read = vec![];
+            for (key, obj) in some.iter().zip(store.get_many(some).await?) {
+                if let (Some(obj), Some(run)) = (obj, run_of_index_key(key)) {
+                    let entry: IndexEntry = json_of(key, &obj.bytes)?;
+                    read.push((key, run, entry, obj.etag));
+                }
             }
-            // Written in the last moments (in flight): left for a later walk, without
-            // reading its records now.
-            if stamp
-                .changed
-                .is_some_and(|c| now.signed_duration_since(c) < QUIET)
+            let sets: Vec<Vec<String>> = read
+                .iter()
+                .map(|(_, run, entry, _)| summary_dirs(&entry.app, run).to_vec())
+                .collect();
+            for ((key, run, entry, etag), stamp) in read.into_iter().zip(store.stamps(&sets).await?)
             {
-                done.unsettled = Some(cursor.to_string());
-                continue;
+                let Some(stamp) = stamp else {
+                    // The store cannot tell when a run changes: nothing to keep.
+                    done.cut = None;
+                    return Ok((done, quiet));
+                };
+                if entry
+                    .summary
+                    .as_ref()
+                    .is_some_and(|k| k.stamp == stamp.token)
+                {
+                    continue;
+                }
+                // Written in the last moments (in flight): left for a later walk, without
+                // reading its records now. The oldest such is the one to walk again from.
+                if stamp
+                    .changed
+                    .is_some_and(|c| now.signed_duration_since(c) < QUIET)
+                {
+                    done.unsettled = Some(key[RUN_INDEX.len()..].to_string());
+                    continue;
+                }
+                quiet.push(Quiet {
+                    key: key.clone(),
+                    entry,
+                    etag,
+                    run,
+                });
             }
-            quiet.push(Quiet {
-                key,
-                entry,
-                etag,
-                run,
-            });
+        }
+        if stop {
+            return Ok((done, quiet));
         }
     }
     done.cut = None;

@@ -951,6 +951,37 @@ impl DirStore {
         result
     }
 
+    /// [`ObjectStore::stamp`]: the segments' inode, length and modification time, from
+    /// their [`FileId`]s: every write appends to a segment (its length and mtime change)
+    /// or packs it (a new inode). Not the ctime, which a link or a `chmod` changes without
+    /// changing the content.
+    fn stamp_sync(&self, dirs: &[String]) -> Result<Option<crate::ports::Stamp>> {
+        let mut token = String::new();
+        let mut changed: Option<chrono::DateTime<chrono::Utc>> = None;
+        for dir in dirs {
+            if segment_of(&format!("{dir}x")).is_none_or(|(d, _)| d != dir) {
+                return Ok(None);
+            }
+            let path = self.segment_path(dir);
+            match fs::metadata(&path) {
+                Ok(m) => {
+                    let id = FileId::of(&m);
+                    token.push_str(&format!(
+                        "{:x}.{:x}.{:x}.{:x};",
+                        id.ino, id.len, id.mtime.0, id.mtime.1
+                    ));
+                    if let Ok(t) = m.modified() {
+                        let t = chrono::DateTime::<chrono::Utc>::from(t);
+                        changed = Some(changed.map_or(t, |c| c.max(t)));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => token.push_str("-;"),
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            }
+        }
+        Ok(Some(crate::ports::Stamp { token, changed }))
+    }
+
     /// Makes a file in `.tmp/` durable before it is linked or renamed into place: one
     /// `fdatasync`, or the shared sync where writes are deferred.
     fn sync_temp(&self, tmp: &Path) -> Result<()> {
@@ -1248,38 +1279,23 @@ impl ObjectStore for DirStore {
             .await
     }
 
-    /// The segments' inode, length and modification time, from their [`FileId`]s: every
-    /// write appends to a segment (its length and mtime change) or packs it (a new inode).
-    /// Not the ctime, which a link or a `chmod` changes without changing the content.
+    /// See [`DirStore::stamp_sync`].
     async fn stamp(&self, dirs: &[String]) -> Result<Option<crate::ports::Stamp>> {
         let dirs = dirs.to_vec();
-        self.blocking(move |s| {
-            let mut token = String::new();
-            let mut changed: Option<chrono::DateTime<chrono::Utc>> = None;
-            for dir in &dirs {
-                if segment_of(&format!("{dir}x")).is_none_or(|(d, _)| d != dir) {
-                    return Ok(None);
-                }
-                let path = s.segment_path(dir);
-                match fs::metadata(&path) {
-                    Ok(m) => {
-                        let id = FileId::of(&m);
-                        token.push_str(&format!(
-                            "{:x}.{:x}.{:x}.{:x};",
-                            id.ino, id.len, id.mtime.0, id.mtime.1
-                        ));
-                        if let Ok(t) = m.modified() {
-                            let t = chrono::DateTime::<chrono::Utc>::from(t);
-                            changed = Some(changed.map_or(t, |c| c.max(t)));
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => token.push_str("-;"),
-                    Err(e) => return Err(Error::io("stat", &path, e)),
-                }
-            }
-            Ok(Some(crate::ports::Stamp { token, changed }))
-        })
-        .await
+        self.blocking(move |s| s.stamp_sync(&dirs)).await
+    }
+
+    async fn stamps(&self, sets: &[Vec<String>]) -> Result<Vec<Option<crate::ports::Stamp>>> {
+        let sets = sets.to_vec();
+        self.blocking(move |s| sets.iter().map(|dirs| s.stamp_sync(dirs)).collect())
+            .await
+    }
+
+    /// One trip to the blocking pool.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Object>>> {
+        let keys = keys.to_vec();
+        self.blocking(move |s| keys.iter().map(|key| s.get_sync(key)).collect())
+            .await
     }
 
     async fn compact(&self, dirs: &[String]) -> Result<()> {
@@ -1722,6 +1738,44 @@ mod tests {
                 .next()
                 .is_none()
         );
+    }
+
+    /// Reads of several objects and stamps at once answer as one read each would, in
+    /// order, with `None` for what is absent.
+    #[tokio::test]
+    async fn many_reads_answer_as_one_read_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirStore::open(dir.path()).unwrap();
+        let keys: Vec<String> = [
+            "index/runs/2026-12-07/01.json",
+            "runs/web/0123456789abcdef/stages/test.json",
+            "index/runs/2026-12-07/absent.json",
+            "runs/web/fedcba9876543210/stages/test.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| *i != 2) {
+            s.put(k, format!("{i}").into_bytes(), Precondition::None)
+                .await
+                .unwrap();
+        }
+        let got = s.get_many(&keys).await.unwrap();
+        assert_eq!(got.len(), 4);
+        for (k, g) in keys.iter().zip(&got) {
+            assert_eq!(g.as_ref(), s.get(k).await.unwrap().as_ref(), "{k}");
+        }
+        assert!(got[2].is_none());
+        assert_eq!(got[3].as_ref().unwrap().bytes, b"3");
+        let sets = vec![
+            vec!["runs/web/0123456789abcdef/".to_string()],
+            vec!["runs/web/0000000000000000/".to_string()],
+            vec!["index/".to_string()],
+        ];
+        let stamps = s.stamps(&sets).await.unwrap();
+        for (dirs, st) in sets.iter().zip(&stamps) {
+            assert_eq!(st, &s.stamp(dirs).await.unwrap(), "{dirs:?}");
+        }
+        assert!(stamps[0].is_some() && stamps[2].is_none());
     }
 
     /// A segment kept parsed in memory is read again once another process (another
