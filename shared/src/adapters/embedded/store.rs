@@ -1127,6 +1127,13 @@ impl DirStore {
         let mut files = vec![];
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
+            // The key of this directory, ending in `/` (empty for the root): an entry's
+            // key is it and the entry's name.
+            let dir_key = match dir.strip_prefix(&self.root) {
+                Ok(rel) if rel.as_os_str().is_empty() => String::new(),
+                Ok(rel) => format!("{}/", rel.to_string_lossy().replace('\\', "/")),
+                Err(_) => continue,
+            };
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e)
@@ -1140,22 +1147,22 @@ impl DirStore {
                 let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let path = entry.path();
-                let Ok(rel) = path.strip_prefix(&self.root) else {
-                    continue;
-                };
-                let key = rel.to_string_lossy().replace('\\', "/");
                 if name == SEGMENT {
-                    if let Some(dir_key) = key.strip_suffix(SEGMENT)
-                        && inside != Some(dir_key)
-                    {
-                        read_segment(dir_key, &path)?;
+                    if inside != Some(dir_key.as_str()) {
+                        read_segment(&dir_key, &entry.path())?;
                     }
                     continue;
                 }
                 if name.starts_with('.') {
                     continue;
                 }
+                let key = format!("{dir_key}{name}");
+                // Neither a key with the prefix nor a directory that can hold one (a
+                // listing of `index/runs/<day>/<ms>` reads only the names it needs).
+                if !key.starts_with(prefix) && !prefix.starts_with(&key) {
+                    continue;
+                }
+                let path = entry.path();
                 let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
                 if ft.is_dir() {
                     // Only directories that can hold keys with the prefix: a listing of
