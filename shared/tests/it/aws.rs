@@ -433,8 +433,8 @@ struct Stack {
     ecr: aws_sdk_ecr::Client,
     /// The functions' AWS requests, when built by [`stack_counted`].
     requests: Option<baton_testkit::moto::Counts>,
-    /// Function invocations so far.
-    invocations: std::sync::atomic::AtomicUsize,
+    /// Function invocations so far, by function.
+    invocations: std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>,
     /// A fail point for the next invocation of its stage's function (the fault suite).
     fail: std::sync::Mutex<Option<(String, String)>>,
     /// The functions' claim lease, when not the default.
@@ -681,8 +681,12 @@ impl Stack {
         payload: serde_json::Value,
     ) -> baton::Result<serde_json::Value> {
         use baton::pipeline::StageName as N;
-        self.invocations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .invocations
+            .lock()
+            .unwrap()
+            .entry(stage.as_str())
+            .or_default() += 1;
         use baton::runtime::lambda::handler::{App, Function};
         use baton::runtime::lambda::ports::{
             AwsPorts, Extra, WithNotifier, WithRegistry, WithTargets, WithTests,
@@ -1003,7 +1007,8 @@ async fn aws_requests_per_run_and_their_cost() {
         "the run deployed"
     );
     let counts = s.requests.as_ref().unwrap().lock().unwrap().clone();
-    let invocations = s.invocations.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let by_function = s.invocations.lock().unwrap().clone();
+    let invocations = by_function.values().sum::<usize>() as f64;
     let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64;
     let s3_put = n("s3 PUT") + n("s3 POST");
     let s3_get = n("s3 GET") + n("s3 HEAD");
@@ -1016,9 +1021,29 @@ async fn aws_requests_per_run_and_their_cost() {
             + (n("sqs") + 2.0 * invocations) * SQS_PER_M / 1e6
             + invocations * LAMBDA_PER_M / 1e6);
     let codepipeline = 1000.0 * CODEPIPELINE_ACTIONS * CODEPIPELINE_V2_PER_ACTION_MINUTE;
-    println!("AWS requests of one run, by service: {counts:?}; {invocations} function invocations");
+    println!(
+        "AWS requests of one run, by service: {counts:?}; {invocations} function invocations: {by_function:?}"
+    );
     println!(
         "cost per 1,000 runs: Baton ${per_1000:.4} in requests and invocations (Lambda duration not included), CodePipeline V2 at least ${codepipeline:.2}"
+    );
+    // Each function on the run's way once; gate twice: for staging's `tests.passed`, and
+    // for its `deploy.succeeded`, where it finds no further environment and does nothing
+    // (its subscription takes every `deploy.succeeded`; verify's too, which finds no
+    // checks here).
+    assert_eq!(
+        by_function,
+        [
+            ("deploy", 1),
+            ("gate", 2),
+            ("ingest", 1),
+            ("promote", 1),
+            ("test", 1),
+            ("verify", 1)
+        ]
+        .into_iter()
+        .collect(),
+        "invocations by function"
     );
     let total: u64 = counts.values().sum();
     assert!(
