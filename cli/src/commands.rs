@@ -964,17 +964,27 @@ async fn dlq(g: &Global, action: DlqAction) -> Result<ExitCode> {
 }
 
 async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
-    if g.stack.is_some() {
-        return Err(anyhow!(
-            "baton gc works on the local state directory; on AWS, keep run records with an S3 lifecycle rule on runs/ (docs/aws.md)"
-        ));
-    }
-    let local = open(g)?;
-    let report = local.gc(dry_run).await?;
+    let now = chrono::Utc::now();
+    // On a stack: its bucket, with the operator's credentials (S3 does not tell the
+    // bytes a delete frees).
+    let (report, retention, sizes) = match &g.stack {
+        Some(stack) => {
+            let p = crate::aws_mode::stack_pipeline::<()>(g, stack).await?;
+            let report = baton::pipeline::retention::gc(&p, now, dry_run)
+                .await
+                .with_context(|| format!("retention on stack {stack}"))?;
+            (report, p.config.retention.clone(), false)
+        }
+        None => {
+            let local = open(g)?;
+            let report = local.gc_at(now, dry_run).await?;
+            (report, local.pipeline.config.retention.clone(), true)
+        }
+    };
     if g.json {
         print_json(&report)?;
     } else {
-        let r = &local.pipeline.config.retention;
+        let r = &retention;
         for d in &report.removed {
             println!(
                 "{} {} {} (last updated {})",
@@ -990,7 +1000,7 @@ async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
             "{} {} run(s){}; kept {} (live, waiting or running, the newest {} per app, or younger than {})",
             if dry_run { "would remove" } else { "removed" },
             report.removed.len(),
-            if dry_run {
+            if dry_run || !sizes {
                 String::new()
             } else {
                 format!(", {:.1} MiB freed", report.bytes_freed as f64 / 1_048_576.0)

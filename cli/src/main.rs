@@ -221,8 +221,10 @@ pub enum Command {
         #[command(subcommand)]
         action: ReactAction,
     },
-    /// Remove finished runs' records as the configuration's `retention` says (runs live
-    /// somewhere, waiting or running, and each app's newest are kept).
+    /// Remove finished runs' records and old deploy history as the configuration's
+    /// `retention` says (runs live somewhere, waiting or running, and each app's newest
+    /// are kept; each environment keeps its newest deploys); with --stack, in the
+    /// stack's bucket.
     Gc {
         /// Say what would be removed; remove nothing.
         #[arg(long)]

@@ -89,6 +89,26 @@ pub trait ObjectStore: Send + Sync {
     }
     /// Keys starting with `prefix`, sorted.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Removes one object (an absent one is not an error). Only retention removes
+    /// objects: `baton gc`, with the operator's credentials on a stack.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Removes every object under `prefix` (ending in `/`); the bytes freed where the
+    /// store can tell (the local store), else 0 (S3). Nothing under it may be written
+    /// meanwhile (retention removes only finished runs).
+    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            if !prefix.ends_with('/') {
+                return Err(crate::error::Error::invalid(
+                    "store prefix",
+                    format!("{prefix:?} does not end with /"),
+                ));
+            }
+            for key in self.list(prefix).await? {
+                self.delete(&key).await?;
+            }
+            Ok(0)
+        }
+    }
     /// Every object under `prefix` with its key, sorted by key (a run's records at
     /// once). Objects removed between the listing and the read are left out.
     fn get_prefix(

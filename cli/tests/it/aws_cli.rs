@@ -570,6 +570,47 @@ async fn freeze_unfreeze_and_hold_release_on_a_stack() {
         );
     }
 
+    // Retention on the stack's bucket: `gc` prunes production's deploy history there
+    // (three deploys 10–12 days old; the newest two stay, one to roll back to).
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("retention: { max_age: 1h, keep_last: 1 }\n");
+    std::fs::write(&config, yaml).unwrap();
+    use baton::ports::ObjectStore;
+    let store = baton::adapters::aws::s3::S3Store::new(clients.s3.clone(), "prod-state");
+    let now = chrono::Utc::now();
+    for days in [12, 11, 10] {
+        let key = baton::store::history_key(
+            "web",
+            "production",
+            now - chrono::Duration::days(days),
+            &format!("run-{days}"),
+        );
+        store
+            .put(
+                &key,
+                b"{}".to_vec(),
+                baton::ports::Precondition::IfNoneMatch,
+            )
+            .await
+            .unwrap();
+    }
+    let history = || async {
+        store
+            .list(&baton::store::history_prefix("web", "production"))
+            .await
+            .unwrap()
+    };
+    let o = run("prod", &["gc", "--dry-run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out_json(&o)["history_removed"], 1, "{}", out_json(&o));
+    assert_eq!(history().await.len(), 3, "a dry run removes nothing");
+    let o = run("prod", &["gc"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out_json(&o)["history_removed"], 1, "{}", out_json(&o));
+    let left = history().await;
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|k| !k.contains("run-12")), "{left:?}");
+
     // Not a stack: said, nothing done.
     let o = run("nope", &["freeze", "--reason", "x"]);
     assert!(!o.status.success());

@@ -37,6 +37,11 @@ impl MemStore {
 }
 
 impl ObjectStore for MemStore {
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.remove(key);
+        Ok(())
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>> {
         Ok(lock(&self.objects).get(key).cloned())
     }

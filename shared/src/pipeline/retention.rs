@@ -131,6 +131,137 @@ fn deployed_at(key: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
+/// What [`gc`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// The runs removed (or that would be, with `dry_run`).
+    pub removed: Vec<Decision>,
+    /// Runs kept.
+    pub kept: usize,
+    /// Deploy history entries removed (or that would be): deploys older than
+    /// `retention.max_age`, beyond each environment's newest `keep_last`.
+    pub history_removed: usize,
+    /// Bytes freed, where the store can tell (the local store); 0 on S3.
+    pub bytes_freed: u64,
+}
+
+/// Applies the configured retention as if the time were `now`: removes the records and
+/// approvals of expired runs (see [`decide`]) and their index entries, the deploy
+/// history beyond what [`expired_history`] keeps, and the open-approval markers of days
+/// that have passed. With `dry_run`, reports what it would remove and removes nothing.
+/// The same on the local state and on a stack's bucket.
+pub async fn gc<P: Ports>(p: &Pipeline<P>, now: DateTime<Utc>, dry_run: bool) -> Result<GcReport> {
+    use crate::ports::ObjectStore;
+    let store = p.ports.store();
+    let decisions = decide(p, &p.config.retention, now).await?;
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    for d in decisions {
+        if d.verdict != Verdict::Expired {
+            report.kept += 1;
+            continue;
+        }
+        if !dry_run {
+            report.bytes_freed = report
+                .bytes_freed
+                .saturating_add(
+                    store
+                        .delete_prefix(&crate::store::run_prefix(&d.app, &d.run))
+                        .await?,
+                )
+                .saturating_add(
+                    store
+                        .delete_prefix(&format!("approvals/{}/{}/", d.app, d.run))
+                        .await?,
+                );
+        }
+        report.removed.push(d);
+    }
+    if !dry_run && !report.removed.is_empty() {
+        let removed: Vec<_> = report.removed.iter().map(|d| d.run.clone()).collect();
+        for key in runs::index_keys_of(store, &removed).await? {
+            store.delete(&key).await?;
+        }
+    }
+    let (history_removed, history_bytes) = gc_history(p, now, dry_run).await?;
+    report.history_removed = history_removed;
+    report.bytes_freed = report.bytes_freed.saturating_add(history_bytes);
+    if !dry_run {
+        // Open-approval markers of days that have passed: every request they name
+        // has expired (its record stays with its run).
+        let today = now.format("%Y-%m-%d").to_string();
+        let prefix = crate::store::OPEN_APPROVALS;
+        for key in store.list(prefix).await? {
+            if key[prefix.len()..]
+                .split('/')
+                .next()
+                .is_some_and(|day| *day < *today)
+            {
+                store.delete(&key).await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Applies retention to each configured environment's deploy history (see
+/// [`expired_history`]); how many entries it removed (or would) and the bytes freed. A
+/// day whose entries all go is removed whole, with its segment.
+async fn gc_history<P: Ports>(
+    p: &Pipeline<P>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<(usize, u64)> {
+    use crate::ports::ObjectStore;
+    let store = p.ports.store();
+    let mut removed = 0;
+    let mut bytes = 0u64;
+    for app in &p.config.apps {
+        for env in &app.environments {
+            let prefix = crate::store::history_prefix(&app.name, &env.name);
+            let keys = store.list(&prefix).await?;
+            let expired = expired_history(&keys, &p.config.retention, now);
+            removed += expired.len();
+            if dry_run {
+                continue;
+            }
+            // The day directory of a key filed by day (`history/<day>/<name>`).
+            let day_of = |key: &str| {
+                let rest = key.get(prefix.len()..)?;
+                let (day, _) = rest.split_once('/')?;
+                Some(format!("{prefix}{day}/"))
+            };
+            // Per day: its entries, and how many of them go.
+            let mut days: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for key in &keys {
+                if let Some(day) = day_of(key) {
+                    days.entry(day).or_default().0 += 1;
+                }
+            }
+            for key in &expired {
+                if let Some(day) = day_of(key) {
+                    days.entry(day).or_default().1 += 1;
+                }
+            }
+            let mut days_removed = BTreeSet::new();
+            for key in &expired {
+                match day_of(key) {
+                    Some(day) if days.get(&day).is_some_and(|(all, go)| all == go) => {
+                        if days_removed.insert(day.clone()) {
+                            bytes = bytes.saturating_add(store.delete_prefix(&day).await?);
+                        }
+                    }
+                    _ => store.delete(key).await?,
+                }
+            }
+        }
+    }
+    Ok((removed, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 //! `baton demo`, the CLI commands and the tests use it; the stage code is the same as
 //! in AWS.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,21 +27,8 @@ use crate::ports::{
 use crate::stages::subscriptions::{REGISTRY_PUSH, Subscription, all_subscriptions};
 use crate::triggers::{Parsed, Trigger};
 
-/// What [`Local::gc`] did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct GcReport {
-    pub dry_run: bool,
-    /// The runs removed (or that would be, with `dry_run`).
-    pub removed: Vec<crate::pipeline::retention::Decision>,
-    /// Runs kept.
-    pub kept: usize,
-    /// Deploy history entries removed (or that would be): deploys older than
-    /// `retention.max_age`, beyond each environment's newest `keep_last`.
-    pub history_removed: usize,
-    pub bytes_freed: u64,
-}
-
 pub use crate::adapters::embedded::bus::DeliveryReport;
+pub use crate::pipeline::retention::GcReport;
 
 /// The queue registry notifications are sent to.
 pub const INGEST_QUEUE: &str = "ingest";
@@ -359,119 +345,7 @@ impl Local {
         now: chrono::DateTime<chrono::Utc>,
         dry_run: bool,
     ) -> Result<GcReport> {
-        use crate::pipeline::retention::{Verdict, decide};
-        let p = &self.pipeline;
-        let decisions = decide(p, &p.config.retention, now).await?;
-        let mut report = GcReport {
-            dry_run,
-            ..GcReport::default()
-        };
-        for d in decisions {
-            if d.verdict != Verdict::Expired {
-                report.kept += 1;
-                continue;
-            }
-            if !dry_run {
-                let store = &p.ports.store;
-                report.bytes_freed = report
-                    .bytes_freed
-                    .saturating_add(
-                        store
-                            .remove_prefix(&crate::store::run_prefix(&d.app, &d.run))
-                            .await?,
-                    )
-                    .saturating_add(
-                        store
-                            .remove_prefix(&format!("approvals/{}/{}/", d.app, d.run))
-                            .await?,
-                    );
-            }
-            report.removed.push(d);
-        }
-        if !dry_run && !report.removed.is_empty() {
-            let store = &p.ports.store;
-            let removed: Vec<_> = report.removed.iter().map(|d| d.run.clone()).collect();
-            for key in crate::pipeline::runs::index_keys_of(store, &removed).await? {
-                store.remove(&key).await?;
-            }
-        }
-        let (history_removed, history_bytes) = self.gc_history(now, dry_run).await?;
-        report.history_removed = history_removed;
-        report.bytes_freed = report.bytes_freed.saturating_add(history_bytes);
-        if !dry_run {
-            // Open-approval markers of days that have passed: every request they name
-            // has expired (its record stays with its run).
-            let store = &p.ports.store;
-            let today = now.format("%Y-%m-%d").to_string();
-            let prefix = crate::store::OPEN_APPROVALS;
-            for key in crate::ports::ObjectStore::list(store, prefix).await? {
-                if key[prefix.len()..]
-                    .split('/')
-                    .next()
-                    .is_some_and(|day| *day < *today)
-                {
-                    store.remove(&key).await?;
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Applies retention to each configured environment's deploy history (see
-    /// [`crate::pipeline::retention::expired_history`]); how many entries it removed (or
-    /// would) and the bytes freed. A day whose entries all go is removed whole, with its
-    /// segment.
-    async fn gc_history(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-        dry_run: bool,
-    ) -> Result<(usize, u64)> {
-        let p = &self.pipeline;
-        let store = &p.ports.store;
-        let mut removed = 0;
-        let mut bytes = 0u64;
-        for app in &p.config.apps {
-            for env in &app.environments {
-                let prefix = crate::store::history_prefix(&app.name, &env.name);
-                let keys = crate::ports::ObjectStore::list(store, &prefix).await?;
-                let expired =
-                    crate::pipeline::retention::expired_history(&keys, &p.config.retention, now);
-                removed += expired.len();
-                if dry_run {
-                    continue;
-                }
-                // The day directory of a key filed by day (`history/<day>/<name>`).
-                let day_of = |key: &str| {
-                    let rest = key.get(prefix.len()..)?;
-                    let (day, _) = rest.split_once('/')?;
-                    Some(format!("{prefix}{day}/"))
-                };
-                // Per day: its entries, and how many of them go.
-                let mut days: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-                for key in &keys {
-                    if let Some(day) = day_of(key) {
-                        days.entry(day).or_default().0 += 1;
-                    }
-                }
-                for key in &expired {
-                    if let Some(day) = day_of(key) {
-                        days.entry(day).or_default().1 += 1;
-                    }
-                }
-                let mut days_removed = BTreeSet::new();
-                for key in &expired {
-                    match day_of(key) {
-                        Some(day) if days.get(&day).is_some_and(|(all, go)| all == go) => {
-                            if days_removed.insert(day.clone()) {
-                                bytes = bytes.saturating_add(store.remove_prefix(&day).await?);
-                            }
-                        }
-                        _ => store.remove(key).await?,
-                    }
-                }
-            }
-        }
-        Ok((removed, bytes))
+        crate::pipeline::retention::gc(&self.pipeline, now, dry_run).await
     }
 
     pub async fn drain(

@@ -1053,6 +1053,82 @@ async fn aws_requests_per_run_and_their_cost() {
     assert!(total <= 150, "requests per run grew to {total}: {counts:?}");
 }
 
+/// Retention on a stack's bucket (`baton --stack … gc`): the deploy history beyond each
+/// environment's newest deploys goes once older than `max_age`, the live run stays, a
+/// dry run removes nothing and a second gc finds nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_on_a_stack_prunes_the_deploy_history_in_its_bucket() {
+    let s = stack_full("auto", "", "retention: { max_age: 1h, keep_last: 1 }\n").await;
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drive(1).await;
+    let store = S3Store::new(s.clients.s3.clone(), "baton-state");
+    let prefix = baton::store::history_prefix("web", "staging");
+    let history = store.list(&prefix).await.unwrap();
+    assert_eq!(history.len(), 1, "the run's deploy: {history:?}");
+    let entry = store.get(&history[0]).await.unwrap().unwrap();
+    // Two deploys of 10 and 11 days ago, each alone in its day.
+    let now = chrono::Utc::now();
+    let mut old = vec![];
+    for days in [11, 10] {
+        let key = baton::store::history_key(
+            "web",
+            "staging",
+            now - chrono::Duration::days(days),
+            &format!("run-{days}"),
+        );
+        store
+            .put(&key, entry.bytes.clone(), Precondition::IfNoneMatch)
+            .await
+            .unwrap();
+        old.push(key);
+    }
+    let p = s.operator::<()>();
+    let dry = baton::pipeline::retention::gc(&p, now, true).await.unwrap();
+    assert_eq!(
+        (dry.history_removed, dry.removed.len(), dry.kept),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        store.list(&prefix).await.unwrap().len(),
+        3,
+        "a dry run removes nothing"
+    );
+
+    let done = baton::pipeline::retention::gc(&p, now, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.history_removed, done.removed.len(), done.kept),
+        (1, 0, 1)
+    );
+    let mut left = vec![old[1].clone(), history[0].clone()];
+    left.sort();
+    assert_eq!(
+        store.list(&prefix).await.unwrap(),
+        left,
+        "the deploy of 11 days ago went; the newest two (one to roll back to) stay"
+    );
+    assert_eq!(
+        baton::pipeline::retention::gc(&p, now, false)
+            .await
+            .unwrap()
+            .history_removed,
+        0
+    );
+    // The live run's records are untouched.
+    assert!(
+        !store
+            .list(&format!(
+                "runs/web/{}/",
+                baton::ids::run_id("web", &s.digest)
+            ))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// The fault suite on AWS APIs: a function stops (panics) right after a side effect of
 /// its stage; as Lambda does, the invocation fails and its batch comes back after the
 /// visibility timeout, and a new invocation finishes the work once the stopped one's

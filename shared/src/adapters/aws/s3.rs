@@ -103,6 +103,17 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| transient(format!("delete s3://{}/{}", self.bucket, self.key(key)), &e))?;
+        Ok(())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys = vec![];
         let mut token: Option<String> = None;

@@ -1286,6 +1286,14 @@ impl ObjectStore for DirStore {
             .await
     }
 
+    async fn delete(&self, key: &str) -> Result<()> {
+        DirStore::remove(self, key).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        DirStore::remove_prefix(self, prefix).await
+    }
+
     /// See [`DirStore::stamp_sync`].
     async fn stamp(&self, dirs: &[String]) -> Result<Option<crate::ports::Stamp>> {
         let dirs = dirs.to_vec();
