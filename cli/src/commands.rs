@@ -967,18 +967,18 @@ async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
     let now = chrono::Utc::now();
     // On a stack: its bucket, with the operator's credentials (S3 does not tell the
     // bytes a delete frees).
-    let (report, retention, sizes) = match &g.stack {
+    let (report, retention) = match &g.stack {
         Some(stack) => {
             let p = crate::aws_mode::stack_pipeline::<()>(g, stack).await?;
             let report = baton::pipeline::retention::gc(&p, now, dry_run)
                 .await
                 .with_context(|| format!("retention on stack {stack}"))?;
-            (report, p.config.retention.clone(), false)
+            (report, p.config.retention.clone())
         }
         None => {
             let local = open(g)?;
             let report = local.gc_at(now, dry_run).await?;
-            (report, local.pipeline.config.retention.clone(), true)
+            (report, local.pipeline.config.retention.clone())
         }
     };
     if g.json {
@@ -1000,7 +1000,7 @@ async fn gc(g: &Global, dry_run: bool) -> Result<ExitCode> {
             "{} {} run(s){}; kept {} (live, waiting or running, the newest {} per app, or younger than {})",
             if dry_run { "would remove" } else { "removed" },
             report.removed.len(),
-            if dry_run || !sizes {
+            if dry_run || g.stack.is_some() {
                 String::new()
             } else {
                 format!(", {:.1} MiB freed", report.bytes_freed as f64 / 1_048_576.0)
