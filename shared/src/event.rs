@@ -514,6 +514,11 @@ impl Payload {
     /// Parses `data` of the given type; errors name the field (`data.image.digest`).
     pub fn from_value(ty: EventType, data: Value) -> Result<Payload> {
         fn typed<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
+            // Valid data parses straight from the value it is in; the path of an error
+            // is looked for only when there is one.
+            if let Ok(t) = T::deserialize(&data) {
+                return Ok(t);
+            }
             // serde loses the path inside `#[serde(flatten)]`: check the common part on
             // its own first so its errors name the field.
             if data.is_object() {
@@ -531,6 +536,33 @@ impl Payload {
                 };
                 Error::invalid("event", format!("{field}: {}", e.inner()))
             })
+        }
+        let payload = match ty {
+            EventType::ImageBuilt => Payload::ImageBuilt(typed(data)?),
+            EventType::TestsPassed => Payload::TestsPassed(typed(data)?),
+            EventType::TestsFailed => Payload::TestsFailed(typed(data)?),
+            EventType::ApprovalRequested => Payload::ApprovalRequested(typed(data)?),
+            EventType::ApprovalGranted => Payload::ApprovalGranted(typed(data)?),
+            EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
+            EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
+            EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
+            EventType::DeployWaiting => Payload::DeployWaiting(typed(data)?),
+            EventType::VerificationPassed => Payload::VerificationPassed(typed(data)?),
+            EventType::VerificationFailed => Payload::VerificationFailed(typed(data)?),
+            EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
+            EventType::StageFailed => Payload::StageFailed(typed(data)?),
+        };
+        payload.validate()?;
+        Ok(payload)
+    }
+
+    /// Parses `data` of the given type from its JSON text, then checks it as
+    /// [`Payload::from_value`] does. Its errors do not name the field: callers parse
+    /// again with `from_value` for that.
+    fn from_raw(ty: EventType, data: &serde_json::value::RawValue) -> Result<Payload> {
+        fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::value::RawValue) -> Result<T> {
+            serde_json::from_str(data.get())
+                .map_err(|e| Error::invalid("event", format!("data: {e}")))
         }
         let payload = match ty {
             EventType::ImageBuilt => Payload::ImageBuilt(typed(data)?),
@@ -757,15 +789,27 @@ impl Event {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.to_envelope()).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     pub fn to_json_pretty(&self) -> String {
-        serde_json::to_string_pretty(&self.to_envelope()).unwrap_or_default()
+        serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
     /// Parses a structured-mode CloudEvent; errors name the field.
     pub fn from_json(text: &str) -> Result<Event> {
+        // The data straight from its text into its struct; anything that fails this way
+        // is parsed again below, the way that names the field at fault.
+        if let Ok(env) = serde_json::from_str::<Envelope<&serde_json::value::RawValue>>(text)
+            && let Ok(e) = Event::checked(env, Payload::from_raw)
+        {
+            return Ok(e);
+        }
+        Event::from_json_naming_fields(text)
+    }
+
+    /// [`Event::from_json`] the slow way: through a `Value`, so an error names its field.
+    fn from_json_naming_fields(text: &str) -> Result<Event> {
         let mut de = serde_json::Deserializer::from_str(text);
         let env: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -785,6 +829,14 @@ impl Event {
     }
 
     fn from_envelope(env: Envelope) -> Result<Event> {
+        Event::checked(env, Payload::from_value)
+    }
+
+    /// The envelope's checks, then its data parsed by `data`.
+    fn checked<D>(
+        env: Envelope<D>,
+        data: impl FnOnce(EventType, D) -> Result<Payload>,
+    ) -> Result<Event> {
         if env.specversion != SPEC_VERSION {
             return Err(Error::invalid(
                 "event",
@@ -819,7 +871,7 @@ impl Event {
                 ),
             )
         })?;
-        let payload = Payload::from_value(ty, env.data)?;
+        let payload = data(ty, env.data)?;
         Ok(Event {
             id: env.id,
             source: env.source,
@@ -831,15 +883,84 @@ impl Event {
 }
 
 impl Serialize for Event {
+    /// The envelope of [`Event::to_envelope`], written from the event's own fields: no
+    /// copy of the strings, and the data straight from its typed struct instead of
+    /// through a `Value`. (Keys of `data` come in the struct's order instead of sorted.)
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.to_envelope().serialize(s)
+        let ty = self.event_type();
+        EnvelopeRef {
+            specversion: SPEC_VERSION,
+            id: self.id.as_str(),
+            source: self.source.as_str(),
+            ty: ty.as_str(),
+            subject: self.subject.as_str(),
+            time: self.time,
+            datacontenttype: CONTENT_TYPE,
+            dataschema: SchemaUri(ty),
+            data: Data(&self.payload),
+        }
+        .serialize(s)
+    }
+}
+
+/// [`Envelope`], borrowed from an [`Event`] to be written.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    subject: &'a str,
+    time: DateTime<Utc>,
+    datacontenttype: &'static str,
+    dataschema: SchemaUri,
+    data: Data<'a>,
+}
+
+/// `urn:baton:events:v1:<type>`, written without building the string.
+struct SchemaUri(EventType);
+
+impl Serialize for SchemaUri {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("urn:baton:events:v1:{}", self.0.as_str()))
+    }
+}
+
+/// An event's data, serialized from its typed struct.
+struct Data<'a>(&'a Payload);
+
+impl Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Payload::ImageBuilt(d) => d.serialize(s),
+            Payload::TestsPassed(d) | Payload::TestsFailed(d) => d.serialize(s),
+            Payload::ApprovalRequested(d) => d.serialize(s),
+            Payload::ApprovalGranted(d) => d.serialize(s),
+            Payload::ApprovalRejected(d) => d.serialize(s),
+            Payload::DeploySucceeded(d) => d.serialize(s),
+            Payload::DeployFailed(d) => d.serialize(s),
+            Payload::DeployWaiting(d) => d.serialize(s),
+            Payload::VerificationPassed(d) | Payload::VerificationFailed(d) => d.serialize(s),
+            Payload::ImagePromoted(d) => d.serialize(s),
+            Payload::StageFailed(d) => d.serialize(s),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Event {
+    /// The data is taken as its JSON text and parsed straight into its struct; data that
+    /// fails that way is parsed again through a `Value`, so the error names the field.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let env = Envelope::<Value>::deserialize(d)?;
-        Event::from_envelope(env).map_err(serde::de::Error::custom)
+        let env = Envelope::<Box<serde_json::value::RawValue>>::deserialize(d)?;
+        Event::checked(env, |ty, raw| {
+            Payload::from_raw(ty, &raw).or_else(|_| {
+                let data = serde_json::from_str(raw.get())
+                    .map_err(|e| Error::invalid("event", format!("data: {e}")))?;
+                Payload::from_value(ty, data)
+            })
+        })
+        .map_err(serde::de::Error::custom)
     }
 }
 
@@ -892,6 +1013,52 @@ mod tests {
                 detail: "rewrote 1 image".into(),
             }),
         )
+    }
+
+    /// `from_json` parses the data straight from its text when it can; whatever it
+    /// decides must be what the field-naming parse through a `Value` decides.
+    #[test]
+    fn the_direct_parse_decides_as_the_value_parse() {
+        use serde_json::json;
+        let good = sample_event().to_json();
+        let mut texts = vec![good.clone()];
+        let v: Value = serde_json::from_str(&good).unwrap();
+        let mut edit = |f: &dyn Fn(&mut Value)| {
+            let mut v = v.clone();
+            f(&mut v);
+            texts.push(v.to_string());
+        };
+        edit(&|v| v["data"]["attempt"] = json!(0));
+        edit(&|v| v["data"]["attempt"] = json!("1"));
+        edit(&|v| v["data"]["image"]["digest"] = json!("sha256:short"));
+        edit(&|v| v["data"]["changed"] = json!(null));
+        edit(&|v| v["data"]["extra"] = json!({"nested": [1, 2]}));
+        edit(&|v| v["data"] = json!([]));
+        edit(&|v| v["data"] = json!("text"));
+        edit(&|v| v["type"] = json!("approval.granted"));
+        edit(&|v| v["specversion"] = json!("0.3"));
+        edit(&|v| {
+            v.as_object_mut().unwrap().remove("data");
+        });
+        // A key twice: in the data a `Value` keeps the last where a struct refuses, so
+        // the event is read the `Value` way; in the envelope both refuse.
+        texts.push(good.replacen("\"changed\":true", "\"changed\":false,\"changed\":true", 1));
+        texts.push(good.replacen("{\"specversion\"", "{\"id\":\"x\",\"specversion\"", 1));
+        for text in &texts {
+            let slow = Event::from_json_naming_fields(text).map_err(|e| e.to_string());
+            let fast = Event::from_json(text).map_err(|e| e.to_string());
+            match (&fast, &slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{text}: from_json {fast:?}, through a Value {slow:?}"),
+            }
+        }
+        assert!(Event::from_json(&texts[0]).is_ok());
+        assert!(Event::from_json(&texts[1]).is_err());
+        assert!(
+            Event::from_json(&texts[11]).is_ok(),
+            "the last `changed` counts"
+        );
     }
 
     #[test]

@@ -45,6 +45,11 @@ fn every_sample_parses_as_what_it_is() {
                 types_seen.insert(e.event_type());
                 // round trip is lossless
                 assert_eq!(Event::from_json(&e.to_json()).unwrap(), e);
+                // the event writes itself as the envelope it converts to, and as the
+                // sample says (apart from the order of keys)
+                let written: Value = serde_json::from_str(&e.to_json()).unwrap();
+                assert_eq!(written, serde_json::to_value(e.to_envelope()).unwrap());
+                assert_eq!(written, v, "{}", f.display());
             }
             DocumentKind::Trigger(TriggerKind::Ecr) => {
                 parse_ecr(&v).unwrap();
