@@ -20,6 +20,51 @@ use serde_json::json;
 
 use baton_testkit::moto::{Moto, moto};
 
+/// Retention removes a run's objects with `DeleteObjects`, 1,000 keys a request: every
+/// key under the prefix goes, across the batch boundary, and nothing beside it (not even
+/// a key that only starts with the same letters).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_removes_a_prefix_in_batches() {
+    use futures::StreamExt;
+    let m = moto().await;
+    let conf = m.config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket().bucket("state").send().await.unwrap();
+    let store = S3Store::new(s3, "state");
+    let mut keys: Vec<String> = (0..1003)
+        .map(|i| format!("runs/a/r1/events/{i:04}.json"))
+        .collect();
+    keys.push("runs/a/r10/stages/test.json".into());
+    keys.push("runs/b/r1/stages/test.json".into());
+    let written: Vec<_> = futures::stream::iter(&keys)
+        .map(|k| store.put(k, b"{}".to_vec(), Precondition::None))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(written.iter().all(Result::is_ok));
+    assert_eq!(store.list("runs/a/r1/").await.unwrap().len(), 1003);
+
+    assert!(
+        store.delete_prefix("runs/a/r1").await.is_err(),
+        "a prefix ends with /"
+    );
+    assert_eq!(store.delete_prefix("runs/a/r1/").await.unwrap(), 0);
+    assert_eq!(
+        store.list("runs/a/r1/").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.list("runs/").await.unwrap(),
+        vec!["runs/a/r10/stages/test.json", "runs/b/r1/stages/test.json"]
+    );
+    // Nothing left under it: a second call is a no-op.
+    assert_eq!(store.delete_prefix("runs/a/r1/").await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_has_real_conditional_writes() {
     let m = moto().await;

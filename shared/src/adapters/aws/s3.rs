@@ -114,6 +114,71 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    /// `DeleteObjects`, up to 1,000 keys a request (the port's default would send one
+    /// `DeleteObject` per key: about 25 a run). A key S3 could not remove fails the
+    /// call, naming it; the keys of that batch that did go stay gone, and the gc, run
+    /// again, removes the rest.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        if !prefix.ends_with('/') {
+            return Err(Error::invalid(
+                "store prefix",
+                format!("{prefix:?} does not end with /"),
+            ));
+        }
+        let keys = self.list(prefix).await?;
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.key(k)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::invalid("store key", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::invalid("store prefix", e.to_string()))?;
+            // Boxed: the SDK's request future is large, and this one sits inside the
+            // gc's for every prefix it removes.
+            let out = Box::pin(
+                self.client
+                    .delete_objects()
+                    .bucket(&self.bucket)
+                    .delete(delete)
+                    .send(),
+            )
+            .await
+            .map_err(|e| {
+                transient(
+                    format!(
+                        "delete {} objects under s3://{}/{}",
+                        batch.len(),
+                        self.bucket,
+                        self.key(prefix)
+                    ),
+                    &e,
+                )
+            })?;
+            if let Some(failed) = out.errors().first() {
+                return Err(Error::transient(
+                    format!(
+                        "delete s3://{}/{}",
+                        self.bucket,
+                        failed.key().unwrap_or_default()
+                    ),
+                    Message(format!(
+                        "{} of {} keys under {prefix} were not removed; first: {} {}",
+                        out.errors().len(),
+                        batch.len(),
+                        failed.code().unwrap_or("error"),
+                        failed.message().unwrap_or_default()
+                    )),
+                ));
+            }
+        }
+        Ok(0)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys = vec![];
         let mut token: Option<String> = None;
