@@ -871,10 +871,12 @@ impl DirStore {
             next.names.insert(name.to_string(), value.map(Arc::from));
             next.valid = seg.valid.saturating_add(out.len() as u64);
             next.loose = seg.loose.saturating_add(rec.len());
-            if keep {
-                self.remember(&path, next);
-            } else {
-                self.cache.forget(&path);
+            // What the file is now, from the open file (no second lookup of its path).
+            match f.metadata() {
+                Ok(m) if keep && m.len() == next.valid => {
+                    self.cache.put(&path, FileId::of(&m), Arc::new(next));
+                }
+                _ => self.cache.forget(&path),
             }
         }
         if value.is_none() {
