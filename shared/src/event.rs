@@ -513,71 +513,32 @@ impl Payload {
 
     /// Parses `data` of the given type; errors name the field (`data.image.digest`).
     pub fn from_value(ty: EventType, data: Value) -> Result<Payload> {
-        fn typed<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
-            // Valid data parses straight from the value it is in; the path of an error
-            // is looked for only when there is one.
-            if let Ok(t) = T::deserialize(&data) {
-                return Ok(t);
-            }
-            // serde loses the path inside `#[serde(flatten)]`: check the common part on
-            // its own first so its errors name the field.
-            if data.is_object() {
-                at_path::<RunContext>(data.clone())?;
-            }
-            at_path(data)
-        }
-        fn at_path<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
-            serde_path_to_error::deserialize(data).map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "data".to_string()
-                } else {
-                    format!("data.{path}")
-                };
-                Error::invalid("event", format!("{field}: {}", e.inner()))
-            })
-        }
-        let payload = match ty {
-            EventType::ImageBuilt => Payload::ImageBuilt(typed(data)?),
-            EventType::TestsPassed => Payload::TestsPassed(typed(data)?),
-            EventType::TestsFailed => Payload::TestsFailed(typed(data)?),
-            EventType::ApprovalRequested => Payload::ApprovalRequested(typed(data)?),
-            EventType::ApprovalGranted => Payload::ApprovalGranted(typed(data)?),
-            EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
-            EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
-            EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
-            EventType::DeployWaiting => Payload::DeployWaiting(typed(data)?),
-            EventType::VerificationPassed => Payload::VerificationPassed(typed(data)?),
-            EventType::VerificationFailed => Payload::VerificationFailed(typed(data)?),
-            EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
-            EventType::StageFailed => Payload::StageFailed(typed(data)?),
-        };
-        payload.validate()?;
-        Ok(payload)
+        Payload::parse(ty, &data)
     }
 
     /// Parses `data` of the given type from its JSON text, then checks it as
     /// [`Payload::from_value`] does. Its errors do not name the field: callers parse
     /// again with `from_value` for that.
     fn from_raw(ty: EventType, data: &serde_json::value::RawValue) -> Result<Payload> {
-        fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::value::RawValue) -> Result<T> {
-            serde_json::from_str(data.get())
-                .map_err(|e| Error::invalid("event", format!("data: {e}")))
-        }
+        Payload::parse(ty, data)
+    }
+
+    /// The data of an event of type `ty`, parsed from `data` and checked.
+    fn parse(ty: EventType, data: &(impl Data + ?Sized)) -> Result<Payload> {
         let payload = match ty {
-            EventType::ImageBuilt => Payload::ImageBuilt(typed(data)?),
-            EventType::TestsPassed => Payload::TestsPassed(typed(data)?),
-            EventType::TestsFailed => Payload::TestsFailed(typed(data)?),
-            EventType::ApprovalRequested => Payload::ApprovalRequested(typed(data)?),
-            EventType::ApprovalGranted => Payload::ApprovalGranted(typed(data)?),
-            EventType::ApprovalRejected => Payload::ApprovalRejected(typed(data)?),
-            EventType::DeploySucceeded => Payload::DeploySucceeded(typed(data)?),
-            EventType::DeployFailed => Payload::DeployFailed(typed(data)?),
-            EventType::DeployWaiting => Payload::DeployWaiting(typed(data)?),
-            EventType::VerificationPassed => Payload::VerificationPassed(typed(data)?),
-            EventType::VerificationFailed => Payload::VerificationFailed(typed(data)?),
-            EventType::ImagePromoted => Payload::ImagePromoted(typed(data)?),
-            EventType::StageFailed => Payload::StageFailed(typed(data)?),
+            EventType::ImageBuilt => Payload::ImageBuilt(data.parse()?),
+            EventType::TestsPassed => Payload::TestsPassed(data.parse()?),
+            EventType::TestsFailed => Payload::TestsFailed(data.parse()?),
+            EventType::ApprovalRequested => Payload::ApprovalRequested(data.parse()?),
+            EventType::ApprovalGranted => Payload::ApprovalGranted(data.parse()?),
+            EventType::ApprovalRejected => Payload::ApprovalRejected(data.parse()?),
+            EventType::DeploySucceeded => Payload::DeploySucceeded(data.parse()?),
+            EventType::DeployFailed => Payload::DeployFailed(data.parse()?),
+            EventType::DeployWaiting => Payload::DeployWaiting(data.parse()?),
+            EventType::VerificationPassed => Payload::VerificationPassed(data.parse()?),
+            EventType::VerificationFailed => Payload::VerificationFailed(data.parse()?),
+            EventType::ImagePromoted => Payload::ImagePromoted(data.parse()?),
+            EventType::StageFailed => Payload::StageFailed(data.parse()?),
         };
         payload.validate()?;
         Ok(payload)
@@ -645,6 +606,45 @@ impl Payload {
             );
         }
         Ok(())
+    }
+}
+
+/// Where an event's data is parsed from: a `Value`, or its JSON text.
+trait Data {
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T>;
+}
+
+impl Data for Value {
+    /// Straight from the value; the path of an error is looked for only when there is
+    /// one.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        fn at_path<T: serde::de::DeserializeOwned>(data: Value) -> Result<T> {
+            serde_path_to_error::deserialize(data).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "data".to_string()
+                } else {
+                    format!("data.{path}")
+                };
+                Error::invalid("event", format!("{field}: {}", e.inner()))
+            })
+        }
+        if let Ok(t) = T::deserialize(self) {
+            return Ok(t);
+        }
+        // serde loses the path inside `#[serde(flatten)]`: check the common part on its
+        // own first so its errors name the field.
+        if self.is_object() {
+            at_path::<RunContext>(self.clone())?;
+        }
+        at_path(self.clone())
+    }
+}
+
+impl Data for serde_json::value::RawValue {
+    /// From the text; an error does not name its field.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.get()).map_err(|e| Error::invalid("event", format!("data: {e}")))
     }
 }
 
@@ -897,7 +897,7 @@ impl Serialize for Event {
             time: self.time,
             datacontenttype: CONTENT_TYPE,
             dataschema: SchemaUri(ty),
-            data: Data(&self.payload),
+            data: DataOf(&self.payload),
         }
         .serialize(s)
     }
@@ -915,7 +915,7 @@ struct EnvelopeRef<'a> {
     time: DateTime<Utc>,
     datacontenttype: &'static str,
     dataschema: SchemaUri,
-    data: Data<'a>,
+    data: DataOf<'a>,
 }
 
 /// `urn:baton:events:v1:<type>`, written without building the string.
@@ -928,9 +928,9 @@ impl Serialize for SchemaUri {
 }
 
 /// An event's data, serialized from its typed struct.
-struct Data<'a>(&'a Payload);
+struct DataOf<'a>(&'a Payload);
 
-impl Serialize for Data<'_> {
+impl Serialize for DataOf<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self.0 {
             Payload::ImageBuilt(d) => d.serialize(s),

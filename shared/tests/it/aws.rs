@@ -20,13 +20,8 @@ use serde_json::json;
 
 use baton_testkit::moto::{Moto, moto};
 
-/// Retention removes a run's objects with `DeleteObjects`, 1,000 keys a request: every
-/// key under the prefix goes, across the batch boundary, and nothing beside it (not even
-/// a key that only starts with the same letters).
-#[tokio::test(flavor = "multi_thread")]
-async fn s3_store_removes_a_prefix_in_batches() {
-    use futures::StreamExt;
-    let m = moto().await;
+/// A bucket `state` on moto, as the store.
+async fn state_bucket(m: &Moto) -> S3Store {
     let conf = m.config().await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&conf)
@@ -34,7 +29,17 @@ async fn s3_store_removes_a_prefix_in_batches() {
             .build(),
     );
     s3.create_bucket().bucket("state").send().await.unwrap();
-    let store = S3Store::new(s3, "state");
+    S3Store::new(s3, "state")
+}
+
+/// Retention removes a run's objects with `DeleteObjects`, 1,000 keys a request: every
+/// key under the prefix goes, across the batch boundary, and nothing beside it (not even
+/// a key that only starts with the same letters).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_store_removes_a_prefix_in_batches() {
+    use futures::StreamExt;
+    let m = moto().await;
+    let store = state_bucket(&m).await;
     let mut keys: Vec<String> = (0..1003)
         .map(|i| format!("runs/a/r1/events/{i:04}.json"))
         .collect();
@@ -68,14 +73,7 @@ async fn s3_store_removes_a_prefix_in_batches() {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_has_real_conditional_writes() {
     let m = moto().await;
-    let conf = m.config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket().bucket("state").send().await.unwrap();
-    let store = S3Store::new(s3, "state");
+    let store = state_bucket(&m).await;
     let e1 = store
         .put(
             "runs/a/r1/stages/test.json",
