@@ -59,6 +59,19 @@ pub enum Precondition {
     IfMatch(String),
 }
 
+/// A prefix [`ObjectStore::delete_prefix`] takes: one ending in `/`, so it never
+/// reaches a sibling that only starts with the same letters (`runs/a/r1` and `r10`).
+pub(crate) fn whole_prefix(prefix: &str) -> Result<()> {
+    if prefix.ends_with('/') {
+        Ok(())
+    } else {
+        Err(crate::error::Error::invalid(
+            "store prefix",
+            format!("{prefix:?} does not end with /"),
+        ))
+    }
+}
+
 /// A key-value object store with conditional writes: S3 in AWS, a directory locally.
 pub trait ObjectStore: Send + Sync {
     /// The object, or `None` when absent.
@@ -97,12 +110,7 @@ pub trait ObjectStore: Send + Sync {
     /// meanwhile (retention removes only finished runs).
     fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64>> + Send {
         async move {
-            if !prefix.ends_with('/') {
-                return Err(crate::error::Error::invalid(
-                    "store prefix",
-                    format!("{prefix:?} does not end with /"),
-                ));
-            }
+            whole_prefix(prefix)?;
             for key in self.list(prefix).await? {
                 self.delete(&key).await?;
             }

@@ -120,12 +120,7 @@ impl ObjectStore for S3Store {
     /// again, removes the rest.
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         use aws_sdk_s3::types::{Delete, ObjectIdentifier};
-        if !prefix.ends_with('/') {
-            return Err(Error::invalid(
-                "store prefix",
-                format!("{prefix:?} does not end with /"),
-            ));
-        }
+        crate::ports::whole_prefix(prefix)?;
         let keys = self.list(prefix).await?;
         for batch in keys.chunks(1000) {
             let objects = batch
