@@ -24,7 +24,10 @@
 //! Run: `cargo bench -p baton-cli --bench pipeline [-- --write]`. Sizes:
 //! `BATON_BENCH_RUNS` (throughput pushes, 3,000), `BATON_BENCH_SECONDS` (latency phase,
 //! 30), `BATON_BENCH_INDEX_RUNS` (100,000); `BATON_BENCH_RATE` sets the latency phase's pushes
-//! per minute (to see the latency of a quiet server, say). Figures depend on the machine and its disk.
+//! per minute (to see the latency of a quiet server, say); `BATON_BENCH_SETTLE` waits that
+//! many seconds between the throughput and latency phases (0: none), to tell the server's
+//! work on the burst's runs apart from the steady load. The latency phase also prints p50
+//! and p99 for each 5 s of it. Figures depend on the machine and its disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -222,6 +225,36 @@ fn breakdown(runs: &[(DateTime<Utc>, Vec<Span>)]) -> String {
             percentile(&wait, 0.99),
             percentile(&work, 0.5),
             percentile(&work, 0.99),
+        ));
+    }
+    out
+}
+
+/// The latencies `lat` of pushes sent at `sent`, p50 and p99 in each 5 s of the phase:
+/// whether the slow runs are spread over the phase or bunched (a stall, a backlog).
+fn windows(sent: &[DateTime<Utc>], lat: &[f64]) -> String {
+    let Some(start) = sent.first() else {
+        return String::new();
+    };
+    let mut by_window: Vec<Vec<f64>> = vec![];
+    for (at, l) in sent.iter().zip(lat) {
+        let w = ((*at - *start).num_milliseconds().max(0) / 5_000) as usize;
+        if by_window.len() <= w {
+            by_window.resize(w + 1, vec![]);
+        }
+        by_window[w].push(*l);
+    }
+    let mut out = String::new();
+    for (w, mut l) in by_window.into_iter().enumerate() {
+        l.sort_by(f64::total_cmp);
+        out.push_str(&format!(
+            "    {:>3}-{:<3} s: {:5} runs, p50 {:7.1} ms, p99 {:7.1} ms, max {:7.1} ms\n",
+            w * 5,
+            w * 5 + 5,
+            l.len(),
+            percentile(&l, 0.5),
+            percentile(&l, 0.99),
+            l.last().copied().unwrap_or(0.0),
         ));
     }
     out
@@ -597,6 +630,11 @@ async fn main() {
         .filter(|r| *r > 0.0)
         .unwrap_or_else(|| TARGET_RATE.min(per_min * 0.8));
     let count = (rate / 60.0 * seconds as f64) as usize;
+    let settle = env_usize("BATON_BENCH_SETTLE", 0);
+    if settle > 0 {
+        eprintln!("settle: {settle} s");
+        tokio::time::sleep(Duration::from_secs(settle as u64)).await;
+    }
     eprintln!("latency: {count} pushes at {rate:.0}/min");
     let sent = paced(&client, &base, next, next + count, rate).await;
     idle(&client, &base).await;
@@ -608,6 +646,7 @@ async fn main() {
         spans.push((*at, stages));
     }
     next += count;
+    eprint!("{}", windows(&sent, &lat));
     lat.sort_by(f64::total_cmp);
     eprintln!(
         "  p50 {:.1} ms, p99 {:.1} ms",

@@ -81,6 +81,28 @@ impl Drop for Running {
     }
 }
 
+/// How many index entries a walk of the summarizer reads: few while messages wait or
+/// are delivered (a walk is then short, and the next one waits, see [`summary_pace`]),
+/// more when the bus is idle.
+fn summary_scan(busy: bool) -> usize {
+    if busy { 32 } else { 256 }
+}
+
+/// How long the summarizer waits after a walk that took `took`: 2 s once it reached
+/// the runs known summarized (`more` false). While more is to walk, as long as the walk
+/// took when the bus is idle (half its time: requests, a restart's first walk over a long
+/// history, are served beside it), twice as long while messages wait or are delivered,
+/// so that packing and summarizing a backlog (the runs of a burst going quiet) takes at
+/// most a third of its time and the deliveries of runs in flight are not held behind it.
+fn summary_pace(busy: bool, more: bool, took: Duration) -> Duration {
+    const EVERY: Duration = Duration::from_secs(2);
+    if !more {
+        return EVERY;
+    }
+    took.saturating_mul(if busy { 2 } else { 1 })
+        .clamp(Duration::from_millis(10), EVERY)
+}
+
 impl Server {
     /// Resolves every webhook, approver, reader and proxy secret from the environment;
     /// a missing or empty one is an error naming its variable. `listening` is the
@@ -285,25 +307,32 @@ impl Server {
     }
 
     /// Keeps the summaries of quiet runs in the run index (pages of runs then read one
-    /// small entry per run): every 2 s a walk of up to 2,000 entries, from the newest run
-    /// down to where every run is known summarized (the whole history at first, for a
-    /// state directory from before summaries).
+    /// small entry per run): walks from the newest run down to where every run is known
+    /// summarized (the whole history at first, for a state directory from before
+    /// summaries), paced by [`summary_pace`] so that it gives way to deliveries.
     async fn summarize_forever(&self) {
-        const EVERY: Duration = Duration::from_secs(2);
         let mut summarizer = crate::pipeline::runs::Summarizer::default();
         // The first walk at once: a restart finds the runs that ended just before the
         // last stop unsummarized, and pages would read each of them until it ran.
         loop {
-            match summarizer.step(&self.local.pipeline, 2_000).await {
-                Ok(r) if r.wrote > 100 => {
-                    tracing::info!(wrote = r.wrote, "kept the summaries of runs");
+            let busy = self.local.pipeline.ports.bus.pending() > 0;
+            let started = std::time::Instant::now();
+            let more = match summarizer
+                .step(&self.local.pipeline, summary_scan(busy))
+                .await
+            {
+                Ok(r) => {
+                    if r.wrote > 100 {
+                        tracing::info!(wrote = r.wrote, "kept the summaries of runs");
+                    }
+                    r.cut.is_some()
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "could not keep run summaries; trying again later");
+                    false
                 }
-            }
-            tokio::time::sleep(EVERY).await;
+            };
+            tokio::time::sleep(summary_pace(busy, more, started.elapsed())).await;
         }
     }
 
@@ -571,5 +600,28 @@ impl Board for Server {
             self.dora_wanted.notify_one();
         }
         figures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summarizer walks long and half the time when the bus is idle, short and a
+    /// third of the time when deliveries wait (pauses of at least 10 ms, at most 2 s), and
+    /// every 2 s once it has walked down to the runs known summarized.
+    #[test]
+    fn the_summarizer_gives_way_to_deliveries() {
+        let ms = Duration::from_millis;
+        assert!(summary_scan(true) < summary_scan(false));
+        assert_eq!(summary_pace(false, true, ms(300)), ms(300));
+        assert_eq!(summary_pace(false, true, ms(2)), ms(10));
+        assert_eq!(summary_pace(true, true, ms(40)), ms(80));
+        assert_eq!(summary_pace(true, true, ms(1)), ms(10));
+        assert_eq!(summary_pace(true, true, ms(5_000)), ms(2_000));
+        assert_eq!(summary_pace(true, true, Duration::MAX), ms(2_000));
+        for busy in [false, true] {
+            assert_eq!(summary_pace(busy, false, ms(3)), ms(2_000));
+        }
     }
 }
