@@ -918,6 +918,8 @@ impl Stack {
             if n == 0 {
                 let left = self.messages_left().await;
                 if left.is_empty() {
+                    let dead = self.dead_letters().await;
+                    assert!(dead.is_empty(), "messages dead-lettered: {dead:?}");
                     return;
                 }
                 assert!(
@@ -927,6 +929,38 @@ impl Stack {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+
+    /// The stage queues whose dead-letter queue holds messages, with how many.
+    async fn dead_letters(&self) -> Vec<(String, String)> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let mut dead = vec![];
+        for (stage, _) in &self.queues {
+            let url = self
+                .sqs
+                .get_queue_url()
+                .queue_name(format!("{STACK}-{stage}-dlq"))
+                .send()
+                .await
+                .unwrap();
+            let got = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(url.queue_url().unwrap())
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .send()
+                .await
+                .unwrap();
+            let n = got
+                .attributes()
+                .and_then(|a| a.get(&A::ApproximateNumberOfMessages))
+                .cloned()
+                .unwrap_or_else(|| "?".into());
+            if n != "0" {
+                dead.push((stage.clone(), n));
+            }
+        }
+        dead
     }
 
     /// The stage queues holding messages (visible, in flight or delayed), with SQS's
