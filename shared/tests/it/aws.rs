@@ -927,37 +927,25 @@ impl Stack {
                     "messages still in the queues after 120 s: {left:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            } else {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the queues kept delivering for 120 s"
+                );
             }
         }
     }
 
-    /// The stage queues whose dead-letter queue holds messages, with how many.
-    async fn dead_letters(&self) -> Vec<(String, String)> {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
+    /// The messages in the stage queues' dead-letter queues (`baton dlq list`'s reader),
+    /// by stage.
+    async fn dead_letters(&self) -> Vec<(String, baton::adapters::aws::dlq::DeadMessage)> {
         let mut dead = vec![];
         for (stage, _) in &self.queues {
-            let url = self
-                .sqs
-                .get_queue_url()
-                .queue_name(format!("{STACK}-{stage}-dlq"))
-                .send()
+            for m in baton::adapters::aws::dlq::list(&self.sqs, STACK, stage)
                 .await
-                .unwrap();
-            let got = self
-                .sqs
-                .get_queue_attributes()
-                .queue_url(url.queue_url().unwrap())
-                .attribute_names(A::ApproximateNumberOfMessages)
-                .send()
-                .await
-                .unwrap();
-            let n = got
-                .attributes()
-                .and_then(|a| a.get(&A::ApproximateNumberOfMessages))
-                .cloned()
-                .unwrap_or_else(|| "?".into());
-            if n != "0" {
-                dead.push((stage.clone(), n));
+                .unwrap()
+            {
+                dead.push((stage.clone(), m));
             }
         }
         dead
