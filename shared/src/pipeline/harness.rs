@@ -613,17 +613,30 @@ async fn claim<S: Stage<P>, P: Ports>(
                     Some(key.to_string()),
                 )));
             }
+            // Another worker is on it (a duplicate delivery, or the redelivery of a
+            // crashed worker's message before its lease ran out): look again once the
+            // lease would end. A wait, not a failure: it spends none of the message's
+            // receives (a crash and two such checks would otherwise dead-letter it).
             StageStatus::Running | StageStatus::Publishing if lease_live => {
+                let until = rec.lease_until.unwrap_or(now);
+                let left = until
+                    .signed_duration_since(now)
+                    .to_std()
+                    .unwrap_or_default();
+                let after = left
+                    .saturating_add(Duration::from_millis(50))
+                    .min(p.settings.lease);
                 return Ok(Change::Stop(Handled {
-                    disposition: Disposition::Retry(Error::transient(
-                        format!("{stage} for run {}", rec.run),
-                        crate::error::Message("in progress under another worker's lease".into()),
-                    )),
+                    disposition: Disposition::Later(after),
                     record: Some(key.to_string()),
                     status: Some(rec.status),
                     outputs: vec![],
                     duplicate: true,
-                    note: None,
+                    note: Some(format!(
+                        "{stage} for run {} is in progress under another worker's lease (until {}); looking again then",
+                        rec.run,
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    )),
                 }));
             }
             _ => {}
@@ -693,7 +706,8 @@ mod tests {
     }
 
     /// A stage running longer than its lease keeps its claim: the claim is renewed while
-    /// it runs, a second delivery meanwhile is told to retry, and the stage's final save
+    /// it runs, a second delivery meanwhile is told to come back when the lease would
+    /// end (a wait, not a failure that spends a receive), and the stage's final save
     /// matches the renewed record.
     #[tokio::test]
     async fn a_claim_is_renewed_while_its_stage_runs() {
@@ -721,10 +735,12 @@ mod tests {
             assert!(
                 matches!(
                     &second,
-                    Ok(Handled { disposition: Disposition::Retry(e), .. })
-                        if e.to_string().contains("another worker's lease")
+                    Ok(Handled { disposition: Disposition::Later(after), note: Some(n), .. })
+                        if n.contains("another worker's lease")
+                            && *after > Duration::ZERO
+                            && *after <= Duration::from_millis(150)
                 ),
-                "a second delivery waits for the renewed claim: {second:?}"
+                "a second delivery waits (no failure) for the renewed claim to end: {second:?}"
             );
             go().notify_one();
         };

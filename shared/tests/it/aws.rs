@@ -490,6 +490,37 @@ struct Stack {
     ingest_queue: String,
     reaction_queue: String,
     digest: String,
+    /// What the functions logged (`tracing`, info and above), shown when a test fails.
+    logs: Logs,
+}
+
+/// A log the functions' `tracing` output goes to, per stack (tests run in parallel).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        write!(
+            f,
+            "\n--- the functions' log ---\n{}--- end of log ---",
+            String::from_utf8_lossy(&text)
+        )
+    }
 }
 
 const STACK: &str = "baton";
@@ -712,6 +743,7 @@ apps:
         ingest_queue,
         reaction_queue,
         digest,
+        logs: Logs::default(),
     }
 }
 
@@ -760,9 +792,21 @@ impl Stack {
             .handle(payload)
             .await
         }
+        // Whatever thread polls it, the function logs into this stack's log.
+        let log = tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::INFO)
+                .with_ansi(false)
+                .with_writer({
+                    let logs = self.logs.clone();
+                    move || logs.clone()
+                })
+                .finish(),
+        );
         // On the heap: a function's future is large (deploy's most), and the test
-        // threads' stacks are small.
-        Box::pin(async move {
+        // threads' stacks are small (boxed before it is wrapped, so that it is not
+        // copied on the stack once more).
+        let function = Box::pin(async move {
             match stage {
                 N::Ingest => call::<baton::stages::Ingest, WithRegistry>(self, payload).await,
                 N::Test => call::<baton::stages::Test, WithTests>(self, payload).await,
@@ -773,8 +817,8 @@ impl Stack {
                 N::Promote => call::<baton::stages::Promote, WithRegistry>(self, payload).await,
                 N::Notify => call::<baton::stages::Notify, WithNotifier>(self, payload).await,
             }
-        })
-        .await
+        });
+        tracing::instrument::WithSubscriber::with_subscriber(function, log).await
     }
 
     async fn push_event(&self) {
@@ -919,18 +963,24 @@ impl Stack {
                 let left = self.messages_left().await;
                 if left.is_empty() {
                     let dead = self.dead_letters().await;
-                    assert!(dead.is_empty(), "messages dead-lettered: {dead:?}");
+                    assert!(
+                        dead.is_empty(),
+                        "messages dead-lettered: {dead:?}{}",
+                        self.logs
+                    );
                     return;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "messages still in the queues after 120 s: {left:?}"
+                    "messages still in the queues after 120 s: {left:?}{}",
+                    self.logs
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             } else {
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "the queues kept delivering for 120 s"
+                    "the queues kept delivering for 120 s{}",
+                    self.logs
                 );
             }
         }
@@ -1050,7 +1100,8 @@ impl Stack {
         assert_eq!(
             versions.versions().len(),
             3,
-            "{what}: $LATEST, the original and exactly one new version"
+            "{what}: $LATEST, the original and exactly one new version{}",
+            self.logs
         );
         assert_eq!(
             self.run_log().await,
@@ -1061,7 +1112,8 @@ impl Stack {
                 "deploy.succeeded",
                 "image.promoted"
             ],
-            "{what}: each event once"
+            "{what}: each event once{}",
+            self.logs
         );
     }
 
@@ -1297,6 +1349,31 @@ async fn a_crashed_deploy_function_loses_and_repeats_nothing() {
     let mut points = AWS_POINTS.to_vec();
     points.insert(1, "applied");
     crash_on_aws("deploy", &points).await;
+}
+
+/// A crashed function's batch back while the crash's claim is still live (a lease of
+/// 3 s, three times the queue's visibility timeout: on a loaded machine a slow
+/// invocation does the same with a short lease) waits for the lease as a new message:
+/// the checks spend none of its receives, so it is not dead-lettered after the crash
+/// and two checks (the queue's `maxReceiveCount` is 3), and the run deploys once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivery_under_a_crashed_functions_live_claim_waits_for_it() {
+    let mut s = stack().await;
+    s.lease = Some(Duration::from_secs(3));
+    *s.fail.lock().unwrap() = Some(("deploy".into(), "applied".into()));
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drain(1).await;
+    assert!(
+        s.fail.lock().unwrap().is_none(),
+        "the fail point was reached"
+    );
+    s.deployed_once("a redelivery under a live claim").await;
+    let deploys = s.invocations.lock().unwrap()["deploy"];
+    assert!(
+        deploys >= 3,
+        "the crash, at least one check under the live claim, then the deploy: {deploys} invocations"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
