@@ -623,9 +623,13 @@ async fn claim<S: Stage<P>, P: Ports>(
                     .signed_duration_since(now)
                     .to_std()
                     .unwrap_or_default();
-                let after = left
-                    .saturating_add(Duration::from_millis(50))
+                // The other worker usually finishes well before its lease ends (a
+                // duplicate delivered beside its original): look again at least every
+                // twelfth of the lease (5 s of the default 60 s).
+                let check = (p.settings.lease / 12)
+                    .max(Duration::from_millis(250))
                     .min(p.settings.lease);
+                let after = left.saturating_add(Duration::from_millis(50)).min(check);
                 return Ok(Change::Stop(Handled {
                     disposition: Disposition::Later(after),
                     record: Some(key.to_string()),
@@ -633,9 +637,12 @@ async fn claim<S: Stage<P>, P: Ports>(
                     outputs: vec![],
                     duplicate: true,
                     note: Some(format!(
-                        "{stage} for run {} is in progress under another worker's lease (until {}); looking again then",
+                        "{stage} for run {} is in progress under another worker's lease (until {}); looking again in {}",
                         rec.run,
-                        until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        humantime::format_duration(Duration::from_millis(
+                            u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
+                        ))
                     )),
                 }));
             }
