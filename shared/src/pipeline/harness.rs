@@ -637,12 +637,10 @@ async fn claim<S: Stage<P>, P: Ports>(
                     outputs: vec![],
                     duplicate: true,
                     note: Some(format!(
-                        "{stage} for run {} is in progress under another worker's lease (until {}); looking again in {}",
+                        "{stage} for run {} is in progress under another worker's lease (until {}); looking again in {} ms",
                         rec.run,
                         until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        humantime::format_duration(Duration::from_millis(
-                            u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
-                        ))
+                        after.as_millis()
                     )),
                 }));
             }

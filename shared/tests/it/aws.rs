@@ -1311,19 +1311,26 @@ async fn retention_on_a_stack_prunes_the_deploy_history_in_its_bucket() {
 /// event once in the run log.
 async fn crash_on_aws(stage: &str, points: &[&str]) {
     for point in points {
-        let what = format!("{stage}:{point}");
-        let mut s = stack().await;
-        s.lease = Some(Duration::from_millis(300));
-        *s.fail.lock().unwrap() = Some((stage.into(), point.to_string()));
-        s.push_event().await;
-        s.run_ingest().await;
-        s.drain(1).await;
-        assert!(
-            s.fail.lock().unwrap().is_none(),
-            "{what}: the fail point was reached"
-        );
-        s.deployed_once(&what).await;
+        crash_at(stage, point, Duration::from_millis(300)).await;
     }
+}
+
+/// One stack whose `stage` function stops at `point` once, its claims held for
+/// `lease`; checked as [`crash_on_aws`] says, and returned for more checks.
+async fn crash_at(stage: &str, point: &str, lease: Duration) -> Stack {
+    let what = format!("{stage}:{point}");
+    let mut s = stack().await;
+    s.lease = Some(lease);
+    *s.fail.lock().unwrap() = Some((stage.into(), point.to_string()));
+    s.push_event().await;
+    s.run_ingest().await;
+    s.drain(1).await;
+    assert!(
+        s.fail.lock().unwrap().is_none(),
+        "{what}: the fail point was reached"
+    );
+    s.deployed_once(&what).await;
+    s
 }
 
 const AWS_POINTS: [&str; 5] = [
@@ -1358,17 +1365,7 @@ async fn a_crashed_deploy_function_loses_and_repeats_nothing() {
 /// and two checks (the queue's `maxReceiveCount` is 3), and the run deploys once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivery_under_a_crashed_functions_live_claim_waits_for_it() {
-    let mut s = stack().await;
-    s.lease = Some(Duration::from_secs(3));
-    *s.fail.lock().unwrap() = Some(("deploy".into(), "applied".into()));
-    s.push_event().await;
-    s.run_ingest().await;
-    s.drain(1).await;
-    assert!(
-        s.fail.lock().unwrap().is_none(),
-        "the fail point was reached"
-    );
-    s.deployed_once("a redelivery under a live claim").await;
+    let s = crash_at("deploy", "applied", Duration::from_secs(3)).await;
     let deploys = s.invocations.lock().unwrap()["deploy"];
     assert!(
         deploys >= 3,
