@@ -312,9 +312,10 @@ struct Durable {
 }
 
 /// Lines appended to a log, not yet synced.
+#[derive(Clone, Debug)]
 struct Unsynced {
     /// A handle on the log file, to sync it where there is no shared sync.
-    own: Option<File>,
+    own: Option<Arc<File>>,
     path: PathBuf,
 }
 
@@ -331,16 +332,21 @@ impl Drop for LogLock<'_> {
     }
 }
 
-/// Group commit of publishes: each publisher queues its message; one of them (the
-/// leader) appends everything queued with one write and one sync and hands each its
-/// sequence number; the others wait for that. Nothing returns before it is on disk.
+/// Group append of publishes: each publisher queues its message; one of them (the
+/// leader) appends everything queued with one write and hands each its sequence
+/// number; the others wait for that (an append, not a sync). Each then waits for a sync
+/// that covers its message ([`Durability::sync`] shares one `syncfs` among everyone
+/// waiting together), so the next batch is appended, and its deliveries start, while
+/// this one syncs. Nothing returns before it is on disk.
 #[derive(Default)]
 struct Group {
     queue: Vec<(u64, BusMessage, Vec<String>)>,
     leading: bool,
     next_ticket: u64,
     /// Results by ticket (errors as text: every publisher of a failed batch gets it).
-    done: BTreeMap<u64, std::result::Result<u64, String>>,
+    /// An appended message is counted in [`Durable::syncing`] until its publisher's sync
+    /// ends.
+    done: BTreeMap<u64, std::result::Result<(u64, Unsynced), String>>,
 }
 
 impl EmbeddedBus {
@@ -721,13 +727,16 @@ struct Finished {
     elapsed: Duration,
 }
 
-/// A leader's turn at the group commit. Dropped after the commit it hands the lead back;
-/// dropped by a panic inside the commit (its `tickets` still set) it also answers every
+/// A leader's turn at the group append. Dropped after the append it hands the lead back;
+/// dropped by a panic inside it (its `tickets` still set) it also answers every
 /// publisher of the batch with an error, so none waits forever and the next publisher
 /// leads.
 struct Leading<'a> {
     log: &'a Log,
     tickets: Vec<u64>,
+    /// Messages appended and counted in [`Durable::syncing`] whose publishers were not
+    /// answered yet (uncounted by a panic: none of them will sync).
+    counted: usize,
     /// The turn ended normally (answers given, lead handed back, group lock held).
     ended: bool,
 }
@@ -736,6 +745,12 @@ impl Drop for Leading<'_> {
     fn drop(&mut self) {
         if self.ended {
             return;
+        }
+        if self.counted > 0 {
+            let mut d = self.log.durable();
+            d.syncing = d.syncing.saturating_sub(self.counted);
+            drop(d);
+            self.log.synced.notify_all();
         }
         let mut g = self.log.group();
         g.leading = false;
@@ -1171,7 +1186,9 @@ impl Log {
             .map_err(|e| Error::io("append to", &path, e))?;
         let own = match &self.durability {
             Some(_) => None,
-            None => Some(f.try_clone().map_err(|e| Error::io("open", &path, e))?),
+            None => Some(Arc::new(
+                f.try_clone().map_err(|e| Error::io("open", &path, e))?,
+            )),
         };
         Ok(Unsynced { own, path })
     }
@@ -1237,9 +1254,29 @@ impl Log {
         self.append_message(msg, subscriptions)
     }
 
-    /// Appends a message (group-committed with concurrent publishes); its sequence
-    /// number once it is on disk.
+    /// Appends a message (with concurrent publishes, in one write) and makes it durable
+    /// (with one sync shared by whoever waits at the same time); its sequence number once
+    /// it is on disk.
     fn append_message(&self, msg: &BusMessage, subscriptions: Vec<String>) -> Result<u64> {
+        let (seq, appended) = self.append_grouped(msg, subscriptions)?;
+        // Counted in `syncing` since the append: whatever happens next, this sync is no
+        // longer in progress when this returns.
+        let mut turn = Syncing {
+            log: self,
+            synced: None,
+        };
+        self.sync(appended)?;
+        turn.synced = Some(seq.saturating_add(1));
+        Ok(seq)
+    }
+
+    /// Appends a message with whatever else is queued (see [`Group`]): its sequence
+    /// number, counted in [`Durable::syncing`], and what to sync.
+    fn append_grouped(
+        &self,
+        msg: &BusMessage,
+        subscriptions: Vec<String>,
+    ) -> Result<(u64, Unsynced)> {
         let ticket = {
             let mut g = self.group();
             let t = g.next_ticket;
@@ -1264,12 +1301,19 @@ impl Log {
             let mut turn = Leading {
                 log: self,
                 tickets: batch.iter().map(|(t, _, _)| *t).collect(),
+                counted: 0,
                 ended: false,
             };
-            let results: Vec<std::result::Result<u64, String>> = match self.commit(batch) {
-                Ok(seqs) => seqs.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
-            };
+            let results: Vec<std::result::Result<(u64, Unsynced), String>> =
+                match self.commit(batch) {
+                    Ok((seqs, appended)) => {
+                        turn.counted = seqs.len();
+                        seqs.into_iter()
+                            .map(|s| Ok((s, appended.clone())))
+                            .collect()
+                    }
+                    Err(e) => vec![Err(e.to_string()); turn.tickets.len()],
+                };
             // The answers and the end of the turn in one step: a publisher woken between
             // the two would lead an empty batch.
             g = self.group();
@@ -1281,16 +1325,17 @@ impl Log {
         }
     }
 
-    /// Appends queued messages with one write and one sync; their sequence numbers.
+    /// Appends queued messages with one write: their sequence numbers, each counted in
+    /// [`Durable::syncing`] (its publisher syncs it), and what to sync.
     ///
     /// The messages are readable, and this process's dispatcher is woken, as soon as they
-    /// are appended: their deliveries may start while the sync runs. That is safe because
-    /// nothing is acknowledged on the strength of a message before it is on disk: this
-    /// publish returns only after the sync, and a delivery's outcome is recorded only
+    /// are appended: their deliveries may start while they sync. That is safe because
+    /// nothing is acknowledged on the strength of a message before it is on disk: a
+    /// publish returns only after its sync, and a delivery's outcome is recorded only
     /// for a message known to be on disk ([`Log::settle`]). A delivery that ran on a
     /// message a power cut then lost did work that the message's publisher, not
     /// acknowledged either, does again under the same event ids.
-    fn commit(&self, batch: Vec<(u64, BusMessage, Vec<String>)>) -> Result<Vec<u64>> {
+    fn commit(&self, batch: Vec<(u64, BusMessage, Vec<String>)>) -> Result<(Vec<u64>, Unsynced)> {
         let lock = self.lock()?;
         self.refresh()?;
         let first = self.state().next_seq;
@@ -1312,24 +1357,17 @@ impl Log {
         }
         let appended = self.append("messages", &text)?;
         let end = first.saturating_add(seqs.len() as u64);
+        self.refresh()?;
         {
             let mut d = self.durable();
             d.appended = d.appended.max(end);
-            d.syncing = d.syncing.saturating_add(1);
+            d.syncing = d.syncing.saturating_add(seqs.len());
         }
-        // Whatever happens next, the sync is no longer in progress when this returns.
-        let mut turn = Syncing {
-            log: self,
-            synced: None,
-        };
-        self.refresh()?;
-        // Synced outside the lock, so outcomes (and other processes) append meanwhile; the
-        // next batch of this process waits for this turn to end (see `append_message`).
+        // Synced outside the lock, by each publisher: outcomes, other processes and this
+        // process's next batch append meanwhile.
         drop(lock);
         self.published.notify_one();
-        self.sync(appended)?;
-        turn.synced = Some(end);
-        Ok(seqs)
+        Ok((seqs, appended))
     }
 
     fn durable(&self) -> std::sync::MutexGuard<'_, Durable> {
@@ -1675,6 +1713,7 @@ mod tests {
             let _turn = Leading {
                 log: &log,
                 tickets: vec![7, 8],
+                counted: 0,
                 ended: false,
             };
             panic!("the disk went away mid-write");
@@ -2212,11 +2251,18 @@ mod tests {
     #[test]
     fn concurrent_publishes_share_one_sync_and_each_gets_its_own_sequence() {
         let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(dir.path(), subs(), fast()).unwrap();
+        // As `baton serve` opens them: the store's and the bus's syncs are one `syncfs`.
+        let mut store =
+            crate::adapters::embedded::DirStore::open(dir.path().join("store")).unwrap();
+        let bus_dir = dir.path().join("bus");
+        std::fs::create_dir_all(&bus_dir).unwrap();
+        let durability = store.defer_syncs_to(&bus_dir);
+        let shared = durability.is_some();
+        let bus = EmbeddedBus::open_sharing(&bus_dir, subs(), fast(), durability, &[]).unwrap();
         // Hold the log's lock as another process would: the first publisher leads and
         // waits for it; the next ones queue behind it.
         let held = bus.0.lock().unwrap();
-        let before = bus.syncs();
+        let before = store.syncs();
         let threads: Vec<_> = (0..10)
             .map(|i| {
                 let log = bus.0.clone();
@@ -2235,11 +2281,15 @@ mod tests {
         seqs.sort();
         seqs.dedup();
         assert_eq!(seqs.len(), 10, "distinct sequence numbers");
-        assert_eq!(
-            bus.syncs() - before,
-            2,
-            "the leader's own batch, then the nine queued"
-        );
+        if shared {
+            // The leader's own message syncs while the nine queued are appended; they
+            // share the sync after it (or that one, had they all arrived before it began).
+            let syncs = store.syncs() - before;
+            assert!(
+                (1..=2).contains(&syncs),
+                "ten publishes in two appends share at most two syncs, not {syncs}"
+            );
+        }
         bus.0.refresh_locked().unwrap();
         assert_eq!(bus.held(), 10);
         assert_eq!(bus.pending(), 20);
