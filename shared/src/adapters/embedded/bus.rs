@@ -935,7 +935,11 @@ impl Log {
     /// it current and deletes the old one, when the messages file is mostly history.
     /// The caller holds the lock.
     fn maybe_compact(&self) -> Result<()> {
-        let (old, next) = {
+        let started = std::time::Instant::now();
+        // What is live, taken under the state's lock; written (and synced) after it is
+        // released, so the dispatcher is not held up by the writes. Appends wait for the
+        // log's lock, which the caller holds throughout.
+        let (old, next, history_bytes, messages, deliveries) = {
             let st = self.state();
             if st.msg_offset < COMPACT_AFTER || st.live_bytes.saturating_mul(4) > st.msg_offset {
                 return Ok(());
@@ -998,21 +1002,15 @@ impl Log {
                     .map_err(|e| Error::permanent("bus compaction", e))?;
                 deliveries.push(b'\n');
             }
-            for (kind, bytes) in [("messages", &messages), ("deliveries", &deliveries)] {
-                let path = self.file(kind, next);
-                let mut f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-                f.write_all(bytes)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| Error::io("write", &path, e))?;
-            }
-            tracing::info!(
-                generation = next,
-                history_bytes = st.msg_offset,
-                live_bytes = messages.len(),
-                "compacting the bus log"
-            );
-            (st.generation, next)
+            (st.generation, next, st.msg_offset, messages, deliveries)
         };
+        for (kind, bytes) in [("messages", &messages), ("deliveries", &deliveries)] {
+            let path = self.file(kind, next);
+            let mut f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            f.write_all(bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
         let tmp = self.dir.join("generation.tmp");
         let path = self.dir.join("generation");
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
@@ -1030,7 +1028,15 @@ impl Log {
             }
         }
         // Read the new generation back: the state is rebuilt the way a restart would.
-        self.refresh()
+        self.refresh()?;
+        tracing::info!(
+            generation = next,
+            history_bytes,
+            live_bytes = messages.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "compacted the bus log"
+        );
+        Ok(())
     }
 
     /// Takes the log's lock: first this process's, then the file's (other processes').
