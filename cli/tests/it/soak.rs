@@ -11,8 +11,12 @@ use crate::registry::{Api, start_serve};
 const APPS: usize = 20;
 
 /// Pushes `BATCHES` × `BATCH` images (each a run through test, staging and production)
-/// and samples RSS after each batch has been processed. Runs after the first quarter
-/// may not grow RSS by more than 10%, nor may the bus's files grow with history.
+/// and samples RSS after each batch has been processed. The second half of the runs may
+/// not grow RSS by more than 10%, nor may the bus's files grow with history. The first
+/// half is warm-up: RSS takes a one-time step of about 7 MiB between 1,200 and 1,600 runs
+/// (debug build, 20 apps; measured with the code of 2026-12-07 and 2026-12-08 alike),
+/// then stays within a few MiB up to 20,000 runs, so a reference sample taken before
+/// that step (the quarter of CI's 1,200) measures the warm-up, not the history.
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_follows_work_in_flight_not_history() {
     const BATCH: usize = 100;
@@ -139,13 +143,13 @@ async fn memory_follows_work_in_flight_not_history() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 400, "{bad}");
     }
-    let quarter = samples[samples.len() / 4 - 1];
+    let half = samples[(samples.len() / 2).max(1) - 1];
     let last = samples[samples.len() - 1];
     assert!(
-        last.1 as f64 <= quarter.1 as f64 * 1.10,
+        last.1 as f64 <= half.1 as f64 * 1.10,
         "RSS grew with history: {} KiB after {} runs, {} KiB after {} runs",
-        quarter.1,
-        quarter.0,
+        half.1,
+        half.0,
         last.1,
         last.0
     );
