@@ -13,10 +13,11 @@ const APPS: usize = 20;
 /// Pushes `BATCHES` × `BATCH` images (each a run through test, staging and production)
 /// and samples RSS after each batch has been processed. The second half of the runs may
 /// not grow RSS by more than 10%, nor may the bus's files grow with history. The first
-/// half is warm-up: RSS takes a one-time step of about 7 MiB between 1,200 and 1,600 runs
-/// (debug build, 20 apps; measured with the code of 2026-12-07 and 2026-12-08 alike),
-/// then stays within a few MiB up to 20,000 runs, so a reference sample taken before
-/// that step (the quarter of CI's 1,200) measures the warm-up, not the history.
+/// half is warm-up: RSS grows in steps of 1–3 MiB over the first thousand runs and takes
+/// one of about 7 MiB between 1,200 and 1,600 (debug build, 20 apps; measured with the
+/// code of 2026-12-07 and 2026-12-08 alike), then stays within a few MiB up to 20,000
+/// runs. A reference taken at the quarter of CI's 1,200 runs measured the warm-up (one CI
+/// run: 60.4 MiB at 300 runs, 66.9 MiB at 1,200).
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_follows_work_in_flight_not_history() {
     const BATCH: usize = 100;
