@@ -43,6 +43,29 @@ pub struct LiveRecord {
     /// lease (a worker that lost it) never replaces it.
     #[serde(default)]
     pub fence: u64,
+    /// What the deploy changed, and who asked (a rollback): with `deployed_at`, the
+    /// history entry this record is written before, so a worker that stopped between
+    /// the two writes can write that same entry again ([`ensure_history`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+impl LiveRecord {
+    /// The history entry written with this record (`None` for a record written before
+    /// records carried it).
+    fn history_entry(&self) -> Option<HistoryEntry> {
+        Some(HistoryEntry {
+            at: self.deployed_at,
+            kind: self.kind,
+            image: self.image.clone(),
+            run: self.run.clone(),
+            ctx: self.ctx.clone(),
+            applied: self.applied.clone()?,
+            by: self.by.clone(),
+        })
+    }
 }
 
 /// One deploy in an environment's history.
@@ -205,22 +228,11 @@ pub async fn record_live<P: Ports>(
     }
     let mut ctx = ctx.clone();
     ctx.environment = Some(env.to_string());
-    let entry = HistoryEntry {
-        at: now,
-        kind,
-        image: ctx.image.clone(),
-        run: ctx.run.clone(),
-        ctx: ctx.clone(),
-        applied: applied.clone(),
-        by: by.map(str::to_owned),
-    };
-    put_json(
-        store,
-        &history_key(&ctx.app, env, now, &ctx.run),
-        &entry,
-        Precondition::None,
-    )
-    .await?;
+    // The live record first, then its history entry under a key made from the record
+    // (its time and run): a worker stopped between the two leaves the record, and its
+    // next attempt finds the image live and writes the same entry ([`ensure_history`]);
+    // written the other way round, the next attempt deployed again and the history
+    // held the deploy twice.
     let live = LiveRecord {
         image: ctx.image.clone(),
         run: ctx.run.clone(),
@@ -228,6 +240,8 @@ pub async fn record_live<P: Ports>(
         ctx: ctx.clone(),
         kind,
         fence: lease.fence,
+        applied: Some(applied.clone()),
+        by: by.map(str::to_owned),
     };
     let swapped = compare_and_swap(
         store,
@@ -242,7 +256,10 @@ pub async fn record_live<P: Ports>(
     )
     .await?;
     match swapped {
-        Swapped::Written(..) => Ok(()),
+        Swapped::Written(..) => {
+            p.fail_point("deploy", "live_recorded");
+            ensure_history(p, &ctx.app, env, &live).await
+        }
         Swapped::Stopped(cur) => Err(Error::permanent(
             what,
             crate::error::Message(format!(
@@ -250,6 +267,24 @@ pub async fn record_live<P: Ports>(
                 lease.holder, lease.worker, lease.fence, cur.run, cur.image.tag, cur.fence
             )),
         )),
+    }
+}
+
+/// Writes the history entry of a live record, unless it is there already (the record
+/// carries it, see [`LiveRecord::applied`]; one written by an older version does not).
+pub async fn ensure_history<P: Ports>(
+    p: &Pipeline<P>,
+    app: &str,
+    env: &str,
+    live: &LiveRecord,
+) -> Result<()> {
+    let Some(entry) = live.history_entry() else {
+        return Ok(());
+    };
+    let key = history_key(app, env, live.deployed_at, &live.run);
+    match put_json(p.ports.store(), &key, &entry, Precondition::IfNoneMatch).await {
+        Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.context(format!("write the history entry of {app}/{env}"))),
     }
 }
 
@@ -347,6 +382,15 @@ mod tests {
             (now.image.tag.to_string(), now.fence),
             (ctx.image.tag.to_string(), b.fence)
         );
+        let deploys = history(&p, "web", "staging").await.unwrap();
+        assert_eq!(
+            deploys
+                .iter()
+                .map(|h| h.image.tag.to_string())
+                .collect::<Vec<_>>(),
+            [ctx.image.tag.to_string()],
+            "the refused worker's deploy is not in the history"
+        );
 
         // The lease object lost (a cleanup, a restore): the next fence is still higher.
         p.ports.store.remove(&lease_key("web", "staging"));
@@ -354,6 +398,42 @@ mod tests {
             .await
             .unwrap();
         assert!(c.fence > b.fence, "{c:?} after {b:?}");
+    }
+
+    /// A worker stopped between the live record and its history entry (a crash of the
+    /// process): the next attempt finds its image live and writes that same entry, once.
+    #[tokio::test]
+    async fn a_deploy_stopped_before_its_history_entry_gets_that_entry_once() {
+        let p = pipeline();
+        let ctx = sample("image.built", |_| {}).ctx().clone();
+        let lease = acquire_lease(&p, "web", "staging", "run-a", "w1")
+            .await
+            .unwrap();
+        record_live(
+            &p,
+            &ctx,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            &lease,
+        )
+        .await
+        .unwrap();
+        let written = history(&p, "web", "staging").await.unwrap();
+        assert_eq!(written.len(), 1);
+        let now = live(&p, "web", "staging").await.unwrap().unwrap();
+        p.ports
+            .store
+            .remove(&history_key("web", "staging", now.deployed_at, &now.run));
+        assert!(history(&p, "web", "staging").await.unwrap().is_empty());
+        ensure_history(&p, "web", "staging", &now).await.unwrap();
+        ensure_history(&p, "web", "staging", &now).await.unwrap();
+        assert_eq!(
+            history(&p, "web", "staging").await.unwrap(),
+            written,
+            "the same entry, once"
+        );
     }
 
     /// The same run's deploy taken over by another worker (the first one's stage claim

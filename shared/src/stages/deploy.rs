@@ -351,6 +351,11 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                 get_json(store, &current_key(&ctx.app, env_name)).await?;
             if let Some((live, _)) = &current {
                 if live.image.digest == ctx.image.digest {
+                    // This run's own deploy, by a worker that stopped before it wrote
+                    // the history entry: the same entry, written now.
+                    if live.run == ctx.run {
+                        deployments::ensure_history(p, &ctx.app, env_name, live).await?;
+                    }
                     return Ok(Step::Done {
                         note: Some(format!(
                             "{env_name}: {} already live",

@@ -138,6 +138,8 @@ mod tests {
                 ctx: c,
                 kind: DeployKind::Deploy,
                 fence: 1,
+                applied: None,
+                by: None,
             }
         };
         assert_eq!(superseded(None, &ctx), None);
