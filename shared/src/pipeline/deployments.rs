@@ -258,7 +258,9 @@ pub async fn record_live<P: Ports>(
     match swapped {
         Swapped::Written(..) => {
             p.fail_point("deploy", "live_recorded");
-            ensure_history(p, &ctx.app, env, &live).await
+            // On the heap: the store's write future is large, and callers run on threads
+            // with small stacks.
+            Box::pin(ensure_history(p, &ctx.app, env, &live)).await
         }
         Swapped::Stopped(cur) => Err(Error::permanent(
             what,

@@ -354,7 +354,7 @@ async fn deploy_under_lease<P: Ports, T: DeployTarget>(
                     // This run's own deploy, by a worker that stopped before it wrote
                     // the history entry: the same entry, written now.
                     if live.run == ctx.run {
-                        deployments::ensure_history(p, &ctx.app, env_name, live).await?;
+                        Box::pin(deployments::ensure_history(p, &ctx.app, env_name, live)).await?;
                     }
                     return Ok(Step::Done {
                         note: Some(format!(
