@@ -324,6 +324,24 @@ mod tests {
         }
     }
 
+    /// Records `ctx`'s image as deployed to `web`'s staging under `lease`.
+    async fn deploy_to_staging(
+        p: &Pipeline<crate::adapters::memory::MemPorts>,
+        ctx: &RunContext,
+        lease: &Held,
+    ) -> Result<()> {
+        record_live(
+            p,
+            ctx,
+            "staging",
+            &applied(),
+            DeployKind::Deploy,
+            None,
+            lease,
+        )
+        .await
+    }
+
     /// A worker that stalls past its lease and wakes after another deploy took over
     /// cannot overwrite what that deploy recorded as live; a renewal keeps the fence, a
     /// lease taken anew gets a higher one, also when the lease object is gone.
@@ -350,32 +368,12 @@ mod tests {
             .await
             .unwrap();
         assert!(b.fence > a.fence, "{b:?} after {a:?}");
-        record_live(
-            &p,
-            &ctx,
-            "staging",
-            &applied(),
-            DeployKind::Deploy,
-            None,
-            &b,
-        )
-        .await
-        .unwrap();
+        deploy_to_staging(&p, &ctx, &b).await.unwrap();
 
         // run-a wakes up and finishes its deploy: refused, and b's record stays.
         let mut stale = ctx.clone();
         stale.image.tag = "0.9.0".parse().unwrap();
-        let e = record_live(
-            &p,
-            &stale,
-            "staging",
-            &applied(),
-            DeployKind::Deploy,
-            None,
-            &a,
-        )
-        .await
-        .unwrap_err();
+        let e = deploy_to_staging(&p, &stale, &a).await.unwrap_err();
         assert!(!e.is_retryable());
         let msg = e.to_string();
         assert!(msg.contains("run-a (w1) lost its deploy lease"), "{msg}");
@@ -411,17 +409,7 @@ mod tests {
         let lease = acquire_lease(&p, "web", "staging", "run-a", "w1")
             .await
             .unwrap();
-        record_live(
-            &p,
-            &ctx,
-            "staging",
-            &applied(),
-            DeployKind::Deploy,
-            None,
-            &lease,
-        )
-        .await
-        .unwrap();
+        deploy_to_staging(&p, &ctx, &lease).await.unwrap();
         let written = history(&p, "web", "staging").await.unwrap();
         assert_eq!(written.len(), 1);
         let now = live(&p, "web", "staging").await.unwrap().unwrap();
@@ -459,32 +447,12 @@ mod tests {
             second,
             "its renewal keeps the fence"
         );
-        let e = record_live(
-            &p,
-            &ctx,
-            "staging",
-            &applied(),
-            DeployKind::Deploy,
-            None,
-            &first,
-        )
-        .await
-        .unwrap_err();
+        let e = deploy_to_staging(&p, &ctx, &first).await.unwrap_err();
         assert!(e.to_string().contains("lost its deploy lease"), "{e}");
         release_lease(&p, "web", "staging", &first).await;
         let busy = acquire_lease(&p, "web", "staging", "run-b", "w3").await;
         assert!(busy.is_err(), "the stalled worker's release freed nothing");
-        record_live(
-            &p,
-            &ctx,
-            "staging",
-            &applied(),
-            DeployKind::Deploy,
-            None,
-            &second,
-        )
-        .await
-        .unwrap();
+        deploy_to_staging(&p, &ctx, &second).await.unwrap();
         release_lease(&p, "web", "staging", &second).await;
         acquire_lease(&p, "web", "staging", "run-b", "w3")
             .await
